@@ -1,0 +1,138 @@
+// Small HTTP helpers shared by the subscriber and publisher handlers.
+#include "ngx_http_sse.hpp"
+
+static ngx_int_t ngx_http_sse_add_header(ngx_http_request_t *r,
+                                         const char *key, const char *value) {
+    auto *h =
+        static_cast<ngx_table_elt_t *>(ngx_list_push(&r->headers_out.headers));
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+    h->hash = 1;
+    h->key.data = (u_char *) key;
+    h->key.len = ngx_strlen(key);
+    h->value.data = (u_char *) value;
+    h->value.len = ngx_strlen(value);
+    return NGX_OK;
+}
+
+ngx_int_t ngx_http_sse_send_text(ngx_http_request_t *r, ngx_uint_t status,
+                                 const char *type, std::string_view body) {
+    // A publisher's unread body must not be taken for the next request.
+    if (r->request_body == NULL &&
+        ngx_http_discard_request_body(r) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+    r->headers_out.status = status;
+    r->headers_out.content_type.data = (u_char *) type;
+    r->headers_out.content_type.len = ngx_strlen(type);
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+    r->headers_out.content_length_n = body.size();
+    ngx_int_t rc = ngx_http_send_header(r);
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only || body.empty()) {
+        return rc == NGX_OK && !r->header_only
+                   ? ngx_http_send_special(r, NGX_HTTP_LAST)
+                   : rc;
+    }
+    ngx_buf_t *b = ngx_create_temp_buf(r->pool, body.size());
+    if (b == NULL) {
+        return NGX_ERROR;
+    }
+    b->last = ngx_cpymem(b->last, body.data(), body.size());
+    b->last_buf = r == r->main;
+    b->last_in_chain = 1;
+    ngx_chain_t out = {b, NULL};
+    return ngx_http_output_filter(r, &out);
+}
+
+ngx_int_t ngx_http_sse_error(ngx_http_request_t *r, ngx_uint_t status,
+                             std::string_view reason) {
+    std::string body(reason);
+    body += '\n';
+    return ngx_http_sse_send_text(r, status, "text/plain; charset=utf-8",
+                                  body);
+}
+
+ngx_int_t ngx_http_sse_not_allowed(ngx_http_request_t *r, const char *allow,
+                                   std::string_view reason) {
+    if (ngx_http_sse_add_header(r, "Allow", allow) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+    return ngx_http_sse_error(r, NGX_HTTP_NOT_ALLOWED, reason);
+}
+
+ngx_int_t ngx_http_sse_options(ngx_http_request_t *r, const char *allow) {
+    if (ngx_http_sse_add_header(r, "Allow", allow) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+    return ngx_http_sse_send_text(r, NGX_HTTP_NO_CONTENT, "text/plain", "");
+}
+
+ngx_int_t ngx_http_sse_channels(ngx_http_request_t *r,
+                                ngx_http_sse_loc_conf_t *lcf,
+                                std::vector<std::string_view> &ids) {
+    ngx_str_t v;
+    if (ngx_http_complex_value(r, lcf->channel, &v) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+    // Query arguments arrive escaped ($arg_channels); ids never contain '%'.
+    if (ngx_strlchr(v.data, v.data + v.len, '%') != NULL) {
+        u_char *dst = static_cast<u_char *>(ngx_pnalloc(r->pool, v.len));
+        if (dst == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+        u_char *src = v.data;
+        v.data = dst;
+        ngx_unescape_uri(&dst, &src, v.len, 0);
+        v.len = dst - v.data;
+    }
+    sse::channels_error e = sse::split_channels(
+        {reinterpret_cast<char *>(v.data), v.len}, ids);
+    if (e != sse::channels_error::none) {
+        std::string why = "invalid channel: ";
+        why += sse::describe(e);
+        return ngx_http_sse_error(r, NGX_HTTP_BAD_REQUEST, why);
+    }
+    return NGX_OK;
+}
+
+ngx_int_t ngx_http_sse_header(ngx_http_request_t *r, std::string_view name,
+                              ngx_str_t *value) {
+    ngx_list_part_t *part = &r->headers_in.headers.part;
+    auto *h = static_cast<ngx_table_elt_t *>(part->elts);
+    for (ngx_uint_t i = 0;; i++) {
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                return NGX_DECLINED;
+            }
+            part = part->next;
+            h = static_cast<ngx_table_elt_t *>(part->elts);
+            i = 0;
+        }
+        if (h[i].key.len == name.size() &&
+            ngx_strncasecmp(h[i].key.data, (u_char *) name.data(),
+                            name.size()) == 0) {
+            *value = h[i].value;
+            return NGX_OK;
+        }
+    }
+}
+
+void ngx_http_sse_json_string(std::string &out, std::string_view s) {
+    static const char hex[] = "0123456789abcdef";
+    out += '"';
+    for (unsigned char c : s) {
+        if (c == '"' || c == '\\') {
+            out += '\\';
+            out += static_cast<char>(c);
+        } else if (c < 0x20 || c >= 0x7f) {
+            // Bytes past ASCII too: the JSON stays valid whatever came in.
+            out += "\\u00";
+            out += hex[c >> 4];
+            out += hex[c & 15];
+        } else {
+            out += static_cast<char>(c);
+        }
+    }
+    out += '"';
+}

@@ -1,0 +1,460 @@
+// Directives, configuration and the module's process hooks.
+#include "ngx_http_sse.hpp"
+
+#include <sys/eventfd.h>
+
+struct ngx_http_sse_bounds_t {
+    ngx_int_t min;
+    ngx_int_t max;
+};
+
+static char *ngx_http_sse_role(ngx_conf_t *cf, ngx_command_t *cmd,
+                               void *conf);
+static char *ngx_http_sse_set_num(ngx_conf_t *cf, ngx_command_t *cmd,
+                                  void *conf);
+static char *ngx_http_sse_set_time(ngx_conf_t *cf, ngx_command_t *cmd,
+                                   void *conf);
+static char *ngx_http_sse_set_size(ngx_conf_t *cf, ngx_command_t *cmd,
+                                   void *conf);
+static char *ngx_http_sse_set_complex(ngx_conf_t *cf, ngx_command_t *cmd,
+                                      void *conf);
+static ngx_int_t ngx_http_sse_postconfiguration(ngx_conf_t *cf);
+static void *ngx_http_sse_create_main_conf(ngx_conf_t *cf);
+static void *ngx_http_sse_create_loc_conf(ngx_conf_t *cf);
+static char *ngx_http_sse_merge_loc_conf(ngx_conf_t *cf, void *parent,
+                                         void *child);
+static ngx_int_t ngx_http_sse_init_module(ngx_cycle_t *cycle);
+static ngx_int_t ngx_http_sse_init_process(ngx_cycle_t *cycle);
+static void ngx_http_sse_exit_process(ngx_cycle_t *cycle);
+
+static ngx_http_sse_bounds_t ngx_http_sse_buffer_bounds = {1, 1000000};
+static ngx_http_sse_bounds_t ngx_http_sse_count_bounds = {0, 1000000};
+static ngx_http_sse_bounds_t ngx_http_sse_subs_bounds = {0, 100000000};
+// sse_retry takes milliseconds, as the SSE "retry:" field does.
+static ngx_http_sse_bounds_t ngx_http_sse_retry_bounds = {0, 86400000};
+static ngx_http_sse_bounds_t ngx_http_sse_message_bounds = {1, 256 << 20};
+static ngx_http_sse_bounds_t ngx_http_sse_pending_bounds = {1024,
+                                                            NGX_MAX_INT32_VALUE};
+// Times: the bounds flag whether "off" is accepted (max < 0: no).
+static ngx_http_sse_bounds_t ngx_http_sse_time_off = {1, 1};
+static ngx_http_sse_bounds_t ngx_http_sse_time_on = {1, -1};
+
+static ngx_command_t ngx_http_sse_commands[] = {
+
+    {ngx_string("sse_zone"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+     ngx_http_sse_zone_directive, 0, 0, NULL},
+
+    {ngx_string("sse_subscribe"), NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS |
+                                      NGX_CONF_TAKE1,
+     ngx_http_sse_role, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_SSE_SUBSCRIBE,
+     NULL},
+
+    {ngx_string("sse_publish"), NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS |
+                                    NGX_CONF_TAKE1,
+     ngx_http_sse_role, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_SSE_PUBLISH, NULL},
+
+    {ngx_string("sse_channel"), NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     ngx_http_sse_set_complex, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(ngx_http_sse_loc_conf_t, channel), NULL},
+
+    {ngx_string("sse_buffer_length"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF |
+         NGX_CONF_TAKE1,
+     ngx_http_sse_set_num, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(ngx_http_sse_loc_conf_t, buffer_length),
+     &ngx_http_sse_buffer_bounds},
+
+    {ngx_string("sse_message_ttl"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF |
+         NGX_CONF_TAKE1,
+     ngx_http_sse_set_time, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(ngx_http_sse_loc_conf_t, message_ttl), &ngx_http_sse_time_on},
+
+    {ngx_string("sse_heartbeat"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF |
+         NGX_CONF_TAKE1,
+     ngx_http_sse_set_time, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(ngx_http_sse_loc_conf_t, heartbeat), &ngx_http_sse_time_off},
+
+    {ngx_string("sse_retry"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF |
+         NGX_CONF_TAKE1,
+     ngx_http_sse_set_num, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(ngx_http_sse_loc_conf_t, retry), &ngx_http_sse_retry_bounds},
+
+    {ngx_string("sse_last_event_id"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF |
+         NGX_CONF_TAKE1,
+     ngx_http_sse_set_complex, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(ngx_http_sse_loc_conf_t, last_event_id), NULL},
+
+    {ngx_string("sse_initial_events"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF |
+         NGX_CONF_TAKE1,
+     ngx_http_sse_set_num, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(ngx_http_sse_loc_conf_t, initial_events),
+     &ngx_http_sse_count_bounds},
+
+    {ngx_string("sse_max_message_size"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF |
+         NGX_CONF_TAKE1,
+     ngx_http_sse_set_size, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(ngx_http_sse_loc_conf_t, max_message_size),
+     &ngx_http_sse_message_bounds},
+
+    {ngx_string("sse_max_subscribers"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF |
+         NGX_CONF_TAKE1,
+     ngx_http_sse_set_num, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(ngx_http_sse_loc_conf_t, max_subscribers),
+     &ngx_http_sse_subs_bounds},
+
+    {ngx_string("sse_max_pending"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF |
+         NGX_CONF_TAKE1,
+     ngx_http_sse_set_size, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(ngx_http_sse_loc_conf_t, max_pending),
+     &ngx_http_sse_pending_bounds},
+
+    {ngx_string("sse_stream_timeout"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF |
+         NGX_CONF_TAKE1,
+     ngx_http_sse_set_time, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(ngx_http_sse_loc_conf_t, stream_timeout),
+     &ngx_http_sse_time_off},
+
+    ngx_null_command};
+
+static ngx_http_module_t ngx_http_sse_module_ctx = {
+    NULL,                            // preconfiguration
+    ngx_http_sse_postconfiguration,  // postconfiguration
+    ngx_http_sse_create_main_conf,   // create main configuration
+    NULL,                            // init main configuration
+    NULL,                            // create server configuration
+    NULL,                            // merge server configuration
+    ngx_http_sse_create_loc_conf,    // create location configuration
+    ngx_http_sse_merge_loc_conf      // merge location configuration
+};
+
+ngx_module_t ngx_http_sse_module = {
+    NGX_MODULE_V1,
+    &ngx_http_sse_module_ctx,    // module context
+    ngx_http_sse_commands,       // module directives
+    NGX_HTTP_MODULE,             // module type
+    NULL,                        // init master
+    ngx_http_sse_init_module,    // init module
+    ngx_http_sse_init_process,   // init process
+    NULL,                        // init thread
+    NULL,                        // exit thread
+    ngx_http_sse_exit_process,   // exit process
+    NULL,                        // exit master
+    NGX_MODULE_V1_PADDING};
+
+static char *ngx_http_sse_invalid(ngx_conf_t *cf, ngx_command_t *cmd,
+                                  ngx_str_t *value, const char *why) {
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid value \"%V\" in \"%V\" directive, %s", value,
+                       &cmd->name, why);
+    return (char *) NGX_CONF_ERROR;
+}
+
+static char *ngx_http_sse_role(ngx_conf_t *cf, ngx_command_t *cmd,
+                               void *conf) {
+    auto *lcf = static_cast<ngx_http_sse_loc_conf_t *>(conf);
+    auto *value = static_cast<ngx_str_t *>(cf->args->elts);
+
+    if (lcf->role != NGX_HTTP_SSE_NONE) {
+        return (char *) "is duplicate, or combined with another sse role";
+    }
+    lcf->role = cmd->offset;
+
+    if (cf->args->nelts == 2) {
+        if (value[1].len <= 5 ||
+            ngx_strncmp(value[1].data, "zone=", 5) != 0) {
+            return ngx_http_sse_invalid(cf, cmd, &value[1],
+                                        "expected zone=NAME");
+        }
+        ngx_str_t name = {value[1].len - 5, value[1].data + 5};
+        lcf->shm_zone = ngx_http_sse_zone_ref(cf, &name);
+        if (lcf->shm_zone == NULL) {
+            return (char *) NGX_CONF_ERROR;
+        }
+    } else {
+        auto *mcf = static_cast<ngx_http_sse_main_conf_t *>(
+            ngx_http_conf_get_module_main_conf(cf, ngx_http_sse_module));
+        mcf->default_zone_needed = 1;
+    }
+
+    auto *clcf = static_cast<ngx_http_core_loc_conf_t *>(
+        ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module));
+    clcf->handler = lcf->role == NGX_HTTP_SSE_SUBSCRIBE
+                        ? ngx_http_sse_subscribe_handler
+                        : ngx_http_sse_publish_handler;
+    return NGX_CONF_OK;
+}
+
+static char *ngx_http_sse_set_num(ngx_conf_t *cf, ngx_command_t *cmd,
+                                  void *conf) {
+    char *p = static_cast<char *>(conf);
+    auto *field = reinterpret_cast<ngx_int_t *>(p + cmd->offset);
+    auto *bounds = static_cast<ngx_http_sse_bounds_t *>(cmd->post);
+    auto *value = static_cast<ngx_str_t *>(cf->args->elts);
+
+    if (*field != NGX_CONF_UNSET) {
+        return (char *) "is duplicate";
+    }
+    // sse_retry alone accepts "off"; it shares the field type.
+    if (bounds == &ngx_http_sse_retry_bounds &&
+        ngx_strcmp(value[1].data, "off") == 0) {
+        *field = (ngx_int_t) NGX_HTTP_SSE_OFF;
+        return NGX_CONF_OK;
+    }
+    ngx_int_t n = ngx_atoi(value[1].data, value[1].len);
+    if (n == NGX_ERROR || n < bounds->min || n > bounds->max) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid value \"%V\" in \"%V\" directive, "
+                           "it must be a number from %i to %i",
+                           &value[1], &cmd->name, bounds->min, bounds->max);
+        return (char *) NGX_CONF_ERROR;
+    }
+    *field = n;
+    return NGX_CONF_OK;
+}
+
+static char *ngx_http_sse_set_time(ngx_conf_t *cf, ngx_command_t *cmd,
+                                   void *conf) {
+    char *p = static_cast<char *>(conf);
+    auto *field = reinterpret_cast<ngx_msec_t *>(p + cmd->offset);
+    auto *bounds = static_cast<ngx_http_sse_bounds_t *>(cmd->post);
+    auto *value = static_cast<ngx_str_t *>(cf->args->elts);
+
+    if (*field != NGX_CONF_UNSET_MSEC) {
+        return (char *) "is duplicate";
+    }
+    if (ngx_strcmp(value[1].data, "off") == 0) {
+        if (bounds->max < 0) {
+            return ngx_http_sse_invalid(cf, cmd, &value[1],
+                                        "it cannot be off");
+        }
+        *field = NGX_HTTP_SSE_OFF;
+        return NGX_CONF_OK;
+    }
+    ngx_int_t ms = ngx_parse_time(&value[1], 0);
+    if (ms == NGX_ERROR || ms < bounds->min) {
+        return ngx_http_sse_invalid(
+            cf, cmd, &value[1],
+            bounds->max < 0 ? "it must be a positive time"
+                            : "it must be a positive time or \"off\"");
+    }
+    *field = (ngx_msec_t) ms;
+    return NGX_CONF_OK;
+}
+
+static char *ngx_http_sse_set_size(ngx_conf_t *cf, ngx_command_t *cmd,
+                                   void *conf) {
+    char *p = static_cast<char *>(conf);
+    auto *field = reinterpret_cast<size_t *>(p + cmd->offset);
+    auto *bounds = static_cast<ngx_http_sse_bounds_t *>(cmd->post);
+    auto *value = static_cast<ngx_str_t *>(cf->args->elts);
+
+    if (*field != NGX_CONF_UNSET_SIZE) {
+        return (char *) "is duplicate";
+    }
+    ssize_t n = ngx_parse_size(&value[1]);
+    if (n == NGX_ERROR || n < bounds->min || n > bounds->max) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid value \"%V\" in \"%V\" directive, "
+                           "it must be a size from %i to %i bytes",
+                           &value[1], &cmd->name, bounds->min, bounds->max);
+        return (char *) NGX_CONF_ERROR;
+    }
+    *field = (size_t) n;
+    return NGX_CONF_OK;
+}
+
+static char *ngx_http_sse_set_complex(ngx_conf_t *cf, ngx_command_t *cmd,
+                                      void *conf) {
+    char *p = static_cast<char *>(conf);
+    auto **field = reinterpret_cast<ngx_http_complex_value_t **>(
+        p + cmd->offset);
+    auto *value = static_cast<ngx_str_t *>(cf->args->elts);
+
+    if (*field != NULL) {
+        return (char *) "is duplicate";
+    }
+    if (value[1].len == 0) {
+        return ngx_http_sse_invalid(cf, cmd, &value[1], "it is empty");
+    }
+    *field = static_cast<ngx_http_complex_value_t *>(
+        ngx_palloc(cf->pool, sizeof(ngx_http_complex_value_t)));
+    if (*field == NULL) {
+        return (char *) NGX_CONF_ERROR;
+    }
+    ngx_http_compile_complex_value_t ccv;
+    ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
+    ccv.cf = cf;
+    ccv.value = &value[1];
+    ccv.complex_value = *field;
+    if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
+        return (char *) NGX_CONF_ERROR;
+    }
+    // A constant channel list is checked now rather than at request time.
+    if (cmd->offset == offsetof(ngx_http_sse_loc_conf_t, channel) &&
+        (*field)->lengths == NULL) {
+        std::vector<std::string_view> ids;
+        sse::channels_error e;
+        try {
+            e = sse::split_channels(
+                {reinterpret_cast<char *>(value[1].data), value[1].len}, ids);
+        } catch (...) {
+            return (char *) NGX_CONF_ERROR;
+        }
+        if (e != sse::channels_error::none) {
+            return ngx_http_sse_invalid(cf, cmd, &value[1], sse::describe(e));
+        }
+    }
+    return NGX_CONF_OK;
+}
+
+static void *ngx_http_sse_create_main_conf(ngx_conf_t *cf) {
+    auto *mcf = static_cast<ngx_http_sse_main_conf_t *>(
+        ngx_pcalloc(cf->pool, sizeof(ngx_http_sse_main_conf_t)));
+    if (mcf == NULL) {
+        return NULL;
+    }
+    if (ngx_array_init(&mcf->zones, cf->pool, 2,
+                       sizeof(ngx_http_sse_zone_t *)) != NGX_OK) {
+        return NULL;
+    }
+    return mcf;
+}
+
+static void *ngx_http_sse_create_loc_conf(ngx_conf_t *cf) {
+    auto *lcf = static_cast<ngx_http_sse_loc_conf_t *>(
+        ngx_pcalloc(cf->pool, sizeof(ngx_http_sse_loc_conf_t)));
+    if (lcf == NULL) {
+        return NULL;
+    }
+    // pcalloc: role NONE, shm_zone, channel and last_event_id NULL.
+    lcf->buffer_length = NGX_CONF_UNSET_UINT;
+    lcf->message_ttl = NGX_CONF_UNSET_MSEC;
+    lcf->heartbeat = NGX_CONF_UNSET_MSEC;
+    lcf->retry = NGX_CONF_UNSET_MSEC;
+    lcf->stream_timeout = NGX_CONF_UNSET_MSEC;
+    lcf->initial_events = NGX_CONF_UNSET_UINT;
+    lcf->max_message_size = NGX_CONF_UNSET_SIZE;
+    lcf->max_pending = NGX_CONF_UNSET_SIZE;
+    lcf->max_subscribers = NGX_CONF_UNSET_UINT;
+    return lcf;
+}
+
+static char *ngx_http_sse_merge_loc_conf(ngx_conf_t *cf, void *parent,
+                                         void *child) {
+    auto *prev = static_cast<ngx_http_sse_loc_conf_t *>(parent);
+    auto *conf = static_cast<ngx_http_sse_loc_conf_t *>(child);
+
+    if (conf->last_event_id == NULL) {
+        conf->last_event_id = prev->last_event_id;
+    }
+    ngx_conf_merge_uint_value(conf->buffer_length, prev->buffer_length, 100);
+    ngx_conf_merge_msec_value(conf->message_ttl, prev->message_ttl,
+                              3600 * 1000);
+    ngx_conf_merge_msec_value(conf->heartbeat, prev->heartbeat, 15000);
+    ngx_conf_merge_msec_value(conf->retry, prev->retry, NGX_HTTP_SSE_OFF);
+    ngx_conf_merge_msec_value(conf->stream_timeout, prev->stream_timeout,
+                              NGX_HTTP_SSE_OFF);
+    ngx_conf_merge_uint_value(conf->initial_events, prev->initial_events, 0);
+    ngx_conf_merge_size_value(conf->max_message_size, prev->max_message_size,
+                              64 * 1024);
+    ngx_conf_merge_size_value(conf->max_pending, prev->max_pending,
+                              1024 * 1024);
+    ngx_conf_merge_uint_value(conf->max_subscribers, prev->max_subscribers,
+                              0);
+
+    if (conf->role != NGX_HTTP_SSE_NONE && conf->channel == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"sse_channel\" is required where \"%s\" is",
+                           conf->role == NGX_HTTP_SSE_SUBSCRIBE
+                               ? "sse_subscribe"
+                               : "sse_publish");
+        return (char *) NGX_CONF_ERROR;
+    }
+    return NGX_CONF_OK;
+}
+
+static ngx_int_t ngx_http_sse_postconfiguration(ngx_conf_t *cf) {
+    auto *mcf = static_cast<ngx_http_sse_main_conf_t *>(
+        ngx_http_conf_get_module_main_conf(cf, ngx_http_sse_module));
+    if (mcf->default_zone_needed && mcf->zones.nelts != 1) {
+        ngx_conf_log_error(
+            NGX_LOG_EMERG, cf, 0,
+            mcf->zones.nelts == 0
+                ? "\"sse_subscribe\" and \"sse_publish\" need an \"sse_zone\""
+                : "\"sse_subscribe\" and \"sse_publish\" need \"zone=NAME\" "
+                  "when there are several \"sse_zone\"s");
+        return NGX_ERROR;
+    }
+    return NGX_OK;
+}
+
+ngx_http_sse_zone_t *ngx_http_sse_loc_zone(ngx_http_request_t *r,
+                                           ngx_http_sse_loc_conf_t *lcf) {
+    if (lcf->shm_zone != NULL) {
+        return static_cast<ngx_http_sse_zone_t *>(lcf->shm_zone->data);
+    }
+    auto *mcf = static_cast<ngx_http_sse_main_conf_t *>(
+        ngx_http_get_module_main_conf(r, ngx_http_sse_module));
+    return static_cast<ngx_http_sse_zone_t **>(mcf->zones.elts)[0];
+}
+
+static void ngx_http_sse_close_fds(void *data) {
+    auto *mcf = static_cast<ngx_http_sse_main_conf_t *>(data);
+    for (ngx_uint_t i = 0; i < mcf->nworkers; i++) {
+        if (mcf->notify_fds[i] != -1) {
+            close(mcf->notify_fds[i]);
+            mcf->notify_fds[i] = -1;
+        }
+    }
+}
+
+// In the master, before fork: one eventfd per worker, inherited by all, so
+// any worker can wake any other.
+static ngx_int_t ngx_http_sse_init_module(ngx_cycle_t *cycle) {
+    auto *mcf = static_cast<ngx_http_sse_main_conf_t *>(
+        ngx_http_cycle_get_module_main_conf(cycle, ngx_http_sse_module));
+    if (mcf == NULL || mcf->zones.nelts == 0) {
+        return NGX_OK;
+    }
+    auto *ccf = reinterpret_cast<ngx_core_conf_t *>(
+        ngx_get_conf(cycle->conf_ctx, ngx_core_module));
+    mcf->nworkers = ccf->worker_processes > 0 ? ccf->worker_processes : 1;
+    mcf->notify_fds = static_cast<ngx_int_t *>(
+        ngx_palloc(cycle->pool, mcf->nworkers * sizeof(ngx_int_t)));
+    ngx_pool_cleanup_t *cln = ngx_pool_cleanup_add(cycle->pool, 0);
+    if (mcf->notify_fds == NULL || cln == NULL) {
+        return NGX_ERROR;
+    }
+    for (ngx_uint_t i = 0; i < mcf->nworkers; i++) {
+        mcf->notify_fds[i] = -1;
+    }
+    cln->handler = ngx_http_sse_close_fds;
+    cln->data = mcf;
+    for (ngx_uint_t i = 0; i < mcf->nworkers; i++) {
+        int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (fd == -1) {
+            ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
+                          "sse: eventfd() failed");
+            return NGX_ERROR;
+        }
+        mcf->notify_fds[i] = fd;
+    }
+    return NGX_OK;
+}
+
+static ngx_int_t ngx_http_sse_init_process(ngx_cycle_t *cycle) {
+    return ngx_http_sse_worker_init(cycle);
+}
+
+static void ngx_http_sse_exit_process(ngx_cycle_t *cycle) {
+    ngx_http_sse_worker_exit(cycle);
+}

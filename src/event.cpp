@@ -1,0 +1,205 @@
+#include "event.hpp"
+
+#include <cstring>
+
+namespace sse {
+
+namespace {
+
+std::optional<uint64_t> parse_u64(std::string_view s) {
+    if (s.empty() || s.size() > 20) {
+        return std::nullopt;
+    }
+    uint64_t v = 0;
+    for (char ch : s) {
+        if (ch < '0' || ch > '9') {
+            return std::nullopt;
+        }
+        uint64_t d = static_cast<uint64_t>(ch - '0');
+        if (v > (UINT64_MAX - d) / 10) {
+            return std::nullopt;
+        }
+        v = v * 10 + d;
+    }
+    return v;
+}
+
+size_t format_u64(char *out, uint64_t v) {
+    char tmp[20];
+    size_t n = 0;
+    do {
+        tmp[n++] = static_cast<char>('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (size_t i = 0; i < n; i++) {
+        out[i] = tmp[n - 1 - i];
+    }
+    return n;
+}
+
+// Calls f(line) for each line of data, split on CRLF, CR or LF.
+template <typename F>
+void for_each_line(std::string_view data, F &&f) {
+    size_t start = 0;
+    size_t i = 0;
+    while (i < data.size()) {
+        char c = data[i];
+        if (c == '\r' || c == '\n') {
+            f(data.substr(start, i - start));
+            i += (c == '\r' && i + 1 < data.size() && data[i + 1] == '\n')
+                     ? 2
+                     : 1;
+            start = i;
+        } else {
+            i++;
+        }
+    }
+    f(data.substr(start));
+}
+
+}  // namespace
+
+std::optional<event_id> parse_event_id(std::string_view s) {
+    size_t dash = s.find('-');
+    if (dash == std::string_view::npos) {
+        return std::nullopt;
+    }
+    auto epoch = parse_u64(s.substr(0, dash));
+    auto seq = parse_u64(s.substr(dash + 1));
+    if (!epoch || !seq) {
+        return std::nullopt;
+    }
+    return event_id{*epoch, *seq};
+}
+
+size_t format_event_id(char *out, event_id id) {
+    size_t n = format_u64(out, id.epoch);
+    out[n++] = '-';
+    return n + format_u64(out + n, id.seq);
+}
+
+bool is_channel_char(unsigned char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           (c >= '0' && c <= '9') || c == '_' || c == '.' || c == ':' ||
+           c == '@' || c == '~' || c == '-' || c == '/';
+}
+
+bool valid_channel_id(std::string_view id) {
+    if (id.empty() || id.size() > max_channel_id_len) {
+        return false;
+    }
+    for (unsigned char c : id) {
+        if (!is_channel_char(c)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+const char *describe(channels_error e) {
+    switch (e) {
+    case channels_error::none:
+        return "ok";
+    case channels_error::empty:
+        return "empty channel id";
+    case channels_error::bad_char:
+        return "channel id may only contain A-Z a-z 0-9 _ . : @ ~ - /";
+    case channels_error::too_long:
+        return "channel id longer than 255 bytes";
+    case channels_error::too_many:
+        return "more than 64 channels";
+    }
+    return "bad channel";
+}
+
+channels_error split_channels(std::string_view list,
+                              std::vector<std::string_view> &out) {
+    out.clear();
+    size_t start = 0;
+    for (;;) {
+        size_t comma = list.find(',', start);
+        std::string_view id = list.substr(
+            start, comma == std::string_view::npos ? std::string_view::npos
+                                                   : comma - start);
+        if (id.empty()) {
+            return channels_error::empty;
+        }
+        if (id.size() > max_channel_id_len) {
+            return channels_error::too_long;
+        }
+        if (!valid_channel_id(id)) {
+            return channels_error::bad_char;
+        }
+        bool dup = false;
+        for (auto seen : out) {
+            dup = dup || seen == id;
+        }
+        if (!dup) {
+            if (out.size() == max_channels_per_subscriber) {
+                return channels_error::too_many;
+            }
+            out.push_back(id);
+        }
+        if (comma == std::string_view::npos) {
+            return channels_error::none;
+        }
+        start = comma + 1;
+    }
+}
+
+bool valid_event_name(std::string_view name) {
+    if (name.size() > max_event_name_len) {
+        return false;
+    }
+    for (char c : name) {
+        if (c == '\r' || c == '\n' || c == '\0') {
+            return false;
+        }
+    }
+    return true;
+}
+
+size_t encoded_size(std::string_view id, std::string_view event,
+                    std::string_view data) {
+    size_t n = sizeof("id: \n") - 1 + id.size();
+    if (!event.empty()) {
+        n += sizeof("event: \n") - 1 + event.size();
+    }
+    for_each_line(data, [&](std::string_view line) {
+        n += sizeof("data: \n") - 1 + line.size();
+    });
+    return n + 1;
+}
+
+size_t encode_event(char *out, std::string_view id, std::string_view event,
+                    std::string_view data) {
+    char *p = out;
+    auto put = [&p](std::string_view s) {
+        std::memcpy(p, s.data(), s.size());
+        p += s.size();
+    };
+    put("id: ");
+    put(id);
+    put("\n");
+    if (!event.empty()) {
+        put("event: ");
+        put(event);
+        put("\n");
+    }
+    for_each_line(data, [&](std::string_view line) {
+        put("data: ");
+        put(line);
+        put("\n");
+    });
+    put("\n");
+    return static_cast<size_t>(p - out);
+}
+
+std::string encode_event(std::string_view id, std::string_view event,
+                         std::string_view data) {
+    std::string s(encoded_size(id, event, data), '\0');
+    s.resize(encode_event(s.data(), id, event, data));
+    return s;
+}
+
+}  // namespace sse
