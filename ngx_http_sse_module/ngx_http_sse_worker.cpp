@@ -125,6 +125,9 @@ void ngx_http_sse_attach(ngx_http_sse_subscriber_t *sub) {
     // Attached first: if this throws, detach undoes what was done.
     ngx_queue_insert_tail(&zw->subs, &sub->all);
     sub->attached = 1;
+    // A shutting-down worker exits once only cancelable timers are left:
+    // keep it until the poll has ended this stream cleanly.
+    ngx_http_sse_w->poll.cancelable = 0;
     for (ngx_uint_t i = 0; i < sub->nlinks; i++) {
         ngx_http_sse_link_t *link = &sub->links[i];
         ngx_http_sse_local_channel_t *&lc = zw->channels[link->shm];
@@ -278,6 +281,7 @@ static void ngx_http_sse_deliver(ngx_http_sse_zone_worker_t *zw) {
 
 static void ngx_http_sse_poll_handler(ngx_event_t *ev) {
     ngx_http_sse_worker_t *w = ngx_http_sse_w;
+    bool subscribers = false;
     for (auto *zw : w->zones) {
         if (ngx_exiting || ngx_terminate) {
             // Old workers end their streams promptly so a reload completes;
@@ -304,7 +308,9 @@ static void ngx_http_sse_poll_handler(ngx_event_t *ev) {
                 st.sweep(ngx_current_msec);
             }
         }
+        subscribers = subscribers || !ngx_queue_empty(&zw->subs);
     }
+    ev->cancelable = !subscribers;
     ngx_add_timer(ev, NGX_HTTP_SSE_POLL_MS);
 }
 
@@ -312,13 +318,17 @@ static uint32_t ngx_http_sse_claim_slot(ngx_http_sse_zone_t *z) {
     sse::zone_root *root = z->root;
     sse::store st = ngx_http_sse_store(z);
     ngx_http_sse_locked lock(z);
+    // Counts of processes that died without cleaning up (SIGKILL, crash)
+    // are dropped first, whichever slot we then take.
     for (uint32_t s = 0; s < sse::max_slots; s++) {
         pid_t pid = root->slot_pid[s];
-        if (pid == 0 || (kill(pid, 0) == -1 && ngx_errno == NGX_ESRCH)) {
-            if (pid != 0) {
-                // Its process died without cleaning up (e.g. SIGKILL).
-                st.clear_slot(s, ngx_current_msec);
-            }
+        if (pid != 0 && kill(pid, 0) == -1 && ngx_errno == NGX_ESRCH) {
+            st.clear_slot(s, ngx_current_msec);
+            root->slot_pid[s] = 0;
+        }
+    }
+    for (uint32_t s = 0; s < sse::max_slots; s++) {
+        if (root->slot_pid[s] == 0) {
             root->slot_pid[s] = ngx_pid;
             return s;
         }
