@@ -28,6 +28,7 @@ enum ngx_http_sse_role_e {
     NGX_HTTP_SSE_NONE = 0,
     NGX_HTTP_SSE_SUBSCRIBE,
     NGX_HTTP_SSE_PUBLISH,
+    NGX_HTTP_SSE_STATUS,
 };
 
 // Per sse_zone, in the cycle pool.
@@ -50,6 +51,8 @@ struct ngx_http_sse_loc_conf_t {
     ngx_shm_zone_t *shm_zone;  // nullptr: the only sse_zone
     ngx_http_complex_value_t *channel;
     ngx_http_complex_value_t *last_event_id;
+    ngx_http_complex_value_t *allow_origin;
+    ngx_flag_t allow_credentials;
     ngx_uint_t buffer_length;
     ngx_msec_t message_ttl;
     ngx_msec_t heartbeat;       // NGX_HTTP_SSE_OFF or ms
@@ -193,6 +196,7 @@ void ngx_http_sse_detach(ngx_http_sse_subscriber_t *sub);
 
 ngx_int_t ngx_http_sse_subscribe_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_sse_publish_handler(ngx_http_request_t *r);
+ngx_int_t ngx_http_sse_status_handler(ngx_http_request_t *r);
 
 // Helpers shared by the handlers (ngx_http_sse_http.cpp). Each sends a
 // whole response and returns what the handler should return.
@@ -203,7 +207,14 @@ ngx_int_t ngx_http_sse_error(ngx_http_request_t *r, ngx_uint_t status,
                              std::string_view reason);
 ngx_int_t ngx_http_sse_not_allowed(ngx_http_request_t *r, const char *allow,
                                    std::string_view reason);
-ngx_int_t ngx_http_sse_options(ngx_http_request_t *r, const char *allow);
+// OPTIONS: 204 with Allow, and a CORS preflight answer where
+// sse_allow_origin is set.
+ngx_int_t ngx_http_sse_options(ngx_http_request_t *r, const char *allow,
+                               const char *allow_headers);
+// Adds Access-Control-Allow-Origin (and -Credentials) where configured.
+ngx_int_t ngx_http_sse_cors(ngx_http_request_t *r);
+ngx_int_t ngx_http_sse_add_header(ngx_http_request_t *r, const char *key,
+                                  const char *value);
 // Evaluates sse_channel into validated ids (pointing into r->pool); on a
 // bad value answers 400 and returns that handler result.
 ngx_int_t ngx_http_sse_channels(ngx_http_request_t *r,

@@ -1,8 +1,8 @@
 // Small HTTP helpers shared by the subscriber and publisher handlers.
 #include "ngx_http_sse.hpp"
 
-static ngx_int_t ngx_http_sse_add_header(ngx_http_request_t *r,
-                                         const char *key, const char *value) {
+ngx_int_t ngx_http_sse_add_header(ngx_http_request_t *r, const char *key,
+                                  const char *value) {
     auto *h =
         static_cast<ngx_table_elt_t *>(ngx_list_push(&r->headers_out.headers));
     if (h == NULL) {
@@ -23,10 +23,15 @@ ngx_int_t ngx_http_sse_send_text(ngx_http_request_t *r, ngx_uint_t status,
         ngx_http_discard_request_body(r) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
+    if (ngx_http_sse_cors(r) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
     r->headers_out.status = status;
     r->headers_out.content_type.data = (u_char *) type;
     r->headers_out.content_type.len = ngx_strlen(type);
-    r->headers_out.content_type_len = r->headers_out.content_type.len;
+    const char *semi = ngx_strchr(type, ';');
+    r->headers_out.content_type_len =
+        semi ? (size_t) (semi - type) : r->headers_out.content_type.len;
     r->headers_out.content_length_n = body.size();
     ngx_int_t rc = ngx_http_send_header(r);
     if (rc == NGX_ERROR || rc > NGX_OK || r->header_only || body.empty()) {
@@ -61,8 +66,57 @@ ngx_int_t ngx_http_sse_not_allowed(ngx_http_request_t *r, const char *allow,
     return ngx_http_sse_error(r, NGX_HTTP_NOT_ALLOWED, reason);
 }
 
-ngx_int_t ngx_http_sse_options(ngx_http_request_t *r, const char *allow) {
+ngx_int_t ngx_http_sse_cors(ngx_http_request_t *r) {
+    auto *lcf = static_cast<ngx_http_sse_loc_conf_t *>(
+        ngx_http_get_module_loc_conf(r, ngx_http_sse_module));
+    if (lcf->allow_origin == NULL) {
+        return NGX_OK;
+    }
+    ngx_str_t origin;
+    if (ngx_http_complex_value(r, lcf->allow_origin, &origin) != NGX_OK) {
+        return NGX_ERROR;
+    }
+    if (origin.len == 0) {
+        return NGX_OK;
+    }
+    // Header values are NUL-terminated copies for ngx_http_sse_add_header.
+    auto *v = static_cast<char *>(ngx_pnalloc(r->pool, origin.len + 1));
+    if (v == NULL) {
+        return NGX_ERROR;
+    }
+    ngx_memcpy(v, origin.data, origin.len);
+    v[origin.len] = '\0';
+    if (ngx_http_sse_add_header(r, "Access-Control-Allow-Origin", v) !=
+        NGX_OK) {
+        return NGX_ERROR;
+    }
+    // A computed origin (e.g. $http_origin) varies with the request.
+    if (lcf->allow_origin->lengths != NULL &&
+        ngx_http_sse_add_header(r, "Vary", "Origin") != NGX_OK) {
+        return NGX_ERROR;
+    }
+    if (lcf->allow_credentials &&
+        ngx_http_sse_add_header(r, "Access-Control-Allow-Credentials",
+                                "true") != NGX_OK) {
+        return NGX_ERROR;
+    }
+    return NGX_OK;
+}
+
+ngx_int_t ngx_http_sse_options(ngx_http_request_t *r, const char *allow,
+                               const char *allow_headers) {
+    auto *lcf = static_cast<ngx_http_sse_loc_conf_t *>(
+        ngx_http_get_module_loc_conf(r, ngx_http_sse_module));
     if (ngx_http_sse_add_header(r, "Allow", allow) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+    if (lcf->allow_origin != NULL &&
+        (ngx_http_sse_add_header(r, "Access-Control-Allow-Methods", allow) !=
+             NGX_OK ||
+         ngx_http_sse_add_header(r, "Access-Control-Allow-Headers",
+                                 allow_headers) != NGX_OK ||
+         ngx_http_sse_add_header(r, "Access-Control-Max-Age", "86400") !=
+             NGX_OK)) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
     return ngx_http_sse_send_text(r, NGX_HTTP_NO_CONTENT, "text/plain", "");

@@ -57,6 +57,21 @@ static ngx_command_t ngx_http_sse_commands[] = {
      ngx_http_sse_set_complex, NGX_HTTP_LOC_CONF_OFFSET,
      offsetof(ngx_http_sse_loc_conf_t, channel), NULL},
 
+    {ngx_string("sse_status"), NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS,
+     ngx_http_sse_role, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_SSE_STATUS, NULL},
+
+    {ngx_string("sse_allow_origin"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF |
+         NGX_CONF_TAKE1,
+     ngx_http_sse_set_complex, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(ngx_http_sse_loc_conf_t, allow_origin), NULL},
+
+    {ngx_string("sse_allow_credentials"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF |
+         NGX_CONF_FLAG,
+     ngx_conf_set_flag_slot, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(ngx_http_sse_loc_conf_t, allow_credentials), NULL},
+
     {ngx_string("sse_buffer_length"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF |
          NGX_CONF_TAKE1,
@@ -168,6 +183,13 @@ static char *ngx_http_sse_role(ngx_conf_t *cf, ngx_command_t *cmd,
     }
     lcf->role = cmd->offset;
 
+    auto *clcf = static_cast<ngx_http_core_loc_conf_t *>(
+        ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module));
+    if (lcf->role == NGX_HTTP_SSE_STATUS) {
+        clcf->handler = ngx_http_sse_status_handler;
+        return NGX_CONF_OK;
+    }
+
     if (cf->args->nelts == 2) {
         if (value[1].len <= 5 ||
             ngx_strncmp(value[1].data, "zone=", 5) != 0) {
@@ -185,8 +207,6 @@ static char *ngx_http_sse_role(ngx_conf_t *cf, ngx_command_t *cmd,
         mcf->default_zone_needed = 1;
     }
 
-    auto *clcf = static_cast<ngx_http_core_loc_conf_t *>(
-        ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module));
     clcf->handler = lcf->role == NGX_HTTP_SSE_SUBSCRIBE
                         ? ngx_http_sse_subscribe_handler
                         : ngx_http_sse_publish_handler;
@@ -345,6 +365,7 @@ static void *ngx_http_sse_create_loc_conf(ngx_conf_t *cf) {
     lcf->max_message_size = NGX_CONF_UNSET_SIZE;
     lcf->max_pending = NGX_CONF_UNSET_SIZE;
     lcf->max_subscribers = NGX_CONF_UNSET_UINT;
+    lcf->allow_credentials = NGX_CONF_UNSET;
     return lcf;
 }
 
@@ -356,6 +377,10 @@ static char *ngx_http_sse_merge_loc_conf(ngx_conf_t *cf, void *parent,
     if (conf->last_event_id == NULL) {
         conf->last_event_id = prev->last_event_id;
     }
+    if (conf->allow_origin == NULL) {
+        conf->allow_origin = prev->allow_origin;
+    }
+    ngx_conf_merge_value(conf->allow_credentials, prev->allow_credentials, 0);
     ngx_conf_merge_uint_value(conf->buffer_length, prev->buffer_length, 100);
     ngx_conf_merge_msec_value(conf->message_ttl, prev->message_ttl,
                               3600 * 1000);
@@ -371,7 +396,9 @@ static char *ngx_http_sse_merge_loc_conf(ngx_conf_t *cf, void *parent,
     ngx_conf_merge_uint_value(conf->max_subscribers, prev->max_subscribers,
                               0);
 
-    if (conf->role != NGX_HTTP_SSE_NONE && conf->channel == NULL) {
+    if ((conf->role == NGX_HTTP_SSE_SUBSCRIBE ||
+         conf->role == NGX_HTTP_SSE_PUBLISH) &&
+        conf->channel == NULL) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"sse_channel\" is required where \"%s\" is",
                            conf->role == NGX_HTTP_SSE_SUBSCRIBE

@@ -1,16 +1,29 @@
 // sse_publish: backends publish, read, and delete channels.
 #include "ngx_http_sse.hpp"
 
+#include <new>
+
+#include "parser.hpp"
+
 #define NGX_HTTP_SSE_PUBLISH_ALLOW "GET, HEAD, POST, PUT, DELETE, OPTIONS"
 
 // Per publish request, in r->pool.
 struct ngx_http_sse_publish_ctx_t {
     ngx_str_t channel;
     ngx_str_t event;
+    sse::stream_parser *parser;  // a text/event-stream body; pool cleanup
+    uint64_t last_seq;
+    uint64_t published;
+    uint32_t subscribers;
 };
+
+using ngx_http_sse_event_list =
+    std::vector<std::pair<std::string, std::string>>;
 
 static ngx_int_t ngx_http_sse_publish(ngx_http_request_t *r);
 static void ngx_http_sse_publish_body(ngx_http_request_t *r);
+static void ngx_http_sse_stream_start(ngx_http_request_t *r);
+static void ngx_http_sse_stream_read(ngx_http_request_t *r);
 
 ngx_int_t ngx_http_sse_publish_handler(ngx_http_request_t *r) {
     try {
@@ -84,12 +97,72 @@ static ngx_int_t ngx_http_sse_channel_delete(ngx_http_request_t *r,
     return ngx_http_sse_send_text(r, NGX_HTTP_OK, "application/json", json);
 }
 
+// Publishes events in order under one lock and wakes the workers once.
+static sse::publish_status ngx_http_sse_store_events(
+    ngx_http_request_t *r, ngx_http_sse_publish_ctx_t *ctx,
+    const ngx_http_sse_event_list &events) {
+    auto *lcf = static_cast<ngx_http_sse_loc_conf_t *>(
+        ngx_http_get_module_loc_conf(r, ngx_http_sse_module));
+    ngx_http_sse_zone_t *z = ngx_http_sse_loc_zone(r, lcf);
+    std::string_view id(reinterpret_cast<char *>(ctx->channel.data),
+                        ctx->channel.len);
+    sse::publish_status status = sse::publish_status::ok;
+    if (events.empty()) {
+        return status;
+    }
+    {
+        sse::store st = ngx_http_sse_store(z);
+        ngx_msec_t now = ngx_current_msec;
+        ngx_http_sse_locked lock(z);
+        sse::channel *ch = st.find_or_create(id, now);
+        if (ch == NULL) {
+            status = sse::publish_status::no_memory;
+        }
+        for (size_t i = 0; ch != NULL && i < events.size(); i++) {
+            sse::publish_result res =
+                st.publish(ch, events[i].first, events[i].second, now,
+                           lcf->buffer_length, lcf->message_ttl);
+            if (res.status != sse::publish_status::ok) {
+                status = res.status;
+                break;
+            }
+            ctx->last_seq = res.seq;
+            ctx->published++;
+        }
+        if (ch != NULL) {
+            ctx->subscribers = sse::store::subscribers(ch);
+        }
+    }
+    if (ctx->published > 0) {
+        ngx_http_sse_notify(z);
+    }
+    return status;
+}
+
+static std::string ngx_http_sse_publish_json(ngx_http_request_t *r,
+                                             ngx_http_sse_publish_ctx_t *ctx,
+                                             bool stream) {
+    auto *lcf = static_cast<ngx_http_sse_loc_conf_t *>(
+        ngx_http_get_module_loc_conf(r, ngx_http_sse_module));
+    ngx_http_sse_zone_t *z = ngx_http_sse_loc_zone(r, lcf);
+    std::string json = "{\"channel\":";
+    ngx_http_sse_json_string(
+        json, {reinterpret_cast<char *>(ctx->channel.data), ctx->channel.len});
+    json += ",\"id\":" + ngx_http_sse_id_json(z->root, ctx->last_seq) +
+            ",\"subscribers\":" + std::to_string(ctx->subscribers);
+    if (stream) {
+        json += ",\"published\":" + std::to_string(ctx->published);
+    }
+    return json + "}\n";
+}
+
 static ngx_int_t ngx_http_sse_publish(ngx_http_request_t *r) {
     auto *lcf = static_cast<ngx_http_sse_loc_conf_t *>(
         ngx_http_get_module_loc_conf(r, ngx_http_sse_module));
 
     if (r->method == NGX_HTTP_OPTIONS) {
-        return ngx_http_sse_options(r, NGX_HTTP_SSE_PUBLISH_ALLOW);
+        return ngx_http_sse_options(r, NGX_HTTP_SSE_PUBLISH_ALLOW,
+                                    "Content-Type, SSE-Event");
     }
     if (!(r->method & (NGX_HTTP_GET | NGX_HTTP_HEAD | NGX_HTTP_POST |
                        NGX_HTTP_PUT | NGX_HTTP_DELETE))) {
@@ -151,6 +224,32 @@ static ngx_int_t ngx_http_sse_publish(ngx_http_request_t *r) {
     }
     ngx_http_set_ctx(r, ctx, ngx_http_sse_module);
 
+    ngx_str_t *type = r->headers_in.content_type
+                          ? &r->headers_in.content_type->value
+                          : NULL;
+    if (type != NULL && type->len >= sizeof("text/event-stream") - 1 &&
+        ngx_strncasecmp(type->data, (u_char *) "text/event-stream",
+                        sizeof("text/event-stream") - 1) == 0) {
+        // A stream of events, each published as soon as it is complete:
+        // read the body unbuffered.
+        ngx_pool_cleanup_t *cln = ngx_pool_cleanup_add(r->pool, 0);
+        void *mem = ngx_palloc(r->pool, sizeof(sse::stream_parser));
+        if (cln == NULL || mem == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+        ctx->parser = new (mem) sse::stream_parser(lcf->max_message_size);
+        cln->handler = [](void *p) {
+            static_cast<sse::stream_parser *>(p)->~stream_parser();
+        };
+        cln->data = ctx->parser;
+        r->request_body_no_buffering = 1;
+        rc = ngx_http_read_client_request_body(r, ngx_http_sse_stream_start);
+        if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+            return rc;
+        }
+        return NGX_DONE;
+    }
+
     rc = ngx_http_read_client_request_body(r, ngx_http_sse_publish_body);
     if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
         return rc;
@@ -191,7 +290,6 @@ static ngx_int_t ngx_http_sse_publish_now(ngx_http_request_t *r) {
         ngx_http_get_module_loc_conf(r, ngx_http_sse_module));
     auto *ctx = static_cast<ngx_http_sse_publish_ctx_t *>(
         ngx_http_get_module_ctx(r, ngx_http_sse_module));
-    ngx_http_sse_zone_t *z = ngx_http_sse_loc_zone(r, lcf);
 
     std::string data;
     ngx_int_t rc = ngx_http_sse_body(r, lcf->max_message_size, data);
@@ -203,34 +301,16 @@ static ngx_int_t ngx_http_sse_publish_now(ngx_http_request_t *r) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    std::string_view id(reinterpret_cast<char *>(ctx->channel.data),
-                        ctx->channel.len);
-    sse::publish_result res{sse::publish_status::no_memory, 0};
-    uint32_t subscribers = 0;
-    {
-        sse::store st = ngx_http_sse_store(z);
-        ngx_msec_t now = ngx_current_msec;
-        ngx_http_sse_locked lock(z);
-        sse::channel *ch = st.find_or_create(id, now);
-        if (ch != NULL) {
-            res = st.publish(
-                ch, {reinterpret_cast<char *>(ctx->event.data), ctx->event.len},
-                data, now, lcf->buffer_length, lcf->message_ttl);
-            subscribers = sse::store::subscribers(ch);
-        }
-    }
-    if (res.status != sse::publish_status::ok) {
+    ngx_http_sse_event_list events;
+    events.emplace_back(
+        std::string(reinterpret_cast<char *>(ctx->event.data), ctx->event.len),
+        std::move(data));
+    if (ngx_http_sse_store_events(r, ctx, events) != sse::publish_status::ok) {
         return ngx_http_sse_error(r, NGX_HTTP_INSUFFICIENT_STORAGE,
                                   "message does not fit in the sse zone");
     }
-    ngx_http_sse_notify(z);
-
-    std::string json = "{\"channel\":";
-    ngx_http_sse_json_string(json, id);
-    json += ",\"id\":" + ngx_http_sse_id_json(z->root, res.seq) +
-            ",\"subscribers\":" + std::to_string(subscribers) + "}\n";
     return ngx_http_sse_send_text(r, NGX_HTTP_ACCEPTED, "application/json",
-                                  json);
+                                  ngx_http_sse_publish_json(r, ctx, false));
 }
 
 static void ngx_http_sse_publish_body(ngx_http_request_t *r) {
@@ -243,4 +323,93 @@ static void ngx_http_sse_publish_body(ngx_http_request_t *r) {
         rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
     ngx_http_finalize_request(r, rc);
+}
+
+// Parses what has arrived of a text/event-stream body and publishes the
+// events it completes; answers once the body ends or turns out malformed.
+static ngx_int_t ngx_http_sse_stream_consume(ngx_http_request_t *r) {
+    auto *ctx = static_cast<ngx_http_sse_publish_ctx_t *>(
+        ngx_http_get_module_ctx(r, ngx_http_sse_module));
+    ngx_http_sse_event_list events;
+    sse::parse_status ps = sse::parse_status::ok;
+    auto collect = [&events](std::string_view event, std::string_view data) {
+        events.emplace_back(event, data);
+    };
+    for (ngx_chain_t *cl = r->request_body->bufs; cl; cl = cl->next) {
+        ngx_buf_t *b = cl->buf;
+        if (ps == sse::parse_status::ok) {
+            if (b->in_file) {
+                std::string tmp(ngx_buf_size(b), '\0');
+                if (ngx_read_file(b->file, reinterpret_cast<u_char *>(&tmp[0]),
+                                  tmp.size(), b->file_pos) !=
+                    (ssize_t) tmp.size()) {
+                    return NGX_HTTP_INTERNAL_SERVER_ERROR;
+                }
+                ps = ctx->parser->feed(tmp, collect);
+            } else {
+                ps = ctx->parser->feed(
+                    {reinterpret_cast<char *>(b->pos),
+                     static_cast<size_t>(b->last - b->pos)},
+                    collect);
+            }
+        }
+        // Consumed: nginx reuses the buffer for what comes next.
+        b->pos = b->last;
+        if (b->in_file) {
+            b->file_pos = b->file_last;
+        }
+    }
+    r->request_body->bufs = NULL;
+
+    if (ngx_http_sse_store_events(r, ctx, events) !=
+        sse::publish_status::ok) {
+        return ngx_http_sse_error(
+            r, NGX_HTTP_INSUFFICIENT_STORAGE,
+            "an event does not fit in the sse zone; " +
+                std::to_string(ctx->published) + " published before it");
+    }
+    const char *fault = NULL;
+    if (ps != sse::parse_status::ok) {
+        fault = sse::describe(ps);
+    } else if (!r->reading_body && ctx->parser->mid_event()) {
+        fault = "the body ends inside an event";
+    }
+    if (fault != NULL) {
+        std::string why = "malformed event stream: ";
+        why += fault;
+        why += "; " + std::to_string(ctx->published) +
+               " events published before it";
+        return ngx_http_sse_error(r, NGX_HTTP_BAD_REQUEST, why);
+    }
+    if (r->reading_body) {
+        return NGX_AGAIN;
+    }
+    return ngx_http_sse_send_text(r, NGX_HTTP_ACCEPTED, "application/json",
+                                  ngx_http_sse_publish_json(r, ctx, true));
+}
+
+static void ngx_http_sse_stream_step(ngx_http_request_t *r, bool read) {
+    ngx_int_t rc;
+    try {
+        rc = read ? ngx_http_read_unbuffered_request_body(r) : NGX_OK;
+        if (rc < NGX_HTTP_SPECIAL_RESPONSE) {
+            rc = ngx_http_sse_stream_consume(r);
+        }
+    } catch (const std::exception &e) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "sse: %s",
+                      e.what());
+        rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+    if (rc != NGX_AGAIN) {
+        ngx_http_finalize_request(r, rc);
+    }
+}
+
+static void ngx_http_sse_stream_start(ngx_http_request_t *r) {
+    r->read_event_handler = ngx_http_sse_stream_read;
+    ngx_http_sse_stream_step(r, false);
+}
+
+static void ngx_http_sse_stream_read(ngx_http_request_t *r) {
+    ngx_http_sse_stream_step(r, true);
 }

@@ -295,9 +295,13 @@ static ngx_int_t ngx_http_sse_resume_point(ngx_http_request_t *r,
 
 static ngx_int_t ngx_http_sse_stream_headers(ngx_http_request_t *r) {
     static ngx_str_t type = ngx_string("text/event-stream; charset=utf-8");
+    if (ngx_http_sse_cors(r) != NGX_OK) {
+        return NGX_ERROR;
+    }
     r->headers_out.status = NGX_HTTP_OK;
     r->headers_out.content_type = type;
-    r->headers_out.content_type_len = type.len;
+    // The MIME type alone, which gzip_types and friends match on.
+    r->headers_out.content_type_len = sizeof("text/event-stream") - 1;
     r->headers_out.content_length_n = -1;
     ngx_http_clear_content_length(r);
     ngx_http_clear_accept_ranges(r);
@@ -356,7 +360,8 @@ static ngx_int_t ngx_http_sse_subscribe(ngx_http_request_t *r) {
         ngx_http_get_module_loc_conf(r, ngx_http_sse_module));
 
     if (r->method == NGX_HTTP_OPTIONS) {
-        return ngx_http_sse_options(r, "GET, HEAD, OPTIONS");
+        return ngx_http_sse_options(r, "GET, HEAD, OPTIONS",
+                                    "Last-Event-ID, Cache-Control");
     }
     if (!(r->method & (NGX_HTTP_GET | NGX_HTTP_HEAD))) {
         return ngx_http_sse_not_allowed(r, "GET, HEAD, OPTIONS",

@@ -1,4 +1,5 @@
 #include "event.hpp"
+#include "parser.hpp"
 
 #include <cstring>
 
@@ -145,6 +146,18 @@ channels_error split_channels(std::string_view list,
         }
         start = comma + 1;
     }
+}
+
+const char *describe(parse_status s) {
+    switch (s) {
+    case parse_status::ok:
+        return "ok";
+    case parse_status::too_large:
+        return "an event larger than sse_max_message_size";
+    case parse_status::bad_event_name:
+        return "an event name with NUL or over 255 bytes";
+    }
+    return "malformed event stream";
 }
 
 bool valid_event_name(std::string_view name) {

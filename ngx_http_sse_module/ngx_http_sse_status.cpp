@@ -1,0 +1,170 @@
+// sse_status: the zones' figures as JSON, or Prometheus text with
+// ?format=prometheus.
+#include "ngx_http_sse.hpp"
+
+struct ngx_http_sse_zone_figures_t {
+    std::string name;
+    uint64_t epoch;
+    uint64_t seq;
+    uint64_t channels;
+    uint64_t subscribers;  // channel subscriptions: a stream on 3 counts 3
+    uint64_t messages;
+    uint64_t message_bytes;
+    sse::zone_stats stats;
+    uint64_t bytes_total;
+    uint64_t bytes_free;
+    std::vector<std::pair<int32_t, uint64_t>> workers;  // pid, subscribers
+};
+
+static ngx_http_sse_zone_figures_t ngx_http_sse_figures(
+    ngx_http_sse_zone_t *z) {
+    ngx_http_sse_zone_figures_t f{};
+    f.name.assign(reinterpret_cast<char *>(z->shm_zone->shm.name.data),
+                  z->shm_zone->shm.name.len);
+    f.bytes_total = z->shm_zone->shm.size;
+    uint64_t per_slot[sse::max_slots] = {};
+    sse::zone_root *root = z->root;
+    {
+        ngx_http_sse_locked lock(z);
+        f.epoch = root->epoch;
+        f.seq = root->seq;
+        f.channels = root->nchannels;
+        f.messages = root->nmessages;
+        f.message_bytes = root->message_bytes;
+        f.stats = root->stats;
+        f.bytes_free = z->shpool->pfree * ngx_pagesize;
+        for (uint32_t b = 0; b < root->nbuckets; b++) {
+            for (sse::channel *c = root->buckets[b]; c; c = c->hnext) {
+                for (uint32_t s = 0; s < sse::max_slots; s++) {
+                    per_slot[s] += c->subs[s];
+                }
+            }
+        }
+        for (uint32_t s = 0; s < sse::max_slots; s++) {
+            if (root->slot_pid[s] != 0) {
+                f.workers.emplace_back(root->slot_pid[s], per_slot[s]);
+            }
+            f.subscribers += per_slot[s];
+        }
+    }
+    return f;
+}
+
+static std::string ngx_http_sse_status_json(
+    const std::vector<ngx_http_sse_zone_figures_t> &zones) {
+    std::string j = "{\"zones\":[";
+    for (size_t i = 0; i < zones.size(); i++) {
+        const auto &f = zones[i];
+        auto num = [&j](const char *k, uint64_t v) {
+            j += ",\"";
+            j += k;
+            j += "\":" + std::to_string(v);
+        };
+        j += i ? ",{\"name\":" : "{\"name\":";
+        ngx_http_sse_json_string(j, f.name);
+        j += ",\"epoch\":\"" + std::to_string(f.epoch) + "\"";
+        j += ",\"last_id\":\"" + std::to_string(f.epoch) + "-" +
+             std::to_string(f.seq) + "\"";
+        num("channels", f.channels);
+        num("subscribers", f.subscribers);
+        num("messages", f.messages);
+        num("message_bytes", f.message_bytes);
+        num("published", f.stats.published);
+        num("delivered", f.stats.delivered);
+        num("slow_dropped", f.stats.slow_dropped);
+        num("evicted", f.stats.evicted);
+        num("bytes_total", f.bytes_total);
+        num("bytes_used", f.bytes_total - f.bytes_free);
+        num("bytes_free", f.bytes_free);
+        j += ",\"workers\":[";
+        for (size_t w = 0; w < f.workers.size(); w++) {
+            j += w ? "," : "";
+            j += "{\"pid\":" + std::to_string(f.workers[w].first) +
+                 ",\"subscribers\":" + std::to_string(f.workers[w].second) +
+                 "}";
+        }
+        j += "]}";
+    }
+    return j + "]}\n";
+}
+
+static std::string ngx_http_sse_status_prometheus(
+    const std::vector<ngx_http_sse_zone_figures_t> &zones) {
+    std::string t;
+    auto metric = [&](const char *name, const char *type, const char *help,
+                      auto value) {
+        t += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name +
+             " " + type + "\n";
+        for (const auto &f : zones) {
+            t += std::string(name) + "{zone=\"" + f.name + "\"} " +
+                 std::to_string(value(f)) + "\n";
+        }
+    };
+    using fig = ngx_http_sse_zone_figures_t;
+    metric("sse_channels", "gauge", "Channels in the zone.",
+           [](const fig &f) { return f.channels; });
+    metric("sse_subscribers", "gauge",
+           "Channel subscriptions (a stream on three channels counts three).",
+           [](const fig &f) { return f.subscribers; });
+    metric("sse_messages", "gauge", "Events buffered for resume.",
+           [](const fig &f) { return f.messages; });
+    metric("sse_message_bytes", "gauge", "Bytes of events buffered.",
+           [](const fig &f) { return f.message_bytes; });
+    metric("sse_published_total", "counter", "Events published.",
+           [](const fig &f) { return f.stats.published; });
+    metric("sse_delivered_total", "counter",
+           "Events handed to subscribers.",
+           [](const fig &f) { return f.stats.delivered; });
+    metric("sse_slow_dropped_total", "counter",
+           "Subscribers disconnected for owing over sse_max_pending.",
+           [](const fig &f) { return f.stats.slow_dropped; });
+    metric("sse_evicted_total", "counter",
+           "Events evicted early because the zone was full.",
+           [](const fig &f) { return f.stats.evicted; });
+    metric("sse_zone_bytes_used", "gauge", "Bytes of the zone in use.",
+           [](const fig &f) { return f.bytes_total - f.bytes_free; });
+    metric("sse_zone_bytes_free", "gauge", "Free bytes of the zone.",
+           [](const fig &f) { return f.bytes_free; });
+    t += "# HELP sse_worker_subscribers Channel subscriptions per worker.\n"
+         "# TYPE sse_worker_subscribers gauge\n";
+    for (const auto &f : zones) {
+        for (const auto &[pid, n] : f.workers) {
+            t += "sse_worker_subscribers{zone=\"" + f.name + "\",pid=\"" +
+                 std::to_string(pid) + "\"} " + std::to_string(n) + "\n";
+        }
+    }
+    return t;
+}
+
+ngx_int_t ngx_http_sse_status_handler(ngx_http_request_t *r) {
+    if (r->method == NGX_HTTP_OPTIONS) {
+        return ngx_http_sse_options(r, "GET, HEAD, OPTIONS", "");
+    }
+    if (!(r->method & (NGX_HTTP_GET | NGX_HTTP_HEAD))) {
+        return ngx_http_sse_not_allowed(r, "GET, HEAD, OPTIONS",
+                                        "sse_status answers GET");
+    }
+    try {
+        auto *mcf = static_cast<ngx_http_sse_main_conf_t *>(
+            ngx_http_get_module_main_conf(r, ngx_http_sse_module));
+        std::vector<ngx_http_sse_zone_figures_t> zones;
+        auto **z = static_cast<ngx_http_sse_zone_t **>(mcf->zones.elts);
+        for (ngx_uint_t i = 0; i < mcf->zones.nelts; i++) {
+            zones.push_back(ngx_http_sse_figures(z[i]));
+        }
+        ngx_str_t format;
+        if (ngx_http_arg(r, (u_char *) "format", 6, &format) == NGX_OK &&
+            format.len == 10 &&
+            ngx_strncmp(format.data, "prometheus", 10) == 0) {
+            return ngx_http_sse_send_text(
+                r, NGX_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8",
+                ngx_http_sse_status_prometheus(zones));
+        }
+        return ngx_http_sse_send_text(r, NGX_HTTP_OK, "application/json",
+                                      ngx_http_sse_status_json(zones));
+    } catch (const std::exception &e) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "sse: %s",
+                      e.what());
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+}
