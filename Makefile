@@ -8,7 +8,8 @@ PYTHON := /usr/bin/python3
 MODULE := $(BUILD)/ngx_http_sse_module.so
 
 DEB_PACKAGES := nginx-light nginx-dev libnginx-mod-nchan g++ make \
-    libgtest-dev python3-pytest python3-aiohttp python3-httpx curl openssl
+    libgtest-dev python3-pytest python3-aiohttp python3-httpx curl openssl \
+    chromium nodejs
 
 ENGINE_SRCS := $(wildcard src/*.cpp)
 ENGINE_HDRS := $(wildcard src/*.hpp)
@@ -30,6 +31,10 @@ deps:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 	        apt-get install -y -qq $$missing; \
 	fi
+	@command -v npm >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm
+	@# Real clients for t/; the browser is Debian's chromium, never a download.
+	@[ -d t/js/node_modules/playwright-core ] || \
+	    (cd t/js && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
 
 build: deps $(MODULE)
 

@@ -139,6 +139,8 @@ struct ngx_http_sse_subscriber_t {
     ngx_http_sse_out_t *out_tail;
     ngx_http_sse_out_t *unsent;  // first one not given to the filters yet
     size_t pending;              // bytes queued and not fully sent
+    size_t catchup;  // of those, the catch-up's: bounded by the ring, and
+                     // allowed on top of sse_max_pending
     ngx_msec_t last_write;
     ngx_event_t heartbeat;
     ngx_event_t timeout;

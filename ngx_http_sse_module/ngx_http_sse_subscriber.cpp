@@ -90,7 +90,9 @@ static void ngx_http_sse_reclaim(ngx_http_sse_subscriber_t *sub) {
         if (sub->out_head == NULL) {
             sub->out_tail = NULL;
         }
-        sub->pending -= o->buf.end - o->buf.start;
+        size_t n = o->buf.end - o->buf.start;
+        sub->pending -= n;
+        sub->catchup -= ngx_min(n, sub->catchup);
         ngx_http_sse_out_put(o);
     }
 }
@@ -118,7 +120,7 @@ void ngx_http_sse_send(ngx_http_sse_subscriber_t *sub) {
         ngx_http_sse_end(sub, NGX_HTTP_SSE_END_CLOSE);
         return;
     }
-    if (sub->pending > sub->lcf->max_pending) {
+    if (sub->pending > sub->lcf->max_pending + sub->catchup) {
         // It resumes from the ring when it comes back.
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "sse: subscriber owes %uz bytes, over sse_max_pending, "
@@ -549,6 +551,7 @@ static ngx_int_t ngx_http_sse_subscribe(ngx_http_request_t *r) {
         }
     }
     sub->last_seq = last;
+    sub->catchup = sub->pending;
 
     r->read_event_handler = ngx_http_test_reading;
     r->write_event_handler = ngx_http_sse_write_handler;
