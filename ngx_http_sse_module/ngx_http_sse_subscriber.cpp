@@ -435,8 +435,11 @@ static ngx_int_t ngx_http_sse_subscribe(ngx_http_request_t *r) {
         sse::store st = ngx_http_sse_store(z);
         ngx_msec_t now = ngx_current_msec;
         ngx_http_sse_locked lock(z);
-        for (ngx_uint_t i = 0; i < ids.size(); i++) {
-            sse::channel *ch = st.find_or_create(ids[i], now);
+        // Each channel is counted as soon as it is found: an empty,
+        // unsubscribed channel may be freed to make room for the next.
+        ngx_uint_t joined = 0;
+        for (; joined < ids.size(); joined++) {
+            sse::channel *ch = st.find_or_create(ids[joined], now);
             if (ch == NULL) {
                 full = true;
                 break;
@@ -444,14 +447,18 @@ static ngx_int_t ngx_http_sse_subscribe(ngx_http_request_t *r) {
             if (lcf->max_subscribers &&
                 sse::store::subscribers(ch) >= lcf->max_subscribers) {
                 overloaded = true;
+                break;
             }
-            sub->links[i].shm = ch;
+            st.subscribe(ch, zw->slot);
+            sub->links[joined].shm = ch;
         }
-        if (!full && !overloaded) {
+        if (full || overloaded) {
+            while (joined > 0) {
+                st.unsubscribe(sub->links[--joined].shm, zw->slot, now);
+            }
+        } else {
             for (ngx_uint_t i = 0; i < ids.size(); i++) {
-                sse::channel *ch = sub->links[i].shm;
-                st.subscribe(ch, zw->slot);
-                st.expire(ch, now);
+                st.expire(sub->links[i].shm, now);
             }
             std::string_view want(reinterpret_cast<char *>(resume.data),
                                   resume.len);

@@ -287,7 +287,12 @@ void store::unsubscribe(channel *c, uint32_t slot, int64_t now) {
 }
 
 void store::clear_slot(uint32_t slot, int64_t now) {
-    for_each_channel([&](channel *c) { c->subs[slot] = 0; });
+    for_each_channel([&](channel *c) {
+        if (c->subs[slot] != 0) {
+            c->subs[slot] = 0;
+            c->idle_since = now;  // kept a ttl like any channel left empty
+        }
+    });
     channel *next;
     for (channel *c = root_->deleted; c != nullptr; c = next) {
         next = c->hnext;
@@ -296,7 +301,6 @@ void store::clear_slot(uint32_t slot, int64_t now) {
             free_channel(c);
         }
     }
-    (void)now;
 }
 
 bool store::free_idle_channels(const channel *keep, int64_t now, bool force) {
