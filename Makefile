@@ -9,14 +9,14 @@ MODULE := $(BUILD)/ngx_http_sse_module.so
 
 DEB_PACKAGES := nginx-light nginx-dev libnginx-mod-nchan g++ make \
     libgtest-dev python3-pytest python3-aiohttp python3-httpx curl openssl \
-    chromium nodejs
+    chromium nodejs python3-matplotlib
 
 ENGINE_SRCS := $(wildcard src/*.cpp)
 ENGINE_HDRS := $(wildcard src/*.hpp)
 GLUE_SRCS := $(wildcard ngx_http_sse_module/*.cpp ngx_http_sse_module/*.hpp)
 UNIT_SRCS := $(wildcard tests/*.cpp)
 
-.PHONY: all deps build unit integration test demo clean format
+.PHONY: all deps build unit integration test demo bench clean format
 
 all: build
 
@@ -47,7 +47,8 @@ $(NGX_TREE)/objs/Makefile: config config.make | deps
 
 $(MODULE): $(NGX_TREE)/objs/Makefile $(ENGINE_SRCS) $(ENGINE_HDRS) $(GLUE_SRCS)
 	$(MAKE) -C $(NGX_TREE) -f objs/Makefile modules
-	cp $(NGX_TREE)/objs/ngx_http_sse_module.so $@
+	@# A new inode: a running nginx keeps its mapping of the old file.
+	cp $(NGX_TREE)/objs/ngx_http_sse_module.so $@.tmp && mv -f $@.tmp $@
 
 # The engine's tests build with no nginx include path: a stray nginx
 # include in src/ fails here.
@@ -66,6 +67,11 @@ test: build unit integration
 
 demo: build
 	@bash examples/demo.sh
+
+# Side by side with nchan; BENCH_ARGS="--scale small" for a quick run.
+bench: build
+	$(MAKE) -C bench
+	$(PYTHON) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(BUILD)

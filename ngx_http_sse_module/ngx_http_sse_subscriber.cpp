@@ -581,7 +581,13 @@ static ngx_int_t ngx_http_sse_subscribe(ngx_http_request_t *r) {
         ngx_add_timer(&sub->timeout, lcf->stream_timeout);
     }
 
-    // Headers and catch-up go out now, in one write.
+    // Headers and catch-up go out now, in one write; with nothing to
+    // catch up, flush anyway so that the client sees the response (and
+    // EventSource fires onopen) before the first event.
+    if (sub->unsent == NULL &&
+        ngx_http_send_special(r, NGX_HTTP_FLUSH) == NGX_ERROR) {
+        return NGX_ERROR;
+    }
     ngx_http_sse_send(sub);
     r->main->count++;
     return NGX_DONE;

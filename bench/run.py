@@ -1,0 +1,1107 @@
+#!/usr/bin/python3
+"""Side-by-side benchmark: ngx_http_sse_module against nchan.
+
+Both modules load into the same nginx binary (Debian's /usr/sbin/nginx) with
+configurations made alike: 2 workers, 20000 worker connections and open
+files, a 128 MiB shared zone, 1000 messages buffered per channel, 1 h message
+lifetime, no heartbeats/pings, new subscribers start with the next event,
+same body-buffer and keep-alive settings, `listen ... backlog=4096`.
+Each scenario starts a fresh nginx for this module, then one for nchan, on
+free 127.0.0.1 ports in a temporary prefix, drives it with build/sseload,
+and stops it by its pid.
+
+Writes bench/results/<timestamp>.json, one PNG chart per scenario beside it
+and BENCHMARKS.md at the repository root. Every figure comes from the run.
+
+    /usr/bin/python3 bench/run.py                 # the full default run
+    /usr/bin/python3 bench/run.py --scale small   # a few seconds per scenario
+    /usr/bin/python3 bench/run.py --tiny --results /tmp/x   # what t/ runs
+    /usr/bin/python3 bench/run.py --only burst,publish --repeat 3
+"""
+
+import argparse
+import atexit
+import datetime
+import hashlib
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+BUILD = ROOT / "build"
+SSELOAD = BUILD / "sseload"
+SSELOAD_SRC = BENCH / "sseload.cpp"
+MODULE = BUILD / "ngx_http_sse_module.so"
+NCHAN_MODULE = Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
+NGINX = "/usr/sbin/nginx"
+
+KINDS = ("ours", "nchan")
+LABEL = {"ours": "ngx_http_sse_module", "nchan": "nchan"}
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- scales
+
+# Per scale: the parameters of each scenario. `full` is the default.
+SCALES = {
+    "full": {
+        "burst": {"subscribers": [1000, 5000], "events": 100, "size": 64},
+        "latency": {"subscribers": 5000, "rate": 20, "seconds": 5,
+                    "size": 64},
+        "channels": {"subscribers": 5000, "channels": 1000, "events": 10000,
+                     "publishers": 4, "size": 64},
+        "memory": {"subscribers": 10000, "channels": 1},
+        "publish": {"sizes": [64, 16384], "events": {64: 20000, 16384: 5000},
+                    "publishers": 4},
+        "resume": {"subscribers": 1000, "buffered": 1000, "behind": 500},
+    },
+    "small": {  # seconds per scenario; safe beside other work
+        "burst": {"subscribers": [50, 100], "events": 100, "size": 64},
+        "latency": {"subscribers": 100, "rate": 20, "seconds": 2,
+                    "size": 64},
+        "channels": {"subscribers": 100, "channels": 20, "events": 1000,
+                     "publishers": 4, "size": 64},
+        "memory": {"subscribers": 100, "channels": 1},
+        "publish": {"sizes": [64, 16384], "events": {64: 2000, 16384: 500},
+                    "publishers": 4},
+        "resume": {"subscribers": 100, "buffered": 1000, "behind": 500},
+    },
+    "tiny": {
+        "burst": {"subscribers": [10], "events": 10, "size": 64},
+    },
+}
+ORDER = ["burst", "latency", "channels", "memory", "publish", "resume"]
+
+TITLES = {
+    "burst": "1. Burst fan-out: one channel, events published as fast as "
+             "the publisher gets answers",
+    "latency": "2. Paced latency: publish-to-receive on one channel",
+    "channels": "3. Many channels: events spread round-robin over channels",
+    "memory": "4. Memory: idle subscribers",
+    "publish": "5. Publish rate: one channel, no subscribers",
+    "resume": "6. Resume storm: subscribers reconnect at once with "
+              "Last-Event-ID",
+}
+
+
+# ---------------------------------------------------------------- nginx
+
+CONF = """\
+load_module {module};
+
+worker_processes 2;
+worker_rlimit_nofile 20000;
+error_log {d}/error.log notice;
+pid {d}/nginx.pid;
+daemon on;
+master_process on;
+{user}
+
+events {{
+    worker_connections 20000;
+}}
+
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    client_body_buffer_size 64k;
+    client_max_body_size 1m;
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+
+    {http}
+
+    server {{
+        listen 127.0.0.1:{sub_port} backlog=4096;
+        {sub}
+    }}
+
+    server {{
+        listen 127.0.0.1:{pub_port} backlog=4096;
+        {pub}
+        {status}
+    }}
+}}
+"""
+
+MODULE_CONF = {
+    "ours": {
+        "http": "sse_zone zone=sse:128m;",
+        "sub": r"location ~ ^/events/(?<ch>[\w.:@~-]+)$ { sse_subscribe; "
+               r"sse_channel $ch; sse_heartbeat off; }",
+        "pub": r"location ~ ^/publish/(?<ch>[\w.:@~-]+)$ { sse_publish; "
+               r"sse_channel $ch; sse_buffer_length 1000; "
+               r"sse_message_ttl 1h; }",
+        "status": "location = /status { sse_status; }",
+        "sub_path": "/events/{ch}",
+        "pub_path": "/publish/{ch}",
+    },
+    "nchan": {
+        "http": "nchan_shared_memory_size 128m;",
+        # EventSource mode comes from the request's Accept header.
+        "sub": r"location ~ ^/sub/(?<ch>[\w.:@~-]+)$ { nchan_subscriber; "
+               r"nchan_channel_id $ch; nchan_eventsource_ping_interval 0; "
+               r"nchan_subscriber_first_message newest; }",
+        "pub": r"location ~ ^/pub/(?<ch>[\w.:@~-]+)$ { nchan_publisher; "
+               r"nchan_channel_id $ch; nchan_message_buffer_length 1000; "
+               r"nchan_message_timeout 1h; }",
+        "status": "location = /status { nchan_stub_status; }",
+        "sub_path": "/sub/{ch}",
+        "pub_path": "/pub/{ch}",
+    },
+}
+
+BAD_LOG = re.compile(r"\[(alert|emerg|crit)\]|exited on signal")
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def proc_children(pid):
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            out.append(int(d))
+    return sorted(out)
+
+
+def proc_alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def proc_kb(pid, path, key):
+    try:
+        with open(f"/proc/{pid}/{path}") as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class Server:
+    """One nginx (master + 2 workers) with one of the two modules."""
+
+    def __init__(self, kind, workdir, module_copy, status_ok):
+        self.kind = kind
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.module = module_copy
+        self.status_ok = status_ok
+        self.master = None
+        self.sub_port = self.pub_port = None
+
+    def render(self):
+        m = MODULE_CONF[self.kind]
+        return CONF.format(
+            module=self.module, d=self.dir,
+            user="user root;" if os.geteuid() == 0 else "",
+            http=m["http"], sub=m["sub"], pub=m["pub"],
+            status=m["status"] if self.status_ok else "",
+            sub_port=self.sub_port, pub_port=self.pub_port)
+
+    def start(self):
+        last = ""
+        for _ in range(3):  # a port may be taken between probe and bind
+            self.sub_port, self.pub_port = free_port(), free_port()
+            conf = self.dir / "nginx.conf"
+            conf.write_text(self.render())
+            p = subprocess.run(
+                [NGINX, "-p", f"{self.dir}/", "-c", str(conf),
+                 "-e", str(self.dir / "error.log")],
+                capture_output=True, text=True, timeout=30)
+            if p.returncode == 0:
+                break
+            last = p.stderr
+        else:
+            raise RuntimeError(f"nginx ({self.kind}) did not start: {last}")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                self.master = int((self.dir / "nginx.pid").read_text())
+                break
+            except (OSError, ValueError):
+                time.sleep(0.02)
+        if self.master is None:
+            raise RuntimeError("nginx wrote no pid file")
+        while time.monotonic() < deadline:
+            if len(proc_children(self.master)) >= 2 and all(
+                    self._accepts(p) for p in (self.sub_port, self.pub_port)):
+                return self
+            time.sleep(0.05)
+        raise RuntimeError(f"nginx ({self.kind}) did not come up")
+
+    @staticmethod
+    def _accepts(port):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def pids(self):
+        return [self.master] + proc_children(self.master)
+
+    def cpu(self):
+        """CPU seconds (user, sys) used so far by master and workers."""
+        tick = os.sysconf("SC_CLK_TCK")
+        u = s = 0
+        for p in self.pids():
+            try:
+                with open(f"/proc/{p}/stat") as f:
+                    st = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            u += int(st[11])
+            s += int(st[12])
+        return {"user": u / tick, "sys": s / tick}
+
+    def memory(self):
+        """RSS and PSS (kB) summed over master and workers, and zone use."""
+        pids = self.pids()
+        return {
+            "rss_kb": sum(proc_kb(p, "status", "VmRSS:") for p in pids),
+            "pss_kb": sum(proc_kb(p, "smaps_rollup", "Pss:") for p in pids),
+            "processes": len(pids),
+            "zone_used_bytes": self.zone_used(),
+        }
+
+    def conns_per_worker(self):
+        """Established connections to the subscriber port, per worker."""
+        est = set()
+        with open("/proc/net/tcp") as f:
+            next(f)
+            for line in f:
+                cols = line.split()
+                if int(cols[1].rsplit(":", 1)[1], 16) == self.sub_port and \
+                        cols[3] == "01":
+                    est.add(cols[9])
+        out = []
+        for p in proc_children(self.master):
+            n = 0
+            try:
+                for fd in os.listdir(f"/proc/{p}/fd"):
+                    try:
+                        link = os.readlink(f"/proc/{p}/fd/{fd}")
+                    except OSError:
+                        continue
+                    if link.startswith("socket:[") and link[8:-1] in est:
+                        n += 1
+            except OSError:
+                continue
+            out.append(n)
+        return out
+
+    def zone_used(self):
+        if not self.status_ok:
+            return None
+        try:
+            with urllib.request.urlopen(
+                    f"http://127.0.0.1:{self.pub_port}/status",
+                    timeout=5) as r:
+                body = r.read().decode()
+        except OSError:
+            return None
+        if self.kind == "ours":
+            try:
+                return sum(z["bytes_used"] for z in json.loads(body)["zones"])
+            except (ValueError, KeyError):
+                return None
+        m = re.search(r"shared memory used: (\d+)K", body)
+        return int(m.group(1)) * 1024 if m else None
+
+    def stop(self):
+        """SIGQUIT to the master (graceful), SIGKILL after 10 s."""
+        if self.master is None or not proc_alive(self.master):
+            return True
+        procs = self.pids()
+        os.kill(self.master, signal.SIGQUIT)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if not any(proc_alive(p) for p in procs):
+                return True
+            time.sleep(0.05)
+        for p in procs:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return False
+
+    def log_problems(self):
+        try:
+            text = (self.dir / "error.log").read_text(errors="replace")
+        except OSError:
+            return []
+        return [ln for ln in text.splitlines() if BAD_LOG.search(ln)][:20]
+
+
+# ---------------------------------------------------------------- sseload
+
+def build_sseload():
+    if (SSELOAD.exists() and
+            SSELOAD.stat().st_mtime >= SSELOAD_SRC.stat().st_mtime):
+        return
+    log(f"building {SSELOAD}")
+    BUILD.mkdir(exist_ok=True)
+    subprocess.run(["g++", "-std=c++17", "-O2", "-Wall", "-Wextra", "-o",
+                    str(SSELOAD), str(SSELOAD_SRC)], check=True)
+
+
+def sseload_args(srv, mode, prefix, **kw):
+    m = MODULE_CONF[srv.kind]
+    args = [str(SSELOAD), "--mode", mode,
+            "--sub-port", str(srv.sub_port), "--pub-port", str(srv.pub_port),
+            "--sub-path", m["sub_path"], "--pub-path", m["pub_path"],
+            "--prefix", prefix]
+    for k, v in kw.items():
+        args += ["--" + k.replace("_", "-"), str(v)]
+    return args
+
+
+def run_sseload(srv, mode, prefix, timeout=60, **kw):
+    args = sseload_args(srv, mode, prefix, timeout=timeout, **kw)
+    before = srv.cpu()
+    p = subprocess.run(args, capture_output=True, text=True,
+                       timeout=timeout * 4 + 60)
+    after = srv.cpu()
+    if p.returncode != 0 or not p.stdout.strip():
+        raise RuntimeError(f"sseload failed ({p.returncode}): "
+                           f"{p.stderr.strip()[-2000:]}")
+    r = json.loads(p.stdout)
+    r["server_cpu_s"] = {k: round(after[k] - before[k], 3) for k in after}
+    return r
+
+
+def loadavg():
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except OSError:
+        return None
+
+
+# ---------------------------------------------------------------- scenarios
+#
+# Each returns (metrics, raw): metrics is a flat {name: number or bool}
+# for the tables, raw the sseload outputs.
+
+
+def deliveries_ok(r):
+    d = r.get("deliveries", {})
+    return bool(d.get("exactly_once")) and bool(d.get("in_order"))
+
+
+def scen_burst(srv, p, tag):
+    metrics, raw = {}, {}
+    for n in p["subscribers"]:
+        r = run_sseload(srv, "fanout", f"{tag}b{n}-", subscribers=n,
+                        channels=1, events=p["events"], size=p["size"],
+                        publishers=1, batch=200)
+        raw[str(n)] = r
+        metrics[f"deliveries_per_s@{n}"] = r["deliveries"]["per_second"]
+        metrics[f"exactly_once@{n}"] = deliveries_ok(r)
+        metrics[f"publish_per_s@{n}"] = r["publish"]["per_second"]
+        metrics[f"latency_p99_ms@{n}"] = r["latency_ms"].get("p99")
+        metrics[f"head_before_event@{n}"] = (
+            r["connect"].get("heads_before_first_event") == n)
+    return metrics, raw
+
+
+def scen_latency(srv, p, tag):
+    events = int(p["rate"] * p["seconds"])
+    r = run_sseload(srv, "fanout", f"{tag}l-", subscribers=p["subscribers"],
+                    channels=1, events=events, size=p["size"], publishers=1,
+                    rate=p["rate"], batch=200)
+    lat = r["latency_from_schedule_ms"]
+    sent = r["latency_ms"]
+    return {"latency_p50_ms": lat.get("p50"), "latency_p99_ms": lat.get("p99"),
+            "latency_max_ms": lat.get("max"),
+            "sent_latency_p50_ms": sent.get("p50"),
+            "sent_latency_p99_ms": sent.get("p99"),
+            "achieved_rate": r["publish"].get("achieved_rate"),
+            "max_send_lag_ms": r["publish"]["send_lag_ms"].get("max"),
+            "exactly_once": deliveries_ok(r)}, r
+
+
+def scen_channels(srv, p, tag):
+    r = run_sseload(srv, "fanout", f"{tag}c-", subscribers=p["subscribers"],
+                    channels=p["channels"], events=p["events"],
+                    size=p["size"], publishers=p["publishers"], batch=200)
+    return {"deliveries_per_s": r["deliveries"]["per_second"],
+            "exactly_once": deliveries_ok(r),
+            "latency_p99_ms": r["latency_ms"].get("p99")}, r
+
+
+def scen_memory(srv, p, tag):
+    n = p["subscribers"]
+    time.sleep(0.5)
+    idle = srv.memory()
+    args = sseload_args(srv, "idle", f"{tag}m-", subscribers=n,
+                        channels=p["channels"], timeout=120, batch=200)
+    proc = subprocess.Popen(args, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    lines = queue.Queue()
+    err_tail = []
+
+    def pump():
+        for line in proc.stderr:
+            err_tail.append(line)
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    ready = None
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=1)
+        except queue.Empty:
+            continue
+        if line is None:
+            break
+        if line.startswith("READY"):
+            ready = int(line.split()[1])
+            break
+    if ready is None:
+        proc.kill()
+        proc.wait()
+        raise RuntimeError("sseload idle never got ready: " +
+                           "".join(err_tail)[-2000:])
+    time.sleep(1.0)
+    loaded = srv.memory()
+    loaded["subscribers_per_worker"] = srv.conns_per_worker()
+    out, _ = proc.communicate(input="\n", timeout=120)
+    r = json.loads(out)
+    time.sleep(1.0)
+    after = srv.memory()
+    per = lambda k: (loaded[k] - idle[k]) * 1024 / max(ready, 1)
+    metrics = {
+        "idle_rss_mib": idle["rss_kb"] / 1024,
+        "loaded_rss_mib": loaded["rss_kb"] / 1024,
+        "bytes_per_subscriber_rss": per("rss_kb"),
+        "bytes_per_subscriber_pss": per("pss_kb"),
+        "subscribers_held": ready,
+        "rss_after_disconnect_mib": after["rss_kb"] / 1024,
+    }
+    if idle["zone_used_bytes"] is not None and \
+            loaded["zone_used_bytes"] is not None:
+        metrics["zone_used_idle_kib"] = idle["zone_used_bytes"] / 1024
+        metrics["zone_used_loaded_kib"] = loaded["zone_used_bytes"] / 1024
+        metrics["zone_bytes_per_subscriber"] = (
+            loaded["zone_used_bytes"] - idle["zone_used_bytes"]) / max(ready, 1)
+    return metrics, {"idle": idle, "loaded": loaded, "after": after,
+                     "sseload": r}
+
+
+def scen_publish(srv, p, tag):
+    metrics, raw = {}, {}
+    for size in p["sizes"]:
+        r = run_sseload(srv, "publish", f"{tag}p{size}-", subscribers=0,
+                        channels=1, events=p["events"][size], size=size,
+                        publishers=p["publishers"])
+        raw[str(size)] = r
+        pub = r["publish"]
+        metrics[f"publishes_per_s@{size}B"] = pub["per_second"]
+        metrics[f"all_accepted@{size}B"] = (
+            pub["ok"] == p["events"][size] and pub["errors"] == 0)
+        metrics[f"response_p99_ms@{size}B"] = pub["response_ms"].get("p99")
+    return metrics, raw
+
+
+def scen_resume(srv, p, tag):
+    r = run_sseload(srv, "resume", f"{tag}r-", subscribers=p["subscribers"],
+                    events=p["buffered"], resume_back=p["behind"],
+                    batch=p["subscribers"])
+    res = r["resume"]
+    return {"catch_up_s": res["catch_up_s"],
+            "catch_up_p50_ms": res["catch_up_ms"].get("p50"),
+            "exactly_once": deliveries_ok(r) and res["ids_recorded"]}, r
+
+
+def cpu_per_op(r, ops):
+    cpu = r.get("server_cpu_s")
+    if not cpu or not ops:
+        return None
+    return (cpu["user"] + cpu["sys"]) * 1e6 / ops
+
+
+def add_cpu_metrics(name, metrics, raw):
+    """Server CPU (user + sys of master and workers) per delivery or per
+    publish: less sensitive to a busy machine than rates are."""
+    if name in ("burst", "publish"):
+        for k, r in raw.items():
+            if name == "burst":
+                metrics[f"cpu_us_per_delivery@{k}"] = cpu_per_op(
+                    r, r["deliveries"]["unique"])
+            else:
+                metrics[f"cpu_us_per_publish@{k}B"] = cpu_per_op(
+                    r, r["publish"]["ok"])
+    elif name in ("latency", "channels", "resume"):
+        metrics["cpu_us_per_delivery"] = cpu_per_op(
+            raw, raw["deliveries"]["unique"])
+
+
+SCENARIOS = {"burst": scen_burst, "latency": scen_latency,
+             "channels": scen_channels, "memory": scen_memory,
+             "publish": scen_publish, "resume": scen_resume}
+
+# For the tables: label, unit/format, direction (+1 higher is better,
+# -1 lower is better, 0 a yes/no check).
+METRIC_INFO = {
+    "deliveries_per_s": ("deliveries/s", "{:,.0f}", +1),
+    "exactly_once": ("every event exactly once, in order", None, 0),
+    "head_before_event": ("response head (200) sent before the first event",
+                          None, 0),
+    "publish_per_s": ("publishes/s during the burst", "{:,.0f}", +1),
+    "latency_p50_ms": ("latency p50 (ms)", "{:.2f}", -1),
+    "sent_latency_p50_ms": ("latency p50 from the actual send (ms)",
+                            "{:.2f}", -1),
+    "sent_latency_p99_ms": ("latency p99 from the actual send (ms)",
+                            "{:.2f}", -1),
+    "achieved_rate": ("events/s the publisher could send", "{:.1f}", +1),
+    "max_send_lag_ms": ("publisher held back behind schedule, max (ms)",
+                        "{:.1f}", -1),
+    "latency_p99_ms": ("latency p99 (ms)", "{:.2f}", -1),
+    "latency_max_ms": ("latency max (ms)", "{:.2f}", -1),
+    "idle_rss_mib": ("RSS idle, all processes (MiB)", "{:.1f}", -1),
+    "loaded_rss_mib": ("RSS with the subscribers (MiB)", "{:.1f}", -1),
+    "bytes_per_subscriber_rss": ("bytes per subscriber (RSS)", "{:,.0f}", -1),
+    "bytes_per_subscriber_pss": ("bytes per subscriber (PSS)", "{:,.0f}", -1),
+    "subscribers_held": ("subscribers held", "{:,.0f}", 0),
+    "rss_after_disconnect_mib": ("RSS after they left (MiB)", "{:.1f}", -1),
+    "zone_used_idle_kib": ("shared zone used, idle (KiB, each module's "
+                           "own figure)", "{:,.0f}", 0),
+    "zone_used_loaded_kib": ("shared zone used, loaded (KiB, each "
+                             "module's own figure)", "{:,.0f}", 0),
+    "zone_bytes_per_subscriber": ("zone bytes per subscriber", "{:,.1f}", -1),
+    "publishes_per_s": ("publishes/s", "{:,.0f}", +1),
+    "cpu_us_per_delivery": ("nginx CPU per delivery (us, user+sys)",
+                            "{:.2f}", -1),
+    "cpu_us_per_publish": ("nginx CPU per publish (us, user+sys)",
+                           "{:.1f}", -1),
+    "all_accepted": ("every publish accepted (2xx)", None, 0),
+    "response_p99_ms": ("publish response p99 (ms)", "{:.2f}", -1),
+    "catch_up_s": ("time until all caught up (s)", "{:.3f}", -1),
+    "catch_up_p50_ms": ("median subscriber caught up after (ms)", "{:.1f}", -1),
+}
+
+# The metrics each chart shows.
+CHART = {
+    "burst": ["deliveries_per_s", "cpu_us_per_delivery"],
+    "latency": ["latency_p50_ms", "latency_p99_ms", "latency_max_ms",
+                "cpu_us_per_delivery"],
+    "channels": ["deliveries_per_s", "cpu_us_per_delivery"],
+    "memory": ["bytes_per_subscriber_rss", "bytes_per_subscriber_pss"],
+    "publish": ["publishes_per_s", "cpu_us_per_publish"],
+    "resume": ["catch_up_s", "cpu_us_per_delivery"],
+}
+
+
+def split_key(key):
+    base, _, at = key.partition("@")
+    return base, at
+
+
+def metric_label(key, p):
+    base, at = split_key(key)
+    label = METRIC_INFO.get(base, (base, None, 0))[0]
+    if at:
+        if at.endswith("B"):
+            size = int(at[:-1])
+            at = f"{size // 1024} KB bodies" if size >= 1024 else \
+                f"{size} B bodies"
+        else:
+            at = f"{int(at):,} subscribers"
+        label = f"{label}, {at}"
+    return label
+
+
+def fmt(key, v):
+    base, _ = split_key(key)
+    f = METRIC_INFO.get(base, (None, "{:.3g}", 0))[1]
+    if v is None:
+        return "n/a"
+    if isinstance(v, bool):
+        return "yes" if v else "**NO**"
+    return f.format(v) if f else str(v)
+
+
+def median_metrics(runs):
+    """Per metric, the median over repeated runs (booleans: all must hold)."""
+    out = {}
+    for k in runs[0]:
+        vals = [r.get(k) for r in runs]
+        if any(isinstance(v, bool) for v in vals):
+            out[k] = all(bool(v) for v in vals)
+        else:
+            nums = [v for v in vals if isinstance(v, (int, float))]
+            out[k] = statistics.median(nums) if nums else None
+    return out
+
+
+# ---------------------------------------------------------------- machine
+
+def machine_info():
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_kb = 0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kb = int(line.split()[1])
+    except OSError:
+        pass
+    nginx_v = subprocess.run([NGINX, "-v"], capture_output=True,
+                             text=True).stderr.strip()
+    nchan_v = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Version}", "libnginx-mod-nchan"],
+        capture_output=True, text=True).stdout.strip()
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "memory_gib": round(mem_kb / 1024 / 1024, 1),
+        "kernel": os.uname().release,
+        "nginx": nginx_v.replace("nginx version: ", ""),
+        "nchan": nchan_v or "unknown",
+    }
+
+
+def git_describe():
+    """The checkout the module was built from (read-only git query)."""
+    try:
+        p = subprocess.run(["git", "-C", str(ROOT), "describe", "--always",
+                            "--dirty"], capture_output=True, text=True,
+                           timeout=10)
+        return p.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def status_supported(kind, module, tmp):
+    """Whether the status location's directive exists in this build."""
+    d = Path(tmp) / f"probe-{kind}"
+    srv = Server(kind, d, module, True)
+    srv.sub_port, srv.pub_port = free_port(), free_port()
+    (d / "nginx.conf").write_text(srv.render())
+    p = subprocess.run([NGINX, "-t", "-p", f"{d}/", "-c", str(d / "nginx.conf"),
+                        "-e", str(d / "error.log")],
+                       capture_output=True, text=True, timeout=30)
+    if p.returncode != 0 and "unknown directive" not in p.stderr:
+        raise RuntimeError(f"nginx -t failed for {kind}: {p.stderr}")
+    return p.returncode == 0
+
+
+# ---------------------------------------------------------------- output
+
+def write_charts(results, outdir, stamp):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib is missing (apt-get install python3-matplotlib): "
+            "no charts")
+        return {}
+    charts = {}
+    colors = {"ours": "#2a7ab9", "nchan": "#c8553d"}
+    for name, sc in results["scenarios"].items():
+        if "metrics" not in sc:
+            continue
+        keys = [k for k in sc["metrics"]["ours"]
+                if split_key(k)[0] in CHART.get(name, [])]
+        keys = [k for k in keys
+                if all(isinstance(sc["metrics"][kd].get(k), (int, float))
+                       for kd in KINDS)]
+        if not keys:
+            continue
+        fig, axes = plt.subplots(1, len(keys), figsize=(3.4 * len(keys) + 1,
+                                                         4.0), squeeze=False)
+        for ax, k in zip(axes[0], keys):
+            vals = [sc["metrics"][kd][k] for kd in KINDS]
+            bars = ax.bar([LABEL[kd] for kd in KINDS], vals,
+                          color=[colors[kd] for kd in KINDS])
+            ax.bar_label(bars, labels=[fmt(k, v) for v in vals], fontsize=8)
+            base = split_key(k)[0]
+            better = METRIC_INFO.get(base, ("", "", 0))[2]
+            ax.set_title(textwrap.fill(metric_label(k, None), 34) +
+                         ("\n(higher is better)" if better > 0 else
+                          "\n(lower is better)" if better < 0 else ""),
+                         fontsize=9)
+            ax.tick_params(axis="x", labelsize=8)
+            ax.margins(y=0.15)
+        fig.suptitle(TITLES[name], fontsize=10)
+        fig.tight_layout()
+        path = outdir / f"{stamp}-{name}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        charts[name] = path
+    return charts
+
+
+def describe(name, p):
+    if name == "burst":
+        subs = " and ".join(f"{n:,}" for n in p["subscribers"])
+        return (f"{subs} subscribers on one channel; {p['events']} events of "
+                f"{p['size']} bytes, one keep-alive publisher connection, "
+                "each publish sent when the previous one is answered. "
+                "Deliveries/s = events received by all subscribers / time "
+                "from the first publish to the last delivery.")
+    if name == "latency":
+        return (f"{p['subscribers']:,} subscribers on one channel; "
+                f"{p['rate']} events/s of {p['size']} bytes for "
+                f"{p['seconds']} s, one keep-alive publisher connection. "
+                "Latency = receive time - the event's scheduled send time "
+                "(CLOCK_MONOTONIC), over every delivery: when a busy "
+                "server answers a publish late, the next one leaves late, "
+                "and that wait counts. The latency from the actual send "
+                "time (carried in the body) and how far the publisher "
+                "fell behind are shown too. A server that cannot carry "
+                "the offered deliveries/s shows latency growing with the "
+                "run, not a transit time.")
+    if name == "channels":
+        return (f"{p['subscribers']:,} subscribers on {p['channels']:,} "
+                f"channels; {p['events']:,} events of {p['size']} bytes "
+                f"round-robin over the channels through {p['publishers']} "
+                "keep-alive publisher connections (a channel always on the "
+                "same connection, so its order is defined).")
+    if name == "memory":
+        return (f"RSS and PSS of master + workers (from /proc) with nginx "
+                f"idle, then holding {p['subscribers']:,} idle subscribers "
+                f"on {p['channels']} channel(s). Bytes per subscriber = "
+                "(loaded - idle) / subscribers. RSS counts shared-memory "
+                "pages once per process that touched them; PSS splits them. "
+                "Zone use is what each module reports (this module: "
+                "`sse_status` bytes_used, which includes the slab "
+                "allocator's page table; nchan: `nchan_stub_status` "
+                "\"shared memory used\"), so only its growth per subscriber "
+                "compares like with like.")
+    if name == "publish":
+        sizes = ", ".join(f"{p['events'][str(s)]:,} x {s} B" for s in p["sizes"])
+        return (f"POSTs to one channel with no subscribers over "
+                f"{p['publishers']} concurrent keep-alive connections "
+                f"({sizes}); each connection sends when answered.")
+    if name == "resume":
+        return (f"{p['buffered']:,} events published to one channel (buffer "
+                f"1000); a recorder subscriber notes each event's id. Then "
+                f"{p['subscribers']:,} subscribers connect at once with "
+                f"Last-Event-ID = the id {p['behind']} events before the "
+                "end, in each server's own id format. Time from the first "
+                "connect until every subscriber has all "
+                f"{p['behind']} events.")
+    return ""
+
+
+def write_markdown(results, charts, path):
+    m = results["machine"]
+    lines = [
+        "# Benchmarks: ngx_http_sse_module vs nchan",
+        "",
+        "Generated by `bench/run.py` (`make bench`) on "
+        f"{results['date']}; every figure below comes from that run "
+        f"(raw data: `{results['json']}`).",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| machine | {m['nproc']} CPUs, {m['cpu']}, {m['memory_gib']} GiB "
+        f"memory, Linux {m['kernel']} |",
+        f"| nginx | {m['nginx']} (`{NGINX}`), 2 workers, the same binary "
+        "for both |",
+        f"| nchan | {m['nchan']} (`{NCHAN_MODULE}`) |",
+        f"| ngx_http_sse_module | `build/ngx_http_sse_module.so`, sha256 "
+        f"{results['module_sha256'][:12]}, built from "
+        f"{results.get('git') or 'an unknown checkout'} |",
+        f"| load generator | `build/sseload` (bench/sseload.cpp), one "
+        "epoll thread on the same machine |",
+        f"| scale | {results['scale']}, {results['repeat']} run(s) per "
+        "module and scenario (median shown) |",
+        f"| load average | {results['loadavg_start']} at start, "
+        f"{results['loadavg_end']} at end |",
+        "",
+        "Both servers are configured alike: same nginx binary, 2 worker "
+        "processes, 20,000 worker connections and `worker_rlimit_nofile`, "
+        "a 128 MiB shared zone, 1,000 messages buffered per channel with a "
+        "1 h lifetime, heartbeats/pings off, a new subscriber starts with "
+        "the next event, `listen ... backlog=4096`, the same keep-alive "
+        "and body-buffer settings. nchan subscribers use its EventSource "
+        "mode (`Accept: text/event-stream`). Each scenario starts a fresh "
+        "nginx for each module; this module runs first, nchan right after.",
+        "",
+        "The load generator and both nginx workers share the machine's "
+        "CPUs (the generator itself spends about as much CPU per delivery "
+        "as the server), and other work on the machine shows in the load "
+        "average above, so rates move from run to run; the ratio is the "
+        "figure to read, and nginx CPU per delivery or publish (user + "
+        "sys of master and workers, from /proc, over the run) is the "
+        "steadiest of them. Ratio = this module / nchan; `--repeat N` "
+        "reports medians of N runs.",
+        "",
+    ]
+    for name in results["order"]:
+        sc = results["scenarios"][name]
+        lines += [f"## {TITLES[name]}", "", describe(name, sc["params"]), ""]
+        if "error" in sc:
+            lines += [f"Not measured: `{sc['error']}`", ""]
+            continue
+        lines += ["| metric | ngx_http_sse_module | nchan | ratio |",
+                  "|---|--:|--:|--:|"]
+        mo, mn = sc["metrics"]["ours"], sc["metrics"]["nchan"]
+        for k in mo:
+            base, _ = split_key(k)
+            better = METRIC_INFO.get(base, ("", "", 0))[2]
+            a, b = mo.get(k), mn.get(k)
+            ratio = ""
+            if better and isinstance(a, (int, float)) and \
+                    isinstance(b, (int, float)) and b:
+                ratio = f"{a / b:.2f}x"
+                good = (a >= b) if better > 0 else (a <= b)
+                ratio += " (better)" if good else " (worse)"
+            arrow = " (higher is better)" if better > 0 else \
+                " (lower is better)" if better < 0 else ""
+            lines.append(f"| {metric_label(k, sc['params'])}{arrow} | "
+                         f"{fmt(k, a)} | {fmt(k, b)} | {ratio} |")
+        lines.append("")
+        probs = {kd: sc.get("log_problems", {}).get(kd) for kd in KINDS}
+        for kd in KINDS:
+            if probs[kd]:
+                lines += [f"{LABEL[kd]} error.log had: `{probs[kd][0]}`"
+                          + (f" (and {len(probs[kd]) - 1} more)"
+                             if len(probs[kd]) > 1 else ""), ""]
+        if name in charts:
+            rel = os.path.relpath(charts[name], path.parent)
+            lines += [f"![{name}]({rel})", ""]
+    path.write_text("\n".join(lines))
+
+
+def print_summary(results):
+    for name in results["order"]:
+        sc = results["scenarios"][name]
+        print(f"== {name}")
+        if "error" in sc:
+            print(f"   error: {sc['error']}")
+            continue
+        mo, mn = sc["metrics"]["ours"], sc["metrics"]["nchan"]
+        for k in mo:
+            a, b = mo.get(k), mn.get(k)
+            ratio = ""
+            if isinstance(a, (int, float)) and not isinstance(a, bool) and \
+                    isinstance(b, (int, float)) and b:
+                ratio = f"{a / b:.2f}x"
+            print(f"   {k:32} ours {fmt(k, a):>12}   nchan {fmt(k, b):>12}"
+                  f"   {ratio}")
+
+
+# ---------------------------------------------------------------- main
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--scale", choices=sorted(SCALES), default="full")
+    ap.add_argument("--tiny", action="store_true",
+                    help="10 subscribers, 10 events, burst only; results to "
+                         "a temporary directory unless --results is given, "
+                         "no BENCHMARKS.md unless --markdown is given")
+    ap.add_argument("--only", help="comma-separated scenarios: " +
+                    ",".join(ORDER))
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="runs per module and scenario (median reported)")
+    ap.add_argument("--results", help="directory for the JSON and charts "
+                    "(default bench/results)")
+    ap.add_argument("--markdown", help="where to write the report "
+                    "(default BENCHMARKS.md at the repository root)")
+    ap.add_argument("--no-markdown", action="store_true")
+    ap.add_argument("--module", default=str(MODULE),
+                    help="the ngx_http_sse_module .so to test")
+    ap.add_argument("--render", metavar="JSON",
+                    help="only redraw the charts and the report from a "
+                         "results file of an earlier run")
+    args = ap.parse_args()
+    if args.render:
+        src = Path(args.render)
+        results = json.loads(src.read_text())
+        for name, sc in results["scenarios"].items():
+            if "error" in sc:
+                continue
+            for kd in KINDS:
+                for run in sc["runs"][kd]:
+                    add_cpu_metrics(name, run["metrics"], run["raw"])
+            sc["metrics"] = {kd: median_metrics(
+                [r["metrics"] for r in sc["runs"][kd]]) for kd in KINDS}
+        src.write_text(json.dumps(results, indent=1, default=str) + "\n")
+        charts = write_charts(results, src.parent, results["stamp"])
+        md = None if args.no_markdown else Path(args.markdown) \
+            if args.markdown else ROOT / "BENCHMARKS.md"
+        if md is not None:
+            write_markdown(results, charts, md)
+            log(f"wrote {md}")
+        print_summary(results)
+        return 0
+    if args.tiny:
+        args.scale = "tiny"
+    scale = SCALES[args.scale]
+    order = [s for s in ORDER if s in scale]
+    if args.only:
+        want = args.only.split(",")
+        bad = [w for w in want if w not in ORDER]
+        if bad:
+            ap.error(f"unknown scenario(s): {bad}")
+        order = [s for s in order if s in want]
+
+    tmp = Path(tempfile.mkdtemp(prefix="sse-bench-"))
+    work = tmp / "work"  # nginx prefixes; removed at the end
+    work.mkdir()
+
+    def cleanup():
+        shutil.rmtree(work, ignore_errors=True)
+        if tmp.exists() and not any(tmp.iterdir()):
+            tmp.rmdir()
+    atexit.register(cleanup)
+    if args.results:
+        outdir = Path(args.results)
+    elif args.scale == "tiny":
+        outdir = tmp / "results"
+    else:
+        outdir = BENCH / "results"
+    outdir.mkdir(parents=True, exist_ok=True)
+    if args.no_markdown:
+        md = None
+    elif args.markdown:
+        md = Path(args.markdown)
+    else:
+        md = None if args.scale == "tiny" else ROOT / "BENCHMARKS.md"
+
+    module_src = Path(args.module)
+    if not module_src.is_file():
+        sys.exit(f"{module_src} is missing: run `make build` first")
+    if not NCHAN_MODULE.is_file():
+        sys.exit(f"{NCHAN_MODULE} is missing: apt-get install "
+                 "libnginx-mod-nchan")
+    build_sseload()
+    # A private copy: a rebuild during the run must not change (or crash)
+    # the module nginx has mapped.
+    module_copy = work / "ngx_http_sse_module.so"
+    shutil.copy2(module_src, module_copy)
+    modules = {"ours": module_copy, "nchan": NCHAN_MODULE}
+    status_ok = {kd: status_supported(kd, modules[kd], work) for kd in KINDS}
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    stamp = now.strftime("%Y%m%dT%H%M%SZ")
+    json_path = outdir / f"{stamp}.json"
+    results = {
+        "date": now.strftime("%Y-%m-%d %H:%M UTC"),
+        "stamp": stamp,
+        "scale": args.scale,
+        "repeat": args.repeat,
+        "machine": machine_info(),
+        "module_sha256": sha256(module_copy),
+        "git": git_describe(),
+        "module_path": str(module_src),
+        "status_location": status_ok,
+        "loadavg_start": loadavg(),
+        "order": order,
+        "json": os.path.relpath(json_path, ROOT)
+        if str(json_path).startswith(str(ROOT)) else str(json_path),
+        "scenarios": {},
+    }
+    t_all = time.monotonic()
+    for name in order:
+        p = scale[name]
+        sc = {"params": {k: ({str(a): b for a, b in v.items()}
+                             if isinstance(v, dict) else v)
+                         for k, v in p.items()},
+              "runs": {kd: [] for kd in KINDS},
+              "log_problems": {kd: [] for kd in KINDS}}
+        results["scenarios"][name] = sc
+        try:
+            for rep in range(args.repeat):
+                for kd in KINDS:
+                    log(f"[{time.monotonic() - t_all:6.1f}s] {name} "
+                        f"{kd} (run {rep + 1}/{args.repeat}, "
+                        f"load {loadavg()})")
+                    srv = Server(kd, work / f"{name}-{kd}-{rep}",
+                                 modules[kd], status_ok[kd])
+                    srv.start()
+                    t0 = time.monotonic()
+                    try:
+                        metrics, raw = SCENARIOS[name](srv, p, f"r{rep}")
+                    finally:
+                        if not srv.stop():
+                            sc["log_problems"][kd].append(
+                                "nginx did not stop within 10 s of SIGQUIT")
+                        sc["log_problems"][kd] += srv.log_problems()
+                    add_cpu_metrics(name, metrics, raw)
+                    sc["runs"][kd].append({"metrics": metrics, "raw": raw,
+                                           "seconds": time.monotonic() - t0,
+                                           "loadavg": loadavg()})
+            sc["metrics"] = {kd: median_metrics(
+                [r["metrics"] for r in sc["runs"][kd]]) for kd in KINDS}
+        except Exception as e:  # keep going: report what failed
+            sc["error"] = f"{type(e).__name__}: {e}"
+            log(f"{name}: {sc['error']}")
+    results["loadavg_end"] = loadavg()
+    results["seconds"] = time.monotonic() - t_all
+
+    # JSON first (no chart paths needed), then charts, then the report.
+    json_path.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    charts = write_charts(results, outdir, stamp)
+    results["charts"] = {k: str(v) for k, v in charts.items()}
+    json_path.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    if md is not None:
+        write_markdown(results, charts, md)
+        log(f"wrote {md}")
+    print_summary(results)
+    print(f"results: {json_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""The benchmark harness end to end, in its tiny mode: bench/run.py --tiny
+builds build/sseload if needed, starts nginx with this module and then with
+nchan, fans 10 events out to 10 subscribers on each, and writes its results
+JSON. Asserts that the harness ran and that every event reached every
+subscriber exactly once, in order, on both servers. Timings are never
+asserted: they depend on the machine."""
+
+import json
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = "/usr/bin/python3"
+
+
+def test_sseload_parser_self_test():
+    """The load generator's chunked decoder and event parser, fed a tricky
+    stream in every split (CR, LF, CRLF cut across reads, multi-line data,
+    ids without data, chunk extensions)."""
+    subprocess.run(["make", "-s", "-C", str(ROOT / "bench")], check=True,
+                   timeout=300)
+    p = subprocess.run([str(ROOT / "build" / "sseload"), "--self-test"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert json.loads(p.stdout)["self_test"] is True
+
+
+def test_bench_tiny(tmp_path):
+    p = subprocess.run(
+        [PYTHON, str(ROOT / "bench" / "run.py"), "--tiny",
+         "--results", str(tmp_path), "--no-markdown"],
+        capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+
+    files = sorted(tmp_path.glob("*.json"))
+    assert len(files) == 1, files
+    res = json.loads(files[0].read_text())
+    assert res["order"] == ["burst"]
+    burst = res["scenarios"]["burst"]
+    assert "error" not in burst, burst.get("error")
+
+    for kind in ("ours", "nchan"):
+        runs = burst["runs"][kind]
+        assert runs, kind
+        for run in runs:
+            assert run["raw"], kind
+            for n, raw in run["raw"].items():
+                subscribers, events = int(n), raw["events"]
+                assert raw["connect"]["failed"] == 0, (kind, raw["connect"])
+                assert raw["connect"]["closed_by_server"] == 0, (kind, raw)
+                assert raw["publish"]["ok"] == events, (kind, raw["publish"])
+                d = raw["deliveries"]
+                assert d["expected"] == subscribers * events, (kind, d)
+                assert d["unique"] == d["expected"], (kind, d)
+                assert d["duplicates"] == 0, (kind, d)
+                assert d["unexpected"] == 0, (kind, d)
+                assert d["wrong_channel"] == 0, (kind, d)
+                assert d["out_of_order"] == 0, (kind, d)
+                assert d["exactly_once"] and d["in_order"], (kind, d)
+        assert all(burst["metrics"][kind][k] for k in burst["metrics"][kind]
+                   if k.startswith("exactly_once@")), (kind, burst["metrics"])
+
+    # This module's nginx logged no alert, crit or crash.
+    assert not burst["log_problems"]["ours"], burst["log_problems"]["ours"]
