@@ -145,9 +145,9 @@ struct ngx_http_sse_subscriber_t {
     ngx_event_t heartbeat;
     ngx_event_t timeout;
     ngx_event_t end_ev;
-    ngx_queue_t all;  // in the zone worker's subscribers
-    ngx_http_sse_subscriber_t *dirty_next;
-    unsigned dirty : 1;
+    ngx_queue_t all;    // in the zone worker's subscribers
+    ngx_queue_t dirty;  // in the worker's queue of those with unsent events
+    unsigned queued : 1;
     unsigned attached : 1;
     unsigned end : 2;
     unsigned slow : 1;
@@ -175,9 +175,9 @@ struct ngx_http_sse_zone_worker_t {
 ngx_int_t ngx_http_sse_worker_init(ngx_cycle_t *cycle);
 void ngx_http_sse_worker_exit(ngx_cycle_t *cycle);
 ngx_http_sse_zone_worker_t *ngx_http_sse_zone_worker(ngx_http_sse_zone_t *z);
-// Wakes every worker (this one through a posted event) to deliver what was
-// just published into zone z.
-void ngx_http_sse_notify(ngx_http_sse_zone_t *z);
+// Wakes the workers in `workers` (bits as sse::store::workers_of; this one
+// through a posted event) to deliver what was just published into zone z.
+void ngx_http_sse_notify(ngx_http_sse_zone_t *z, uint64_t workers);
 
 ngx_http_sse_msg_t *ngx_http_sse_msg_copy(const sse::message *m);
 void ngx_http_sse_msg_unref(ngx_http_sse_msg_t *msg);
@@ -190,6 +190,12 @@ ngx_int_t ngx_http_sse_enqueue(ngx_http_sse_subscriber_t *sub,
 // Hands queued events to the output filters in one write, then checks
 // what the subscriber owes; may end it (posted, never synchronously).
 void ngx_http_sse_send(ngx_http_sse_subscriber_t *sub);
+// Schedules ngx_http_sse_send(): the worker writes to its dirty
+// subscribers in slices between event-loop turns, so publishes are served
+// meanwhile and events that arrive before a subscriber's turn share its
+// one write.
+void ngx_http_sse_mark_dirty(ngx_http_sse_subscriber_t *sub);
+void ngx_http_sse_unmark_dirty(ngx_http_sse_subscriber_t *sub);
 // Stops deliveries now and ends the stream from a posted event, so callers
 // iterating subscribers are never disturbed.
 void ngx_http_sse_end(ngx_http_sse_subscriber_t *sub, ngx_uint_t how);

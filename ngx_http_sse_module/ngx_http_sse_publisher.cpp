@@ -17,8 +17,9 @@ struct ngx_http_sse_publish_ctx_t {
     uint32_t subscribers;
 };
 
+// (event name, data) pairs, viewing memory that outlives the publish.
 using ngx_http_sse_event_list =
-    std::vector<std::pair<std::string, std::string>>;
+    std::vector<std::pair<std::string_view, std::string_view>>;
 
 static ngx_int_t ngx_http_sse_publish(ngx_http_request_t *r);
 static void ngx_http_sse_publish_body(ngx_http_request_t *r);
@@ -93,7 +94,7 @@ static ngx_int_t ngx_http_sse_channel_delete(ngx_http_request_t *r,
         return ngx_http_sse_error(r, NGX_HTTP_NOT_FOUND, "no such channel");
     }
     // Every worker ends the channel's streams.
-    ngx_http_sse_notify(z);
+    ngx_http_sse_notify(z, ~uint64_t{0});
     return ngx_http_sse_send_text(r, NGX_HTTP_OK, "application/json", json);
 }
 
@@ -107,6 +108,7 @@ static sse::publish_status ngx_http_sse_store_events(
     std::string_view id(reinterpret_cast<char *>(ctx->channel.data),
                         ctx->channel.len);
     sse::publish_status status = sse::publish_status::ok;
+    uint64_t workers = 0;
     if (events.empty()) {
         return status;
     }
@@ -131,10 +133,11 @@ static sse::publish_status ngx_http_sse_store_events(
         }
         if (ch != NULL) {
             ctx->subscribers = sse::store::subscribers(ch);
+            workers = st.workers_of(ch);
         }
     }
-    if (ctx->published > 0) {
-        ngx_http_sse_notify(z);
+    if (ctx->published > 0 && workers != 0) {
+        ngx_http_sse_notify(z, workers);
     }
     return status;
 }
@@ -292,7 +295,20 @@ static ngx_int_t ngx_http_sse_publish_now(ngx_http_request_t *r) {
         ngx_http_get_module_ctx(r, ngx_http_sse_module));
 
     std::string data;
-    ngx_int_t rc = ngx_http_sse_body(r, lcf->max_message_size, data);
+    std::string_view view;
+    ngx_int_t rc = NGX_OK;
+    ngx_chain_t *bufs = r->request_body ? r->request_body->bufs : NULL;
+    if (bufs != NULL && bufs->next == NULL && !bufs->buf->in_file) {
+        // The usual case: the whole body in one buffer; no copy.
+        view = {reinterpret_cast<char *>(bufs->buf->pos),
+                static_cast<size_t>(bufs->buf->last - bufs->buf->pos)};
+        if (view.size() > lcf->max_message_size) {
+            rc = NGX_DECLINED;
+        }
+    } else {
+        rc = ngx_http_sse_body(r, lcf->max_message_size, data);
+        view = data;
+    }
     if (rc == NGX_DECLINED) {
         return ngx_http_sse_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
                                   "message larger than sse_max_message_size");
@@ -303,8 +319,9 @@ static ngx_int_t ngx_http_sse_publish_now(ngx_http_request_t *r) {
 
     ngx_http_sse_event_list events;
     events.emplace_back(
-        std::string(reinterpret_cast<char *>(ctx->event.data), ctx->event.len),
-        std::move(data));
+        std::string_view(reinterpret_cast<char *>(ctx->event.data),
+                         ctx->event.len),
+        view);
     if (ngx_http_sse_store_events(r, ctx, events) != sse::publish_status::ok) {
         return ngx_http_sse_error(r, NGX_HTTP_INSUFFICIENT_STORAGE,
                                   "message does not fit in the sse zone");
@@ -330,10 +347,11 @@ static void ngx_http_sse_publish_body(ngx_http_request_t *r) {
 static ngx_int_t ngx_http_sse_stream_consume(ngx_http_request_t *r) {
     auto *ctx = static_cast<ngx_http_sse_publish_ctx_t *>(
         ngx_http_get_module_ctx(r, ngx_http_sse_module));
-    ngx_http_sse_event_list events;
+    // The parser's views last only through the callback: keep copies.
+    std::vector<std::pair<std::string, std::string>> parsed;
     sse::parse_status ps = sse::parse_status::ok;
-    auto collect = [&events](std::string_view event, std::string_view data) {
-        events.emplace_back(event, data);
+    auto collect = [&parsed](std::string_view event, std::string_view data) {
+        parsed.emplace_back(event, data);
     };
     for (ngx_chain_t *cl = r->request_body->bufs; cl; cl = cl->next) {
         ngx_buf_t *b = cl->buf;
@@ -361,6 +379,7 @@ static ngx_int_t ngx_http_sse_stream_consume(ngx_http_request_t *r) {
     }
     r->request_body->bufs = NULL;
 
+    ngx_http_sse_event_list events(parsed.begin(), parsed.end());
     if (ngx_http_sse_store_events(r, ctx, events) !=
         sse::publish_status::ok) {
         return ngx_http_sse_error(

@@ -156,6 +156,7 @@ void ngx_http_sse_end(ngx_http_sse_subscriber_t *sub, ngx_uint_t how) {
 }
 
 static void ngx_http_sse_stop_timers(ngx_http_sse_subscriber_t *sub) {
+    ngx_http_sse_unmark_dirty(sub);
     if (sub->heartbeat.timer_set) {
         ngx_del_timer(&sub->heartbeat);
     }

@@ -9,6 +9,9 @@
 #define NGX_HTTP_SSE_POLL_MS 250
 #define NGX_HTTP_SSE_SWEEP_MS 1000
 #define NGX_HTTP_SSE_FREE_OUT_MAX 4096
+// Subscribers written to per event-loop turn before publishes, accepts and
+// reads get their turn.
+#define NGX_HTTP_SSE_SLICE 256
 
 struct ngx_http_sse_worker_t {
     ngx_http_sse_main_conf_t *mcf;
@@ -17,6 +20,8 @@ struct ngx_http_sse_worker_t {
     ngx_event_t poll;
     ngx_http_sse_out_t *free_out;
     ngx_uint_t nfree_out;
+    ngx_queue_t dirty;  // subscribers with unsent events, oldest first
+    ngx_event_t flush;
 };
 
 // This process's state, made in init_process and freed in exit_process.
@@ -87,18 +92,21 @@ ngx_http_sse_zone_worker_t *ngx_http_sse_zone_worker(ngx_http_sse_zone_t *z) {
     return ngx_http_sse_w->zones[z->index];
 }
 
-void ngx_http_sse_notify(ngx_http_sse_zone_t *z) {
+void ngx_http_sse_notify(ngx_http_sse_zone_t *z, uint64_t workers) {
     ngx_http_sse_worker_t *w = ngx_http_sse_w;
     if (w == NULL) {
         return;
     }
+    auto wanted = [workers](ngx_uint_t i) {
+        return (workers >> (i < 63 ? i : 63)) & 1;
+    };
     ngx_http_sse_zone_worker_t *zw = w->zones[z->index];
-    if (!zw->wake.posted) {
+    if (wanted(ngx_worker) && !zw->wake.posted) {
         ngx_post_event(&zw->wake, &ngx_posted_events);
     }
     uint64_t one = 1;
     for (ngx_uint_t i = 0; i < w->mcf->nworkers; i++) {
-        if (i != ngx_worker && w->mcf->notify_fds[i] != -1) {
+        if (i != ngx_worker && wanted(i) && w->mcf->notify_fds[i] != -1) {
             // EAGAIN means the counter is already non-zero: it is woken.
             (void) !write(w->mcf->notify_fds[i], &one, sizeof(one));
         }
@@ -246,7 +254,6 @@ static void ngx_http_sse_deliver(ngx_http_sse_zone_worker_t *zw) {
         }
     }
 
-    ngx_http_sse_subscriber_t *dirty = NULL;
     for (auto &[lc, msg] : batch) {
         for (ngx_queue_t *q = ngx_queue_head(&lc->subs);
              q != ngx_queue_sentinel(&lc->subs); q = ngx_queue_next(q)) {
@@ -261,21 +268,46 @@ static void ngx_http_sse_deliver(ngx_http_sse_zone_worker_t *zw) {
                 continue;
             }
             zw->delivered++;
-            if (!sub->dirty) {
-                sub->dirty = 1;
-                sub->dirty_next = dirty;
-                dirty = sub;
-            }
+            ngx_http_sse_mark_dirty(sub);
         }
         ngx_http_sse_msg_unref(msg);
     }
     batch.clear();
+}
 
-    while (dirty != NULL) {
-        ngx_http_sse_subscriber_t *sub = dirty;
-        dirty = sub->dirty_next;
-        sub->dirty = 0;
-        ngx_http_sse_send(sub);
+void ngx_http_sse_mark_dirty(ngx_http_sse_subscriber_t *sub) {
+    ngx_http_sse_worker_t *w = ngx_http_sse_w;
+    if (sub->queued) {
+        return;
+    }
+    sub->queued = 1;
+    ngx_queue_insert_tail(&w->dirty, &sub->dirty);
+    if (!w->flush.posted) {
+        ngx_post_event(&w->flush, &ngx_posted_events);
+    }
+}
+
+void ngx_http_sse_unmark_dirty(ngx_http_sse_subscriber_t *sub) {
+    if (sub->queued) {
+        sub->queued = 0;
+        ngx_queue_remove(&sub->dirty);
+    }
+}
+
+static void ngx_http_sse_flush_handler(ngx_event_t *ev) {
+    ngx_http_sse_worker_t *w = ngx_http_sse_w;
+    for (ngx_uint_t n = 0; n < NGX_HTTP_SSE_SLICE && !ngx_queue_empty(&w->dirty);
+         n++) {
+        ngx_queue_t *q = ngx_queue_head(&w->dirty);
+        auto *sub = ngx_queue_data(q, ngx_http_sse_subscriber_t, dirty);
+        ngx_http_sse_unmark_dirty(sub);
+        if (sub->end == NGX_HTTP_SSE_END_NONE) {
+            ngx_http_sse_send(sub);
+        }
+    }
+    if (!ngx_queue_empty(&w->dirty)) {
+        // The rest after the next event-loop turn.
+        ngx_post_event(ev, &ngx_posted_next_events);
     }
 }
 
@@ -325,11 +357,13 @@ static uint32_t ngx_http_sse_claim_slot(ngx_http_sse_zone_t *z) {
         if (pid != 0 && kill(pid, 0) == -1 && ngx_errno == NGX_ESRCH) {
             st.clear_slot(s, ngx_current_msec);
             root->slot_pid[s] = 0;
+            root->slot_worker[s] = -1;
         }
     }
     for (uint32_t s = 0; s < sse::max_slots; s++) {
         if (root->slot_pid[s] == 0) {
             root->slot_pid[s] = ngx_pid;
+            root->slot_worker[s] = (int16_t) ngx_min(ngx_worker, 0x7fff);
             return s;
         }
     }
@@ -374,6 +408,10 @@ ngx_int_t ngx_http_sse_worker_init(ngx_cycle_t *cycle) {
     }
 
     ngx_http_sse_worker_t *w = ngx_http_sse_w;
+    ngx_queue_init(&w->dirty);
+    w->flush.handler = ngx_http_sse_flush_handler;
+    w->flush.data = w;
+    w->flush.log = cycle->log;
     if (ngx_worker < mcf->nworkers && mcf->notify_fds[ngx_worker] != -1) {
         ngx_connection_t *c =
             ngx_get_connection(mcf->notify_fds[ngx_worker], cycle->log);
@@ -414,6 +452,7 @@ void ngx_http_sse_worker_exit(ngx_cycle_t *cycle) {
             st.clear_slot(zw->slot, ngx_current_msec);
             if (zw->zone->root->slot_pid[zw->slot] == ngx_pid) {
                 zw->zone->root->slot_pid[zw->slot] = 0;
+                zw->zone->root->slot_worker[zw->slot] = -1;
             }
         }
         for (auto &[ch, lc] : zw->channels) {
@@ -433,6 +472,9 @@ void ngx_http_sse_worker_exit(ngx_cycle_t *cycle) {
     }
     if (w->poll.timer_set) {
         ngx_del_timer(&w->poll);
+    }
+    if (w->flush.posted) {
+        ngx_delete_posted_event(&w->flush);
     }
     delete w;
     ngx_http_sse_w = NULL;

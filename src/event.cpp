@@ -41,6 +41,20 @@ size_t format_u64(char *out, uint64_t v) {
 // Calls f(line) for each line of data, split on CRLF, CR or LF.
 template <typename F>
 void for_each_line(std::string_view data, F &&f) {
+    if (std::memchr(data.data(), '\r', data.size()) == nullptr) {
+        // The common case: LF only, found with memchr.
+        const char *p = data.data();
+        const char *end = p + data.size();
+        for (;;) {
+            auto *lf = static_cast<const char *>(std::memchr(p, '\n', end - p));
+            if (lf == nullptr) {
+                f(std::string_view(p, end - p));
+                return;
+            }
+            f(std::string_view(p, lf - p));
+            p = lf + 1;
+        }
+    }
     size_t start = 0;
     size_t i = 0;
     while (i < data.size()) {

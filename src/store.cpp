@@ -35,6 +35,9 @@ zone_root *store::create(const allocator &a, uint64_t epoch,
     root->magic = magic;
     root->epoch = epoch;
     root->capacity = capacity;
+    for (uint32_t s = 0; s < max_slots; s++) {
+        root->slot_worker[s] = -1;
+    }
     return root;
 }
 
@@ -223,6 +226,17 @@ uint32_t store::subscribers(const channel *c) {
         n += s;
     }
     return n;
+}
+
+uint64_t store::workers_of(const channel *c) const {
+    uint64_t mask = 0;
+    for (uint32_t s = 0; s < max_slots; s++) {
+        int w = root_->slot_worker[s];
+        if (c->subs[s] != 0 && w >= 0) {
+            mask |= uint64_t{1} << (w < 63 ? w : 63);
+        }
+    }
+    return mask;
 }
 
 void store::free_channel(channel *c) {

@@ -98,6 +98,7 @@ struct zone_root {
     uint64_t message_bytes;
     zone_stats stats;
     int32_t slot_pid[max_slots];
+    int16_t slot_worker[max_slots];  // the process's worker number, or -1
 };
 
 static_assert(std::is_standard_layout_v<message> &&
@@ -147,6 +148,9 @@ public:
     void subscribe(channel *c, uint32_t slot) { c->subs[slot]++; }
     void unsubscribe(channel *c, uint32_t slot, int64_t now);
     static uint32_t subscribers(const channel *c);
+    // Bit w set: worker number w (slot_worker) has subscribers of c; bit
+    // 63 stands for every worker numbered 63 or more.
+    uint64_t workers_of(const channel *c) const;
 
     // Forgets every count of `slot` (its process is gone).
     void clear_slot(uint32_t slot, int64_t now);
