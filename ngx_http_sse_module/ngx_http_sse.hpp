@@ -223,11 +223,15 @@ ngx_int_t ngx_http_sse_options(ngx_http_request_t *r, const char *allow,
 ngx_int_t ngx_http_sse_cors(ngx_http_request_t *r);
 ngx_int_t ngx_http_sse_add_header(ngx_http_request_t *r, const char *key,
                                   const char *value);
-// Evaluates sse_channel into validated ids (pointing into r->pool); on a
-// bad value answers 400 and returns that handler result.
-ngx_int_t ngx_http_sse_channels(ngx_http_request_t *r,
-                                ngx_http_sse_loc_conf_t *lcf,
-                                std::vector<std::string_view> &ids);
+// Evaluates sse_channel into validated ids (pointing into r->pool). False
+// when it has answered instead (400 for a bad value): the handler then
+// returns *answer.
+bool ngx_http_sse_channels(ngx_http_request_t *r, ngx_http_sse_loc_conf_t *lcf,
+                           std::vector<std::string_view> &ids,
+                           ngx_int_t *answer);
 ngx_int_t ngx_http_sse_header(ngx_http_request_t *r, std::string_view name,
                               ngx_str_t *value);
 void ngx_http_sse_json_string(std::string &out, std::string_view s);
+// Decodes %XX escapes into a copy in r->pool (query arguments arrive
+// escaped); leaves v alone when it has none.
+ngx_int_t ngx_http_sse_unescape(ngx_http_request_t *r, ngx_str_t *v);

@@ -122,32 +122,25 @@ ngx_int_t ngx_http_sse_options(ngx_http_request_t *r, const char *allow,
     return ngx_http_sse_send_text(r, NGX_HTTP_NO_CONTENT, "text/plain", "");
 }
 
-ngx_int_t ngx_http_sse_channels(ngx_http_request_t *r,
-                                ngx_http_sse_loc_conf_t *lcf,
-                                std::vector<std::string_view> &ids) {
+bool ngx_http_sse_channels(ngx_http_request_t *r, ngx_http_sse_loc_conf_t *lcf,
+                           std::vector<std::string_view> &ids,
+                           ngx_int_t *answer) {
     ngx_str_t v;
-    if (ngx_http_complex_value(r, lcf->channel, &v) != NGX_OK) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-    // Query arguments arrive escaped ($arg_channels); ids never contain '%'.
-    if (ngx_strlchr(v.data, v.data + v.len, '%') != NULL) {
-        u_char *dst = static_cast<u_char *>(ngx_pnalloc(r->pool, v.len));
-        if (dst == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-        u_char *src = v.data;
-        v.data = dst;
-        ngx_unescape_uri(&dst, &src, v.len, 0);
-        v.len = dst - v.data;
+    // $arg_channels arrives escaped; ids themselves never contain '%'.
+    if (ngx_http_complex_value(r, lcf->channel, &v) != NGX_OK ||
+        ngx_http_sse_unescape(r, &v) != NGX_OK) {
+        *answer = NGX_HTTP_INTERNAL_SERVER_ERROR;
+        return false;
     }
     sse::channels_error e = sse::split_channels(
         {reinterpret_cast<char *>(v.data), v.len}, ids);
     if (e != sse::channels_error::none) {
         std::string why = "invalid channel: ";
         why += sse::describe(e);
-        return ngx_http_sse_error(r, NGX_HTTP_BAD_REQUEST, why);
+        *answer = ngx_http_sse_error(r, NGX_HTTP_BAD_REQUEST, why);
+        return false;
     }
-    return NGX_OK;
+    return true;
 }
 
 ngx_int_t ngx_http_sse_header(ngx_http_request_t *r, std::string_view name,
@@ -189,4 +182,19 @@ void ngx_http_sse_json_string(std::string &out, std::string_view s) {
         }
     }
     out += '"';
+}
+
+ngx_int_t ngx_http_sse_unescape(ngx_http_request_t *r, ngx_str_t *v) {
+    if (ngx_strlchr(v->data, v->data + v->len, '%') == NULL) {
+        return NGX_OK;
+    }
+    u_char *dst = static_cast<u_char *>(ngx_pnalloc(r->pool, v->len));
+    if (dst == NULL) {
+        return NGX_ERROR;
+    }
+    u_char *src = v->data;
+    v->data = dst;
+    ngx_unescape_uri(&dst, &src, v->len, 0);
+    v->len = dst - v->data;
+    return NGX_OK;
 }

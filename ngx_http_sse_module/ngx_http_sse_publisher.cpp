@@ -174,8 +174,8 @@ static ngx_int_t ngx_http_sse_publish(ngx_http_request_t *r) {
     }
 
     std::vector<std::string_view> ids;
-    ngx_int_t rc = ngx_http_sse_channels(r, lcf, ids);
-    if (rc != NGX_OK) {
+    ngx_int_t rc;
+    if (!ngx_http_sse_channels(r, lcf, ids, &rc)) {
         return rc;
     }
     if (ids.size() != 1) {
@@ -202,17 +202,9 @@ static ngx_int_t ngx_http_sse_publish(ngx_http_request_t *r) {
 
     // The event type: SSE-Event header, else the event argument.
     if (ngx_http_sse_header(r, "SSE-Event", &ctx->event) != NGX_OK) {
-        ngx_str_t arg;
-        if (ngx_http_arg(r, (u_char *) "event", 5, &arg) == NGX_OK) {
-            u_char *dst = static_cast<u_char *>(ngx_pnalloc(r->pool,
-                                                            arg.len + 1));
-            if (dst == NULL) {
-                return NGX_HTTP_INTERNAL_SERVER_ERROR;
-            }
-            ctx->event.data = dst;
-            u_char *src = arg.data;
-            ngx_unescape_uri(&dst, &src, arg.len, 0);
-            ctx->event.len = dst - ctx->event.data;
+        if (ngx_http_arg(r, (u_char *) "event", 5, &ctx->event) == NGX_OK &&
+            ngx_http_sse_unescape(r, &ctx->event) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
     }
     if (!sse::valid_event_name(

@@ -281,19 +281,11 @@ static ngx_int_t ngx_http_sse_resume_point(ngx_http_request_t *r,
     if (ngx_http_sse_header(r, "Last-Event-ID", id) == NGX_OK) {
         return NGX_OK;
     }
-    ngx_str_t arg;
-    if (ngx_http_arg(r, (u_char *) "last_event_id", 13, &arg) == NGX_OK &&
-        arg.len > 0) {
-        u_char *dst = static_cast<u_char *>(ngx_pnalloc(r->pool, arg.len));
-        if (dst == NULL) {
-            return NGX_ERROR;
-        }
-        id->data = dst;
-        u_char *src = arg.data;
-        ngx_unescape_uri(&dst, &src, arg.len, 0);
-        id->len = dst - id->data;
+    if (ngx_http_arg(r, (u_char *) "last_event_id", 13, id) != NGX_OK) {
+        ngx_str_null(id);
+        return NGX_OK;
     }
-    return NGX_OK;
+    return ngx_http_sse_unescape(r, id);
 }
 
 static ngx_int_t ngx_http_sse_stream_headers(ngx_http_request_t *r) {
@@ -309,22 +301,9 @@ static ngx_int_t ngx_http_sse_stream_headers(ngx_http_request_t *r) {
     ngx_http_clear_content_length(r);
     ngx_http_clear_accept_ranges(r);
     ngx_http_clear_last_modified(r);
-    static const struct {
-        ngx_str_t key;
-        ngx_str_t value;
-    } hdrs[] = {
-        {ngx_string("Cache-Control"), ngx_string("no-cache")},
-        {ngx_string("X-Accel-Buffering"), ngx_string("no")},
-    };
-    for (const auto &hd : hdrs) {
-        ngx_table_elt_t *h =
-            static_cast<ngx_table_elt_t *>(ngx_list_push(&r->headers_out.headers));
-        if (h == NULL) {
-            return NGX_ERROR;
-        }
-        h->hash = 1;
-        h->key = hd.key;
-        h->value = hd.value;
+    if (ngx_http_sse_add_header(r, "Cache-Control", "no-cache") != NGX_OK ||
+        ngx_http_sse_add_header(r, "X-Accel-Buffering", "no") != NGX_OK) {
+        return NGX_ERROR;
     }
     return ngx_http_send_header(r);
 }
@@ -376,8 +355,8 @@ static ngx_int_t ngx_http_sse_subscribe(ngx_http_request_t *r) {
     }
 
     std::vector<std::string_view> ids;
-    ngx_int_t rc = ngx_http_sse_channels(r, lcf, ids);
-    if (rc != NGX_OK) {
+    ngx_int_t rc;
+    if (!ngx_http_sse_channels(r, lcf, ids, &rc)) {
         return rc;
     }
     ngx_http_sse_zone_t *z = ngx_http_sse_loc_zone(r, lcf);
