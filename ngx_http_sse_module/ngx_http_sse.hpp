@@ -161,8 +161,6 @@ struct ngx_http_sse_zone_worker_t {
     uint32_t slot;
     uint64_t last_seen;  // newest zone seq delivered here
     uint64_t control_gen;
-    uint64_t delivered;  // not yet added to the zone's stats
-    uint64_t slow_dropped;
     ngx_event_t wake;
     ngx_queue_t subs;
     std::unordered_map<sse::channel *, ngx_http_sse_local_channel_t *>
@@ -178,6 +176,9 @@ ngx_http_sse_zone_worker_t *ngx_http_sse_zone_worker(ngx_http_sse_zone_t *z);
 // Wakes the workers in `workers` (bits as sse::store::workers_of; this one
 // through a posted event) to deliver what was just published into zone z.
 void ngx_http_sse_notify(ngx_http_sse_zone_t *z, uint64_t workers);
+// Adds n to this worker's figure in the zone (no lock needed).
+void ngx_http_sse_count(ngx_http_sse_zone_worker_t *zw,
+                        uint64_t sse::slot_stats::*field, uint64_t n);
 
 ngx_http_sse_msg_t *ngx_http_sse_msg_copy(const sse::message *m);
 void ngx_http_sse_msg_unref(ngx_http_sse_msg_t *msg);

@@ -400,11 +400,23 @@ static ngx_int_t ngx_http_sse_stream_consume(ngx_http_request_t *r) {
 }
 
 static void ngx_http_sse_stream_step(ngx_http_request_t *r, bool read) {
-    ngx_int_t rc;
+    ngx_int_t rc = NGX_AGAIN;
     try {
-        rc = read ? ngx_http_read_unbuffered_request_body(r) : NGX_OK;
-        if (rc < NGX_HTTP_SPECIAL_RESPONSE) {
+        // With its buffer full, nginx stops reading until the consumer
+        // calls again: read and consume until nothing new arrives.
+        for (;;) {
+            if (read) {
+                rc = ngx_http_read_unbuffered_request_body(r);
+                if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+                    break;
+                }
+            }
+            read = true;
+            bool got = r->request_body->bufs != NULL;
             rc = ngx_http_sse_stream_consume(r);
+            if (rc != NGX_AGAIN || !got) {
+                break;
+            }
         }
     } catch (const std::exception &e) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "sse: %s",

@@ -41,6 +41,10 @@ static ngx_http_sse_zone_figures_t ngx_http_sse_figures(
             }
         }
         for (uint32_t s = 0; s < sse::max_slots; s++) {
+            f.stats.delivered += __atomic_load_n(
+                &root->per_slot[s].delivered, __ATOMIC_RELAXED);
+            f.stats.slow_dropped += __atomic_load_n(
+                &root->per_slot[s].slow_dropped, __ATOMIC_RELAXED);
             if (root->slot_pid[s] != 0) {
                 f.workers.emplace_back(root->slot_pid[s], per_slot[s]);
             }

@@ -127,7 +127,7 @@ void ngx_http_sse_send(ngx_http_sse_subscriber_t *sub) {
                       "closing it",
                       sub->pending);
         sub->slow = 1;
-        sub->zw->slow_dropped++;
+        ngx_http_sse_count(sub->zw, &sse::slot_stats::slow_dropped, 1);
         ngx_http_sse_end(sub, NGX_HTTP_SSE_END_CLOSE);
         return;
     }

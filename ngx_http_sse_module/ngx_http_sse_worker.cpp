@@ -198,10 +198,6 @@ static void ngx_http_sse_deliver(ngx_http_sse_zone_worker_t *zw) {
     batch.clear();
     {
         ngx_http_sse_locked lock(zw->zone);
-        root->stats.delivered += zw->delivered;
-        root->stats.slow_dropped += zw->slow_dropped;
-        zw->delivered = 0;
-        zw->slow_dropped = 0;
         if (root->seq > zw->last_seen) {
             uint64_t before = zw->last_seen;
             if (!zw->channels.empty()) {
@@ -246,14 +242,8 @@ static void ngx_http_sse_deliver(ngx_http_sse_zone_worker_t *zw) {
             }
         }
     }
-    for (auto *lc : deleted) {
-        for (ngx_queue_t *q = ngx_queue_head(&lc->subs);
-             q != ngx_queue_sentinel(&lc->subs); q = ngx_queue_next(q)) {
-            ngx_http_sse_end(ngx_http_sse_link_sub(q),
-                             NGX_HTTP_SSE_END_RETRY);
-        }
-    }
 
+    uint64_t delivered = 0;
     for (auto &[lc, msg] : batch) {
         for (ngx_queue_t *q = ngx_queue_head(&lc->subs);
              q != ngx_queue_sentinel(&lc->subs); q = ngx_queue_next(q)) {
@@ -267,12 +257,31 @@ static void ngx_http_sse_deliver(ngx_http_sse_zone_worker_t *zw) {
                 ngx_http_sse_end(sub, NGX_HTTP_SSE_END_CLOSE);
                 continue;
             }
-            zw->delivered++;
+            delivered++;
             ngx_http_sse_mark_dirty(sub);
         }
         ngx_http_sse_msg_unref(msg);
     }
     batch.clear();
+    ngx_http_sse_count(zw, &sse::slot_stats::delivered, delivered);
+
+    // After what was published before the DELETE: end of stream.
+    for (auto *lc : deleted) {
+        for (ngx_queue_t *q = ngx_queue_head(&lc->subs);
+             q != ngx_queue_sentinel(&lc->subs); q = ngx_queue_next(q)) {
+            ngx_http_sse_end(ngx_http_sse_link_sub(q),
+                             NGX_HTTP_SSE_END_RETRY);
+        }
+    }
+}
+
+void ngx_http_sse_count(ngx_http_sse_zone_worker_t *zw,
+                        uint64_t sse::slot_stats::*field, uint64_t n) {
+    if (n != 0) {
+        // Only this process writes its slot; sse_status reads it unlocked.
+        __atomic_fetch_add(&(zw->zone->root->per_slot[zw->slot].*field), n,
+                           __ATOMIC_RELAXED);
+    }
 }
 
 void ngx_http_sse_mark_dirty(ngx_http_sse_subscriber_t *sub) {

@@ -266,8 +266,9 @@ void store::remove(channel *c, int64_t now) {
     if (c->deleted) {
         return;
     }
-    drop_all(c);
-    // Resuming past a deleted channel's events cannot be exact.
+    // Its events stay until its last subscriber leaves, so that every
+    // worker delivers what was published before the DELETE, then ends the
+    // streams. Resuming past them cannot be exact.
     if (c->last_seq > c->dropped_seq) {
         c->dropped_seq = c->last_seq;
     }
@@ -301,6 +302,9 @@ void store::unsubscribe(channel *c, uint32_t slot, int64_t now) {
 }
 
 void store::clear_slot(uint32_t slot, int64_t now) {
+    root_->stats.delivered += root_->per_slot[slot].delivered;
+    root_->stats.slow_dropped += root_->per_slot[slot].slow_dropped;
+    root_->per_slot[slot] = {};
     for_each_channel([&](channel *c) {
         if (c->subs[slot] != 0) {
             c->subs[slot] = 0;

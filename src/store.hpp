@@ -79,6 +79,14 @@ struct zone_stats {
     uint64_t evicted;  // dropped early because the zone was full
 };
 
+// Counts a worker adds to without the lock (only its process writes its
+// slot, with relaxed atomics); folded into zone_stats when the slot is
+// cleared.
+struct slot_stats {
+    uint64_t delivered;
+    uint64_t slow_dropped;
+};
+
 struct zone_root {
     uint64_t magic;
     uint64_t epoch;
@@ -99,6 +107,7 @@ struct zone_root {
     zone_stats stats;
     int32_t slot_pid[max_slots];
     int16_t slot_worker[max_slots];  // the process's worker number, or -1
+    slot_stats per_slot[max_slots];
 };
 
 static_assert(std::is_standard_layout_v<message> &&
@@ -140,9 +149,11 @@ public:
                            std::string_view data, int64_t now,
                            uint32_t buffer_length, int64_t ttl);
 
-    // Drops the channel's messages and unlinks it: later lookups see no
-    // channel. Subscribers still holding it see `deleted`; the last one to
-    // unsubscribe frees it.
+    // Unlinks the channel: later lookups see no channel, and a channel of
+    // the same name made later reports a gap for resume points before now.
+    // Subscribers still holding it see `deleted`; its buffered events stay
+    // (for workers still to deliver them) until the last one unsubscribes
+    // and frees it.
     void remove(channel *c, int64_t now);
 
     void subscribe(channel *c, uint32_t slot) { c->subs[slot]++; }
@@ -152,7 +163,8 @@ public:
     // 63 stands for every worker numbered 63 or more.
     uint64_t workers_of(const channel *c) const;
 
-    // Forgets every count of `slot` (its process is gone).
+    // Forgets every count of `slot` (its process is gone), folding its
+    // slot_stats into the zone's.
     void clear_slot(uint32_t slot, int64_t now);
 
     // Drops expired messages everywhere, and frees channels that have been
