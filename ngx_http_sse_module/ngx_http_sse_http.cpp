@@ -165,21 +165,51 @@ ngx_int_t ngx_http_sse_header(ngx_http_request_t *r, std::string_view name,
     }
 }
 
+// Length of the valid UTF-8 sequence at p (at most n bytes), or 0.
+static size_t ngx_http_sse_utf8_len(const unsigned char *p, size_t n) {
+    size_t len = p[0] >= 0xf0 ? 4 : p[0] >= 0xe0 ? 3 : p[0] >= 0xc2 ? 2 : 0;
+    if (len == 0 || len > n || p[0] > 0xf4) {
+        return 0;
+    }
+    for (size_t i = 1; i < len; i++) {
+        if ((p[i] & 0xc0) != 0x80) {
+            return 0;
+        }
+    }
+    // Overlong forms, surrogates and code points past U+10FFFF.
+    if ((p[0] == 0xe0 && p[1] < 0xa0) || (p[0] == 0xed && p[1] > 0x9f) ||
+        (p[0] == 0xf0 && p[1] < 0x90) || (p[0] == 0xf4 && p[1] > 0x8f)) {
+        return 0;
+    }
+    return len;
+}
+
 void ngx_http_sse_json_string(std::string &out, std::string_view s) {
     static const char hex[] = "0123456789abcdef";
+    auto *p = reinterpret_cast<const unsigned char *>(s.data());
+    size_t n = s.size();
     out += '"';
-    for (unsigned char c : s) {
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = p[i];
         if (c == '"' || c == '\\') {
             out += '\\';
             out += static_cast<char>(c);
-        } else if (c < 0x20 || c >= 0x7f) {
-            // Bytes past ASCII too: the JSON stays valid whatever came in.
-            out += "\\u00";
-            out += hex[c >> 4];
-            out += hex[c & 15];
-        } else {
-            out += static_cast<char>(c);
+            continue;
         }
+        if (c >= 0x20 && c < 0x7f) {
+            out += static_cast<char>(c);
+            continue;
+        }
+        size_t len = c >= 0x80 ? ngx_http_sse_utf8_len(p + i, n - i) : 0;
+        if (len > 0) {
+            out.append(reinterpret_cast<const char *>(p + i), len);
+            i += len - 1;
+            continue;
+        }
+        // Controls, DEL and bytes that are not UTF-8: the JSON stays valid.
+        out += "\\u00";
+        out += hex[c >> 4];
+        out += hex[c & 15];
     }
     out += '"';
 }
