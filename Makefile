@@ -35,6 +35,8 @@ deps:
 	@# Real clients for t/; the browser is Debian's chromium, never a download.
 	@[ -d t/js/node_modules/playwright-core ] || \
 	    (cd t/js && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
+	@[ clients/js/node_modules/.package-lock.json -nt clients/js/package-lock.json ] || \
+	    (cd clients/js && npm ci --no-audit --no-fund)
 
 build: deps $(MODULE)
 

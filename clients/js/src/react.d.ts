@@ -1,0 +1,20 @@
+import type { ConnectOptions, ConnectionState, Gap } from "./index.js";
+
+export interface UseEventStreamOptions extends ConnectOptions {
+  /** event types to listen for (default ["message"]) */
+  events?: string[];
+  onEvent?: (type: string, data: string, event: MessageEvent) => void;
+}
+
+export interface EventStreamSnapshot {
+  state: ConnectionState;
+  reconnects: number;
+  lastEventId: string | null;
+  lastEvent: { type: string; data: string; id: string | null } | null;
+  gap: Gap | null;
+  error: unknown;
+  close: () => void;
+}
+
+/** connect() for React: opens on mount (or when url changes), closes on unmount; url null: no stream. */
+export declare function useEventStream(url: string | null, options?: UseEventStreamOptions): EventStreamSnapshot;

@@ -1,0 +1,221 @@
+"""The demo (examples/nginx.conf + examples/ai_model.py) on free ports, for
+t/test_demo_browser.py and t/test_client_js.py.
+
+`Demo` renders a copy of examples/nginx.conf with its three ports and its
+build/demo/ paths replaced, starts nginx (prefix = the repository, so
+`root examples/www` and `load_module build/...` resolve as in `make demo`)
+and the pretend model, and stops both by pid. Its log check is conftest's,
+except that "worker process N exited on signal 9" is allowed for the
+workers a test killed on purpose (`allow_killed`)."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from conftest import (BAD_LOG, NGINX_BIN, ROOT, established_inodes,
+                      free_port, proc_alive, proc_children, proc_cmdline,
+                      socket_inodes)
+
+EXAMPLES = ROOT / "examples"
+DEMO_CONF = EXAMPLES / "nginx.conf"
+AI_MODEL = EXAMPLES / "ai_model.py"
+PYTHON = "/usr/bin/python3"
+
+KILLED_LINE = re.compile(r"worker process (\d+) exited on signal 9\b")
+
+
+def render_demo_conf(text, d, public, internal, model):
+    """examples/nginx.conf with ports and build/demo/ paths replaced."""
+    out = text
+    for old, new in (("127.0.0.1:8080", public), ("127.0.0.1:8081", internal),
+                     ("127.0.0.1:8082", model)):
+        assert old in out, f"{old} is no longer in examples/nginx.conf"
+        out = out.replace(old, f"127.0.0.1:{new}")
+    assert "build/demo/" in out
+    out = out.replace("build/demo/", f"{d}/")
+    return out
+
+
+def _get(url, timeout=2):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.status, r.read()
+
+
+class Demo:
+    def __init__(self, d, delay=0.03):
+        self.dir = Path(d)
+        self.public = free_port()
+        self.internal = free_port()
+        self.model_port = free_port()
+        self.delay = delay
+        self.conf = self.dir / "nginx.conf"
+        self.conf.write_text(render_demo_conf(
+            DEMO_CONF.read_text(), self.dir, self.public, self.internal,
+            self.model_port))
+        self.error_log = self.dir / "error.log"
+        self.model_log = self.dir / "ai_model.log"
+        self.master = None
+        self.model = None
+        self.killed = set()  # worker pids killed on purpose
+
+    @property
+    def base(self):
+        return f"http://127.0.0.1:{self.public}"
+
+    def _nginx(self, *args):
+        g = ["-g", "user root;"] if os.geteuid() == 0 else []
+        return subprocess.run(
+            [NGINX_BIN, "-p", f"{ROOT}/", "-c", str(self.conf),
+             "-e", str(self.error_log), *g, *args],
+            capture_output=True, text=True, timeout=30)
+
+    def test_config(self):
+        p = self._nginx("-t")
+        return p.returncode == 0, p.stdout + p.stderr
+
+    def start(self):
+        with open(self.model_log, "wb") as log:
+            self.model = subprocess.Popen(
+                [PYTHON, str(AI_MODEL), "--port", str(self.model_port),
+                 "--publish", f"http://127.0.0.1:{self.internal}/publish/",
+                 "--delay", str(self.delay)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        p = self._nginx()
+        if p.returncode != 0:
+            self.stop()
+            raise RuntimeError(f"nginx failed to start: {p.stderr}\n"
+                               f"{self.log_text()}")
+        deadline = time.monotonic() + 10
+        pid_file = self.dir / "nginx.pid"
+        while self.master is None and time.monotonic() < deadline:
+            try:
+                self.master = int(pid_file.read_text().strip())
+            except (OSError, ValueError):
+                time.sleep(0.02)
+        if self.master is None:
+            raise RuntimeError("nginx wrote no pid file")
+        self.wait_workers(deadline - time.monotonic())
+        while True:
+            try:
+                _get(f"http://127.0.0.1:{self.model_port}/health")
+                _get(f"{self.base}/status")
+                break
+            except OSError:
+                if (time.monotonic() > deadline
+                        or self.model.poll() is not None):
+                    raise RuntimeError("the demo did not come up:\n"
+                                       + self.model_log.read_text())
+                time.sleep(0.02)
+        return self
+
+    def workers(self):
+        return [p for p in proc_children(self.master)
+                if proc_cmdline(p) == "nginx: worker process"]
+
+    def wait_workers(self, timeout=10, exclude=(), n=2):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            w = [p for p in self.workers() if p not in exclude]
+            if len(w) == n:
+                return w
+            time.sleep(0.02)
+        raise RuntimeError(f"workers did not start: {self.workers()}")
+
+    def subscriber_conns(self):
+        """{worker pid: established connections to the public port}."""
+        est = established_inodes(self.public)
+        return {p: len(socket_inodes(p) & est) for p in self.workers()}
+
+    def stop(self):
+        ok = True
+        if self.master is not None and proc_alive(self.master):
+            procs = [self.master] + proc_children(self.master)
+            os.kill(self.master, signal.SIGQUIT)
+            deadline = time.monotonic() + 10
+            while any(proc_alive(p) for p in procs):
+                if time.monotonic() > deadline:
+                    ok = False
+                    for p in procs:
+                        try:
+                            os.kill(p, signal.SIGKILL)
+                        except ProcessLookupError:
+                            pass
+                    break
+                time.sleep(0.01)
+        if self.model is not None and self.model.poll() is None:
+            self.model.terminate()
+            try:
+                self.model.wait(5)
+            except subprocess.TimeoutExpired:
+                self.model.kill()
+                self.model.wait(5)
+        return ok
+
+    def log_text(self):
+        try:
+            return self.error_log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def bad_log_lines(self):
+        out = []
+        for line in self.log_text().splitlines():
+            if not BAD_LOG.search(line):
+                continue
+            m = KILLED_LINE.search(line)
+            if m and int(m.group(1)) in self.killed:
+                continue
+            out.append(line)
+        return out
+
+    def allow_killed(self, pids):
+        self.killed.update(int(p) for p in pids)
+
+    # ---- HTTP, for checks without a browser
+
+    def request(self, method, path, body=None, headers=None, port=None,
+                timeout=5):
+        """(status, headers dict (lower-case), body bytes)."""
+        port = port or self.public
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body).encode()
+        elif isinstance(body, str):
+            body = body.encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}{path}",
+                                     data=body, method=method,
+                                     headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                hdrs = {k.lower(): v for k, v in r.headers.items()}
+                return r.status, hdrs, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, {k.lower(): v for k, v in e.headers.items()}, \
+                e.read()
+
+    def channel_info(self, channel):
+        s, _, b = self.request("GET", f"/publish/{channel}",
+                               port=self.internal)
+        return json.loads(b) if s == 200 else None
+
+
+if __name__ == "__main__":
+    # Manual use: python3 t/demohelp.py DIR  (runs until Ctrl-C)
+    sys.path.insert(0, str(Path(__file__).parent))
+    d = Path(sys.argv[1])
+    d.mkdir(parents=True, exist_ok=True)
+    demo = Demo(d).start()
+    # Blocked only now: the children must not inherit the mask.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    print(f"demo on {demo.base}/ (internal {demo.internal}, model "
+          f"{demo.model_port}); master {demo.master}", flush=True)
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        demo.stop()
