@@ -245,6 +245,8 @@ static ngx_int_t ngx_http_sse_publish(ngx_http_request_t *r) {
         return NGX_DONE;
     }
 
+    // One buffer (the preread part copied in): encoded straight from it.
+    r->request_body_in_single_buf = 1;
     rc = ngx_http_read_client_request_body(r, ngx_http_sse_publish_body);
     if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
         return rc;
