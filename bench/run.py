@@ -842,6 +842,41 @@ def describe(name, p):
     return ""
 
 
+# The goals set for this module (issue 4), checked against this run.
+TARGETS = [
+    ("burst", "deliveries_per_s@5000", ">=", 2.0,
+     "burst fan-out at 5,000 subscribers: deliveries/s at least 2x nchan's"),
+    ("latency", "latency_p99_ms", "<=", 0.5,
+     "paced latency p99 (from each event's scheduled send time) at most "
+     "half of nchan's"),
+    ("memory", "bytes_per_subscriber_rss", "<=", 1.0,
+     "bytes per idle subscriber no more than nchan's"),
+    ("publish", "publishes_per_s@64B", ">=", 1.0,
+     "publish rate (64 B) at least nchan's"),
+    ("publish", "publishes_per_s@16384B", ">=", 1.0,
+     "publish rate (16 KB) at least nchan's"),
+]
+
+
+def targets_table(results):
+    lines = ["## Targets", "",
+             "| target | ratio in this run | met |", "|---|--:|:-:|"]
+    for name, key, op, want, text in TARGETS:
+        sc = results["scenarios"].get(name)
+        a = b = None
+        if sc and "metrics" in sc:
+            a = sc["metrics"]["ours"].get(key)
+            b = sc["metrics"]["nchan"].get(key)
+        if not isinstance(a, (int, float)) or not isinstance(b, (int, float)) \
+                or not b:
+            lines.append(f"| {text} | not measured | |")
+            continue
+        r = a / b
+        met = r >= want if op == ">=" else r <= want
+        lines.append(f"| {text} | {r:.2f}x | {'yes' if met else '**no**'} |")
+    return lines + [""]
+
+
 def write_markdown(results, charts, path):
     m = results["machine"]
     lines = [
@@ -887,6 +922,7 @@ def write_markdown(results, charts, path):
         "reports medians of N runs.",
         "",
     ]
+    lines += targets_table(results)
     for name in results["order"]:
         sc = results["scenarios"][name]
         lines += [f"## {TITLES[name]}", "", describe(name, sc["params"]), ""]
