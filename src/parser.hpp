@@ -141,6 +141,10 @@ parse_status stream_parser::feed(std::string_view in, F &&on_event) {
             line_.append(in.substr(i));
             break;
         }
+        // The same limit for every line, however the body was split.
+        if (line_.size() + (eol - i) > max_data_ + 256) {
+            return failed_ = parse_status::too_large;
+        }
         parse_status st;
         if (line_.empty()) {
             st = line(in.substr(i, eol - i), on_event);
