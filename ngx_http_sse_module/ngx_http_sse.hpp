@@ -22,7 +22,7 @@ extern "C" {
 
 extern "C" ngx_module_t ngx_http_sse_module;
 
-#define NGX_HTTP_SSE_OFF ((ngx_msec_t) -2)
+#define NGX_HTTP_SSE_OFF ((ngx_msec_t)-2)
 
 enum ngx_http_sse_role_e {
     NGX_HTTP_SSE_NONE = 0,
@@ -163,10 +163,8 @@ struct ngx_http_sse_zone_worker_t {
     uint64_t control_gen;
     ngx_event_t wake;
     ngx_queue_t subs;
-    std::unordered_map<sse::channel *, ngx_http_sse_local_channel_t *>
-        channels;
-    std::vector<std::pair<ngx_http_sse_local_channel_t *,
-                          ngx_http_sse_msg_t *>>
+    std::unordered_map<sse::channel *, ngx_http_sse_local_channel_t *> channels;
+    std::vector<std::pair<ngx_http_sse_local_channel_t *, ngx_http_sse_msg_t *>>
         batch;
 };
 

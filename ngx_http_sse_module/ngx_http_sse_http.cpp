@@ -9,9 +9,9 @@ ngx_int_t ngx_http_sse_add_header(ngx_http_request_t *r, const char *key,
         return NGX_ERROR;
     }
     h->hash = 1;
-    h->key.data = (u_char *) key;
+    h->key.data = (u_char *)key;
     h->key.len = ngx_strlen(key);
-    h->value.data = (u_char *) value;
+    h->value.data = (u_char *)value;
     h->value.len = ngx_strlen(value);
     return NGX_OK;
 }
@@ -19,19 +19,18 @@ ngx_int_t ngx_http_sse_add_header(ngx_http_request_t *r, const char *key,
 ngx_int_t ngx_http_sse_send_text(ngx_http_request_t *r, ngx_uint_t status,
                                  const char *type, std::string_view body) {
     // A publisher's unread body must not be taken for the next request.
-    if (r->request_body == NULL &&
-        ngx_http_discard_request_body(r) != NGX_OK) {
+    if (r->request_body == NULL && ngx_http_discard_request_body(r) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
     if (ngx_http_sse_cors(r) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
     r->headers_out.status = status;
-    r->headers_out.content_type.data = (u_char *) type;
+    r->headers_out.content_type.data = (u_char *)type;
     r->headers_out.content_type.len = ngx_strlen(type);
     const char *semi = ngx_strchr(type, ';');
     r->headers_out.content_type_len =
-        semi ? (size_t) (semi - type) : r->headers_out.content_type.len;
+        semi ? (size_t)(semi - type) : r->headers_out.content_type.len;
     r->headers_out.content_length_n = body.size();
     ngx_int_t rc = ngx_http_send_header(r);
     if (rc == NGX_ERROR || rc > NGX_OK || r->header_only || body.empty()) {
@@ -54,8 +53,7 @@ ngx_int_t ngx_http_sse_error(ngx_http_request_t *r, ngx_uint_t status,
                              std::string_view reason) {
     std::string body(reason);
     body += '\n';
-    return ngx_http_sse_send_text(r, status, "text/plain; charset=utf-8",
-                                  body);
+    return ngx_http_sse_send_text(r, status, "text/plain; charset=utf-8", body);
 }
 
 ngx_int_t ngx_http_sse_not_allowed(ngx_http_request_t *r, const char *allow,
@@ -132,8 +130,8 @@ bool ngx_http_sse_channels(ngx_http_request_t *r, ngx_http_sse_loc_conf_t *lcf,
         *answer = NGX_HTTP_INTERNAL_SERVER_ERROR;
         return false;
     }
-    sse::channels_error e = sse::split_channels(
-        {reinterpret_cast<char *>(v.data), v.len}, ids);
+    sse::channels_error e =
+        sse::split_channels({reinterpret_cast<char *>(v.data), v.len}, ids);
     if (e != sse::channels_error::none) {
         std::string why = "invalid channel: ";
         why += sse::describe(e);
@@ -157,7 +155,7 @@ ngx_int_t ngx_http_sse_header(ngx_http_request_t *r, std::string_view name,
             i = 0;
         }
         if (h[i].key.len == name.size() &&
-            ngx_strncasecmp(h[i].key.data, (u_char *) name.data(),
+            ngx_strncasecmp(h[i].key.data, (u_char *)name.data(),
                             name.size()) == 0) {
             *value = h[i].value;
             return NGX_OK;

@@ -8,8 +8,7 @@ struct ngx_http_sse_bounds_t {
     ngx_int_t max;
 };
 
-static char *ngx_http_sse_role(ngx_conf_t *cf, ngx_command_t *cmd,
-                               void *conf);
+static char *ngx_http_sse_role(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static char *ngx_http_sse_set_num(ngx_conf_t *cf, ngx_command_t *cmd,
                                   void *conf);
 static char *ngx_http_sse_set_time(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -33,8 +32,8 @@ static ngx_http_sse_bounds_t ngx_http_sse_subs_bounds = {0, 100000000};
 // sse_retry takes milliseconds, as the SSE "retry:" field does.
 static ngx_http_sse_bounds_t ngx_http_sse_retry_bounds = {0, 86400000};
 static ngx_http_sse_bounds_t ngx_http_sse_message_bounds = {1, 256 << 20};
-static ngx_http_sse_bounds_t ngx_http_sse_pending_bounds = {1024,
-                                                            NGX_MAX_INT32_VALUE};
+static ngx_http_sse_bounds_t ngx_http_sse_pending_bounds = {
+    1024, NGX_MAX_INT32_VALUE};
 // Times: the bounds flag whether "off" is accepted (max < 0: no).
 static ngx_http_sse_bounds_t ngx_http_sse_time_off = {1, 1};
 static ngx_http_sse_bounds_t ngx_http_sse_time_on = {1, -1};
@@ -44,14 +43,13 @@ static ngx_command_t ngx_http_sse_commands[] = {
     {ngx_string("sse_zone"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
      ngx_http_sse_zone_directive, 0, 0, NULL},
 
-    {ngx_string("sse_subscribe"), NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS |
-                                      NGX_CONF_TAKE1,
-     ngx_http_sse_role, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_SSE_SUBSCRIBE,
-     NULL},
+    {ngx_string("sse_subscribe"),
+     NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS | NGX_CONF_TAKE1, ngx_http_sse_role,
+     NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_SSE_SUBSCRIBE, NULL},
 
-    {ngx_string("sse_publish"), NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS |
-                                    NGX_CONF_TAKE1,
-     ngx_http_sse_role, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_SSE_PUBLISH, NULL},
+    {ngx_string("sse_publish"),
+     NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS | NGX_CONF_TAKE1, ngx_http_sse_role,
+     NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_SSE_PUBLISH, NULL},
 
     {ngx_string("sse_channel"), NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
      ngx_http_sse_set_complex, NGX_HTTP_LOC_CONF_OFFSET,
@@ -67,8 +65,7 @@ static ngx_command_t ngx_http_sse_commands[] = {
      offsetof(ngx_http_sse_loc_conf_t, allow_origin), NULL},
 
     {ngx_string("sse_allow_credentials"),
-     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF |
-         NGX_CONF_FLAG,
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_FLAG,
      ngx_conf_set_flag_slot, NGX_HTTP_LOC_CONF_OFFSET,
      offsetof(ngx_http_sse_loc_conf_t, allow_credentials), NULL},
 
@@ -135,8 +132,7 @@ static ngx_command_t ngx_http_sse_commands[] = {
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF |
          NGX_CONF_TAKE1,
      ngx_http_sse_set_time, NGX_HTTP_LOC_CONF_OFFSET,
-     offsetof(ngx_http_sse_loc_conf_t, stream_timeout),
-     &ngx_http_sse_time_off},
+     offsetof(ngx_http_sse_loc_conf_t, stream_timeout), &ngx_http_sse_time_off},
 
     ngx_null_command};
 
@@ -151,35 +147,33 @@ static ngx_http_module_t ngx_http_sse_module_ctx = {
     ngx_http_sse_merge_loc_conf      // merge location configuration
 };
 
-ngx_module_t ngx_http_sse_module = {
-    NGX_MODULE_V1,
-    &ngx_http_sse_module_ctx,    // module context
-    ngx_http_sse_commands,       // module directives
-    NGX_HTTP_MODULE,             // module type
-    NULL,                        // init master
-    ngx_http_sse_init_module,    // init module
-    ngx_http_sse_init_process,   // init process
-    NULL,                        // init thread
-    NULL,                        // exit thread
-    ngx_http_sse_exit_process,   // exit process
-    NULL,                        // exit master
-    NGX_MODULE_V1_PADDING};
+ngx_module_t ngx_http_sse_module = {NGX_MODULE_V1,
+                                    &ngx_http_sse_module_ctx,  // module context
+                                    ngx_http_sse_commands,  // module directives
+                                    NGX_HTTP_MODULE,        // module type
+                                    NULL,                   // init master
+                                    ngx_http_sse_init_module,   // init module
+                                    ngx_http_sse_init_process,  // init process
+                                    NULL,                       // init thread
+                                    NULL,                       // exit thread
+                                    ngx_http_sse_exit_process,  // exit process
+                                    NULL,                       // exit master
+                                    NGX_MODULE_V1_PADDING};
 
 static char *ngx_http_sse_invalid(ngx_conf_t *cf, ngx_command_t *cmd,
                                   ngx_str_t *value, const char *why) {
     ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                        "invalid value \"%V\" in \"%V\" directive, %s", value,
                        &cmd->name, why);
-    return (char *) NGX_CONF_ERROR;
+    return (char *)NGX_CONF_ERROR;
 }
 
-static char *ngx_http_sse_role(ngx_conf_t *cf, ngx_command_t *cmd,
-                               void *conf) {
+static char *ngx_http_sse_role(ngx_conf_t *cf, ngx_command_t *cmd, void *conf) {
     auto *lcf = static_cast<ngx_http_sse_loc_conf_t *>(conf);
     auto *value = static_cast<ngx_str_t *>(cf->args->elts);
 
     if (lcf->role != NGX_HTTP_SSE_NONE) {
-        return (char *) "is duplicate, or combined with another sse role";
+        return (char *)"is duplicate, or combined with another sse role";
     }
     lcf->role = cmd->offset;
 
@@ -191,15 +185,14 @@ static char *ngx_http_sse_role(ngx_conf_t *cf, ngx_command_t *cmd,
     }
 
     if (cf->args->nelts == 2) {
-        if (value[1].len <= 5 ||
-            ngx_strncmp(value[1].data, "zone=", 5) != 0) {
+        if (value[1].len <= 5 || ngx_strncmp(value[1].data, "zone=", 5) != 0) {
             return ngx_http_sse_invalid(cf, cmd, &value[1],
                                         "expected zone=NAME");
         }
         ngx_str_t name = {value[1].len - 5, value[1].data + 5};
         lcf->shm_zone = ngx_http_sse_zone_ref(cf, &name);
         if (lcf->shm_zone == NULL) {
-            return (char *) NGX_CONF_ERROR;
+            return (char *)NGX_CONF_ERROR;
         }
     } else {
         auto *mcf = static_cast<ngx_http_sse_main_conf_t *>(
@@ -221,12 +214,12 @@ static char *ngx_http_sse_set_num(ngx_conf_t *cf, ngx_command_t *cmd,
     auto *value = static_cast<ngx_str_t *>(cf->args->elts);
 
     if (*field != NGX_CONF_UNSET) {
-        return (char *) "is duplicate";
+        return (char *)"is duplicate";
     }
     // sse_retry alone accepts "off"; it shares the field type.
     if (bounds == &ngx_http_sse_retry_bounds &&
         ngx_strcmp(value[1].data, "off") == 0) {
-        *field = (ngx_int_t) NGX_HTTP_SSE_OFF;
+        *field = (ngx_int_t)NGX_HTTP_SSE_OFF;
         return NGX_CONF_OK;
     }
     ngx_int_t n = ngx_atoi(value[1].data, value[1].len);
@@ -235,7 +228,7 @@ static char *ngx_http_sse_set_num(ngx_conf_t *cf, ngx_command_t *cmd,
                            "invalid value \"%V\" in \"%V\" directive, "
                            "it must be a number from %i to %i",
                            &value[1], &cmd->name, bounds->min, bounds->max);
-        return (char *) NGX_CONF_ERROR;
+        return (char *)NGX_CONF_ERROR;
     }
     *field = n;
     return NGX_CONF_OK;
@@ -249,12 +242,11 @@ static char *ngx_http_sse_set_time(ngx_conf_t *cf, ngx_command_t *cmd,
     auto *value = static_cast<ngx_str_t *>(cf->args->elts);
 
     if (*field != NGX_CONF_UNSET_MSEC) {
-        return (char *) "is duplicate";
+        return (char *)"is duplicate";
     }
     if (ngx_strcmp(value[1].data, "off") == 0) {
         if (bounds->max < 0) {
-            return ngx_http_sse_invalid(cf, cmd, &value[1],
-                                        "it cannot be off");
+            return ngx_http_sse_invalid(cf, cmd, &value[1], "it cannot be off");
         }
         *field = NGX_HTTP_SSE_OFF;
         return NGX_CONF_OK;
@@ -266,7 +258,7 @@ static char *ngx_http_sse_set_time(ngx_conf_t *cf, ngx_command_t *cmd,
             bounds->max < 0 ? "it must be a positive time"
                             : "it must be a positive time or \"off\"");
     }
-    *field = (ngx_msec_t) ms;
+    *field = (ngx_msec_t)ms;
     return NGX_CONF_OK;
 }
 
@@ -278,7 +270,7 @@ static char *ngx_http_sse_set_size(ngx_conf_t *cf, ngx_command_t *cmd,
     auto *value = static_cast<ngx_str_t *>(cf->args->elts);
 
     if (*field != NGX_CONF_UNSET_SIZE) {
-        return (char *) "is duplicate";
+        return (char *)"is duplicate";
     }
     ssize_t n = ngx_parse_size(&value[1]);
     if (n == NGX_ERROR || n < bounds->min || n > bounds->max) {
@@ -286,21 +278,21 @@ static char *ngx_http_sse_set_size(ngx_conf_t *cf, ngx_command_t *cmd,
                            "invalid value \"%V\" in \"%V\" directive, "
                            "it must be a size from %i to %i bytes",
                            &value[1], &cmd->name, bounds->min, bounds->max);
-        return (char *) NGX_CONF_ERROR;
+        return (char *)NGX_CONF_ERROR;
     }
-    *field = (size_t) n;
+    *field = (size_t)n;
     return NGX_CONF_OK;
 }
 
 static char *ngx_http_sse_set_complex(ngx_conf_t *cf, ngx_command_t *cmd,
                                       void *conf) {
     char *p = static_cast<char *>(conf);
-    auto **field = reinterpret_cast<ngx_http_complex_value_t **>(
-        p + cmd->offset);
+    auto **field =
+        reinterpret_cast<ngx_http_complex_value_t **>(p + cmd->offset);
     auto *value = static_cast<ngx_str_t *>(cf->args->elts);
 
     if (*field != NULL) {
-        return (char *) "is duplicate";
+        return (char *)"is duplicate";
     }
     if (value[1].len == 0) {
         return ngx_http_sse_invalid(cf, cmd, &value[1], "it is empty");
@@ -308,7 +300,7 @@ static char *ngx_http_sse_set_complex(ngx_conf_t *cf, ngx_command_t *cmd,
     *field = static_cast<ngx_http_complex_value_t *>(
         ngx_palloc(cf->pool, sizeof(ngx_http_complex_value_t)));
     if (*field == NULL) {
-        return (char *) NGX_CONF_ERROR;
+        return (char *)NGX_CONF_ERROR;
     }
     ngx_http_compile_complex_value_t ccv;
     ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
@@ -316,7 +308,7 @@ static char *ngx_http_sse_set_complex(ngx_conf_t *cf, ngx_command_t *cmd,
     ccv.value = &value[1];
     ccv.complex_value = *field;
     if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
-        return (char *) NGX_CONF_ERROR;
+        return (char *)NGX_CONF_ERROR;
     }
     // A constant channel list is checked now rather than at request time.
     if (cmd->offset == offsetof(ngx_http_sse_loc_conf_t, channel) &&
@@ -327,7 +319,7 @@ static char *ngx_http_sse_set_complex(ngx_conf_t *cf, ngx_command_t *cmd,
             e = sse::split_channels(
                 {reinterpret_cast<char *>(value[1].data), value[1].len}, ids);
         } catch (...) {
-            return (char *) NGX_CONF_ERROR;
+            return (char *)NGX_CONF_ERROR;
         }
         if (e != sse::channels_error::none) {
             return ngx_http_sse_invalid(cf, cmd, &value[1], sse::describe(e));
@@ -393,18 +385,16 @@ static char *ngx_http_sse_merge_loc_conf(ngx_conf_t *cf, void *parent,
                               64 * 1024);
     ngx_conf_merge_size_value(conf->max_pending, prev->max_pending,
                               1024 * 1024);
-    ngx_conf_merge_uint_value(conf->max_subscribers, prev->max_subscribers,
-                              0);
+    ngx_conf_merge_uint_value(conf->max_subscribers, prev->max_subscribers, 0);
 
     if ((conf->role == NGX_HTTP_SSE_SUBSCRIBE ||
          conf->role == NGX_HTTP_SSE_PUBLISH) &&
         conf->channel == NULL) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"sse_channel\" is required where \"%s\" is",
-                           conf->role == NGX_HTTP_SSE_SUBSCRIBE
-                               ? "sse_subscribe"
-                               : "sse_publish");
-        return (char *) NGX_CONF_ERROR;
+        ngx_conf_log_error(
+            NGX_LOG_EMERG, cf, 0, "\"sse_channel\" is required where \"%s\" is",
+            conf->role == NGX_HTTP_SSE_SUBSCRIBE ? "sse_subscribe"
+                                                 : "sse_publish");
+        return (char *)NGX_CONF_ERROR;
     }
     return NGX_CONF_OK;
 }

@@ -30,8 +30,7 @@ ngx_int_t ngx_http_sse_publish_handler(ngx_http_request_t *r) {
     try {
         return ngx_http_sse_publish(r);
     } catch (const std::exception &e) {
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "sse: %s",
-                      e.what());
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "sse: %s", e.what());
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 }
@@ -57,15 +56,15 @@ static ngx_int_t ngx_http_sse_channel_info(ngx_http_request_t *r,
             st.expire(ch, ngx_current_msec);
             json = "{\"channel\":";
             ngx_http_sse_json_string(json, id);
-            json += ",\"messages\":" + std::to_string(ch->count) +
-                    ",\"subscribers\":" +
-                    std::to_string(sse::store::subscribers(ch)) +
-                    ",\"published\":" + std::to_string(ch->published) +
-                    ",\"first_id\":" +
-                    ngx_http_sse_id_json(z->root,
-                                         ch->count ? ch->at(0)->seq : 0) +
-                    ",\"last_id\":" +
-                    ngx_http_sse_id_json(z->root, ch->last_seq) + "}\n";
+            json +=
+                ",\"messages\":" + std::to_string(ch->count) +
+                ",\"subscribers\":" +
+                std::to_string(sse::store::subscribers(ch)) +
+                ",\"published\":" + std::to_string(ch->published) +
+                ",\"first_id\":" +
+                ngx_http_sse_id_json(z->root, ch->count ? ch->at(0)->seq : 0) +
+                ",\"last_id\":" + ngx_http_sse_id_json(z->root, ch->last_seq) +
+                "}\n";
         }
     }
     if (json.empty()) {
@@ -197,12 +196,12 @@ static ngx_int_t ngx_http_sse_publish(ngx_http_request_t *r) {
     if (ctx == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
-    ctx->channel.data = (u_char *) ids[0].data();
+    ctx->channel.data = (u_char *)ids[0].data();
     ctx->channel.len = ids[0].size();
 
     // The event type: SSE-Event header, else the event argument.
     if (ngx_http_sse_header(r, "SSE-Event", &ctx->event) != NGX_OK) {
-        if (ngx_http_arg(r, (u_char *) "event", 5, &ctx->event) == NGX_OK &&
+        if (ngx_http_arg(r, (u_char *)"event", 5, &ctx->event) == NGX_OK &&
             ngx_http_sse_unescape(r, &ctx->event) != NGX_OK) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
@@ -213,17 +212,16 @@ static ngx_int_t ngx_http_sse_publish(ngx_http_request_t *r) {
                                   "invalid event name: it may not contain "
                                   "CR, LF or NUL, nor exceed 255 bytes");
     }
-    if (r->headers_in.content_length_n > (off_t) lcf->max_message_size) {
+    if (r->headers_in.content_length_n > (off_t)lcf->max_message_size) {
         return ngx_http_sse_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
                                   "message larger than sse_max_message_size");
     }
     ngx_http_set_ctx(r, ctx, ngx_http_sse_module);
 
-    ngx_str_t *type = r->headers_in.content_type
-                          ? &r->headers_in.content_type->value
-                          : NULL;
+    ngx_str_t *type =
+        r->headers_in.content_type ? &r->headers_in.content_type->value : NULL;
     if (type != NULL && type->len >= sizeof("text/event-stream") - 1 &&
-        ngx_strncasecmp(type->data, (u_char *) "text/event-stream",
+        ngx_strncasecmp(type->data, (u_char *)"text/event-stream",
                         sizeof("text/event-stream") - 1) == 0) {
         // A stream of events, each published as soon as it is complete:
         // read the body unbuffered.
@@ -270,9 +268,8 @@ static ngx_int_t ngx_http_sse_body(ngx_http_request_t *r, size_t max,
             size_t at = out.size();
             out.resize(at + n);
             ssize_t got = ngx_read_file(
-                b->file, reinterpret_cast<u_char *>(&out[at]), n,
-                b->file_pos);
-            if (got != (ssize_t) n) {
+                b->file, reinterpret_cast<u_char *>(&out[at]), n, b->file_pos);
+            if (got != (ssize_t)n) {
                 return NGX_ERROR;
             }
         } else {
@@ -329,8 +326,7 @@ static void ngx_http_sse_publish_body(ngx_http_request_t *r) {
     try {
         rc = ngx_http_sse_publish_now(r);
     } catch (const std::exception &e) {
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "sse: %s",
-                      e.what());
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "sse: %s", e.what());
         rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
     ngx_http_finalize_request(r, rc);
@@ -353,16 +349,15 @@ static ngx_int_t ngx_http_sse_stream_consume(ngx_http_request_t *r) {
             if (b->in_file) {
                 std::string tmp(ngx_buf_size(b), '\0');
                 if (ngx_read_file(b->file, reinterpret_cast<u_char *>(&tmp[0]),
-                                  tmp.size(), b->file_pos) !=
-                    (ssize_t) tmp.size()) {
+                                  tmp.size(),
+                                  b->file_pos) != (ssize_t)tmp.size()) {
                     return NGX_HTTP_INTERNAL_SERVER_ERROR;
                 }
                 ps = ctx->parser->feed(tmp, collect);
             } else {
-                ps = ctx->parser->feed(
-                    {reinterpret_cast<char *>(b->pos),
-                     static_cast<size_t>(b->last - b->pos)},
-                    collect);
+                ps = ctx->parser->feed({reinterpret_cast<char *>(b->pos),
+                                        static_cast<size_t>(b->last - b->pos)},
+                                       collect);
             }
         }
         // Consumed: nginx reuses the buffer for what comes next.
@@ -374,12 +369,11 @@ static ngx_int_t ngx_http_sse_stream_consume(ngx_http_request_t *r) {
     r->request_body->bufs = NULL;
 
     ngx_http_sse_event_list events(parsed.begin(), parsed.end());
-    if (ngx_http_sse_store_events(r, ctx, events) !=
-        sse::publish_status::ok) {
-        return ngx_http_sse_error(
-            r, NGX_HTTP_INSUFFICIENT_STORAGE,
-            "an event does not fit in the sse zone; " +
-                std::to_string(ctx->published) + " published before it");
+    if (ngx_http_sse_store_events(r, ctx, events) != sse::publish_status::ok) {
+        return ngx_http_sse_error(r, NGX_HTTP_INSUFFICIENT_STORAGE,
+                                  "an event does not fit in the sse zone; " +
+                                      std::to_string(ctx->published) +
+                                      " published before it");
     }
     const char *fault = NULL;
     if (ps != sse::parse_status::ok) {
@@ -421,8 +415,7 @@ static void ngx_http_sse_stream_step(ngx_http_request_t *r, bool read) {
             }
         }
     } catch (const std::exception &e) {
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "sse: %s",
-                      e.what());
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "sse: %s", e.what());
         rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
     if (rc != NGX_AGAIN) {

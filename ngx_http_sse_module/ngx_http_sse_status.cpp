@@ -41,8 +41,8 @@ static ngx_http_sse_zone_figures_t ngx_http_sse_figures(
             }
         }
         for (uint32_t s = 0; s < sse::max_slots; s++) {
-            f.stats.delivered += __atomic_load_n(
-                &root->per_slot[s].delivered, __ATOMIC_RELAXED);
+            f.stats.delivered +=
+                __atomic_load_n(&root->per_slot[s].delivered, __ATOMIC_RELAXED);
             f.stats.slow_dropped += __atomic_load_n(
                 &root->per_slot[s].slow_dropped, __ATOMIC_RELAXED);
             if (root->slot_pid[s] != 0) {
@@ -116,8 +116,7 @@ static std::string ngx_http_sse_status_prometheus(
            [](const fig &f) { return f.message_bytes; });
     metric("sse_published_total", "counter", "Events published.",
            [](const fig &f) { return f.stats.published; });
-    metric("sse_delivered_total", "counter",
-           "Events handed to subscribers.",
+    metric("sse_delivered_total", "counter", "Events handed to subscribers.",
            [](const fig &f) { return f.stats.delivered; });
     metric("sse_slow_dropped_total", "counter",
            "Subscribers disconnected for owing over sse_max_pending.",
@@ -157,7 +156,7 @@ ngx_int_t ngx_http_sse_status_handler(ngx_http_request_t *r) {
             zones.push_back(ngx_http_sse_figures(z[i]));
         }
         ngx_str_t format;
-        if (ngx_http_arg(r, (u_char *) "format", 6, &format) == NGX_OK &&
+        if (ngx_http_arg(r, (u_char *)"format", 6, &format) == NGX_OK &&
             format.len == 10 &&
             ngx_strncmp(format.data, "prometheus", 10) == 0) {
             return ngx_http_sse_send_text(
@@ -167,8 +166,7 @@ ngx_int_t ngx_http_sse_status_handler(ngx_http_request_t *r) {
         return ngx_http_sse_send_text(r, NGX_HTTP_OK, "application/json",
                                       ngx_http_sse_status_json(zones));
     } catch (const std::exception &e) {
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "sse: %s",
-                      e.what());
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "sse: %s", e.what());
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 }

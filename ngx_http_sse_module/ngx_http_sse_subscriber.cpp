@@ -16,16 +16,15 @@ ngx_int_t ngx_http_sse_subscribe_handler(ngx_http_request_t *r) {
     try {
         return ngx_http_sse_subscribe(r);
     } catch (const std::exception &e) {
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "sse: %s",
-                      e.what());
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "sse: %s", e.what());
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 }
 
 static ngx_http_sse_msg_t *ngx_http_sse_msg_make(std::string_view bytes,
-                                                uint64_t seq) {
-    auto *msg = static_cast<ngx_http_sse_msg_t *>(ngx_alloc(
-        sizeof(ngx_http_sse_msg_t) + bytes.size(), ngx_cycle->log));
+                                                 uint64_t seq) {
+    auto *msg = static_cast<ngx_http_sse_msg_t *>(
+        ngx_alloc(sizeof(ngx_http_sse_msg_t) + bytes.size(), ngx_cycle->log));
     if (msg == NULL) {
         throw std::bad_alloc();
     }
@@ -39,7 +38,7 @@ static ngx_http_sse_msg_t *ngx_http_sse_msg_make(std::string_view bytes,
 static void ngx_http_sse_append(ngx_http_sse_subscriber_t *sub,
                                 ngx_http_sse_out_t *o) {
     o->buf.memory = 1;
-    o->buf.tag = (ngx_buf_tag_t) &ngx_http_sse_module;
+    o->buf.tag = (ngx_buf_tag_t)&ngx_http_sse_module;
     if (sub->out_tail != NULL) {
         sub->out_tail->next = o;
     } else {
@@ -186,14 +185,13 @@ static void ngx_http_sse_end_handler(ngx_event_t *ev) {
         return;
     }
     u_char line[64];
-    u_char *p = ngx_sprintf(line, "retry: %M\n\n", ngx_http_sse_end_retry(
-                                                          sub->lcf));
+    u_char *p =
+        ngx_sprintf(line, "retry: %M\n\n", ngx_http_sse_end_retry(sub->lcf));
     ngx_http_sse_msg_t *msg = NULL;
     ngx_int_t rc = NGX_ERROR;
     try {
         msg = ngx_http_sse_msg_make(
-            {reinterpret_cast<char *>(line), static_cast<size_t>(p - line)},
-            0);
+            {reinterpret_cast<char *>(line), static_cast<size_t>(p - line)}, 0);
         rc = ngx_http_sse_enqueue(sub, msg);
         ngx_http_sse_msg_unref(msg);
     } catch (const std::bad_alloc &) {
@@ -237,9 +235,9 @@ static void ngx_http_sse_heartbeat_handler(ngx_event_t *ev) {
         return;
     }
     if (idle >= every) {
-        if (ngx_http_sse_enqueue_static(sub, ngx_http_sse_heartbeat_line,
-                                        sizeof(ngx_http_sse_heartbeat_line) -
-                                            1) != NGX_OK) {
+        if (ngx_http_sse_enqueue_static(
+                sub, ngx_http_sse_heartbeat_line,
+                sizeof(ngx_http_sse_heartbeat_line) - 1) != NGX_OK) {
             ngx_http_sse_end(sub, NGX_HTTP_SSE_END_CLOSE);
             return;
         }
@@ -281,7 +279,7 @@ static ngx_int_t ngx_http_sse_resume_point(ngx_http_request_t *r,
     if (ngx_http_sse_header(r, "Last-Event-ID", id) == NGX_OK) {
         return NGX_OK;
     }
-    if (ngx_http_arg(r, (u_char *) "last_event_id", 13, id) != NGX_OK) {
+    if (ngx_http_arg(r, (u_char *)"last_event_id", 13, id) != NGX_OK) {
         ngx_str_null(id);
         return NGX_OK;
     }
@@ -320,7 +318,8 @@ static ngx_int_t ngx_http_sse_refuse(ngx_http_request_t *r,
     if (b == NULL) {
         return NGX_ERROR;
     }
-    b->last = ngx_sprintf(b->last, "retry: %M\n\n", ngx_http_sse_end_retry(lcf));
+    b->last =
+        ngx_sprintf(b->last, "retry: %M\n\n", ngx_http_sse_end_retry(lcf));
     b->last_buf = 1;
     ngx_chain_t out = {b, NULL};
     return ngx_http_output_filter(r, &out);
@@ -469,10 +468,9 @@ static ngx_int_t ngx_http_sse_subscribe(ngx_http_request_t *r) {
             }
             if (limit > 0) {
                 for (ngx_uint_t i = 0; i < ids.size(); i++) {
-                    st.for_each_in(sub->links[i].shm, after, limit,
-                                   [&](const sse::message *m) {
-                                       owed.push_back(m);
-                                   });
+                    st.for_each_in(
+                        sub->links[i].shm, after, limit,
+                        [&](const sse::message *m) { owed.push_back(m); });
                 }
                 std::sort(owed.begin(), owed.end(),
                           [](const sse::message *a, const sse::message *b) {
@@ -526,8 +524,7 @@ static ngx_int_t ngx_http_sse_subscribe(ngx_http_request_t *r) {
         uint64_t at = owed.empty() ? sub->last_seq : owed.front()->seq - 1;
         char id[sse::max_event_id_len];
         size_t n = sse::format_event_id(id, {epoch, at});
-        std::string wire =
-            sse::encode_event({id, n}, "sse-gap", gap);
+        std::string wire = sse::encode_event({id, n}, "sse-gap", gap);
         copies.insert(copies.begin() + (lcf->retry != NGX_HTTP_SSE_OFF),
                       ngx_http_sse_msg_make(wire, 0));
     }

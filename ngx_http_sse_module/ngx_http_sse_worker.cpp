@@ -108,7 +108,7 @@ void ngx_http_sse_notify(ngx_http_sse_zone_t *z, uint64_t workers) {
     for (ngx_uint_t i = 0; i < w->mcf->nworkers; i++) {
         if (i != ngx_worker && wanted(i) && w->mcf->notify_fds[i] != -1) {
             // EAGAIN means the counter is already non-zero: it is woken.
-            (void) !write(w->mcf->notify_fds[i], &one, sizeof(one));
+            (void)!write(w->mcf->notify_fds[i], &one, sizeof(one));
         }
     }
 }
@@ -140,9 +140,8 @@ void ngx_http_sse_attach(ngx_http_sse_subscriber_t *sub) {
         ngx_http_sse_link_t *link = &sub->links[i];
         ngx_http_sse_local_channel_t *&lc = zw->channels[link->shm];
         if (lc == NULL) {
-            lc = static_cast<ngx_http_sse_local_channel_t *>(
-                ngx_alloc(sizeof(ngx_http_sse_local_channel_t),
-                          ngx_cycle->log));
+            lc = static_cast<ngx_http_sse_local_channel_t *>(ngx_alloc(
+                sizeof(ngx_http_sse_local_channel_t), ngx_cycle->log));
             if (lc == NULL) {
                 zw->channels.erase(link->shm);
                 throw std::bad_alloc();
@@ -269,8 +268,7 @@ static void ngx_http_sse_deliver(ngx_http_sse_zone_worker_t *zw) {
     for (auto *lc : deleted) {
         for (ngx_queue_t *q = ngx_queue_head(&lc->subs);
              q != ngx_queue_sentinel(&lc->subs); q = ngx_queue_next(q)) {
-            ngx_http_sse_end(ngx_http_sse_link_sub(q),
-                             NGX_HTTP_SSE_END_RETRY);
+            ngx_http_sse_end(ngx_http_sse_link_sub(q), NGX_HTTP_SSE_END_RETRY);
         }
     }
 }
@@ -305,8 +303,8 @@ void ngx_http_sse_unmark_dirty(ngx_http_sse_subscriber_t *sub) {
 
 static void ngx_http_sse_flush_handler(ngx_event_t *ev) {
     ngx_http_sse_worker_t *w = ngx_http_sse_w;
-    for (ngx_uint_t n = 0; n < NGX_HTTP_SSE_SLICE && !ngx_queue_empty(&w->dirty);
-         n++) {
+    for (ngx_uint_t n = 0;
+         n < NGX_HTTP_SSE_SLICE && !ngx_queue_empty(&w->dirty); n++) {
         ngx_queue_t *q = ngx_queue_head(&w->dirty);
         auto *sub = ngx_queue_data(q, ngx_http_sse_subscriber_t, dirty);
         ngx_http_sse_unmark_dirty(sub);
@@ -340,11 +338,11 @@ static void ngx_http_sse_poll_handler(ngx_event_t *ev) {
             root->control_gen != zw->control_gen) {
             ngx_http_sse_deliver(zw);
         }
-        if (ngx_current_msec - (ngx_msec_t) root->last_sweep >=
+        if (ngx_current_msec - (ngx_msec_t)root->last_sweep >=
             NGX_HTTP_SSE_SWEEP_MS) {
             sse::store st = ngx_http_sse_store(zw->zone);
             ngx_http_sse_locked lock(zw->zone);
-            if (ngx_current_msec - (ngx_msec_t) root->last_sweep >=
+            if (ngx_current_msec - (ngx_msec_t)root->last_sweep >=
                 NGX_HTTP_SSE_SWEEP_MS) {
                 st.sweep(ngx_current_msec);
             }
@@ -372,14 +370,14 @@ static uint32_t ngx_http_sse_claim_slot(ngx_http_sse_zone_t *z) {
     for (uint32_t s = 0; s < sse::max_slots; s++) {
         if (root->slot_pid[s] == 0) {
             root->slot_pid[s] = ngx_pid;
-            root->slot_worker[s] = (int16_t) ngx_min(ngx_worker, 0x7fff);
+            root->slot_worker[s] = (int16_t)ngx_min(ngx_worker, 0x7fff);
             return s;
         }
     }
     ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
                   "sse: more than %d processes share a zone; subscriber "
                   "counts of crashed workers may linger",
-                  (int) sse::max_slots);
+                  (int)sse::max_slots);
     return sse::max_slots - 1;
 }
 
@@ -432,8 +430,8 @@ ngx_int_t ngx_http_sse_worker_init(ngx_cycle_t *cycle) {
         c->read->log = cycle->log;
         c->write->log = cycle->log;
         ngx_uint_t flags = (ngx_event_flags & NGX_USE_CLEAR_EVENT)
-                               ? (ngx_uint_t) NGX_CLEAR_EVENT
-                               : (ngx_uint_t) NGX_LEVEL_EVENT;
+                               ? (ngx_uint_t)NGX_CLEAR_EVENT
+                               : (ngx_uint_t)NGX_LEVEL_EVENT;
         if (ngx_add_event(c->read, NGX_READ_EVENT, flags) != NGX_OK) {
             ngx_free_connection(c);
             return NGX_ERROR;

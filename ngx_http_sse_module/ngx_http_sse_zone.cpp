@@ -3,8 +3,7 @@
 
 #include <sys/time.h>
 
-static ngx_int_t ngx_http_sse_init_zone(ngx_shm_zone_t *shm_zone,
-                                        void *data);
+static ngx_int_t ngx_http_sse_init_zone(ngx_shm_zone_t *shm_zone, void *data);
 
 static void *ngx_http_sse_slab_alloc(void *ctx, size_t size) {
     return ngx_slab_alloc_locked(static_cast<ngx_slab_pool_t *>(ctx), size);
@@ -15,9 +14,9 @@ static void ngx_http_sse_slab_free(void *ctx, void *p) {
 }
 
 sse::store ngx_http_sse_store(ngx_http_sse_zone_t *z) {
-    return sse::store(z->root, sse::allocator{z->shpool,
-                                              ngx_http_sse_slab_alloc,
-                                              ngx_http_sse_slab_free});
+    return sse::store(z->root,
+                      sse::allocator{z->shpool, ngx_http_sse_slab_alloc,
+                                     ngx_http_sse_slab_free});
 }
 
 // sse_zone zone=NAME:SIZE
@@ -29,46 +28,46 @@ char *ngx_http_sse_zone_directive(ngx_conf_t *cf, ngx_command_t *cmd,
 
     u_char *colon = NULL;
     if (value[1].len > 5 && ngx_strncmp(value[1].data, "zone=", 5) == 0) {
-        colon = static_cast<u_char *>(ngx_strlchr(
-            value[1].data + 5, value[1].data + value[1].len, ':'));
+        colon = static_cast<u_char *>(
+            ngx_strlchr(value[1].data + 5, value[1].data + value[1].len, ':'));
     }
     if (colon == NULL || colon == value[1].data + 5) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "invalid value \"%V\" in \"%V\" directive, "
                            "expected zone=NAME:SIZE",
                            &value[1], &cmd->name);
-        return (char *) NGX_CONF_ERROR;
+        return (char *)NGX_CONF_ERROR;
     }
     ngx_str_t name = {static_cast<size_t>(colon - value[1].data - 5),
                       value[1].data + 5};
-    ngx_str_t s = {static_cast<size_t>(value[1].data + value[1].len - colon -
-                                       1),
-                   colon + 1};
+    ngx_str_t s = {
+        static_cast<size_t>(value[1].data + value[1].len - colon - 1),
+        colon + 1};
     ssize_t size = ngx_parse_size(&s);
     if (size == NGX_ERROR) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "invalid value \"%V\" in \"%V\" directive, "
                            "invalid zone size \"%V\"",
                            &value[1], &cmd->name, &s);
-        return (char *) NGX_CONF_ERROR;
+        return (char *)NGX_CONF_ERROR;
     }
-    if (size < (ssize_t) (8 * ngx_pagesize)) {
+    if (size < (ssize_t)(8 * ngx_pagesize)) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "zone \"%V\" is too small, it must be at least "
                            "%uz bytes",
                            &name, 8 * ngx_pagesize);
-        return (char *) NGX_CONF_ERROR;
+        return (char *)NGX_CONF_ERROR;
     }
 
     ngx_shm_zone_t *shm_zone =
         ngx_shared_memory_add(cf, &name, size, &ngx_http_sse_module);
     if (shm_zone == NULL) {
-        return (char *) NGX_CONF_ERROR;
+        return (char *)NGX_CONF_ERROR;
     }
     if (shm_zone->data) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "duplicate zone \"%V\"", &name);
-        return (char *) NGX_CONF_ERROR;
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "duplicate zone \"%V\"",
+                           &name);
+        return (char *)NGX_CONF_ERROR;
     }
 
     auto *z = static_cast<ngx_http_sse_zone_t *>(
@@ -76,7 +75,7 @@ char *ngx_http_sse_zone_directive(ngx_conf_t *cf, ngx_command_t *cmd,
     auto **slot =
         static_cast<ngx_http_sse_zone_t **>(ngx_array_push(&mcf->zones));
     if (z == NULL || slot == NULL) {
-        return (char *) NGX_CONF_ERROR;
+        return (char *)NGX_CONF_ERROR;
     }
     z->shm_zone = shm_zone;
     z->index = mcf->zones.nelts - 1;
@@ -92,8 +91,7 @@ ngx_shm_zone_t *ngx_http_sse_zone_ref(ngx_conf_t *cf, ngx_str_t *name) {
     return ngx_shared_memory_add(cf, name, 0, &ngx_http_sse_module);
 }
 
-static ngx_int_t ngx_http_sse_init_zone(ngx_shm_zone_t *shm_zone,
-                                        void *data) {
+static ngx_int_t ngx_http_sse_init_zone(ngx_shm_zone_t *shm_zone, void *data) {
     auto *z = static_cast<ngx_http_sse_zone_t *>(shm_zone->data);
     auto *old = static_cast<ngx_http_sse_zone_t *>(data);
 
@@ -113,8 +111,7 @@ static ngx_int_t ngx_http_sse_init_zone(ngx_shm_zone_t *shm_zone,
     // Slab exhaustion is normal here (we evict and retry); don't log it.
     z->shpool->log_nomem = 0;
     size_t len = sizeof(" in sse zone \"\"") + shm_zone->shm.name.len;
-    z->shpool->log_ctx = static_cast<u_char *>(
-        ngx_slab_alloc(z->shpool, len));
+    z->shpool->log_ctx = static_cast<u_char *>(ngx_slab_alloc(z->shpool, len));
     if (z->shpool->log_ctx == NULL) {
         return NGX_ERROR;
     }
@@ -124,13 +121,13 @@ static ngx_int_t ngx_http_sse_init_zone(ngx_shm_zone_t *shm_zone,
     // The epoch names this life of the zone: microseconds at creation.
     struct timeval tv;
     gettimeofday(&tv, NULL);
-    uint64_t epoch = (uint64_t) tv.tv_sec * 1000000 + (uint64_t) tv.tv_usec;
+    uint64_t epoch = (uint64_t)tv.tv_sec * 1000000 + (uint64_t)tv.tv_usec;
 
     ngx_shmtx_lock(&z->shpool->mutex);
-    z->root = sse::store::create(
-        sse::allocator{z->shpool, ngx_http_sse_slab_alloc,
-                       ngx_http_sse_slab_free},
-        epoch, shm_zone->shm.size);
+    z->root =
+        sse::store::create(sse::allocator{z->shpool, ngx_http_sse_slab_alloc,
+                                          ngx_http_sse_slab_free},
+                           epoch, shm_zone->shm.size);
     ngx_shmtx_unlock(&z->shpool->mutex);
     if (z->root == NULL) {
         return NGX_ERROR;

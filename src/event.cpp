@@ -61,9 +61,8 @@ void for_each_line(std::string_view data, F &&f) {
         char c = data[i];
         if (c == '\r' || c == '\n') {
             f(data.substr(start, i - start));
-            i += (c == '\r' && i + 1 < data.size() && data[i + 1] == '\n')
-                     ? 2
-                     : 1;
+            i += (c == '\r' && i + 1 < data.size() && data[i + 1] == '\n') ? 2
+                                                                           : 1;
             start = i;
         } else {
             i++;
@@ -113,16 +112,16 @@ bool valid_channel_id(std::string_view id) {
 
 const char *describe(channels_error e) {
     switch (e) {
-    case channels_error::none:
-        return "ok";
-    case channels_error::empty:
-        return "empty channel id";
-    case channels_error::bad_char:
-        return "channel id may only contain A-Z a-z 0-9 _ . : @ ~ - /";
-    case channels_error::too_long:
-        return "channel id longer than 255 bytes";
-    case channels_error::too_many:
-        return "more than 64 channels";
+        case channels_error::none:
+            return "ok";
+        case channels_error::empty:
+            return "empty channel id";
+        case channels_error::bad_char:
+            return "channel id may only contain A-Z a-z 0-9 _ . : @ ~ - /";
+        case channels_error::too_long:
+            return "channel id longer than 255 bytes";
+        case channels_error::too_many:
+            return "more than 64 channels";
     }
     return "bad channel";
 }
@@ -133,9 +132,9 @@ channels_error split_channels(std::string_view list,
     size_t start = 0;
     for (;;) {
         size_t comma = list.find(',', start);
-        std::string_view id = list.substr(
-            start, comma == std::string_view::npos ? std::string_view::npos
-                                                   : comma - start);
+        std::string_view id = list.substr(start, comma == std::string_view::npos
+                                                     ? std::string_view::npos
+                                                     : comma - start);
         if (id.empty()) {
             return channels_error::empty;
         }
@@ -164,12 +163,12 @@ channels_error split_channels(std::string_view list,
 
 const char *describe(parse_status s) {
     switch (s) {
-    case parse_status::ok:
-        return "ok";
-    case parse_status::too_large:
-        return "an event larger than sse_max_message_size";
-    case parse_status::bad_event_name:
-        return "an event name with NUL or over 255 bytes";
+        case parse_status::ok:
+            return "ok";
+        case parse_status::too_large:
+            return "an event larger than sse_max_message_size";
+        case parse_status::bad_event_name:
+            return "an event name with NUL or over 255 bytes";
     }
     return "malformed event stream";
 }

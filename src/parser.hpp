@@ -33,9 +33,7 @@ public:
 
     // True when the bytes fed so far end inside an event: at the end of
     // the body, that event is incomplete.
-    bool mid_event() const {
-        return !line_.empty() || has_fields_;
-    }
+    bool mid_event() const { return !line_.empty() || has_fields_; }
 
     // Events dispatched so far.
     size_t events() const { return events_; }
@@ -51,8 +49,8 @@ private:
     std::string data_;
     bool has_data_ = false;
     bool has_fields_ = false;
-    bool cr_ = false;   // the last chunk ended with CR: skip a leading LF
-    bool bom_ = true;   // a leading U+FEFF may still come
+    bool cr_ = false;  // the last chunk ended with CR: skip a leading LF
+    bool bom_ = true;  // a leading U+FEFF may still come
     parse_status failed_ = parse_status::ok;
 };
 
@@ -92,8 +90,7 @@ parse_status stream_parser::line(std::string_view l, F &&on_event) {
         data_ += '\n';
         has_data_ = true;
     } else if (field == "event") {
-        if (value.find('\0') != std::string_view::npos ||
-            value.size() > 255) {
+        if (value.find('\0') != std::string_view::npos || value.size() > 255) {
             return parse_status::bad_event_name;
         }
         event_.assign(value);

@@ -24,8 +24,8 @@ zone_root *store::create(const allocator &a, uint64_t epoch,
         return nullptr;
     }
     std::memset(root, 0, sizeof(zone_root));
-    root->buckets = static_cast<channel **>(
-        a.alloc(a.ctx, nbuckets * sizeof(channel *)));
+    root->buckets =
+        static_cast<channel **>(a.alloc(a.ctx, nbuckets * sizeof(channel *)));
     if (root->buckets == nullptr) {
         a.free(a.ctx, root);
         return nullptr;
@@ -181,8 +181,8 @@ publish_result store::publish(channel *c, std::string_view event,
     if (sizeof(message) + size > root_->capacity / 2 || size > UINT32_MAX) {
         return {publish_status::no_memory, 0};
     }
-    auto *m = static_cast<message *>(
-        alloc_evicting(sizeof(message) + size, c, now));
+    auto *m =
+        static_cast<message *>(alloc_evicting(sizeof(message) + size, c, now));
     if (m == nullptr) {
         return {publish_status::no_memory, 0};
     }

@@ -55,8 +55,8 @@ struct channel {
     uint64_t last_seq;     // newest seq published here
     uint64_t dropped_seq;  // newest seq no longer held for resume
     uint64_t published;
-    int64_t ttl;          // ms; set by the last publish
-    int64_t idle_since;   // ms; when it last became empty of everything
+    int64_t ttl;         // ms; set by the last publish
+    int64_t idle_since;  // ms; when it last became empty of everything
     uint32_t hash;
     uint32_t cap;
     uint32_t head;
