@@ -97,6 +97,14 @@ static ngx_int_t ngx_http_sse_init_zone(ngx_shm_zone_t *shm_zone, void *data) {
 
     if (old != NULL) {
         // Reload with the same name and size: keep channels, buffers, epoch.
+        if (!sse::store::compatible(old->root)) {
+            ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0,
+                          "sse zone \"%V\" was laid out by another build of "
+                          "the module; restart nginx or change the zone's "
+                          "size to start it anew",
+                          &shm_zone->shm.name);
+            return NGX_ERROR;
+        }
         z->shpool = old->shpool;
         z->root = old->root;
         return NGX_OK;

@@ -33,6 +33,7 @@ zone_root *store::create(const allocator &a, uint64_t epoch,
     std::memset(root->buckets, 0, nbuckets * sizeof(channel *));
     root->nbuckets = nbuckets;
     root->magic = magic;
+    root->layout = layout();
     root->epoch = epoch;
     root->capacity = capacity;
     for (uint32_t s = 0; s < max_slots; s++) {

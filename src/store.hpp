@@ -89,6 +89,7 @@ struct slot_stats {
 
 struct zone_root {
     uint64_t magic;
+    uint64_t layout;  // store::layout() of the build that made the zone
     uint64_t epoch;
     uint64_t seq;                 // newest assigned
     uint64_t dropped_seq;         // newest seq dropped anywhere
@@ -130,6 +131,16 @@ public:
     static constexpr uint64_t magic = 0x5353455a4f4e4531ull;  // "SSEZONE1"
 
     store(zone_root *root, const allocator &a) : root_(root), a_(a) {}
+
+    // Changes whenever the shared structures change shape: a zone reused
+    // across a reload must have been made by a build with the same layout.
+    static constexpr uint64_t layout() {
+        return sizeof(zone_root) | sizeof(channel) << 16 |
+               uint64_t{sizeof(message)} << 32 | uint64_t{max_slots} << 48;
+    }
+    static bool compatible(const zone_root *root) {
+        return root->magic == magic && root->layout == layout();
+    }
 
     // Lays out a new zone; nullptr when `a` cannot supply the root.
     static zone_root *create(const allocator &a, uint64_t epoch,

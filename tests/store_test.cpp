@@ -734,3 +734,14 @@ TEST(Store, RemovingEverythingLeaksNothing) {
     EXPECT_EQ(mem.outstanding(), 0u);
     EXPECT_EQ(mem.bytes(), 0u);
 }
+
+TEST(Store, ZoneFromAnotherLayoutIsNotCompatible) {
+    zone z;
+    EXPECT_TRUE(sse::store::compatible(z.root));
+    z.root->layout ^= 1;  // as if made by a build with other structures
+    EXPECT_FALSE(sse::store::compatible(z.root));
+    z.root->layout ^= 1;
+    z.root->magic = 0;
+    EXPECT_FALSE(sse::store::compatible(z.root));
+    z.root->magic = sse::store::magic;
+}
