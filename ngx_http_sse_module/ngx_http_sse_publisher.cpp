@@ -44,38 +44,12 @@ static std::string ngx_http_sse_id_json(sse::zone_root *root, uint64_t seq) {
     return '"' + std::string(id, n) + '"';
 }
 
-static ngx_int_t ngx_http_sse_channel_info(ngx_http_request_t *r,
-                                           ngx_http_sse_zone_t *z,
-                                           std::string_view id) {
-    std::string json;
-    {
-        sse::store st = ngx_http_sse_store(z);
-        ngx_http_sse_locked lock(z);
-        sse::channel *ch = st.find(id);
-        if (ch != NULL) {
-            st.expire(ch, ngx_current_msec);
-            json = "{\"channel\":";
-            ngx_http_sse_json_string(json, id);
-            json +=
-                ",\"messages\":" + std::to_string(ch->count) +
-                ",\"subscribers\":" +
-                std::to_string(sse::store::subscribers(ch)) +
-                ",\"published\":" + std::to_string(ch->published) +
-                ",\"first_id\":" +
-                ngx_http_sse_id_json(z->root, ch->count ? ch->at(0)->seq : 0) +
-                ",\"last_id\":" + ngx_http_sse_id_json(z->root, ch->last_seq) +
-                "}\n";
-        }
-    }
-    if (json.empty()) {
-        return ngx_http_sse_error(r, NGX_HTTP_NOT_FOUND, "no such channel");
-    }
-    return ngx_http_sse_send_text(r, NGX_HTTP_OK, "application/json", json);
-}
-
-static ngx_int_t ngx_http_sse_channel_delete(ngx_http_request_t *r,
-                                             ngx_http_sse_zone_t *z,
-                                             std::string_view id) {
+// GET: the channel's figures; DELETE: removes it and ends its streams.
+// 404 when there is no such channel.
+static ngx_int_t ngx_http_sse_channel_request(ngx_http_request_t *r,
+                                              ngx_http_sse_zone_t *z,
+                                              std::string_view id,
+                                              bool remove) {
     std::string json;
     {
         sse::store st = ngx_http_sse_store(z);
@@ -84,16 +58,30 @@ static ngx_int_t ngx_http_sse_channel_delete(ngx_http_request_t *r,
         if (ch != NULL) {
             json = "{\"channel\":";
             ngx_http_sse_json_string(json, id);
-            json += ",\"deleted\":true,\"subscribers\":" +
-                    std::to_string(sse::store::subscribers(ch)) + "}\n";
-            st.remove(ch, ngx_current_msec);
+            std::string subs = std::to_string(sse::store::subscribers(ch));
+            if (remove) {
+                json += ",\"deleted\":true,\"subscribers\":" + subs + "}\n";
+                st.remove(ch, ngx_current_msec);
+            } else {
+                st.expire(ch, ngx_current_msec);
+                json += ",\"messages\":" + std::to_string(ch->count) +
+                        ",\"subscribers\":" + subs +
+                        ",\"published\":" + std::to_string(ch->published) +
+                        ",\"first_id\":" +
+                        ngx_http_sse_id_json(z->root,
+                                             ch->count ? ch->at(0)->seq : 0) +
+                        ",\"last_id\":" +
+                        ngx_http_sse_id_json(z->root, ch->last_seq) + "}\n";
+            }
         }
     }
     if (json.empty()) {
         return ngx_http_sse_error(r, NGX_HTTP_NOT_FOUND, "no such channel");
     }
-    // Every worker ends the channel's streams.
-    ngx_http_sse_notify(z, ~uint64_t{0});
+    if (remove) {
+        // Every worker ends the channel's streams.
+        ngx_http_sse_notify(z, ~uint64_t{0});
+    }
     return ngx_http_sse_send_text(r, NGX_HTTP_OK, "application/json", json);
 }
 
@@ -184,11 +172,9 @@ static ngx_int_t ngx_http_sse_publish(ngx_http_request_t *r) {
     }
     ngx_http_sse_zone_t *z = ngx_http_sse_loc_zone(r, lcf);
 
-    if (r->method & (NGX_HTTP_GET | NGX_HTTP_HEAD)) {
-        return ngx_http_sse_channel_info(r, z, ids[0]);
-    }
-    if (r->method == NGX_HTTP_DELETE) {
-        return ngx_http_sse_channel_delete(r, z, ids[0]);
+    if (r->method & (NGX_HTTP_GET | NGX_HTTP_HEAD | NGX_HTTP_DELETE)) {
+        return ngx_http_sse_channel_request(r, z, ids[0],
+                                            r->method == NGX_HTTP_DELETE);
     }
 
     auto *ctx = static_cast<ngx_http_sse_publish_ctx_t *>(
