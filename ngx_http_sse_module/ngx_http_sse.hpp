@@ -150,7 +150,6 @@ struct ngx_http_sse_subscriber_t {
     unsigned queued : 1;
     unsigned attached : 1;
     unsigned end : 2;
-    unsigned slow : 1;
 };
 
 static_assert(std::is_trivially_destructible_v<ngx_http_sse_subscriber_t>);
@@ -178,7 +177,9 @@ void ngx_http_sse_notify(ngx_http_sse_zone_t *z, uint64_t workers);
 void ngx_http_sse_count(ngx_http_sse_zone_worker_t *zw,
                         uint64_t sse::slot_stats::*field, uint64_t n);
 
-ngx_http_sse_msg_t *ngx_http_sse_msg_copy(const sse::message *m);
+// A worker-local event of `bytes`, one reference held; NULL when out of
+// memory.
+ngx_http_sse_msg_t *ngx_http_sse_msg_new(std::string_view bytes, uint64_t seq);
 void ngx_http_sse_msg_unref(ngx_http_sse_msg_t *msg);
 ngx_http_sse_out_t *ngx_http_sse_out_get();
 void ngx_http_sse_out_put(ngx_http_sse_out_t *o);

@@ -33,13 +33,7 @@ static ngx_http_sse_zone_figures_t ngx_http_sse_figures(
         f.message_bytes = root->message_bytes;
         f.stats = root->stats;
         f.bytes_free = z->shpool->pfree * ngx_pagesize;
-        for (uint32_t b = 0; b < root->nbuckets; b++) {
-            for (sse::channel *c = root->buckets[b]; c; c = c->hnext) {
-                for (uint32_t s = 0; s < sse::max_slots; s++) {
-                    per_slot[s] += c->subs[s];
-                }
-            }
-        }
+        ngx_http_sse_store(z).count_subscribers(per_slot);
         for (uint32_t s = 0; s < sse::max_slots; s++) {
             f.stats.delivered +=
                 __atomic_load_n(&root->per_slot[s].delivered, __ATOMIC_RELAXED);

@@ -21,20 +21,6 @@ ngx_int_t ngx_http_sse_subscribe_handler(ngx_http_request_t *r) {
     }
 }
 
-static ngx_http_sse_msg_t *ngx_http_sse_msg_make(std::string_view bytes,
-                                                 uint64_t seq) {
-    auto *msg = static_cast<ngx_http_sse_msg_t *>(
-        ngx_alloc(sizeof(ngx_http_sse_msg_t) + bytes.size(), ngx_cycle->log));
-    if (msg == NULL) {
-        throw std::bad_alloc();
-    }
-    msg->refs = 1;
-    msg->len = bytes.size();
-    msg->seq = seq;
-    ngx_memcpy(msg->data(), bytes.data(), bytes.size());
-    return msg;
-}
-
 static void ngx_http_sse_append(ngx_http_sse_subscriber_t *sub,
                                 ngx_http_sse_out_t *o) {
     o->buf.memory = 1;
@@ -66,6 +52,23 @@ ngx_int_t ngx_http_sse_enqueue(ngx_http_sse_subscriber_t *sub,
         sub->last_seq = msg->seq;
     }
     return NGX_OK;
+}
+
+// Queues bytes of the module's own (a retry line, a gap event).
+static ngx_int_t ngx_http_sse_enqueue_bytes(ngx_http_sse_subscriber_t *sub,
+                                            std::string_view bytes) {
+    ngx_http_sse_msg_t *msg = ngx_http_sse_msg_new(bytes, 0);
+    if (msg == NULL) {
+        return NGX_ERROR;
+    }
+    ngx_int_t rc = ngx_http_sse_enqueue(sub, msg);
+    ngx_http_sse_msg_unref(msg);
+    return rc;
+}
+
+// Writes "retry: MS" and the blank line that closes it; returns the length.
+static size_t ngx_http_sse_retry_line(u_char *buf, ngx_msec_t ms) {
+    return ngx_sprintf(buf, "retry: %M\n\n", ms) - buf;
 }
 
 static ngx_int_t ngx_http_sse_enqueue_static(ngx_http_sse_subscriber_t *sub,
@@ -125,7 +128,6 @@ void ngx_http_sse_send(ngx_http_sse_subscriber_t *sub) {
                       "sse: subscriber owes %uz bytes, over sse_max_pending, "
                       "closing it",
                       sub->pending);
-        sub->slow = 1;
         ngx_http_sse_count(sub->zw, &sse::slot_stats::slow_dropped, 1);
         ngx_http_sse_end(sub, NGX_HTTP_SSE_END_CLOSE);
         return;
@@ -185,17 +187,9 @@ static void ngx_http_sse_end_handler(ngx_event_t *ev) {
         return;
     }
     u_char line[64];
-    u_char *p =
-        ngx_sprintf(line, "retry: %M\n\n", ngx_http_sse_end_retry(sub->lcf));
-    ngx_http_sse_msg_t *msg = NULL;
-    ngx_int_t rc = NGX_ERROR;
-    try {
-        msg = ngx_http_sse_msg_make(
-            {reinterpret_cast<char *>(line), static_cast<size_t>(p - line)}, 0);
-        rc = ngx_http_sse_enqueue(sub, msg);
-        ngx_http_sse_msg_unref(msg);
-    } catch (const std::bad_alloc &) {
-    }
+    size_t n = ngx_http_sse_retry_line(line, ngx_http_sse_end_retry(sub->lcf));
+    ngx_int_t rc =
+        ngx_http_sse_enqueue_bytes(sub, {reinterpret_cast<char *>(line), n});
     if (rc == NGX_OK) {
         rc = ngx_http_output_filter(r, ngx_http_sse_take_unsent(sub));
         if (rc != NGX_ERROR) {
@@ -318,8 +312,7 @@ static ngx_int_t ngx_http_sse_refuse(ngx_http_request_t *r,
     if (b == NULL) {
         return NGX_ERROR;
     }
-    b->last =
-        ngx_sprintf(b->last, "retry: %M\n\n", ngx_http_sse_end_retry(lcf));
+    b->last += ngx_http_sse_retry_line(b->last, ngx_http_sse_end_retry(lcf));
     b->last_buf = 1;
     ngx_chain_t out = {b, NULL};
     return ngx_http_output_filter(r, &out);
@@ -482,7 +475,8 @@ static ngx_int_t ngx_http_sse_subscribe(ngx_http_request_t *r) {
             }
             copies.reserve(owed.size());
             for (const sse::message *m : owed) {
-                ngx_http_sse_msg_t *msg = ngx_http_sse_msg_copy(m);
+                ngx_http_sse_msg_t *msg =
+                    ngx_http_sse_msg_new(m->wire(), m->seq);
                 if (msg == NULL) {
                     break;
                 }
@@ -510,13 +504,14 @@ static ngx_int_t ngx_http_sse_subscribe(ngx_http_request_t *r) {
         return rc;
     }
 
+    // retry:, then the gap, then the catch-up: one write.
     if (lcf->retry != NGX_HTTP_SSE_OFF) {
         u_char line[64];
-        u_char *p = ngx_sprintf(line, "retry: %M\n\n", lcf->retry);
-        copies.insert(copies.begin(),
-                      ngx_http_sse_msg_make({reinterpret_cast<char *>(line),
-                                             static_cast<size_t>(p - line)},
-                                            0));
+        size_t n = ngx_http_sse_retry_line(line, lcf->retry);
+        if (ngx_http_sse_enqueue_bytes(
+                sub, {reinterpret_cast<char *>(line), n}) != NGX_OK) {
+            return NGX_ERROR;
+        }
     }
     if (!gap.empty()) {
         // Its id lets a client that reconnects now resume exactly after
@@ -524,17 +519,17 @@ static ngx_int_t ngx_http_sse_subscribe(ngx_http_request_t *r) {
         uint64_t at = owed.empty() ? sub->last_seq : owed.front()->seq - 1;
         char id[sse::max_event_id_len];
         size_t n = sse::format_event_id(id, {epoch, at});
-        std::string wire = sse::encode_event({id, n}, "sse-gap", gap);
-        copies.insert(copies.begin() + (lcf->retry != NGX_HTTP_SSE_OFF),
-                      ngx_http_sse_msg_make(wire, 0));
+        if (ngx_http_sse_enqueue_bytes(
+                sub, sse::encode_event({id, n}, "sse-gap", gap)) != NGX_OK) {
+            return NGX_ERROR;
+        }
     }
-    uint64_t last = sub->last_seq;
+    // Catch-up seqs are all <= last_seq: enqueueing them leaves it alone.
     for (auto *msg : copies) {
         if (ngx_http_sse_enqueue(sub, msg) != NGX_OK) {
             return NGX_ERROR;
         }
     }
-    sub->last_seq = last;
     sub->catchup = sub->pending;
 
     r->read_event_handler = ngx_http_test_reading;

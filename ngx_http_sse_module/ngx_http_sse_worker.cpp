@@ -29,20 +29,26 @@ static ngx_http_sse_worker_t *ngx_http_sse_w;
 
 static void ngx_http_sse_deliver(ngx_http_sse_zone_worker_t *zw);
 
-static ngx_http_sse_subscriber_t *ngx_http_sse_link_sub(ngx_queue_t *q) {
-    return (ngx_queue_data(q, ngx_http_sse_link_t, queue))->sub;
+// Calls f(sub) for each subscriber of a local channel; f must not detach
+// (ending a stream is posted, so it does not).
+template <typename F>
+static void ngx_http_sse_each_sub(ngx_http_sse_local_channel_t *lc, F &&f) {
+    for (ngx_queue_t *q = ngx_queue_head(&lc->subs);
+         q != ngx_queue_sentinel(&lc->subs); q = ngx_queue_next(q)) {
+        f((ngx_queue_data(q, ngx_http_sse_link_t, queue))->sub);
+    }
 }
 
-ngx_http_sse_msg_t *ngx_http_sse_msg_copy(const sse::message *m) {
+ngx_http_sse_msg_t *ngx_http_sse_msg_new(std::string_view bytes, uint64_t seq) {
     auto *msg = static_cast<ngx_http_sse_msg_t *>(
-        ngx_alloc(sizeof(ngx_http_sse_msg_t) + m->size, ngx_cycle->log));
+        ngx_alloc(sizeof(ngx_http_sse_msg_t) + bytes.size(), ngx_cycle->log));
     if (msg == NULL) {
         return NULL;
     }
     msg->refs = 1;
-    msg->len = m->size;
-    msg->seq = m->seq;
-    ngx_memcpy(msg->data(), m->bytes(), m->size);
+    msg->len = bytes.size();
+    msg->seq = seq;
+    ngx_memcpy(msg->data(), bytes.data(), bytes.size());
     return msg;
 }
 
@@ -205,7 +211,8 @@ static void ngx_http_sse_deliver(ngx_http_sse_zone_worker_t *zw) {
                     if (it == zw->channels.end()) {
                         return;
                     }
-                    ngx_http_sse_msg_t *msg = ngx_http_sse_msg_copy(m);
+                    ngx_http_sse_msg_t *msg =
+                        ngx_http_sse_msg_new(m->wire(), m->seq);
                     if (msg == NULL) {
                         missed.emplace_back(it->second, m->seq);
                         return;
@@ -233,32 +240,28 @@ static void ngx_http_sse_deliver(ngx_http_sse_zone_worker_t *zw) {
     }
 
     for (auto &[lc, dropped] : missed) {
-        for (ngx_queue_t *q = ngx_queue_head(&lc->subs);
-             q != ngx_queue_sentinel(&lc->subs); q = ngx_queue_next(q)) {
-            auto *sub = ngx_http_sse_link_sub(q);
+        ngx_http_sse_each_sub(lc, [dropped = dropped](auto *sub) {
             if (sub->last_seq < dropped) {
                 ngx_http_sse_end(sub, NGX_HTTP_SSE_END_RETRY);
             }
-        }
+        });
     }
 
     uint64_t delivered = 0;
     for (auto &[lc, msg] : batch) {
-        for (ngx_queue_t *q = ngx_queue_head(&lc->subs);
-             q != ngx_queue_sentinel(&lc->subs); q = ngx_queue_next(q)) {
-            auto *sub = ngx_http_sse_link_sub(q);
+        ngx_http_sse_each_sub(lc, [&, msg = msg](auto *sub) {
             // Multiplexed subscribers meet an event once; resumed ones
             // skip what their catch-up already sent.
             if (sub->end || msg->seq <= sub->last_seq) {
-                continue;
+                return;
             }
             if (ngx_http_sse_enqueue(sub, msg) != NGX_OK) {
                 ngx_http_sse_end(sub, NGX_HTTP_SSE_END_CLOSE);
-                continue;
+                return;
             }
             delivered++;
             ngx_http_sse_mark_dirty(sub);
-        }
+        });
         ngx_http_sse_msg_unref(msg);
     }
     batch.clear();
@@ -266,10 +269,9 @@ static void ngx_http_sse_deliver(ngx_http_sse_zone_worker_t *zw) {
 
     // After what was published before the DELETE: end of stream.
     for (auto *lc : deleted) {
-        for (ngx_queue_t *q = ngx_queue_head(&lc->subs);
-             q != ngx_queue_sentinel(&lc->subs); q = ngx_queue_next(q)) {
-            ngx_http_sse_end(ngx_http_sse_link_sub(q), NGX_HTTP_SSE_END_RETRY);
-        }
+        ngx_http_sse_each_sub(lc, [](auto *sub) {
+            ngx_http_sse_end(sub, NGX_HTTP_SSE_END_RETRY);
+        });
     }
 }
 

@@ -302,6 +302,14 @@ void store::unsubscribe(channel *c, uint32_t slot, int64_t now) {
     }
 }
 
+void store::count_subscribers(uint64_t (&per_slot)[max_slots]) {
+    for_each_channel([&](channel *c) {
+        for (uint32_t s = 0; s < max_slots; s++) {
+            per_slot[s] += c->subs[s];
+        }
+    });
+}
+
 void store::clear_slot(uint32_t slot, int64_t now) {
     root_->stats.delivered += root_->per_slot[slot].delivered;
     root_->stats.slow_dropped += root_->per_slot[slot].slow_dropped;

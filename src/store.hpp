@@ -174,6 +174,9 @@ public:
     // 63 stands for every worker numbered 63 or more.
     uint64_t workers_of(const channel *c) const;
 
+    // Adds each slot's channel subscriptions into per_slot.
+    void count_subscribers(uint64_t (&per_slot)[max_slots]);
+
     // Forgets every count of `slot` (its process is gone), folding its
     // slot_stats into the zone's.
     void clear_slot(uint32_t slot, int64_t now);

@@ -745,3 +745,19 @@ TEST(Store, ZoneFromAnotherLayoutIsNotCompatible) {
     EXPECT_FALSE(sse::store::compatible(z.root));
     z.root->magic = sse::store::magic;
 }
+
+TEST(Store, CountSubscribersAddsEachSlotAcrossChannels) {
+    zone z;
+    sse::channel *a = z.chan("a");
+    sse::channel *b = z.chan("b");
+    z.st.subscribe(a, 0);
+    z.st.subscribe(a, 3);
+    z.st.subscribe(b, 3);
+    uint64_t per_slot[sse::max_slots] = {};
+    per_slot[5] = 7;  // adds, never resets
+    z.st.count_subscribers(per_slot);
+    EXPECT_EQ(per_slot[0], 1u);
+    EXPECT_EQ(per_slot[3], 2u);
+    EXPECT_EQ(per_slot[5], 7u);
+    EXPECT_EQ(per_slot[1], 0u);
+}
