@@ -12,7 +12,7 @@ import time
 import zlib
 from pathlib import Path
 
-from conftest import (_OPEN_CLIENTS, SSEParser, StreamEnd, _parse_head,
+from conftest import (_OPEN_CLIENTS, SSEClient, _parse_head,
                       _read_chunked)
 
 JS_DIR = Path(__file__).resolve().parent / "js"
@@ -190,93 +190,34 @@ class RawResponse:
             pass
 
 
-class GzipSSEClient:
+class GzipSSEClient(SSEClient):
     """A subscriber that asks for gzip: it de-chunks, inflates each chunk
     as it comes (zlib stream, gzip header) and parses the text."""
 
     def __init__(self):
-        self.status = None
-        self.headers = []
-        self.plain = b""       # everything inflated so far
-        self.wire_chunks = []  # the compressed HTTP chunks
-        self.blocks = []
-        self.ended = None
+        super().__init__()
+        self.plain = b""  # everything inflated so far
         self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        self._parser = SSEParser()
-        self._queue = asyncio.Queue()
-        self._task = None
 
     @classmethod
     async def open(cls, port, path, headers=None, timeout=10):
-        c = cls()
-        c._reader, c._writer = await asyncio.open_connection("127.0.0.1",
-                                                             port)
-        _OPEN_CLIENTS.add(c)  # closed by conftest when the test ends
-        lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1",
-                 "Accept-Encoding: gzip"]
-        for k, v in (headers or {}).items():
-            lines.append(f"{k}: {v}")
-        c._writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-        head = await asyncio.wait_for(c._reader.readuntil(b"\r\n\r\n"),
-                                      timeout)
-        c.status, c.headers = _parse_head(head)
-        c._task = asyncio.ensure_future(c._pump())
-        return c
+        return await super().open(
+            port, path, {"Accept-Encoding": "gzip", **(headers or {})},
+            timeout=timeout)
 
-    def header(self, name):
-        return dict(self.headers).get(name.lower())
+    @property
+    def wire_chunks(self):
+        """The compressed HTTP chunks."""
+        return self.chunks
 
     @property
     def gzip_eof(self):
         return self._z.eof
 
-    async def _pump(self):
-        r = self._reader
-        clean = False
-        try:
-            while True:
-                line = await r.readuntil(b"\r\n")
-                size = int(line.split(b";")[0], 16)
-                if size == 0:
-                    await r.readuntil(b"\r\n")
-                    clean = True
-                    break
-                data = await r.readexactly(size)
-                assert await r.readexactly(2) == b"\r\n"
-                self.wire_chunks.append(data)
-                text = self._z.decompress(data)
-                self.plain += text
-                for b in self._parser.feed(text):
-                    self._queue.put_nowait(b)
-        except (asyncio.IncompleteReadError, ConnectionError, OSError):
-            clean = False
-        self._queue.put_nowait(StreamEnd(clean))
-
-    async def next_block(self, timeout=5):
-        if self.ended is not None:
-            raise self.ended
-        item = await asyncio.wait_for(self._queue.get(), timeout)
-        if isinstance(item, StreamEnd):
-            self.ended = item
-            raise item
-        self.blocks.append(item)
-        return item
-
-    async def next_event(self, timeout=5):
-        deadline = time.monotonic() + timeout
-        while True:
-            b = await self.next_block(max(0.01, deadline - time.monotonic()))
-            if b.is_event:
-                return b
-
-    def close(self):
-        _OPEN_CLIENTS.discard(self)
-        if self._task is not None:
-            self._task.cancel()
-        try:
-            self._writer.transport.abort()
-        except Exception:
-            pass
+    def _decode(self, data):
+        text = self._z.decompress(data)
+        self.plain += text
+        return text
 
 
 # ---------------------------------------------------------------- sockets

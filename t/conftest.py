@@ -391,6 +391,10 @@ class SSEClient:
     def local_port(self):
         return self._writer.get_extra_info("sockname")[1]
 
+    def _decode(self, data):
+        """The event-stream bytes of one HTTP chunk (a subclass inflates)."""
+        return data
+
     async def _pump(self):
         parser = SSEParser()
         r = self._reader
@@ -408,7 +412,7 @@ class SSEClient:
                 if await r.readexactly(2) != b"\r\n":
                     raise AssertionError("bad chunk framing")
                 self.chunks.append(data)
-                for b in parser.feed(data):
+                for b in parser.feed(self._decode(data)):
                     self._queue.put_nowait(b)
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             clean = False
