@@ -42,8 +42,6 @@ struct ngx_http_sse_zone_t {
 struct ngx_http_sse_main_conf_t {
     ngx_array_t zones;  // of ngx_http_sse_zone_t *
     ngx_uint_t default_zone_needed;
-    ngx_int_t *notify_fds;  // one eventfd per worker, made before fork
-    ngx_uint_t nworkers;
 };
 
 struct ngx_http_sse_loc_conf_t {
@@ -64,20 +62,10 @@ struct ngx_http_sse_loc_conf_t {
     ngx_uint_t max_subscribers;
 };
 
-// The zone's lock guards every sse::store call; hold it briefly.
-struct ngx_http_sse_locked {
-    explicit ngx_http_sse_locked(ngx_http_sse_zone_t *z) : z_(z) {
-        ngx_shmtx_lock(&z_->shpool->mutex);
-    }
-    ~ngx_http_sse_locked() { ngx_shmtx_unlock(&z_->shpool->mutex); }
-    ngx_http_sse_locked(const ngx_http_sse_locked &) = delete;
-    ngx_http_sse_locked &operator=(const ngx_http_sse_locked &) = delete;
+// The only way to the zone's store: holds its lock for the session's life;
+// hold it briefly (`auto s = ngx_http_sse_session(z); s->publish(...)`).
+sse::session ngx_http_sse_session(ngx_http_sse_zone_t *z);
 
-private:
-    ngx_http_sse_zone_t *z_;
-};
-
-sse::store ngx_http_sse_store(ngx_http_sse_zone_t *z);
 ngx_http_sse_zone_t *ngx_http_sse_loc_zone(ngx_http_request_t *r,
                                            ngx_http_sse_loc_conf_t *lcf);
 
@@ -86,13 +74,16 @@ char *ngx_http_sse_zone_directive(ngx_conf_t *cf, ngx_command_t *cmd,
 // Resolves "zone=NAME" (a zone declared before or after the reference).
 ngx_shm_zone_t *ngx_http_sse_zone_ref(ngx_conf_t *cf, ngx_str_t *name);
 
-// A worker's own copy of one event, shared by all its subscribers: one
-// copy per worker, none per subscriber. Followed by `len` bytes.
+struct ngx_http_sse_zone_worker_t;
+
+// A worker's own copy of one event ("id:" line included), shared by all its
+// subscribers, live and catching up alike: one copy per worker, none per
+// subscriber. Followed by `len` bytes.
 struct ngx_http_sse_msg_t {
     uint32_t refs;
     uint32_t len;
-    uint64_t seq;
-
+    uint64_t seq;                       // 0: bytes of the module's own
+    ngx_http_sse_zone_worker_t *cache;  // where it is listed by seq
     u_char *data() { return reinterpret_cast<u_char *>(this + 1); }
 };
 
@@ -105,26 +96,39 @@ struct ngx_http_sse_out_t {
 };
 
 struct ngx_http_sse_subscriber_t;
-struct ngx_http_sse_zone_worker_t;
 
 // A channel that has subscribers in this worker.
 struct ngx_http_sse_local_channel_t {
-    sse::channel *shm;  // kept alive by the subscribers' counts
+    sse::channel *shm;  // kept alive by this worker's membership
     ngx_queue_t subs;   // of ngx_http_sse_link_t
     ngx_uint_t nsubs;
+    uint64_t mark;  // the deliver round that last saw it
 };
 
 struct ngx_http_sse_link_t {
     ngx_queue_t queue;
     ngx_http_sse_subscriber_t *sub;
     ngx_http_sse_local_channel_t *lc;
-    sse::channel *shm;
 };
 
 enum ngx_http_sse_end_e {
     NGX_HTTP_SSE_END_NONE = 0,
-    NGX_HTTP_SSE_END_RETRY,  // "retry:" and a clean end of stream
+    NGX_HTTP_SSE_END_RETRY,  // sse-error, "retry:" and a clean end of stream
     NGX_HTTP_SSE_END_CLOSE,  // drop the connection (slow or broken)
+};
+
+// Why the server ends or refuses a stream: the sse-error event's reason.
+enum ngx_http_sse_reason_e {
+    NGX_HTTP_SSE_R_NONE = 0,
+    NGX_HTTP_SSE_R_MAX_SUBSCRIBERS,
+    NGX_HTTP_SSE_R_STREAM_TIMEOUT,
+    NGX_HTTP_SSE_R_SHUTDOWN,
+    NGX_HTTP_SSE_R_ZONE_FULL,
+    NGX_HTTP_SSE_R_DELETED,
+    NGX_HTTP_SSE_R_EVICTED,
+    NGX_HTTP_SSE_R_TOKEN_EXPIRED,
+    NGX_HTTP_SSE_R_UNAVAILABLE,
+    NGX_HTTP_SSE_R_CATCH_UP,
 };
 
 // Per subscriber request, in r->pool; released by its pool cleanup.
@@ -134,22 +138,27 @@ struct ngx_http_sse_subscriber_t {
     ngx_http_sse_zone_worker_t *zw;
     uint64_t last_seq;  // newest seq queued: later events only
     ngx_http_sse_link_t *links;
+    sse::channel **chans;  // joined in the zone: nlinks of them
     ngx_uint_t nlinks;
     ngx_http_sse_out_t *out_head;  // queued, oldest first
     ngx_http_sse_out_t *out_tail;
     ngx_http_sse_out_t *unsent;  // first one not given to the filters yet
     size_t pending;              // bytes queued and not fully sent
-    size_t catchup;  // of those, the catch-up's: bounded by the ring, and
-                     // allowed on top of sse_max_pending
+    size_t catchup;  // of those, the catch-up's: bounded by sse_max_pending,
+                     // and allowed on top of it
     ngx_msec_t last_write;
     ngx_event_t heartbeat;
     ngx_event_t timeout;
     ngx_event_t end_ev;
+    ngx_event_t catchup_ev;
     ngx_queue_t all;    // in the zone worker's subscribers
     ngx_queue_t dirty;  // in the worker's queue of those with unsent events
     unsigned queued : 1;
     unsigned attached : 1;
+    unsigned joined : 1;
+    unsigned live : 1;  // past its catch-up: takes live events
     unsigned end : 2;
+    unsigned reason : 4;
 };
 
 static_assert(std::is_trivially_destructible_v<ngx_http_sse_subscriber_t>);
@@ -157,29 +166,43 @@ static_assert(std::is_trivially_destructible_v<ngx_http_sse_subscriber_t>);
 // A worker's view of one zone.
 struct ngx_http_sse_zone_worker_t {
     ngx_http_sse_zone_t *zone;
-    uint32_t slot;
-    uint64_t last_seen;  // newest zone seq delivered here
+    uint32_t slot;  // sse::no_slot: the zone had none left for us
+    uint64_t epoch;
     uint64_t control_gen;
+    uint64_t round;
     ngx_event_t wake;
     ngx_queue_t subs;
     std::unordered_map<sse::channel *, ngx_http_sse_local_channel_t *> channels;
-    std::vector<std::pair<ngx_http_sse_local_channel_t *, ngx_http_sse_msg_t *>>
-        batch;
+    // This worker's copies of events, by seq, while anyone holds them.
+    std::unordered_map<uint64_t, ngx_http_sse_msg_t *> copies;
+    struct batch_item {
+        ngx_http_sse_local_channel_t *lc;
+        const sse::message *m;
+        ngx_http_sse_msg_t *msg;
+    };
+    std::vector<batch_item> batch;
+    std::vector<sse::channel *> touched;
+    std::vector<const sse::message *> owed;
 };
 
 ngx_int_t ngx_http_sse_worker_init(ngx_cycle_t *cycle);
 void ngx_http_sse_worker_exit(ngx_cycle_t *cycle);
 ngx_http_sse_zone_worker_t *ngx_http_sse_zone_worker(ngx_http_sse_zone_t *z);
-// Wakes the workers in `workers` (bits as sse::store::workers_of; this one
-// through a posted event) to deliver what was just published into zone z.
-void ngx_http_sse_notify(ngx_http_sse_zone_t *z, uint64_t workers);
+// Wakes the processes of `slots` (this one through a posted event) to
+// deliver what was just published into zone z, whatever their generation.
+void ngx_http_sse_notify(ngx_http_sse_zone_t *z, const sse::slot_set &slots);
 // Adds n to this worker's figure in the zone (no lock needed).
 void ngx_http_sse_count(ngx_http_sse_zone_worker_t *zw,
                         uint64_t sse::slot_stats::*field, uint64_t n);
 
-// A worker-local event of `bytes`, one reference held; NULL when out of
+// A worker-local buffer of `bytes`, one reference held; NULL when out of
 // memory.
-ngx_http_sse_msg_t *ngx_http_sse_msg_new(std::string_view bytes, uint64_t seq);
+ngx_http_sse_msg_t *ngx_http_sse_msg_new(std::string_view bytes);
+// This worker's copy of a stored event (made now if it has none), one
+// reference held; NULL when out of memory. Call between sessions, with the
+// slot's hold covering m.
+ngx_http_sse_msg_t *ngx_http_sse_msg_copy(ngx_http_sse_zone_worker_t *zw,
+                                          const sse::message *m);
 void ngx_http_sse_msg_unref(ngx_http_sse_msg_t *msg);
 ngx_http_sse_out_t *ngx_http_sse_out_get();
 void ngx_http_sse_out_put(ngx_http_sse_out_t *o);
@@ -197,10 +220,16 @@ void ngx_http_sse_send(ngx_http_sse_subscriber_t *sub);
 void ngx_http_sse_mark_dirty(ngx_http_sse_subscriber_t *sub);
 void ngx_http_sse_unmark_dirty(ngx_http_sse_subscriber_t *sub);
 // Stops deliveries now and ends the stream from a posted event, so callers
-// iterating subscribers are never disturbed.
-void ngx_http_sse_end(ngx_http_sse_subscriber_t *sub, ngx_uint_t how);
+// iterating subscribers are never disturbed. `reason` goes into the
+// sse-error event of a RETRY end.
+void ngx_http_sse_end(ngx_http_sse_subscriber_t *sub, ngx_uint_t how,
+                      ngx_uint_t reason);
+// Adds the subscriber to this worker's local channels; throws bad_alloc
+// (the pool cleanup then undoes everything).
 void ngx_http_sse_attach(ngx_http_sse_subscriber_t *sub);
+// Undoes attach, and leaves the zone's channels if joined.
 void ngx_http_sse_detach(ngx_http_sse_subscriber_t *sub);
+const char *ngx_http_sse_reason_text(ngx_uint_t reason);
 
 ngx_int_t ngx_http_sse_subscribe_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_sse_publish_handler(ngx_http_request_t *r);

@@ -1,7 +1,6 @@
 // Directives, configuration and the module's process hooks.
 #include "ngx_http_sse.hpp"
 
-#include <sys/eventfd.h>
 
 struct ngx_http_sse_bounds_t {
     ngx_int_t min;
@@ -424,47 +423,7 @@ ngx_http_sse_zone_t *ngx_http_sse_loc_zone(ngx_http_request_t *r,
     return static_cast<ngx_http_sse_zone_t **>(mcf->zones.elts)[0];
 }
 
-static void ngx_http_sse_close_fds(void *data) {
-    auto *mcf = static_cast<ngx_http_sse_main_conf_t *>(data);
-    for (ngx_uint_t i = 0; i < mcf->nworkers; i++) {
-        if (mcf->notify_fds[i] != -1) {
-            close(mcf->notify_fds[i]);
-            mcf->notify_fds[i] = -1;
-        }
-    }
-}
-
-// In the master, before fork: one eventfd per worker, inherited by all, so
-// any worker can wake any other.
 static ngx_int_t ngx_http_sse_init_module(ngx_cycle_t *cycle) {
-    auto *mcf = static_cast<ngx_http_sse_main_conf_t *>(
-        ngx_http_cycle_get_module_main_conf(cycle, ngx_http_sse_module));
-    if (mcf == NULL || mcf->zones.nelts == 0) {
-        return NGX_OK;
-    }
-    auto *ccf = reinterpret_cast<ngx_core_conf_t *>(
-        ngx_get_conf(cycle->conf_ctx, ngx_core_module));
-    mcf->nworkers = ccf->worker_processes > 0 ? ccf->worker_processes : 1;
-    mcf->notify_fds = static_cast<ngx_int_t *>(
-        ngx_palloc(cycle->pool, mcf->nworkers * sizeof(ngx_int_t)));
-    ngx_pool_cleanup_t *cln = ngx_pool_cleanup_add(cycle->pool, 0);
-    if (mcf->notify_fds == NULL || cln == NULL) {
-        return NGX_ERROR;
-    }
-    for (ngx_uint_t i = 0; i < mcf->nworkers; i++) {
-        mcf->notify_fds[i] = -1;
-    }
-    cln->handler = ngx_http_sse_close_fds;
-    cln->data = mcf;
-    for (ngx_uint_t i = 0; i < mcf->nworkers; i++) {
-        int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-        if (fd == -1) {
-            ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
-                          "sse: eventfd() failed");
-            return NGX_ERROR;
-        }
-        mcf->notify_fds[i] = fd;
-    }
     return NGX_OK;
 }
 

@@ -12,6 +12,7 @@ struct ngx_http_sse_publish_ctx_t {
     ngx_str_t channel;
     ngx_str_t event;
     sse::stream_parser *parser;  // a text/event-stream body; pool cleanup
+    uint64_t epoch;
     uint64_t last_seq;
     uint64_t published;
     uint32_t subscribers;
@@ -35,12 +36,12 @@ ngx_int_t ngx_http_sse_publish_handler(ngx_http_request_t *r) {
     }
 }
 
-static std::string ngx_http_sse_id_json(sse::zone_root *root, uint64_t seq) {
+static std::string ngx_http_sse_id_json(uint64_t epoch, uint64_t seq) {
     if (seq == 0) {
         return "null";
     }
     char id[sse::max_event_id_len];
-    size_t n = sse::format_event_id(id, {root->epoch, seq});
+    size_t n = sse::format_event_id(id, {epoch, seq});
     return '"' + std::string(id, n) + '"';
 }
 
@@ -51,27 +52,28 @@ static ngx_int_t ngx_http_sse_channel_request(ngx_http_request_t *r,
                                               std::string_view id,
                                               bool remove) {
     std::string json;
+    json.reserve(512);
     {
-        sse::store st = ngx_http_sse_store(z);
-        ngx_http_sse_locked lock(z);
-        sse::channel *ch = st.find(id);
+        auto s = ngx_http_sse_session(z);
+        sse::channel *ch = s->find(id);
+        uint64_t epoch = s->root()->epoch;
         if (ch != NULL) {
             json = "{\"channel\":";
             ngx_http_sse_json_string(json, id);
             std::string subs = std::to_string(sse::store::subscribers(ch));
             if (remove) {
                 json += ",\"deleted\":true,\"subscribers\":" + subs + "}\n";
-                st.remove(ch, ngx_current_msec);
+                s->remove(ch, ngx_current_msec);
             } else {
-                st.expire(ch, ngx_current_msec);
-                json += ",\"messages\":" + std::to_string(ch->count) +
+                s->expire(ch, ngx_current_msec);
+                const sse::message *first = sse::store::first(ch);
+                json += ",\"messages\":" + std::to_string(ch->buffered()) +
                         ",\"subscribers\":" + subs +
                         ",\"published\":" + std::to_string(ch->published) +
                         ",\"first_id\":" +
-                        ngx_http_sse_id_json(z->root,
-                                             ch->count ? ch->at(0)->seq : 0) +
+                        ngx_http_sse_id_json(epoch, first ? first->seq : 0) +
                         ",\"last_id\":" +
-                        ngx_http_sse_id_json(z->root, ch->last_seq) + "}\n";
+                        ngx_http_sse_id_json(epoch, ch->last_seq) + "}\n";
             }
         }
     }
@@ -79,52 +81,86 @@ static ngx_int_t ngx_http_sse_channel_request(ngx_http_request_t *r,
         return ngx_http_sse_error(r, NGX_HTTP_NOT_FOUND, "no such channel");
     }
     if (remove) {
-        // Every worker ends the channel's streams.
-        ngx_http_sse_notify(z, ~uint64_t{0});
+        // Every process ends the channel's streams.
+        sse::slot_set all;
+        for (auto &b : all.bits) {
+            b = ~uint64_t{0};
+        }
+        ngx_http_sse_notify(z, all);
     }
     return ngx_http_sse_send_text(r, NGX_HTTP_OK, "application/json", json);
 }
 
-// Publishes events in order under one lock and wakes the workers once.
+// Publishes events in order and wakes the processes concerned once. The
+// events are allocated in one session, written outside the lock, and
+// committed (given their ids) in a second session.
 static sse::publish_status ngx_http_sse_store_events(
     ngx_http_request_t *r, ngx_http_sse_publish_ctx_t *ctx,
     const ngx_http_sse_event_list &events) {
     auto *lcf = static_cast<ngx_http_sse_loc_conf_t *>(
         ngx_http_get_module_loc_conf(r, ngx_http_sse_module));
     ngx_http_sse_zone_t *z = ngx_http_sse_loc_zone(r, lcf);
+    ngx_http_sse_zone_worker_t *zw = ngx_http_sse_zone_worker(z);
     std::string_view id(reinterpret_cast<char *>(ctx->channel.data),
                         ctx->channel.len);
-    sse::publish_status status = sse::publish_status::ok;
-    uint64_t workers = 0;
     if (events.empty()) {
-        return status;
+        return sse::publish_status::ok;
     }
+    if (zw == NULL || zw->slot == sse::no_slot) {
+        return sse::publish_status::no_channel;
+    }
+    std::vector<sse::message *> ms;
+    ms.reserve(events.size());
     {
-        sse::store st = ngx_http_sse_store(z);
-        ngx_msec_t now = ngx_current_msec;
-        ngx_http_sse_locked lock(z);
-        sse::channel *ch = st.find_or_create(id, now);
-        if (ch == NULL) {
-            status = sse::publish_status::no_memory;
-        }
-        for (size_t i = 0; ch != NULL && i < events.size(); i++) {
-            sse::publish_result res =
-                st.publish(ch, events[i].first, events[i].second, now,
-                           lcf->buffer_length, lcf->message_ttl);
-            if (res.status != sse::publish_status::ok) {
-                status = res.status;
+        auto s = ngx_http_sse_session(z);
+        for (const auto &[event, data] : events) {
+            sse::message *m = s->prepare(
+                zw->slot, sse::encoded_body_size(event, data),
+                ngx_current_msec);
+            if (m == NULL) {
                 break;
             }
-            ctx->last_seq = res.seq;
-            ctx->published++;
-        }
-        if (ch != NULL) {
-            ctx->subscribers = sse::store::subscribers(ch);
-            workers = st.workers_of(ch);
+            ms.push_back(m);
         }
     }
-    if (ctx->published > 0 && workers != 0) {
-        ngx_http_sse_notify(z, workers);
+    for (size_t i = 0; i < ms.size(); i++) {
+        sse::encode_body(ms[i]->bytes(), events[i].first, events[i].second);
+    }
+    sse::publish_status status = ms.size() == events.size()
+                                     ? sse::publish_status::ok
+                                     : sse::publish_status::no_memory;
+    sse::slot_set wake{};
+    {
+        auto s = ngx_http_sse_session(z);
+        ngx_msec_t now = ngx_current_msec;
+        sse::channel *ch = s->find_or_create(id, now);
+        size_t i = 0;
+        for (; ch != NULL && i < ms.size(); i++) {
+            uint64_t seq;
+            sse::publish_status st =
+                s->commit(zw->slot, ms[i], ch, now, lcf->buffer_length,
+                          lcf->message_ttl, &seq);
+            if (st != sse::publish_status::ok) {
+                status = st;
+                i++;
+                break;
+            }
+            ctx->last_seq = seq;
+            ctx->published++;
+        }
+        for (; i < ms.size(); i++) {
+            s->abandon(zw->slot, ms[i]);
+        }
+        if (ch == NULL) {
+            status = sse::publish_status::no_memory;
+        } else {
+            ctx->subscribers = sse::store::subscribers(ch);
+            wake = s->slots_of(ch);
+            ctx->epoch = s->root()->epoch;
+        }
+    }
+    if (ctx->published > 0 && !wake.empty()) {
+        ngx_http_sse_notify(z, wake);
     }
     return status;
 }
@@ -132,13 +168,10 @@ static sse::publish_status ngx_http_sse_store_events(
 static std::string ngx_http_sse_publish_json(ngx_http_request_t *r,
                                              ngx_http_sse_publish_ctx_t *ctx,
                                              bool stream) {
-    auto *lcf = static_cast<ngx_http_sse_loc_conf_t *>(
-        ngx_http_get_module_loc_conf(r, ngx_http_sse_module));
-    ngx_http_sse_zone_t *z = ngx_http_sse_loc_zone(r, lcf);
     std::string json = "{\"channel\":";
     ngx_http_sse_json_string(
         json, {reinterpret_cast<char *>(ctx->channel.data), ctx->channel.len});
-    json += ",\"id\":" + ngx_http_sse_id_json(z->root, ctx->last_seq) +
+    json += ",\"id\":" + ngx_http_sse_id_json(ctx->epoch, ctx->last_seq) +
             ",\"subscribers\":" + std::to_string(ctx->subscribers);
     if (stream) {
         json += ",\"published\":" + std::to_string(ctx->published);

@@ -14,36 +14,41 @@ struct ngx_http_sse_zone_figures_t {
     uint64_t bytes_total;
     uint64_t bytes_free;
     std::vector<std::pair<int32_t, uint64_t>> workers;  // pid, subscribers
+    bool checked;
+    std::string check;  // "" when the zone is consistent
 };
 
-static ngx_http_sse_zone_figures_t ngx_http_sse_figures(
-    ngx_http_sse_zone_t *z) {
+static ngx_http_sse_zone_figures_t ngx_http_sse_figures(ngx_http_sse_zone_t *z,
+                                                        bool check) {
     ngx_http_sse_zone_figures_t f{};
     f.name.assign(reinterpret_cast<char *>(z->shm_zone->shm.name.data),
                   z->shm_zone->shm.name.len);
     f.bytes_total = z->shm_zone->shm.size;
-    uint64_t per_slot[sse::max_slots] = {};
-    sse::zone_root *root = z->root;
-    {
-        ngx_http_sse_locked lock(z);
-        f.epoch = root->epoch;
-        f.seq = root->seq;
-        f.channels = root->nchannels;
-        f.messages = root->nmessages;
-        f.message_bytes = root->message_bytes;
-        f.stats = root->stats;
-        f.bytes_free = z->shpool->pfree * ngx_pagesize;
-        ngx_http_sse_store(z).count_subscribers(per_slot);
-        for (uint32_t s = 0; s < sse::max_slots; s++) {
-            f.stats.delivered +=
-                __atomic_load_n(&root->per_slot[s].delivered, __ATOMIC_RELAXED);
-            f.stats.slow_dropped += __atomic_load_n(
-                &root->per_slot[s].slow_dropped, __ATOMIC_RELAXED);
-            if (root->slot_pid[s] != 0) {
-                f.workers.emplace_back(root->slot_pid[s], per_slot[s]);
-            }
-            f.subscribers += per_slot[s];
+    f.workers.reserve(sse::max_slots);
+    auto s = ngx_http_sse_session(z);
+    const sse::zone_root *root = s->root();
+    f.epoch = root->epoch;
+    f.seq = root->seq;
+    f.channels = root->nchannels;
+    f.messages = root->nmessages;
+    f.message_bytes = root->message_bytes;
+    f.stats = root->stats;
+    f.bytes_free = z->shpool->pfree * ngx_pagesize;
+    // Per-slot totals: work proportional to the processes, not channels.
+    for (const sse::slot &sl : root->slots) {
+        f.stats.delivered +=
+            __atomic_load_n(&sl.stats.delivered, __ATOMIC_RELAXED);
+        f.stats.slow_dropped +=
+            __atomic_load_n(&sl.stats.slow_dropped, __ATOMIC_RELAXED);
+        if (sl.pid != 0) {
+            f.workers.emplace_back(sl.pid, sl.subscriptions);
         }
+        f.subscribers += sl.subscriptions;
+    }
+    if (check) {
+        // Test and debugging aid: walks the whole zone under the lock.
+        f.checked = true;
+        f.check = s->check();
     }
     return f;
 }
@@ -71,6 +76,13 @@ static std::string ngx_http_sse_status_json(
         num("delivered", f.stats.delivered);
         num("slow_dropped", f.stats.slow_dropped);
         num("evicted", f.stats.evicted);
+        num("lost", f.stats.lost);
+        num("refused", f.stats.refused);
+        num("repairs", f.stats.repairs);
+        if (f.checked) {
+            j += ",\"check\":";
+            ngx_http_sse_json_string(j, f.check.empty() ? "ok" : f.check);
+        }
         num("bytes_total", f.bytes_total);
         num("bytes_used", f.bytes_total - f.bytes_free);
         num("bytes_free", f.bytes_free);
@@ -118,6 +130,16 @@ static std::string ngx_http_sse_status_prometheus(
     metric("sse_evicted_total", "counter",
            "Events evicted early because the zone was full.",
            [](const fig &f) { return f.stats.evicted; });
+    metric("sse_lost_total", "counter",
+           "Events freed for memory before every subscribed worker read "
+           "them (their subscribers resumed).",
+           [](const fig &f) { return f.stats.lost; });
+    metric("sse_refused_total", "counter",
+           "Subscriptions refused because the zone was full.",
+           [](const fig &f) { return f.stats.refused; });
+    metric("sse_repairs_total", "counter",
+           "Zone repairs after a process died holding its lock.",
+           [](const fig &f) { return f.stats.repairs; });
     metric("sse_zone_bytes_used", "gauge", "Bytes of the zone in use.",
            [](const fig &f) { return f.bytes_total - f.bytes_free; });
     metric("sse_zone_bytes_free", "gauge", "Free bytes of the zone.",
@@ -146,8 +168,11 @@ ngx_int_t ngx_http_sse_status_handler(ngx_http_request_t *r) {
             ngx_http_get_module_main_conf(r, ngx_http_sse_module));
         std::vector<ngx_http_sse_zone_figures_t> zones;
         auto **z = static_cast<ngx_http_sse_zone_t **>(mcf->zones.elts);
+        ngx_str_t check;
+        bool checking =
+            ngx_http_arg(r, (u_char *)"check", 5, &check) == NGX_OK;
         for (ngx_uint_t i = 0; i < mcf->zones.nelts; i++) {
-            zones.push_back(ngx_http_sse_figures(z[i]));
+            zones.push_back(ngx_http_sse_figures(z[i], checking));
         }
         ngx_str_t format;
         if (ngx_http_arg(r, (u_char *)"format", 6, &format) == NGX_OK &&

@@ -4,12 +4,18 @@
 #include <algorithm>
 
 static const u_char ngx_http_sse_heartbeat_line[] = ":\n\n";
+// "retry: " and a 32-bit number of ms, a blank line.
+#define NGX_HTTP_SSE_RETRY_LINE_LEN 64
+// Clients reconnect after this long when we end a stream ourselves and
+// sse_retry is off.
+#define NGX_HTTP_SSE_DEFAULT_RETRY_MS 1000
 
 static ngx_int_t ngx_http_sse_subscribe(ngx_http_request_t *r);
 static void ngx_http_sse_write_handler(ngx_http_request_t *r);
 static void ngx_http_sse_end_handler(ngx_event_t *ev);
 static void ngx_http_sse_heartbeat_handler(ngx_event_t *ev);
 static void ngx_http_sse_timeout_handler(ngx_event_t *ev);
+static void ngx_http_sse_catchup_handler(ngx_event_t *ev);
 static void ngx_http_sse_cleanup(void *data);
 
 ngx_int_t ngx_http_sse_subscribe_handler(ngx_http_request_t *r) {
@@ -19,6 +25,14 @@ ngx_int_t ngx_http_sse_subscribe_handler(ngx_http_request_t *r) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "sse: %s", e.what());
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
+}
+
+const char *ngx_http_sse_reason_text(ngx_uint_t reason) {
+    static const char *const text[] = {
+        "",          "max_subscribers", "stream_timeout", "shutdown",
+        "zone_full", "deleted",         "evicted",        "token_expired",
+        "unavailable", "catch_up"};
+    return reason < sizeof(text) / sizeof(text[0]) ? text[reason] : "";
 }
 
 static void ngx_http_sse_append(ngx_http_sse_subscriber_t *sub,
@@ -54,10 +68,10 @@ ngx_int_t ngx_http_sse_enqueue(ngx_http_sse_subscriber_t *sub,
     return NGX_OK;
 }
 
-// Queues bytes of the module's own (a retry line, a gap event).
+// Queues bytes of the module's own (a retry line, a gap or error event).
 static ngx_int_t ngx_http_sse_enqueue_bytes(ngx_http_sse_subscriber_t *sub,
                                             std::string_view bytes) {
-    ngx_http_sse_msg_t *msg = ngx_http_sse_msg_new(bytes, 0);
+    ngx_http_sse_msg_t *msg = ngx_http_sse_msg_new(bytes);
     if (msg == NULL) {
         return NGX_ERROR;
     }
@@ -66,9 +80,31 @@ static ngx_int_t ngx_http_sse_enqueue_bytes(ngx_http_sse_subscriber_t *sub,
     return rc;
 }
 
+static ngx_msec_t ngx_http_sse_end_retry(ngx_http_sse_loc_conf_t *lcf) {
+    return lcf->retry != NGX_HTTP_SSE_OFF ? lcf->retry
+                                          : NGX_HTTP_SSE_DEFAULT_RETRY_MS;
+}
+
 // Writes "retry: MS" and the blank line that closes it; returns the length.
 static size_t ngx_http_sse_retry_line(u_char *buf, ngx_msec_t ms) {
     return ngx_sprintf(buf, "retry: %M\n\n", ms) - buf;
+}
+
+// The end of a stream the server closes itself: an sse-error event naming
+// why (apps tell "try later" from a network blip; EventSource ignores it),
+// then retry:, which EventSource follows.
+static std::string ngx_http_sse_end_bytes(ngx_http_sse_loc_conf_t *lcf,
+                                          ngx_uint_t reason) {
+    std::string out;
+    if (reason != NGX_HTTP_SSE_R_NONE) {
+        out = "event: sse-error\ndata: {\"reason\":\"";
+        out += ngx_http_sse_reason_text(reason);
+        out += "\"}\n\n";
+    }
+    u_char line[NGX_HTTP_SSE_RETRY_LINE_LEN];
+    size_t n = ngx_http_sse_retry_line(line, ngx_http_sse_end_retry(lcf));
+    out.append(reinterpret_cast<char *>(line), n);
+    return out;
 }
 
 static ngx_int_t ngx_http_sse_enqueue_static(ngx_http_sse_subscriber_t *sub,
@@ -119,7 +155,7 @@ void ngx_http_sse_send(ngx_http_sse_subscriber_t *sub) {
     ngx_int_t rc = ngx_http_output_filter(r, ngx_http_sse_take_unsent(sub));
     ngx_http_sse_reclaim(sub);
     if (rc == NGX_ERROR) {
-        ngx_http_sse_end(sub, NGX_HTTP_SSE_END_CLOSE);
+        ngx_http_sse_end(sub, NGX_HTTP_SSE_END_CLOSE, NGX_HTTP_SSE_R_NONE);
         return;
     }
     if (sub->pending > sub->lcf->max_pending + sub->catchup) {
@@ -129,27 +165,39 @@ void ngx_http_sse_send(ngx_http_sse_subscriber_t *sub) {
                       "closing it",
                       sub->pending);
         ngx_http_sse_count(sub->zw, &sse::slot_stats::slow_dropped, 1);
-        ngx_http_sse_end(sub, NGX_HTTP_SSE_END_CLOSE);
+        ngx_http_sse_end(sub, NGX_HTTP_SSE_END_CLOSE, NGX_HTTP_SSE_R_NONE);
         return;
+    }
+    if (!sub->live && sub->pending <= sub->lcf->max_pending / 2 &&
+        !sub->catchup_ev.posted && sub->end == NGX_HTTP_SSE_END_NONE) {
+        // The next part of a catch-up larger than sse_max_pending.
+        ngx_post_event(&sub->catchup_ev, &ngx_posted_events);
     }
     ngx_event_t *wev = r->connection->write;
     auto *clcf = static_cast<ngx_http_core_loc_conf_t *>(
         ngx_http_get_module_loc_conf(r, ngx_http_core_module));
     if (r->connection->buffered) {
-        if (!wev->delayed) {
+        // Armed once and re-armed only by progress (the write handler):
+        // heartbeats and new events never extend a stalled client's life.
+        if (!wev->timer_set && !wev->delayed) {
             ngx_add_timer(wev, clcf->send_timeout);
         }
         if (ngx_handle_write_event(wev, clcf->send_lowat) != NGX_OK) {
-            ngx_http_sse_end(sub, NGX_HTTP_SSE_END_CLOSE);
+            ngx_http_sse_end(sub, NGX_HTTP_SSE_END_CLOSE, NGX_HTTP_SSE_R_NONE);
         }
     } else if (wev->timer_set) {
         ngx_del_timer(wev);
     }
 }
 
-void ngx_http_sse_end(ngx_http_sse_subscriber_t *sub, ngx_uint_t how) {
+void ngx_http_sse_end(ngx_http_sse_subscriber_t *sub, ngx_uint_t how,
+                      ngx_uint_t reason) {
     if (sub->end == NGX_HTTP_SSE_END_NONE) {
         ngx_post_event(&sub->end_ev, &ngx_posted_events);
+        sub->reason = reason;
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, sub->r->connection->log, 0,
+                       "sse: ending stream (%ui, %s)", how,
+                       ngx_http_sse_reason_text(reason));
     }
     if (how > sub->end) {
         sub->end = how;
@@ -167,11 +215,9 @@ static void ngx_http_sse_stop_timers(ngx_http_sse_subscriber_t *sub) {
     if (sub->end_ev.posted) {
         ngx_delete_posted_event(&sub->end_ev);
     }
-}
-
-static ngx_msec_t ngx_http_sse_end_retry(ngx_http_sse_loc_conf_t *lcf) {
-    // Clients reconnect after this long when we end a stream ourselves.
-    return lcf->retry != NGX_HTTP_SSE_OFF ? lcf->retry : 1000;
+    if (sub->catchup_ev.posted) {
+        ngx_delete_posted_event(&sub->catchup_ev);
+    }
 }
 
 static void ngx_http_sse_end_handler(ngx_event_t *ev) {
@@ -179,23 +225,24 @@ static void ngx_http_sse_end_handler(ngx_event_t *ev) {
     ngx_http_request_t *r = sub->r;
     ngx_connection_t *c = r->connection;
 
-    ngx_http_sse_detach(sub);
-    ngx_http_sse_stop_timers(sub);
-    if (sub->end == NGX_HTTP_SSE_END_CLOSE) {
-        ngx_http_finalize_request(r, NGX_ERROR);
-        ngx_http_run_posted_requests(c);
-        return;
-    }
-    u_char line[64];
-    size_t n = ngx_http_sse_retry_line(line, ngx_http_sse_end_retry(sub->lcf));
-    ngx_int_t rc =
-        ngx_http_sse_enqueue_bytes(sub, {reinterpret_cast<char *>(line), n});
-    if (rc == NGX_OK) {
-        rc = ngx_http_output_filter(r, ngx_http_sse_take_unsent(sub));
-        if (rc != NGX_ERROR) {
-            rc = ngx_http_send_special(r, NGX_HTTP_LAST);
+    ngx_int_t rc = NGX_ERROR;
+    try {
+        ngx_http_sse_detach(sub);
+        ngx_http_sse_stop_timers(sub);
+        if (sub->end != NGX_HTTP_SSE_END_CLOSE) {
+            rc = ngx_http_sse_enqueue_bytes(
+                sub, ngx_http_sse_end_bytes(sub->lcf, sub->reason));
+            if (rc == NGX_OK) {
+                rc = ngx_http_output_filter(r, ngx_http_sse_take_unsent(sub));
+                if (rc != NGX_ERROR) {
+                    rc = ngx_http_send_special(r, NGX_HTTP_LAST);
+                }
+                ngx_http_sse_reclaim(sub);
+            }
         }
-        ngx_http_sse_reclaim(sub);
+    } catch (const std::exception &e) {
+        ngx_log_error(NGX_LOG_ERR, c->log, 0, "sse: %s", e.what());
+        rc = NGX_ERROR;
     }
     ngx_http_finalize_request(r, rc == NGX_ERROR ? NGX_ERROR : NGX_OK);
     ngx_http_run_posted_requests(c);
@@ -206,12 +253,23 @@ static void ngx_http_sse_write_handler(ngx_http_request_t *r) {
         ngx_http_get_module_ctx(r, ngx_http_sse_module));
     ngx_event_t *wev = r->connection->write;
     if (wev->timedout) {
+        // Nothing read for send_timeout, whatever the heartbeats did.
         ngx_log_error(NGX_LOG_INFO, r->connection->log, NGX_ETIMEDOUT,
                       "sse: client timed out");
         r->connection->timedout = 1;
-        ngx_http_sse_detach(sub);
+        try {
+            ngx_http_sse_detach(sub);
+        } catch (const std::exception &e) {
+            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "sse: %s",
+                          e.what());
+        }
+        ngx_http_sse_stop_timers(sub);
         ngx_http_finalize_request(r, NGX_HTTP_REQUEST_TIME_OUT);
         return;
+    }
+    // Writable again: the client read something; its timer starts anew.
+    if (wev->timer_set) {
+        ngx_del_timer(wev);
     }
     if (sub->end == NGX_HTTP_SSE_END_NONE) {
         ngx_http_sse_send(sub);
@@ -232,7 +290,7 @@ static void ngx_http_sse_heartbeat_handler(ngx_event_t *ev) {
         if (ngx_http_sse_enqueue_static(
                 sub, ngx_http_sse_heartbeat_line,
                 sizeof(ngx_http_sse_heartbeat_line) - 1) != NGX_OK) {
-            ngx_http_sse_end(sub, NGX_HTTP_SSE_END_CLOSE);
+            ngx_http_sse_end(sub, NGX_HTTP_SSE_END_CLOSE, NGX_HTTP_SSE_R_NONE);
             return;
         }
         ngx_http_sse_send(sub);
@@ -244,13 +302,18 @@ static void ngx_http_sse_heartbeat_handler(ngx_event_t *ev) {
 static void ngx_http_sse_timeout_handler(ngx_event_t *ev) {
     // The stream's longest life: the client reconnects and resumes.
     ngx_http_sse_end(static_cast<ngx_http_sse_subscriber_t *>(ev->data),
-                     NGX_HTTP_SSE_END_RETRY);
+                     NGX_HTTP_SSE_END_RETRY, NGX_HTTP_SSE_R_STREAM_TIMEOUT);
 }
 
 static void ngx_http_sse_cleanup(void *data) {
     auto *sub = static_cast<ngx_http_sse_subscriber_t *>(data);
     if (sub->zw != NULL && ngx_http_sse_zone_worker(sub->zw->zone) == sub->zw) {
-        ngx_http_sse_detach(sub);
+        try {
+            ngx_http_sse_detach(sub);
+        } catch (const std::exception &e) {
+            ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "sse: %s",
+                          e.what());
+        }
     }
     ngx_http_sse_stop_timers(sub);
     while (sub->out_head != NULL) {
@@ -300,19 +363,25 @@ static ngx_int_t ngx_http_sse_stream_headers(ngx_http_request_t *r) {
     return ngx_http_send_header(r);
 }
 
-// Overload or shutdown: a "retry:" and a clean end, which EventSource
-// follows, rather than a 5xx, which would stop it for good.
+// Overload or shutdown: an sse-error event, "retry:" and a clean end,
+// which EventSource follows, rather than a 5xx, which would stop it for
+// good.
 static ngx_int_t ngx_http_sse_refuse(ngx_http_request_t *r,
-                                     ngx_http_sse_loc_conf_t *lcf) {
+                                     ngx_http_sse_loc_conf_t *lcf,
+                                     ngx_uint_t reason) {
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "sse: refusing subscriber: %s",
+                   ngx_http_sse_reason_text(reason));
     ngx_int_t rc = ngx_http_sse_stream_headers(r);
     if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
         return rc;
     }
-    ngx_buf_t *b = ngx_create_temp_buf(r->pool, 64);
+    std::string bytes = ngx_http_sse_end_bytes(lcf, reason);
+    ngx_buf_t *b = ngx_create_temp_buf(r->pool, bytes.size());
     if (b == NULL) {
         return NGX_ERROR;
     }
-    b->last += ngx_http_sse_retry_line(b->last, ngx_http_sse_end_retry(lcf));
+    b->last = ngx_cpymem(b->last, bytes.data(), bytes.size());
     b->last_buf = 1;
     ngx_chain_t out = {b, NULL};
     return ngx_http_output_filter(r, &out);
@@ -327,6 +396,81 @@ static std::string ngx_http_sse_gap_json(std::string_view requested,
     json += reason;
     json += "\"}";
     return json;
+}
+
+// Copies the owed events (listed in the session that set the slot's hold)
+// into this worker's shared copies and queues them, then ends the hold.
+// False when out of memory.
+static bool ngx_http_sse_queue_owed(ngx_http_sse_subscriber_t *sub,
+                                    const sse::catch_up_result &res) {
+    ngx_http_sse_zone_worker_t *zw = sub->zw;
+    bool ok = true;
+    size_t before = sub->pending;
+    uint64_t queued = 0;
+    for (const sse::message *m : zw->owed) {
+        ngx_http_sse_msg_t *msg = ngx_http_sse_msg_copy(zw, m);
+        if (msg == NULL) {
+            ok = false;
+            break;
+        }
+        ngx_int_t rc = ngx_http_sse_enqueue(sub, msg);
+        ngx_http_sse_msg_unref(msg);
+        if (rc != NGX_OK) {
+            ok = false;
+            break;
+        }
+        queued++;
+    }
+    zw->owed.clear();
+    {
+        auto s = ngx_http_sse_session(zw->zone);
+        s->end_read(zw->slot, 0, sub->chans, sub->nlinks);
+    }
+    sub->catchup += sub->pending - before;
+    ngx_http_sse_count(zw, &sse::slot_stats::delivered, queued);
+    if (ok) {
+        // Catch-up seqs are all <= last_seq; live events follow it.
+        sub->last_seq = res.last_seq;
+        sub->live = !res.more;
+    }
+    return ok;
+}
+
+// The next part of a catch-up that was larger than sse_max_pending, once
+// the client has read most of the previous part.
+static void ngx_http_sse_catchup_handler(ngx_event_t *ev) {
+    auto *sub = static_cast<ngx_http_sse_subscriber_t *>(ev->data);
+    ngx_http_sse_zone_worker_t *zw = sub->zw;
+    if (sub->end != NGX_HTTP_SSE_END_NONE || sub->live) {
+        return;
+    }
+    try {
+        sse::catch_up_result res;
+        {
+            auto s = ngx_http_sse_session(zw->zone);
+            res = s->catch_up_after(zw->slot, sub->chans, sub->nlinks,
+                                    sub->last_seq, sub->lcf->max_pending,
+                                    zw->owed);
+        }
+        if (res.gap != sse::gap_reason::none) {
+            // The ring moved past it meanwhile: it resumes and learns of
+            // the gap.
+            zw->owed.clear();
+            ngx_http_sse_end(sub, NGX_HTTP_SSE_END_RETRY,
+                             NGX_HTTP_SSE_R_CATCH_UP);
+            return;
+        }
+        if (!ngx_http_sse_queue_owed(sub, res)) {
+            ngx_http_sse_end(sub, NGX_HTTP_SSE_END_CLOSE, NGX_HTTP_SSE_R_NONE);
+            return;
+        }
+        ngx_http_sse_send(sub);
+    } catch (const std::exception &e) {
+        ngx_log_error(NGX_LOG_ERR, sub->r->connection->log, 0, "sse: %s",
+                      e.what());
+        zw->owed.clear();
+        ngx_http_sse_end(sub, NGX_HTTP_SSE_END_CLOSE, NGX_HTTP_SSE_R_NONE);
+    }
 }
 
 static ngx_int_t ngx_http_sse_subscribe(ngx_http_request_t *r) {
@@ -360,7 +504,10 @@ static ngx_int_t ngx_http_sse_subscribe(ngx_http_request_t *r) {
         return ngx_http_sse_stream_headers(r);
     }
     if (ngx_exiting || ngx_terminate) {
-        return ngx_http_sse_refuse(r, lcf);
+        return ngx_http_sse_refuse(r, lcf, NGX_HTTP_SSE_R_SHUTDOWN);
+    }
+    if (zw->slot == sse::no_slot) {
+        return ngx_http_sse_refuse(r, lcf, NGX_HTTP_SSE_R_UNAVAILABLE);
     }
     ngx_str_t resume;
     if (ngx_http_sse_resume_point(r, lcf, &resume) != NGX_OK) {
@@ -375,168 +522,101 @@ static ngx_int_t ngx_http_sse_subscribe(ngx_http_request_t *r) {
     }
     sub->links = static_cast<ngx_http_sse_link_t *>(
         ngx_pcalloc(r->pool, ids.size() * sizeof(ngx_http_sse_link_t)));
-    if (sub->links == NULL) {
+    sub->chans = static_cast<sse::channel **>(
+        ngx_pcalloc(r->pool, ids.size() * sizeof(sse::channel *)));
+    if (sub->links == NULL || sub->chans == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
     sub->r = r;
     sub->lcf = lcf;
     sub->zw = zw;
-    sub->nlinks = ids.size();
+    sub->end_ev.handler = ngx_http_sse_end_handler;
+    sub->end_ev.data = sub;
+    sub->end_ev.log = r->connection->log;
+    sub->catchup_ev.handler = ngx_http_sse_catchup_handler;
+    sub->catchup_ev.data = sub;
+    sub->catchup_ev.log = r->connection->log;
+    // Registered before joining: from here on the pool cleanup gives the
+    // counts back, whatever fails.
     cln->handler = ngx_http_sse_cleanup;
     cln->data = sub;
     ngx_http_set_ctx(r, sub, ngx_http_sse_module);
 
-    // Under the lock: join the channels and copy what the client is owed.
-    // Everything up to the zone's newest seq is either copied now or not
-    // wanted, so the live stream continues after it with no gap and no
-    // duplicate.
-    std::vector<const sse::message *> owed;
-    struct msg_list : std::vector<ngx_http_sse_msg_t *> {
-        ~msg_list() {
-            for (auto *msg : *this) {
-                ngx_http_sse_msg_unref(msg);
-            }
-        }
-    } copies;
-    std::string gap;
-    bool full = false;
-    bool overloaded = false;
-    uint64_t epoch;
+    // Reserved now so that nothing allocates while the zone is locked.
+    std::vector<sse::channel *> joined;
+    joined.reserve(ids.size());
+    zw->owed.clear();
+    zw->owed.reserve(64);
+
+    sse::join_status js;
+    sse::catch_up_result res{};
     {
-        sse::zone_root *root = z->root;
-        sse::store st = ngx_http_sse_store(z);
-        ngx_msec_t now = ngx_current_msec;
-        ngx_http_sse_locked lock(z);
-        // Each channel is counted as soon as it is found: an empty,
-        // unsubscribed channel may be freed to make room for the next.
-        ngx_uint_t joined = 0;
-        for (; joined < ids.size(); joined++) {
-            sse::channel *ch = st.find_or_create(ids[joined], now);
-            if (ch == NULL) {
-                full = true;
-                break;
-            }
-            if (lcf->max_subscribers &&
-                sse::store::subscribers(ch) >= lcf->max_subscribers) {
-                overloaded = true;
-                break;
-            }
-            st.subscribe(ch, zw->slot);
-            sub->links[joined].shm = ch;
-        }
-        if (full || overloaded) {
-            while (joined > 0) {
-                st.unsubscribe(sub->links[--joined].shm, zw->slot, now);
-            }
-        } else {
-            for (ngx_uint_t i = 0; i < ids.size(); i++) {
-                st.expire(sub->links[i].shm, now);
-            }
-            std::string_view want(reinterpret_cast<char *>(resume.data),
-                                  resume.len);
-            uint64_t after = 0;
-            uint32_t limit = UINT32_MAX;
-            const char *reason = NULL;
-            if (!want.empty()) {
-                auto id = sse::parse_event_id(want);
-                if (!id) {
-                    reason = "malformed";
-                } else if (id->epoch != root->epoch) {
-                    reason = "epoch";
-                } else if (id->seq > root->seq) {
-                    reason = "unknown";
-                } else {
-                    after = id->seq;
-                    for (ngx_uint_t i = 0; i < ids.size(); i++) {
-                        if (st.gap(sub->links[i].shm, after)) {
-                            reason = "evicted";
-                        }
-                    }
-                }
-                if (reason != NULL) {
-                    gap = ngx_http_sse_gap_json(want, reason);
-                }
-            } else {
-                limit = lcf->initial_events;
-            }
-            if (limit > 0) {
-                for (ngx_uint_t i = 0; i < ids.size(); i++) {
-                    st.for_each_in(
-                        sub->links[i].shm, after, limit,
-                        [&](const sse::message *m) { owed.push_back(m); });
-                }
-                std::sort(owed.begin(), owed.end(),
-                          [](const sse::message *a, const sse::message *b) {
-                              return a->seq < b->seq;
-                          });
-                if (owed.size() > limit) {
-                    owed.erase(owed.begin(), owed.end() - limit);
-                }
-            }
-            copies.reserve(owed.size());
-            for (const sse::message *m : owed) {
-                ngx_http_sse_msg_t *msg =
-                    ngx_http_sse_msg_new(m->wire(), m->seq);
-                if (msg == NULL) {
-                    break;
-                }
-                copies.push_back(msg);
-            }
-            sub->last_seq = root->seq;
-            epoch = root->epoch;
+        auto s = ngx_http_sse_session(z);
+        js = s->join(zw->slot, ids, lcf->max_subscribers, ngx_current_msec,
+                     joined);
+        if (js == sse::join_status::ok) {
+            sub->joined = 1;
+            sub->nlinks = joined.size();
+            ngx_memcpy(sub->chans, joined.data(),
+                       joined.size() * sizeof(sse::channel *));
+            res = s->catch_up(
+                zw->slot, sub->chans, sub->nlinks,
+                {reinterpret_cast<char *>(resume.data), resume.len},
+                lcf->initial_events, ngx_current_msec, lcf->max_pending,
+                zw->owed);
         }
     }
-    if (full) {
-        return ngx_http_sse_error(r, NGX_HTTP_INSUFFICIENT_STORAGE,
-                                  "the sse zone is full");
+    if (js == sse::join_status::zone_full) {
+        return ngx_http_sse_refuse(r, lcf, NGX_HTTP_SSE_R_ZONE_FULL);
     }
-    if (overloaded) {
-        return ngx_http_sse_refuse(r, lcf);
+    if (js == sse::join_status::max_subscribers) {
+        return ngx_http_sse_refuse(r, lcf, NGX_HTTP_SSE_R_MAX_SUBSCRIBERS);
     }
-    // From here on the pool cleanup gives the counts back, whatever fails.
-    ngx_http_sse_attach(sub);
-    if (copies.size() != owed.size()) {
+
+    // The gap event first: its id lets a client that reconnects now
+    // resume exactly after the gap rather than meet it again.
+    std::string gap;
+    if (res.gap != sse::gap_reason::none) {
+        uint64_t at =
+            zw->owed.empty() ? res.last_seq : zw->owed.front()->seq - 1;
+        char id[sse::max_event_id_len];
+        size_t n = sse::format_event_id(id, {res.epoch, at});
+        gap = sse::encode_event(
+            {id, n}, "sse-gap",
+            ngx_http_sse_gap_json(
+                {reinterpret_cast<char *>(resume.data), resume.len},
+                sse::describe(res.gap)));
+    }
+    // retry:, then the gap, then the catch-up: one write.
+    if (lcf->retry != NGX_HTTP_SSE_OFF) {
+        u_char line[NGX_HTTP_SSE_RETRY_LINE_LEN];
+        size_t n = ngx_http_sse_retry_line(line, lcf->retry);
+        if (ngx_http_sse_enqueue_bytes(
+                sub, {reinterpret_cast<char *>(line), n}) != NGX_OK) {
+            zw->owed.clear();
+            auto s = ngx_http_sse_session(z);
+            s->end_read(zw->slot, 0, NULL, 0);
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+    if (!gap.empty() && ngx_http_sse_enqueue_bytes(sub, gap) != NGX_OK) {
+        zw->owed.clear();
+        auto s = ngx_http_sse_session(z);
+        s->end_read(zw->slot, 0, NULL, 0);
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
+    if (!ngx_http_sse_queue_owed(sub, res)) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+    ngx_http_sse_attach(sub);
 
     rc = ngx_http_sse_stream_headers(r);
     if (rc == NGX_ERROR || rc > NGX_OK) {
         return rc;
     }
 
-    // retry:, then the gap, then the catch-up: one write.
-    if (lcf->retry != NGX_HTTP_SSE_OFF) {
-        u_char line[64];
-        size_t n = ngx_http_sse_retry_line(line, lcf->retry);
-        if (ngx_http_sse_enqueue_bytes(
-                sub, {reinterpret_cast<char *>(line), n}) != NGX_OK) {
-            return NGX_ERROR;
-        }
-    }
-    if (!gap.empty()) {
-        // Its id lets a client that reconnects now resume exactly after
-        // the gap rather than meet it again.
-        uint64_t at = owed.empty() ? sub->last_seq : owed.front()->seq - 1;
-        char id[sse::max_event_id_len];
-        size_t n = sse::format_event_id(id, {epoch, at});
-        if (ngx_http_sse_enqueue_bytes(
-                sub, sse::encode_event({id, n}, "sse-gap", gap)) != NGX_OK) {
-            return NGX_ERROR;
-        }
-    }
-    // Catch-up seqs are all <= last_seq: enqueueing them leaves it alone.
-    for (auto *msg : copies) {
-        if (ngx_http_sse_enqueue(sub, msg) != NGX_OK) {
-            return NGX_ERROR;
-        }
-    }
-    sub->catchup = sub->pending;
-
     r->read_event_handler = ngx_http_test_reading;
     r->write_event_handler = ngx_http_sse_write_handler;
-    sub->end_ev.handler = ngx_http_sse_end_handler;
-    sub->end_ev.data = sub;
-    sub->end_ev.log = r->connection->log;
     sub->last_write = ngx_current_msec;
     if (lcf->heartbeat != NGX_HTTP_SSE_OFF) {
         sub->heartbeat.handler = ngx_http_sse_heartbeat_handler;

@@ -1,11 +1,15 @@
-// Per-worker state: wake-ups between workers, one copy of each event per
-// worker, fan-out to the local subscribers, process slots, shutdown.
+// Per-worker state: wake-ups between processes, one copy of each event per
+// worker, fan-out to the local subscribers, process slots, upkeep,
+// shutdown.
 #include "ngx_http_sse.hpp"
 
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 
 #include <new>
 
+// A safety net only: every publish wakes the processes it concerns.
 #define NGX_HTTP_SSE_POLL_MS 250
 #define NGX_HTTP_SSE_SWEEP_MS 1000
 #define NGX_HTTP_SSE_FREE_OUT_MAX 4096
@@ -16,7 +20,10 @@
 struct ngx_http_sse_worker_t {
     ngx_http_sse_main_conf_t *mcf;
     std::vector<ngx_http_sse_zone_worker_t *> zones;
-    ngx_connection_t *notify;  // our eventfd
+    // A datagram socket bound to an abstract address named by our pid: any
+    // process of any generation that knows our pid (from our slot) wakes us
+    // with one datagram.
+    ngx_connection_t *wake;
     ngx_event_t poll;
     ngx_http_sse_out_t *free_out;
     ngx_uint_t nfree_out;
@@ -29,6 +36,17 @@ static ngx_http_sse_worker_t *ngx_http_sse_w;
 
 static void ngx_http_sse_deliver(ngx_http_sse_zone_worker_t *zw);
 
+static socklen_t ngx_http_sse_wake_addr(struct sockaddr_un *sa, ngx_pid_t pid) {
+    ngx_memzero(sa, sizeof(struct sockaddr_un));
+    sa->sun_family = AF_UNIX;
+    // Abstract namespace: sun_path[0] is NUL; nothing on the file system.
+    u_char *end = ngx_snprintf((u_char *)sa->sun_path + 1,
+                               sizeof(sa->sun_path) - 1, "ngx-sse-wake-%P",
+                               pid);
+    return offsetof(struct sockaddr_un, sun_path) +
+           (end - (u_char *)sa->sun_path);
+}
+
 // Calls f(sub) for each subscriber of a local channel; f must not detach
 // (ending a stream is posted, so it does not).
 template <typename F>
@@ -39,7 +57,7 @@ static void ngx_http_sse_each_sub(ngx_http_sse_local_channel_t *lc, F &&f) {
     }
 }
 
-ngx_http_sse_msg_t *ngx_http_sse_msg_new(std::string_view bytes, uint64_t seq) {
+ngx_http_sse_msg_t *ngx_http_sse_msg_new(std::string_view bytes) {
     auto *msg = static_cast<ngx_http_sse_msg_t *>(
         ngx_alloc(sizeof(ngx_http_sse_msg_t) + bytes.size(), ngx_cycle->log));
     if (msg == NULL) {
@@ -47,13 +65,51 @@ ngx_http_sse_msg_t *ngx_http_sse_msg_new(std::string_view bytes, uint64_t seq) {
     }
     msg->refs = 1;
     msg->len = bytes.size();
-    msg->seq = seq;
-    ngx_memcpy(msg->data(), bytes.data(), bytes.size());
+    msg->seq = 0;
+    msg->cache = NULL;
+    if (!bytes.empty()) {
+        ngx_memcpy(msg->data(), bytes.data(), bytes.size());
+    }
+    return msg;
+}
+
+ngx_http_sse_msg_t *ngx_http_sse_msg_copy(ngx_http_sse_zone_worker_t *zw,
+                                          const sse::message *m) {
+    auto it = zw->copies.find(m->seq);
+    if (it != zw->copies.end()) {
+        it->second->refs++;
+        return it->second;
+    }
+    char id[sse::max_event_id_len];
+    size_t idlen = sse::format_event_id(id, {zw->epoch, m->seq});
+    size_t len = sizeof("id: \n") - 1 + idlen + m->size;
+    auto *msg = static_cast<ngx_http_sse_msg_t *>(
+        ngx_alloc(sizeof(ngx_http_sse_msg_t) + len, ngx_cycle->log));
+    if (msg == NULL) {
+        return NULL;
+    }
+    msg->refs = 1;
+    msg->len = len;
+    msg->seq = m->seq;
+    msg->cache = NULL;
+    u_char *p = ngx_cpymem(msg->data(), "id: ", 4);
+    p = ngx_cpymem(p, id, idlen);
+    *p++ = '\n';
+    ngx_memcpy(p, m->bytes(), m->size);
+    try {
+        zw->copies.emplace(m->seq, msg);
+        msg->cache = zw;
+    } catch (const std::bad_alloc &) {
+        // Unshared, but still a copy.
+    }
     return msg;
 }
 
 void ngx_http_sse_msg_unref(ngx_http_sse_msg_t *msg) {
     if (--msg->refs == 0) {
+        if (msg->cache != NULL) {
+            msg->cache->copies.erase(msg->seq);
+        }
         ngx_free(msg);
     }
 }
@@ -98,24 +154,33 @@ ngx_http_sse_zone_worker_t *ngx_http_sse_zone_worker(ngx_http_sse_zone_t *z) {
     return ngx_http_sse_w->zones[z->index];
 }
 
-void ngx_http_sse_notify(ngx_http_sse_zone_t *z, uint64_t workers) {
+void ngx_http_sse_notify(ngx_http_sse_zone_t *z, const sse::slot_set &slots) {
     ngx_http_sse_worker_t *w = ngx_http_sse_w;
     if (w == NULL) {
         return;
     }
-    auto wanted = [workers](ngx_uint_t i) {
-        return (workers >> (i < 63 ? i : 63)) & 1;
-    };
     ngx_http_sse_zone_worker_t *zw = w->zones[z->index];
-    if (wanted(ngx_worker) && !zw->wake.posted) {
-        ngx_post_event(&zw->wake, &ngx_posted_events);
-    }
-    uint64_t one = 1;
-    for (ngx_uint_t i = 0; i < w->mcf->nworkers; i++) {
-        if (i != ngx_worker && wanted(i) && w->mcf->notify_fds[i] != -1) {
-            // EAGAIN means the counter is already non-zero: it is woken.
-            (void)!write(w->mcf->notify_fds[i], &one, sizeof(one));
+    for (uint32_t s = 0; s < sse::max_slots; s++) {
+        if (!slots.has(s)) {
+            continue;
         }
+        if (s == zw->slot) {
+            if (!zw->wake.posted) {
+                ngx_post_event(&zw->wake, &ngx_posted_events);
+            }
+            continue;
+        }
+        // Read unlocked: a stale pid only costs a datagram nobody gets.
+        ngx_pid_t pid = __atomic_load_n(&z->root->slots[s].pid,
+                                        __ATOMIC_RELAXED);
+        if (pid == 0 || w->wake == NULL) {
+            continue;
+        }
+        struct sockaddr_un sa;
+        socklen_t len = ngx_http_sse_wake_addr(&sa, pid);
+        // EAGAIN: its queue is full, so it is woken already.
+        (void)!sendto(w->wake->fd, "w", 1, MSG_DONTWAIT,
+                      reinterpret_cast<struct sockaddr *>(&sa), len);
     }
 }
 
@@ -123,10 +188,10 @@ static void ngx_http_sse_wake_handler(ngx_event_t *ev) {
     ngx_http_sse_deliver(static_cast<ngx_http_sse_zone_worker_t *>(ev->data));
 }
 
-static void ngx_http_sse_notify_handler(ngx_event_t *ev) {
+static void ngx_http_sse_wake_read_handler(ngx_event_t *ev) {
     auto *c = static_cast<ngx_connection_t *>(ev->data);
-    uint64_t n;
-    while (read(c->fd, &n, sizeof(n)) == sizeof(n)) {
+    char buf[64];
+    while (recv(c->fd, buf, sizeof(buf), MSG_DONTWAIT) > 0) {
         // drain
     }
     for (auto *zw : ngx_http_sse_w->zones) {
@@ -144,16 +209,17 @@ void ngx_http_sse_attach(ngx_http_sse_subscriber_t *sub) {
     ngx_http_sse_w->poll.cancelable = 0;
     for (ngx_uint_t i = 0; i < sub->nlinks; i++) {
         ngx_http_sse_link_t *link = &sub->links[i];
-        ngx_http_sse_local_channel_t *&lc = zw->channels[link->shm];
+        ngx_http_sse_local_channel_t *&lc = zw->channels[sub->chans[i]];
         if (lc == NULL) {
             lc = static_cast<ngx_http_sse_local_channel_t *>(ngx_alloc(
                 sizeof(ngx_http_sse_local_channel_t), ngx_cycle->log));
             if (lc == NULL) {
-                zw->channels.erase(link->shm);
+                zw->channels.erase(sub->chans[i]);
                 throw std::bad_alloc();
             }
-            lc->shm = link->shm;
+            lc->shm = sub->chans[i];
             lc->nsubs = 0;
+            lc->mark = 0;
             ngx_queue_init(&lc->subs);
         }
         link->sub = sub;
@@ -161,73 +227,87 @@ void ngx_http_sse_attach(ngx_http_sse_subscriber_t *sub) {
         ngx_queue_insert_tail(&lc->subs, &link->queue);
         lc->nsubs++;
     }
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, sub->r->connection->log, 0,
+                   "sse: attached to %ui channel(s), last seq %uL",
+                   sub->nlinks, sub->last_seq);
 }
 
 void ngx_http_sse_detach(ngx_http_sse_subscriber_t *sub) {
-    if (!sub->attached) {
-        return;
-    }
-    sub->attached = 0;
     ngx_http_sse_zone_worker_t *zw = sub->zw;
-    ngx_queue_remove(&sub->all);
-    for (ngx_uint_t i = 0; i < sub->nlinks; i++) {
-        ngx_http_sse_link_t *link = &sub->links[i];
-        if (link->lc == NULL) {
-            continue;
+    if (sub->attached) {
+        sub->attached = 0;
+        ngx_queue_remove(&sub->all);
+        for (ngx_uint_t i = 0; i < sub->nlinks; i++) {
+            ngx_http_sse_link_t *link = &sub->links[i];
+            if (link->lc == NULL) {
+                continue;
+            }
+            ngx_queue_remove(&link->queue);
+            if (--link->lc->nsubs == 0) {
+                zw->channels.erase(link->lc->shm);
+                ngx_free(link->lc);
+            }
+            link->lc = NULL;
         }
-        ngx_queue_remove(&link->queue);
-        if (--link->lc->nsubs == 0) {
-            zw->channels.erase(link->shm);
-            ngx_free(link->lc);
-        }
-        link->lc = NULL;
     }
-    sse::store st = ngx_http_sse_store(zw->zone);
-    ngx_http_sse_locked lock(zw->zone);
-    for (ngx_uint_t i = 0; i < sub->nlinks; i++) {
-        st.unsubscribe(sub->links[i].shm, zw->slot, ngx_current_msec);
+    if (sub->joined) {
+        sub->joined = 0;
+        auto s = ngx_http_sse_session(zw->zone);
+        s->leave(zw->slot, sub->chans, sub->nlinks, ngx_current_msec);
+    }
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, sub->r->connection->log, 0,
+                   "sse: detached");
+}
+
+// Ends every stream of zw: what it was owed may be lost (out of memory);
+// the clients resume exactly from their last ids.
+static void ngx_http_sse_end_all(ngx_http_sse_zone_worker_t *zw,
+                                 ngx_uint_t reason) {
+    for (ngx_queue_t *q = ngx_queue_head(&zw->subs);
+         q != ngx_queue_sentinel(&zw->subs); q = ngx_queue_next(q)) {
+        ngx_http_sse_end(ngx_queue_data(q, ngx_http_sse_subscriber_t, all),
+                         NGX_HTTP_SSE_END_RETRY, reason);
     }
 }
 
-// Runs in every worker after each publish anywhere: copies the new events
-// of the channels it has subscribers for, once, and fans them out.
-static void ngx_http_sse_deliver(ngx_http_sse_zone_worker_t *zw) {
-    sse::zone_root *root = zw->zone->root;
-    sse::store st = ngx_http_sse_store(zw->zone);
+// Runs in every worker woken by a publish: copies the new events of the
+// channels it has subscribers for, once, and fans them out. The zone lock
+// is held twice, briefly: to list the events (the slot's hold keeps them),
+// then to move the slot's cursor past them; the copies are made between.
+static void ngx_http_sse_deliver_zone(ngx_http_sse_zone_worker_t *zw) {
     auto &batch = zw->batch;
-    // Channels whose events this worker missed (evicted before it woke),
-    // and channels deleted: their subscribers reconnect and resume.
-    std::vector<std::pair<ngx_http_sse_local_channel_t *, uint64_t>> missed;
+    auto &touched = zw->touched;
+    // Channels whose events were lost before this worker read them (memory
+    // exhaustion), and channels deleted: their subscribers reconnect.
+    std::vector<std::pair<ngx_http_sse_local_channel_t *, uint64_t>> lost;
     std::vector<ngx_http_sse_local_channel_t *> deleted;
+    uint64_t round = ++zw->round;
+    uint64_t to;
 
     batch.clear();
+    touched.clear();
     {
-        ngx_http_sse_locked lock(zw->zone);
-        if (root->seq > zw->last_seen) {
-            uint64_t before = zw->last_seen;
-            if (!zw->channels.empty()) {
-                st.for_each_since(before, [&](sse::message *m) {
-                    auto it = zw->channels.find(m->chan);
-                    if (it == zw->channels.end()) {
-                        return;
-                    }
-                    ngx_http_sse_msg_t *msg =
-                        ngx_http_sse_msg_new(m->wire(), m->seq);
-                    if (msg == NULL) {
-                        missed.emplace_back(it->second, m->seq);
-                        return;
-                    }
-                    batch.emplace_back(it->second, msg);
-                });
-                if (root->dropped_seq > before) {
-                    for (auto &[ch, lc] : zw->channels) {
-                        if (ch->dropped_seq > before) {
-                            missed.emplace_back(lc, ch->dropped_seq);
-                        }
-                    }
+        auto s = ngx_http_sse_session(zw->zone);
+        sse::zone_root *root = s->root();
+        uint64_t from = root->slots[zw->slot].cursor;
+        to = s->read_since_cursor(zw->slot, [&](const sse::message *m) {
+            auto it = zw->channels.find(m->chan);
+            if (it == zw->channels.end()) {
+                return;
+            }
+            ngx_http_sse_local_channel_t *lc = it->second;
+            batch.push_back({lc, m, NULL});
+            if (lc->mark != round) {
+                lc->mark = round;
+                touched.push_back(lc->shm);
+            }
+        });
+        if (root->lost_seq > from) {
+            for (auto &[ch, lc] : zw->channels) {
+                if (ch->lost_seq > from) {
+                    lost.emplace_back(lc, ch->lost_seq);
                 }
             }
-            zw->last_seen = root->seq;
         }
         if (root->control_gen != zw->control_gen) {
             zw->control_gen = root->control_gen;
@@ -239,47 +319,96 @@ static void ngx_http_sse_deliver(ngx_http_sse_zone_worker_t *zw) {
         }
     }
 
-    for (auto &[lc, dropped] : missed) {
-        ngx_http_sse_each_sub(lc, [dropped = dropped](auto *sub) {
-            if (sub->last_seq < dropped) {
-                ngx_http_sse_end(sub, NGX_HTTP_SSE_END_RETRY);
+    bool copied = true;
+    for (auto &item : batch) {
+        item.msg = ngx_http_sse_msg_copy(zw, item.m);
+        copied = copied && item.msg != NULL;
+    }
+    {
+        auto s = ngx_http_sse_session(zw->zone);
+        s->end_read(zw->slot, to, touched.data(), touched.size());
+    }
+
+    for (auto &[lc, seq] : lost) {
+        ngx_http_sse_each_sub(lc, [seq = seq](auto *sub) {
+            if (sub->last_seq < seq) {
+                ngx_http_sse_end(sub, NGX_HTTP_SSE_END_RETRY,
+                                 NGX_HTTP_SSE_R_EVICTED);
             }
         });
     }
 
     uint64_t delivered = 0;
-    for (auto &[lc, msg] : batch) {
-        ngx_http_sse_each_sub(lc, [&, msg = msg](auto *sub) {
+    for (auto &item : batch) {
+        ngx_http_sse_msg_t *msg = item.msg;
+        if (msg == NULL) {
+            // Out of memory for the copy: its subscribers resume.
+            ngx_http_sse_each_sub(item.lc, [](auto *sub) {
+                ngx_http_sse_end(sub, NGX_HTTP_SSE_END_RETRY,
+                                 NGX_HTTP_SSE_R_EVICTED);
+            });
+            continue;
+        }
+        ngx_http_sse_each_sub(item.lc, [&, msg](auto *sub) {
             // Multiplexed subscribers meet an event once; resumed ones
             // skip what their catch-up already sent.
-            if (sub->end || msg->seq <= sub->last_seq) {
+            if (sub->end || !sub->live || msg->seq <= sub->last_seq) {
                 return;
             }
             if (ngx_http_sse_enqueue(sub, msg) != NGX_OK) {
-                ngx_http_sse_end(sub, NGX_HTTP_SSE_END_CLOSE);
+                ngx_http_sse_end(sub, NGX_HTTP_SSE_END_CLOSE,
+                                 NGX_HTTP_SSE_R_NONE);
                 return;
             }
             delivered++;
             ngx_http_sse_mark_dirty(sub);
         });
         ngx_http_sse_msg_unref(msg);
+        item.msg = NULL;
     }
     batch.clear();
     ngx_http_sse_count(zw, &sse::slot_stats::delivered, delivered);
+    (void)copied;
 
     // After what was published before the DELETE: end of stream.
     for (auto *lc : deleted) {
         ngx_http_sse_each_sub(lc, [](auto *sub) {
-            ngx_http_sse_end(sub, NGX_HTTP_SSE_END_RETRY);
+            ngx_http_sse_end(sub, NGX_HTTP_SSE_END_RETRY,
+                             NGX_HTTP_SSE_R_DELETED);
         });
+    }
+}
+
+static void ngx_http_sse_deliver(ngx_http_sse_zone_worker_t *zw) {
+    if (zw->slot == sse::no_slot) {
+        return;
+    }
+    try {
+        ngx_http_sse_deliver_zone(zw);
+    } catch (const std::exception &e) {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "sse: delivery failed (%s); ending this worker's "
+                      "streams so that they resume",
+                      e.what());
+        for (auto &item : zw->batch) {
+            if (item.msg != NULL) {
+                ngx_http_sse_msg_unref(item.msg);
+            }
+        }
+        zw->batch.clear();
+        {
+            auto s = ngx_http_sse_session(zw->zone);
+            s->end_read(zw->slot, s->root()->seq, NULL, 0);
+        }
+        ngx_http_sse_end_all(zw, NGX_HTTP_SSE_R_EVICTED);
     }
 }
 
 void ngx_http_sse_count(ngx_http_sse_zone_worker_t *zw,
                         uint64_t sse::slot_stats::*field, uint64_t n) {
-    if (n != 0) {
+    if (n != 0 && zw->slot != sse::no_slot) {
         // Only this process writes its slot; sse_status reads it unlocked.
-        __atomic_fetch_add(&(zw->zone->root->per_slot[zw->slot].*field), n,
+        __atomic_fetch_add(&(zw->zone->root->slots[zw->slot].stats.*field), n,
                            __ATOMIC_RELAXED);
     }
 }
@@ -320,34 +449,67 @@ static void ngx_http_sse_flush_handler(ngx_event_t *ev) {
     }
 }
 
+// Clears the slots of processes that died without clearing them (SIGKILL,
+// crash): their subscriptions and holds would keep events forever.
+static void ngx_http_sse_reap_slots(ngx_http_sse_zone_t *z) {
+    ngx_pid_t dead[sse::max_slots];
+    uint32_t ndead = 0;
+    for (uint32_t s = 0; s < sse::max_slots; s++) {
+        ngx_pid_t pid = __atomic_load_n(&z->root->slots[s].pid,
+                                        __ATOMIC_RELAXED);
+        if (pid != 0 && pid != ngx_pid && kill(pid, 0) == -1 &&
+            ngx_errno == NGX_ESRCH) {
+            dead[ndead++] = s;
+        }
+    }
+    if (ndead == 0) {
+        return;
+    }
+    auto st = ngx_http_sse_session(z);
+    for (uint32_t i = 0; i < ndead; i++) {
+        ngx_pid_t pid = st->root()->slots[dead[i]].pid;
+        if (pid != 0 && pid != ngx_pid && kill(pid, 0) == -1 &&
+            ngx_errno == NGX_ESRCH) {
+            ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                          "sse: clearing the slot of process %P, gone",
+                          pid);
+            st->clear_slot(dead[i], ngx_current_msec);
+        }
+    }
+}
+
+static void ngx_http_sse_poll_zone(ngx_http_sse_zone_worker_t *zw) {
+    if (ngx_exiting || ngx_terminate) {
+        // Old workers end their streams promptly so a reload completes;
+        // clients resume on the new workers.
+        ngx_http_sse_end_all(zw, NGX_HTTP_SSE_R_SHUTDOWN);
+    }
+    sse::zone_root *root = zw->zone->root;
+    if (zw->slot != sse::no_slot &&
+        (__atomic_load_n(&root->seq, __ATOMIC_RELAXED) !=
+             root->slots[zw->slot].cursor ||
+         root->control_gen != zw->control_gen)) {
+        ngx_http_sse_deliver(zw);
+    }
+    if (ngx_current_msec - (ngx_msec_t)root->last_sweep >=
+        NGX_HTTP_SSE_SWEEP_MS) {
+        ngx_http_sse_reap_slots(zw->zone);
+        auto s = ngx_http_sse_session(zw->zone);
+        if (ngx_current_msec - (ngx_msec_t)root->last_sweep >=
+            NGX_HTTP_SSE_SWEEP_MS) {
+            s->sweep(ngx_current_msec);
+        }
+    }
+}
+
 static void ngx_http_sse_poll_handler(ngx_event_t *ev) {
     ngx_http_sse_worker_t *w = ngx_http_sse_w;
     bool subscribers = false;
     for (auto *zw : w->zones) {
-        if (ngx_exiting || ngx_terminate) {
-            // Old workers end their streams promptly so a reload completes;
-            // clients resume on the new workers.
-            for (ngx_queue_t *q = ngx_queue_head(&zw->subs);
-                 q != ngx_queue_sentinel(&zw->subs); q = ngx_queue_next(q)) {
-                ngx_http_sse_end(
-                    ngx_queue_data(q, ngx_http_sse_subscriber_t, all),
-                    NGX_HTTP_SSE_END_RETRY);
-            }
-        }
-        sse::zone_root *root = zw->zone->root;
-        // A publish from a worker of an older generation wakes nobody here.
-        if (root->seq != zw->last_seen ||
-            root->control_gen != zw->control_gen) {
-            ngx_http_sse_deliver(zw);
-        }
-        if (ngx_current_msec - (ngx_msec_t)root->last_sweep >=
-            NGX_HTTP_SSE_SWEEP_MS) {
-            sse::store st = ngx_http_sse_store(zw->zone);
-            ngx_http_sse_locked lock(zw->zone);
-            if (ngx_current_msec - (ngx_msec_t)root->last_sweep >=
-                NGX_HTTP_SSE_SWEEP_MS) {
-                st.sweep(ngx_current_msec);
-            }
+        try {
+            ngx_http_sse_poll_zone(zw);
+        } catch (const std::exception &e) {
+            ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "sse: %s", e.what());
         }
         subscribers = subscribers || !ngx_queue_empty(&zw->subs);
     }
@@ -356,31 +518,57 @@ static void ngx_http_sse_poll_handler(ngx_event_t *ev) {
 }
 
 static uint32_t ngx_http_sse_claim_slot(ngx_http_sse_zone_t *z) {
-    sse::zone_root *root = z->root;
-    sse::store st = ngx_http_sse_store(z);
-    ngx_http_sse_locked lock(z);
-    // Counts of processes that died without cleaning up (SIGKILL, crash)
-    // are dropped first, whichever slot we then take.
-    for (uint32_t s = 0; s < sse::max_slots; s++) {
-        pid_t pid = root->slot_pid[s];
-        if (pid != 0 && kill(pid, 0) == -1 && ngx_errno == NGX_ESRCH) {
-            st.clear_slot(s, ngx_current_msec);
-            root->slot_pid[s] = 0;
-            root->slot_worker[s] = -1;
-        }
+    ngx_http_sse_reap_slots(z);
+    auto s = ngx_http_sse_session(z);
+    int32_t worker = ngx_process == NGX_PROCESS_WORKER
+                         ? (int32_t)ngx_min(ngx_worker, 0x7fffffff)
+                         : -1;
+    uint32_t slot = s->claim_slot(ngx_pid, worker);
+    if (slot == sse::no_slot) {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "sse: zone \"%V\" has no free process slot (%d "
+                      "processes use it, old workers of reloads included); "
+                      "this worker refuses its streams until restarted",
+                      &z->shm_zone->shm.name, (int)sse::max_slots);
     }
-    for (uint32_t s = 0; s < sse::max_slots; s++) {
-        if (root->slot_pid[s] == 0) {
-            root->slot_pid[s] = ngx_pid;
-            root->slot_worker[s] = (int16_t)ngx_min(ngx_worker, 0x7fff);
-            return s;
-        }
+    return slot;
+}
+
+static ngx_int_t ngx_http_sse_wake_socket(ngx_cycle_t *cycle,
+                                          ngx_http_sse_worker_t *w) {
+    ngx_socket_t fd =
+        socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd == (ngx_socket_t)-1) {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_socket_errno,
+                      "sse: socket() for wake-ups failed");
+        return NGX_ERROR;
     }
-    ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
-                  "sse: more than %d processes share a zone; subscriber "
-                  "counts of crashed workers may linger",
-                  (int)sse::max_slots);
-    return sse::max_slots - 1;
+    struct sockaddr_un sa;
+    socklen_t len = ngx_http_sse_wake_addr(&sa, ngx_pid);
+    if (bind(fd, reinterpret_cast<struct sockaddr *>(&sa), len) == -1) {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_socket_errno,
+                      "sse: bind() of the wake-up socket failed");
+        close(fd);
+        return NGX_ERROR;
+    }
+    ngx_connection_t *c = ngx_get_connection(fd, cycle->log);
+    if (c == NULL) {
+        close(fd);
+        return NGX_ERROR;
+    }
+    c->data = c;
+    c->read->handler = ngx_http_sse_wake_read_handler;
+    c->read->log = cycle->log;
+    c->write->log = cycle->log;
+    ngx_uint_t flags = (ngx_event_flags & NGX_USE_CLEAR_EVENT)
+                           ? (ngx_uint_t)NGX_CLEAR_EVENT
+                           : (ngx_uint_t)NGX_LEVEL_EVENT;
+    if (ngx_add_event(c->read, NGX_READ_EVENT, flags) != NGX_OK) {
+        ngx_close_connection(c);
+        return NGX_ERROR;
+    }
+    w->wake = c;
+    return NGX_OK;
 }
 
 ngx_int_t ngx_http_sse_worker_init(ngx_cycle_t *cycle) {
@@ -395,18 +583,16 @@ ngx_int_t ngx_http_sse_worker_init(ngx_cycle_t *cycle) {
         auto *w = new ngx_http_sse_worker_t();
         ngx_http_sse_w = w;
         w->mcf = mcf;
+        ngx_queue_init(&w->dirty);
         auto **zones = static_cast<ngx_http_sse_zone_t **>(mcf->zones.elts);
         for (ngx_uint_t i = 0; i < mcf->zones.nelts; i++) {
             auto *zw = new ngx_http_sse_zone_worker_t();
             w->zones.push_back(zw);
             zw->zone = zones[i];
-            zw->slot = ngx_http_sse_claim_slot(zones[i]);
-            {
-                ngx_http_sse_locked lock(zones[i]);
-                zw->last_seen = zones[i]->root->seq;
-                zw->control_gen = zones[i]->root->control_gen;
-            }
             ngx_queue_init(&zw->subs);
+            zw->slot = ngx_http_sse_claim_slot(zones[i]);
+            zw->epoch = zones[i]->root->epoch;
+            zw->control_gen = zones[i]->root->control_gen;
             zw->wake.handler = ngx_http_sse_wake_handler;
             zw->wake.data = zw;
             zw->wake.log = cycle->log;
@@ -417,30 +603,12 @@ ngx_int_t ngx_http_sse_worker_init(ngx_cycle_t *cycle) {
     }
 
     ngx_http_sse_worker_t *w = ngx_http_sse_w;
-    ngx_queue_init(&w->dirty);
     w->flush.handler = ngx_http_sse_flush_handler;
     w->flush.data = w;
     w->flush.log = cycle->log;
-    if (ngx_worker < mcf->nworkers && mcf->notify_fds[ngx_worker] != -1) {
-        ngx_connection_t *c =
-            ngx_get_connection(mcf->notify_fds[ngx_worker], cycle->log);
-        if (c == NULL) {
-            return NGX_ERROR;
-        }
-        c->data = c;
-        c->read->handler = ngx_http_sse_notify_handler;
-        c->read->log = cycle->log;
-        c->write->log = cycle->log;
-        ngx_uint_t flags = (ngx_event_flags & NGX_USE_CLEAR_EVENT)
-                               ? (ngx_uint_t)NGX_CLEAR_EVENT
-                               : (ngx_uint_t)NGX_LEVEL_EVENT;
-        if (ngx_add_event(c->read, NGX_READ_EVENT, flags) != NGX_OK) {
-            ngx_free_connection(c);
-            return NGX_ERROR;
-        }
-        w->notify = c;
+    if (ngx_http_sse_wake_socket(cycle, w) != NGX_OK) {
+        return NGX_ERROR;
     }
-
     w->poll.handler = ngx_http_sse_poll_handler;
     w->poll.data = w;
     w->poll.log = cycle->log;
@@ -455,24 +623,22 @@ void ngx_http_sse_worker_exit(ngx_cycle_t *cycle) {
         return;
     }
     for (auto *zw : w->zones) {
-        sse::store st = ngx_http_sse_store(zw->zone);
-        {
-            ngx_http_sse_locked lock(zw->zone);
-            st.clear_slot(zw->slot, ngx_current_msec);
-            if (zw->zone->root->slot_pid[zw->slot] == ngx_pid) {
-                zw->zone->root->slot_pid[zw->slot] = 0;
-                zw->zone->root->slot_worker[zw->slot] = -1;
-            }
+        if (zw->slot != sse::no_slot) {
+            auto s = ngx_http_sse_session(zw->zone);
+            s->clear_slot(zw->slot, ngx_current_msec);
         }
         for (auto &[ch, lc] : zw->channels) {
             ngx_free(lc);
         }
+        // Copies still queued to connections outlive this table.
+        for (auto &[seq, msg] : zw->copies) {
+            msg->cache = NULL;
+        }
         delete zw;
     }
-    if (w->notify != NULL) {
+    if (w->wake != NULL) {
         // An open connection at exit would be reported as a leak.
-        w->mcf->notify_fds[ngx_worker] = -1;
-        ngx_close_connection(w->notify);
+        ngx_close_connection(w->wake);
     }
     while (w->free_out != NULL) {
         ngx_http_sse_out_t *o = w->free_out;

@@ -13,10 +13,21 @@ static void ngx_http_sse_slab_free(void *ctx, void *p) {
     ngx_slab_free_locked(static_cast<ngx_slab_pool_t *>(ctx), p);
 }
 
-sse::store ngx_http_sse_store(ngx_http_sse_zone_t *z) {
-    return sse::store(z->root,
-                      sse::allocator{z->shpool, ngx_http_sse_slab_alloc,
-                                     ngx_http_sse_slab_free});
+static void ngx_http_sse_slab_lock(void *ctx) {
+    ngx_shmtx_lock(&static_cast<ngx_slab_pool_t *>(ctx)->mutex);
+}
+
+static void ngx_http_sse_slab_unlock(void *ctx) {
+    ngx_shmtx_unlock(&static_cast<ngx_slab_pool_t *>(ctx)->mutex);
+}
+
+sse::session ngx_http_sse_session(ngx_http_sse_zone_t *z) {
+    return sse::session(
+        z->root,
+        sse::allocator{z->shpool, ngx_http_sse_slab_alloc,
+                       ngx_http_sse_slab_free},
+        sse::mutex{z->shpool, ngx_http_sse_slab_lock,
+                   ngx_http_sse_slab_unlock});
 }
 
 // sse_zone zone=NAME:SIZE

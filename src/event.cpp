@@ -229,3 +229,32 @@ std::string encode_event(std::string_view id, std::string_view event,
 }
 
 }  // namespace sse
+
+namespace sse {
+
+size_t encoded_body_size(std::string_view event, std::string_view data) {
+    return encoded_size({}, event, data) - (sizeof("id: \n") - 1);
+}
+
+size_t encode_body(char *out, std::string_view event,
+                   std::string_view data) {
+    char *p = out;
+    if (!event.empty()) {
+        std::memcpy(p, "event: ", 7);
+        std::memcpy(p + 7, event.data(), event.size());
+        p += 7 + event.size();
+        *p++ = '\n';
+    }
+    for_each_line(data, [&p](std::string_view line) {
+        std::memcpy(p, "data: ", 6);
+        if (!line.empty()) {
+            std::memcpy(p + 6, line.data(), line.size());
+        }
+        p += 6 + line.size();
+        *p++ = '\n';
+    });
+    *p++ = '\n';
+    return static_cast<size_t>(p - out);
+}
+
+}  // namespace sse

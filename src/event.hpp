@@ -61,3 +61,13 @@ std::string encode_event(std::string_view id, std::string_view event,
                          std::string_view data);
 
 }  // namespace sse
+
+namespace sse {
+
+// The wire form of an event without its "id:" line, which the store's
+// readers prepend (the id is assigned after the body is written):
+//   [event: NAME\n]  data: LINE\n ...  \n
+size_t encoded_body_size(std::string_view event, std::string_view data);
+size_t encode_body(char *out, std::string_view event, std::string_view data);
+
+}  // namespace sse

@@ -1,6 +1,8 @@
 #include "store.hpp"
 
+#include <algorithm>
 #include <cstring>
+#include <unordered_set>
 
 namespace sse {
 
@@ -10,6 +12,22 @@ uint32_t hash_channel_id(std::string_view id) {
         h = (h ^ c) * 16777619u;
     }
     return h;
+}
+
+const char *describe(gap_reason r) {
+    switch (r) {
+        case gap_reason::none:
+            return "none";
+        case gap_reason::malformed:
+            return "malformed";
+        case gap_reason::epoch:
+            return "epoch";
+        case gap_reason::unknown:
+            return "unknown";
+        case gap_reason::evicted:
+            return "evicted";
+    }
+    return "unknown";
 }
 
 zone_root *store::create(const allocator &a, uint64_t epoch,
@@ -36,22 +54,72 @@ zone_root *store::create(const allocator &a, uint64_t epoch,
     root->layout = layout();
     root->epoch = epoch;
     root->capacity = capacity;
-    for (uint32_t s = 0; s < max_slots; s++) {
-        root->slot_worker[s] = -1;
+    for (auto &s : root->slots) {
+        s.worker = -1;
     }
     return root;
 }
 
-template <typename F>
-void store::for_each_channel(F &&f) {
-    for (uint32_t b = 0; b < root_->nbuckets; b++) {
-        channel *next;
-        for (channel *c = root_->buckets[b]; c != nullptr; c = next) {
-            next = c->hnext;  // f may free c
-            f(c);
+// ---------------------------------------------------------------- slots
+
+uint32_t store::claim_slot(int32_t pid, int32_t worker) {
+    for (uint32_t i = 0; i < max_slots; i++) {
+        slot &s = root_->slots[i];
+        if (s.pid == 0) {
+            uint64_t gen = s.generation + 1;
+            std::memset(&s, 0, sizeof(slot));
+            s.generation = gen;
+            s.worker = worker;
+            // Nothing to read yet: it has no subscribers.
+            s.cursor = root_->seq;
+            s.pid = pid;
+            return i;
         }
     }
+    return no_slot;
 }
+
+void store::clear_slot(uint32_t i, int64_t now) {
+    slot &s = root_->slots[i];
+    root_->stats.delivered += s.stats.delivered;
+    root_->stats.slow_dropped += s.stats.slow_dropped;
+    s.stats = {};
+    s.hold = 0;
+    while (s.pending != nullptr) {
+        message *m = s.pending;
+        s.pending = m->next;
+        a_.free(a_.ctx, m);
+    }
+    while (s.members != nullptr) {
+        member *mb = s.members;
+        channel *c = mb->chan;
+        c->nsubs -= std::min(c->nsubs, mb->count);
+        c->idle_since = now;  // kept a ttl like any channel left empty
+        drop_member(mb);
+        release(c);
+    }
+    s.subscriptions = 0;
+    s.worker = -1;
+    s.pid = 0;
+}
+
+void store::drop_member(member *mb) {
+    channel *c = mb->chan;
+    for (member **p = &c->members; *p != nullptr; p = &(*p)->cnext) {
+        if (*p == mb) {
+            *p = mb->cnext;
+            break;
+        }
+    }
+    slot &s = root_->slots[mb->slot];
+    (mb->sprev ? mb->sprev->snext : s.members) = mb->snext;
+    if (mb->snext != nullptr) {
+        mb->snext->sprev = mb->sprev;
+    }
+    a_.free(a_.ctx, mb);
+}
+
+// ---------------------------------------------------------------- channels
 
 channel *store::find(std::string_view id) const {
     uint32_t h = hash_channel_id(id);
@@ -84,9 +152,244 @@ channel *store::find_or_create(std::string_view id, int64_t now) {
     c->idle_since = now;
     channel **b = &root_->buckets[c->hash & (root_->nbuckets - 1)];
     c->hnext = *b;
-    *b = c;
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    *b = c;  // the commit point: a repair finds it or does not
     root_->nchannels++;
     return c;
+}
+
+join_status store::join(uint32_t si, const std::vector<std::string_view> &ids,
+                        uint32_t max_subscribers, int64_t now,
+                        std::vector<channel *> &out) {
+    out.clear();
+    slot &s = root_->slots[si];
+    for (std::string_view id : ids) {
+        channel *c = find_or_create(id, now);
+        join_status st = join_status::ok;
+        member *mb = nullptr;
+        if (c == nullptr) {
+            st = join_status::zone_full;
+        } else if (max_subscribers != 0 && c->nsubs >= max_subscribers) {
+            st = join_status::max_subscribers;
+        } else {
+            for (mb = c->members; mb != nullptr && mb->slot != si;
+                 mb = mb->cnext) {
+            }
+            if (mb == nullptr) {
+                mb = static_cast<member *>(
+                    alloc_evicting(sizeof(member), c, now));
+                if (mb == nullptr) {
+                    st = join_status::zone_full;
+                } else {
+                    std::memset(mb, 0, sizeof(member));
+                    mb->chan = c;
+                    mb->slot = si;
+                    mb->snext = s.members;
+                    if (s.members != nullptr) {
+                        s.members->sprev = mb;
+                    }
+                    s.members = mb;
+                    mb->cnext = c->members;
+                    c->members = mb;
+                }
+            }
+        }
+        if (st != join_status::ok) {
+            // All or nothing.
+            leave(si, out.data(), out.size(), now);
+            out.clear();
+            root_->stats.refused += st == join_status::zone_full;
+            return st;
+        }
+        mb->count++;
+        c->nsubs++;
+        s.subscriptions++;
+        out.push_back(c);  // reserved by the caller: cannot throw
+    }
+    return join_status::ok;
+}
+
+void store::leave(uint32_t si, channel *const *chans, size_t n, int64_t now) {
+    slot &s = root_->slots[si];
+    for (size_t i = 0; i < n; i++) {
+        channel *c = chans[i];
+        member *mb = c->members;
+        while (mb != nullptr && mb->slot != si) {
+            mb = mb->cnext;
+        }
+        if (mb == nullptr || mb->count == 0) {
+            continue;
+        }
+        mb->count--;
+        c->nsubs--;
+        s.subscriptions--;
+        if (mb->count == 0) {
+            drop_member(mb);
+        }
+        c->idle_since = now;
+        release(c);
+    }
+}
+
+slot_set store::slots_of(const channel *c) const {
+    slot_set set{};
+    for (const member *mb = c->members; mb != nullptr; mb = mb->cnext) {
+        set.add(mb->slot);
+    }
+    return set;
+}
+
+void store::unlink_channel(channel *c) {
+    channel **p = c->deleted
+                      ? &root_->deleted
+                      : &root_->buckets[c->hash & (root_->nbuckets - 1)];
+    while (*p != nullptr && *p != c) {
+        p = &(*p)->hnext;
+    }
+    if (*p == c) {
+        *p = c->hnext;
+        if (!c->deleted) {
+            root_->nchannels--;
+        }
+    }
+}
+
+void store::free_channel(channel *c) {
+    unlink_channel(c);
+    uint64_t dropped = std::max(c->dropped_seq, c->last_seq);
+    if (dropped > root_->orphan_dropped_seq) {
+        root_->orphan_dropped_seq = dropped;
+    }
+    if (c->ring != nullptr) {
+        a_.free(a_.ctx, c->ring);
+    }
+    a_.free(a_.ctx, c);
+}
+
+bool store::free_channel_if_idle(channel *c, int64_t now, bool force) {
+    if (c->count == 0 && c->nsubs == 0 && !c->deleted &&
+        (force || now - c->idle_since >= c->ttl)) {
+        free_channel(c);
+        return true;
+    }
+    return false;
+}
+
+void store::remove(channel *c, int64_t now) {
+    if (c->deleted) {
+        return;
+    }
+    // Resuming past its events cannot be exact any more.
+    c->dropped_seq = std::max(c->dropped_seq, c->last_seq);
+    root_->orphan_dropped_seq =
+        std::max(root_->orphan_dropped_seq, c->dropped_seq);
+    unlink_channel(c);
+    c->deleted = 1;
+    c->idle_since = now;
+    c->retired = c->count;
+    c->hnext = root_->deleted;
+    root_->deleted = c;
+    root_->control_gen++;
+    release(c);
+}
+
+// ---------------------------------------------------------------- events
+
+void store::unlink_message(message *m) {
+    // The first write is the commit point: a repair walks the log forwards.
+    (m->prev ? m->prev->next : root_->head) = m->next;
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    (m->next ? m->next->prev : root_->tail) = m->prev;
+    root_->nmessages--;
+    root_->message_bytes -= m->size;
+}
+
+void store::free_message(message *m) {
+    unlink_message(m);
+    a_.free(a_.ctx, m);
+}
+
+uint64_t store::min_hold() const {
+    uint64_t h = 0;
+    for (const slot &s : root_->slots) {
+        if (s.hold != 0 && (h == 0 || s.hold < h)) {
+            h = s.hold;
+        }
+    }
+    return h;
+}
+
+bool store::needed(const message *m, uint64_t hold) const {
+    if (hold != 0 && m->seq >= hold) {
+        return true;
+    }
+    for (const member *mb = m->chan->members; mb != nullptr; mb = mb->cnext) {
+        if (root_->slots[mb->slot].cursor < m->seq) {
+            return true;
+        }
+    }
+    return false;
+}
+
+void store::retire_oldest(channel *c) {
+    message *m = c->at(c->retired);
+    c->retired++;
+    c->dropped_seq = std::max(c->dropped_seq, m->seq);
+    root_->dropped_seq = std::max(root_->dropped_seq, m->seq);
+}
+
+void store::pop_front(channel *c) {
+    message *m = c->at(0);
+    if (c->retired == 0) {
+        c->dropped_seq = std::max(c->dropped_seq, m->seq);
+        root_->dropped_seq = std::max(root_->dropped_seq, m->seq);
+    } else {
+        c->retired--;
+    }
+    c->head = (c->head + 1) % c->cap;
+    c->count--;
+}
+
+void store::release(channel *c, uint32_t budget) {
+    uint64_t hold = c->retired ? min_hold() : 0;
+    while (c->retired > 0 && budget-- > 0) {
+        message *m = c->at(0);
+        if (needed(m, hold)) {
+            break;
+        }
+        pop_front(c);
+        free_message(m);
+    }
+    if (c->deleted && c->count == 0 && c->nsubs == 0) {
+        free_channel(c);
+    }
+}
+
+bool store::evict_one(const channel *keep) {
+    message *m = root_->head;
+    if (m == nullptr) {
+        return false;
+    }
+    uint64_t hold = min_hold();
+    if (hold != 0 && m->seq >= hold) {
+        return false;  // a process is copying it right now
+    }
+    // The zone's oldest is always its channel's oldest.
+    channel *c = m->chan;
+    bool buffered = c->retired == 0;
+    bool lost = needed(m, 0);
+    pop_front(c);
+    free_message(m);
+    root_->stats.evicted += buffered;
+    if (lost) {
+        c->lost_seq = std::max(c->lost_seq, m->seq);
+        root_->lost_seq = std::max(root_->lost_seq, c->lost_seq);
+        root_->stats.lost++;
+    }
+    if (c->deleted && c->count == 0 && c->nsubs == 0 && c != keep) {
+        free_channel(c);
+    }
+    return true;
 }
 
 void *store::alloc_evicting(size_t size, const channel *keep, int64_t now) {
@@ -95,257 +398,577 @@ void *store::alloc_evicting(size_t size, const channel *keep, int64_t now) {
         if (p != nullptr) {
             return p;
         }
-        if (root_->head != nullptr) {
-            // The zone-wide oldest is always its channel's oldest.
-            drop_oldest(root_->head->chan);
-            root_->stats.evicted++;
-        } else if (!free_idle_channels(keep, now, true)) {
+        if (evict_one(keep)) {
+            continue;
+        }
+        // No events left to evict: idle channels go, whatever their ttl.
+        bool freed = false;
+        for (uint32_t b = 0; b < root_->nbuckets && !freed; b++) {
+            channel *next;
+            for (channel *c = root_->buckets[b]; c != nullptr; c = next) {
+                next = c->hnext;
+                if (c != keep && free_channel_if_idle(c, now, true)) {
+                    freed = true;
+                    break;
+                }
+            }
+        }
+        if (!freed) {
             return nullptr;
         }
     }
 }
 
-void store::unlink_message(message *m) {
-    (m->prev ? m->prev->next : root_->head) = m->next;
-    (m->next ? m->next->prev : root_->tail) = m->prev;
-    root_->nmessages--;
-    root_->message_bytes -= m->size;
-    a_.free(a_.ctx, m);
-}
-
-void store::drop_oldest(channel *c) {
-    message *m = c->ring[c->head];
-    c->head = (c->head + 1) % c->cap;
-    c->count--;
-    if (m->seq > c->dropped_seq) {
-        c->dropped_seq = m->seq;
-    }
-    if (m->seq > root_->dropped_seq) {
-        root_->dropped_seq = m->seq;
-    }
-    unlink_message(m);
-}
-
-void store::drop_all(channel *c) {
-    while (c->count > 0) {
-        drop_oldest(c);
-    }
-    if (c->ring != nullptr) {
-        a_.free(a_.ctx, c->ring);
-        c->ring = nullptr;
-    }
-    c->cap = 0;
-    c->head = 0;
-}
-
-bool store::resize_ring(channel *c, uint32_t cap, int64_t now) {
+bool store::grow_ring(channel *c, int64_t now) {
+    uint32_t cap = c->cap ? c->cap * 2 : 4;
     auto *ring = static_cast<message **>(
-        alloc_evicting(cap * sizeof(message *), c, now));
+        alloc_evicting(size_t{cap} * sizeof(message *), c, now));
     if (ring == nullptr) {
         return false;
     }
-    while (c->count > cap) {
-        drop_oldest(c);
-    }
+    // Eviction may have shortened c meanwhile: copy what is there now.
     for (uint32_t i = 0; i < c->count; i++) {
         ring[i] = c->at(i);
     }
-    if (c->ring != nullptr) {
-        a_.free(a_.ctx, c->ring);
-    }
+    message **old = c->ring;
     c->ring = ring;
-    c->cap = cap;
     c->head = 0;
+    c->cap = cap;
+    if (old != nullptr) {
+        a_.free(a_.ctx, old);
+    }
     return true;
 }
 
-publish_result store::publish(channel *c, std::string_view event,
-                              std::string_view data, int64_t now,
-                              uint32_t buffer_length, int64_t ttl) {
-    if (c->deleted) {
-        return {publish_status::no_channel, 0};
-    }
-    expire(c, now);
-    if (buffer_length == 0) {
-        buffer_length = 1;
-    }
-    if (c->cap != buffer_length && !resize_ring(c, buffer_length, now)) {
-        return {publish_status::no_memory, 0};
-    }
-
-    char id[max_event_id_len];
-    uint64_t seq = root_->seq + 1;
-    size_t idlen = format_event_id(id, {root_->epoch, seq});
-    std::string_view idv(id, idlen);
-    size_t size = encoded_size(idv, event, data);
+message *store::prepare(uint32_t si, size_t size, int64_t now) {
     // A message that needs half the zone would evict everything else.
     if (sizeof(message) + size > root_->capacity / 2 || size > UINT32_MAX) {
-        return {publish_status::no_memory, 0};
+        return nullptr;
     }
-    auto *m =
-        static_cast<message *>(alloc_evicting(sizeof(message) + size, c, now));
+    auto *m = static_cast<message *>(
+        alloc_evicting(sizeof(message) + size, nullptr, now));
     if (m == nullptr) {
-        return {publish_status::no_memory, 0};
+        return nullptr;
     }
-    if (c->count == c->cap) {
-        drop_oldest(c);
+    std::memset(m, 0, sizeof(message));
+    m->size = static_cast<uint32_t>(size);
+    // On the slot's pending list (via prev/next) until committed, so that
+    // the slot's clearing frees it if its process dies meanwhile.
+    slot &s = root_->slots[si];
+    m->next = s.pending;
+    if (s.pending != nullptr) {
+        s.pending->prev = m;
+    }
+    s.pending = m;
+    return m;
+}
+
+void store::abandon(uint32_t si, message *m) {
+    slot &s = root_->slots[si];
+    (m->prev ? m->prev->next : s.pending) = m->next;
+    if (m->next != nullptr) {
+        m->next->prev = m->prev;
+    }
+    a_.free(a_.ctx, m);
+}
+
+publish_status store::commit(uint32_t si, message *m, channel *c, int64_t now,
+                             uint32_t buffer_length, int64_t ttl,
+                             uint64_t *seq) {
+    if (c->deleted) {
+        abandon(si, m);
+        return publish_status::no_channel;
+    }
+    slot &s = root_->slots[si];
+    (m->prev ? m->prev->next : s.pending) = m->next;
+    if (m->next != nullptr) {
+        m->next->prev = m->prev;
+    }
+    m->prev = m->next = nullptr;
+
+    expire(c, now);
+    release(c);
+    if (c->count == c->cap && !grow_ring(c, now)) {
+        // No room for a bigger ring: the channel's oldest makes room.
+        message *old = c->count ? c->at(0) : nullptr;
+        uint64_t hold = min_hold();
+        if (old == nullptr || (hold != 0 && old->seq >= hold)) {
+            a_.free(a_.ctx, m);
+            return publish_status::no_memory;
+        }
+        bool lost = needed(old, 0);
+        pop_front(c);
+        free_message(old);
+        root_->stats.evicted++;
+        if (lost) {
+            c->lost_seq = std::max(c->lost_seq, old->seq);
+            root_->lost_seq = std::max(root_->lost_seq, c->lost_seq);
+            root_->stats.lost++;
+        }
     }
 
-    m->size = static_cast<uint32_t>(
-        encode_event(reinterpret_cast<char *>(m + 1), idv, event, data));
-    m->seq = seq;
-    m->expires = now + ttl;
+    m->seq = root_->seq + 1;
     m->chan = c;
-    m->reserved = 0;
-    m->next = nullptr;
+    m->expires = now + ttl;
     m->prev = root_->tail;
-    (root_->tail ? root_->tail->next : root_->head) = m;
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    (root_->tail ? root_->tail->next : root_->head) = m;  // commit point
     root_->tail = m;
-    root_->seq = seq;
+    root_->seq = m->seq;
     root_->nmessages++;
     root_->message_bytes += m->size;
     root_->stats.published++;
-
     c->ring[(c->head + c->count) % c->cap] = m;
     c->count++;
-    c->last_seq = seq;
+    c->last_seq = m->seq;
     c->published++;
     c->ttl = ttl;
     c->idle_since = now;
-    return {publish_status::ok, seq};
+    *seq = m->seq;
+
+    while (c->buffered() > std::max<uint32_t>(buffer_length, 1)) {
+        retire_oldest(c);
+    }
+    release(c);
+    return publish_status::ok;
 }
 
 void store::expire(channel *c, int64_t now) {
-    while (c->count > 0 && c->at(0)->expires <= now) {
-        drop_oldest(c);
+    while (c->buffered() > 0 && c->at(c->retired)->expires <= now) {
+        retire_oldest(c);
     }
 }
 
-uint32_t store::subscribers(const channel *c) {
-    uint32_t n = 0;
-    for (uint32_t s : c->subs) {
-        n += s;
-    }
-    return n;
-}
+// ---------------------------------------------------------------- reading
 
-uint64_t store::workers_of(const channel *c) const {
-    uint64_t mask = 0;
-    for (uint32_t s = 0; s < max_slots; s++) {
-        int w = root_->slot_worker[s];
-        if (c->subs[s] != 0 && w >= 0) {
-            mask |= uint64_t{1} << (w < 63 ? w : 63);
+namespace {
+
+// Index of the first resumable event of c with seq > after.
+uint32_t first_after(const channel *c, uint64_t after) {
+    uint32_t lo = c->retired, hi = c->count;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (c->at(mid)->seq <= after) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
         }
     }
-    return mask;
+    return lo;
 }
 
-void store::free_channel(channel *c) {
-    if (c->deleted) {
-        for (channel **p = &root_->deleted; *p != nullptr; p = &(*p)->hnext) {
-            if (*p == c) {
-                *p = c->hnext;
-                break;
-            }
+// Appends c's resumable events after `after`: at most the newest `limit`,
+// and from the oldest of those no more than about max_bytes.
+void collect(const channel *c, uint64_t after, uint32_t limit,
+             size_t max_bytes, std::vector<const message *> &out) {
+    uint32_t i = first_after(c, after);
+    if (c->count - i > limit) {
+        i = c->count - limit;
+    }
+    size_t bytes = 0;
+    for (; i < c->count && bytes <= max_bytes; i++) {
+        const message *m = c->at(i);
+        out.push_back(m);
+        bytes += m->size;
+    }
+}
+
+}  // namespace
+
+catch_up_result store::catch_up(uint32_t si, channel *const *chans, size_t n,
+                                std::string_view resume, uint32_t initial,
+                                int64_t now, size_t max_bytes,
+                                std::vector<const message *> &out) {
+    catch_up_result r{gap_reason::none, root_->epoch, root_->seq, false};
+    uint64_t after = 0;
+    uint32_t limit = UINT32_MAX;
+    if (!resume.empty()) {
+        auto id = parse_event_id(resume);
+        if (!id) {
+            r.gap = gap_reason::malformed;
+        } else if (id->epoch != root_->epoch) {
+            r.gap = gap_reason::epoch;
+        } else if (id->seq > root_->seq) {
+            r.gap = gap_reason::unknown;
+        } else {
+            after = id->seq;
+        }
+        if (r.gap != gap_reason::none) {
+            // No exact point: as for a new subscriber.
+            limit = initial;
         }
     } else {
-        channel **p = &root_->buckets[c->hash & (root_->nbuckets - 1)];
-        while (*p != c) {
-            p = &(*p)->hnext;
-        }
-        *p = c->hnext;
-        root_->nchannels--;
+        limit = initial;
     }
-    drop_all(c);
-    if (c->dropped_seq > root_->orphan_dropped_seq) {
-        root_->orphan_dropped_seq = c->dropped_seq;
-    }
-    a_.free(a_.ctx, c);
-}
-
-void store::remove(channel *c, int64_t now) {
-    if (c->deleted) {
-        return;
-    }
-    // Its events stay until its last subscriber leaves, so that every
-    // worker delivers what was published before the DELETE, then ends the
-    // streams. Resuming past them cannot be exact.
-    if (c->last_seq > c->dropped_seq) {
-        c->dropped_seq = c->last_seq;
-    }
-    if (c->dropped_seq > root_->orphan_dropped_seq) {
-        root_->orphan_dropped_seq = c->dropped_seq;
-    }
-    channel **p = &root_->buckets[c->hash & (root_->nbuckets - 1)];
-    while (*p != c) {
-        p = &(*p)->hnext;
-    }
-    *p = c->hnext;
-    root_->nchannels--;
-    c->deleted = 1;
-    c->idle_since = now;
-    c->hnext = root_->deleted;
-    root_->deleted = c;
-    root_->control_gen++;
-    if (subscribers(c) == 0) {
-        free_channel(c);
-    }
-}
-
-void store::unsubscribe(channel *c, uint32_t slot, int64_t now) {
-    if (c->subs[slot] > 0) {
-        c->subs[slot]--;
-    }
-    c->idle_since = now;
-    if (c->deleted && subscribers(c) == 0) {
-        free_channel(c);
-    }
-}
-
-void store::count_subscribers(uint64_t (&per_slot)[max_slots]) {
-    for_each_channel([&](channel *c) {
-        for (uint32_t s = 0; s < max_slots; s++) {
-            per_slot[s] += c->subs[s];
-        }
-    });
-}
-
-void store::clear_slot(uint32_t slot, int64_t now) {
-    root_->stats.delivered += root_->per_slot[slot].delivered;
-    root_->stats.slow_dropped += root_->per_slot[slot].slow_dropped;
-    root_->per_slot[slot] = {};
-    for_each_channel([&](channel *c) {
-        if (c->subs[slot] != 0) {
-            c->subs[slot] = 0;
-            c->idle_since = now;  // kept a ttl like any channel left empty
-        }
-    });
-    channel *next;
-    for (channel *c = root_->deleted; c != nullptr; c = next) {
-        next = c->hnext;
-        c->subs[slot] = 0;
-        if (subscribers(c) == 0) {
-            free_channel(c);
+    for (size_t i = 0; i < n; i++) {
+        expire(chans[i], now);
+        if (r.gap == gap_reason::none && !resume.empty() &&
+            gap(chans[i], after)) {
+            r.gap = gap_reason::evicted;
         }
     }
+    out.clear();
+    if (limit == 0) {
+        return r;
+    }
+    for (size_t i = 0; i < n; i++) {
+        collect(chans[i], after, limit, max_bytes, out);
+    }
+    std::sort(out.begin(), out.end(),
+              [](const message *a, const message *b) { return a->seq < b->seq; });
+    if (out.size() > limit) {
+        out.erase(out.begin(), out.end() - limit);
+    }
+    size_t bytes = 0;
+    for (size_t i = 0; i < out.size(); i++) {
+        bytes += out[i]->size;
+        if (bytes > max_bytes && i > 0) {
+            out.resize(i);
+            r.more = true;
+            r.last_seq = out.back()->seq;
+            break;
+        }
+    }
+    if (!out.empty()) {
+        root_->slots[si].hold = out.front()->seq;
+    }
+    return r;
 }
 
-bool store::free_idle_channels(const channel *keep, int64_t now, bool force) {
-    bool freed = false;
-    for_each_channel([&](channel *c) {
-        if (c != keep && c->count == 0 && subscribers(c) == 0 &&
-            (force || now - c->idle_since >= c->ttl)) {
-            free_channel(c);
-            freed = true;
+catch_up_result store::catch_up_after(uint32_t si, channel *const *chans,
+                                      size_t n, uint64_t after,
+                                      size_t max_bytes,
+                                      std::vector<const message *> &out) {
+    catch_up_result r{gap_reason::none, root_->epoch, root_->seq, false};
+    out.clear();
+    for (size_t i = 0; i < n; i++) {
+        if (gap(chans[i], after)) {
+            r.gap = gap_reason::evicted;
+            return r;
         }
-    });
-    return freed;
+    }
+    for (size_t i = 0; i < n; i++) {
+        collect(chans[i], after, UINT32_MAX, max_bytes, out);
+    }
+    std::sort(out.begin(), out.end(),
+              [](const message *a, const message *b) { return a->seq < b->seq; });
+    size_t bytes = 0;
+    for (size_t i = 0; i < out.size(); i++) {
+        bytes += out[i]->size;
+        if (bytes > max_bytes && i > 0) {
+            out.resize(i);
+            r.more = true;
+            r.last_seq = out.back()->seq;
+            break;
+        }
+    }
+    if (!out.empty()) {
+        root_->slots[si].hold = out.front()->seq;
+    }
+    return r;
 }
+
+void store::end_read(uint32_t si, uint64_t cursor, channel *const *chans,
+                     size_t n) {
+    slot &s = root_->slots[si];
+    s.hold = 0;
+    if (cursor > s.cursor) {
+        s.cursor = cursor;
+    }
+    for (size_t i = 0; i < n; i++) {
+        release(chans[i]);
+    }
+}
+
+// ---------------------------------------------------------------- upkeep
 
 void store::sweep(int64_t now) {
     root_->last_sweep = now;
-    for_each_channel([&](channel *c) { expire(c, now); });
-    free_idle_channels(nullptr, now, false);
+    uint32_t nb = std::min(sweep_buckets, root_->nbuckets);
+    for (uint32_t k = 0; k < nb; k++) {
+        uint32_t b = (root_->sweep_pos + k) & (root_->nbuckets - 1);
+        channel *next;
+        for (channel *c = root_->buckets[b]; c != nullptr; c = next) {
+            next = c->hnext;  // c may be freed
+            expire(c, now);
+            release(c);
+            free_channel_if_idle(c, now, false);
+        }
+    }
+    root_->sweep_pos = (root_->sweep_pos + nb) & (root_->nbuckets - 1);
+    channel *next;
+    for (channel *c = root_->deleted; c != nullptr; c = next) {
+        next = c->hnext;
+        release(c);
+    }
+}
+
+// ---------------------------------------------------------------- checks
+
+std::string store::check() const {
+    const zone_root *r = root_;
+    auto fail = [](const std::string &what) { return what; };
+    // The log.
+    uint64_t n = 0, bytes = 0, last = 0;
+    const message *prev = nullptr;
+    std::unordered_set<const message *> logged;
+    for (const message *m = r->head; m != nullptr; m = m->next) {
+        if (++n > r->nmessages + 1) {
+            return fail("log longer than nmessages (or a cycle)");
+        }
+        if (m->prev != prev) {
+            return fail("log prev link broken at seq " +
+                        std::to_string(m->seq));
+        }
+        if (m->seq <= last || m->seq > r->seq) {
+            return fail("log seq out of order at " + std::to_string(m->seq));
+        }
+        if (m->chan == nullptr) {
+            return fail("logged event without channel");
+        }
+        last = m->seq;
+        bytes += m->size;
+        prev = m;
+        logged.insert(m);
+    }
+    if (r->tail != prev) {
+        return fail("log tail wrong");
+    }
+    if (n != r->nmessages) {
+        return fail("nmessages " + std::to_string(r->nmessages) + " but " +
+                    std::to_string(n) + " events in the log");
+    }
+    if (bytes != r->message_bytes) {
+        return fail("message_bytes " + std::to_string(r->message_bytes) +
+                    " but " + std::to_string(bytes) + " in the log");
+    }
+    // Channels, rings and members.
+    uint64_t in_rings = 0, nchannels = 0, members = 0;
+    uint64_t per_slot[max_slots] = {};
+    auto check_channel = [&](const channel *c, bool deleted) -> std::string {
+        std::string id(c->id());
+        if (bool(c->deleted) != deleted) {
+            return "channel " + id + ": deleted flag wrong";
+        }
+        if (c->retired > c->count || c->count > c->cap ||
+            (c->cap != 0 && c->ring == nullptr)) {
+            return "channel " + id + ": ring counts wrong";
+        }
+        uint64_t s = 0;
+        for (uint32_t i = 0; i < c->count; i++) {
+            const message *m = c->at(i);
+            if (logged.count(m) == 0 || m->chan != c || m->seq <= s) {
+                return "channel " + id + ": ring entry " + std::to_string(i) +
+                       " not its event in the log";
+            }
+            s = m->seq;
+        }
+        in_rings += c->count;
+        uint32_t subs = 0, k = 0;
+        for (const member *mb = c->members; mb != nullptr; mb = mb->cnext) {
+            if (++k > max_slots || mb->chan != c || mb->slot >= max_slots ||
+                mb->count == 0 || r->slots[mb->slot].pid == 0) {
+                return "channel " + id + ": member list broken";
+            }
+            subs += mb->count;
+            per_slot[mb->slot] += mb->count;
+            members++;
+        }
+        if (subs != c->nsubs) {
+            return "channel " + id + ": nsubs " + std::to_string(c->nsubs) +
+                   " but members hold " + std::to_string(subs);
+        }
+        return "";
+    };
+    for (uint32_t b = 0; b < r->nbuckets; b++) {
+        for (const channel *c = r->buckets[b]; c != nullptr; c = c->hnext) {
+            if (++nchannels > r->nchannels + 1) {
+                return fail("more channels than nchannels (or a cycle)");
+            }
+            if ((c->hash & (r->nbuckets - 1)) != b) {
+                return fail("channel in the wrong bucket");
+            }
+            std::string e = check_channel(c, false);
+            if (!e.empty()) {
+                return e;
+            }
+        }
+    }
+    if (nchannels != r->nchannels) {
+        return fail("nchannels " + std::to_string(r->nchannels) + " but " +
+                    std::to_string(nchannels) + " in the table");
+    }
+    uint64_t k = 0;
+    for (const channel *c = r->deleted; c != nullptr; c = c->hnext) {
+        if (++k > 1000000) {
+            return fail("deleted list cycles");
+        }
+        std::string e = check_channel(c, true);
+        if (!e.empty()) {
+            return e;
+        }
+    }
+    if (in_rings != n) {
+        return fail(std::to_string(n) + " events in the log but " +
+                    std::to_string(in_rings) + " in rings");
+    }
+    uint64_t slot_members = 0;
+    for (uint32_t i = 0; i < max_slots; i++) {
+        const slot &s = r->slots[i];
+        uint64_t subs = 0, j = 0;
+        const member *p = nullptr;
+        for (const member *mb = s.members; mb != nullptr; mb = mb->snext) {
+            if (++j > members + 1 || mb->slot != i || mb->sprev != p) {
+                return fail("slot " + std::to_string(i) +
+                            ": member list broken");
+            }
+            subs += mb->count;
+            p = mb;
+            slot_members++;
+        }
+        if (subs != s.subscriptions || subs != per_slot[i]) {
+            return fail("slot " + std::to_string(i) + ": subscriptions " +
+                        std::to_string(s.subscriptions) + " but members " +
+                        "hold " + std::to_string(subs) + "/" +
+                        std::to_string(per_slot[i]));
+        }
+        if (s.pid == 0 && (s.members != nullptr || s.pending != nullptr)) {
+            return fail("free slot " + std::to_string(i) + " holds state");
+        }
+    }
+    if (slot_members != members) {
+        return fail("slots and channels disagree on members");
+    }
+    return "";
+}
+
+void store::repair() {
+    zone_root *r = root_;
+    r->stats.repairs++;
+    try {
+        // 1. The log, forwards from its head: every unlink and append has
+        //    its commit point on a forward link.
+        std::unordered_set<message *> logged;
+        message *prev = nullptr;
+        uint64_t n = 0, bytes = 0;
+        for (message *m = r->head; m != nullptr; m = m->next) {
+            if ((prev != nullptr && m->seq <= prev->seq) ||
+                m->chan == nullptr) {
+                // Whatever follows cannot be trusted: cut the log here.
+                (prev ? prev->next : r->head) = nullptr;
+                break;
+            }
+            m->prev = prev;
+            logged.insert(m);
+            n++;
+            bytes += m->size;
+            prev = m;
+        }
+        r->tail = prev;
+        if (prev != nullptr && prev->seq > r->seq) {
+            r->seq = prev->seq;
+        }
+
+        // 2. Channels: the table and the deleted list.
+        std::unordered_set<channel *> chans;
+        std::vector<channel *> order;
+        uint32_t nchannels = 0;
+        for (uint32_t b = 0; b < r->nbuckets; b++) {
+            for (channel **p = &r->buckets[b]; *p != nullptr;) {
+                channel *c = *p;
+                if (!chans.insert(c).second) {
+                    *p = nullptr;  // a cycle
+                    break;
+                }
+                c->deleted = 0;
+                order.push_back(c);
+                nchannels++;
+                p = &c->hnext;
+            }
+        }
+        for (channel **p = &r->deleted; *p != nullptr;) {
+            channel *c = *p;
+            if (!chans.insert(c).second) {
+                *p = nullptr;
+                break;
+            }
+            c->deleted = 1;
+            order.push_back(c);
+            p = &c->hnext;
+        }
+        r->nchannels = nchannels;
+
+        // 3. Rings keep only their own logged events, in order; members
+        //    only sane ones of live slots.
+        std::unordered_set<message *> ringed;
+        std::vector<message *> keep;
+        for (channel *c : order) {
+            keep.clear();
+            uint32_t retired = 0;
+            uint64_t last = 0;
+            for (uint32_t i = 0; i < c->count && c->cap != 0; i++) {
+                message *m = c->at(i);
+                if (logged.count(m) && m->chan == c && m->seq > last) {
+                    keep.push_back(m);
+                    retired += i < c->retired;
+                    last = m->seq;
+                }
+            }
+            for (uint32_t i = 0; i < keep.size(); i++) {
+                c->ring[i] = keep[i];
+                ringed.insert(keep[i]);
+            }
+            c->head = 0;
+            c->count = static_cast<uint32_t>(keep.size());
+            c->retired = retired;
+            uint32_t subs = 0;
+            for (member **p = &c->members; *p != nullptr;) {
+                member *mb = *p;
+                if (mb->chan != c || mb->slot >= max_slots ||
+                    mb->count == 0 || r->slots[mb->slot].pid == 0) {
+                    *p = mb->cnext;  // left unfreed: it may be garbage
+                    continue;
+                }
+                subs += mb->count;
+                p = &mb->cnext;
+            }
+            c->nsubs = subs;
+        }
+
+        // 4. Logged events no ring holds: their removal was under way.
+        for (message *m : logged) {
+            if (!ringed.count(m)) {
+                n--;
+                bytes -= m->size;
+                (m->prev ? m->prev->next : r->head) = m->next;
+                (m->next ? m->next->prev : r->tail) = m->prev;
+                a_.free(a_.ctx, m);
+            }
+        }
+        r->nmessages = n;
+        r->message_bytes = bytes;
+
+        // 5. The slots' member lists, rebuilt from the channels'.
+        for (slot &s : r->slots) {
+            s.members = nullptr;
+            s.subscriptions = 0;
+        }
+        for (channel *c : order) {
+            for (member *mb = c->members; mb != nullptr; mb = mb->cnext) {
+                slot &s = r->slots[mb->slot];
+                mb->sprev = nullptr;
+                mb->snext = s.members;
+                if (s.members != nullptr) {
+                    s.members->sprev = mb;
+                }
+                s.members = mb;
+                s.subscriptions += mb->count;
+            }
+        }
+    } catch (...) {
+        // Out of process memory: the next session tries again.
+        return;
+    }
 }
 
 }  // namespace sse

@@ -1,28 +1,49 @@
-// The channel store: channels, their ring buffers of encoded events and the
-// zone-wide event list, laid out for a shared-memory zone.
+// The channel store of the shared-memory engine: channels, the zone-wide
+// event log with each channel's ring of resumable events, process slots
+// and their subscriptions, laid out for a shared-memory zone.
 //
 // Every structure here lives in memory handed out by an `allocator` (nginx's
-// slab pool in the module, a plain arena in the tests), holds only
-// pointers into that same memory, and is standard-layout and trivially
-// destructible, so that processes mapping the zone at one address share it.
+// slab pool in the module, a plain arena in the tests), holds only pointers
+// into that same memory, and is standard-layout and trivially destructible,
+// so that processes mapping the zone at one address share it.
 //
-// Locking: every `store` call must be made with the zone's lock held; the
-// store itself never locks. Calls are short: no call waits or does I/O.
+// The only way to the store is a `session`, which holds the zone's lock for
+// its life. Sessions are short: no call waits, does I/O or copies an event's
+// bytes; the caller copies events out between two sessions, protected by
+// its slot's hold (see `slot`).
+//
+// Delivery does not depend on the ring: an event that leaves its channel's
+// ring (length, ttl, DELETE) is retired, not freed, while any process
+// subscribed to the channel has not yet read past it (its slot's cursor).
+// Only memory exhaustion frees an event some process still needs; that
+// channel's `lost_seq` then tells the process which subscribers to end.
+//
+// A process killed inside a session (nginx force-unlocks the mutex) leaves
+// `zone_root::dirty` set; the next session repairs the zone from its
+// primary structures before anything else (see `store::repair`).
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <string_view>
 #include <type_traits>
+#include <vector>
 
 #include "event.hpp"
 
 namespace sse {
 
-// Process slots: each worker (old ones draining after a reload included)
-// counts its subscribers in its own slot, so that the counts of a worker
-// that died can be dropped by whoever takes the slot next.
-constexpr uint32_t max_slots = 32;
+// Process slots: each process that serves a zone (workers, and old
+// workers still draining after reloads) has one of its own; slots are never
+// shared. Enough for worker_processes up to max_workers plus overlaps.
+constexpr uint32_t max_slots = 256;
+constexpr uint32_t max_workers = max_slots / 2;
+constexpr uint32_t no_slot = UINT32_MAX;
+
+// Work done under the lock per call is bounded by these.
+constexpr uint32_t release_budget = 1024;    // events freed by one release
+constexpr uint32_t sweep_buckets = 256;      // hash buckets per sweep step
 
 struct allocator {
     void *ctx;
@@ -30,13 +51,20 @@ struct allocator {
     void (*free)(void *ctx, void *p);
 };
 
+struct mutex {
+    void *ctx;
+    void (*lock)(void *ctx);
+    void (*unlock)(void *ctx);
+};
+
 struct channel;
 
-// One published event in wire form; followed in memory by `size` bytes.
+// One published event: the wire form without its "id:" line, which
+// readers prepend from (epoch, seq). Followed in memory by `size` bytes.
 struct message {
-    message *prev;  // zone-wide list, oldest first (= seq order)
+    message *prev;  // zone-wide log, oldest first (= seq order)
     message *next;
-    channel *chan;
+    channel *chan;  // nullptr while prepared and not yet committed
     uint64_t seq;
     int64_t expires;  // ms
     uint32_t size;
@@ -45,15 +73,29 @@ struct message {
     const char *bytes() const {
         return reinterpret_cast<const char *>(this + 1);
     }
-    std::string_view wire() const { return {bytes(), size}; }
+    char *bytes() { return reinterpret_cast<char *>(this + 1); }
+    std::string_view body() const { return {bytes(), size}; }
+};
+
+// The subscriptions of one process slot to one channel.
+struct member {
+    member *cnext;  // the channel's members
+    member *sprev;  // the slot's members
+    member *snext;
+    channel *chan;
+    uint32_t slot;
+    uint32_t count;
 };
 
 // A channel; followed in memory by its id bytes.
 struct channel {
-    channel *hnext;
-    message **ring;        // cap slots, count used, oldest at head
+    channel *hnext;  // hash chain, or the list of deleted channels
+    message **ring;  // cap slots; count used from head, oldest first; the
+                     // first `retired` are out of resume, kept for readers
+    member *members;
     uint64_t last_seq;     // newest seq published here
     uint64_t dropped_seq;  // newest seq no longer held for resume
+    uint64_t lost_seq;     // newest seq freed before a member read it
     uint64_t published;
     int64_t ttl;         // ms; set by the last publish
     int64_t idle_since;  // ms; when it last became empty of everything
@@ -61,7 +103,8 @@ struct channel {
     uint32_t cap;
     uint32_t head;
     uint32_t count;
-    uint32_t subs[max_slots];
+    uint32_t retired;
+    uint32_t nsubs;
     uint16_t id_len;
     uint8_t deleted;
     uint8_t reserved;
@@ -70,6 +113,7 @@ struct channel {
         return {reinterpret_cast<const char *>(this + 1), id_len};
     }
     message *at(uint32_t i) const { return ring[(head + i) % cap]; }
+    uint32_t buffered() const { return count - retired; }
 };
 
 struct zone_stats {
@@ -77,14 +121,28 @@ struct zone_stats {
     uint64_t delivered;
     uint64_t slow_dropped;
     uint64_t evicted;  // dropped early because the zone was full
+    uint64_t lost;     // freed before every subscribed process read them
+    uint64_t refused;  // subscriptions refused: zone full, no slot
+    uint64_t repairs;  // sessions that found the zone interrupted
 };
 
-// Counts a worker adds to without the lock (only its process writes its
-// slot, with relaxed atomics); folded into zone_stats when the slot is
-// cleared.
+// Counts a process adds to without the lock (only it writes its slot, with
+// relaxed atomics); folded into zone_stats when the slot is cleared.
 struct slot_stats {
     uint64_t delivered;
     uint64_t slow_dropped;
+};
+
+struct slot {
+    int32_t pid;     // 0: free
+    int32_t worker;  // the process's worker number, or -1
+    uint64_t cursor;  // newest zone seq this process has read
+    uint64_t hold;    // nonzero: it is copying events with seq >= hold
+    message *pending;  // prepared by it, not yet committed
+    member *members;
+    uint64_t subscriptions;
+    uint64_t generation;  // bumped each time the slot is claimed
+    slot_stats stats;
 };
 
 struct zone_root {
@@ -92,8 +150,9 @@ struct zone_root {
     uint64_t layout;  // store::layout() of the build that made the zone
     uint64_t epoch;
     uint64_t seq;                 // newest assigned
-    uint64_t dropped_seq;         // newest seq dropped anywhere
+    uint64_t dropped_seq;         // newest seq dropped from any ring
     uint64_t orphan_dropped_seq;  // newest dropped_seq of freed channels
+    uint64_t lost_seq;            // newest lost_seq of any channel
     uint64_t control_gen;         // bumped when a channel is deleted
     int64_t last_sweep;           // ms
     uint64_t capacity;            // bytes of the zone, for sanity limits
@@ -103,40 +162,66 @@ struct zone_root {
     channel *deleted;  // removed, still held by subscribers; via hnext
     uint32_t nbuckets;
     uint32_t nchannels;
+    uint32_t sweep_pos;
+    uint32_t dirty;  // set inside a session that changes anything
     uint64_t nmessages;
     uint64_t message_bytes;
     zone_stats stats;
-    int32_t slot_pid[max_slots];
-    int16_t slot_worker[max_slots];  // the process's worker number, or -1
-    slot_stats per_slot[max_slots];
+    slot slots[max_slots];
 };
 
 static_assert(std::is_standard_layout_v<message> &&
               std::is_trivially_destructible_v<message>);
+static_assert(std::is_standard_layout_v<member> &&
+              std::is_trivially_destructible_v<member>);
 static_assert(std::is_standard_layout_v<channel> &&
               std::is_trivially_destructible_v<channel>);
 static_assert(std::is_standard_layout_v<zone_root> &&
               std::is_trivially_destructible_v<zone_root>);
 
-enum class publish_status { ok, no_memory, no_channel };
-
-struct publish_result {
-    publish_status status;
-    uint64_t seq;
+// Which slots to wake: bit s of word s / 64.
+struct slot_set {
+    uint64_t bits[max_slots / 64];
+    bool has(uint32_t s) const { return (bits[s / 64] >> (s % 64)) & 1; }
+    void add(uint32_t s) { bits[s / 64] |= uint64_t{1} << (s % 64); }
+    bool empty() const {
+        for (uint64_t b : bits) {
+            if (b != 0) {
+                return false;
+            }
+        }
+        return true;
+    }
 };
 
-// A view of a zone; cheap to make, holds no state of its own.
+enum class publish_status { ok, no_memory, no_channel };
+
+enum class join_status { ok, zone_full, max_subscribers };
+
+// Why a resume cannot be exact; none: it is.
+enum class gap_reason { none, malformed, epoch, unknown, evicted };
+const char *describe(gap_reason r);
+
+struct catch_up_result {
+    gap_reason gap;
+    uint64_t epoch;
+    uint64_t last_seq;  // the zone's newest: live events come after it
+    bool more;  // stopped at the byte limit: more is owed after the last
+};
+
+class session;
+
+// The shared-memory store. Every member needs a live session.
 class store {
 public:
-    static constexpr uint64_t magic = 0x5353455a4f4e4531ull;  // "SSEZONE1"
-
-    store(zone_root *root, const allocator &a) : root_(root), a_(a) {}
+    static constexpr uint64_t magic = 0x5353455a4f4e4532ull;  // "SSEZONE2"
 
     // Changes whenever the shared structures change shape: a zone reused
     // across a reload must have been made by a build with the same layout.
     static constexpr uint64_t layout() {
-        return sizeof(zone_root) | sizeof(channel) << 16 |
-               uint64_t{sizeof(message)} << 32 | uint64_t{max_slots} << 48;
+        return sizeof(zone_root) | sizeof(channel) << 20 |
+               uint64_t{sizeof(message)} << 32 |
+               uint64_t{sizeof(member)} << 40 | uint64_t{max_slots} << 48;
     }
     static bool compatible(const zone_root *root) {
         return root->magic == magic && root->layout == layout();
@@ -148,95 +233,160 @@ public:
 
     zone_root *root() const { return root_; }
 
+    // ---- process slots
+    // A free slot for process pid (worker number, or -1); no_slot if none.
+    uint32_t claim_slot(int32_t pid, int32_t worker);
+    // Forgets everything of `slot` (its process is gone or exiting):
+    // subscriptions, hold, prepared event; folds its stats into the zone's.
+    void clear_slot(uint32_t slot, int64_t now);
+
+    // ---- channels
     channel *find(std::string_view id) const;
     // nullptr only when the zone cannot hold one more channel even after
     // evicting buffered messages.
     channel *find_or_create(std::string_view id, int64_t now);
 
-    // Assigns the next seq, encodes the event with its id, and buffers it
-    // in the channel's ring of `buffer_length` (>= 1), evicting the ring's
-    // oldest, then the zone's oldest events, to make room.
-    publish_result publish(channel *c, std::string_view event,
-                           std::string_view data, int64_t now,
-                           uint32_t buffer_length, int64_t ttl);
+    // Joins `slot` to every id, all or nothing: on failure nothing is
+    // counted. out receives the channels, in the order of ids.
+    join_status join(uint32_t slot, const std::vector<std::string_view> &ids,
+                     uint32_t max_subscribers, int64_t now,
+                     std::vector<channel *> &out);
+    void leave(uint32_t slot, channel *const *chans, size_t n, int64_t now);
+    static uint32_t subscribers(const channel *c) { return c->nsubs; }
+    // The slots with subscribers of c.
+    slot_set slots_of(const channel *c) const;
 
     // Unlinks the channel: later lookups see no channel, and a channel of
     // the same name made later reports a gap for resume points before now.
-    // Subscribers still holding it see `deleted`; its buffered events stay
-    // (for workers still to deliver them) until the last one unsubscribes
-    // and frees it.
+    // Its events stay for the processes still to deliver them; each then
+    // ends its streams (control_gen changes).
     void remove(channel *c, int64_t now);
 
-    void subscribe(channel *c, uint32_t slot) { c->subs[slot]++; }
-    void unsubscribe(channel *c, uint32_t slot, int64_t now);
-    static uint32_t subscribers(const channel *c);
-    // Bit w set: worker number w (slot_worker) has subscribers of c; bit
-    // 63 stands for every worker numbered 63 or more.
-    uint64_t workers_of(const channel *c) const;
+    // ---- publishing, in two sessions so no event is copied under the lock
+    // 1. Allocates an event of `size` body bytes for `slot` (evicting the
+    //    zone's oldest events if needed); nullptr: it cannot fit at all.
+    message *prepare(uint32_t slot, size_t size, int64_t now);
+    // 2. The caller writes the body outside the lock, then commits it to c
+    //    (not deleted), which assigns its seq, or abandons it.
+    publish_status commit(uint32_t slot, message *m, channel *c, int64_t now,
+                          uint32_t buffer_length, int64_t ttl,
+                          uint64_t *seq);
+    void abandon(uint32_t slot, message *m);
 
-    // Adds each slot's channel subscriptions into per_slot.
-    void count_subscribers(uint64_t (&per_slot)[max_slots]);
+    // ---- reading
+    // Resume: the events of chans the subscriber is owed after `resume` (or
+    // the newest `initial` when there is no exact resume point), oldest
+    // first, at most ~max_bytes of them (always at least one). Sets the
+    // slot's hold: the events stay valid until end_read().
+    catch_up_result catch_up(uint32_t slot, channel *const *chans, size_t n,
+                             std::string_view resume, uint32_t initial,
+                             int64_t now, size_t max_bytes,
+                             std::vector<const message *> &out);
+    // Continues a catch-up that stopped at max_bytes after `after`; gap
+    // evicted when the ring moved past it meanwhile.
+    catch_up_result catch_up_after(uint32_t slot, channel *const *chans,
+                                   size_t n, uint64_t after, size_t max_bytes,
+                                   std::vector<const message *> &out);
 
-    // Forgets every count of `slot` (its process is gone), folding its
-    // slot_stats into the zone's.
-    void clear_slot(uint32_t slot, int64_t now);
+    // Live: calls f(message*) for each event after the slot's cursor, in
+    // seq order, and sets the hold; returns the zone's newest seq, which the
+    // caller passes to end_read() once it has copied what it wanted.
+    template <typename F>
+    uint64_t read_since_cursor(uint32_t slot, F &&f) {
+        struct slot &s = root_->slots[slot];
+        s.hold = s.cursor + 1;
+        message *m = root_->tail;
+        if (m != nullptr && m->seq > s.cursor) {
+            while (m->prev != nullptr && m->prev->seq > s.cursor) {
+                m = m->prev;
+            }
+            for (; m != nullptr; m = m->next) {
+                f(static_cast<const message *>(m));
+            }
+        }
+        return root_->seq;
+    }
+    // Ends a read: clears the hold; a live read (cursor != 0) also moves
+    // the cursor. Frees the retired events of chans nobody needs any more.
+    void end_read(uint32_t slot, uint64_t cursor, channel *const *chans,
+                  size_t n);
 
-    // Drops expired messages everywhere, and frees channels that have been
-    // empty, unsubscribed and unused for a ttl.
+    // ---- upkeep
+    // Expires and frees a bounded part of the zone (round robin over the
+    // hash buckets and the deleted channels).
     void sweep(int64_t now);
-
-    // Drops the channel's expired messages.
+    // Drops the channel's expired events out of resume.
     void expire(channel *c, int64_t now);
+    // Frees up to `budget` retired events of c that no process still needs,
+    // and c itself when deleted and empty.
+    void release(channel *c, uint32_t budget = release_budget);
 
     // True when an event of `c` newer than `after_seq` is no longer held,
     // so a resume from `after_seq` cannot be exact.
-    bool gap(const channel *c, uint64_t after_seq) const {
+    static bool gap(const channel *c, uint64_t after_seq) {
         return c->dropped_seq > after_seq;
     }
-
-    // Calls f(message*) for every buffered event with seq > after_seq, in
-    // seq order, zone-wide.
-    template <typename F>
-    void for_each_since(uint64_t after_seq, F &&f) const {
-        message *m = root_->tail;
-        if (m == nullptr || m->seq <= after_seq) {
-            return;
-        }
-        while (m->prev != nullptr && m->prev->seq > after_seq) {
-            m = m->prev;
-        }
-        for (; m != nullptr; m = m->next) {
-            f(m);
-        }
+    // The first resumable event of c (nullptr if none).
+    static const message *first(const channel *c) {
+        return c->buffered() ? c->at(c->retired) : nullptr;
     }
 
-    // Calls f(message*) for the channel's buffered events with seq >
-    // after_seq, oldest first; at most the newest `limit` of them.
-    template <typename F>
-    void for_each_in(const channel *c, uint64_t after_seq, uint32_t limit,
-                     F &&f) const {
-        uint32_t i = c->count;
-        while (i > 0 && c->count - i < limit && c->at(i - 1)->seq > after_seq) {
-            i--;
-        }
-        for (; i < c->count; i++) {
-            f(c->at(i));
-        }
-    }
+    // ---- consistency
+    // "" when every invariant holds, else the first one broken.
+    std::string check() const;
+    // Rebuilds what an interrupted session may have left half done.
+    void repair();
 
 private:
+    friend class session;
+    store(zone_root *root, const allocator &a) : root_(root), a_(a) {}
+
     void *alloc_evicting(size_t size, const channel *keep, int64_t now);
-    void drop_oldest(channel *c);
-    void drop_all(channel *c);
+    bool evict_one(const channel *keep);
+    bool needed(const message *m, uint64_t min_hold) const;
+    uint64_t min_hold() const;
+    void retire_oldest(channel *c);
+    void pop_front(channel *c);
     void unlink_message(message *m);
-    bool resize_ring(channel *c, uint32_t cap, int64_t now);
+    void free_message(message *m);
+    bool grow_ring(channel *c, int64_t now);
+    void shrink_ring(channel *c);
+    bool free_channel_if_idle(channel *c, int64_t now, bool force);
     void free_channel(channel *c);
-    bool free_idle_channels(const channel *keep, int64_t now, bool force);
-    template <typename F>
-    void for_each_channel(F &&f);
+    void unlink_channel(channel *c);
+    void drop_member(member *mb);
 
     zone_root *root_;
     allocator a_;
+};
+
+// Holds the zone's lock for its life; the only way to reach a store. The
+// first session after a process died inside one repairs the zone.
+class session {
+public:
+    session(zone_root *root, const allocator &a, const mutex &mx)
+        : st_(root, a), mx_(mx) {
+        mx_.lock(mx_.ctx);
+        if (root->dirty) {
+            st_.repair();
+        }
+        root->dirty = 1;
+        __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    }
+    ~session() {
+        __atomic_signal_fence(__ATOMIC_SEQ_CST);
+        st_.root_->dirty = 0;
+        mx_.unlock(mx_.ctx);
+    }
+    session(const session &) = delete;
+    session &operator=(const session &) = delete;
+
+    store *operator->() { return &st_; }
+    store &operator*() { return st_; }
+
+private:
+    store st_;
+    mutex mx_;
 };
 
 uint32_t hash_channel_id(std::string_view id);
