@@ -410,6 +410,18 @@ static ngx_int_t ngx_http_sse_postconfiguration(ngx_conf_t *cf) {
                   "when there are several \"sse_zone\"s");
         return NGX_ERROR;
     }
+    // Process slots are never shared: leave room for old workers draining
+    // during reloads.
+    auto *ccf = reinterpret_cast<ngx_core_conf_t *>(
+        ngx_get_conf(cf->cycle->conf_ctx, ngx_core_module));
+    if (mcf->zones.nelts > 0 && ccf->worker_processes != NGX_CONF_UNSET &&
+        ccf->worker_processes > (ngx_int_t)sse::max_workers) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"worker_processes %i\" is more than an sse zone "
+                           "serves (%ui, so that reloads have room)",
+                           ccf->worker_processes, (ngx_uint_t)sse::max_workers);
+        return NGX_ERROR;
+    }
     return NGX_OK;
 }
 

@@ -914,3 +914,10 @@ def epoch_of(event_id):
 
 def seq_of(event_id):
     return int(event_id.split("-")[1])
+
+
+def overload_end(reason, retry="3000"):
+    """The blocks that end a stream the server closes itself: one sse-error
+    event naming why, then retry:."""
+    return [[("event", "sse-error"), ("data", '{"reason":"%s"}' % reason)],
+            [("retry", retry)]]

@@ -65,7 +65,8 @@ async def test_the_end_of_a_gzip_stream_is_a_complete_gzip_member(gz):
         while True:
             blocks.append(await c.next_block())
     assert end.value.clean
-    assert [b.retry for b in blocks] == ["3000"]
+    assert [(b.event, b.retry) for b in blocks] == [("sse-error", None),
+                                                    (None, "3000")]
     # The gzip trailer came: the member is complete and checks out.
     assert c.gzip_eof
     assert zlib.decompress(b"".join(c.wire_chunks),

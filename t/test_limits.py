@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import STREAM_TYPE
+from conftest import STREAM_TYPE, overload_end
 
 
 async def wait_subscribers(nginx, channel, want, timeout=5):
@@ -28,7 +28,7 @@ async def test_max_subscribers_answers_retry_and_end(start_nginx):
     assert extra.status == 200
     assert extra.header("content-type") == STREAM_TYPE
     rest = await extra.until_end()
-    assert [blk.fields for blk in rest] == [[("retry", "3000")]]
+    assert [blk.fields for blk in rest] == overload_end("max_subscribers")
     assert extra.ended.clean
     assert (await n.info("full")).json()["subscribers"] == 2
     # The two admitted ones are unaffected.
@@ -47,8 +47,8 @@ async def test_max_subscribers_uses_retry_from_config(start_nginx):
     n = start_nginx(retry=7000, sub="sse_max_subscribers 1;")
     await n.stream("one")
     extra = await n.subscribe("one")
-    assert [blk.fields for blk in await extra.until_end()] == [
-        [("retry", "7000")]]
+    assert [blk.fields for blk in await extra.until_end()] == overload_end(
+        "max_subscribers", "7000")
     assert extra.ended.clean
 
 
@@ -60,7 +60,8 @@ async def test_max_subscribers_counts_across_workers(start_nginx):
     refused = 0
     for _ in range(6):
         c = await n.subscribe("cap")
-        if [b.fields for b in await c.until_end()] == [[("retry", "3000")]]:
+        if [b.fields for b in await c.until_end()] == overload_end(
+                "max_subscribers"):
             refused += 1
     assert refused == 6
     assert (await n.info("cap")).json()["subscribers"] == len(cs)
@@ -75,7 +76,8 @@ async def test_stream_timeout_ends_with_retry(start_nginx):
     rest = await c.until_end(timeout=5)
     elapsed = time.monotonic() - t0
     assert [(b.id, b.data, b.retry) for b in rest] == [
-        (None, None, "3000"), (eid, "x", None), (None, None, "3000")]
+        (None, None, "3000"), (eid, "x", None),
+        (None, '{"reason":"stream_timeout"}', None), (None, None, "3000")]
     assert c.ended.clean
     assert 0.9 <= elapsed <= 3, elapsed
     # The client resumes where it was.

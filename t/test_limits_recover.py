@@ -51,7 +51,8 @@ async def test_max_subscribers_reached(start_nginx):
     keep = [await n.stream("cap"), await n.stream("cap")]
     r = await raw_stream(n, "cap")
     chunks = await ends_cleanly_with_retry(r)
-    assert b"".join(chunks) == b"retry: 3000\n\n"
+    assert b"".join(chunks) == (b'event: sse-error\ndata: {"reason":"max_subscribers"}\n\n'
+                                b"retry: 3000\n\n")
     await connection_still_serves(r)
     r.close()
     # The admitted ones go on.
@@ -65,7 +66,8 @@ async def test_max_subscribers_on_a_multiplexed_stream(start_nginx):
     await n.stream("m2")
     r = await raw_stream(n, "/multi?channels=m1,m2")
     chunks = await ends_cleanly_with_retry(r)
-    assert b"".join(chunks) == b"retry: 3000\n\n"
+    assert b"".join(chunks) == (b'event: sse-error\ndata: {"reason":"max_subscribers"}\n\n'
+                                b"retry: 3000\n\n")
     r.close()
     # Joining m1 was undone: a subscriber still fits there.
     assert (await n.info("m1")).json()["subscribers"] == 0
@@ -82,6 +84,7 @@ async def test_stream_timeout_expired(start_nginx):
     body = b"".join(chunks)
     assert body == (b"retry: 1500\n\n" +
                     f"id: {eid}\ndata: before the end\n\n".encode() +
+                    b'event: sse-error\ndata: {"reason":"stream_timeout"}\n\n' +
                     b"retry: 1500\n\n")
     await connection_still_serves(r)
     r.close()

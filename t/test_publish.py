@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from conftest import PUBLISH_ALLOW, SSEParser, epoch_of, seq_of
+from conftest import PUBLISH_ALLOW, SSEParser, epoch_of, overload_end, seq_of
 
 ID_RE = re.compile(r"^[0-9]+-[0-9]+$")
 
@@ -224,9 +224,9 @@ async def test_delete_ends_streams_cleanly(nginx):
     assert r.json() == {"channel": "del", "deleted": True, "subscribers": 4}
     for c in cs + [multi]:
         rest = await c.until_end(timeout=5)
-        assert [b.fields for b in rest] == [[("retry", "3000")]]
+        assert [b.fields for b in rest] == overload_end("deleted")
         assert c.ended.clean
-        assert c.chunks[-1] == b"retry: 3000\n\n"
+        assert c.chunks[-1].endswith(b"retry: 3000\n\n")
     # Other channels go on.
     eid = await nginx.publish_ok("other", "still")
     b = await bystander.next_event()

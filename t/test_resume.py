@@ -203,7 +203,11 @@ async def test_gap_other_epoch(nginx):
     ids = [await nginx.publish_ok("ge", str(i)) for i in range(3)]
     other = f"{int(epoch_of(ids[0])) + 1}-{seq_of(ids[0])}"
     c, _ = await subscribe_expecting_gap(nginx, "ge", other, "epoch")
-    assert [b.id for b in await c.events(3)] == ids
+    # No exact point: as a new subscriber, sse_initial_events (0) of the
+    # buffer, then the live stream.
+    await c.no_block(0.3)
+    live = await nginx.publish_ok("ge", "live")
+    assert (await c.next_event()).id == live
 
 
 @pytest.mark.parametrize("bad", [
@@ -213,7 +217,8 @@ async def test_gap_other_epoch(nginx):
 async def test_gap_malformed(nginx, bad):
     ids = [await nginx.publish_ok("gm", str(i)) for i in range(2)]
     c, _ = await subscribe_expecting_gap(nginx, "gm", bad, "malformed")
-    assert [b.id for b in await c.events(2)] == ids
+    live = await nginx.publish_ok("gm", "live")
+    assert (await c.next_event()).id == live
 
 
 @pytest.mark.parametrize("bad", [" 1-1", "1-1 ", "1-1\t", "\u0661-1",
@@ -229,14 +234,14 @@ async def test_gap_malformed_from_query_arg(nginx, bad):
     assert j["reason"] == "malformed"
     if bad.isascii():
         assert j["requested"] == bad
-    assert [b.id for b in await c.events(2)] == ids
+    live = await nginx.publish_ok("gq", "live")
+    assert (await c.next_event()).id == live
 
 
 async def test_gap_from_the_future(nginx):
     ids = [await nginx.publish_ok("gf", str(i)) for i in range(2)]
     future = f"{epoch_of(ids[0])}-{seq_of(ids[-1]) + 1000}"
     c, _ = await subscribe_expecting_gap(nginx, "gf", future, "unknown")
-    assert [b.id for b in await c.events(2)] == ids
     live = await nginx.publish_ok("gf", "live")
     assert (await c.next_event()).id == live
 
