@@ -81,6 +81,14 @@ static ngx_int_t ngx_http_sse_channel_request(ngx_http_request_t *r,
         return ngx_http_sse_error(r, NGX_HTTP_NOT_FOUND, "no such channel");
     }
     if (remove) {
+        // A big channel's events are freed in bounded steps, the lock
+        // released between them.
+        for (int i = 0; i < 1024; i++) {
+            auto s = ngx_http_sse_session(z);
+            if (!s->release_deleted()) {
+                break;
+            }
+        }
         // Every process ends the channel's streams.
         sse::slot_set all;
         for (auto &b : all.bits) {

@@ -326,7 +326,8 @@ static void ngx_http_sse_deliver_zone(ngx_http_sse_zone_worker_t *zw) {
     }
     {
         auto s = ngx_http_sse_session(zw->zone);
-        s->end_read(zw->slot, to, touched.data(), touched.size());
+        s->end_read(zw->slot, to, touched.data(), touched.size(),
+                    sse::release_budget + batch.size());
     }
 
     for (auto &[lc, seq] : lost) {

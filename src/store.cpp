@@ -669,15 +669,30 @@ catch_up_result store::catch_up_after(uint32_t si, channel *const *chans,
 }
 
 void store::end_read(uint32_t si, uint64_t cursor, channel *const *chans,
-                     size_t n) {
+                     size_t n, uint32_t budget) {
     slot &s = root_->slots[si];
     s.hold = 0;
     if (cursor > s.cursor) {
         s.cursor = cursor;
     }
     for (size_t i = 0; i < n; i++) {
-        release(chans[i]);
+        release(chans[i], budget);
     }
+}
+
+bool store::release_deleted(uint32_t budget) {
+    bool more = false;
+    channel *next;
+    for (channel *c = root_->deleted; c != nullptr; c = next) {
+        next = c->hnext;  // c may be freed
+        release(c, budget);
+    }
+    for (channel *c = root_->deleted; c != nullptr; c = c->hnext) {
+        if (c->retired > 0 && c->nsubs == 0) {
+            more = true;
+        }
+    }
+    return more;
 }
 
 // ---------------------------------------------------------------- upkeep
@@ -696,11 +711,7 @@ void store::sweep(int64_t now) {
         }
     }
     root_->sweep_pos = (root_->sweep_pos + nb) & (root_->nbuckets - 1);
-    channel *next;
-    for (channel *c = root_->deleted; c != nullptr; c = next) {
-        next = c->hnext;
-        release(c);
-    }
+    release_deleted();
 }
 
 // ---------------------------------------------------------------- checks

@@ -308,8 +308,12 @@ public:
     }
     // Ends a read: clears the hold; a live read (cursor != 0) also moves
     // the cursor. Frees the retired events of chans nobody needs any more.
+    // `budget` bounds the events freed (callers pass about what they read).
     void end_read(uint32_t slot, uint64_t cursor, channel *const *chans,
-                  size_t n);
+                  size_t n, uint32_t budget = release_budget);
+    // Frees up to `budget` events of deleted channels nobody needs any
+    // more; true while some are left to free.
+    bool release_deleted(uint32_t budget = release_budget);
 
     // ---- upkeep
     // Expires and frees a bounded part of the zone (round robin over the
