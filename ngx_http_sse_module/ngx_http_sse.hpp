@@ -162,6 +162,8 @@ struct ngx_http_sse_subscriber_t {
 };
 
 static_assert(std::is_trivially_destructible_v<ngx_http_sse_subscriber_t>);
+// sse::reader_overhead stands for a queue entry in the pending counts.
+static_assert(sizeof(ngx_http_sse_out_t) <= sse::reader_overhead);
 
 // A worker's view of one zone.
 struct ngx_http_sse_zone_worker_t {

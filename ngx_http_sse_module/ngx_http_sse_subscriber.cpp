@@ -48,7 +48,8 @@ static void ngx_http_sse_append(ngx_http_sse_subscriber_t *sub,
     if (sub->unsent == NULL) {
         sub->unsent = o;
     }
-    sub->pending += o->buf.last - o->buf.pos;
+    // The queue entry counts too: many small events cost more than bytes.
+    sub->pending += o->buf.last - o->buf.pos + sse::reader_overhead;
 }
 
 ngx_int_t ngx_http_sse_enqueue(ngx_http_sse_subscriber_t *sub,
@@ -128,7 +129,7 @@ static void ngx_http_sse_reclaim(ngx_http_sse_subscriber_t *sub) {
         if (sub->out_head == NULL) {
             sub->out_tail = NULL;
         }
-        size_t n = o->buf.end - o->buf.start;
+        size_t n = o->buf.end - o->buf.start + sse::reader_overhead;
         sub->pending -= n;
         sub->catchup -= ngx_min(n, sub->catchup);
         ngx_http_sse_out_put(o);

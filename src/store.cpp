@@ -569,7 +569,7 @@ void collect(const channel *c, uint64_t after, uint32_t limit,
     for (; i < c->count && bytes <= max_bytes; i++) {
         const message *m = c->at(i);
         out.push_back(m);
-        bytes += m->size;
+        bytes += m->size + reader_overhead;
     }
 }
 
@@ -621,7 +621,7 @@ catch_up_result store::catch_up(uint32_t si, channel *const *chans, size_t n,
     }
     size_t bytes = 0;
     for (size_t i = 0; i < out.size(); i++) {
-        bytes += out[i]->size;
+        bytes += out[i]->size + reader_overhead;
         if (bytes > max_bytes && i > 0) {
             out.resize(i);
             r.more = true;
@@ -654,7 +654,7 @@ catch_up_result store::catch_up_after(uint32_t si, channel *const *chans,
               [](const message *a, const message *b) { return a->seq < b->seq; });
     size_t bytes = 0;
     for (size_t i = 0; i < out.size(); i++) {
-        bytes += out[i]->size;
+        bytes += out[i]->size + reader_overhead;
         if (bytes > max_bytes && i > 0) {
             out.resize(i);
             r.more = true;

@@ -44,6 +44,9 @@ constexpr uint32_t no_slot = UINT32_MAX;
 // Work done under the lock per call is bounded by these.
 constexpr uint32_t release_budget = 1024;    // events freed by one release
 constexpr uint32_t sweep_buckets = 256;      // hash buckets per sweep step
+// What a reader spends per queued event besides its bytes (its queue
+// entry): catch-up limits count it, so small events cannot pin more.
+constexpr size_t reader_overhead = 128;
 
 struct allocator {
     void *ctx;
