@@ -41,6 +41,11 @@ size_t format_u64(char *out, uint64_t v) {
 // Calls f(line) for each line of data, split on CRLF, CR or LF.
 template <typename F>
 void for_each_line(std::string_view data, F &&f) {
+    if (data.empty()) {
+        // Its data() may be null, which memchr must not be given.
+        f(data);
+        return;
+    }
     if (std::memchr(data.data(), '\r', data.size()) == nullptr) {
         // The common case: LF only, found with memchr.
         const char *p = data.data();
@@ -288,8 +293,10 @@ size_t encode_event(char *out, std::string_view id, std::string_view event,
                     std::string_view data) {
     char *p = out;
     auto put = [&p](std::string_view s) {
-        std::memcpy(p, s.data(), s.size());
-        p += s.size();
+        if (!s.empty()) {  // an empty view's data() may be null
+            std::memcpy(p, s.data(), s.size());
+            p += s.size();
+        }
     };
     put("id: ");
     put(id);
