@@ -123,20 +123,39 @@ ngx_int_t ngx_http_sse_options(ngx_http_request_t *r, const char *allow,
 bool ngx_http_sse_channels(ngx_http_request_t *r, ngx_http_sse_loc_conf_t *lcf,
                            std::vector<std::string_view> &ids,
                            ngx_int_t *answer) {
-    ngx_str_t v;
-    // $arg_channels arrives escaped; ids themselves never contain '%'.
-    if (ngx_http_complex_value(r, lcf->channel, &v) != NGX_OK ||
-        ngx_http_sse_unescape(r, &v) != NGX_OK) {
-        *answer = NGX_HTTP_INTERNAL_SERVER_ERROR;
-        return false;
+    // Each value is used as nginx gives it: decoding or splitting only
+    // where the location asks (sse_channel ... split=SEP unescape), so
+    // what auth_request and other modules saw is the id used.
+    auto *cv = static_cast<ngx_http_complex_value_t *>(lcf->channels->elts);
+    std::vector<std::string_view> values;
+    for (ngx_uint_t i = 0; i < lcf->channels->nelts; i++) {
+        ngx_str_t v;
+        if (ngx_http_complex_value(r, &cv[i], &v) != NGX_OK) {
+            *answer = NGX_HTTP_INTERNAL_SERVER_ERROR;
+            return false;
+        }
+        values.emplace_back(reinterpret_cast<char *>(v.data), v.len);
     }
+    std::vector<std::string> parsed;
     sse::channels_error e =
-        sse::split_channels({reinterpret_cast<char *>(v.data), v.len}, ids);
+        sse::parse_channels(values, lcf->channel_rule, parsed);
     if (e != sse::channels_error::none) {
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "sse: invalid channel: %s", sse::describe(e));
         std::string why = "invalid channel: ";
         why += sse::describe(e);
         *answer = ngx_http_sse_error(r, NGX_HTTP_BAD_REQUEST, why);
         return false;
+    }
+    ids.clear();
+    for (const std::string &id : parsed) {
+        auto *p = static_cast<char *>(ngx_pnalloc(r->pool, id.size()));
+        if (p == NULL) {
+            *answer = NGX_HTTP_INTERNAL_SERVER_ERROR;
+            return false;
+        }
+        ngx_memcpy(p, id.data(), id.size());
+        ids.emplace_back(p, id.size());
     }
     return true;
 }

@@ -8,6 +8,8 @@ struct ngx_http_sse_bounds_t {
 };
 
 static char *ngx_http_sse_role(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+static char *ngx_http_sse_channel(ngx_conf_t *cf, ngx_command_t *cmd,
+                                  void *conf);
 static char *ngx_http_sse_set_num(ngx_conf_t *cf, ngx_command_t *cmd,
                                   void *conf);
 static char *ngx_http_sse_set_time(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -50,9 +52,8 @@ static ngx_command_t ngx_http_sse_commands[] = {
      NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS | NGX_CONF_TAKE1, ngx_http_sse_role,
      NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_SSE_PUBLISH, NULL},
 
-    {ngx_string("sse_channel"), NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
-     ngx_http_sse_set_complex, NGX_HTTP_LOC_CONF_OFFSET,
-     offsetof(ngx_http_sse_loc_conf_t, channel), NULL},
+    {ngx_string("sse_channel"), NGX_HTTP_LOC_CONF | NGX_CONF_1MORE,
+     ngx_http_sse_channel, NGX_HTTP_LOC_CONF_OFFSET, 0, NULL},
 
     {ngx_string("sse_status"), NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS,
      ngx_http_sse_role, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_SSE_STATUS, NULL},
@@ -309,20 +310,101 @@ static char *ngx_http_sse_set_complex(ngx_conf_t *cf, ngx_command_t *cmd,
     if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
         return (char *)NGX_CONF_ERROR;
     }
-    // A constant channel list is checked now rather than at request time.
-    if (cmd->offset == offsetof(ngx_http_sse_loc_conf_t, channel) &&
-        (*field)->lengths == NULL) {
-        std::vector<std::string_view> ids;
-        sse::channels_error e;
-        try {
-            e = sse::split_channels(
-                {reinterpret_cast<char *>(value[1].data), value[1].len}, ids);
-        } catch (...) {
+    return NGX_CONF_OK;
+}
+
+// sse_channel VALUE... [split=SEP] [unescape]: after the first argument,
+// "split=SEP" and "unescape" are options; every other argument is a value.
+static char *ngx_http_sse_channel(ngx_conf_t *cf, ngx_command_t *cmd,
+                                  void *conf) {
+    auto *lcf = static_cast<ngx_http_sse_loc_conf_t *>(conf);
+    auto *value = static_cast<ngx_str_t *>(cf->args->elts);
+
+    if (lcf->channels != NULL) {
+        return (char *)"is duplicate";
+    }
+    lcf->channels = ngx_array_create(cf->pool, cf->args->nelts - 1,
+                                     sizeof(ngx_http_complex_value_t));
+    if (lcf->channels == NULL) {
+        return (char *)NGX_CONF_ERROR;
+    }
+    ngx_array_t constants;  // of ngx_str_t: checked now, not per request
+    if (ngx_array_init(&constants, cf->temp_pool, cf->args->nelts - 1,
+                       sizeof(ngx_str_t)) != NGX_OK) {
+        return (char *)NGX_CONF_ERROR;
+    }
+    bool split = false;
+    bool unescape = false;
+    for (ngx_uint_t i = 1; i < cf->args->nelts; i++) {
+        ngx_str_t *v = &value[i];
+        if (i > 1 && ngx_strncmp(v->data, "split=", 6) == 0) {
+            if (split || v->len != 7) {
+                return ngx_http_sse_invalid(
+                    cf, cmd, v,
+                    split ? "split= is duplicate"
+                          : "the separator must be a single byte");
+            }
+            split = true;
+            lcf->channel_rule.split = static_cast<char>(v->data[6]);
+            continue;
+        }
+        if (i > 1 && ngx_strcmp(v->data, "unescape") == 0) {
+            if (unescape) {
+                return ngx_http_sse_invalid(cf, cmd, v, "it is duplicate");
+            }
+            unescape = true;
+            lcf->channel_rule.unescape = true;
+            continue;
+        }
+        if (v->len == 0) {
+            return ngx_http_sse_invalid(cf, cmd, v, "it is empty");
+        }
+        auto *cv = static_cast<ngx_http_complex_value_t *>(
+            ngx_array_push(lcf->channels));
+        if (cv == NULL) {
             return (char *)NGX_CONF_ERROR;
         }
-        if (e != sse::channels_error::none) {
-            return ngx_http_sse_invalid(cf, cmd, &value[1], sse::describe(e));
+        ngx_http_compile_complex_value_t ccv;
+        ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
+        ccv.cf = cf;
+        ccv.value = v;
+        ccv.complex_value = cv;
+        if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
+            return (char *)NGX_CONF_ERROR;
         }
+        if (cv->lengths == NULL) {
+            auto *c = static_cast<ngx_str_t *>(ngx_array_push(&constants));
+            if (c == NULL) {
+                return (char *)NGX_CONF_ERROR;
+            }
+            *c = *v;
+        }
+    }
+    // Constant values are checked now, once the options are known (they
+    // may come anywhere after the first value), one by one so that the
+    // error names the value.
+    auto *c = static_cast<ngx_str_t *>(constants.elts);
+    try {
+        std::vector<std::string_view> all;
+        std::vector<std::string> ids;
+        for (ngx_uint_t i = 0; i < constants.nelts; i++) {
+            std::string_view one(reinterpret_cast<char *>(c[i].data), c[i].len);
+            sse::channels_error e =
+                sse::parse_channels({one}, lcf->channel_rule, ids);
+            if (e != sse::channels_error::none) {
+                return ngx_http_sse_invalid(cf, cmd, &c[i], sse::describe(e));
+            }
+            all.push_back(one);
+        }
+        if (sse::parse_channels(all, lcf->channel_rule, ids) !=
+            sse::channels_error::none) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"%V\" directive names more than %uz channels",
+                               &cmd->name, sse::max_channels_per_subscriber);
+            return (char *)NGX_CONF_ERROR;
+        }
+    } catch (...) {
+        return (char *)NGX_CONF_ERROR;
     }
     return NGX_CONF_OK;
 }
@@ -388,11 +470,17 @@ static char *ngx_http_sse_merge_loc_conf(ngx_conf_t *cf, void *parent,
 
     if ((conf->role == NGX_HTTP_SSE_SUBSCRIBE ||
          conf->role == NGX_HTTP_SSE_PUBLISH) &&
-        conf->channel == NULL) {
+        conf->channels == NULL) {
         ngx_conf_log_error(
             NGX_LOG_EMERG, cf, 0, "\"sse_channel\" is required where \"%s\" is",
             conf->role == NGX_HTTP_SSE_SUBSCRIBE ? "sse_subscribe"
                                                  : "sse_publish");
+        return (char *)NGX_CONF_ERROR;
+    }
+    if (conf->role == NGX_HTTP_SSE_PUBLISH && conf->channels->nelts > 1) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"sse_channel\" takes one value where "
+                           "\"sse_publish\" is: a publish names one channel");
         return (char *)NGX_CONF_ERROR;
     }
     return NGX_CONF_OK;

@@ -239,10 +239,6 @@ static ngx_int_t ngx_http_sse_publish(ngx_http_request_t *r) {
                                   "invalid event name: it may not contain "
                                   "CR, LF or NUL, nor exceed 255 bytes");
     }
-    if (r->headers_in.content_length_n > (off_t)lcf->max_message_size) {
-        return ngx_http_sse_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
-                                  "message larger than sse_max_message_size");
-    }
     ngx_http_set_ctx(r, ctx, ngx_http_sse_module);
 
     ngx_str_t *type =
@@ -270,6 +266,17 @@ static ngx_int_t ngx_http_sse_publish(ngx_http_request_t *r) {
         return NGX_DONE;
     }
 
+    // One event: its size is the body's, known up front with a
+    // Content-Length. (A stream's limit is per event, checked by its
+    // parser, whatever the body's length.)
+    if (r->headers_in.content_length_n > (off_t)lcf->max_message_size) {
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "sse: publish refused: body of %O bytes over "
+                       "sse_max_message_size %uz",
+                       r->headers_in.content_length_n, lcf->max_message_size);
+        return ngx_http_sse_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                                  "message larger than sse_max_message_size");
+    }
     // One buffer (the preread part copied in): encoded straight from it.
     r->request_body_in_single_buf = 1;
     rc = ngx_http_read_client_request_body(r, ngx_http_sse_publish_body);

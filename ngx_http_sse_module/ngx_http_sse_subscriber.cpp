@@ -326,7 +326,9 @@ static void ngx_http_sse_cleanup(void *data) {
 }
 
 // Where the client resumes from: sse_last_event_id if set, else the
-// Last-Event-ID header, else the last_event_id argument.
+// Last-Event-ID header, else the last_event_id argument. Used as nginx
+// gives it, never percent-decoded (as sse_channel values): ids need no
+// escaping.
 static ngx_int_t ngx_http_sse_resume_point(ngx_http_request_t *r,
                                            ngx_http_sse_loc_conf_t *lcf,
                                            ngx_str_t *id) {
@@ -339,9 +341,8 @@ static ngx_int_t ngx_http_sse_resume_point(ngx_http_request_t *r,
     }
     if (ngx_http_arg(r, (u_char *)"last_event_id", 13, id) != NGX_OK) {
         ngx_str_null(id);
-        return NGX_OK;
     }
-    return ngx_http_sse_unescape(r, id);
+    return NGX_OK;
 }
 
 static ngx_int_t ngx_http_sse_stream_headers(ngx_http_request_t *r) {

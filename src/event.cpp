@@ -41,6 +41,11 @@ size_t format_u64(char *out, uint64_t v) {
 // Calls f(line) for each line of data, split on CRLF, CR or LF.
 template <typename F>
 void for_each_line(std::string_view data, F &&f) {
+    if (data.empty()) {
+        // Its data() may be null, which memchr must not be given.
+        f(data);
+        return;
+    }
     if (std::memchr(data.data(), '\r', data.size()) == nullptr) {
         // The common case: LF only, found with memchr.
         const char *p = data.data();
@@ -122,43 +127,130 @@ const char *describe(channels_error e) {
             return "channel id longer than 255 bytes";
         case channels_error::too_many:
             return "more than 64 channels";
+        case channels_error::bad_escape:
+            return "malformed %-escape in channel id";
     }
     return "bad channel";
+}
+
+namespace {
+
+channels_error check_channel_id(std::string_view id) {
+    if (id.empty()) {
+        return channels_error::empty;
+    }
+    // Length first: a long id is reported as such whatever its bytes.
+    if (id.size() > max_channel_id_len) {
+        return channels_error::too_long;
+    }
+    return valid_channel_id(id) ? channels_error::none
+                                : channels_error::bad_char;
+}
+
+// Calls f(item) for each item of value split on sep ('\0': no split) and
+// stops at the first error f returns.
+template <typename F>
+channels_error for_each_item(std::string_view value, char sep, F &&f) {
+    if (sep == '\0') {
+        return f(value);
+    }
+    size_t start = 0;
+    for (;;) {
+        size_t at = value.find(sep, start);
+        channels_error e = f(value.substr(
+            start, at == std::string_view::npos ? at : at - start));
+        if (e != channels_error::none || at == std::string_view::npos) {
+            return e;
+        }
+        start = at + 1;
+    }
+}
+
+int hex_value(char c) {
+    if (c >= '0' && c <= '9') {
+        return c - '0';
+    }
+    c = static_cast<char>(c | 0x20);
+    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+// Decodes every %XX once; false when a '%' is not followed by two hex
+// digits.
+bool percent_decode(std::string_view in, std::string &out) {
+    out.clear();
+    for (size_t i = 0; i < in.size(); i++) {
+        if (in[i] != '%') {
+            out += in[i];
+            continue;
+        }
+        int hi = i + 2 < in.size() ? hex_value(in[i + 1]) : -1;
+        int lo = hi >= 0 ? hex_value(in[i + 2]) : -1;
+        if (lo < 0) {
+            return false;
+        }
+        out += static_cast<char>(hi << 4 | lo);
+        i += 2;
+    }
+    return true;
+}
+
+}  // namespace
+
+channels_error parse_channels(const std::vector<std::string_view> &values,
+                              channel_rule rule, std::vector<std::string> &out,
+                              size_t max) {
+    out.clear();
+    std::string decoded;
+    auto add = [&](std::string_view item) {
+        if (rule.unescape) {
+            if (!percent_decode(item, decoded)) {
+                return channels_error::bad_escape;
+            }
+            item = decoded;
+        }
+        channels_error e = check_channel_id(item);
+        if (e != channels_error::none) {
+            return e;
+        }
+        for (const std::string &seen : out) {
+            if (seen == item) {
+                return channels_error::none;
+            }
+        }
+        if (out.size() == max) {
+            return channels_error::too_many;
+        }
+        out.emplace_back(item);
+        return channels_error::none;
+    };
+    for (std::string_view value : values) {
+        channels_error e = for_each_item(value, rule.split, add);
+        if (e != channels_error::none) {
+            return e;
+        }
+    }
+    return channels_error::none;
 }
 
 channels_error split_channels(std::string_view list,
                               std::vector<std::string_view> &out) {
     out.clear();
-    size_t start = 0;
-    for (;;) {
-        size_t comma = list.find(',', start);
-        std::string_view id = list.substr(start, comma == std::string_view::npos
-                                                     ? std::string_view::npos
-                                                     : comma - start);
-        if (id.empty()) {
-            return channels_error::empty;
+    return for_each_item(list, ',', [&out](std::string_view id) {
+        channels_error e = check_channel_id(id);
+        if (e != channels_error::none) {
+            return e;
         }
-        if (id.size() > max_channel_id_len) {
-            return channels_error::too_long;
-        }
-        if (!valid_channel_id(id)) {
-            return channels_error::bad_char;
-        }
-        bool dup = false;
-        for (auto seen : out) {
-            dup = dup || seen == id;
-        }
-        if (!dup) {
-            if (out.size() == max_channels_per_subscriber) {
-                return channels_error::too_many;
+        for (std::string_view seen : out) {
+            if (seen == id) {
+                return channels_error::none;
             }
-            out.push_back(id);
         }
-        if (comma == std::string_view::npos) {
-            return channels_error::none;
+        if (out.size() == max_channels_per_subscriber) {
+            return channels_error::too_many;
         }
-        start = comma + 1;
-    }
+        out.push_back(id);
+        return channels_error::none;
+    });
 }
 
 const char *describe(parse_status s) {
@@ -201,8 +293,10 @@ size_t encode_event(char *out, std::string_view id, std::string_view event,
                     std::string_view data) {
     char *p = out;
     auto put = [&p](std::string_view s) {
-        std::memcpy(p, s.data(), s.size());
-        p += s.size();
+        if (!s.empty()) {  // an empty view's data() may be null
+            std::memcpy(p, s.data(), s.size());
+            p += s.size();
+        }
     };
     put("id: ");
     put(id);

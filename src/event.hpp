@@ -34,11 +34,36 @@ size_t format_event_id(char *out, event_id id);
 bool is_channel_char(unsigned char c);
 bool valid_channel_id(std::string_view id);
 
-enum class channels_error { none, empty, bad_char, too_long, too_many };
+enum class channels_error {
+    none,
+    empty,
+    bad_char,
+    too_long,
+    too_many,
+    bad_escape
+};
 const char *describe(channels_error e);
 
-// Splits a comma-separated channel list into ids, dropping duplicates but
-// keeping the first-seen order. Every id must be valid.
+// How sse_channel turns each of its values into ids (its options).
+struct channel_rule {
+    char split = '\0';      // `split=SEP`: the separator; '\0' for none
+    bool unescape = false;  // `unescape`: %XX decoded once, after splitting
+};
+
+// Turns sse_channel's evaluated values into ids. Each value is one id,
+// byte for byte, unless the rule splits it on its separator and/or
+// percent-decodes each item (once, after splitting: an escaped separator
+// never splits, a decoded '%' is never decoded again). Every id must be
+// valid; duplicates are dropped keeping the first-seen order; more than
+// `max` distinct ids is too_many. out is cleared first; the first error in
+// value order is returned.
+channels_error parse_channels(const std::vector<std::string_view> &values,
+                              channel_rule rule, std::vector<std::string> &out,
+                              size_t max = max_channels_per_subscriber);
+
+// One comma-separated list, not decoded; ids view `list`. The same as
+// parse_channels({list}, {',', false}, ...); kept for callers that want
+// views.
 channels_error split_channels(std::string_view list,
                               std::vector<std::string_view> &out);
 

@@ -642,7 +642,7 @@ http {{
         # several channels on one stream: /multi?channels=a,b,c
         location = /multi {{
             sse_subscribe;
-            sse_channel $arg_channels;
+            sse_channel $arg_channels split=, unescape;
 {retry}
 {sub}
         }}

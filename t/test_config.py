@@ -221,7 +221,7 @@ LOCATION_ERRORS = [
     ('sse_subscribe; sse_channel "a b";',
      'invalid value "a b" in "sse_channel" directive, channel id may only '
      "contain"),
-    ("sse_subscribe; sse_channel a,,b;",
+    ("sse_subscribe; sse_channel a,,b split=,;",
      'invalid value "a,,b" in "sse_channel" directive, empty channel id'),
     ("sse_subscribe; sse_channel x; sse_buffer_length 5; "
      "sse_buffer_length 6;", '"sse_buffer_length" directive is duplicate'),

@@ -306,11 +306,22 @@ async def test_event_name_of_255_bytes(nginx):
                                              ("data", "d")]
 
 
-async def test_publish_to_several_channels_400(nginx):
-    r = await nginx.pub_http("POST", "/pub?channel=a,b", body=b"x")
+async def test_publish_to_several_channels_400(start_nginx):
+    nginx = start_nginx(pub_locations="""
+        location = /pubsplit {
+            sse_publish;
+            sse_channel $arg_channel split=,;
+        }""")
+    r = await nginx.pub_http("POST", "/pubsplit?channel=a,b", body=b"x")
     assert r.status == 400
     assert r.body == b"invalid channel: publish to one channel at a time\n"
+    # Without split= the comma is a bad byte of one id.
+    r = await nginx.pub_http("POST", "/pub?channel=a,b", body=b"x")
+    assert r.status == 400
+    assert r.body.startswith(b"invalid channel: channel id may only contain")
     assert (await nginx.info("a")).status == 404
+    assert (await nginx.pub_http("POST", "/pubsplit?channel=a,a",
+                                 body=b"x")).status == 202
 
 
 async def test_parser_splits_crlf_across_chunks():

@@ -62,6 +62,35 @@ async def test_sse_last_event_id_directive(start_nginx):
     assert [b.id for b in got] == ids[1:]
 
 
+@pytest.mark.parametrize("where", ["arg", "directive"])
+async def test_resume_point_is_never_percent_decoded(start_nginx, where):
+    # One rule for the default argument and sse_last_event_id values: the
+    # bytes nginx gives, as for sse_channel. An escaped id is not an id.
+    n = start_nginx(sub_locations="""
+        location ~ ^/from/(?<ch>.+)$ {
+            sse_subscribe;
+            sse_channel $ch;
+            sse_last_event_id $arg_from;
+            sse_retry 3000;
+        }""")
+    ids = [await n.publish_ok("pd", str(i)) for i in range(2)]
+    escaped = ids[0].replace("-", "%2D")
+    path = (f"/events/pd?last_event_id={escaped}" if where == "arg"
+            else f"/from/pd?from={escaped}")
+    c = await n.stream(path)
+    await c.next_block()  # retry
+    gap = await c.next_block()
+    assert gap.event == "sse-gap"
+    assert json.loads(gap.data) == {"requested": escaped,
+                                    "reason": "malformed"}
+    # Unescaped, the same id resumes exactly.
+    path = (f"/events/pd?last_event_id={ids[0]}" if where == "arg"
+            else f"/from/pd?from={ids[0]}")
+    c = await n.stream(path)
+    b = await c.next_event()
+    assert (b.id, b.data) == (ids[1], "1")
+
+
 async def test_empty_last_event_id_is_no_resume_point(nginx):
     await nginx.publish_ok("empty", "old")
     c = await nginx.stream("empty", headers={"Last-Event-ID": ""})
@@ -224,7 +253,8 @@ async def test_gap_malformed(nginx, bad):
 @pytest.mark.parametrize("bad", [" 1-1", "1-1 ", "1-1\t", "\u0661-1",
                                  "１-２"])
 async def test_gap_malformed_from_query_arg(nginx, bad):
-    # Spaces and non-ASCII digits only survive in the (escaped) argument.
+    # The argument is used as given (never percent-decoded): what was asked
+    # is the escaped form.
     ids = [await nginx.publish_ok("gq", str(i)) for i in range(2)]
     c = await nginx.stream("/events/gq?last_event_id=" + quote(bad))
     assert (await c.next_block()).retry == "3000"
@@ -232,8 +262,7 @@ async def test_gap_malformed_from_query_arg(nginx, bad):
     assert gap.event == "sse-gap", gap
     j = json.loads(gap.data)
     assert j["reason"] == "malformed"
-    if bad.isascii():
-        assert j["requested"] == bad
+    assert j["requested"] == quote(bad)
     live = await nginx.publish_ok("gq", "live")
     assert (await c.next_event()).id == live
 

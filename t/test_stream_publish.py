@@ -315,3 +315,30 @@ async def test_a_burst_bigger_than_the_body_buffer(nginx, size):
     assert r.status == 202, r
     assert r.json()["published"] == n
     assert len(await c.events(n)) == n
+
+
+async def test_stream_with_content_length_over_the_limit_is_not_413(
+        start_nginx):
+    # sse_max_message_size is per event: a text/event-stream body sent
+    # with a Content-Length (not chunked) may be larger than it in total.
+    n = start_nginx(pub="sse_max_message_size 1k;")
+    c = await n.stream("cl")
+    events = [f"data: {i}-" + "z" * 900 + "\n\n" for i in range(10)]
+    body = "".join(events).encode()
+    assert len(body) > 8 * 1024
+    r = await n.pub_http("POST", "/publish/cl", body=body,
+                         headers={"Content-Type": "text/event-stream"})
+    assert r.status == 202, r
+    assert r.json()["published"] == 10
+    got = await c.events(10)
+    assert [e.data.split("-")[0] for e in got] == [str(i) for i in range(10)]
+    # One event over the limit in such a body is that event's 400.
+    body = ("data: ok\n\ndata: " + "x" * 1100 + "\n\n").encode()
+    r = await n.pub_http("POST", "/publish/cl", body=body,
+                         headers={"Content-Type": "text/event-stream"})
+    assert r.status == 400, r
+    assert "sse_max_message_size" in r.text
+    assert "1 events published before it" in r.text, r.text
+    # A plain publish is one event: its Content-Length is its size.
+    r = await n.pub_http("POST", "/publish/cl", body=b"y" * 1025)
+    assert r.status == 413, r

@@ -319,3 +319,19 @@ TEST(ValidEventName, Accepts255BytesRejects256) {
     EXPECT_FALSE(sse::valid_event_name(std::string(256, 'e')));
     EXPECT_FALSE(sse::valid_event_name(std::string(10000, 'e')));
 }
+
+// A publish with an empty body (or no event name) hands over views with a
+// null pointer; memchr/memcpy must never see it (UBSan: nonnull-attribute).
+TEST(EncodeEvent, NullViewsForEmptyDataAndEventAreFine) {
+    const std::string_view none;
+    ASSERT_EQ(none.data(), nullptr);
+    const std::string expect = "id: 1-2\ndata: \n\n";
+    EXPECT_EQ(sse::encoded_size("1-2", none, none), expect.size());
+    EXPECT_EQ(sse::encode_event("1-2", none, none), expect);
+    std::string out(expect.size(), '\0');
+    EXPECT_EQ(sse::encode_event(out.data(), "1-2", none, none), expect.size());
+    EXPECT_EQ(out, expect);
+    EXPECT_EQ(sse::encode_event("1-2", "e", none),
+              "id: 1-2\nevent: e\ndata: \n\n");
+    EXPECT_EQ(sse::encode_event(none, none, "x"), "id: \ndata: x\n\n");
+}

@@ -103,7 +103,7 @@ http {
 
         location = /multi {
             sse_subscribe;
-            sse_channel $arg_channels;
+            sse_channel $arg_channels split=, unescape;
             sse_retry 200;
         }
 
