@@ -198,7 +198,7 @@ async def test_one_streamed_publish_of_100000_events(start_nginx):
     # the resume either continues exactly or says sse-gap. A silent loss
     # fails.
     total = 100000
-    n = start_nginx(reuseport=True)
+    n = start_nginx(reuseport=True, http="client_max_body_size 0;")
     c = await n.stream("tokens")
     await wait_subscribers(n, "tokens", 1)
     got = []        # data of the events received, as ints
@@ -601,11 +601,14 @@ async def test_streaming_publisher_on_an_old_worker_wakes_new_workers(
         "sockname")[1])
     old = n.reload()
     assert pub_worker in old
+    # Once it says so, the old worker has closed its listening sockets.
+    await wait_until(lambda: "shutting down" in proc_cmdline(pub_worker), 5,
+                     what="the old worker to begin its shutdown")
     subs = [await n.stream("old") for _ in range(4)]
-    await wait_subscribers(n, "old", 4)
     new = set(n.workers())
     for c in subs:
         assert n.worker_of(n.sub_port, c.local_port) in new
+    await wait_subscribers(n, "old", 4)
     assert proc_alive(pub_worker), "the old worker left before the test"
 
     delays = []
