@@ -17,7 +17,8 @@ import time
 import pytest
 
 from clienthelp import StreamPublisher, wait_subscribers, wait_until
-from conftest import (STREAM_TYPE, KeepAlive, StreamEnd, established_inodes,
+from conftest import (STREAM_TYPE, KeepAlive, StreamEnd, _parse_head,
+                      established_inodes,
                       proc_alive, proc_children, proc_cmdline, seq_of,
                       server_side_inode)
 
@@ -169,22 +170,39 @@ async def test_buffer_length_1_live_subscribers_get_every_event(start_nginx):
     assert all(c.ended is None for c in subs)
 
 
+async def pipelined_posts(port, path, bodies):
+    """POSTs every body on one keep-alive connection, all requests written
+    at once (pipelined), so the server publishes them back to back; returns
+    the ids, in order."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"".join(
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: "
+            f"{len(b)}\r\n\r\n{b}".encode() for b in bodies))
+        await writer.drain()
+        ids = []
+        for _ in bodies:
+            status, hdrs = _parse_head(await asyncio.wait_for(
+                reader.readuntil(b"\r\n\r\n"), 20))
+            body = await reader.readexactly(
+                int(dict(hdrs)["content-length"]))
+            assert status == 202, (status, body)
+            ids.append(json.loads(body)["id"])
+        return ids
+    finally:
+        writer.close()
+
+
 @pytest.mark.timeout_s(150)
 async def test_buffer_length_10_1000_subscribers_300_events(start_nginx):
     n = start_nginx(reuseport=True, pub="sse_buffer_length 10;")
     subs = await open_streams(n, "crowd", 1000)
     await wait_subscribers(n, "crowd", 1000, timeout=20)
-    pubs = [await KeepAlive.open(n.pub_port) for _ in range(2)]
-    sent = {}
-
-    async def post(ka, k):
-        for i in range(150):
-            r = await ka.request("POST", "/publish/crowd", body=f"{k}:{i}")
-            assert r.status == 202, r
-            sent[r.json()["id"]] = f"{k}:{i}"
-
-    await asyncio.gather(*(post(ka, k) for k, ka in enumerate(pubs)))
-    order = sorted(sent.items(), key=lambda kv: seq_of(kv[0]))
+    bodies = [[f"{k}:{i}" for i in range(150)] for k in range(2)]
+    ids = await asyncio.gather(*(pipelined_posts(n.pub_port, "/publish/crowd",
+                                                 b) for b in bodies))
+    order = sorted(((i, d) for k in range(2) for i, d in
+                    zip(ids[k], bodies[k])), key=lambda kv: seq_of(kv[0]))
     last = seq_of(order[-1][0])
     got = await asyncio.gather(*(collect_until(c, last, 60) for c in subs))
     check_all(got, order)
