@@ -13,6 +13,7 @@ import json
 import os
 import random
 import signal
+import threading
 import time
 
 import pytest
@@ -24,6 +25,9 @@ from test_guarantees import KILL_LOG, STATUS, exact, zone_status
 NET_ERRORS = (OSError, EOFError, asyncio.TimeoutError,
               asyncio.IncompleteReadError, asyncio.LimitOverrunError,
               ValueError, AssertionError)
+
+
+PUB_OUTCOME = {}
 
 
 def cpu_ticks(pid):
@@ -47,7 +51,9 @@ async def no_worker_spins(n, seconds=1.0):
 
 
 async def killer(n, rng, stop, period, kills):
-    """SIGKILLs a random current worker every `period` (a pair) seconds."""
+    """SIGKILLs a random current worker every `period` (a pair) seconds,
+    on a schedule that a busy event loop does not stretch."""
+    due = time.monotonic()
     while not stop.is_set():
         ws = n.workers()
         if ws:
@@ -56,24 +62,38 @@ async def killer(n, rng, stop, period, kills):
                 kills.append(time.monotonic())
             except ProcessLookupError:
                 pass
-        await asyncio.sleep(rng.uniform(*period))
+        due += rng.uniform(*period)
+        await asyncio.sleep(max(0, due - time.monotonic()))
 
 
-async def plain_publisher(n, channels, stop, sent, rng):
-    """POSTs, each on its own connection, until told to stop; `sent` gets
-    (channel, data, id) of each one answered 202."""
+async def plain_publisher(n, k, channels, stop, sent, rng):
+    """POSTs on a keep-alive connection (a new one after each failure)
+    until told to stop; `sent` gets (channel, data, id) of each one
+    answered 202."""
     i = 0
+    ka = None
     while not stop.is_set():
         ch = rng.choice(channels)
-        data = f"{ch}:p{i}"
+        data = f"{ch}:p{k}-{i}"
         i += 1
         try:
-            r = await n.publish(ch, data, timeout=5)
+            if ka is None:
+                ka = await KeepAlive.open(n.pub_port)
+            r = await ka.request("POST", f"/publish/{ch}", body=data,
+                                 timeout=5)
             if r.status == 202:
                 sent.append((ch, data, r.json()["id"]))
-        except NET_ERRORS:
-            pass
-        await asyncio.sleep(0.01)
+            else:
+                PUB_OUTCOME[r.status] = PUB_OUTCOME.get(r.status, 0) + 1
+        except NET_ERRORS as e:
+            k = type(e).__name__
+            PUB_OUTCOME[k] = PUB_OUTCOME.get(k, 0) + 1
+            if ka is not None:
+                ka.close()
+            ka = None
+        await asyncio.sleep(0.005)
+    if ka is not None:
+        ka.close()
 
 
 async def streaming_publisher(n, k, channels, stop, rng, per_stream=40):
@@ -172,7 +192,7 @@ async def test_kill_storm_leaves_the_zone_consistent(start_nginx):
     # A few subscribers too, so that channels are joined and left as
     # their workers die.
     subs = [await n.stream("/multi?channels=a0,s0") for _ in range(8)]
-    tasks = [asyncio.ensure_future(plain_publisher(n, plain_chans, stop,
+    tasks = [asyncio.ensure_future(plain_publisher(n, 0, plain_chans, stop,
                                                    sent, rng)),
              asyncio.ensure_future(streaming_publisher(n, 0, stream_chans,
                                                        stop, rng)),
@@ -342,28 +362,49 @@ async def test_chaos_kills_and_reloads_under_1000_subscribers(start_nginx):
                  for f in followers[k:k + 100]]
         await asyncio.sleep(0.2)
 
-    stop = asyncio.Event()
+    # The storm runs in a thread of its own, with its own event loop, so
+    # that the kill schedule and the publishers keep their pace while the
+    # followers' loop is busy reconnecting.
+    stop = threading.Event()
     sent = []
     kills = []
-    pubs = [asyncio.ensure_future(plain_publisher(n, chans, stop, sent,
-                                                  rng)),
-            asyncio.ensure_future(streaming_publisher(n, 0, chans, stop,
-                                                      rng)),
-            asyncio.ensure_future(streaming_publisher(n, 1, chans, stop,
-                                                      rng))]
-    await asyncio.sleep(1)
-    kill_task = asyncio.ensure_future(killer(n, rng, stop, (0.2, 0.2),
-                                             kills))
-    reloads = 0
-    for _ in range(3):
+    reloads = []
+
+    async def storm():
+        srng = random.Random(13)
+        tasks = [asyncio.ensure_future(plain_publisher(n, k, chans, stop,
+                                                       sent, srng))
+                 for k in range(2)]
+        tasks += [asyncio.ensure_future(streaming_publisher(n, k, chans,
+                                                            stop, srng))
+                  for k in range(2)]
+        await asyncio.sleep(1)
+        tasks.append(asyncio.ensure_future(killer(n, srng, stop, (0.2, 0.2),
+                                                  kills)))
+        for _ in range(3):
+            await asyncio.sleep(2.5)
+            os.kill(n.master, signal.SIGHUP)
+            reloads.append(time.monotonic())
         await asyncio.sleep(2.5)
-        os.kill(n.master, signal.SIGHUP)
-        reloads += 1
-    await asyncio.sleep(2.5)
-    stop.set()
-    await stop_tasks(pubs + [kill_task])
-    print(f"{len(kills)} kills, {reloads} reloads, {len(sent)} plain "
-          f"publishes")
+        stop.set()
+        await stop_tasks(tasks)
+
+    failure = []
+
+    def storm_thread():
+        try:
+            asyncio.run(storm())
+        except BaseException as e:  # reported by the test below
+            failure.append(e)
+
+    t = threading.Thread(target=storm_thread, daemon=True)
+    t.start()
+    while t.is_alive():
+        await asyncio.sleep(0.2)
+    if failure:
+        raise failure[0]
+    print(f"{len(kills)} kills, {len(reloads)} reloads, {len(sent)} plain "
+          f"publishes", PUB_OUTCOME)
 
     # Let the old generations go, then mark the end of every channel.
     await asyncio.sleep(1)
@@ -406,6 +447,7 @@ async def test_chaos_kills_and_reloads_under_1000_subscribers(start_nginx):
             bad.append(why)
     assert not bad, f"{len(bad)} of {len(followers)} followers wrong: " + \
         "; ".join(bad[:4])
+    print("events:", {ch: len(h) for ch, h in history.items()})
     print("streams per follower: max", max(f.streams for f in followers),
           "total", sum(f.streams for f in followers), "; sse-error:",
           _sum_errors(followers))
