@@ -22,11 +22,13 @@ from clienthelp import StreamPublisher, wait_until
 from conftest import KeepAlive, SSEClient, StreamEnd, proc_alive, seq_of
 from test_guarantees import KILL_LOG, STATUS, exact, zone_status
 
+# What a request cut short by a SIGKILLed worker can raise here (a head
+# cut mid-line fails to parse, too).
 NET_ERRORS = (OSError, EOFError, asyncio.TimeoutError,
               asyncio.IncompleteReadError, asyncio.LimitOverrunError,
               ValueError, AssertionError)
 
-
+# Failed plain publishes by kind, printed to help read a failure.
 PUB_OUTCOME = {}
 
 
@@ -437,8 +439,9 @@ async def test_chaos_kills_and_reloads_under_1000_subscribers(start_nginx):
         if t.exception() is not None:
             raise t.exception()
     stuck = [f for f in followers if not f.finished()]
-    assert not stuck, (f"{len(stuck)} followers never saw their end: "
-                       f"{[(f.channels, len(f.got), f.streams) for f in stuck[:3]]}")
+    assert not stuck, (f"{len(stuck)} followers never saw their end: " +
+                       str([(f.channels, len(f.got), f.streams)
+                            for f in stuck[:3]]))
 
     # The truth: what the zone holds for each channel after first_id.
     history = {ch: await channel_history(n, ch, first_id) for ch in chans}
