@@ -267,10 +267,10 @@ async def test_one_streamed_publish_of_100000_events(start_nginx):
 # ---------------------------------------------------------------- item 3
 
 def unlisted_first(pids, listed, k):
-    """k pids to kill, those the status does not list first (today: the
-    workers beyond 32 that share the last slot)."""
+    """k pids to kill: those the status does not list first (today: the
+    workers beyond 32 that share the last slot), then the youngest."""
     rest = sorted(set(pids) - listed)
-    return (rest + sorted(set(pids) & listed))[:k]
+    return (rest + sorted(set(pids) & listed, reverse=True))[:k]
 
 
 def pump_alive(c):
@@ -481,16 +481,24 @@ async def test_resume_with_bad_ids_pins_no_memory(start_nginx):
 @pytest.mark.timeout_s(60)
 async def test_stalled_client_is_closed_after_send_timeout_with_heartbeats(
         start_nginx):
-    n = start_nginx(sub="sse_heartbeat 1s;", http="send_timeout 2s;")
+    # 8 MB to a client that reads nothing: more than the kernel's socket
+    # buffers take (tcp_wmem allows 4 MB), so nginx's own write blocks, but
+    # under sse_max_pending, so only send_timeout can end it.
+    n = start_nginx(sub="sse_heartbeat 1s; sse_max_pending 32m;",
+                    http="send_timeout 2s; client_body_buffer_size 128k;")
     reader = await n.stream("stall")
     s = raw_stalled(n.sub_port, "/events/stall", rcvbuf=2048)
     try:
         await wait_subscribers(n, "stall", 2)
         client_port = s.getsockname()[1]
         ids = []
-        for i in range(40):  # 640 kB: more than the sockets hold,
-            ids.append(await n.publish_ok("stall", "s" * 16000))  # < 1m
-        got = await reader.events(40, timeout=20)
+        pub = await KeepAlive.open(n.pub_port)
+        for i in range(130):
+            r = await pub.request("POST", "/publish/stall",
+                                  body=b"s" * 63000)
+            assert r.status == 202, r
+            ids.append(r.json()["id"])
+        got = await reader.events(130, timeout=30)
         assert [b.id for b in got] == ids
         t0 = time.monotonic()
 
