@@ -669,3 +669,26 @@ async def test_streaming_publisher_on_an_old_worker_wakes_new_workers(
     # spread phases of the poll) past 200 ms.
     assert statistics.median(ms) < 50, ms
     assert sum(1 for d in ms if d > 200) <= 1, ms
+
+
+# ---------------------------------------------------------------- conftest
+
+@pytest.mark.timeout_s(30)
+async def test_allow_log_spares_only_the_lines_a_test_expects(start_nginx):
+    n = start_nginx(allow_log=KILL_LOG)
+    victim = n.workers()[0]
+    os.kill(victim, signal.SIGKILL)
+    n.wait_workers(10, exclude=[victim])
+    await wait_until(lambda: "exited on signal 9" in n.log_text(), 5,
+                     what="the master to log the kill")
+    assert n.bad_log_lines() == []
+    # Any other bad line still counts.
+    crash = ("2026/01/01 00:00:00 [alert] 1#1: worker process 2 exited on "
+             "signal 11")
+    fake = n.dir / "fake-error.log"
+    fake.write_text(n.log_text() + crash + "\n")
+    real, n.error_log = n.error_log, fake
+    try:
+        assert n.bad_log_lines() == [crash]
+    finally:
+        n.error_log = real
