@@ -356,9 +356,15 @@ async def test_40_workers_reloads_in_a_row_with_streams_held(start_nginx):
             try:
                 b = await c.next_block(timeout=30)
             except StreamEnd:
-                c = await n.stream("rl40",
-                                   headers={"Last-Event-ID": c.last_id or
-                                            sent[0][0]})
+                resume = c.last_id or sent[0][0]
+                try:
+                    c = await n.stream("rl40",
+                                       headers={"Last-Event-ID": resume})
+                except (OSError, asyncio.IncompleteReadError,
+                        asyncio.TimeoutError):
+                    # Landed on a listener being closed: try again.
+                    await asyncio.sleep(0.05)
+                    continue
                 subs[i] = c
                 continue
             if b.is_event:
@@ -521,8 +527,8 @@ async def test_stalled_client_is_closed_after_send_timeout_with_heartbeats(
 @pytest.mark.timeout_s(60)
 async def test_full_zone_answers_a_subscriber_200_sse_error_and_retry(
         start_nginx):
-    # The smallest zone nginx allows: channel records soon fill it.
-    n = start_nginx(zone="sse_zone zone=sse:32k;", pub_locations=STATUS)
+    # A small zone: channel records (long names) soon fill it.
+    n = start_nginx(zone="sse_zone zone=sse:128k;", pub_locations=STATUS)
     held = []
     refused = None
     pad = "f" * 200
