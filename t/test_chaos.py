@@ -236,6 +236,11 @@ async def test_kill_storm_leaves_the_zone_consistent(start_nginx):
         figures[:] = [(s["channels"], len(live)),
                       (s["messages"], sum(j["messages"]
                                           for j in live.values()))]
+        # Where the channel info tells its bytes, they add up too (either
+        # way they must come to 0 once every channel is deleted, below).
+        if live and all("message_bytes" in j for j in live.values()):
+            figures.append((s["message_bytes"], sum(
+                j["message_bytes"] for j in live.values())))
         return all(a == b for a, b in figures)
     try:
         await wait_until(add_up, 5, 0.5, "status figures == channel infos")
