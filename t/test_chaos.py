@@ -248,7 +248,9 @@ async def test_kill_storm_leaves_the_zone_consistent(start_nginx):
         print("(status, channel infos): channels, messages:", figures)
 
     # nginx still delivers, from every worker.
-    subs = [await n.stream("after") for _ in range(16)]
+    subs = [await n.stream("after") for _ in range(40)]
+    conns = n.subscriber_conns()
+    assert len(conns) == 4 and min(conns.values()) > 0, conns
     eid = await n.publish_ok("after", "alive")
     for c in subs:
         assert (await c.next_event(timeout=5)).id == eid
