@@ -367,7 +367,7 @@ async def test_40_workers_reloads_in_a_row_with_streams_held(start_nginx):
                     continue
                 subs[i] = c
                 continue
-            if b.is_event:
+            if b.is_event and b.event != "sse-error":
                 received[i].append(b)
                 if b.data == "end":
                     return
@@ -546,13 +546,16 @@ async def test_full_zone_answers_a_subscriber_200_sse_error_and_retry(
     blocks = await refused.until_end(timeout=5)
     assert_overload_end(refused, blocks, "zone_full")
     s = await zone_status(n)
-    assert s["refused_zone_full"] >= 1, s
+    assert s["refused"] >= 1, s
     # A place freed is a place taken.
     held[0][1].close()
 
+    # The same size of record: the slab allocator keeps sizes apart.
+    newcomer = f"{pad}newcomer"
+
     async def fits():
-        c = await n.subscribe("/events/newcomer")
-        ok = c.status == 200 and (await n.info("newcomer")).status == 200
+        c = await n.subscribe(f"/events/{newcomer}")
+        ok = c.status == 200 and (await n.info(newcomer)).status == 200
         c.close()
         return ok
     await wait_until(fits, 10, 0.3, "a new channel to fit again")
