@@ -74,6 +74,7 @@ struct ngx_http_sse_loc_conf_t {
     time_t auth_jwt_leeway;
     ngx_str_t auth_jwt_aud;  // empty: not checked
     ngx_str_t auth_jwt_iss;
+    ngx_str_t subscribe_request;  // URI; empty: off
 };
 
 // The zone's lock guards every sse::store call; hold it briefly.
@@ -256,7 +257,10 @@ char *ngx_http_sse_auth_merge_conf(ngx_conf_t *cf,
 char *ngx_http_sse_auth_jwt(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 char *ngx_http_sse_auth_key_file(ngx_conf_t *cf, ngx_command_t *cmd,
                                  void *conf);
-// Registers the access-phase check and the $sse_jwt_* variables.
+char *ngx_http_sse_auth_subscribe_request(ngx_conf_t *cf, ngx_command_t *cmd,
+                                          void *conf);
+// Registers the access-phase check and the $sse_jwt_*, $sse_channels
+// variables.
 ngx_int_t ngx_http_sse_auth_init(ngx_conf_t *cf);
 // Milliseconds until the request's token expires (exp plus the leeway; at
 // least 1 once past it); 0 when the request carried no token with "exp".

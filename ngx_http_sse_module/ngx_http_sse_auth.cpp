@@ -1,6 +1,7 @@
-// Signed-token authorization (sse_auth_jwt): directives, the access-phase
-// check of subscriber and publisher requests, and the $sse_jwt_* variables.
-// The verification itself is src/jwt.cpp.
+// Who may subscribe and publish: signed tokens (sse_auth_jwt) and the
+// subscribe hook (sse_subscribe_request), both checked in the access phase
+// before any stream starts, and the $sse_jwt_* / $sse_channels variables.
+// Token verification itself is src/jwt.cpp.
 #include "ngx_http_sse.hpp"
 
 #include <cstdio>
@@ -12,9 +13,14 @@
 // through its pool cleanup (the module's ctx slot belongs to the content
 // handlers), which also runs its destructor.
 struct ngx_http_sse_auth_ctx_t {
-    sse::jwt::claims claims;
+    ngx_http_sse_loc_conf_t *lcf;  // the location whose rules are checked
+    sse::jwt::claims claims;       // empty without sse_auth_jwt
     time_t leeway;
-    ngx_http_sse_loc_conf_t *lcf;  // the location whose rules were checked
+    std::string channels;      // the ids, comma-separated, for $sse_channels
+    ngx_http_request_t *hook;  // the sse_subscribe_request subrequest
+    ngx_uint_t hook_status;
+    unsigned verified : 1;  // token and rights checked
+    unsigned hook_done : 1;
 };
 
 static void ngx_http_sse_auth_cleanup(void *data) {
@@ -52,6 +58,8 @@ char *ngx_http_sse_auth_merge_conf(ngx_conf_t *cf,
     ngx_conf_merge_sec_value(conf->auth_jwt_leeway, prev->auth_jwt_leeway, 0);
     ngx_conf_merge_str_value(conf->auth_jwt_aud, prev->auth_jwt_aud, "");
     ngx_conf_merge_str_value(conf->auth_jwt_iss, prev->auth_jwt_iss, "");
+    ngx_conf_merge_str_value(conf->subscribe_request, prev->subscribe_request,
+                             "");
     if (conf->auth_jwt == 1 && conf->auth_jwt_keys == NULL &&
         (conf->role == NGX_HTTP_SSE_SUBSCRIBE ||
          conf->role == NGX_HTTP_SSE_PUBLISH)) {
@@ -117,6 +125,29 @@ char *ngx_http_sse_auth_jwt(ngx_conf_t *cf, ngx_command_t *cmd, void *conf) {
     if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
         return (char *)NGX_CONF_ERROR;
     }
+    return NGX_CONF_OK;
+}
+
+char *ngx_http_sse_auth_subscribe_request(ngx_conf_t *cf, ngx_command_t *cmd,
+                                          void *conf) {
+    auto *lcf = static_cast<ngx_http_sse_loc_conf_t *>(conf);
+    auto *value = static_cast<ngx_str_t *>(cf->args->elts);
+
+    if (lcf->subscribe_request.data != NULL) {
+        return (char *)"is duplicate";
+    }
+    if (ngx_strcmp(value[1].data, "off") == 0) {
+        ngx_str_set(&lcf->subscribe_request, "");
+        return NGX_CONF_OK;
+    }
+    if (value[1].len == 0 || value[1].data[0] != '/') {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid value \"%V\" in \"%V\" directive, "
+                           "expected a URI starting with \"/\" or \"off\"",
+                           &value[1], &cmd->name);
+        return (char *)NGX_CONF_ERROR;
+    }
+    lcf->subscribe_request = value[1];
     return NGX_CONF_OK;
 }
 
@@ -262,8 +293,30 @@ static ngx_int_t ngx_http_sse_auth_token(ngx_http_request_t *r,
     return NGX_OK;
 }
 
-static ngx_int_t ngx_http_sse_auth_check(ngx_http_request_t *r,
-                                         ngx_http_sse_loc_conf_t *lcf) {
+// The request's context for lcf, made on first use.
+static ngx_http_sse_auth_ctx_t *ngx_http_sse_auth_ctx_for(
+    ngx_http_request_t *r, ngx_http_sse_loc_conf_t *lcf) {
+    ngx_http_sse_auth_ctx_t *ctx = ngx_http_sse_auth_ctx(r);
+    if (ctx != NULL && ctx->lcf == lcf) {
+        return ctx;
+    }
+    ngx_pool_cleanup_t *cln =
+        ngx_pool_cleanup_add(r->pool, sizeof(ngx_http_sse_auth_ctx_t));
+    if (cln == NULL) {
+        return NULL;
+    }
+    ctx = new (cln->data) ngx_http_sse_auth_ctx_t{};
+    ctx->lcf = lcf;
+    cln->handler = ngx_http_sse_auth_cleanup;
+    return ctx;
+}
+
+// Verifies the token and the rights on every channel; NGX_OK, or what the
+// access phase returns after a refusal.
+static ngx_int_t ngx_http_sse_auth_verify(ngx_http_request_t *r,
+                                          ngx_http_sse_loc_conf_t *lcf,
+                                          ngx_http_sse_auth_ctx_t *ctx,
+                                          std::vector<std::string_view> &ids) {
     ngx_str_t token;
     if (ngx_http_sse_auth_token(r, lcf, &token) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -288,22 +341,9 @@ static ngx_int_t ngx_http_sse_auth_check(ngx_http_request_t *r,
         return ngx_http_sse_auth_refuse(r, lcf, NGX_HTTP_UNAUTHORIZED,
                                         "invalid_token", res.error);
     }
+    ctx->claims = std::move(res.c);
+    ctx->leeway = static_cast<time_t>(opt.leeway);
 
-    ngx_pool_cleanup_t *cln =
-        ngx_pool_cleanup_add(r->pool, sizeof(ngx_http_sse_auth_ctx_t));
-    if (cln == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-    auto *ctx = new (cln->data) ngx_http_sse_auth_ctx_t{
-        std::move(res.c), static_cast<time_t>(opt.leeway), lcf};
-    cln->handler = ngx_http_sse_auth_cleanup;
-
-    std::vector<std::string_view> ids;
-    ngx_int_t answer;
-    if (!ngx_http_sse_channels(r, lcf, ids, &answer)) {
-        ngx_http_finalize_request(r, answer);
-        return NGX_DONE;
-    }
     bool sub = lcf->role == NGX_HTTP_SSE_SUBSCRIBE;
     for (std::string_view id : ids) {
         if (!ctx->claims.allowed(
@@ -319,26 +359,129 @@ static ngx_int_t ngx_http_sse_auth_check(ngx_http_request_t *r,
     return NGX_OK;
 }
 
+static ngx_int_t ngx_http_sse_auth_hook_done(ngx_http_request_t *r, void *data,
+                                             ngx_int_t rc) {
+    auto *ctx = static_cast<ngx_http_sse_auth_ctx_t *>(data);
+    ctx->hook_done = 1;
+    ctx->hook_status = r->headers_out.status;
+    if (ctx->hook_status == 0) {
+        // Finalized before any header (e.g. an error inside nginx).
+        ctx->hook_status = rc >= NGX_HTTP_SPECIAL_RESPONSE
+                               ? (ngx_uint_t)rc
+                               : NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+    return rc;
+}
+
+// Starts the sse_subscribe_request subrequest (NGX_AGAIN), or judges its
+// answer once done: 2xx lets the subscriber in, anything else refuses it
+// with that status.
+static ngx_int_t ngx_http_sse_auth_hook(ngx_http_request_t *r,
+                                        ngx_http_sse_loc_conf_t *lcf,
+                                        ngx_http_sse_auth_ctx_t *ctx) {
+    if (ctx->hook == NULL) {
+        auto *ps = static_cast<ngx_http_post_subrequest_t *>(
+            ngx_palloc(r->pool, sizeof(ngx_http_post_subrequest_t)));
+        if (ps == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+        ps->handler = ngx_http_sse_auth_hook_done;
+        ps->data = ctx;
+        ngx_http_request_t *sr;
+        if (ngx_http_subrequest(r, &lcf->subscribe_request, NULL, &sr, ps,
+                                NGX_HTTP_SUBREQUEST_WAITED) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+        // As auth_request does: a fake body, so that nothing reads or
+        // closes the client's, and no response body is wanted.
+        sr->request_body = static_cast<ngx_http_request_body_t *>(
+            ngx_pcalloc(r->pool, sizeof(ngx_http_request_body_t)));
+        if (sr->request_body == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+        sr->header_only = 1;
+        ctx->hook = sr;
+        return NGX_AGAIN;
+    }
+    if (!ctx->hook_done) {
+        return NGX_AGAIN;
+    }
+    ngx_uint_t st = ctx->hook_status;
+    if (st >= NGX_HTTP_OK && st < NGX_HTTP_SPECIAL_RESPONSE) {
+        return NGX_OK;
+    }
+    if (st < NGX_HTTP_BAD_REQUEST || st > 599) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "sse: sse_subscribe_request answered %ui", st);
+        st = NGX_HTTP_BAD_GATEWAY;
+    }
+    ngx_table_elt_t *wa = ctx->hook->headers_out.www_authenticate;
+    if (wa == NULL && ctx->hook->upstream != NULL) {
+        wa = ctx->hook->upstream->headers_in.www_authenticate;
+    }
+    if (st == NGX_HTTP_UNAUTHORIZED && wa != NULL) {
+        char *v = ngx_http_sse_auth_cstr(
+            r, {reinterpret_cast<char *>(wa->value.data), wa->value.len});
+        if (v == NULL ||
+            ngx_http_sse_add_header(r, "WWW-Authenticate", v) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+    std::string why = "subscription refused by sse_subscribe_request (" +
+                      std::to_string(ctx->hook_status) + ")";
+    ngx_http_finalize_request(r, ngx_http_sse_error(r, st, why));
+    return NGX_DONE;
+}
+
+static ngx_int_t ngx_http_sse_auth_check(ngx_http_request_t *r,
+                                         ngx_http_sse_loc_conf_t *lcf) {
+    bool jwt = lcf->auth_jwt == 1;
+    // Only a GET joins a stream; HEAD answers headers only.
+    bool hook = lcf->subscribe_request.len > 0 &&
+                lcf->role == NGX_HTTP_SSE_SUBSCRIBE &&
+                r->method == NGX_HTTP_GET;
+    if (!jwt && !hook) {
+        return NGX_DECLINED;
+    }
+    ngx_http_sse_auth_ctx_t *ctx = ngx_http_sse_auth_ctx_for(r, lcf);
+    if (ctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+    if (!ctx->verified) {
+        std::vector<std::string_view> ids;
+        ngx_int_t answer;
+        if (!ngx_http_sse_channels(r, lcf, ids, &answer)) {
+            ngx_http_finalize_request(r, answer);
+            return NGX_DONE;
+        }
+        for (std::string_view id : ids) {
+            ctx->channels += ctx->channels.empty() ? "" : ",";
+            ctx->channels += id;
+        }
+        if (jwt) {
+            ngx_int_t rc = ngx_http_sse_auth_verify(r, lcf, ctx, ids);
+            if (rc != NGX_OK) {
+                return rc;
+            }
+        }
+        ctx->verified = 1;
+    }
+    return hook ? ngx_http_sse_auth_hook(r, lcf, ctx) : NGX_OK;
+}
+
 static ngx_int_t ngx_http_sse_auth_handler(ngx_http_request_t *r) noexcept {
     auto *lcf = static_cast<ngx_http_sse_loc_conf_t *>(
         ngx_http_get_module_loc_conf(r, ngx_http_sse_module));
-    if (lcf->auth_jwt != 1 ||
-        (lcf->role != NGX_HTTP_SSE_SUBSCRIBE &&
+    if ((lcf->role != NGX_HTTP_SSE_SUBSCRIBE &&
          lcf->role != NGX_HTTP_SSE_PUBLISH) ||
         r->method == NGX_HTTP_OPTIONS) {
         return NGX_DECLINED;
-    }
-    // Checked already for this location; after an internal redirect the
-    // new location's rules are checked anew.
-    ngx_http_sse_auth_ctx_t *ctx = ngx_http_sse_auth_ctx(r);
-    if (ctx != NULL && ctx->lcf == lcf) {
-        return NGX_OK;
     }
     try {
         return ngx_http_sse_auth_check(r, lcf);
     } catch (...) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                      "sse: out of memory in the token check");
+                      "sse: out of memory in the access check");
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 }
@@ -387,6 +530,13 @@ static ngx_int_t ngx_http_sse_auth_sub_variable(ngx_http_request_t *r,
         v, ctx && !ctx->claims.sub.empty() ? &ctx->claims.sub : NULL);
 }
 
+static ngx_int_t ngx_http_sse_auth_channels_variable(
+    ngx_http_request_t *r, ngx_http_variable_value_t *v, uintptr_t) {
+    ngx_http_sse_auth_ctx_t *ctx = ngx_http_sse_auth_ctx(r->main);
+    return ngx_http_sse_auth_value(
+        v, ctx && !ctx->channels.empty() ? &ctx->channels : NULL);
+}
+
 static ngx_int_t ngx_http_sse_auth_claim_variable(ngx_http_request_t *r,
                                                   ngx_http_variable_value_t *v,
                                                   uintptr_t data) {
@@ -404,6 +554,7 @@ static ngx_int_t ngx_http_sse_auth_claim_variable(ngx_http_request_t *r,
 ngx_int_t ngx_http_sse_auth_init(ngx_conf_t *cf) {
     static ngx_str_t sub = ngx_string("sse_jwt_sub");
     static ngx_str_t claim = ngx_string("sse_jwt_claim_");
+    static ngx_str_t channels = ngx_string("sse_channels");
     ngx_http_variable_t *var =
         ngx_http_add_variable(cf, &sub, NGX_HTTP_VAR_NOCACHEABLE);
     if (var == NULL) {
@@ -416,6 +567,11 @@ ngx_int_t ngx_http_sse_auth_init(ngx_conf_t *cf) {
         return NGX_ERROR;
     }
     var->get_handler = ngx_http_sse_auth_claim_variable;
+    var = ngx_http_add_variable(cf, &channels, NGX_HTTP_VAR_NOCACHEABLE);
+    if (var == NULL) {
+        return NGX_ERROR;
+    }
+    var->get_handler = ngx_http_sse_auth_channels_variable;
 
     auto *cmcf = static_cast<ngx_http_core_main_conf_t *>(
         ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module));
