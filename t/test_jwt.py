@@ -262,6 +262,14 @@ async def test_multiplexed_stream_with_every_right(guarded, keys):
     assert (await c.next_event()).data == "one"
 
 
+@pytest.mark.parametrize("with_token", [False, True])
+async def test_bad_channel_is_400(guarded, keys, with_token):
+    headers = bearer(token(keys)) if with_token else {}
+    c = await guarded.subscribe("/events/bad*id", headers=headers)
+    assert c.status == 400, (c.status, c.body)
+    assert c.body.startswith(b"invalid channel:")
+
+
 async def test_token_without_sse_claim_has_no_rights(guarded, keys):
     c = await guarded.subscribe("chat:room-1",
                                 headers=bearer(token(keys, sse=None)))
@@ -364,7 +372,7 @@ async def test_stream_ends_at_token_expiry(guarded, keys):
     assert events and events[-1].event == "sse-error"
     assert json.loads(events[-1].data) == {"reason": "token_expired"}
     assert events[-1].id is None
-    assert any(b.retry for b in blocks)
+    assert blocks[-1].retry is not None
 
 
 # ---------------------------------------------------------------- nginx -t
