@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
-from conftest import STREAM_TYPE, nginx_test_config, render_conf
+from conftest import STREAM_TYPE, nginx_test_config, proc_alive, render_conf
 
 
 def b64(b):
@@ -436,3 +436,41 @@ def test_good_config_passes_nginx_t(tmp_path, jwks_file):
         tmp_path, http=f"sse_auth_jwt_key_file {jwks_file};",
         sub="sse_auth_jwt sse token=$cookie_t; sse_auth_jwt_leeway 5s;"))
     assert ok, out
+
+
+async def test_key_rotation_by_reload(start_nginx, keys, tmp_path):
+    """A key added to the file is used after `nginx -s reload`; one taken
+    out is refused."""
+    f = tmp_path / "rotating.json"
+    old, new = keys.jwks["keys"][1], keys.jwks["keys"][2]  # rsa1, rsa2
+    f.write_text(json.dumps({"keys": [old]}))
+    n = start_nginx(http=f"    sse_auth_jwt_key_file {f};",
+                    sub="            sse_auth_jwt sse;")
+
+    def signed(kid):
+        return bearer(jwt.encode(claims(), keys.priv[kid], algorithm="RS256",
+                                 headers={"kid": kid}))
+
+    async def reload():
+        # Only the new workers, with the new key set, accept from now on.
+        old = n.reload()
+        deadline = time.monotonic() + 10
+        while any(proc_alive(p) for p in old):
+            assert time.monotonic() < deadline, "old workers never left"
+            await asyncio.sleep(0.02)
+
+    assert (await n.subscribe("chat:room-1", headers=signed("rsa1"))).status \
+        == 200
+    c = await n.subscribe("chat:room-1", headers=signed("rsa2"))
+    assert_401(c, "unknown kid")
+    f.write_text(json.dumps({"keys": [old, new]}))
+    await reload()
+    for kid in ("rsa1", "rsa2"):
+        c = await n.subscribe("chat:room-1", headers=signed(kid))
+        assert c.status == 200, (kid, c.body)
+    f.write_text(json.dumps({"keys": [new]}))
+    await reload()
+    c = await n.subscribe("chat:room-1", headers=signed("rsa1"))
+    assert_401(c, "unknown kid")
+    assert (await n.subscribe("chat:room-1", headers=signed("rsa2"))).status \
+        == 200
