@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import json
 import random
+import subprocess
 import time
 
 import jwt
@@ -17,7 +18,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
-from conftest import STREAM_TYPE, nginx_test_config, proc_alive, render_conf
+from clienthelp import make_cert
+from conftest import (STREAM_TYPE, free_port, nginx_test_config, proc_alive,
+                      render_conf)
 
 
 def b64(b):
@@ -474,3 +477,35 @@ async def test_key_rotation_by_reload(start_nginx, keys, tmp_path):
     assert_401(c, "unknown kid")
     assert (await n.subscribe("chat:room-1", headers=signed("rsa2"))).status \
         == 200
+
+
+def test_http2_refusals_and_admission(start_nginx, keys, tmp_path):
+    cert, key = make_cert(tmp_path)
+    f = tmp_path / "jwks.json"
+    f.write_text(json.dumps(keys.jwks))
+    port = free_port()
+    n = start_nginx(http=f"    sse_auth_jwt_key_file {f};",
+                    sub="            sse_auth_jwt sse;",
+                    server=f"""
+        listen 127.0.0.1:{port} ssl http2;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};""")
+
+    def head(*headers):
+        args = ["/usr/bin/curl", "--http2", "--cacert", str(cert), "-sS",
+                "-I", "-o", "/dev/null", "-w",
+                "%{http_version} %{response_code}", "--max-time", "10"]
+        for h in headers:
+            args += ["-H", h]
+        args.append(f"https://127.0.0.1:{port}/events/chat:room-1")
+        p = subprocess.run(args, capture_output=True, text=True, timeout=20)
+        assert p.returncode == 0, p.stderr
+        return p.stdout
+
+    assert head() == "2 401"
+    assert head("Authorization: Bearer x.y.z") == "2 401"
+    t = token(keys, "EdDSA")
+    assert head(f"Authorization: Bearer {t}") == "2 200"
+    t = token(keys, "EdDSA", sse={"subscribe": ["other"]})
+    assert head(f"Authorization: Bearer {t}") == "2 403"
+    assert n.bad_log_lines() == []
