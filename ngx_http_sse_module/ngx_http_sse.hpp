@@ -264,4 +264,4 @@ char *ngx_http_sse_auth_subscribe_request(ngx_conf_t *cf, ngx_command_t *cmd,
 ngx_int_t ngx_http_sse_auth_init(ngx_conf_t *cf);
 // Milliseconds until the request's token expires (exp plus the leeway; at
 // least 1 once past it); 0 when the request carried no token with "exp".
-ngx_msec_t ngx_http_sse_auth_expires_in(ngx_http_request_t *r);
+ngx_msec_t ngx_http_sse_auth_expires_in(ngx_http_request_t *r) noexcept;

@@ -23,7 +23,7 @@ struct ngx_http_sse_auth_ctx_t {
     unsigned hook_done : 1;
 };
 
-static void ngx_http_sse_auth_cleanup(void *data) {
+static void ngx_http_sse_auth_cleanup(void *data) noexcept {
     static_cast<ngx_http_sse_auth_ctx_t *>(data)->~ngx_http_sse_auth_ctx_t();
 }
 
@@ -151,7 +151,7 @@ char *ngx_http_sse_auth_subscribe_request(ngx_conf_t *cf, ngx_command_t *cmd,
     return NGX_CONF_OK;
 }
 
-static void ngx_http_sse_auth_free_keys(void *data) {
+static void ngx_http_sse_auth_free_keys(void *data) noexcept {
     delete static_cast<sse::jwt::key_set *>(data);
 }
 
@@ -360,7 +360,7 @@ static ngx_int_t ngx_http_sse_auth_verify(ngx_http_request_t *r,
 }
 
 static ngx_int_t ngx_http_sse_auth_hook_done(ngx_http_request_t *r, void *data,
-                                             ngx_int_t rc) {
+                                             ngx_int_t rc) noexcept {
     auto *ctx = static_cast<ngx_http_sse_auth_ctx_t *>(data);
     ctx->hook_done = 1;
     ctx->hook_status = r->headers_out.status;
@@ -486,7 +486,7 @@ static ngx_int_t ngx_http_sse_auth_handler(ngx_http_request_t *r) noexcept {
     }
 }
 
-ngx_msec_t ngx_http_sse_auth_expires_in(ngx_http_request_t *r) {
+ngx_msec_t ngx_http_sse_auth_expires_in(ngx_http_request_t *r) noexcept {
     ngx_http_sse_auth_ctx_t *ctx = ngx_http_sse_auth_ctx(r);
     if (ctx == NULL || ctx->claims.exp == 0) {
         return 0;
@@ -524,14 +524,14 @@ static ngx_int_t ngx_http_sse_auth_value(ngx_http_variable_value_t *v,
 
 static ngx_int_t ngx_http_sse_auth_sub_variable(ngx_http_request_t *r,
                                                 ngx_http_variable_value_t *v,
-                                                uintptr_t) {
+                                                uintptr_t) noexcept {
     ngx_http_sse_auth_ctx_t *ctx = ngx_http_sse_auth_ctx(r->main);
     return ngx_http_sse_auth_value(
         v, ctx && !ctx->claims.sub.empty() ? &ctx->claims.sub : NULL);
 }
 
 static ngx_int_t ngx_http_sse_auth_channels_variable(
-    ngx_http_request_t *r, ngx_http_variable_value_t *v, uintptr_t) {
+    ngx_http_request_t *r, ngx_http_variable_value_t *v, uintptr_t) noexcept {
     ngx_http_sse_auth_ctx_t *ctx = ngx_http_sse_auth_ctx(r->main);
     return ngx_http_sse_auth_value(
         v, ctx && !ctx->channels.empty() ? &ctx->channels : NULL);
@@ -539,7 +539,7 @@ static ngx_int_t ngx_http_sse_auth_channels_variable(
 
 static ngx_int_t ngx_http_sse_auth_claim_variable(ngx_http_request_t *r,
                                                   ngx_http_variable_value_t *v,
-                                                  uintptr_t data) {
+                                                  uintptr_t data) noexcept {
     auto *name = reinterpret_cast<ngx_str_t *>(data);
     ngx_http_sse_auth_ctx_t *ctx = ngx_http_sse_auth_ctx(r->main);
     static const size_t prefix = sizeof("sse_jwt_claim_") - 1;
