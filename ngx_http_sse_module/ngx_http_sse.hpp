@@ -22,10 +22,6 @@ extern "C" {
 
 extern "C" ngx_module_t ngx_http_sse_module;
 
-namespace sse::jwt {
-class key_set;
-}
-
 #define NGX_HTTP_SSE_OFF ((ngx_msec_t)-2)
 
 enum ngx_http_sse_role_e {
@@ -70,7 +66,7 @@ struct ngx_http_sse_loc_conf_t {
     ngx_int_t auth_jwt;  // NGX_CONF_UNSET, 0 off, 1 on
     ngx_str_t auth_jwt_realm;
     ngx_http_complex_value_t *auth_jwt_token;  // NULL: Authorization only
-    sse::jwt::key_set *auth_jwt_keys;          // freed with the cycle
+    void *auth_jwt_keys;  // sse::jwt::key_set, freed with the cycle
     time_t auth_jwt_leeway;
     ngx_str_t auth_jwt_aud;  // empty: not checked
     ngx_str_t auth_jwt_iss;

@@ -333,8 +333,8 @@ static ngx_int_t ngx_http_sse_auth_verify(ngx_http_request_t *r,
     opt.iss.assign(reinterpret_cast<char *>(lcf->auth_jwt_iss.data),
                    lcf->auth_jwt_iss.len);
     sse::jwt::result res = sse::jwt::verify(
-        *lcf->auth_jwt_keys, {reinterpret_cast<char *>(token.data), token.len},
-        opt);
+        *static_cast<sse::jwt::key_set *>(lcf->auth_jwt_keys),
+        {reinterpret_cast<char *>(token.data), token.len}, opt);
     if (!res.ok) {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "sse: token refused: %s", res.error.c_str());
