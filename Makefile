@@ -10,6 +10,7 @@ MODULE := $(BUILD)/ngx_http_sse_module.so
 DEB_PACKAGES := nginx-light nginx-dev libnginx-mod-nchan g++ make \
     libgtest-dev python3-pytest python3-aiohttp python3-httpx curl openssl \
     chromium nodejs python3-matplotlib
+DEB_PACKAGES += libssl-dev nlohmann-json3-dev python3-jwt python3-cryptography
 
 ENGINE_SRCS := $(wildcard src/*.cpp)
 ENGINE_HDRS := $(wildcard src/*.hpp)
@@ -54,10 +55,10 @@ $(MODULE): $(NGX_TREE)/objs/Makefile $(ENGINE_SRCS) $(ENGINE_HDRS) $(GLUE_SRCS)
 
 # The engine's tests build with no nginx include path: a stray nginx
 # include in src/ fails here.
-$(BUILD)/unit_tests: $(ENGINE_SRCS) $(ENGINE_HDRS) $(UNIT_SRCS) | deps
+$(BUILD)/unit_tests: $(ENGINE_SRCS) $(ENGINE_HDRS) $(UNIT_SRCS) $(wildcard tests/*.hpp) | deps
 	@mkdir -p $(BUILD)
 	g++ -std=c++17 -O1 -g -Wall -Wextra -Werror -fsanitize=address,undefined \
-	    -Isrc $(ENGINE_SRCS) $(UNIT_SRCS) -lgtest -lgtest_main -pthread -o $@
+	    -Isrc $(ENGINE_SRCS) $(UNIT_SRCS) -lgtest -lgtest_main -lcrypto -pthread -o $@
 
 unit: $(BUILD)/unit_tests
 	$(BUILD)/unit_tests --gtest_brief=1

@@ -61,6 +61,15 @@ struct ngx_http_sse_loc_conf_t {
     size_t max_message_size;
     size_t max_pending;
     ngx_uint_t max_subscribers;
+    // sse_auth_jwt* (ngx_http_sse_auth.cpp)
+    ngx_int_t auth_jwt;  // NGX_CONF_UNSET, 0 off, 1 on
+    ngx_str_t auth_jwt_realm;
+    ngx_http_complex_value_t *auth_jwt_token;  // NULL: Authorization only
+    void *auth_jwt_keys;  // sse::jwt::key_set, freed with the cycle
+    time_t auth_jwt_leeway;
+    ngx_str_t auth_jwt_aud;  // empty: not checked
+    ngx_str_t auth_jwt_iss;
+    ngx_str_t subscribe_request;  // URI; empty: off
 };
 
 // The only way to the zone's store: holds its lock for the session's life;
@@ -150,6 +159,7 @@ struct ngx_http_sse_subscriber_t {
     ngx_msec_t last_write;
     ngx_event_t heartbeat;
     ngx_event_t timeout;
+    ngx_event_t expiry;  // the token's exp
     ngx_event_t end_ev;
     ngx_event_t catchup_ev;
     ngx_queue_t all;    // in the zone worker's subscribers
@@ -267,3 +277,20 @@ void ngx_http_sse_json_string(std::string &out, std::string_view s);
 // Decodes %XX escapes into a copy in r->pool (query arguments arrive
 // escaped); leaves v alone when it has none.
 ngx_int_t ngx_http_sse_unescape(ngx_http_request_t *r, ngx_str_t *v);
+
+// Signed-token authorization (ngx_http_sse_auth.cpp).
+void ngx_http_sse_auth_create_conf(ngx_http_sse_loc_conf_t *lcf);
+char *ngx_http_sse_auth_merge_conf(ngx_conf_t *cf,
+                                   ngx_http_sse_loc_conf_t *prev,
+                                   ngx_http_sse_loc_conf_t *conf);
+char *ngx_http_sse_auth_jwt(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+char *ngx_http_sse_auth_key_file(ngx_conf_t *cf, ngx_command_t *cmd,
+                                 void *conf);
+char *ngx_http_sse_auth_subscribe_request(ngx_conf_t *cf, ngx_command_t *cmd,
+                                          void *conf);
+// Registers the access-phase check and the $sse_jwt_*, $sse_channels
+// variables.
+ngx_int_t ngx_http_sse_auth_init(ngx_conf_t *cf);
+// Milliseconds until the request's token expires (exp plus the leeway; at
+// least 1 once past it); 0 when the request carried no token with "exp".
+ngx_msec_t ngx_http_sse_auth_expires_in(ngx_http_request_t *r) noexcept;

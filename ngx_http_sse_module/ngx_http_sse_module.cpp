@@ -134,6 +134,39 @@ static ngx_command_t ngx_http_sse_commands[] = {
      ngx_http_sse_set_time, NGX_HTTP_LOC_CONF_OFFSET,
      offsetof(ngx_http_sse_loc_conf_t, stream_timeout), &ngx_http_sse_time_off},
 
+    {ngx_string("sse_auth_jwt"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF |
+         NGX_CONF_TAKE12,
+     ngx_http_sse_auth_jwt, NGX_HTTP_LOC_CONF_OFFSET, 0, NULL},
+
+    {ngx_string("sse_auth_jwt_key_file"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF |
+         NGX_CONF_TAKE1,
+     ngx_http_sse_auth_key_file, NGX_HTTP_LOC_CONF_OFFSET, 0, NULL},
+
+    {ngx_string("sse_auth_jwt_leeway"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF |
+         NGX_CONF_TAKE1,
+     ngx_conf_set_sec_slot, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(ngx_http_sse_loc_conf_t, auth_jwt_leeway), NULL},
+
+    {ngx_string("sse_auth_jwt_require_aud"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF |
+         NGX_CONF_TAKE1,
+     ngx_conf_set_str_slot, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(ngx_http_sse_loc_conf_t, auth_jwt_aud), NULL},
+
+    {ngx_string("sse_auth_jwt_require_iss"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF |
+         NGX_CONF_TAKE1,
+     ngx_conf_set_str_slot, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(ngx_http_sse_loc_conf_t, auth_jwt_iss), NULL},
+
+    {ngx_string("sse_subscribe_request"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF |
+         NGX_CONF_TAKE1,
+     ngx_http_sse_auth_subscribe_request, NGX_HTTP_LOC_CONF_OFFSET, 0, NULL},
+
     ngx_null_command};
 
 static ngx_http_module_t ngx_http_sse_module_ctx = {
@@ -439,6 +472,7 @@ static void *ngx_http_sse_create_loc_conf(ngx_conf_t *cf) {
     lcf->max_pending = NGX_CONF_UNSET_SIZE;
     lcf->max_subscribers = NGX_CONF_UNSET_UINT;
     lcf->allow_credentials = NGX_CONF_UNSET;
+    ngx_http_sse_auth_create_conf(lcf);
     return lcf;
 }
 
@@ -483,7 +517,7 @@ static char *ngx_http_sse_merge_loc_conf(ngx_conf_t *cf, void *parent,
                            "\"sse_publish\" is: a publish names one channel");
         return (char *)NGX_CONF_ERROR;
     }
-    return NGX_CONF_OK;
+    return ngx_http_sse_auth_merge_conf(cf, prev, conf);
 }
 
 static ngx_int_t ngx_http_sse_postconfiguration(ngx_conf_t *cf) {
@@ -510,7 +544,7 @@ static ngx_int_t ngx_http_sse_postconfiguration(ngx_conf_t *cf) {
                            ccf->worker_processes, (ngx_uint_t)sse::max_workers);
         return NGX_ERROR;
     }
-    return NGX_OK;
+    return ngx_http_sse_auth_init(cf);
 }
 
 ngx_http_sse_zone_t *ngx_http_sse_loc_zone(ngx_http_request_t *r,

@@ -213,6 +213,9 @@ static void ngx_http_sse_stop_timers(ngx_http_sse_subscriber_t *sub) {
     if (sub->timeout.timer_set) {
         ngx_del_timer(&sub->timeout);
     }
+    if (sub->expiry.timer_set) {
+        ngx_del_timer(&sub->expiry);
+    }
     if (sub->end_ev.posted) {
         ngx_delete_posted_event(&sub->end_ev);
     }
@@ -304,6 +307,21 @@ static void ngx_http_sse_timeout_handler(ngx_event_t *ev) {
     // The stream's longest life: the client reconnects and resumes.
     ngx_http_sse_end(static_cast<ngx_http_sse_subscriber_t *>(ev->data),
                      NGX_HTTP_SSE_END_RETRY, NGX_HTTP_SSE_R_STREAM_TIMEOUT);
+}
+
+// Timers further away than this are re-armed when they fire.
+#define NGX_HTTP_SSE_MAX_TIMER ((ngx_msec_t)NGX_MAX_INT32_VALUE)
+
+static void ngx_http_sse_expiry_handler(ngx_event_t *ev) {
+    auto *sub = static_cast<ngx_http_sse_subscriber_t *>(ev->data);
+    ngx_msec_t left = ngx_http_sse_auth_expires_in(sub->r);
+    if (left > 1) {
+        ngx_add_timer(ev, ngx_min(left, NGX_HTTP_SSE_MAX_TIMER));
+        return;
+    }
+    // The client fetches a fresh token and resumes with nothing lost.
+    ngx_http_sse_end(sub, NGX_HTTP_SSE_END_RETRY,
+                     NGX_HTTP_SSE_R_TOKEN_EXPIRED);
 }
 
 static void ngx_http_sse_cleanup(void *data) {
@@ -633,6 +651,14 @@ static ngx_int_t ngx_http_sse_subscribe(ngx_http_request_t *r) {
         sub->timeout.log = r->connection->log;
         sub->timeout.cancelable = 1;
         ngx_add_timer(&sub->timeout, lcf->stream_timeout);
+    }
+    ngx_msec_t exp = ngx_http_sse_auth_expires_in(r);
+    if (exp != 0) {
+        sub->expiry.handler = ngx_http_sse_expiry_handler;
+        sub->expiry.data = sub;
+        sub->expiry.log = r->connection->log;
+        sub->expiry.cancelable = 1;
+        ngx_add_timer(&sub->expiry, ngx_min(exp, NGX_HTTP_SSE_MAX_TIMER));
     }
 
     // Headers and catch-up go out now, in one write; with nothing to
