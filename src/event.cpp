@@ -41,6 +41,12 @@ size_t format_u64(char *out, uint64_t v) {
 // Calls f(line) for each line of data, split on CRLF, CR or LF.
 template <typename F>
 void for_each_line(std::string_view data, F &&f) {
+    if (data.empty()) {
+        // nginx gives an empty body as a null pointer, which memchr and
+        // memcpy must not see, even with length 0.
+        f(std::string_view("", 0));
+        return;
+    }
     if (std::memchr(data.data(), '\r', data.size()) == nullptr) {
         // The common case: LF only, found with memchr.
         const char *p = data.data();
