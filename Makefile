@@ -100,16 +100,19 @@ $(BUILD)/fuzz/%: fuzz/%.cpp $(wildcard fuzz/*.hpp) $(ENGINE_SRCS) $(ENGINE_HDRS)
 	$(FUZZ_CXX) $< $(ENGINE_SRCS) -o $@
 
 fuzz: $(FUZZ_BINS)
-	@set -e; for t in $(FUZZ_TARGETS); do \
+	@failed=""; for t in $(FUZZ_TARGETS); do \
 	    mkdir -p $(BUILD)/fuzz/corpus/$$t $(BUILD)/fuzz/artifacts; \
-	    echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
-	    $(BUILD)/fuzz/$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=0 \
+	    if $(BUILD)/fuzz/$$t -max_total_time=$(FUZZ_SECONDS) -timeout=10 \
 	        -artifact_prefix=$(BUILD)/fuzz/artifacts/$$t- \
 	        $(BUILD)/fuzz/corpus/$$t fuzz/corpus/$$t \
-	        > $(BUILD)/fuzz/$$t.log 2>&1 \
-	        || { tail -60 $(BUILD)/fuzz/$$t.log; echo "fuzz: $$t FAILED"; exit 1; }; \
-	    grep -E '^(#[0-9]+ +DONE|Done [0-9]+ runs)' $(BUILD)/fuzz/$$t.log | tail -1; \
-	done
+	        > $(BUILD)/fuzz/$$t.log 2>&1; then \
+	        echo "fuzz: $$t: $$(grep -o 'Done [0-9]* runs in [0-9]* second' $(BUILD)/fuzz/$$t.log)s, ok"; \
+	    else \
+	        grep -B2 -A30 -m1 -E 'check failed|ERROR:|runtime error' $(BUILD)/fuzz/$$t.log; \
+	        echo "fuzz: $$t FAILED (log: $(BUILD)/fuzz/$$t.log; input: $(BUILD)/fuzz/artifacts/$$t-*)"; \
+	        failed="$$failed $$t"; \
+	    fi; \
+	done; [ -z "$$failed" ] || { echo "fuzz: failed:$$failed"; exit 1; }
 
 # `make test-asan`: the module built with AddressSanitizer and UBSan
 # (build-asan/) loaded into Debian's /usr/sbin/nginx with the sanitizer
