@@ -9,7 +9,8 @@ MODULE := $(BUILD)/ngx_http_sse_module.so
 
 DEB_PACKAGES := nginx-light nginx-dev libnginx-mod-nchan g++ make \
     libgtest-dev python3-pytest python3-aiohttp python3-httpx curl openssl \
-    chromium nodejs python3-matplotlib clang libfuzzer-14-dev
+    chromium nodejs python3-matplotlib clang libfuzzer-14-dev \
+    libclang-rt-14-dev
 
 ENGINE_SRCS := $(wildcard src/*.cpp)
 ENGINE_HDRS := $(wildcard src/*.hpp)
