@@ -96,9 +96,15 @@ FUZZ_CXX := clang++ -std=c++17 -O1 -g -fno-omit-frame-pointer \
     -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
     -Wall -Wextra -Werror -Isrc -Ifuzz
 
-$(BUILD)/fuzz/%: fuzz/%.cpp $(wildcard fuzz/*.hpp) $(ENGINE_SRCS) $(ENGINE_HDRS) | deps
-	@mkdir -p $(BUILD)/fuzz
-	$(FUZZ_CXX) $< $(ENGINE_SRCS) -o $@
+FUZZ_ENGINE_OBJS := $(patsubst src/%.cpp,$(BUILD)/fuzz/obj/%.o,$(ENGINE_SRCS))
+.SECONDARY: $(FUZZ_ENGINE_OBJS)
+
+$(BUILD)/fuzz/obj/%.o: src/%.cpp $(ENGINE_HDRS) | deps
+	@mkdir -p $(BUILD)/fuzz/obj
+	$(FUZZ_CXX) -c $< -o $@
+
+$(BUILD)/fuzz/%: fuzz/%.cpp $(wildcard fuzz/*.hpp) $(ENGINE_HDRS) $(FUZZ_ENGINE_OBJS)
+	$(FUZZ_CXX) $< $(FUZZ_ENGINE_OBJS) -o $@
 
 fuzz: $(FUZZ_BINS)
 	@failed=""; for t in $(FUZZ_TARGETS); do \
