@@ -127,7 +127,9 @@ fuzz: $(FUZZ_BINS)
 # (t/conftest.py, t/demohelp.py, clients/js/test/setup/nginx.js,
 # bench/run.py) honours SSE_MODULE (the .so to load) and SSE_PRELOAD
 # (LD_PRELOAD for nginx only), and adds log_path=DIR/sanitizer to the
-# sanitizer options: a report there or in error.log fails the test.
+# sanitizer options: a report there, in error.log or in what the nginx
+# command printed fails the test (gcc's UBSan ignores log_path and writes
+# to stderr, which is error.log once nginx runs).
 ASAN_BUILD := $(ROOT)/build-asan
 ASAN_TREE := $(ASAN_BUILD)/nginx
 ASAN_MODULE := $(ASAN_BUILD)/ngx_http_sse_module.so
