@@ -9,7 +9,8 @@ MODULE := $(BUILD)/ngx_http_sse_module.so
 
 DEB_PACKAGES := nginx-light nginx-dev libnginx-mod-nchan g++ make \
     libgtest-dev python3-pytest python3-aiohttp python3-httpx curl openssl \
-    chromium nodejs python3-matplotlib
+    chromium nodejs python3-matplotlib clang libfuzzer-14-dev \
+    libclang-rt-14-dev
 DEB_PACKAGES += libssl-dev nlohmann-json3-dev python3-jwt python3-cryptography
 
 ENGINE_SRCS := $(wildcard src/*.cpp)
@@ -66,7 +67,7 @@ unit: $(BUILD)/unit_tests
 integration: build
 	$(PYTHON) -m pytest -q -p no:cacheprovider t/
 
-test: build unit integration
+test: build unit integration fuzz
 
 demo: build
 	@bash examples/demo.sh
@@ -77,7 +78,92 @@ bench: build
 	$(PYTHON) bench/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD)
 
 format:
-	clang-format -i src/*.cpp src/*.hpp tests/*.cpp ngx_http_sse_module/*.cpp ngx_http_sse_module/*.hpp
+	clang-format -i src/*.cpp src/*.hpp tests/*.cpp ngx_http_sse_module/*.cpp ngx_http_sse_module/*.hpp \
+	    fuzz/*.cpp fuzz/*.hpp
+
+# ---------------------------------------------------------------- checks
+# `make fuzz`: libFuzzer targets (fuzz/*.cpp, Debian's clang) built with
+# ASan + UBSan, each run FUZZ_SECONDS from its seed corpus (fuzz/corpus/NAME,
+# committed) plus what it finds (build/fuzz/corpus/NAME, not committed).
+# Any crash, sanitizer report or failed check fails. Longer runs by hand:
+# `make fuzz FUZZ_SECONDS=600` or build/fuzz/NAME build/fuzz/corpus/NAME.
+FUZZ_SECONDS ?= 10
+FUZZ_TARGETS := $(patsubst fuzz/%.cpp,%,$(wildcard fuzz/fuzz_*.cpp))
+FUZZ_BINS := $(addprefix $(BUILD)/fuzz/,$(FUZZ_TARGETS))
+FUZZ_CXX := clang++ -std=c++17 -O1 -g -fno-omit-frame-pointer \
+    -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+    -Wall -Wextra -Werror -Isrc -Ifuzz
+
+FUZZ_ENGINE_OBJS := $(patsubst src/%.cpp,$(BUILD)/fuzz/obj/%.o,$(ENGINE_SRCS))
+.SECONDARY: $(FUZZ_ENGINE_OBJS)
+
+$(BUILD)/fuzz/obj/%.o: src/%.cpp $(ENGINE_HDRS) | deps
+	@mkdir -p $(BUILD)/fuzz/obj
+	$(FUZZ_CXX) -c $< -o $@
+
+$(BUILD)/fuzz/%: fuzz/%.cpp $(wildcard fuzz/*.hpp) $(ENGINE_HDRS) $(FUZZ_ENGINE_OBJS)
+	$(FUZZ_CXX) $< $(FUZZ_ENGINE_OBJS) -o $@
+
+fuzz: $(FUZZ_BINS)
+	@failed=""; for t in $(FUZZ_TARGETS); do \
+	    mkdir -p $(BUILD)/fuzz/corpus/$$t $(BUILD)/fuzz/artifacts; \
+	    if $(BUILD)/fuzz/$$t -max_total_time=$(FUZZ_SECONDS) -timeout=10 \
+	        -artifact_prefix=$(BUILD)/fuzz/artifacts/$$t- \
+	        $(BUILD)/fuzz/corpus/$$t fuzz/corpus/$$t \
+	        > $(BUILD)/fuzz/$$t.log 2>&1; then \
+	        echo "fuzz: $$t: $$(grep -o 'Done [0-9]* runs in [0-9]* second' $(BUILD)/fuzz/$$t.log)s, ok"; \
+	    else \
+	        grep -B2 -A30 -m1 -E 'check failed|ERROR:|runtime error' $(BUILD)/fuzz/$$t.log; \
+	        echo "fuzz: $$t FAILED (log: $(BUILD)/fuzz/$$t.log; input: $(BUILD)/fuzz/artifacts/$$t-*)"; \
+	        failed="$$failed $$t"; \
+	    fi; \
+	done; [ -z "$$failed" ] || { echo "fuzz: failed:$$failed"; exit 1; }
+
+# `make test-asan`: the module built with AddressSanitizer and UBSan
+# (build-asan/) loaded into Debian's /usr/sbin/nginx with the sanitizer
+# runtime preloaded, running all of t/. Every harness that starts nginx
+# (t/conftest.py, t/demohelp.py, clients/js/test/setup/nginx.js,
+# bench/run.py) honours SSE_MODULE (the .so to load) and SSE_PRELOAD
+# (LD_PRELOAD for nginx only), and adds log_path=DIR/sanitizer to the
+# sanitizer options: a report there, in error.log or in what the nginx
+# command printed fails the test (gcc's UBSan ignores log_path and writes
+# to stderr, which is error.log once nginx runs).
+ASAN_BUILD := $(ROOT)/build-asan
+ASAN_TREE := $(ASAN_BUILD)/nginx
+ASAN_MODULE := $(ASAN_BUILD)/ngx_http_sse_module.so
+SANITIZE := -fsanitize=address,undefined -fno-omit-frame-pointer
+# nginx frees its pools at exit in ways LeakSanitizer flags: no leak check.
+# A small quarantine keeps the RSS bounds of t/test_limits.py meaningful.
+ASAN_OPTIONS_TEST := detect_leaks=0:quarantine_size_mb=16:abort_on_error=0
+UBSAN_OPTIONS_TEST := print_stacktrace=1:halt_on_error=0
+# Part of the suite by hand: make test-asan ASAN_TESTS=t/test_publish.py
+ASAN_TESTS ?= t/
+
+# configure runs exactly as for build/ (its probes must not see the
+# sanitizers, or the structs could differ from Debian's nginx); only the
+# module's objects and link get them: target-specific variables reach
+# every prerequisite of the .so.
+$(ASAN_TREE)/objs/Makefile: config config.make | deps
+	rm -rf $(ASAN_TREE) && mkdir -p $(ASAN_BUILD)
+	cp -a $(NGX_SRC) $(ASAN_TREE)
+	cd $(ASAN_TREE) && . ./conf_flags && \
+	    ./configure "$${NGX_CONF_FLAGS[@]}" --add-dynamic-module=$(ROOT) \
+	    > $(ASAN_BUILD)/configure.log 2>&1 || (tail -20 $(ASAN_BUILD)/configure.log; exit 1)
+	printf '\nobjs/ngx_http_sse_module.so: CFLAGS += %s\nobjs/ngx_http_sse_module.so: LINK += %s\n' \
+	    '$(SANITIZE)' '$(SANITIZE)' >> $@
+
+$(ASAN_MODULE): $(ASAN_TREE)/objs/Makefile $(ENGINE_SRCS) $(ENGINE_HDRS) $(GLUE_SRCS)
+	$(MAKE) -C $(ASAN_TREE) -f objs/Makefile modules
+	cp $(ASAN_TREE)/objs/ngx_http_sse_module.so $@.tmp && mv -f $@.tmp $@
+
+build-asan: deps $(ASAN_MODULE)
+
+test-asan: build-asan
+	SSE_MODULE=$(ASAN_MODULE) SSE_PRELOAD=$$(gcc -print-file-name=libasan.so) \
+	ASAN_OPTIONS=$(ASAN_OPTIONS_TEST) UBSAN_OPTIONS=$(UBSAN_OPTIONS_TEST) \
+	    $(PYTHON) -m pytest -q -p no:cacheprovider $(ASAN_TESTS)
+
+.PHONY: fuzz build-asan test-asan

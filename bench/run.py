@@ -45,7 +45,7 @@ BENCH = ROOT / "bench"
 BUILD = ROOT / "build"
 SSELOAD = BUILD / "sseload"
 SSELOAD_SRC = BENCH / "sseload.cpp"
-MODULE = BUILD / "ngx_http_sse_module.so"
+MODULE = Path(os.environ.get("SSE_MODULE") or BUILD / "ngx_http_sse_module.so")
 NCHAN_MODULE = Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
 NGINX = "/usr/sbin/nginx"
 
@@ -172,7 +172,22 @@ MODULE_CONF = {
     },
 }
 
-BAD_LOG = re.compile(r"\[(alert|emerg|crit)\]|exited on signal")
+BAD_LOG = re.compile(r"\[(alert|emerg|crit)\]|exited on signal"
+                     r"|AddressSanitizer|runtime error")
+
+
+def nginx_env(kind, d):
+    """nginx's environment: with SSE_PRELOAD (make test-asan), this module's
+    nginx gets the sanitizer runtime preloaded and reports into
+    d/sanitizer.PID (see t/conftest.py)."""
+    env = dict(os.environ)
+    preload = os.environ.get("SSE_PRELOAD")
+    if preload and kind == "ours":
+        env["LD_PRELOAD"] = preload
+        for var in ("ASAN_OPTIONS", "UBSAN_OPTIONS"):
+            env[var] = ":".join(filter(None, (env.get(var),
+                                              f"log_path={d}/sanitizer")))
+    return env
 
 
 def free_port():
@@ -226,6 +241,7 @@ class Server:
         self.status_ok = status_ok
         self.master = None
         self.sub_port = self.pub_port = None
+        self.output = ""
 
     def render(self):
         m = MODULE_CONF[self.kind]
@@ -245,8 +261,10 @@ class Server:
             p = subprocess.run(
                 [NGINX, "-p", f"{self.dir}/", "-c", str(conf),
                  "-e", str(self.dir / "error.log")],
-                capture_output=True, text=True, timeout=30)
+                capture_output=True, text=True, timeout=30,
+                env=nginx_env(self.kind, self.dir))
             if p.returncode == 0:
+                self.output = p.stderr  # a sanitizer report before daemon
                 break
             last = p.stderr
         else:
@@ -369,7 +387,11 @@ class Server:
             text = (self.dir / "error.log").read_text(errors="replace")
         except OSError:
             return []
-        return [ln for ln in text.splitlines() if BAD_LOG.search(ln)][:20]
+        bad = [ln for ln in (text + self.output).splitlines()
+               if BAD_LOG.search(ln)]
+        for f in sorted(self.dir.glob("sanitizer.*")):
+            bad += f.read_text(errors="replace").strip().splitlines()[:20]
+        return bad[:40]
 
 
 # ---------------------------------------------------------------- sseload
@@ -736,7 +758,8 @@ def status_supported(kind, module, tmp):
     (d / "nginx.conf").write_text(srv.render())
     p = subprocess.run([NGINX, "-t", "-p", f"{d}/", "-c", str(d / "nginx.conf"),
                         "-e", str(d / "error.log")],
-                       capture_output=True, text=True, timeout=30)
+                       capture_output=True, text=True, timeout=30,
+                       env=nginx_env(kind, d))
     if p.returncode != 0 and "unknown directive" not in p.stderr:
         raise RuntimeError(f"nginx -t failed for {kind}: {p.stderr}")
     return p.returncode == 0

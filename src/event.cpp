@@ -42,8 +42,9 @@ size_t format_u64(char *out, uint64_t v) {
 template <typename F>
 void for_each_line(std::string_view data, F &&f) {
     if (data.empty()) {
-        // Its data() may be null, which memchr must not be given.
-        f(data);
+        // nginx gives an empty body as a null pointer, which memchr and
+        // memcpy must not see, even with length 0.
+        f(std::string_view("", 0));
         return;
     }
     if (std::memchr(data.data(), '\r', data.size()) == nullptr) {

@@ -21,11 +21,47 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-MODULE = ROOT / "build" / "ngx_http_sse_module.so"
+MODULE = Path(os.environ.get("SSE_MODULE")
+              or ROOT / "build" / "ngx_http_sse_module.so")
 NGINX_BIN = "/usr/sbin/nginx"
 
 BAD_LOG = re.compile(
     r"\[(alert|emerg|crit)\]|AddressSanitizer|runtime error|LeakSanitizer")
+
+# ---- sanitizer builds (`make test-asan`)
+# SSE_MODULE names the module to load (build-asan/'s, built with ASan and
+# UBSan) and SSE_PRELOAD the sanitizer runtime, which must come first in
+# nginx's process: it goes into LD_PRELOAD of nginx only, never of python
+# or node. ASan writes its reports to DIR/sanitizer.PID (log_path); gcc's
+# UBSan ignores log_path and writes to stderr, which is error.log once nginx
+# runs and the output of the nginx command before that. A report in any of
+# the three fails the test.
+SANITIZER_LOG = "sanitizer"
+SANITIZER_REPORT = re.compile(r"AddressSanitizer|runtime error|LeakSanitizer")
+
+
+def nginx_env(d):
+    """The environment to start nginx with, its prefix directory being d."""
+    env = dict(os.environ)
+    preload = os.environ.get("SSE_PRELOAD")
+    if preload:
+        env["LD_PRELOAD"] = preload
+        for var in ("ASAN_OPTIONS", "UBSAN_OPTIONS"):
+            env[var] = ":".join(filter(None, (
+                env.get(var), f"log_path={d}/{SANITIZER_LOG}")))
+    return env
+
+
+def sanitizer_reports(d, output=""):
+    """The first lines of every sanitizer report nginx wrote into d, and the
+    lines of a report in `output` (what the nginx command printed)."""
+    out = [ln for ln in output.splitlines() if SANITIZER_REPORT.search(ln)]
+    for f in sorted(Path(d).glob(f"{SANITIZER_LOG}.*")):
+        text = f.read_text(errors="replace").strip()
+        if text:
+            out.append(f"{f}:")
+            out += text.splitlines()[:30]
+    return out
 
 PUBLISH_ALLOW = "GET, HEAD, POST, PUT, DELETE, OPTIONS"
 SUBSCRIBE_ALLOW = "GET, HEAD, OPTIONS"
@@ -693,7 +729,10 @@ def nginx_test_config(tmp_path, text):
     p = subprocess.run(
         [NGINX_BIN, "-t", "-p", f"{tmp_path}/", "-c", str(conf),
          "-e", str(tmp_path / "error.log")],
-        capture_output=True, text=True, timeout=30)
+        capture_output=True, text=True, timeout=30,
+        env=nginx_env(tmp_path))
+    reports = sanitizer_reports(tmp_path, p.stdout + p.stderr)
+    assert not reports, "\n".join(reports)
     return p.returncode == 0, p.stdout + p.stderr
 
 
@@ -714,6 +753,7 @@ class Nginx:
                                          self.pub_port, **opts))
         self.error_log = self.dir / "error.log"
         self.master = None
+        self.output = ""  # what the nginx command printed
 
     # ---- process control
 
@@ -721,7 +761,9 @@ class Nginx:
         p = subprocess.run(
             [NGINX_BIN, "-p", f"{self.dir}/", "-c", str(self.conf),
              "-e", str(self.error_log)],
-            capture_output=True, text=True, timeout=30)
+            capture_output=True, text=True, timeout=30,
+            env=nginx_env(self.dir))
+        self.output = p.stdout + p.stderr
         if p.returncode != 0:
             # A free port can be taken by someone else before nginx binds.
             cls = PortTaken if "Address already in use" in p.stderr + \
@@ -793,7 +835,8 @@ class Nginx:
     def bad_log_lines(self):
         return [line for line in self.log_text().splitlines()
                 if BAD_LOG.search(line) and
-                not any(a.search(line) for a in self.allow_log)]
+                not any(a.search(line) for a in self.allow_log)] + \
+            sanitizer_reports(self.dir, self.output)
 
     def worker_rss_kb(self):
         return sum(rss_kb(p) for p in self.workers())

@@ -19,9 +19,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from conftest import (BAD_LOG, NGINX_BIN, ROOT, established_inodes,
-                      free_port, proc_alive, proc_children, proc_cmdline,
-                      socket_inodes)
+from conftest import (BAD_LOG, MODULE, NGINX_BIN, ROOT, established_inodes,
+                      free_port, nginx_env, proc_alive, proc_children,
+                      proc_cmdline, sanitizer_reports, socket_inodes)
 
 EXAMPLES = ROOT / "examples"
 DEMO_CONF = EXAMPLES / "nginx.conf"
@@ -40,6 +40,10 @@ def render_demo_conf(text, d, public, internal, model):
         out = out.replace(old, f"127.0.0.1:{new}")
     assert "build/demo/" in out
     out = out.replace("build/demo/", f"{d}/")
+    # SSE_MODULE (make test-asan) names another build of the module.
+    load = "load_module build/ngx_http_sse_module.so;"
+    assert load in out, f"{load} is no longer in examples/nginx.conf"
+    out = out.replace(load, f"load_module {MODULE};")
     return out
 
 
@@ -64,6 +68,7 @@ class Demo:
         self.master = None
         self.model = None
         self.killed = set()  # worker pids killed on purpose
+        self.output = ""  # what the nginx commands printed
 
     @property
     def base(self):
@@ -71,10 +76,13 @@ class Demo:
 
     def _nginx(self, *args):
         g = ["-g", "user root;"] if os.geteuid() == 0 else []
-        return subprocess.run(
+        p = subprocess.run(
             [NGINX_BIN, "-p", f"{ROOT}/", "-c", str(self.conf),
              "-e", str(self.error_log), *g, *args],
-            capture_output=True, text=True, timeout=30)
+            capture_output=True, text=True, timeout=30,
+            env=nginx_env(self.dir))
+        self.output += p.stdout + p.stderr
+        return p
 
     def test_config(self):
         p = self._nginx("-t")
@@ -173,7 +181,7 @@ class Demo:
             if m and int(m.group(1)) in self.killed:
                 continue
             out.append(line)
-        return out
+        return out + sanitizer_reports(self.dir, self.output)
 
     def allow_killed(self, pids):
         self.killed.update(int(p) for p in pids)

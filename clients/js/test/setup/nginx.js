@@ -11,7 +11,11 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../../..");
-const MODULE = path.join(ROOT, "build", "ngx_http_sse_module.so");
+// SSE_MODULE and SSE_PRELOAD: another build of the module and the runtime to
+// preload into nginx only (make test-asan, as in t/conftest.py); reports go
+// to ${dir}/sanitizer.PID and fail the run.
+const MODULE = process.env.SSE_MODULE || path.join(ROOT, "build", "ngx_http_sse_module.so");
+const PRELOAD = process.env.SSE_PRELOAD || "";
 const NGINX = "/usr/sbin/nginx";
 const PYTHON = "/usr/bin/python3";
 const BAD_LOG = /\[(alert|emerg|crit)\]|AddressSanitizer|runtime error/;
@@ -156,9 +160,17 @@ export default async function setup({ provide }) {
     { stdio: ["ignore", modelLog, modelLog] },
   );
 
+  const env = { ...process.env };
+  if (PRELOAD) {
+    env.LD_PRELOAD = PRELOAD;
+    for (const v of ["ASAN_OPTIONS", "UBSAN_OPTIONS"]) {
+      env[v] = [env[v], `log_path=${dir}/sanitizer`].filter(Boolean).join(":");
+    }
+  }
   const r = spawnSync(NGINX, ["-p", `${dir}/`, "-c", path.join(dir, "nginx.conf"), "-e", path.join(dir, "error.log")], {
     encoding: "utf8",
     timeout: 30000,
+    env,
   });
   if (r.status !== 0) {
     modelProc.kill("SIGTERM");
@@ -195,7 +207,11 @@ export default async function setup({ provide }) {
       }
     });
     const log = fs.readFileSync(path.join(dir, "error.log"), "utf8");
-    const bad = log.split("\n").filter((l) => BAD_LOG.test(l));
+    const bad = `${log}\n${r.stderr}`.split("\n").filter((l) => BAD_LOG.test(l));
+    for (const f of fs.readdirSync(dir).filter((n) => n.startsWith("sanitizer."))) {
+      const text = fs.readFileSync(path.join(dir, f), "utf8").trim();
+      if (text) bad.push(`${f}:`, ...text.split("\n").slice(0, 30));
+    }
     const modelOut = fs.readFileSync(path.join(dir, "ai_model.log"), "utf8");
     if (bad.length || /Traceback/.test(modelOut)) {
       throw new Error(`problems in ${dir}:\n${bad.slice(0, 20).join("\n")}\n${modelOut.slice(-2000)}`);
