@@ -16,7 +16,7 @@ ENGINE_HDRS := $(wildcard src/*.hpp)
 GLUE_SRCS := $(wildcard ngx_http_sse_module/*.cpp ngx_http_sse_module/*.hpp)
 UNIT_SRCS := $(wildcard tests/*.cpp)
 
-.PHONY: all deps build unit integration test demo bench clean format
+.PHONY: all deps test-deps build unit integration test demo bench clean format
 
 all: build
 
@@ -31,6 +31,10 @@ deps:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 	        apt-get install -y -qq $$missing; \
 	fi
+
+# The tests' JavaScript: real clients for t/ and the client package's own
+# test deps (vitest, jsdom, react). `make demo` needs none of them.
+test-deps: deps
 	@command -v npm >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm
 	@# Real clients for t/; the browser is Debian's chromium, never a download.
 	@[ -d t/js/node_modules/playwright-core ] || \
@@ -62,7 +66,7 @@ $(BUILD)/unit_tests: $(ENGINE_SRCS) $(ENGINE_HDRS) $(UNIT_SRCS) | deps
 unit: $(BUILD)/unit_tests
 	$(BUILD)/unit_tests --gtest_brief=1
 
-integration: build
+integration: build test-deps
 	$(PYTHON) -m pytest -q -p no:cacheprovider t/
 
 test: build unit integration

@@ -1,5 +1,6 @@
 // Directives, configuration and the module's process hooks.
 #include "ngx_http_sse.hpp"
+#include "ngx_http_sse_version.hpp"
 
 #include <sys/eventfd.h>
 
@@ -437,6 +438,8 @@ static void ngx_http_sse_close_fds(void *data) {
 // In the master, before fork: one eventfd per worker, inherited by all, so
 // any worker can wake any other.
 static ngx_int_t ngx_http_sse_init_module(ngx_cycle_t *cycle) {
+    ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0,
+                  "sse module " NGX_HTTP_SSE_VERSION);
     auto *mcf = static_cast<ngx_http_sse_main_conf_t *>(
         ngx_http_cycle_get_module_main_conf(cycle, ngx_http_sse_module));
     if (mcf == NULL || mcf->zones.nelts == 0) {
