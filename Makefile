@@ -7,6 +7,20 @@ NGX_TREE := $(BUILD)/nginx
 PYTHON := /usr/bin/python3
 MODULE := $(BUILD)/ngx_http_sse_module.so
 
+# `make NGINX_SRC=/path/to/nginx-x.y.z`: the module for another nginx (a
+# release tree or a git checkout) in build/nginx-x.y.z/, configured
+# --with-compat plus NGINX_CONF_FLAGS; a tree with Debian's conf_flags uses
+# those. Without NGINX_SRC: Debian's nginx-dev tree.
+ifdef NGINX_SRC
+NGX_SRC := $(abspath $(NGINX_SRC))
+$(if $(wildcard $(NGX_SRC)/src/core/nginx.h),,$(error NGINX_SRC=$(NGINX_SRC) \
+    is not an nginx source tree (no src/core/nginx.h); unpack a tarball first))
+NGX_TREE := $(BUILD)/$(notdir $(NGX_SRC))/nginx
+MODULE := $(BUILD)/$(notdir $(NGX_SRC))/ngx_http_sse_module.so
+endif
+VERSION := $(shell sed -n 's/^\#define NGX_HTTP_SSE_VERSION "\(.*\)"/\1/p' \
+    ngx_http_sse_module/ngx_http_sse_version.hpp)
+
 DEB_PACKAGES := nginx-light nginx-dev libnginx-mod-nchan g++ make \
     libgtest-dev python3-pytest python3-aiohttp python3-httpx curl openssl \
     chromium nodejs python3-matplotlib
@@ -45,10 +59,12 @@ test-deps: deps
 build: deps $(MODULE)
 
 $(NGX_TREE)/objs/Makefile: config config.make | deps
-	rm -rf $(NGX_TREE) && mkdir -p $(BUILD)
+	rm -rf $(NGX_TREE) && mkdir -p $(dir $(NGX_TREE))
 	cp -a $(NGX_SRC) $(NGX_TREE)
-	cd $(NGX_TREE) && . ./conf_flags && \
-	    ./configure "$${NGX_CONF_FLAGS[@]}" --add-dynamic-module=$(ROOT) \
+	cd $(NGX_TREE) && NGX_CONF_FLAGS=(--with-compat $(NGINX_CONF_FLAGS)) && \
+	    { [ ! -f conf_flags ] || . ./conf_flags; } && \
+	    $$([ -x configure ] && echo ./configure || echo auto/configure) \
+	    "$${NGX_CONF_FLAGS[@]}" --add-dynamic-module=$(ROOT) \
 	    > $(BUILD)/configure.log 2>&1 || (tail -20 $(BUILD)/configure.log; exit 1)
 
 $(MODULE): $(NGX_TREE)/objs/Makefile $(ENGINE_SRCS) $(ENGINE_HDRS) $(GLUE_SRCS)
@@ -84,3 +100,15 @@ clean:
 
 format:
 	clang-format -i src/*.cpp src/*.hpp tests/*.cpp ngx_http_sse_module/*.cpp ngx_http_sse_module/*.hpp
+
+# ---- release: version matrix, install, Debian package (see docs/install.md)
+.PHONY: matrix
+
+# nginx itself and the module built from each archive in MATRIX_SRC, and
+# the smoke subset of t/ run against each; prints a version table.
+MATRIX_SRC ?= $(firstword $(wildcard $(ROOT)/../shared/nginx-src \
+    $(ROOT)/../../shared/nginx-src))
+matrix: deps
+	@[ -n "$(MATRIX_SRC)" ] || { echo "MATRIX_SRC: no ../shared/nginx-src"; exit 1; }
+	bash pkg/matrix.sh $(MATRIX_SRC)
+

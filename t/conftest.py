@@ -21,8 +21,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-MODULE = ROOT / "build" / "ngx_http_sse_module.so"
-NGINX_BIN = "/usr/sbin/nginx"
+# Another nginx and the module built for it (make matrix, make test-asan):
+# SSE_NGINX_BIN=/path/to/sbin/nginx SSE_MODULE=/path/to/the.so
+MODULE = Path(os.environ.get("SSE_MODULE") or
+              ROOT / "build" / "ngx_http_sse_module.so")
+NGINX_BIN = os.environ.get("SSE_NGINX_BIN") or "/usr/sbin/nginx"
 
 BAD_LOG = re.compile(
     r"\[(alert|emerg|crit)\]|AddressSanitizer|runtime error|LeakSanitizer")
