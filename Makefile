@@ -102,7 +102,7 @@ format:
 	clang-format -i src/*.cpp src/*.hpp tests/*.cpp ngx_http_sse_module/*.cpp ngx_http_sse_module/*.hpp
 
 # ---- release: version matrix, install, Debian package (see docs/install.md)
-.PHONY: matrix
+.PHONY: matrix install uninstall deb
 
 # nginx itself and the module built from each archive in MATRIX_SRC, and
 # the smoke subset of t/ run against each; prints a version table.
@@ -112,3 +112,27 @@ matrix: deps
 	@[ -n "$(MATRIX_SRC)" ] || { echo "MATRIX_SRC: no ../shared/nginx-src"; exit 1; }
 	bash pkg/matrix.sh $(MATRIX_SRC)
 
+# make install: where Debian's nginx looks, as a libnginx-mod-* package
+# lays it out; DESTDIR, PREFIX (/usr) and SYSCONFDIR (/etc) respected.
+PREFIX ?= /usr
+SYSCONFDIR ?= /etc
+MODDIR := $(PREFIX)/lib/nginx/modules
+AVAILDIR := $(PREFIX)/share/nginx/modules-available
+ENABLED := $(SYSCONFDIR)/nginx/modules-enabled/50-mod-http-sse.conf
+install: build
+	install -D -m 644 $(MODULE) $(DESTDIR)$(MODDIR)/ngx_http_sse_module.so
+	mkdir -p $(DESTDIR)$(AVAILDIR) $(dir $(DESTDIR)$(ENABLED))
+	echo "load_module $(MODDIR)/ngx_http_sse_module.so;" \
+	    > $(DESTDIR)$(AVAILDIR)/mod-http-sse.conf
+	ln -sfn $(AVAILDIR)/mod-http-sse.conf $(DESTDIR)$(ENABLED)
+	@echo "installed; check with nginx -t, then reload nginx"
+
+uninstall:
+	rm -f $(DESTDIR)$(ENABLED) $(DESTDIR)$(AVAILDIR)/mod-http-sse.conf \
+	    $(DESTDIR)$(MODDIR)/ngx_http_sse_module.so
+
+# make deb: build/libnginx-mod-http-sse_VERSION_ARCH.deb, for Debian's nginx.
+deb: build
+	@[ -z "$(NGINX_SRC)" ] || { echo "make deb packages the module for \
+	Debian's nginx: run it without NGINX_SRC"; exit 1; }
+	bash pkg/deb.sh $(MODULE) $(VERSION) $(BUILD)
