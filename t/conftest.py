@@ -21,10 +21,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-# Another nginx and the module built for it (make matrix, make test-asan):
-# SSE_NGINX_BIN=/path/to/sbin/nginx SSE_MODULE=/path/to/the.so
-MODULE = Path(os.environ.get("SSE_MODULE") or
-              ROOT / "build" / "ngx_http_sse_module.so")
+MODULE = Path(os.environ.get("SSE_MODULE")
+              or ROOT / "build" / "ngx_http_sse_module.so")
+# Another nginx with the module built for it (make matrix).
 NGINX_BIN = os.environ.get("SSE_NGINX_BIN") or "/usr/sbin/nginx"
 
 BAD_LOG = re.compile(
