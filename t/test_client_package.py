@@ -143,3 +143,15 @@ def test_tsc_catches_a_wrong_use(project):
     # Proves the types are read: a misuse fails the check.
     rc, out = tsc(project, BAD_TS)
     assert rc != 0 and "TS2322" in out, out
+
+
+def test_make_demo_installs_no_test_dependencies():
+    # `make -n` prints what would run: the demo needs no npm install; the
+    # tests install the client's test deps (vitest, jsdom, react).
+    def dry(target):
+        p = subprocess.run(["make", "-n", "-C", str(ROOT), target],
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        return p.stdout
+    assert "npm" not in dry("demo")
+    assert "cd clients/js && npm ci" in dry("integration")
