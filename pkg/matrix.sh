@@ -81,9 +81,10 @@ for tgz in "${archives[@]}"; do
     if SSE_NGINX_BIN=$tree/objs/nginx SSE_MODULE=$tree/objs/ngx_http_sse_module.so \
         "$PYTHON" -m pytest -q -p no:cacheprovider "${SMOKE[@]}" \
         >"$dir/smoke.log" 2>&1; then
-        smoke[$ver]="yes ($(tail -1 "$dir/smoke.log" | grep -o '[0-9]* passed'))"
+        smoke[$ver]="yes ($(grep -Eo '[0-9]+ passed' "$dir/smoke.log" | tail -1))"
     else
-        smoke[$ver]="NO ($(tail -1 "$dir/smoke.log" | sed 's/=//g; s/^ *//; s/ *$//'))"
+        smoke[$ver]="NO ($(grep -E '[0-9]+ (passed|failed|error)' "$dir/smoke.log" |
+            tail -1 | sed 's/=//g; s/^ *//; s/ in [0-9.]*s.*//'))"
         grep -E '^(FAILED|ERROR)' "$dir/smoke.log" | head -20
         failed=1
     fi
