@@ -1,5 +1,6 @@
 // Directives, configuration and the module's process hooks.
 #include "ngx_http_sse.hpp"
+#include "ngx_http_sse_version.hpp"
 
 
 struct ngx_http_sse_bounds_t {
@@ -558,6 +559,8 @@ ngx_http_sse_zone_t *ngx_http_sse_loc_zone(ngx_http_request_t *r,
 }
 
 static ngx_int_t ngx_http_sse_init_module(ngx_cycle_t *cycle) {
+    ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0,
+                  "sse module " NGX_HTTP_SSE_VERSION);
     return NGX_OK;
 }
 
