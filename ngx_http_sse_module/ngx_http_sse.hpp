@@ -23,6 +23,8 @@ extern "C" {
 extern "C" ngx_module_t ngx_http_sse_module;
 
 #define NGX_HTTP_SSE_OFF ((ngx_msec_t)-2)
+// Room for "retry: MS\n\n" at its longest (any ngx_msec_t).
+#define NGX_HTTP_SSE_RETRY_LINE_LEN sizeof("retry: 18446744073709551615\n\n")
 
 enum ngx_http_sse_role_e {
     NGX_HTTP_SSE_NONE = 0,

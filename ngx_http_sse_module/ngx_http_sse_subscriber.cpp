@@ -186,7 +186,7 @@ static void ngx_http_sse_end_handler(ngx_event_t *ev) {
         ngx_http_run_posted_requests(c);
         return;
     }
-    u_char line[64];
+    u_char line[NGX_HTTP_SSE_RETRY_LINE_LEN];
     size_t n = ngx_http_sse_retry_line(line, ngx_http_sse_end_retry(sub->lcf));
     ngx_int_t rc =
         ngx_http_sse_enqueue_bytes(sub, {reinterpret_cast<char *>(line), n});
@@ -309,7 +309,7 @@ static ngx_int_t ngx_http_sse_refuse(ngx_http_request_t *r,
     if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
         return rc;
     }
-    ngx_buf_t *b = ngx_create_temp_buf(r->pool, 64);
+    ngx_buf_t *b = ngx_create_temp_buf(r->pool, NGX_HTTP_SSE_RETRY_LINE_LEN);
     if (b == NULL) {
         return NGX_ERROR;
     }
@@ -507,7 +507,7 @@ static ngx_int_t ngx_http_sse_subscribe(ngx_http_request_t *r) {
 
     // retry:, then the gap, then the catch-up: one write.
     if (lcf->retry != NGX_HTTP_SSE_OFF) {
-        u_char line[64];
+        u_char line[NGX_HTTP_SSE_RETRY_LINE_LEN];
         size_t n = ngx_http_sse_retry_line(line, lcf->retry);
         if (ngx_http_sse_enqueue_bytes(
                 sub, {reinterpret_cast<char *>(line), n}) != NGX_OK) {
