@@ -44,12 +44,15 @@ struct ngx_http_sse_zone_t {
 struct ngx_http_sse_main_conf_t {
     ngx_array_t zones;  // of ngx_http_sse_zone_t *
     ngx_uint_t default_zone_needed;
+    ngx_array_t zone_uses;  // "zone=NAME"s, checked once all are declared
     ngx_int_t *notify_fds;  // one eventfd per worker, made before fork
     ngx_uint_t nworkers;
 };
 
 struct ngx_http_sse_loc_conf_t {
     ngx_uint_t role;
+    ngx_str_t role_file;  // where the role was set, for merge-time errors
+    ngx_uint_t role_line;
     ngx_shm_zone_t *shm_zone;        // nullptr: the only sse_zone
     ngx_array_t *channels;           // sse_channel's values: complex values
     sse::channel_rule channel_rule;  // its split= and unescape options

@@ -12,7 +12,18 @@ struct ngx_http_sse_bounds_t {
     const char *what;
 };
 
+// A "zone=NAME" of sse_subscribe/sse_publish, and where it was written:
+// the zone may be declared later in the http block, so it is checked at
+// postconfiguration, where nginx alone would only say "zero size".
+struct ngx_http_sse_zone_use_t {
+    ngx_shm_zone_t *zone;
+    ngx_str_t directive;
+    ngx_str_t file;
+    ngx_uint_t line;
+};
+
 static char *ngx_http_sse_role(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+static ngx_http_handler_pt ngx_http_sse_role_handler(ngx_uint_t role);
 static char *ngx_http_sse_channel(ngx_conf_t *cf, ngx_command_t *cmd,
                                   void *conf);
 static char *ngx_http_sse_set_msec_off(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -187,11 +198,19 @@ static char *ngx_http_sse_role(ngx_conf_t *cf, ngx_command_t *cmd, void *conf) {
         return (char *)"is duplicate, or combined with another sse role";
     }
     lcf->role = cmd->offset;
+    lcf->role_file = cf->conf_file->file.name;
+    lcf->role_line = cf->conf_file->line;
 
+    // One content handler per location: one set before us (proxy_pass,
+    // fastcgi_pass, ...) is refused here, one set after us at merge.
     auto *clcf = static_cast<ngx_http_core_loc_conf_t *>(
         ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module));
+    if (clcf->handler != NULL) {
+        return (char *)"cannot be combined with another content handler "
+                       "(proxy_pass, fastcgi_pass, ...) in one location";
+    }
+    clcf->handler = ngx_http_sse_role_handler(lcf->role);
     if (lcf->role == NGX_HTTP_SSE_STATUS) {
-        clcf->handler = ngx_http_sse_status_handler;
         return NGX_CONF_OK;
     }
 
@@ -205,16 +224,35 @@ static char *ngx_http_sse_role(ngx_conf_t *cf, ngx_command_t *cmd, void *conf) {
         if (lcf->shm_zone == NULL) {
             return (char *)NGX_CONF_ERROR;
         }
+        auto *mcf = static_cast<ngx_http_sse_main_conf_t *>(
+            ngx_http_conf_get_module_main_conf(cf, ngx_http_sse_module));
+        auto *use = static_cast<ngx_http_sse_zone_use_t *>(
+            ngx_array_push(&mcf->zone_uses));
+        if (use == NULL) {
+            return (char *)NGX_CONF_ERROR;
+        }
+        use->zone = lcf->shm_zone;
+        use->directive = cmd->name;
+        use->file = cf->conf_file->file.name;
+        use->line = cf->conf_file->line;
     } else {
         auto *mcf = static_cast<ngx_http_sse_main_conf_t *>(
             ngx_http_conf_get_module_main_conf(cf, ngx_http_sse_module));
         mcf->default_zone_needed = 1;
     }
-
-    clcf->handler = lcf->role == NGX_HTTP_SSE_SUBSCRIBE
-                        ? ngx_http_sse_subscribe_handler
-                        : ngx_http_sse_publish_handler;
     return NGX_CONF_OK;
+}
+
+static ngx_http_handler_pt ngx_http_sse_role_handler(ngx_uint_t role) {
+    switch (role) {
+        case NGX_HTTP_SSE_SUBSCRIBE:
+            return ngx_http_sse_subscribe_handler;
+        case NGX_HTTP_SSE_PUBLISH:
+            return ngx_http_sse_publish_handler;
+        case NGX_HTTP_SSE_STATUS:
+            return ngx_http_sse_status_handler;
+    }
+    return NULL;
 }
 
 // "off", else nginx's msec slot. sse_retry also reads a bare number as
@@ -372,7 +410,9 @@ static void *ngx_http_sse_create_main_conf(ngx_conf_t *cf) {
         return NULL;
     }
     if (ngx_array_init(&mcf->zones, cf->pool, 2,
-                       sizeof(ngx_http_sse_zone_t *)) != NGX_OK) {
+                       sizeof(ngx_http_sse_zone_t *)) != NGX_OK ||
+        ngx_array_init(&mcf->zone_uses, cf->pool, 2,
+                       sizeof(ngx_http_sse_zone_use_t)) != NGX_OK) {
         return NULL;
     }
     return mcf;
@@ -433,6 +473,33 @@ static char *ngx_http_sse_merge_loc_conf(ngx_conf_t *cf, void *parent,
                                                  : "sse_publish");
         return (char *)NGX_CONF_ERROR;
     }
+    if (conf->role != NGX_HTTP_SSE_NONE) {
+        // Merging a location: cf->ctx holds its own confs. A content
+        // handler set after ours (proxy_pass, ...) replaced it.
+        auto *clcf = static_cast<ngx_http_core_loc_conf_t *>(
+            ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module));
+        if (clcf->handler != ngx_http_sse_role_handler(conf->role)) {
+            ngx_log_error(
+                NGX_LOG_EMERG, cf->log, 0,
+                "\"%s\" directive cannot be combined with another content "
+                "handler (proxy_pass, fastcgi_pass, ...) in one location "
+                "(\"%V\") in %V:%ui",
+                conf->role == NGX_HTTP_SSE_SUBSCRIBE ? "sse_subscribe"
+                : conf->role == NGX_HTTP_SSE_PUBLISH ? "sse_publish"
+                                                     : "sse_status",
+                &clcf->name, &conf->role_file, conf->role_line);
+            return (char *)NGX_CONF_ERROR;
+        }
+    }
+    if (conf->role != NGX_HTTP_SSE_NONE && conf->allow_credentials == 1 &&
+        conf->allow_origin == NULL) {
+        auto *clcf = static_cast<ngx_http_core_loc_conf_t *>(
+            ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module));
+        ngx_log_error(NGX_LOG_WARN, cf->log, 0,
+                      "\"sse_allow_credentials\" is ignored in location "
+                      "\"%V\": it needs \"sse_allow_origin\" (%V:%ui)",
+                      &clcf->name, &conf->role_file, conf->role_line);
+    }
     if (conf->role == NGX_HTTP_SSE_PUBLISH && conf->channels->nelts > 1) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"sse_channel\" takes one value where "
@@ -445,6 +512,17 @@ static char *ngx_http_sse_merge_loc_conf(ngx_conf_t *cf, void *parent,
 static ngx_int_t ngx_http_sse_postconfiguration(ngx_conf_t *cf) {
     auto *mcf = static_cast<ngx_http_sse_main_conf_t *>(
         ngx_http_conf_get_module_main_conf(cf, ngx_http_sse_module));
+    auto *use = static_cast<ngx_http_sse_zone_use_t *>(mcf->zone_uses.elts);
+    for (ngx_uint_t i = 0; i < mcf->zone_uses.nelts; i++) {
+        if (use[i].zone->shm.size == 0) {
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "\"%V\" directive names zone \"%V\", but no "
+                          "\"sse_zone zone=%V:SIZE\" declares it in %V:%ui",
+                          &use[i].directive, &use[i].zone->shm.name,
+                          &use[i].zone->shm.name, &use[i].file, use[i].line);
+            return NGX_ERROR;
+        }
+    }
     if (mcf->default_zone_needed && mcf->zones.nelts != 1) {
         ngx_conf_log_error(
             NGX_LOG_EMERG, cf, 0,

@@ -223,14 +223,6 @@ def test_named_zones(tmp_path):
     assert ok, out
 
 
-def test_undeclared_zone_fails(tmp_path):
-    ok, out = nginx_test_config(tmp_path, conf(
-        tmp_path, sub_locations="""
-        location = /nozone { sse_subscribe zone=nope; sse_channel x; }"""))
-    assert not ok, out
-    assert 'zero size shared memory zone "nope"' in out, out
-
-
 LOCATION_ERRORS = [
     ("sse_subscribe;", '"sse_channel" is required where "sse_subscribe" is'),
     ("sse_publish;", '"sse_channel" is required where "sse_publish" is'),
@@ -282,3 +274,79 @@ def test_sse_zone_outside_http_fails(tmp_path):
 def test_default_config_passes(tmp_path):
     ok, out = nginx_test_config(tmp_path, conf(tmp_path))
     assert ok, out
+
+
+# ---- configuration errors a user can act on (issue 12)
+
+def test_undeclared_zone_names_directive_zone_file_and_line(tmp_path):
+    text = conf(tmp_path, sub_locations="""
+        location = /nozone { sse_subscribe zone=zz; sse_channel x; }""")
+    ok, out = nginx_test_config(tmp_path, text)
+    assert not ok, out
+    line = next(i for i, ln in enumerate(text.splitlines(), 1)
+                if "zone=zz" in ln)
+    assert ('[emerg] "sse_subscribe" directive names zone "zz", but no '
+            '"sse_zone zone=zz:SIZE" declares it in '
+            f"{tmp_path}/nginx.conf:{line}") in out, out
+    assert "zero size" not in out, out
+
+
+def test_zone_declared_after_its_use_is_fine(tmp_path):
+    text = conf(tmp_path, pub_locations="""
+        location = /later { sse_publish zone=sse; sse_channel x; }""")
+    # Move sse_zone to the end of the http block.
+    text = text.replace("sse_zone zone=sse:16m;", "", 1)
+    text = text.rstrip()[:-1] + "    sse_zone zone=sse:16m;\n}\n"
+    ok, out = nginx_test_config(tmp_path, text)
+    assert ok, out
+
+
+HANDLER_CONFLICTS = [
+    "sse_subscribe; sse_channel x; proxy_pass http://127.0.0.1:9;",
+    "proxy_pass http://127.0.0.1:9; sse_subscribe; sse_channel x;",
+    "sse_publish; sse_channel x; fastcgi_pass 127.0.0.1:9;",
+    "uwsgi_pass 127.0.0.1:9; sse_publish; sse_channel x;",
+    "sse_status; proxy_pass http://127.0.0.1:9;",
+    "empty_gif; sse_subscribe; sse_channel x;",
+]
+
+
+@pytest.mark.parametrize("body", HANDLER_CONFLICTS)
+def test_another_content_handler_fails_nginx_t(tmp_path, body):
+    text = conf(tmp_path,
+                sub_locations=f"\n        location = /both {{ {body} }}")
+    ok, out = nginx_test_config(tmp_path, text)
+    assert not ok, out
+    line = next(i for i, ln in enumerate(text.splitlines(), 1)
+                if "location = /both" in ln)
+    assert "[emerg]" in out, out
+    assert ("directive cannot be combined with another content handler "
+            "(proxy_pass, fastcgi_pass, ...) in one location") in out, out
+    assert f"{tmp_path}/nginx.conf:{line}\n" in out, out
+
+
+def test_content_handler_in_a_nested_location_is_fine(tmp_path):
+    ok, out = nginx_test_config(tmp_path, conf(tmp_path, sub_locations="""
+        location /outer {
+            sse_subscribe;
+            sse_channel x;
+            location /outer/api { proxy_pass http://127.0.0.1:9; }
+        }"""))
+    assert ok, out
+
+
+def test_credentials_without_origin_warns(tmp_path):
+    ok, out = nginx_test_config(tmp_path, conf(
+        tmp_path, sub_locations="""
+        location = /cred { sse_subscribe; sse_channel x;
+                           sse_allow_credentials on; }"""))
+    assert ok, out
+    assert ('[warn] "sse_allow_credentials" is ignored in location "/cred": '
+            f'it needs "sse_allow_origin" ({tmp_path}/nginx.conf:') in out, out
+
+
+def test_credentials_with_origin_does_not_warn(tmp_path):
+    ok, out = nginx_test_config(tmp_path, conf(
+        tmp_path, http="sse_allow_credentials on; sse_allow_origin $http_origin;"))
+    assert ok, out
+    assert "[warn]" not in out, out
