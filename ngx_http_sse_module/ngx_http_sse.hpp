@@ -51,11 +51,13 @@ struct ngx_http_sse_main_conf_t {
 
 struct ngx_http_sse_loc_conf_t {
     ngx_uint_t role;
-    ngx_str_t role_file;  // where the role was set, for merge-time errors
+    // Where the role was set, for errors found at merge.
+    ngx_str_t role_file;
     ngx_uint_t role_line;
-    ngx_shm_zone_t *shm_zone;        // nullptr: the only sse_zone
-    ngx_array_t *channels;           // sse_channel's values: complex values
-    sse::channel_rule channel_rule;  // its split= and unescape options
+    ngx_shm_zone_t *shm_zone;  // nullptr: the only sse_zone
+    // sse_channel: its values (complex values) and options (split=, unescape)
+    ngx_array_t *channels;
+    sse::channel_rule channel_rule;
     ngx_http_complex_value_t *last_event_id;
     ngx_http_complex_value_t *allow_origin;
     ngx_flag_t allow_credentials;
