@@ -36,11 +36,15 @@ public:
     size_t bytes() const { return bytes_; }
     size_t failures() const { return failures_; }
     void set_limit(size_t limit) { limit_ = limit; }
+    // Refuses any one allocation over `size`, as a slab allocator with no
+    // free page does while it still has room for small chunks.
+    void set_max_size(size_t size) { max_size_ = size; }
 
 private:
     static void *alloc(void *ctx, size_t size) {
         auto *self = static_cast<counting_allocator *>(ctx);
-        if (size > self->limit_ || self->bytes_ > self->limit_ - size) {
+        if (size > self->limit_ || self->bytes_ > self->limit_ - size ||
+            size > self->max_size_) {
             self->failures_++;
             return nullptr;
         }
@@ -63,6 +67,7 @@ private:
     }
 
     size_t limit_;
+    size_t max_size_ = SIZE_MAX;
     size_t bytes_ = 0;
     size_t failures_ = 0;
     std::map<void *, size_t> live_;
@@ -1325,6 +1330,29 @@ TEST(Exhaustion, EventsUnderASlotsHoldAreNeverFreed) {
     z.session()->end_read(r, to, &a, 1);
     // Once the hold is gone, the same publish makes room.
     EXPECT_EQ(z.pub_("a", "after", 0, 100), 5u);
+    EXPECT_EQ(z.check(), "");
+}
+
+TEST(Exhaustion, ARingThatCannotGrowTakesTheEventOnceEvictionMadeRoom) {
+    zone z;
+    for (int i = 0; i < 4; i++) {
+        z.pub_("a", "v", 0, 100);  // a full ring of 4
+    }
+    ASSERT_EQ(z.find("a")->cap, 4u);
+    sse::message *m = z.session()->prepare(z.pub, 1, 0);
+    ASSERT_NE(m, nullptr);
+    m->bytes()[0] = 'x';
+    // A ring of 8 can never be had: growing evicts all it can, in vain.
+    z.mem.set_max_size(8 * sizeof(sse::message *) - 1);
+    z.mem.set_limit(z.mem.bytes());
+    uint64_t seq = 0;
+    {
+        auto s = z.session();
+        EXPECT_EQ(s->commit(z.pub, m, s->find("a"), 0, 100, long_ttl, &seq),
+                  sse::publish_status::ok);
+    }
+    EXPECT_EQ(seq, 5u);
+    EXPECT_EQ(z.in("a"), seqs{5});
     EXPECT_EQ(z.check(), "");
 }
 
