@@ -1,8 +1,6 @@
 // Directives, configuration and the module's process hooks.
 #include "ngx_http_sse.hpp"
 #include "ngx_http_sse_version.hpp"
-
-
 struct ngx_http_sse_bounds_t {
     ngx_int_t min;
     ngx_int_t max;
@@ -167,6 +165,16 @@ static ngx_command_t ngx_http_sse_commands[] = {
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF |
          NGX_CONF_TAKE1,
      ngx_http_sse_auth_subscribe_request, NGX_HTTP_LOC_CONF_OFFSET, 0, NULL},
+
+    {ngx_string("sse_unsubscribe_request"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF |
+         NGX_CONF_TAKE1,
+     ngx_http_sse_unsubscribe_request, NGX_HTTP_LOC_CONF_OFFSET, 0, NULL},
+
+    {ngx_string("sse_presence_channel"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF |
+         NGX_CONF_TAKE1,
+     ngx_http_sse_presence_channel, NGX_HTTP_LOC_CONF_OFFSET, 0, NULL},
 
     ngx_null_command};
 
