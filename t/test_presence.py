@@ -9,6 +9,7 @@ import asyncio
 import http.server
 import json
 import os
+import subprocess
 import signal
 import threading
 import time
@@ -339,3 +340,57 @@ async def test_sigkill_publishes_the_leaves(presence):
     assert data["sub"].startswith("u")
     for c in victims:
         c.close()
+
+
+async def test_http2_streams(start_nginx, backend, tmp_path):
+    """Over HTTP/2 a stream the server ends sends the leave hook too; a
+    client that resets its stream leaves the zone (and its presence) right,
+    without the hook (see the README)."""
+    from clienthelp import make_cert
+    cert, key = make_cert(tmp_path)
+    port = free_port()
+    n = start_nginx(
+        server=f"""
+        listen 127.0.0.1:{port} ssl http2;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};""",
+        sub=BOTH + "\n            sse_stream_timeout 500ms;",
+        sub_locations=HOOKS.format(port=backend.port) + """
+        location ~ ^/long/(?<lch>.+)$ {
+            sse_subscribe;
+            sse_channel $lch;
+            sse_unsubscribe_request /_leave;
+            sse_presence_channel $lch:presence;
+        }""")
+
+    def curl(path):
+        return subprocess.Popen(
+            ["/usr/bin/curl", "--http2", "--cacert", str(cert), "-sS", "-N",
+             "--max-time", "20", "-o", os.devnull,
+             f"https://127.0.0.1:{port}{path}"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    p = curl("/events/h2a")
+    leaves = await backend.wait_leaves(1)
+    assert [(x["channels"], x["reason"]) for x in leaves] == \
+        [("h2a", "stream_timeout")]
+    p.kill()
+    p.wait()
+    p = curl("/long/h2b")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        r = await n.info("h2b")
+        if r.status == 200 and r.json()["subscribers"] == 1:
+            break
+        await asyncio.sleep(0.05)
+    p.kill()
+    p.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if (await n.info("h2b")).json()["subscribers"] == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert (await n.info("h2b")).json()["subscribers"] == 0
+    # The presence channel got the join and the leave.
+    r = await n.pub_http("GET", "/publish/h2b:presence")
+    assert r.json()["messages"] == 2
