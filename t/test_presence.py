@@ -394,3 +394,31 @@ async def test_http2_streams(start_nginx, backend, tmp_path):
     # The presence channel got the join and the leave.
     r = await n.pub_http("GET", "/publish/h2b:presence")
     assert r.json()["messages"] == 2
+
+
+async def test_stalled_client_sends_the_leave_at_send_timeout(start_nginx,
+                                                              backend):
+    # 8 MB to a client that reads nothing: nginx's own write blocks, under
+    # sse_max_pending, so send_timeout ends it (see test_guarantees.py).
+    import socket
+    n = start_nginx(sub=BOTH + "\n            sse_max_pending 32m;",
+                    http="send_timeout 1s; client_body_buffer_size 128k;",
+                    sub_locations=HOOKS.format(port=backend.port))
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+    s.connect(("127.0.0.1", n.sub_port))
+    s.sendall(b"GET /events/stall HTTP/1.1\r\nHost: x\r\n\r\n")
+    try:
+        deadline = time.monotonic() + 5
+        while (await n.info("stall")).status != 200 and \
+                time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for _ in range(130):
+            r = await n.publish("stall", b"s" * 63000)
+            assert r.status == 202, r
+        leaves = await backend.wait_leaves(1, timeout=15)
+        assert [(x["channels"], x["reason"]) for x in leaves] == \
+            [("stall", "client_timeout")]
+        assert (await n.info("stall")).json()["subscribers"] == 0
+    finally:
+        s.close()
