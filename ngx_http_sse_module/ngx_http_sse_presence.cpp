@@ -202,7 +202,7 @@ static void ngx_http_sse_presence_publish(
                           sub->presence.len);
     const std::string *who = sub->who;
     for (const auto &[chan, count] : counts) {
-        if (chan == pres) {
+        if (chan.empty() || chan == pres) {
             continue;
         }
         if (!ngx_http_sse_publish_internal(
@@ -219,8 +219,11 @@ void ngx_http_sse_presence_joined(ngx_http_sse_subscriber_t *sub) {
     if (sub->presence.len == 0) {
         return;
     }
-    std::vector<std::pair<std::string, uint32_t>> counts;
-    counts.reserve(sub->nlinks);
+    // Reserved now so that nothing allocates while the zone is locked.
+    std::vector<std::pair<std::string, uint32_t>> counts(sub->nlinks);
+    for (auto &c : counts) {
+        c.first.reserve(sse::max_channel_id_len);
+    }
     std::string_view pres(reinterpret_cast<char *>(sub->presence.data),
                           sub->presence.len);
     {
@@ -228,12 +231,12 @@ void ngx_http_sse_presence_joined(ngx_http_sse_subscriber_t *sub) {
         for (ngx_uint_t i = 0; i < sub->nlinks; i++) {
             sse::channel *ch = sub->chans[i];
             if (ch->id() == pres) {
-                continue;
+                continue;  // counts[i] stays empty: skipped below
             }
             ngx_http_sse_presence_remember(sub->zw->zone, ch->id(), pres,
                                            sub->lcf);
-            counts.emplace_back(std::string(ch->id()),
-                                sse::store::subscribers(ch));
+            counts[i].first.assign(ch->id());
+            counts[i].second = sse::store::subscribers(ch);
         }
     }
     ngx_http_sse_presence_publish(sub, "join", counts);
@@ -314,6 +317,7 @@ void ngx_http_sse_presence_worker_ready(bool ready) {
 void ngx_http_sse_presence_clear_slot(ngx_http_sse_zone_t *z, uint32_t slot,
                                       bool *cleared) {
     std::vector<ngx_http_sse_presence_lost_t> left;
+    left.reserve(16);  // more is rare: a few channels per dead worker
     {
         auto s = ngx_http_sse_session(z);
         sse::slot &sl = s->root()->slots[slot];
