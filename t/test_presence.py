@@ -422,3 +422,24 @@ async def test_stalled_client_sends_the_leave_at_send_timeout(start_nginx,
         assert (await n.info("stall")).json()["subscribers"] == 0
     finally:
         s.close()
+
+
+async def test_presence_across_a_reload(presence):
+    """Old workers end their streams (shutdown): each subscriber's leave
+    is published before the worker exits; a watcher that resumes sees it,
+    then the rejoin on a new worker."""
+    w = await presence.stream("/watch/rl:presence")
+    a = await presence.stream(f"/events/rl?token={token('ann')}")
+    assert presence_of(await w.next_event()) == \
+        ("join", {"sub": "ann", "channel": "rl", "count": 1})
+    presence.reload()
+    await a.until_end(10)
+    await w.until_end(10)
+    w2 = await presence.stream("/watch/rl:presence",
+                               headers={"Last-Event-ID": w.last_id})
+    assert presence_of(await w2.next_event()) == \
+        ("leave", {"sub": "ann", "channel": "rl", "count": 0})
+    await presence.stream(f"/events/rl?token={token('ann')}")
+    assert presence_of(await w2.next_event()) == \
+        ("join", {"sub": "ann", "channel": "rl", "count": 1})
+    assert (await presence.info("rl")).json()["subscribers"] == 1
