@@ -434,11 +434,15 @@ async def test_presence_across_a_reload(presence):
         ("join", {"sub": "ann", "channel": "rl", "count": 1})
     presence.reload()
     await a.until_end(10)
-    await w.until_end(10)
+    # The leave reaches the watcher before its own stream ends, or after
+    # it resumes.
+    seen = [presence_of(b) for b in await w.until_end(10)
+            if b.event in ("join", "leave")]
     w2 = await presence.stream("/watch/rl:presence",
                                headers={"Last-Event-ID": w.last_id})
-    assert presence_of(await w2.next_event()) == \
-        ("leave", {"sub": "ann", "channel": "rl", "count": 0})
+    if not seen:
+        seen.append(presence_of(await w2.next_event()))
+    assert seen == [("leave", {"sub": "ann", "channel": "rl", "count": 0})]
     await presence.stream(f"/events/rl?token={token('ann')}")
     assert presence_of(await w2.next_event()) == \
         ("join", {"sub": "ann", "channel": "rl", "count": 1})
