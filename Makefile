@@ -76,12 +76,20 @@ $(MODULE): $(NGX_TREE)/objs/Makefile $(ENGINE_SRCS) $(ENGINE_HDRS) $(GLUE_SRCS)
 
 # The engine's tests build with no nginx include path: a stray nginx
 # include in src/ fails here.
-$(BUILD)/unit_tests: $(ENGINE_SRCS) $(ENGINE_HDRS) $(UNIT_SRCS) $(wildcard tests/*.hpp) | deps
-	@mkdir -p $(BUILD)
-	g++ -std=c++17 -O1 -g -Wall -Wextra -Werror -fsanitize=address,undefined \
-	    -Isrc $(ENGINE_SRCS) $(UNIT_SRCS) -lgtest -lgtest_main -lcrypto -pthread -o $@
+UNIT_CXX := g++ -std=c++17 -O1 -g -Wall -Wextra -Werror \
+    -fsanitize=address,undefined -Isrc
+UNIT_OBJS := $(patsubst %.cpp,$(BUILD)/unit/%.o,$(ENGINE_SRCS) $(UNIT_SRCS))
 
-unit: $(BUILD)/unit_tests
+# One object per file: both cores compile, and a change rebuilds its file.
+$(BUILD)/unit/%.o: %.cpp $(ENGINE_HDRS) $(wildcard tests/*.hpp) | deps
+	@mkdir -p $(dir $@)
+	$(UNIT_CXX) -c $< -o $@
+
+$(BUILD)/unit_tests: $(UNIT_OBJS)
+	$(UNIT_CXX) $^ -lgtest -lgtest_main -lcrypto -pthread -o $@
+
+unit: | deps
+	$(MAKE) -j2 $(BUILD)/unit_tests
 	$(BUILD)/unit_tests --gtest_brief=1
 
 integration: build test-deps
