@@ -105,7 +105,7 @@ $(BUILD)/fuzz/obj/%.o: src/%.cpp $(ENGINE_HDRS) | deps
 	$(FUZZ_CXX) -c $< -o $@
 
 $(BUILD)/fuzz/%: fuzz/%.cpp $(wildcard fuzz/*.hpp) $(ENGINE_HDRS) $(FUZZ_ENGINE_OBJS)
-	$(FUZZ_CXX) $< $(FUZZ_ENGINE_OBJS) -o $@
+	$(FUZZ_CXX) $< $(FUZZ_ENGINE_OBJS) -lcrypto -o $@
 
 fuzz: $(FUZZ_BINS)
 	@failed=""; for t in $(FUZZ_TARGETS); do \
