@@ -1,6 +1,7 @@
 // sse_status: the zones' figures as JSON, or Prometheus text with
 // ?format=prometheus.
 #include "ngx_http_sse.hpp"
+#include "ngx_http_sse_version.hpp"
 
 struct ngx_http_sse_zone_figures_t {
     std::string name;
@@ -55,7 +56,7 @@ static ngx_http_sse_zone_figures_t ngx_http_sse_figures(ngx_http_sse_zone_t *z,
 
 static std::string ngx_http_sse_status_json(
     const std::vector<ngx_http_sse_zone_figures_t> &zones) {
-    std::string j = "{\"zones\":[";
+    std::string j = "{\"version\":\"" NGX_HTTP_SSE_VERSION "\",\"zones\":[";
     for (size_t i = 0; i < zones.size(); i++) {
         const auto &f = zones[i];
         auto num = [&j](const char *k, uint64_t v) {
@@ -100,7 +101,10 @@ static std::string ngx_http_sse_status_json(
 
 static std::string ngx_http_sse_status_prometheus(
     const std::vector<ngx_http_sse_zone_figures_t> &zones) {
-    std::string t;
+    std::string t =
+        "# HELP sse_build_info The module's version.\n"
+        "# TYPE sse_build_info gauge\n"
+        "sse_build_info{version=\"" NGX_HTTP_SSE_VERSION "\"} 1\n";
     auto metric = [&](const char *name, const char *type, const char *help,
                       auto value) {
         t += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name +

@@ -349,7 +349,7 @@ private:
     store(zone_root *root, const allocator &a) : root_(root), a_(a) {}
 
     void *alloc_evicting(size_t size, const channel *keep, int64_t now);
-    bool evict_one(const channel *keep);
+    bool evict_one(const channel *keep, bool needed_too);
     bool needed(const message *m, uint64_t min_hold) const;
     uint64_t min_hold() const;
     void retire_oldest(channel *c);

@@ -23,7 +23,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 MODULE = Path(os.environ.get("SSE_MODULE")
               or ROOT / "build" / "ngx_http_sse_module.so")
-NGINX_BIN = "/usr/sbin/nginx"
+# Another nginx with the module built for it (make matrix).
+NGINX_BIN = os.environ.get("SSE_NGINX_BIN") or "/usr/sbin/nginx"
 
 BAD_LOG = re.compile(
     r"\[(alert|emerg|crit)\]|AddressSanitizer|runtime error|LeakSanitizer")

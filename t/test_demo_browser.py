@@ -153,8 +153,12 @@ def test_ai_answer_survives_reload_mid_answer(demo):
 
 @needs_browser
 def test_pages_load_without_errors(demo):
-    run_browser(demo, "pages")
+    r = run_browser(demo, "pages")
     assert (ARTIFACTS / "index.png").stat().st_size > 10_000
+    # The live panel numbers the workers; a public page shows no pid.
+    assert "worker 1" in r["panel"], r["panel"]
+    for pid in demo.workers():
+        assert not re.search(rf"\b{pid}\b", r["panel"]), r["panel"]
 
 
 # ---------------------------------------------------------------- HTTP

@@ -465,9 +465,11 @@ async function scenarioPages() {
   const screenshot = await shot(page, "index.png");
   await page.click('a.tile[href="chat.html"]');
   await page.waitForFunction(() => window.chatDemo && window.chatDemo.conn.state === "open", null, { timeout: T });
+  await page.waitForFunction(() => document.querySelectorAll(".workers li").length > 0, null, { timeout: T });
+  const panel = await page.evaluate(() => document.body.innerText);
   await page.click('nav a[href="ai.html"]');
   await page.waitForFunction(() => window.aiDemo && window.aiDemo.conn.state === "open", null, { timeout: T });
-  return { screenshot };
+  return { screenshot, panel };
 }
 
 // ------------------------------------------------------------------ main

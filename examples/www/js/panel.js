@@ -58,10 +58,11 @@ export function createPanel(root, { statusUrl = "/status", every = 2000 } = {}) 
       root.querySelector(".meter > span").style.width = `${Math.max(1, (100 * z.bytes_used) / z.bytes_total).toFixed(1)}%`;
       const list = root.querySelector(".workers");
       list.replaceChildren(
-        ...z.workers.map((w) => {
+        // Numbered, not by pid: a public page has no business showing pids.
+        ...z.workers.map((w, i) => {
           const li = document.createElement("li");
           const a = document.createElement("span");
-          a.textContent = `worker ${w.pid}`;
+          a.textContent = `worker ${i + 1}`;
           const b = document.createElement("span");
           b.textContent = `${w.subscribers} sub${w.subscribers === 1 ? "" : "s"}`;
           li.append(a, b);
