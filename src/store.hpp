@@ -167,7 +167,8 @@ struct zone_root {
     uint32_t nchannels;
     uint32_t sweep_pos;
     uint32_t dirty;  // set inside a session that changes anything
-    uint64_t nmessages;
+    uint64_t nmessages;  // in the log: resumable and retired
+    uint64_t nretired;   // out of their rings, kept for readers
     uint64_t message_bytes;
     zone_stats stats;
     slot slots[max_slots];
