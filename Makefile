@@ -117,7 +117,8 @@ format:
 # ASan + UBSan, each run FUZZ_SECONDS from its seed corpus (fuzz/corpus/NAME,
 # committed) plus what it finds (build/fuzz/corpus/NAME, not committed).
 # Any crash, sanitizer report or failed check fails. Longer runs by hand:
-# `make fuzz FUZZ_SECONDS=600` or build/fuzz/NAME build/fuzz/corpus/NAME.
+# `make fuzz FUZZ_SECONDS=600 FUZZ_TARGETS=fuzz_store`, or run
+# build/fuzz/NAME build/fuzz/corpus/NAME fuzz/corpus/NAME (libFuzzer flags).
 FUZZ_SECONDS ?= 10
 FUZZ_TARGETS := $(patsubst fuzz/%.cpp,%,$(wildcard fuzz/fuzz_*.cpp))
 FUZZ_BINS := $(addprefix $(BUILD)/fuzz/,$(FUZZ_TARGETS))
@@ -133,7 +134,7 @@ $(BUILD)/fuzz/obj/%.o: src/%.cpp $(ENGINE_HDRS) | deps
 	$(FUZZ_CXX) -c $< -o $@
 
 $(BUILD)/fuzz/%: fuzz/%.cpp $(wildcard fuzz/*.hpp) $(ENGINE_HDRS) $(FUZZ_ENGINE_OBJS)
-	$(FUZZ_CXX) $< $(FUZZ_ENGINE_OBJS) -o $@
+	$(FUZZ_CXX) $< $(FUZZ_ENGINE_OBJS) -lcrypto -o $@
 
 fuzz: $(FUZZ_BINS)
 	@failed=""; for t in $(FUZZ_TARGETS); do \
