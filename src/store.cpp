@@ -333,9 +333,12 @@ bool store::needed(const message *m, uint64_t hold) const {
 
 void store::retire_oldest(channel *c) {
     message *m = c->at(c->retired);
-    c->retired++;
+    // The gap is recorded first: a process killed in between must not leave
+    // an event out of resume that a resume from before it does not notice.
     c->dropped_seq = std::max(c->dropped_seq, m->seq);
     root_->dropped_seq = std::max(root_->dropped_seq, m->seq);
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    c->retired++;
 }
 
 void store::pop_front(channel *c) {
@@ -391,17 +394,17 @@ bool store::evict_one(const channel *keep, bool needed_too) {
         return false;
     }
     channel *c = m->chan;
-    uint64_t seq = m->seq;  // m is freed below
-    bool buffered = c->retired == 0;
-    bool lost = needed(m, 0);
-    pop_front(c);
-    free_message(m);
-    root_->stats.evicted += buffered;
-    if (lost) {
-        c->lost_seq = std::max(c->lost_seq, seq);
+    // The loss is recorded before the event goes, so that no kill in
+    // between makes it a silent one.
+    if (needed(m, 0)) {
+        c->lost_seq = std::max(c->lost_seq, m->seq);
         root_->lost_seq = std::max(root_->lost_seq, c->lost_seq);
         root_->stats.lost++;
     }
+    root_->stats.evicted += c->retired == 0;
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    pop_front(c);
+    free_message(m);
     if (c->deleted && c->count == 0 && c->nsubs == 0 && c != keep) {
         free_channel(c);
     }
@@ -449,13 +452,18 @@ bool store::grow_ring(channel *c, int64_t now) {
     if (ring == nullptr) {
         return false;
     }
-    // Eviction may have shortened c meanwhile: copy what is there now.
+    // Eviction may have shortened c meanwhile: copy what is there now. Each
+    // event goes where both the old cap and the new one look for it with
+    // the same head, so that a process killed between the two writes below
+    // leaves a ring a repair reads whole (head + i < 2 * old cap).
     for (uint32_t i = 0; i < c->count; i++) {
-        ring[i] = c->at(i);
+        ring[(c->head + i) % cap] = c->at(i);
+        ring[(c->head + i) % c->cap] = c->at(i);
     }
     message **old = c->ring;
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
     c->ring = ring;
-    c->head = 0;
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
     c->cap = cap;
     if (old != nullptr) {
         a_.free(a_.ctx, old);
@@ -520,16 +528,16 @@ publish_status store::commit(uint32_t si, message *m, channel *c, int64_t now,
             a_.free(a_.ctx, m);
             return publish_status::no_memory;
         }
-        uint64_t old_seq = old->seq;  // old is freed below
-        bool lost = needed(old, 0);
-        pop_front(c);
-        free_message(old);
-        root_->stats.evicted++;
-        if (lost) {
-            c->lost_seq = std::max(c->lost_seq, old_seq);
+        // The loss is recorded before the event goes (see evict_one).
+        if (needed(old, 0)) {
+            c->lost_seq = std::max(c->lost_seq, old->seq);
             root_->lost_seq = std::max(root_->lost_seq, c->lost_seq);
             root_->stats.lost++;
         }
+        root_->stats.evicted++;
+        __atomic_signal_fence(__ATOMIC_SEQ_CST);
+        pop_front(c);
+        free_message(old);
     }
 
     m->seq = root_->seq + 1;

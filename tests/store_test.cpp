@@ -592,6 +592,36 @@ TEST(Ring, GrowsWithItsContentNotWithBufferLength) {
     EXPECT_EQ(z.check(), "");
 }
 
+TEST(Ring, GrowingLeavesEveryEventWhereTheOldCapLooksForIt) {
+    // A process killed between grow_ring()'s writes of the new ring and of
+    // its cap leaves the new ring read with the old cap and head: every
+    // event must be found there, or a repair drops it silently.
+    zone z;
+    for (int i = 0; i < 5; i++) {
+        z.pub_("a", "v", 0, 3);  // a ring of 4 that has wrapped: 3..5
+    }
+    uint32_t r = z.claim();  // keeps 6 and later: the ring must grow
+    ASSERT_EQ(z.join(r, {"a"}), sse::join_status::ok);
+    z.pub_("a", "v", 0, 100);  // 6: the ring is full
+    sse::channel *a = z.find("a");
+    ASSERT_EQ(a->cap, 4u);
+    ASSERT_EQ(a->count, 4u);
+    uint32_t head = a->head, cap = a->cap;
+    ASSERT_NE(head, 0u);
+    std::vector<const sse::message *> before;
+    for (uint32_t i = 0; i < a->count; i++) {
+        before.push_back(a->at(i));
+    }
+    z.pub_("a", "v", 0, 100);
+    ASSERT_EQ(a->cap, 8u);
+    for (uint32_t i = 0; i < before.size(); i++) {
+        EXPECT_EQ(a->ring[(head + i) % cap], before[i]) << i;
+        EXPECT_EQ(a->at(i), before[i]) << i;
+    }
+    EXPECT_EQ(z.in("a"), (seqs{3, 4, 5, 6, 7}));
+    EXPECT_EQ(z.check(), "");
+}
+
 // ------------------------------------------------------------ retention
 
 TEST(Retention, BufferLengthOneKeepsEveryEventForAMemberUntilEndRead) {
