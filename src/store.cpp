@@ -591,9 +591,10 @@ uint32_t first_after(const channel *c, uint64_t after) {
 }
 
 // Appends c's resumable events after `after`: at most the newest `limit`,
-// and from the oldest of those no more than about max_bytes.
-void collect(const channel *c, uint64_t after, uint32_t limit,
-             size_t max_bytes, std::vector<const message *> &out) {
+// and from the oldest of those no more than about max_bytes. Returns the
+// seq of the last one appended if it stopped short of c's newest, else 0.
+uint64_t collect(const channel *c, uint64_t after, uint32_t limit,
+                 size_t max_bytes, std::vector<const message *> &out) {
     uint32_t i = first_after(c, after);
     if (c->count - i > limit) {
         i = c->count - limit;
@@ -603,6 +604,21 @@ void collect(const channel *c, uint64_t after, uint32_t limit,
         const message *m = c->at(i);
         out.push_back(m);
         bytes += m->size;
+    }
+    return i < c->count ? out.back()->seq : 0;
+}
+
+// Past the earliest point where a channel stopped short, the merge of the
+// channels misses events: give only what comes before, and say more is
+// owed after it.
+void cut_merge(std::vector<const message *> &out, uint64_t cut,
+               catch_up_result &r) {
+    if (cut != 0) {
+        while (out.back()->seq > cut) {
+            out.pop_back();
+        }
+        r.more = true;
+        r.last_seq = cut;
     }
 }
 
@@ -647,14 +663,17 @@ catch_up_result store::catch_up(uint32_t si, channel *const *chans, size_t n,
     // A channel's byte cut is safe only when nothing is cut by count
     // afterwards: which events are the newest `limit` depends on all.
     size_t channel_bytes = limit == UINT32_MAX ? max_bytes : SIZE_MAX;
+    uint64_t cut = 0;
     for (size_t i = 0; i < n; i++) {
-        collect(chans[i], after, limit, channel_bytes, out);
+        uint64_t c = collect(chans[i], after, limit, channel_bytes, out);
+        cut = c != 0 && (cut == 0 || c < cut) ? c : cut;
     }
     std::sort(out.begin(), out.end(),
               [](const message *a, const message *b) { return a->seq < b->seq; });
     if (out.size() > limit) {
         out.erase(out.begin(), out.end() - limit);
     }
+    cut_merge(out, cut, r);
     size_t bytes = 0;
     for (size_t i = 0; i < out.size(); i++) {
         bytes += out[i]->size;
@@ -683,11 +702,14 @@ catch_up_result store::catch_up_after(uint32_t si, channel *const *chans,
             return r;
         }
     }
+    uint64_t cut = 0;
     for (size_t i = 0; i < n; i++) {
-        collect(chans[i], after, UINT32_MAX, max_bytes, out);
+        uint64_t c = collect(chans[i], after, UINT32_MAX, max_bytes, out);
+        cut = c != 0 && (cut == 0 || c < cut) ? c : cut;
     }
     std::sort(out.begin(), out.end(),
               [](const message *a, const message *b) { return a->seq < b->seq; });
+    cut_merge(out, cut, r);
     size_t bytes = 0;
     for (size_t i = 0; i < out.size(); i++) {
         bytes += out[i]->size;

@@ -1577,6 +1577,25 @@ TEST(CatchUp, MaxBytesAlwaysGivesAtLeastOneEvent) {
     EXPECT_EQ(c.got, seqs{4});
 }
 
+TEST(CatchUp, AnEventOverMaxBytesAloneStillSaysMoreIsOwed) {
+    zone z;
+    uint32_t r = z.claim();
+    z.pub_("b", "small");                // 1
+    z.pub_("a", std::string(300, 'x'));  // 2
+    z.pub_("a", "small");                // 3
+    auto c = catch_up(z, r, {"a", "b"}, "7-0", 0, 100);
+    EXPECT_EQ(c.got, seqs{1});
+    EXPECT_TRUE(c.res.more);
+    EXPECT_EQ(c.res.last_seq, 1u);
+    c = catch_up_after(z, r, {"a", "b"}, 1, 100);
+    EXPECT_EQ(c.got, seqs{2});  // a stopped after 2: 3 is still owed
+    EXPECT_TRUE(c.res.more);
+    EXPECT_EQ(c.res.last_seq, 2u);
+    c = catch_up_after(z, r, {"a", "b"}, 2, 100);
+    EXPECT_EQ(c.got, seqs{3});
+    EXPECT_FALSE(c.res.more);
+}
+
 TEST(CatchUp, MaxBytesWithInitialStillGivesTheNewestInitialInAll) {
     zone z;
     uint32_t r = z.claim();
@@ -1969,6 +1988,24 @@ private:
                 }
                 if (r.more) {
                     EXPECT_EQ(r.last_seq, s.got.back()->seq);
+                }
+                if (r.gap == sse::gap_reason::none && !resume.empty() &&
+                    !r.more) {
+                    // Exact: every resumable event after the id, merged.
+                    uint64_t after = std::stoull(resume.substr(2));
+                    std::set<uint64_t> want;
+                    for (sse::channel *c : chans) {
+                        for (uint32_t i = c->retired; i < c->count; i++) {
+                            if (c->at(i)->seq > after) {
+                                want.insert(c->at(i)->seq);
+                            }
+                        }
+                    }
+                    std::vector<uint64_t> got;
+                    for (auto *m : s.got) {
+                        got.push_back(m->seq);
+                    }
+                    EXPECT_EQ(got, seqs(want.begin(), want.end()));
                 }
                 s.reading = true;
                 s.live = false;
