@@ -955,6 +955,31 @@ void store::repair() {
             p = &c->hnext;
         }
         r->nchannels = nchannels;
+        // A channel on neither list was being moved from the table to the
+        // deleted list by remove(): its events and its members' records
+        // still point to it. Finish the removal, or they would be lost
+        // silently (a channel that free_channel() was unlinking has
+        // neither, and stays lost).
+        auto adopt = [&](channel *c) {
+            if (c != nullptr && chans.insert(c).second) {
+                c->deleted = 1;
+                c->hnext = r->deleted;
+                r->deleted = c;
+                order.push_back(c);
+                r->control_gen++;
+            }
+        };
+        for (message *m : logged) {
+            adopt(m->chan);
+        }
+        for (uint32_t i = 0; i < max_slots; i++) {
+            std::unordered_set<member *> seen;
+            for (member *mb = r->slots[i].pid ? r->slots[i].members : nullptr;
+                 mb != nullptr && mb->slot == i && seen.insert(mb).second;
+                 mb = mb->snext) {
+                adopt(mb->chan);
+            }
+        }
 
         // 3. Rings keep only their own logged events, in order; members
         //    only sane ones of live slots.
@@ -978,7 +1003,8 @@ void store::repair() {
             }
             c->head = 0;
             c->count = static_cast<uint32_t>(keep.size());
-            c->retired = retired;
+            // A deleted channel keeps nothing for resume.
+            c->retired = c->deleted ? c->count : retired;
             uint32_t subs = 0;
             for (member **p = &c->members; *p != nullptr;) {
                 member *mb = *p;

@@ -2214,23 +2214,36 @@ TEST(Repair, RelinksAMemberHalfDropped) {
     EXPECT_EQ(z.root->slots[r].members->chan, z.find("b"));
 }
 
-TEST(Repair, FreesTheEventsOfAChannelHalfRemoved) {
+TEST(Repair, FinishesTheRemovalOfAChannelOnNeitherList) {
     zone z;
+    uint32_t r = z.claim();
+    ASSERT_EQ(z.join(r, {"a"}), sse::join_status::ok);
     z.pub_("a", "1");
     z.pub_("b", "2");
     z.pub_("a", "3");
     sse::channel *a = z.find("a");
+    uint64_t gen = z.root->control_gen;
     // remove(), killed after unlinking a from its bucket, before it was
-    // on the deleted list: nothing reaches a any more.
+    // on the deleted list: only its events and r's member record still
+    // point to it.
     sse::channel **p = &z.root->buckets[a->hash & (z.root->nbuckets - 1)];
     while (*p != a) {
         p = &(*p)->hnext;
     }
     *p = a->hnext;
     expect_repaired(z);
-    EXPECT_EQ(z.since(0), "b:2");
-    EXPECT_EQ(z.root->nchannels, 1u);
     EXPECT_EQ(z.find("a"), nullptr);
+    EXPECT_EQ(z.root->nchannels, 1u);
+    EXPECT_EQ(z.root->deleted, a);
+    EXPECT_EQ(a->deleted, 1u);
+    EXPECT_EQ(a->buffered(), 0u);
+    EXPECT_GT(z.root->control_gen, gen);  // workers end its streams
+    // r still gets its events: none was lost silently.
+    EXPECT_EQ(z.members_of(r, a), 1u);
+    EXPECT_EQ(z.read(r, {a}), (seqs{1, 2, 3}));
+    z.leave(r, {a});
+    EXPECT_EQ(z.root->deleted, nullptr);
+    EXPECT_EQ(z.since(0), "b:2");
     EXPECT_EQ(z.pub_("a", "4"), 4u);
     EXPECT_EQ(z.check(), "");
 }
