@@ -334,10 +334,13 @@ bool store::needed(const message *m, uint64_t hold) const {
 
 void store::retire_oldest(channel *c) {
     message *m = c->at(c->retired);
-    c->retired++;
-    root_->nretired++;
+    // The gap is recorded first: a process killed in between must not leave
+    // an event out of resume that a resume from before it does not notice.
     c->dropped_seq = std::max(c->dropped_seq, m->seq);
     root_->dropped_seq = std::max(root_->dropped_seq, m->seq);
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    c->retired++;
+    root_->nretired++;
 }
 
 void store::pop_front(channel *c) {
@@ -406,9 +409,10 @@ bool store::evict_one(const channel *keep, bool needed_too) {
     if (needed(m, 0)) {
         mark_lost(c, m->seq);
     }
+    root_->stats.evicted += buffered;
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
     pop_front(c);
     free_message(m);
-    root_->stats.evicted += buffered;
     if (c->deleted && c->count == 0 && c->nsubs == 0 && c != keep) {
         free_channel(c);
     }
@@ -456,13 +460,18 @@ bool store::grow_ring(channel *c, int64_t now) {
     if (ring == nullptr) {
         return false;
     }
-    // Eviction may have shortened c meanwhile: copy what is there now.
+    // Eviction may have shortened c meanwhile: copy what is there now. Each
+    // event goes where both the old cap and the new one look for it with
+    // the same head, so that a process killed between the two writes below
+    // leaves a ring a repair reads whole (head + i < 2 * old cap).
     for (uint32_t i = 0; i < c->count; i++) {
-        ring[i] = c->at(i);
+        ring[(c->head + i) % cap] = c->at(i);
+        ring[(c->head + i) % c->cap] = c->at(i);
     }
     message **old = c->ring;
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
     c->ring = ring;
-    c->head = 0;
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
     c->cap = cap;
     if (old != nullptr) {
         a_.free(a_.ctx, old);
@@ -530,9 +539,10 @@ publish_status store::commit(uint32_t si, message *m, channel *c, int64_t now,
         if (needed(old, 0)) {
             mark_lost(c, old->seq);  // first, as in evict_one
         }
+        root_->stats.evicted++;
+        __atomic_signal_fence(__ATOMIC_SEQ_CST);
         pop_front(c);
         free_message(old);
-        root_->stats.evicted++;
     }
 
     m->seq = root_->seq + 1;
@@ -586,9 +596,10 @@ uint32_t first_after(const channel *c, uint64_t after) {
 }
 
 // Appends c's resumable events after `after`: at most the newest `limit`,
-// and from the oldest of those no more than about max_bytes.
-void collect(const channel *c, uint64_t after, uint32_t limit,
-             size_t max_bytes, std::vector<const message *> &out) {
+// and from the oldest of those no more than about max_bytes. Returns the
+// seq of the last one appended if it stopped short of c's newest, else 0.
+uint64_t collect(const channel *c, uint64_t after, uint32_t limit,
+                 size_t max_bytes, std::vector<const message *> &out) {
     uint32_t i = first_after(c, after);
     if (c->count - i > limit) {
         i = c->count - limit;
@@ -598,6 +609,21 @@ void collect(const channel *c, uint64_t after, uint32_t limit,
         const message *m = c->at(i);
         out.push_back(m);
         bytes += m->size + reader_overhead;
+    }
+    return i < c->count ? out.back()->seq : 0;
+}
+
+// Past the earliest point where a channel stopped short, the merge of the
+// channels misses events: give only what comes before, and say more is
+// owed after it.
+void cut_merge(std::vector<const message *> &out, uint64_t cut,
+               catch_up_result &r) {
+    if (cut != 0) {
+        while (out.back()->seq > cut) {
+            out.pop_back();
+        }
+        r.more = true;
+        r.last_seq = cut;
     }
 }
 
@@ -661,14 +687,17 @@ catch_up_result store::catch_up(uint32_t si, channel *const *chans, size_t n,
     // A channel's byte cut is safe only when nothing is cut by count
     // afterwards: which events are the newest `limit` depends on all.
     size_t channel_bytes = limit == UINT32_MAX ? max_bytes : SIZE_MAX;
+    uint64_t cut = 0;
     for (size_t i = 0; i < n; i++) {
-        collect(chans[i], after, limit, channel_bytes, out);
+        uint64_t c = collect(chans[i], after, limit, channel_bytes, out);
+        cut = c != 0 && (cut == 0 || c < cut) ? c : cut;
     }
     std::sort(out.begin(), out.end(),
               [](const message *a, const message *b) { return a->seq < b->seq; });
     if (out.size() > limit) {
         out.erase(out.begin(), out.end() - limit);
     }
+    cut_merge(out, cut, r);
     limit_catch_up(si, max_bytes, out, r);
     return r;
 }
@@ -685,11 +714,14 @@ catch_up_result store::catch_up_after(uint32_t si, channel *const *chans,
             return r;
         }
     }
+    uint64_t cut = 0;
     for (size_t i = 0; i < n; i++) {
-        collect(chans[i], after, UINT32_MAX, max_bytes, out);
+        uint64_t c = collect(chans[i], after, UINT32_MAX, max_bytes, out);
+        cut = c != 0 && (cut == 0 || c < cut) ? c : cut;
     }
     std::sort(out.begin(), out.end(),
               [](const message *a, const message *b) { return a->seq < b->seq; });
+    cut_merge(out, cut, r);
     limit_catch_up(si, max_bytes, out, r);
     return r;
 }
@@ -939,6 +971,31 @@ void store::repair() {
             p = &c->hnext;
         }
         r->nchannels = nchannels;
+        // A channel on neither list was being moved from the table to the
+        // deleted list by remove(): its events and its members' records
+        // still point to it. Finish the removal, or they would be lost
+        // silently (a channel that free_channel() was unlinking has
+        // neither, and stays lost).
+        auto adopt = [&](channel *c) {
+            if (c != nullptr && chans.insert(c).second) {
+                c->deleted = 1;
+                c->hnext = r->deleted;
+                r->deleted = c;
+                order.push_back(c);
+                r->control_gen++;
+            }
+        };
+        for (message *m : logged) {
+            adopt(m->chan);
+        }
+        for (uint32_t i = 0; i < max_slots; i++) {
+            std::unordered_set<member *> seen;
+            for (member *mb = r->slots[i].pid ? r->slots[i].members : nullptr;
+                 mb != nullptr && mb->slot == i && seen.insert(mb).second;
+                 mb = mb->snext) {
+                adopt(mb->chan);
+            }
+        }
 
         // 3. Rings keep only their own logged events, in order; members
         //    only sane ones of live slots.
@@ -963,8 +1020,9 @@ void store::repair() {
             }
             c->head = 0;
             c->count = static_cast<uint32_t>(keep.size());
-            c->retired = retired;
-            nretired += retired;
+            // A deleted channel keeps nothing for resume.
+            c->retired = c->deleted ? c->count : retired;
+            nretired += c->retired;
             uint32_t subs = 0;
             for (member **p = &c->members; *p != nullptr;) {
                 member *mb = *p;

@@ -13,10 +13,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -42,6 +44,12 @@ struct arena {
     std::atomic<int> done;           // the publisher has finished
     std::atomic<uint64_t> progress;  // a child's newest committed seq
     uint64_t owner_died;             // locks that found the holder dead
+    // Events a killed worker had published and been answered for.
+    struct ack {
+        uint64_t seq;
+        const sse::channel *chan;
+    } acked[1 << 16];
+    std::atomic<uint32_t> nacked;
     size_t size;
     size_t used;
     size_t live;  // blocks handed out and not freed
@@ -566,20 +574,29 @@ namespace {
                 for (size_t k = 0; k < ms.size(); k++) {
                     sse::encode_body(ms[k]->bytes(), "", data[k]);
                 }
-                auto s = a->session();
-                sse::channel *c = s->find_or_create(ch, now);
-                uint32_t len = pick(0, 1) ? 1 : 20000;
-                for (sse::message *m : ms) {
-                    uint64_t seq = 0;
-                    if (c == nullptr ||
-                        s->commit(slot, m, c, now, len, long_ttl, &seq) !=
-                            sse::publish_status::ok) {
+                std::vector<arena::ack> acks;
+                {
+                    auto s = a->session();
+                    sse::channel *c = s->find_or_create(ch, now);
+                    uint32_t len = pick(0, 1) ? 1 : 20000;
+                    for (sse::message *m : ms) {
+                        uint64_t seq = 0;
                         if (c == nullptr) {
                             s->abandon(slot, m);
+                        } else if (s->commit(slot, m, c, now, len, long_ttl,
+                                             &seq) == sse::publish_status::ok) {
+                            acks.push_back({seq, c});
                         }
-                        continue;
                     }
-                    a->progress.store(seq);
+                }
+                // Answered: from here on the events must not vanish.
+                for (auto &k : acks) {
+                    uint32_t n = a->nacked.load();
+                    if (n < (1u << 16)) {
+                        a->acked[n] = k;
+                        a->nacked.store(n + 1);
+                    }
+                    a->progress.store(k.seq);
                 }
                 break;
             }
@@ -662,9 +679,31 @@ TEST_F(SharedZone,
     alarm_guard watchdog(300);
     const int rounds = 150;
     std::mt19937 rng(12345);
-    uint32_t reader = claim(a_);  // a slot that reads now and then
+    // A slot subscribed to every channel the worker publishes to, which
+    // reads after each kill: every answered event of its channels must
+    // reach it, or its channel must report it lost (never silently gone).
+    uint32_t reader = claim(a_);
+    std::vector<sse::channel *> joined;
     int inside = 0;
+    uint64_t checked = 0;
     for (int round = 0; round < rounds; round++) {
+        {
+            auto s = a_->session();
+            std::vector<std::string> names;
+            for (int k = 0; k < 6; k++) {
+                names.push_back("k/" + std::to_string(k));
+            }
+            std::vector<std::string_view> ids(names.begin(), names.end());
+            std::vector<sse::channel *> out;
+            out.reserve(ids.size());
+            s->leave(reader, joined.data(), joined.size(), 0);
+            ASSERT_EQ(s->join(reader, ids, 0, 0, out), sse::join_status::ok);
+            joined = out;
+            uint64_t to =
+                s->read_since_cursor(reader, [](const sse::message *) {});
+            s->end_read(reader, to, joined.data(), joined.size());
+        }
+        a_->nacked.store(0);
         pid_t pid = fork();
         if (pid == 0) {
             alarm(60);
@@ -692,8 +731,23 @@ TEST_F(SharedZone,
                                          "inside a "
                                          "session)"
                                        : "");
-            // Counts exact: only the reader has a slot, with no members;
-            // every logged event is whole.
+            // Every answered event of the reader's channels reaches it.
+            std::set<uint64_t> got;
+            uint64_t to = s->read_since_cursor(
+                reader, [&](const sse::message *m) { got.insert(m->seq); });
+            for (uint32_t k = 0; k < a_->nacked.load(); k++) {
+                const arena::ack &e = a_->acked[k];
+                if (std::find(joined.begin(), joined.end(), e.chan) ==
+                    joined.end()) {
+                    continue;  // a channel made after a DELETE
+                }
+                checked++;
+                EXPECT_TRUE(got.count(e.seq) || e.chan->lost_seq >= e.seq)
+                    << "event " << e.seq << " vanished, round " << round;
+            }
+            s->end_read(reader, to, joined.data(), joined.size());
+            // Counts exact: only the reader has a slot, with members only
+            // of its own; every logged event is whole.
             uint64_t n = 0, bytes = 0;
             for (const sse::message *m = s->root()->head; m; m = m->next) {
                 n++;
@@ -710,15 +764,10 @@ TEST_F(SharedZone,
                 const sse::slot &sl = s->root()->slots[i];
                 if (i != reader) {
                     ASSERT_EQ(sl.pid, 0) << i;
+                    ASSERT_EQ(sl.subscriptions, 0u) << i;
                 }
-                ASSERT_EQ(sl.subscriptions, 0u) << i;
                 ASSERT_EQ(sl.pending, nullptr) << i;
                 ASSERT_EQ(sl.hold, 0u) << i;
-            }
-            if (round % 3 == 0) {
-                uint64_t to =
-                    s->read_since_cursor(reader, [](const sse::message *) {});
-                s->end_read(reader, to, nullptr, 0);
             }
         }
     }
@@ -727,6 +776,8 @@ TEST_F(SharedZone,
     EXPECT_GT(seq, 0u);
     EXPECT_EQ(check(), "");
     RecordProperty("kills_inside_a_session", inside);
+    RecordProperty("answered_events_checked", int(checked));
+    EXPECT_GT(checked, 1000u);
     RecordProperty("owner_died", int(a_->owner_died));
     // Kills land inside sessions often: the worker spends most of its time
     // in one. Without that this test would prove little.

@@ -592,6 +592,36 @@ TEST(Ring, GrowsWithItsContentNotWithBufferLength) {
     EXPECT_EQ(z.check(), "");
 }
 
+TEST(Ring, GrowingLeavesEveryEventWhereTheOldCapLooksForIt) {
+    // A process killed between grow_ring()'s writes of the new ring and of
+    // its cap leaves the new ring read with the old cap and head: every
+    // event must be found there, or a repair drops it silently.
+    zone z;
+    for (int i = 0; i < 5; i++) {
+        z.pub_("a", "v", 0, 3);  // a ring of 4 that has wrapped: 3..5
+    }
+    uint32_t r = z.claim();  // keeps 6 and later: the ring must grow
+    ASSERT_EQ(z.join(r, {"a"}), sse::join_status::ok);
+    z.pub_("a", "v", 0, 100);  // 6: the ring is full
+    sse::channel *a = z.find("a");
+    ASSERT_EQ(a->cap, 4u);
+    ASSERT_EQ(a->count, 4u);
+    uint32_t head = a->head, cap = a->cap;
+    ASSERT_NE(head, 0u);
+    std::vector<const sse::message *> before;
+    for (uint32_t i = 0; i < a->count; i++) {
+        before.push_back(a->at(i));
+    }
+    z.pub_("a", "v", 0, 100);
+    ASSERT_EQ(a->cap, 8u);
+    for (uint32_t i = 0; i < before.size(); i++) {
+        EXPECT_EQ(a->ring[(head + i) % cap], before[i]) << i;
+        EXPECT_EQ(a->at(i), before[i]) << i;
+    }
+    EXPECT_EQ(z.in("a"), (seqs{3, 4, 5, 6, 7}));
+    EXPECT_EQ(z.check(), "");
+}
+
 // ------------------------------------------------------------ retention
 
 TEST(Retention, BufferLengthOneKeepsEveryEventForAMemberUntilEndRead) {
@@ -1548,6 +1578,25 @@ TEST(CatchUp, MaxBytesAlwaysGivesAtLeastOneEvent) {
     EXPECT_EQ(c.got, seqs{4});
 }
 
+TEST(CatchUp, AnEventOverMaxBytesAloneStillSaysMoreIsOwed) {
+    zone z;
+    uint32_t r = z.claim();
+    z.pub_("b", "small");                // 1
+    z.pub_("a", std::string(300, 'x'));  // 2
+    z.pub_("a", "small");                // 3
+    auto c = catch_up(z, r, {"a", "b"}, "7-0", 0, 100);
+    EXPECT_EQ(c.got, seqs{1});
+    EXPECT_TRUE(c.res.more);
+    EXPECT_EQ(c.res.last_seq, 1u);
+    c = catch_up_after(z, r, {"a", "b"}, 1, 100);
+    EXPECT_EQ(c.got, seqs{2});  // a stopped after 2: 3 is still owed
+    EXPECT_TRUE(c.res.more);
+    EXPECT_EQ(c.res.last_seq, 2u);
+    c = catch_up_after(z, r, {"a", "b"}, 2, 100);
+    EXPECT_EQ(c.got, seqs{3});
+    EXPECT_FALSE(c.res.more);
+}
+
 TEST(CatchUp, MaxBytesWithInitialStillGivesTheNewestInitialInAll) {
     zone z;
     uint32_t r = z.claim();
@@ -1941,6 +1990,29 @@ private:
                 if (r.more) {
                     EXPECT_EQ(r.last_seq, s.got.back()->seq);
                 }
+                bool exact = r.gap == sse::gap_reason::none && !resume.empty();
+                if (!r.more && (exact || r.gap != sse::gap_reason::evicted)) {
+                    // Exact: every resumable event after the id, merged;
+                    // else the newest `initial` of them.
+                    uint64_t after = exact ? std::stoull(resume.substr(2)) : 0;
+                    std::set<uint64_t> want;
+                    for (sse::channel *c : chans) {
+                        for (uint32_t i = c->retired; i < c->count; i++) {
+                            if (c->at(i)->seq > after) {
+                                want.insert(c->at(i)->seq);
+                            }
+                        }
+                    }
+                    seqs w(want.begin(), want.end());
+                    if (!exact && w.size() > initial) {
+                        w.erase(w.begin(), w.end() - initial);
+                    }
+                    seqs got;
+                    for (auto *m : s.got) {
+                        got.push_back(m->seq);
+                    }
+                    EXPECT_EQ(got, w) << "resume '" << resume << "'";
+                }
                 s.reading = true;
                 s.live = false;
                 break;
@@ -2143,23 +2215,36 @@ TEST(Repair, RelinksAMemberHalfDropped) {
     EXPECT_EQ(z.root->slots[r].members->chan, z.find("b"));
 }
 
-TEST(Repair, FreesTheEventsOfAChannelHalfRemoved) {
+TEST(Repair, FinishesTheRemovalOfAChannelOnNeitherList) {
     zone z;
+    uint32_t r = z.claim();
+    ASSERT_EQ(z.join(r, {"a"}), sse::join_status::ok);
     z.pub_("a", "1");
     z.pub_("b", "2");
     z.pub_("a", "3");
     sse::channel *a = z.find("a");
+    uint64_t gen = z.root->control_gen;
     // remove(), killed after unlinking a from its bucket, before it was
-    // on the deleted list: nothing reaches a any more.
+    // on the deleted list: only its events and r's member record still
+    // point to it.
     sse::channel **p = &z.root->buckets[a->hash & (z.root->nbuckets - 1)];
     while (*p != a) {
         p = &(*p)->hnext;
     }
     *p = a->hnext;
     expect_repaired(z);
-    EXPECT_EQ(z.since(0), "b:2");
-    EXPECT_EQ(z.root->nchannels, 1u);
     EXPECT_EQ(z.find("a"), nullptr);
+    EXPECT_EQ(z.root->nchannels, 1u);
+    EXPECT_EQ(z.root->deleted, a);
+    EXPECT_EQ(a->deleted, 1u);
+    EXPECT_EQ(a->buffered(), 0u);
+    EXPECT_GT(z.root->control_gen, gen);  // workers end its streams
+    // r still gets its events: none was lost silently.
+    EXPECT_EQ(z.members_of(r, a), 1u);
+    EXPECT_EQ(z.read(r, {a}), (seqs{1, 2, 3}));
+    z.leave(r, {a});
+    EXPECT_EQ(z.root->deleted, nullptr);
+    EXPECT_EQ(z.since(0), "b:2");
     EXPECT_EQ(z.pub_("a", "4"), 4u);
     EXPECT_EQ(z.check(), "");
 }
