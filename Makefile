@@ -102,7 +102,7 @@ clean:
 
 format:
 	clang-format -i src/*.cpp src/*.hpp tests/*.cpp ngx_http_sse_module/*.cpp ngx_http_sse_module/*.hpp \
-	    fuzz/*.cpp fuzz/*.hpp
+	    fuzz/*.cpp fuzz/*.hpp bench/sseload/*.cpp bench/sseload/*.hpp bench/floor.cpp
 
 # ---------------------------------------------------------------- checks
 # `make fuzz`: libFuzzer targets (fuzz/*.cpp, Debian's clang) built with

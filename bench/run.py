@@ -28,8 +28,6 @@ import os
 import queue
 import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,10 +39,16 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "pylib"))
+import sselib.nginx  # noqa: E402
+from sselib.nginx import NginxProcess, PortTaken, free_port  # noqa: E402
+from sselib.proc import conns_per_process, loadavg  # noqa: E402
+
 BENCH = ROOT / "bench"
 BUILD = ROOT / "build"
 SSELOAD = BUILD / "sseload"
-SSELOAD_SRC = BENCH / "sseload.cpp"
+SSELOAD_SRC = BENCH / "sseload"  # main.cpp and its parts
+FLOOR = BUILD / "floor"
 MODULE = Path(os.environ.get("SSE_MODULE") or BUILD / "ngx_http_sse_module.so")
 NCHAN_MODULE = Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
 NGINX = "/usr/sbin/nginx"
@@ -172,76 +176,26 @@ MODULE_CONF = {
     },
 }
 
-BAD_LOG = re.compile(r"\[(alert|emerg|crit)\]|exited on signal"
-                     r"|AddressSanitizer|runtime error")
+BAD_LOG = re.compile(sselib.nginx.BAD_LOG.pattern + r"|exited on signal")
 
 
 def nginx_env(kind, d):
     """nginx's environment: with SSE_PRELOAD (make test-asan), this module's
     nginx gets the sanitizer runtime preloaded and reports into
-    d/sanitizer.PID (see t/conftest.py)."""
-    env = dict(os.environ)
-    preload = os.environ.get("SSE_PRELOAD")
-    if preload and kind == "ours":
-        env["LD_PRELOAD"] = preload
-        for var in ("ASAN_OPTIONS", "UBSAN_OPTIONS"):
-            env[var] = ":".join(filter(None, (env.get(var),
-                                              f"log_path={d}/sanitizer")))
-    return env
+    d/sanitizer.PID (see pylib/sselib/nginx.py); nchan's never does."""
+    return sselib.nginx.nginx_env(d) if kind == "ours" else dict(os.environ)
 
 
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def proc_children(pid):
-    out = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            out.append(int(d))
-    return sorted(out)
-
-
-def proc_alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def proc_kb(pid, path, key):
-    try:
-        with open(f"/proc/{pid}/{path}") as f:
-            for line in f:
-                if line.startswith(key):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-class Server:
+class Server(NginxProcess):
     """One nginx (master + 2 workers) with one of the two modules."""
 
     def __init__(self, kind, workdir, module_copy, status_ok):
+        super().__init__(workdir, nworkers=2, nginx_bin=NGINX,
+                         env=nginx_env(kind, workdir))
         self.kind = kind
-        self.dir = Path(workdir)
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.module = module_copy
         self.status_ok = status_ok
-        self.master = None
         self.sub_port = self.pub_port = None
-        self.output = ""
 
     def render(self):
         m = MODULE_CONF[self.kind]
@@ -253,98 +207,28 @@ class Server:
             sub_port=self.sub_port, pub_port=self.pub_port)
 
     def start(self):
-        last = ""
-        for _ in range(3):  # a port may be taken between probe and bind
+        for attempt in range(3):  # a port may be taken between probe and bind
             self.sub_port, self.pub_port = free_port(), free_port()
-            conf = self.dir / "nginx.conf"
-            conf.write_text(self.render())
-            p = subprocess.run(
-                [NGINX, "-p", f"{self.dir}/", "-c", str(conf),
-                 "-e", str(self.dir / "error.log")],
-                capture_output=True, text=True, timeout=30,
-                env=nginx_env(self.kind, self.dir))
-            if p.returncode == 0:
-                self.output = p.stderr  # a sanitizer report before daemon
-                break
-            last = p.stderr
-        else:
-            raise RuntimeError(f"nginx ({self.kind}) did not start: {last}")
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+            self.conf.write_text(self.render())
             try:
-                self.master = int((self.dir / "nginx.pid").read_text())
-                break
-            except (OSError, ValueError):
-                time.sleep(0.02)
-        if self.master is None:
-            raise RuntimeError("nginx wrote no pid file")
-        while time.monotonic() < deadline:
-            if len(proc_children(self.master)) >= 2 and all(
-                    self._accepts(p) for p in (self.sub_port, self.pub_port)):
-                return self
-            time.sleep(0.05)
-        raise RuntimeError(f"nginx ({self.kind}) did not come up")
-
-    @staticmethod
-    def _accepts(port):
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return True
-        except OSError:
-            return False
-
-    def pids(self):
-        return [self.master] + proc_children(self.master)
-
-    def cpu(self):
-        """CPU seconds (user, sys) used so far by master and workers."""
-        tick = os.sysconf("SC_CLK_TCK")
-        u = s = 0
-        for p in self.pids():
-            try:
-                with open(f"/proc/{p}/stat") as f:
-                    st = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            u += int(st[11])
-            s += int(st[12])
-        return {"user": u / tick, "sys": s / tick}
+                return self.launch((self.sub_port, self.pub_port))
+            except PortTaken:
+                if attempt == 2:
+                    raise
 
     def memory(self):
         """RSS and PSS (kB) summed over master and workers, and zone use."""
-        pids = self.pids()
+        rss, pss = self.rss_pss_kb()
         return {
-            "rss_kb": sum(proc_kb(p, "status", "VmRSS:") for p in pids),
-            "pss_kb": sum(proc_kb(p, "smaps_rollup", "Pss:") for p in pids),
-            "processes": len(pids),
+            "rss_kb": rss,
+            "pss_kb": pss,
+            "processes": len(self.pids()),
             "zone_used_bytes": self.zone_used(),
         }
 
     def conns_per_worker(self):
         """Established connections to the subscriber port, per worker."""
-        est = set()
-        with open("/proc/net/tcp") as f:
-            next(f)
-            for line in f:
-                cols = line.split()
-                if int(cols[1].rsplit(":", 1)[1], 16) == self.sub_port and \
-                        cols[3] == "01":
-                    est.add(cols[9])
-        out = []
-        for p in proc_children(self.master):
-            n = 0
-            try:
-                for fd in os.listdir(f"/proc/{p}/fd"):
-                    try:
-                        link = os.readlink(f"/proc/{p}/fd/{fd}")
-                    except OSError:
-                        continue
-                    if link.startswith("socket:[") and link[8:-1] in est:
-                        n += 1
-            except OSError:
-                continue
-            out.append(n)
-        return out
+        return conns_per_process(self.workers(), self.sub_port)
 
     def zone_used(self):
         if not self.status_ok:
@@ -364,24 +248,6 @@ class Server:
         m = re.search(r"shared memory used: (\d+)K", body)
         return int(m.group(1)) * 1024 if m else None
 
-    def stop(self):
-        """SIGQUIT to the master (graceful), SIGKILL after 10 s."""
-        if self.master is None or not proc_alive(self.master):
-            return True
-        procs = self.pids()
-        os.kill(self.master, signal.SIGQUIT)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if not any(proc_alive(p) for p in procs):
-                return True
-            time.sleep(0.05)
-        for p in procs:
-            try:
-                os.kill(p, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        return False
-
     def log_problems(self):
         try:
             text = (self.dir / "error.log").read_text(errors="replace")
@@ -397,13 +263,15 @@ class Server:
 # ---------------------------------------------------------------- sseload
 
 def build_sseload():
-    if (SSELOAD.exists() and
-            SSELOAD.stat().st_mtime >= SSELOAD_SRC.stat().st_mtime):
+    """make -C bench: the load generator and the floor server, when their
+    sources are newer."""
+    srcs = list(SSELOAD_SRC.iterdir()) + [BENCH / "floor.cpp"]
+    newest = max(f.stat().st_mtime for f in srcs if f.exists())
+    if all(b.exists() and b.stat().st_mtime >= newest
+           for b in (SSELOAD, FLOOR)):
         return
-    log(f"building {SSELOAD}")
-    BUILD.mkdir(exist_ok=True)
-    subprocess.run(["g++", "-std=c++17", "-O2", "-Wall", "-Wextra", "-o",
-                    str(SSELOAD), str(SSELOAD_SRC)], check=True)
+    log("building build/sseload and build/floor")
+    subprocess.run(["make", "-s", "-C", str(BENCH)], check=True)
 
 
 def sseload_args(srv, mode, prefix, **kw):
@@ -429,13 +297,6 @@ def run_sseload(srv, mode, prefix, timeout=60, **kw):
     r = json.loads(p.stdout)
     r["server_cpu_s"] = {k: round(after[k] - before[k], 3) for k in after}
     return r
-
-
-def loadavg():
-    try:
-        return float(Path("/proc/loadavg").read_text().split()[0])
-    except OSError:
-        return None
 
 
 # ---------------------------------------------------------------- scenarios
