@@ -327,6 +327,7 @@ void report(Run &run) {
         jnum("seconds", dur);
         jnum("per_second", dur > 0 ? double(P.ok) / dur : 0);
         jmap("status", P.status);
+        if (opt.rate > 0) jseries("response_by_second", P.rtt, P.rtt_at);
         jlatency("response_ms", P.rtt);
         if (opt.rate > 0) {
             jlatency("send_lag_ms", P.send_lag);

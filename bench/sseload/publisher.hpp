@@ -36,6 +36,7 @@ struct PubTotals {
     int64_t t_first = 0, t_last = 0, t_last_send = 0;
     std::map<int, int> status;
     std::vector<int64_t> rtt;
+    std::vector<int64_t> rtt_at;    // when each of rtt was sent, from t0
     std::vector<int64_t> send_lag;  // paced: actual - intended send time
     int64_t t0 = 0;                 // pacing origin
     bool paced_started = false;
@@ -219,6 +220,7 @@ void pub_io(size_t k, uint32_t events) {
                 else
                     P.errors++;
                 P.rtt.push_back(g_now - p.t_sent);
+                P.rtt_at.push_back(p.t_sent - P.t0);
                 P.t_last = g_now;
             } else {
                 P.warm_pending--;

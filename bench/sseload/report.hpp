@@ -71,6 +71,33 @@ void jlatency(const char *k, std::vector<int64_t> &v) {
     jclose();
 }
 
+// Publish response times per second of the run (`at` = send time from the
+// start): [{"s": 0, "count": N, "p50": ms, "p99": ms, "max": ms}, ...].
+void jseries(const char *k, const std::vector<int64_t> &v,
+             const std::vector<int64_t> &at) {
+    std::map<int64_t, std::vector<int64_t>> by;
+    for (size_t i = 0; i < v.size() && i < at.size(); i++)
+        by[at[i] / 1000000000].push_back(v[i]);
+    if (J.size() > 1 && J.back() != '{') J += ',';
+    J += '"';
+    J += k;
+    J += "\":[";
+    bool first = true;
+    for (auto &[sec, xs] : by) {
+        std::sort(xs.begin(), xs.end());
+        char buf[160];
+        snprintf(buf, sizeof buf,
+                 "%s{\"s\":%lld,\"count\":%zu,\"p50\":%.4f,\"p99\":%.4f,"
+                 "\"max\":%.4f}",
+                 first ? "" : ",", (long long)sec, xs.size(),
+                 pct(xs, 0.5) / 1e6, pct(xs, 0.99) / 1e6,
+                 double(xs.back()) / 1e6);
+        J += buf;
+        first = false;
+    }
+    J += ']';
+}
+
 void jmap(const char *k, const std::map<int, int> &m) {
     jopen(k);
     for (auto &[a, b] : m) jnum(std::to_string(a).c_str(), b);
