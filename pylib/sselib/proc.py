@@ -139,3 +139,37 @@ def loadavg():
             return float(f.read().split()[0])
     except OSError:
         return None
+
+
+def peer_socket_option(pid, inode, level, option):
+    """getsockopt() on the socket `inode` held by process `pid`, through a
+    duplicate of its descriptor (pidfd_getfd, Linux 5.6+, needs the right
+    to ptrace pid). The option's int value."""
+    import ctypes
+    import socket
+    fdnum = None
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]":
+                fdnum = int(fd)
+                break
+        except OSError:
+            continue
+    if fdnum is None:
+        raise LookupError(f"process {pid} holds no socket {inode}")
+    pidfd = os.pidfd_open(pid)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        SYS_pidfd_getfd = 438
+        dup = libc.syscall(SYS_pidfd_getfd, pidfd, fdnum, 0)
+        if dup < 0:
+            e = ctypes.get_errno()
+            raise OSError(e, f"pidfd_getfd: {os.strerror(e)}")
+    finally:
+        os.close(pidfd)
+    s = socket.socket(fileno=dup)
+    try:
+        return s.getsockopt(level, option)
+    finally:
+        s.detach()
+        os.close(dup)
