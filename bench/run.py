@@ -63,8 +63,12 @@ LABEL = {"ours": "ngx_http_sse_module", "nchan": "nchan",
 FLOOR_SCENARIOS = {"burst", "latency", "channels", "after_burst"}
 
 
+SERVERS = set(KINDS) | {"floor"}  # --servers narrows it
+
+
 def kinds_of(name):
-    return KINDS + ("floor",) if name in FLOOR_SCENARIOS else KINDS
+    out = KINDS + ("floor",) if name in FLOOR_SCENARIOS else KINDS
+    return tuple(k for k in out if k in SERVERS)
 
 
 def log(msg):
@@ -846,7 +850,7 @@ def write_charts(results, outdir, stamp):
         kinds = list(sc["metrics"])
         keys = [k for k in keys
                 if all(isinstance(sc["metrics"][kd].get(k), (int, float))
-                       for kd in KINDS)]
+                       for kd in kinds)]
         if not keys:
             continue
         fig, axes = plt.subplots(1, len(keys), figsize=(3.4 * len(keys) + 1,
@@ -993,8 +997,8 @@ def targets_table(results):
         sc = results["scenarios"].get(name)
         a = b = None
         if sc and "metrics" in sc:
-            a = sc["metrics"]["ours"].get(key)
-            b = sc["metrics"]["nchan"].get(key)
+            a = sc["metrics"].get("ours", {}).get(key)
+            b = sc["metrics"].get("nchan", {}).get(key)
         if not isinstance(a, (int, float)) or not isinstance(b, (int, float)) \
                 or not b:
             lines.append(f"| {text} | not measured | |")
@@ -1019,7 +1023,7 @@ def targets_table(results):
 
 def cell(key, sc, kd, repeat):
     """The median, and with repeated runs its spread: "12.3 (11.0-14.1)"."""
-    v = sc["metrics"][kd].get(key)
+    v = sc["metrics"].get(kd, {}).get(key)
     out = fmt(key, v)
     sp = sc.get("spread", {}).get(kd, {}).get(key)
     if repeat > 1 and sp and not isinstance(v, bool) and sp[0] != sp[1]:
@@ -1049,7 +1053,7 @@ def scenario_table(sc, repeat):
     head += " ours / nchan |" + (" ours / floor |" if floor else "")
     rule += "--:|" + ("--:|" if floor else "")
     lines = [head, rule]
-    mo, mn = sc["metrics"]["ours"], sc["metrics"]["nchan"]
+    mo, mn = sc["metrics"].get("ours", {}), sc["metrics"].get("nchan", {})
     for k in mo:
         base, _ = split_key(k)
         better = METRIC_INFO.get(base, ("", "", 0))[2]
@@ -1057,7 +1061,7 @@ def scenario_table(sc, repeat):
             " (lower is better)" if better < 0 else ""
         row = (f"| {metric_label(k, sc['params'])}{arrow} | "
                f"{cell(k, sc, 'ours', repeat)} | "
-               f"{cell(k, sc, 'nchan', repeat)} |")
+               f"{cell(k, sc, 'nchan', repeat) if mn else 'n/a'} |")
         if floor:
             row += f" {cell(k, sc, 'floor', repeat)} |"
         row += f" {ratio_text(k, mo.get(k), mn.get(k))} |"
@@ -1147,7 +1151,7 @@ def print_summary(results):
         if "error" in sc:
             print(f"   error: {sc['error']}")
             continue
-        mo, mn = sc["metrics"]["ours"], sc["metrics"]["nchan"]
+        mo, mn = sc["metrics"]["ours"], sc["metrics"].get("nchan", {})
         mf = sc["metrics"].get("floor", {})
         for k in mo:
             a, b = mo.get(k), mn.get(k)
@@ -1178,6 +1182,9 @@ def main():
     ap.add_argument("--markdown", help="where to write the report "
                     "(default BENCHMARKS.md at the repository root)")
     ap.add_argument("--no-markdown", action="store_true")
+    ap.add_argument("--servers", default="ours,nchan,floor",
+                    help="which servers to run (a quick A/B of two builds: "
+                         "--servers ours,floor --module OTHER.so)")
     ap.add_argument("--module", default=str(MODULE),
                     help="the ngx_http_sse_module .so to test")
     ap.add_argument("--render", metavar="JSON",
@@ -1205,6 +1212,7 @@ def main():
         return 0
     if args.tiny:
         args.scale = "tiny"
+    SERVERS.intersection_update(args.servers.split(","))
     scale = SCALES[args.scale]
     order = [s for s in ORDER if s in scale]
     if args.only:
