@@ -93,6 +93,8 @@ SCALES = {
         "resume": {"subscribers": 1000, "buffered": 1000, "behind": 500},
         "sweep": {"channels": 100000, "active": 100, "rate": 200,
                   "seconds": 12, "size": 64},
+        "scale": {"subscribers": 50000, "generators": 4, "addresses": 4,
+                  "workers": 4, "events": 10, "size": 64},
     },
     "small": {  # seconds per scenario; safe beside other work
         "burst": {"subscribers": [50, 100], "events": 100, "size": 64},
@@ -108,13 +110,15 @@ SCALES = {
         "resume": {"subscribers": 100, "buffered": 1000, "behind": 500},
         "sweep": {"channels": 2000, "active": 10, "rate": 100,
                   "seconds": 7, "size": 64},
+        "scale": {"subscribers": 2000, "generators": 2, "addresses": 2,
+                  "workers": 4, "events": 10, "size": 64},
     },
     "tiny": {
         "burst": {"subscribers": [10], "events": 10, "size": 64},
     },
 }
 ORDER = ["burst", "latency", "after_burst", "channels", "memory", "publish",
-         "resume", "sweep"]
+         "resume", "sweep", "scale"]
 
 TITLES = {
     "burst": "1. Burst fan-out: one channel, events published as fast as "
@@ -129,6 +133,7 @@ TITLES = {
                    "channel",
     "sweep": "7. Publish response time beside 100,000 channels (the "
              "expiry sweep)",
+    "scale": "8. Scale: 50,000 subscribers on one channel, 4 workers",
 }
 
 
@@ -137,7 +142,7 @@ TITLES = {
 CONF = """\
 load_module {module};
 
-worker_processes 2;
+worker_processes {workers};
 worker_rlimit_nofile 20000;
 error_log {d}/error.log notice;
 pid {d}/nginx.pid;
@@ -164,7 +169,7 @@ http {{
     {http}
 
     server {{
-        listen 127.0.0.1:{sub_port} backlog=4096;
+        listen 127.0.0.1:{sub_port} backlog=4096{reuseport};
         {sub}
     }}
 
@@ -226,8 +231,10 @@ def nginx_env(kind, d):
 class Server(NginxProcess):
     """One nginx (master + 2 workers) with one of the two modules."""
 
-    def __init__(self, kind, workdir, module_copy, status_ok):
-        super().__init__(workdir, nworkers=2, nginx_bin=NGINX,
+    def __init__(self, kind, workdir, module_copy, status_ok, workers=2):
+        # More than 2 workers (the scale scenario): subscribers are spread
+        # over them with reuseport, so no worker needs over 20,000 files.
+        super().__init__(workdir, nworkers=workers, nginx_bin=NGINX,
                          env=nginx_env(kind, workdir))
         self.kind = kind
         self.module = module_copy
@@ -241,7 +248,9 @@ class Server(NginxProcess):
             user="user root;" if os.geteuid() == 0 else "",
             http=m["http"], sub=m["sub"], pub=m["pub"],
             status=m["status"] if self.status_ok else "",
-            sub_port=self.sub_port, pub_port=self.pub_port)
+            sub_port=self.sub_port, pub_port=self.pub_port,
+            workers=self.nworkers,
+            reuseport=" reuseport" if self.nworkers > 2 else "")
 
     def start(self):
         for attempt in range(3):  # a port may be taken between probe and bind
@@ -359,10 +368,10 @@ class FloorServer:
         return []
 
 
-def make_server(kind, workdir, modules, status_ok):
+def make_server(kind, workdir, modules, status_ok, workers=2):
     if kind == "floor":
         return FloorServer(workdir)
-    return Server(kind, workdir, modules[kind], status_ok[kind])
+    return Server(kind, workdir, modules[kind], status_ok[kind], workers)
 
 
 # ---------------------------------------------------------------- sseload
@@ -601,6 +610,84 @@ def scen_resume(srv, p, tag):
             "exactly_once": deliveries_ok(r) and res["ids_recorded"]}, r
 
 
+def scen_scale(srv, p, tag):
+    """p["subscribers"] on one channel held by p["generators"] sseload
+    processes (each binding its sockets to p["addresses"] addresses of its
+    own in 127.0.0.x); once all are connected, the first publishes
+    p["events"] events as fast as answered and every process checks that
+    each of its subscribers got all of them, in order."""
+    n, g = p["subscribers"], p["generators"]
+    time.sleep(0.5)
+    idle = srv.memory()
+    procs, lines = [], queue.Queue()
+    timeout = 300
+    for i in range(g):
+        args = sseload_args(
+            srv, "fanout", f"{tag}z-", subscribers=n // g, channels=1,
+            events=p["events"], size=p["size"], publishers=1, batch=500,
+            timeout=timeout, src_base=2 + i * p["addresses"],
+            src_count=p["addresses"])
+        args += ["--no-warmup", "--wait-stdin" if i == 0 else "--no-publish"]
+        pr = subprocess.Popen(args, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+        procs.append(pr)
+
+        def pump(pr=pr, i=i):
+            for line in pr.stderr:
+                lines.put((i, line))
+            lines.put((i, None))
+        threading.Thread(target=pump, daemon=True).start()
+    ready, tail = {}, []
+    deadline = time.monotonic() + timeout
+    while len(ready) < g and time.monotonic() < deadline:
+        try:
+            i, line = lines.get(timeout=1)
+        except queue.Empty:
+            continue
+        if line is None:
+            break
+        tail.append(line)
+        if line.startswith("READY"):
+            ready[i] = int(line.split()[1])
+    if len(ready) < g:
+        for pr in procs:
+            pr.kill()
+            pr.wait()
+        raise RuntimeError("the generators never got ready: " +
+                           "".join(tail)[-2000:])
+    time.sleep(1.0)
+    loaded = srv.memory()
+    loaded["subscribers_per_worker"] = srv.conns_per_worker()
+    before = srv.cpu()
+    outs = [None] * g
+    procs[0].stdin.write("\n")
+    procs[0].stdin.flush()
+    for i, pr in enumerate(procs):
+        out, _ = pr.communicate(timeout=timeout * 2)
+        outs[i] = json.loads(out)
+    after = srv.cpu()
+    held = sum(ready.values())
+    first = outs[0]["deliveries"].get("first_publish_ns")
+    last = max(int(o["deliveries"].get("last_delivery_ns") or 0)
+               for o in outs)
+    unique = sum(o["deliveries"]["unique"] for o in outs)
+    span = (last - int(first)) / 1e9 if first and last else None
+    cpu = (after["user"] + after["sys"] - before["user"] - before["sys"])
+    return {
+        "subscribers_held": held,
+        "exactly_once": all(deliveries_ok(o) for o in outs),
+        "last_delivery_s": span,
+        "deliveries_per_s": unique / span if span else None,
+        "latency_p50_ms": statistics.median(
+            o["latency_ms"].get("p50") or 0 for o in outs),
+        "latency_p99_ms": max(o["latency_ms"].get("p99") or 0 for o in outs),
+        "bytes_per_subscriber_rss": (loaded["rss_kb"] - idle["rss_kb"]) *
+        1024 / max(held, 1),
+        "cpu_us_per_delivery": cpu * 1e6 / unique if unique else None,
+    }, {"idle": idle, "loaded": loaded, "sseload": outs}
+
+
 def cpu_per_op(r, ops):
     cpu = r.get("server_cpu_s")
     if not cpu or not ops:
@@ -632,6 +719,7 @@ def add_cpu_metrics(name, metrics, raw):
 
 
 SCENARIOS = {"burst": scen_burst, "latency": scen_latency,
+             "scale": scen_scale,
              "after_burst": scen_after_burst, "sweep": scen_sweep,
              "channels": scen_channels, "memory": scen_memory,
              "publish": scen_publish, "resume": scen_resume}
@@ -678,6 +766,8 @@ METRIC_INFO = {
                             "{:.2f}", -1),
     "burst_exactly_once": ("the burst: every event exactly once, in order",
                            None, 0),
+    "last_delivery_s": ("time from the first publish to the last delivery "
+                        "(s)", "{:.3f}", -1),
     "catch_up_s": ("time until all caught up (s)", "{:.3f}", -1),
     "catch_up_p50_ms": ("median subscriber caught up after (ms)", "{:.1f}", -1),
 }
@@ -693,6 +783,8 @@ CHART = {
     "resume": ["catch_up_s", "cpu_us_per_delivery"],
     "after_burst": ["sent_latency_p50_ms", "sent_latency_p99_ms"],
     "sweep": ["response_p99_ms", "worst_second_p99_ms"],
+    "scale": ["last_delivery_s", "deliveries_per_s", "latency_p99_ms",
+              "bytes_per_subscriber_rss"],
 }
 
 
@@ -911,6 +1003,17 @@ def describe(name, p):
                 f"after, {p['subscribers']:,} other subscribers on another "
                 f"channel of the same server get {p['rate']} events/s for "
                 f"{p['seconds']} s (latency as in 2).")
+    if name == "scale":
+        return (f"{p['subscribers']:,} subscribers on one channel of one "
+                f"nginx with {p['workers']} workers (`listen ... reuseport` "
+                f"spreads them; 20,000 open files per worker), held by "
+                f"{p['generators']} load-generator processes whose sockets "
+                f"are bound to {p['addresses']} addresses each in "
+                "127.0.0.x; once all are connected, "
+                f"{p['events']} events of {p['size']} bytes are published "
+                "as fast as answered. Latency p50 is the median of the "
+                "generators' p50s, p99 the highest of their p99s; bytes per "
+                "subscriber = RSS growth of all processes / subscribers.")
     if name == "sweep":
         return (f"{p['rate']} publishes/s for {p['seconds']} s over "
                 f"{p['active']} channels, one keep-alive connection, no "
@@ -1294,7 +1397,8 @@ def main():
                         f"{kd} (run {rep + 1}/{args.repeat}, "
                         f"load {loadavg()})")
                     srv = make_server(kd, work / f"{name}-{kd}-{rep}",
-                                      modules, status_ok)
+                                      modules, status_ok,
+                                      p.get("workers", 2))
                     srv.start()
                     t0 = time.monotonic()
                     try:

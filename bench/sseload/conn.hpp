@@ -16,7 +16,8 @@ enum : uint64_t {
 };
 const uint64_t TAG_MASK = 0xffull << 40;
 
-int open_socket(const sockaddr_in &addr, int &err) {
+// src: the local address to bind first (0: the kernel's choice).
+int open_socket(const sockaddr_in &addr, int &err, uint32_t src = 0) {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         err = errno;
@@ -24,6 +25,19 @@ int open_socket(const sockaddr_in &addr, int &err) {
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (src != 0) {
+        // The port is picked at connect() time, per destination: many
+        // more than 64k connections over a few source addresses.
+        setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+        sockaddr_in local{};
+        local.sin_family = AF_INET;
+        local.sin_addr.s_addr = htonl(src);
+        if (bind(fd, reinterpret_cast<sockaddr *>(&local), sizeof local) < 0) {
+            err = errno;
+            close(fd);
+            return -1;
+        }
+    }
     if (connect(fd, reinterpret_cast<const sockaddr *>(&addr), sizeof addr) <
             0 &&
         errno != EINPROGRESS) {

@@ -176,7 +176,9 @@ void plan_events(Run &run) {
             i);
     pubs.resize(size_t(run.npub));
     for (size_t k = 0; k < pubs.size(); k++) pubs[k].queue = int(k % nq);
-    if (opt.mode != "idle" || opt.warmup)
+    if (!opt.publish) run.npub = 0;
+    pubs.resize(size_t(run.npub));
+    if ((opt.mode != "idle" || opt.warmup) && opt.publish)
         for (size_t k = 0; k < pubs.size(); k++) pub_connect(k);
 }
 
@@ -201,15 +203,23 @@ void run_fanout(Run &run) {
     run.connect_s = double(now_ns() - t) / 1e9;
     run.heads_early = T.ready;
     if (opt.warmup && run.n_subs > 0) run.warm_rounds = warm_up();
-    if (opt.mode == "idle") {
+    if (opt.mode == "idle" || opt.wait_stdin || !opt.publish) {
         epoll_event ev{};
         ev.events = EPOLLIN;
         ev.data.u64 = TAG_STDIN;
         epoll_ctl(epfd, EPOLL_CTL_ADD, 0, &ev);
         logf("READY %d\n", live_subs());
+    }
+    if (opt.mode == "idle") {
         loop_until([] { return stdin_ready; }, opt.timeout);
         return;
     }
+    if (!opt.publish) {  // another generator publishes
+        loop_until([&] { return T.finished >= T.requested; }, opt.timeout);
+        run.all_done = T.done == run.n_subs;
+        return;
+    }
+    if (opt.wait_stdin) loop_until([] { return stdin_ready; }, opt.timeout);
     publishing = true;
     P.t0 = g_sched_t0 = now_ns();
     kick_publishers();
@@ -288,7 +298,7 @@ void report(Run &run) {
     bool exactly_once = measured_events && not_ready == 0 &&
                         unique == expected && dups == 0 && unexpected == 0 &&
                         wrong == 0 && T.closed == 0 && P.errors == 0 &&
-                        P.ok == uint64_t(opt.events);
+                        (!opt.publish || P.ok == uint64_t(opt.events));
 
     J = "{";
     jraw("mode", jstr(opt.mode));
@@ -361,6 +371,9 @@ void report(Run &run) {
                               : 0;
             jnum("seconds", span);
             jnum("per_second", span > 0 ? double(unique) / span : 0);
+            // CLOCK_MONOTONIC: comparable across generators on one machine
+            jraw("first_publish_ns", std::to_string(P.t_first));
+            jraw("last_delivery_ns", std::to_string(T.last_delivery));
         }
         jclose();
     }

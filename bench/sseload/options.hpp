@@ -27,6 +27,14 @@ struct Options {
     int resume_back = 500;  // resume: events behind the end
     std::vector<std::string> sub_headers;
     bool verbose = false;
+    // Several generators on one server (the 50,000 scale): subscriber
+    // sockets bound round-robin to 127.0.0.SRC_BASE .. +SRC_COUNT-1, so
+    // source ports do not run out; one process publishes (--wait-stdin:
+    // once all are ready), the others only receive (--no-publish).
+    int src_base = 0;
+    int src_count = 0;
+    bool publish = true;
+    bool wait_stdin = false;
 };
 
 [[noreturn]] void usage(const char *msg) {
@@ -40,6 +48,7 @@ struct Options {
             "[--events M] [--size BYTES]\n"
             "  [--publishers P] [--rate EV_PER_S] [--batch N] "
             "[--timeout S] [--no-warmup]\n"
+            "  [--src-base K --src-count N] [--no-publish] [--wait-stdin]\n"
             "  [--resume-back K] [--sub-header 'Name: value'] [--verbose]\n");
     exit(2);
 }
@@ -88,6 +97,14 @@ Options parse_args(int argc, char **argv) {
             o.resume_back = atoi(val().c_str());
         else if (a == "--sub-header")
             o.sub_headers.push_back(val());
+        else if (a == "--src-base")
+            o.src_base = atoi(val().c_str());
+        else if (a == "--src-count")
+            o.src_count = atoi(val().c_str());
+        else if (a == "--no-publish")
+            o.publish = false;
+        else if (a == "--wait-stdin")
+            o.wait_stdin = true;
         else if (a == "--verbose")
             o.verbose = true;
         else if (a == "-h" || a == "--help")

@@ -374,7 +374,10 @@ void sub_start(size_t idx, const std::string &last_event_id) {
     s.req_off = 0;
     s.t_open = now_ns();
     int err = 0;
-    s.fd = open_socket(g_addr_sub, err);
+    uint32_t src = 0;
+    if (opt.src_count > 0)
+        src = (127u << 24) | uint32_t(opt.src_base + int(idx) % opt.src_count);
+    s.fd = open_socket(g_addr_sub, err, src);
     if (s.fd < 0) {
         s.state = S_FAILED;
         T.failed++;
