@@ -1244,6 +1244,11 @@ def write_markdown(results, charts, path):
         if name in charts:
             rel = os.path.relpath(charts[name], path.parent)
             lines += [f"![{name}]({rel})", ""]
+    # The analysis that figures alone do not give (where the bytes go, what
+    # perf showed), kept by hand in bench/findings.md and carried along.
+    findings = BENCH / "findings.md"
+    if findings.is_file():
+        lines += ["", findings.read_text().rstrip(), ""]
     path.write_text("\n".join(lines))
 
 
