@@ -115,6 +115,8 @@ SCALES = {
     },
     "tiny": {
         "burst": {"subscribers": [10], "events": 10, "size": 64},
+        "scale": {"subscribers": 20, "generators": 2, "addresses": 2,
+                  "workers": 4, "events": 5, "size": 64},
     },
 }
 ORDER = ["burst", "latency", "after_burst", "channels", "memory", "publish",
@@ -1278,7 +1280,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scale", choices=sorted(SCALES), default="full")
     ap.add_argument("--tiny", action="store_true",
-                    help="10 subscribers, 10 events, burst only; results to "
+                    help="10 subscribers, 10 events: burst (with the floor) "
+                         "and a 20-subscriber scale run; results to "
                          "a temporary directory unless --results is given, "
                          "no BENCHMARKS.md unless --markdown is given")
     ap.add_argument("--only", help="comma-separated scenarios: " +
