@@ -385,7 +385,7 @@ void report(Run &run) {
         jraw("last_event_id", jstr(run.resume_id));
         jnum("behind", opt.resume_back);
         jbool("ids_recorded", run.recorded_all);
-        jnum("run.catch_up_s", run.catch_up_s);
+        jnum("catch_up_s", run.catch_up_s);
         jlatency("catch_up_ms", run.catch_up);
         jnum("publish_s", run.t_pub_end && P.t_first
                               ? double(run.t_pub_end - P.t_first) / 1e9
