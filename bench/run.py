@@ -1075,6 +1075,14 @@ TARGETS = [
      "paced latency p50 at 5,000 subscribers no worse than nchan's"),
     ("memory", "bytes_per_subscriber_rss", "<=", 1.0,
      "bytes per idle subscriber no more than nchan's"),
+    ("latency", "cpu_us_per_delivery@1000", "<=", 0.5,
+     "nginx CPU per delivery, paced, 1,000 subscribers: at most half of "
+     "nchan's"),
+    ("latency", "cpu_us_per_delivery@5000", "<=", 0.5,
+     "nginx CPU per delivery, paced, 5,000 subscribers: at most half of "
+     "nchan's"),
+    ("scale", "deliveries_per_s", ">=", 1.0,
+     "50,000 subscribers: deliveries/s at least nchan's"),
     ("publish", "publishes_per_s@64B", ">=", 1.0,
      "publish rate (64 B) at least nchan's"),
     ("publish", "publishes_per_s@16384B", ">=", 1.0,
@@ -1131,6 +1139,13 @@ def targets_table(results):
         met = r >= want if op == ">=" else r <= want
         lines.append(f"| {text} | {r:.2f}x{pace_note(sc, key, 'nchan')} | "
                      f"{'yes' if met else '**no**'} |")
+    # Absolute (issue 11): bytes per idle subscriber, all processes.
+    sc = results["scenarios"].get("memory") or {}
+    v = sc.get("metrics", {}).get("ours", {}).get("bytes_per_subscriber_rss")
+    if isinstance(v, (int, float)):
+        lines.append(f"| bytes per idle subscriber (RSS, all processes) at "
+                     f"most 5 KB | {v:,.0f} bytes | "
+                     f"{'yes' if v <= 5120 else '**no**'} |")
     for name, key, want, text in FLOOR_TARGETS:
         sc = results["scenarios"].get(name) or {}
         mets = sc.get("metrics", {})
