@@ -4,9 +4,9 @@
 //   GET /events/CHANNEL   (port --sub-port) answers a chunked
 //                         text/event-stream head and keeps the connection
 //   POST /publish/CHANNEL (port --pub-port, keep-alive, Content-Length body)
-//                         frames "id: N\ndata: BODY\n\n" as one HTTP chunk,
-//                         writes it to each subscriber of the channel with
-//                         one write(), then answers 202
+//                         answers 202, then frames "id: N\ndata: BODY\n\n"
+//                         as one HTTP chunk and writes it to each subscriber
+//                         of the channel with one write()
 //
 // No buffering of events, no shared memory, no second process, no resume:
 // what a write() leaves unsent waits in a per-connection string (so the
@@ -184,9 +184,11 @@ bool handle(Conn *c) {
             return false;
         }
         if (c->in.size() < end + 4 + size_t(len)) return true;  // more body
+        // Answered first, as nginx does (202 before the fan-out): the
+        // publisher is not held back by the fan-out, only by the CPU.
+        if (!send_bytes(c, k_accepted, sizeof k_accepted - 1)) return false;
         publish(ch, c->in.data() + end + 4, size_t(len));
         c->in.erase(0, end + 4 + size_t(len));
-        if (!send_bytes(c, k_accepted, sizeof k_accepted - 1)) return false;
     }
 }
 
