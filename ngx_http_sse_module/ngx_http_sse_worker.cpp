@@ -252,8 +252,7 @@ void ngx_http_sse_detach(ngx_http_sse_subscriber_t *sub) {
     }
     if (sub->joined) {
         sub->joined = 0;
-        auto s = ngx_http_sse_session(zw->zone);
-        s->leave(zw->slot, sub->chans, sub->nlinks, ngx_current_msec);
+        ngx_http_sse_presence_leave(sub, zw);
     }
     ngx_log_debug0(NGX_LOG_DEBUG_HTTP, sub->r->connection->log, 0,
                    "sse: detached");
@@ -319,10 +318,8 @@ static void ngx_http_sse_deliver_zone(ngx_http_sse_zone_worker_t *zw) {
         }
     }
 
-    bool copied = true;
     for (auto &item : batch) {
         item.msg = ngx_http_sse_msg_copy(zw, item.m);
-        copied = copied && item.msg != NULL;
     }
     {
         auto s = ngx_http_sse_session(zw->zone);
@@ -367,9 +364,12 @@ static void ngx_http_sse_deliver_zone(ngx_http_sse_zone_worker_t *zw) {
         ngx_http_sse_msg_unref(msg);
         item.msg = NULL;
     }
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "sse: delivered %uz event(s) to %uL stream write(s), "
+                   "cursor %uL",
+                   batch.size(), delivered, to);
     batch.clear();
     ngx_http_sse_count(zw, &sse::slot_stats::delivered, delivered);
-    (void)copied;
 
     // After what was published before the DELETE: end of stream.
     for (auto *lc : deleted) {
@@ -466,16 +466,10 @@ static void ngx_http_sse_reap_slots(ngx_http_sse_zone_t *z) {
     if (ndead == 0) {
         return;
     }
-    auto st = ngx_http_sse_session(z);
     for (uint32_t i = 0; i < ndead; i++) {
-        ngx_pid_t pid = st->root()->slots[dead[i]].pid;
-        if (pid != 0 && pid != ngx_pid && kill(pid, 0) == -1 &&
-            ngx_errno == NGX_ESRCH) {
-            ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
-                          "sse: clearing the slot of process %P, gone",
-                          pid);
-            st->clear_slot(dead[i], ngx_current_msec);
-        }
+        // Re-checked under the lock; publishes the presence "leave"s.
+        bool cleared;
+        ngx_http_sse_presence_clear_slot(z, dead[i], &cleared);
     }
 }
 
@@ -615,6 +609,11 @@ ngx_int_t ngx_http_sse_worker_init(ngx_cycle_t *cycle) {
     w->poll.log = cycle->log;
     w->poll.cancelable = 1;  // never holds up a graceful shutdown
     ngx_add_timer(&w->poll, NGX_HTTP_SSE_POLL_MS);
+    try {
+        ngx_http_sse_presence_worker_ready(true);
+    } catch (const std::exception &e) {
+        ngx_log_error(NGX_LOG_ERR, cycle->log, 0, "sse: %s", e.what());
+    }
     return NGX_OK;
 }
 
@@ -623,6 +622,7 @@ void ngx_http_sse_worker_exit(ngx_cycle_t *cycle) {
     if (w == NULL) {
         return;
     }
+    ngx_http_sse_presence_worker_ready(false);
     for (auto *zw : w->zones) {
         if (zw->slot != sse::no_slot) {
             auto s = ngx_http_sse_session(zw->zone);

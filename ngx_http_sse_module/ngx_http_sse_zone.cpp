@@ -118,6 +118,7 @@ static ngx_int_t ngx_http_sse_init_zone(ngx_shm_zone_t *shm_zone, void *data) {
         }
         z->shpool = old->shpool;
         z->root = old->root;
+        ngx_http_sse_presence_init_zone(z, old);
         return NGX_OK;
     }
 
@@ -152,5 +153,6 @@ static ngx_int_t ngx_http_sse_init_zone(ngx_shm_zone_t *shm_zone, void *data) {
         return NGX_ERROR;
     }
     z->shpool->data = z->root;
+    ngx_http_sse_presence_init_zone(z, NULL);
     return NGX_OK;
 }

@@ -286,6 +286,7 @@ void store::remove(channel *c, int64_t now) {
     unlink_channel(c);
     c->deleted = 1;
     c->idle_since = now;
+    root_->nretired += c->count - c->retired;
     c->retired = c->count;
     c->hnext = root_->deleted;
     root_->deleted = c;
@@ -334,6 +335,7 @@ bool store::needed(const message *m, uint64_t hold) const {
 void store::retire_oldest(channel *c) {
     message *m = c->at(c->retired);
     c->retired++;
+    root_->nretired++;
     c->dropped_seq = std::max(c->dropped_seq, m->seq);
     root_->dropped_seq = std::max(root_->dropped_seq, m->seq);
 }
@@ -345,6 +347,7 @@ void store::pop_front(channel *c) {
         root_->dropped_seq = std::max(root_->dropped_seq, m->seq);
     } else {
         c->retired--;
+        root_->nretired--;
     }
     c->head = (c->head + 1) % c->cap;
     c->count--;
@@ -365,24 +368,40 @@ void store::release(channel *c, uint32_t budget) {
     }
 }
 
-bool store::evict_one(const channel *keep) {
-    message *m = root_->head;
+bool store::evict_one(const channel *keep, bool needed_too) {
+    uint64_t hold = min_hold();
+    // The oldest event no process still needs (kept only for resume), among
+    // the first release_budget of the log: only a channel's oldest can go.
+    message *m = nullptr;
+    uint32_t budget = release_budget;
+    for (message *e = root_->head; e != nullptr && budget-- > 0; e = e->next) {
+        if (hold != 0 && e->seq >= hold) {
+            break;  // a process is copying it and all after it right now
+        }
+        if (e == e->chan->at(0) && !needed(e, 0)) {
+            m = e;
+            break;
+        }
+    }
+    if (m == nullptr && needed_too) {
+        // The zone's oldest is always its channel's oldest.
+        m = root_->head;
+        if (m == nullptr || (hold != 0 && m->seq >= hold)) {
+            return false;
+        }
+    }
     if (m == nullptr) {
         return false;
     }
-    uint64_t hold = min_hold();
-    if (hold != 0 && m->seq >= hold) {
-        return false;  // a process is copying it right now
-    }
-    // The zone's oldest is always its channel's oldest.
     channel *c = m->chan;
+    uint64_t seq = m->seq;  // m is freed below
     bool buffered = c->retired == 0;
     bool lost = needed(m, 0);
     pop_front(c);
     free_message(m);
     root_->stats.evicted += buffered;
     if (lost) {
-        c->lost_seq = std::max(c->lost_seq, m->seq);
+        c->lost_seq = std::max(c->lost_seq, seq);
         root_->lost_seq = std::max(root_->lost_seq, c->lost_seq);
         root_->stats.lost++;
     }
@@ -393,29 +412,36 @@ bool store::evict_one(const channel *keep) {
 }
 
 void *store::alloc_evicting(size_t size, const channel *keep, int64_t now) {
+    // Frees one idle channel among the first nb buckets from the sweep's
+    // position, whatever its ttl.
+    auto free_idle = [&](uint32_t nb) {
+        nb = std::min(nb, root_->nbuckets);
+        for (uint32_t k = 0; k < nb; k++) {
+            uint32_t b = (root_->sweep_pos + k) & (root_->nbuckets - 1);
+            channel *next;
+            for (channel *c = root_->buckets[b]; c != nullptr; c = next) {
+                next = c->hnext;
+                if (c != keep && free_channel_if_idle(c, now, true)) {
+                    return true;
+                }
+            }
+        }
+        return false;
+    };
     for (;;) {
         void *p = a_.alloc(a_.ctx, size);
         if (p != nullptr) {
             return p;
         }
-        if (evict_one(keep)) {
+        // Cheapest loss first: an event kept only for resume, an idle
+        // channel (a bounded look), and only then an event a process has
+        // not read yet (its channel's lost_seq tells the process); with no
+        // events left at all, any idle channel.
+        if (evict_one(keep, false) || free_idle(sweep_buckets) ||
+            evict_one(keep, true) || free_idle(root_->nbuckets)) {
             continue;
         }
-        // No events left to evict: idle channels go, whatever their ttl.
-        bool freed = false;
-        for (uint32_t b = 0; b < root_->nbuckets && !freed; b++) {
-            channel *next;
-            for (channel *c = root_->buckets[b]; c != nullptr; c = next) {
-                next = c->hnext;
-                if (c != keep && free_channel_if_idle(c, now, true)) {
-                    freed = true;
-                    break;
-                }
-            }
-        }
-        if (!freed) {
-            return nullptr;
-        }
+        return nullptr;
     }
 }
 
@@ -488,7 +514,8 @@ publish_status store::commit(uint32_t si, message *m, channel *c, int64_t now,
 
     expire(c, now);
     release(c);
-    if (c->count == c->cap && !grow_ring(c, now)) {
+    // A failed grow may still have made room: its evictions shorten c too.
+    if (c->count == c->cap && !grow_ring(c, now) && c->count == c->cap) {
         // No room for a bigger ring: the channel's oldest makes room.
         message *old = c->count ? c->at(0) : nullptr;
         uint64_t hold = min_hold();
@@ -496,12 +523,13 @@ publish_status store::commit(uint32_t si, message *m, channel *c, int64_t now,
             a_.free(a_.ctx, m);
             return publish_status::no_memory;
         }
+        uint64_t old_seq = old->seq;  // old is freed below
         bool lost = needed(old, 0);
         pop_front(c);
         free_message(old);
         root_->stats.evicted++;
         if (lost) {
-            c->lost_seq = std::max(c->lost_seq, old->seq);
+            c->lost_seq = std::max(c->lost_seq, old_seq);
             root_->lost_seq = std::max(root_->lost_seq, c->lost_seq);
             root_->stats.lost++;
         }
@@ -575,6 +603,25 @@ void collect(const channel *c, uint64_t after, uint32_t limit,
 
 }  // namespace
 
+void store::limit_catch_up(uint32_t si, size_t max_bytes,
+                           std::vector<const message *> &out,
+                           catch_up_result &r) {
+    // The oldest part that fits (always one event); the rest comes later.
+    size_t bytes = 0;
+    for (size_t i = 0; i < out.size(); i++) {
+        bytes += out[i]->size + reader_overhead;
+        if (bytes > max_bytes && i > 0) {
+            out.resize(i);
+            r.more = true;
+            r.last_seq = out.back()->seq;
+            break;
+        }
+    }
+    if (!out.empty()) {
+        root_->slots[si].hold = out.front()->seq;
+    }
+}
+
 catch_up_result store::catch_up(uint32_t si, channel *const *chans, size_t n,
                                 std::string_view resume, uint32_t initial,
                                 int64_t now, size_t max_bytes,
@@ -611,27 +658,18 @@ catch_up_result store::catch_up(uint32_t si, channel *const *chans, size_t n,
     if (limit == 0) {
         return r;
     }
+    // A channel's byte cut is safe only when nothing is cut by count
+    // afterwards: which events are the newest `limit` depends on all.
+    size_t channel_bytes = limit == UINT32_MAX ? max_bytes : SIZE_MAX;
     for (size_t i = 0; i < n; i++) {
-        collect(chans[i], after, limit, max_bytes, out);
+        collect(chans[i], after, limit, channel_bytes, out);
     }
     std::sort(out.begin(), out.end(),
               [](const message *a, const message *b) { return a->seq < b->seq; });
     if (out.size() > limit) {
         out.erase(out.begin(), out.end() - limit);
     }
-    size_t bytes = 0;
-    for (size_t i = 0; i < out.size(); i++) {
-        bytes += out[i]->size + reader_overhead;
-        if (bytes > max_bytes && i > 0) {
-            out.resize(i);
-            r.more = true;
-            r.last_seq = out.back()->seq;
-            break;
-        }
-    }
-    if (!out.empty()) {
-        root_->slots[si].hold = out.front()->seq;
-    }
+    limit_catch_up(si, max_bytes, out, r);
     return r;
 }
 
@@ -652,19 +690,7 @@ catch_up_result store::catch_up_after(uint32_t si, channel *const *chans,
     }
     std::sort(out.begin(), out.end(),
               [](const message *a, const message *b) { return a->seq < b->seq; });
-    size_t bytes = 0;
-    for (size_t i = 0; i < out.size(); i++) {
-        bytes += out[i]->size + reader_overhead;
-        if (bytes > max_bytes && i > 0) {
-            out.resize(i);
-            r.more = true;
-            r.last_seq = out.back()->seq;
-            break;
-        }
-    }
-    if (!out.empty()) {
-        root_->slots[si].hold = out.front()->seq;
-    }
+    limit_catch_up(si, max_bytes, out, r);
     return r;
 }
 
@@ -754,7 +780,7 @@ std::string store::check() const {
                     " but " + std::to_string(bytes) + " in the log");
     }
     // Channels, rings and members.
-    uint64_t in_rings = 0, nchannels = 0, members = 0;
+    uint64_t in_rings = 0, nchannels = 0, members = 0, retired = 0;
     uint64_t per_slot[max_slots] = {};
     auto check_channel = [&](const channel *c, bool deleted) -> std::string {
         std::string id(c->id());
@@ -775,6 +801,7 @@ std::string store::check() const {
             s = m->seq;
         }
         in_rings += c->count;
+        retired += c->retired;
         uint32_t subs = 0, k = 0;
         for (const member *mb = c->members; mb != nullptr; mb = mb->cnext) {
             if (++k > max_slots || mb->chan != c || mb->slot >= max_slots ||
@@ -818,6 +845,10 @@ std::string store::check() const {
         if (!e.empty()) {
             return e;
         }
+    }
+    if (retired != r->nretired) {
+        return fail("nretired " + std::to_string(r->nretired) + " but " +
+                    std::to_string(retired) + " retired in rings");
     }
     if (in_rings != n) {
         return fail(std::to_string(n) + " events in the log but " +
@@ -913,6 +944,7 @@ void store::repair() {
         //    only sane ones of live slots.
         std::unordered_set<message *> ringed;
         std::vector<message *> keep;
+        uint64_t nretired = 0;
         for (channel *c : order) {
             keep.clear();
             uint32_t retired = 0;
@@ -932,6 +964,7 @@ void store::repair() {
             c->head = 0;
             c->count = static_cast<uint32_t>(keep.size());
             c->retired = retired;
+            nretired += retired;
             uint32_t subs = 0;
             for (member **p = &c->members; *p != nullptr;) {
                 member *mb = *p;
@@ -957,6 +990,7 @@ void store::repair() {
             }
         }
         r->nmessages = n;
+        r->nretired = nretired;
         r->message_bytes = bytes;
 
         // 5. The slots' member lists, rebuilt from the channels'.

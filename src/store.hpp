@@ -167,7 +167,8 @@ struct zone_root {
     uint32_t nchannels;
     uint32_t sweep_pos;
     uint32_t dirty;  // set inside a session that changes anything
-    uint64_t nmessages;
+    uint64_t nmessages;  // in the log: resumable and retired
+    uint64_t nretired;   // out of their rings, kept for readers
     uint64_t message_bytes;
     zone_stats stats;
     slot slots[max_slots];
@@ -349,7 +350,10 @@ private:
     store(zone_root *root, const allocator &a) : root_(root), a_(a) {}
 
     void *alloc_evicting(size_t size, const channel *keep, int64_t now);
-    bool evict_one(const channel *keep);
+    bool evict_one(const channel *keep, bool needed_too);
+    void limit_catch_up(uint32_t slot, size_t max_bytes,
+                        std::vector<const message *> &out,
+                        catch_up_result &r);
     bool needed(const message *m, uint64_t min_hold) const;
     uint64_t min_hold() const;
     void retire_oldest(channel *c);
