@@ -110,7 +110,7 @@ clean:
 
 format:
 	clang-format -i src/*.cpp src/*.hpp tests/*.cpp ngx_http_sse_module/*.cpp ngx_http_sse_module/*.hpp \
-	    fuzz/*.cpp fuzz/*.hpp
+	    fuzz/*.cpp fuzz/*.hpp bench/sseload/*.cpp bench/sseload/*.hpp bench/floor.cpp
 
 # ---------------------------------------------------------------- checks
 # `make fuzz`: libFuzzer targets (fuzz/*.cpp, Debian's clang) built with
@@ -154,8 +154,8 @@ fuzz: $(FUZZ_BINS)
 # `make test-asan`: the module built with AddressSanitizer and UBSan
 # (build-asan/) loaded into Debian's /usr/sbin/nginx with the sanitizer
 # runtime preloaded, running all of t/. Every harness that starts nginx
-# (t/conftest.py, t/demohelp.py, clients/js/test/setup/nginx.js,
-# bench/run.py) honours SSE_MODULE (the .so to load) and SSE_PRELOAD
+# (pylib/sselib/nginx.py for t/ and bench/run.py, t/demohelp.py,
+# clients/js/test/setup/nginx.js) honours SSE_MODULE (the .so to load) and SSE_PRELOAD
 # (LD_PRELOAD for nginx only), and adds log_path=DIR/sanitizer to the
 # sanitizer options: a report there, in error.log or in what the nginx
 # command printed fails the test (gcc's UBSan ignores log_path and writes

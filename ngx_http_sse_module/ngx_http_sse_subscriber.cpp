@@ -715,6 +715,16 @@ static ngx_int_t ngx_http_sse_subscribe(ngx_http_request_t *r) {
                                 ? ngx_http_sse_read_handler
                                 : ngx_http_test_reading;
     r->write_event_handler = ngx_http_sse_write_handler;
+    // Events are small writes, often close together: Nagle would hold the
+    // second of two behind the client's delayed ACK (tens of ms on a real
+    // network). nginx itself sets it only on keep-alive and upgraded
+    // connections; `tcp_nodelay off` keeps it off here too. A failure is
+    // logged by nginx and costs only latency.
+    auto *clcf = static_cast<ngx_http_core_loc_conf_t *>(
+        ngx_http_get_module_loc_conf(r, ngx_http_core_module));
+    if (clcf->tcp_nodelay && r->http_version < NGX_HTTP_VERSION_20) {
+        (void)ngx_tcp_nodelay(r->connection);
+    }
     sub->last_write = ngx_current_msec;
     if (lcf->heartbeat != NGX_HTTP_SSE_OFF) {
         sub->heartbeat.handler = ngx_http_sse_heartbeat_handler;

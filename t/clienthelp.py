@@ -8,12 +8,14 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 import zlib
 from pathlib import Path
 
-from conftest import (_OPEN_CLIENTS, SSEClient, _parse_head,
-                      _read_chunked)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "pylib"))
+from sselib.client import (OPEN_CLIENTS, Response,  # noqa: E402
+                           SSEClient, parse_head, read_chunked)
 
 JS_DIR = Path(__file__).resolve().parent / "js"
 NODE = "/usr/bin/node"
@@ -59,7 +61,7 @@ class StreamPublisher:
 
     def __init__(self, reader, writer):
         self.reader, self.writer = reader, writer
-        _OPEN_CLIENTS.add(self)  # closed by conftest when the test ends
+        OPEN_CLIENTS.add(self)  # closed by the harness when the test ends
 
     @classmethod
     async def open(cls, port, path, headers=None,
@@ -88,16 +90,14 @@ class StreamPublisher:
 
     async def response(self, timeout=10):
         """The answer (it may come before the body ends, on a fault)."""
-        from conftest import Response
-
         async def go():
             head = await self.reader.readuntil(b"\r\n\r\n")
-            status, hdrs = _parse_head(head)
+            status, hdrs = parse_head(head)
             h = dict(hdrs)
             if "content-length" in h:
                 body = await self.reader.readexactly(int(h["content-length"]))
             elif "chunked" in h.get("transfer-encoding", ""):
-                body = await _read_chunked(self.reader)
+                body = await read_chunked(self.reader)
             else:
                 body = await self.reader.read()
             return Response(status, hdrs, body)
@@ -107,7 +107,7 @@ class StreamPublisher:
             self.close()
 
     def close(self):
-        _OPEN_CLIENTS.discard(self)
+        OPEN_CLIENTS.discard(self)
         try:
             self.writer.transport.abort()
         except Exception:
@@ -122,7 +122,7 @@ class RawResponse:
 
     def __init__(self, reader, writer):
         self.reader, self.writer = reader, writer
-        _OPEN_CLIENTS.add(self)
+        OPEN_CLIENTS.add(self)
         self.status = None
         self.headers = []
         self.wire = b""
@@ -136,7 +136,7 @@ class RawResponse:
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
         c = cls(reader, writer)
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
-        c.status, c.headers = _parse_head(head)
+        c.status, c.headers = parse_head(head)
         return c
 
     def header(self, name):
@@ -183,7 +183,7 @@ class RawResponse:
             i = j + 4 + size
 
     def close(self):
-        _OPEN_CLIENTS.discard(self)
+        OPEN_CLIENTS.discard(self)
         try:
             self.writer.transport.abort()
         except Exception:

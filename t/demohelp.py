@@ -19,9 +19,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from conftest import (BAD_LOG, MODULE, NGINX_BIN, ROOT, established_inodes,
-                      free_port, nginx_env, proc_alive, proc_children,
-                      proc_cmdline, sanitizer_reports, socket_inodes)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "pylib"))
+from sselib.nginx import (BAD_LOG, MODULE, NGINX_BIN, ROOT,  # noqa: E402
+                          free_port, nginx_env, sanitizer_reports)
+from sselib.proc import (established_inodes, proc_alive,  # noqa: E402
+                         proc_children, proc_cmdline, socket_inodes)
 
 EXAMPLES = ROOT / "examples"
 DEMO_CONF = EXAMPLES / "nginx.conf"

@@ -1,9 +1,11 @@
 """The benchmark harness end to end, in its tiny mode: bench/run.py --tiny
-builds build/sseload if needed, starts nginx with this module and then with
-nchan, fans 10 events out to 10 subscribers on each, and writes its results
-JSON. Asserts that the harness ran and that every event reached every
-subscriber exactly once, in order, on both servers. Timings are never
-asserted: they depend on the machine."""
+builds build/sseload and build/floor if needed, starts nginx with this
+module, then with nchan, then the floor server, fans 10 events out to 10
+subscribers on each, runs the scale scenario in small (20 subscribers over
+two generators, 4 workers), and writes its results JSON. Asserts that the
+harness ran and that every event reached every subscriber exactly once, in
+order, on every server. Timings are never asserted: they depend on the
+machine."""
 
 import json
 import subprocess
@@ -35,11 +37,12 @@ def test_bench_tiny(tmp_path):
     files = sorted(tmp_path.glob("*.json"))
     assert len(files) == 1, files
     res = json.loads(files[0].read_text())
-    assert res["order"] == ["burst"]
+    assert res["order"] == ["burst", "scale"]
     burst = res["scenarios"]["burst"]
     assert "error" not in burst, burst.get("error")
 
-    for kind in ("ours", "nchan"):
+    # The floor (bench/floor.cpp) runs beside both and must be exact too.
+    for kind in ("ours", "nchan", "floor"):
         runs = burst["runs"][kind]
         assert runs, kind
         for run in runs:
@@ -62,3 +65,13 @@ def test_bench_tiny(tmp_path):
 
     # This module's nginx logged no alert, crit or crash.
     assert not burst["log_problems"]["ours"], burst["log_problems"]["ours"]
+
+    # Several generators (own source addresses, one publishing once all
+    # are connected) on 4 workers: every subscriber got every event.
+    scale = res["scenarios"]["scale"]
+    assert "error" not in scale, scale.get("error")
+    for kind in ("ours", "nchan"):
+        m = scale["metrics"][kind]
+        assert m["subscribers_held"] == 20, (kind, m)
+        assert m["exactly_once"], (kind, scale["runs"][kind])
+    assert not scale["log_problems"]["ours"], scale["log_problems"]["ours"]
