@@ -2,7 +2,6 @@
 #include "ngx_http_sse.hpp"
 #include "ngx_http_sse_version.hpp"
 
-
 struct ngx_http_sse_bounds_t {
     ngx_int_t min;
     ngx_int_t max;
@@ -42,7 +41,7 @@ static ngx_http_sse_bounds_t ngx_http_sse_time_on = {1, -1};
 
 static ngx_command_t ngx_http_sse_commands[] = {
 
-    {ngx_string("sse_zone"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+    {ngx_string("sse_zone"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE123,
      ngx_http_sse_zone_directive, 0, 0, NULL},
 
     {ngx_string("sse_subscribe"),

@@ -40,9 +40,9 @@ static socklen_t ngx_http_sse_wake_addr(struct sockaddr_un *sa, ngx_pid_t pid) {
     ngx_memzero(sa, sizeof(struct sockaddr_un));
     sa->sun_family = AF_UNIX;
     // Abstract namespace: sun_path[0] is NUL; nothing on the file system.
-    u_char *end = ngx_snprintf((u_char *)sa->sun_path + 1,
-                               sizeof(sa->sun_path) - 1, "ngx-sse-wake-%P",
-                               pid);
+    u_char *end =
+        ngx_snprintf((u_char *)sa->sun_path + 1, sizeof(sa->sun_path) - 1,
+                     "ngx-sse-wake-%P", pid);
     return offsetof(struct sockaddr_un, sun_path) +
            (end - (u_char *)sa->sun_path);
 }
@@ -171,8 +171,8 @@ void ngx_http_sse_notify(ngx_http_sse_zone_t *z, const sse::slot_set &slots) {
             continue;
         }
         // Read unlocked: a stale pid only costs a datagram nobody gets.
-        ngx_pid_t pid = __atomic_load_n(&z->root->slots[s].pid,
-                                        __ATOMIC_RELAXED);
+        ngx_pid_t pid =
+            __atomic_load_n(&z->root->slots[s].pid, __ATOMIC_RELAXED);
         if (pid == 0 || w->wake == NULL) {
             continue;
         }
@@ -228,8 +228,8 @@ void ngx_http_sse_attach(ngx_http_sse_subscriber_t *sub) {
         lc->nsubs++;
     }
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, sub->r->connection->log, 0,
-                   "sse: attached to %ui channel(s), last seq %uL",
-                   sub->nlinks, sub->last_seq);
+                   "sse: attached to %ui channel(s), last seq %uL", sub->nlinks,
+                   sub->last_seq);
 }
 
 void ngx_http_sse_detach(ngx_http_sse_subscriber_t *sub) {
@@ -283,6 +283,7 @@ static void ngx_http_sse_deliver_zone(ngx_http_sse_zone_worker_t *zw) {
     std::vector<ngx_http_sse_local_channel_t *> deleted;
     uint64_t round = ++zw->round;
     uint64_t to;
+    bool new_epoch = false;
 
     batch.clear();
     touched.clear();
@@ -290,6 +291,12 @@ static void ngx_http_sse_deliver_zone(ngx_http_sse_zone_worker_t *zw) {
         auto s = ngx_http_sse_session(zw->zone);
         sse::zone_root *root = s->root();
         uint64_t from = root->slots[zw->slot].cursor;
+        if (root->epoch != zw->epoch) {
+            // The Redis engine took a new epoch: Redis lost the zone's
+            // data. Every stream ends and resumes with an sse-gap.
+            zw->epoch = root->epoch;
+            new_epoch = true;
+        }
         to = s->read_since_cursor(zw->slot, [&](const sse::message *m) {
             auto it = zw->channels.find(m->chan);
             if (it == zw->channels.end()) {
@@ -330,6 +337,9 @@ static void ngx_http_sse_deliver_zone(ngx_http_sse_zone_worker_t *zw) {
                     sse::release_budget + batch.size());
     }
 
+    if (new_epoch) {
+        ngx_http_sse_end_all(zw, NGX_HTTP_SSE_R_EVICTED);
+    }
     for (auto &[lc, seq] : lost) {
         ngx_http_sse_each_sub(lc, [seq = seq](auto *sub) {
             if (sub->last_seq < seq) {
@@ -405,6 +415,13 @@ static void ngx_http_sse_deliver(ngx_http_sse_zone_worker_t *zw) {
     }
 }
 
+void ngx_http_sse_follow_epoch(ngx_http_sse_zone_worker_t *zw) {
+    if (zw->epoch !=
+        __atomic_load_n(&zw->zone->root->epoch, __ATOMIC_RELAXED)) {
+        ngx_http_sse_deliver(zw);
+    }
+}
+
 void ngx_http_sse_count(ngx_http_sse_zone_worker_t *zw,
                         uint64_t sse::slot_stats::*field, uint64_t n) {
     if (n != 0 && zw->slot != sse::no_slot) {
@@ -456,8 +473,8 @@ static void ngx_http_sse_reap_slots(ngx_http_sse_zone_t *z) {
     ngx_pid_t dead[sse::max_slots];
     uint32_t ndead = 0;
     for (uint32_t s = 0; s < sse::max_slots; s++) {
-        ngx_pid_t pid = __atomic_load_n(&z->root->slots[s].pid,
-                                        __ATOMIC_RELAXED);
+        ngx_pid_t pid =
+            __atomic_load_n(&z->root->slots[s].pid, __ATOMIC_RELAXED);
         if (pid != 0 && pid != ngx_pid && kill(pid, 0) == -1 &&
             ngx_errno == NGX_ESRCH) {
             dead[ndead++] = s;
@@ -472,8 +489,7 @@ static void ngx_http_sse_reap_slots(ngx_http_sse_zone_t *z) {
         if (pid != 0 && pid != ngx_pid && kill(pid, 0) == -1 &&
             ngx_errno == NGX_ESRCH) {
             ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
-                          "sse: clearing the slot of process %P, gone",
-                          pid);
+                          "sse: clearing the slot of process %P, gone", pid);
             st->clear_slot(dead[i], ngx_current_msec);
         }
     }
@@ -484,6 +500,9 @@ static void ngx_http_sse_poll_zone(ngx_http_sse_zone_worker_t *zw) {
         // Old workers end their streams promptly so a reload completes;
         // clients resume on the new workers.
         ngx_http_sse_end_all(zw, NGX_HTTP_SSE_R_SHUTDOWN);
+    }
+    if (zw->redis != NULL) {
+        ngx_http_sse_redis_poll(zw);
     }
     sse::zone_root *root = zw->zone->root;
     if (zw->slot != sse::no_slot &&
@@ -597,6 +616,7 @@ ngx_int_t ngx_http_sse_worker_init(ngx_cycle_t *cycle) {
             zw->wake.handler = ngx_http_sse_wake_handler;
             zw->wake.data = zw;
             zw->wake.log = cycle->log;
+            ngx_http_sse_redis_worker_init(zw);
         }
     } catch (const std::exception &e) {
         ngx_log_error(NGX_LOG_EMERG, cycle->log, 0, "sse: %s", e.what());
@@ -624,6 +644,7 @@ void ngx_http_sse_worker_exit(ngx_cycle_t *cycle) {
         return;
     }
     for (auto *zw : w->zones) {
+        ngx_http_sse_redis_worker_exit(zw);
         if (zw->slot != sse::no_slot) {
             auto s = ngx_http_sse_session(zw->zone);
             s->clear_slot(zw->slot, ngx_current_msec);

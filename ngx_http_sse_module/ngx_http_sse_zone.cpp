@@ -5,6 +5,20 @@
 
 static ngx_int_t ngx_http_sse_init_zone(ngx_shm_zone_t *shm_zone, void *data);
 
+// Which engine feeds the zone; a zone reused across a reload that adds or
+// drops redis= follows the new configuration.
+static void ngx_http_sse_zone_engine(ngx_http_sse_zone_t *z) {
+    ngx_shmtx_lock(&z->shpool->mutex);
+    if (z->redis == NULL) {
+        z->root->external = 0;
+        z->root->bus_pid = 0;
+    } else if (z->root->external == 0) {
+        // In sync once the bus has taken Redis's epoch and history.
+        z->root->external = 1;
+    }
+    ngx_shmtx_unlock(&z->shpool->mutex);
+}
+
 static void *ngx_http_sse_slab_alloc(void *ctx, size_t size) {
     return ngx_slab_alloc_locked(static_cast<ngx_slab_pool_t *>(ctx), size);
 }
@@ -22,15 +36,14 @@ static void ngx_http_sse_slab_unlock(void *ctx) {
 }
 
 sse::session ngx_http_sse_session(ngx_http_sse_zone_t *z) {
-    return sse::session(
-        z->root,
-        sse::allocator{z->shpool, ngx_http_sse_slab_alloc,
-                       ngx_http_sse_slab_free},
-        sse::mutex{z->shpool, ngx_http_sse_slab_lock,
-                   ngx_http_sse_slab_unlock});
+    return sse::session(z->root,
+                        sse::allocator{z->shpool, ngx_http_sse_slab_alloc,
+                                       ngx_http_sse_slab_free},
+                        sse::mutex{z->shpool, ngx_http_sse_slab_lock,
+                                   ngx_http_sse_slab_unlock});
 }
 
-// sse_zone zone=NAME:SIZE
+// sse_zone zone=NAME:SIZE [redis=URL] [redis_timeout=TIME]
 char *ngx_http_sse_zone_directive(ngx_conf_t *cf, ngx_command_t *cmd,
                                   void *conf) {
     auto *value = static_cast<ngx_str_t *>(cf->args->elts);
@@ -91,6 +104,39 @@ char *ngx_http_sse_zone_directive(ngx_conf_t *cf, ngx_command_t *cmd,
     z->shm_zone = shm_zone;
     z->index = mcf->zones.nelts - 1;
     *slot = z;
+
+    ngx_str_t *redis = NULL, *redis_timeout = NULL;
+    for (ngx_uint_t i = 2; i < cf->args->nelts; i++) {
+        if (value[i].len > 6 && ngx_strncmp(value[i].data, "redis=", 6) == 0 &&
+            redis == NULL) {
+            value[i].data += 6;
+            value[i].len -= 6;
+            redis = &value[i];
+        } else if (value[i].len > 14 &&
+                   ngx_strncmp(value[i].data, "redis_timeout=", 14) == 0 &&
+                   redis_timeout == NULL) {
+            value[i].data += 14;
+            value[i].len -= 14;
+            redis_timeout = &value[i];
+        } else {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid parameter \"%V\" in \"%V\" "
+                               "directive, expected redis=URL or "
+                               "redis_timeout=TIME",
+                               &value[i], &cmd->name);
+            return (char *)NGX_CONF_ERROR;
+        }
+    }
+    if (redis_timeout != NULL && redis == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"redis_timeout=\" in \"%V\" needs \"redis=\"",
+                           &cmd->name);
+        return (char *)NGX_CONF_ERROR;
+    }
+    if (redis != NULL &&
+        ngx_http_sse_redis_parse(cf, z, redis, redis_timeout) != NGX_CONF_OK) {
+        return (char *)NGX_CONF_ERROR;
+    }
     shm_zone->init = ngx_http_sse_init_zone;
     shm_zone->data = z;
     return NGX_CONF_OK;
@@ -118,12 +164,14 @@ static ngx_int_t ngx_http_sse_init_zone(ngx_shm_zone_t *shm_zone, void *data) {
         }
         z->shpool = old->shpool;
         z->root = old->root;
+        ngx_http_sse_zone_engine(z);
         return NGX_OK;
     }
 
     z->shpool = reinterpret_cast<ngx_slab_pool_t *>(shm_zone->shm.addr);
     if (shm_zone->shm.exists) {
         z->root = static_cast<sse::zone_root *>(z->shpool->data);
+        ngx_http_sse_zone_engine(z);
         return NGX_OK;
     }
 
@@ -152,5 +200,6 @@ static ngx_int_t ngx_http_sse_init_zone(ngx_shm_zone_t *shm_zone, void *data) {
         return NGX_ERROR;
     }
     z->shpool->data = z->root;
+    ngx_http_sse_zone_engine(z);
     return NGX_OK;
 }

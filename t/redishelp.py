@@ -1,0 +1,107 @@
+"""Real redis-server processes for the Redis engine's tests: Debian's
+redis-server on a free loopback port with its own directory, no
+persistence unless asked, stopped by pid (never a system Redis)."""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+from conftest import free_port, proc_alive
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+
+needs_redis = pytest.mark.skipif(
+    not os.path.exists(REDIS_SERVER),
+    reason="redis-server is not installed (make deps)")
+
+
+class Redis:
+    def __init__(self, d, port=None, args=()):
+        self.dir = d
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.args = list(args)
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", str(self.dir),
+             "--logfile", str(self.dir / "redis.log"), "--daemonize", "no",
+             *self.args],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if self.cli("PING").strip() == "PONG":
+                    return self
+            except subprocess.SubprocessError:
+                pass
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise RuntimeError(f"redis-server did not start on {self.port}")
+
+    def kill(self):
+        """SIGKILL: what it held in memory is gone."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def cli(self, *args, password=None):
+        cmd = [REDIS_CLI, "-p", str(self.port)]
+        if password:
+            cmd += ["--no-auth-warning", "-a", password]
+        p = subprocess.run(cmd + list(args), capture_output=True, text=True,
+                           timeout=10)
+        return p.stdout
+
+    @property
+    def url(self):
+        return f"redis://127.0.0.1:{self.port}"
+
+
+@pytest.fixture
+def start_redis(tmp_path):
+    started = []
+
+    def start(port=None, args=()):
+        r = Redis(tmp_path / f"redis{len(started)}", port=port, args=args)
+        started.append(r)
+        return r.start()
+
+    yield start
+    for r in started:
+        r.stop()
+
+
+def redis_conf(url, size="16m", extra=""):
+    return f"sse_zone zone=sse:{size} redis={url}{extra};"
+
+
+async def wait_in_sync(n, timeout=10):
+    """Waits until machine n's zone reports its Redis bus in sync."""
+    import asyncio
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        r = await n.sub_http("GET", "/sse-status")
+        if r.status == 200:
+            last = r.json()["zones"][0]
+            if last.get("redis", {}).get("state") == "up":
+                return last
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"zone never in sync with Redis: {last}")
