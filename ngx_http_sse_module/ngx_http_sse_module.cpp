@@ -2,6 +2,7 @@
 #include "ngx_http_sse.hpp"
 #include "ngx_http_sse_version.hpp"
 
+
 struct ngx_http_sse_bounds_t {
     ngx_int_t min;
     ngx_int_t max;

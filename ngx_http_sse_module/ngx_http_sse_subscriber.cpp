@@ -29,10 +29,9 @@ ngx_int_t ngx_http_sse_subscribe_handler(ngx_http_request_t *r) {
 
 const char *ngx_http_sse_reason_text(ngx_uint_t reason) {
     static const char *const text[] = {
-        "",         "max_subscribers", "stream_timeout",
-        "shutdown", "zone_full",       "deleted",
-        "evicted",  "token_expired",   "unavailable",
-        "catch_up"};
+        "",          "max_subscribers", "stream_timeout", "shutdown",
+        "zone_full", "deleted",         "evicted",        "token_expired",
+        "unavailable", "catch_up"};
     return reason < sizeof(text) / sizeof(text[0]) ? text[reason] : "";
 }
 
@@ -321,7 +320,8 @@ static void ngx_http_sse_expiry_handler(ngx_event_t *ev) {
         return;
     }
     // The client fetches a fresh token and resumes with nothing lost.
-    ngx_http_sse_end(sub, NGX_HTTP_SSE_END_RETRY, NGX_HTTP_SSE_R_TOKEN_EXPIRED);
+    ngx_http_sse_end(sub, NGX_HTTP_SSE_END_RETRY,
+                     NGX_HTTP_SSE_R_TOKEN_EXPIRED);
 }
 
 static void ngx_http_sse_cleanup(void *data) {
@@ -330,7 +330,8 @@ static void ngx_http_sse_cleanup(void *data) {
         try {
             ngx_http_sse_detach(sub);
         } catch (const std::exception &e) {
-            ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "sse: %s", e.what());
+            ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "sse: %s",
+                          e.what());
         }
     }
     ngx_http_sse_stop_timers(sub);
@@ -527,13 +528,13 @@ static ngx_int_t ngx_http_sse_subscribe(ngx_http_request_t *r) {
     }
     if (zw->slot == sse::no_slot) {
         return ngx_http_sse_refuse(r, lcf, NGX_HTTP_SSE_R_UNAVAILABLE);
-    }
     if (z->redis != NULL) {
         // Ids are Redis's: none is served before this machine has them.
         if (!ngx_http_sse_redis_ready(z)) {
             return ngx_http_sse_refuse(r, lcf, NGX_HTTP_SSE_R_UNAVAILABLE);
         }
         ngx_http_sse_follow_epoch(zw);
+    }
     }
     ngx_str_t resume;
     if (ngx_http_sse_resume_point(r, lcf, &resume) != NGX_OK) {
@@ -585,11 +586,11 @@ static ngx_int_t ngx_http_sse_subscribe(ngx_http_request_t *r) {
             sub->nlinks = joined.size();
             ngx_memcpy(sub->chans, joined.data(),
                        joined.size() * sizeof(sse::channel *));
-            res =
-                s->catch_up(zw->slot, sub->chans, sub->nlinks,
-                            {reinterpret_cast<char *>(resume.data), resume.len},
-                            lcf->initial_events, ngx_current_msec,
-                            lcf->max_pending, zw->owed);
+            res = s->catch_up(
+                zw->slot, sub->chans, sub->nlinks,
+                {reinterpret_cast<char *>(resume.data), resume.len},
+                lcf->initial_events, ngx_current_msec, lcf->max_pending,
+                zw->owed);
         }
     }
     if (js == sse::join_status::zone_full) {

@@ -40,9 +40,9 @@ static socklen_t ngx_http_sse_wake_addr(struct sockaddr_un *sa, ngx_pid_t pid) {
     ngx_memzero(sa, sizeof(struct sockaddr_un));
     sa->sun_family = AF_UNIX;
     // Abstract namespace: sun_path[0] is NUL; nothing on the file system.
-    u_char *end =
-        ngx_snprintf((u_char *)sa->sun_path + 1, sizeof(sa->sun_path) - 1,
-                     "ngx-sse-wake-%P", pid);
+    u_char *end = ngx_snprintf((u_char *)sa->sun_path + 1,
+                               sizeof(sa->sun_path) - 1, "ngx-sse-wake-%P",
+                               pid);
     return offsetof(struct sockaddr_un, sun_path) +
            (end - (u_char *)sa->sun_path);
 }
@@ -171,8 +171,8 @@ void ngx_http_sse_notify(ngx_http_sse_zone_t *z, const sse::slot_set &slots) {
             continue;
         }
         // Read unlocked: a stale pid only costs a datagram nobody gets.
-        ngx_pid_t pid =
-            __atomic_load_n(&z->root->slots[s].pid, __ATOMIC_RELAXED);
+        ngx_pid_t pid = __atomic_load_n(&z->root->slots[s].pid,
+                                        __ATOMIC_RELAXED);
         if (pid == 0 || w->wake == NULL) {
             continue;
         }
@@ -228,8 +228,8 @@ void ngx_http_sse_attach(ngx_http_sse_subscriber_t *sub) {
         lc->nsubs++;
     }
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, sub->r->connection->log, 0,
-                   "sse: attached to %ui channel(s), last seq %uL", sub->nlinks,
-                   sub->last_seq);
+                   "sse: attached to %ui channel(s), last seq %uL",
+                   sub->nlinks, sub->last_seq);
 }
 
 void ngx_http_sse_detach(ngx_http_sse_subscriber_t *sub) {
@@ -473,8 +473,8 @@ static void ngx_http_sse_reap_slots(ngx_http_sse_zone_t *z) {
     ngx_pid_t dead[sse::max_slots];
     uint32_t ndead = 0;
     for (uint32_t s = 0; s < sse::max_slots; s++) {
-        ngx_pid_t pid =
-            __atomic_load_n(&z->root->slots[s].pid, __ATOMIC_RELAXED);
+        ngx_pid_t pid = __atomic_load_n(&z->root->slots[s].pid,
+                                        __ATOMIC_RELAXED);
         if (pid != 0 && pid != ngx_pid && kill(pid, 0) == -1 &&
             ngx_errno == NGX_ESRCH) {
             dead[ndead++] = s;
@@ -489,7 +489,8 @@ static void ngx_http_sse_reap_slots(ngx_http_sse_zone_t *z) {
         if (pid != 0 && pid != ngx_pid && kill(pid, 0) == -1 &&
             ngx_errno == NGX_ESRCH) {
             ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
-                          "sse: clearing the slot of process %P, gone", pid);
+                          "sse: clearing the slot of process %P, gone",
+                          pid);
             st->clear_slot(dead[i], ngx_current_msec);
         }
     }
@@ -500,9 +501,9 @@ static void ngx_http_sse_poll_zone(ngx_http_sse_zone_worker_t *zw) {
         // Old workers end their streams promptly so a reload completes;
         // clients resume on the new workers.
         ngx_http_sse_end_all(zw, NGX_HTTP_SSE_R_SHUTDOWN);
-    }
     if (zw->redis != NULL) {
         ngx_http_sse_redis_poll(zw);
+    }
     }
     sse::zone_root *root = zw->zone->root;
     if (zw->slot != sse::no_slot &&
@@ -615,8 +616,8 @@ ngx_int_t ngx_http_sse_worker_init(ngx_cycle_t *cycle) {
             zw->control_gen = zones[i]->root->control_gen;
             zw->wake.handler = ngx_http_sse_wake_handler;
             zw->wake.data = zw;
-            zw->wake.log = cycle->log;
             ngx_http_sse_redis_worker_init(zw);
+            zw->wake.log = cycle->log;
         }
     } catch (const std::exception &e) {
         ngx_log_error(NGX_LOG_EMERG, cycle->log, 0, "sse: %s", e.what());
@@ -643,8 +644,8 @@ void ngx_http_sse_worker_exit(ngx_cycle_t *cycle) {
     if (w == NULL) {
         return;
     }
-    for (auto *zw : w->zones) {
         ngx_http_sse_redis_worker_exit(zw);
+    for (auto *zw : w->zones) {
         if (zw->slot != sse::no_slot) {
             auto s = ngx_http_sse_session(zw->zone);
             s->clear_slot(zw->slot, ngx_current_msec);

@@ -36,11 +36,12 @@ static void ngx_http_sse_slab_unlock(void *ctx) {
 }
 
 sse::session ngx_http_sse_session(ngx_http_sse_zone_t *z) {
-    return sse::session(z->root,
-                        sse::allocator{z->shpool, ngx_http_sse_slab_alloc,
-                                       ngx_http_sse_slab_free},
-                        sse::mutex{z->shpool, ngx_http_sse_slab_lock,
-                                   ngx_http_sse_slab_unlock});
+    return sse::session(
+        z->root,
+        sse::allocator{z->shpool, ngx_http_sse_slab_alloc,
+                       ngx_http_sse_slab_free},
+        sse::mutex{z->shpool, ngx_http_sse_slab_lock,
+                   ngx_http_sse_slab_unlock});
 }
 
 // sse_zone zone=NAME:SIZE [redis=URL] [redis_timeout=TIME]
@@ -103,7 +104,6 @@ char *ngx_http_sse_zone_directive(ngx_conf_t *cf, ngx_command_t *cmd,
     }
     z->shm_zone = shm_zone;
     z->index = mcf->zones.nelts - 1;
-    *slot = z;
 
     ngx_str_t *redis = NULL, *redis_timeout = NULL;
     for (ngx_uint_t i = 2; i < cf->args->nelts; i++) {
@@ -137,6 +137,7 @@ char *ngx_http_sse_zone_directive(ngx_conf_t *cf, ngx_command_t *cmd,
         ngx_http_sse_redis_parse(cf, z, redis, redis_timeout) != NGX_CONF_OK) {
         return (char *)NGX_CONF_ERROR;
     }
+    *slot = z;
     shm_zone->init = ngx_http_sse_init_zone;
     shm_zone->data = z;
     return NGX_CONF_OK;
@@ -163,15 +164,15 @@ static ngx_int_t ngx_http_sse_init_zone(ngx_shm_zone_t *shm_zone, void *data) {
             return NGX_ERROR;
         }
         z->shpool = old->shpool;
-        z->root = old->root;
         ngx_http_sse_zone_engine(z);
+        z->root = old->root;
         return NGX_OK;
     }
 
     z->shpool = reinterpret_cast<ngx_slab_pool_t *>(shm_zone->shm.addr);
     if (shm_zone->shm.exists) {
-        z->root = static_cast<sse::zone_root *>(z->shpool->data);
         ngx_http_sse_zone_engine(z);
+        z->root = static_cast<sse::zone_root *>(z->shpool->data);
         return NGX_OK;
     }
 
@@ -199,7 +200,7 @@ static ngx_int_t ngx_http_sse_init_zone(ngx_shm_zone_t *shm_zone, void *data) {
     if (z->root == NULL) {
         return NGX_ERROR;
     }
-    z->shpool->data = z->root;
     ngx_http_sse_zone_engine(z);
+    z->shpool->data = z->root;
     return NGX_OK;
 }

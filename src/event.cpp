@@ -331,7 +331,8 @@ size_t encoded_body_size(std::string_view event, std::string_view data) {
     return encoded_size({}, event, data) - (sizeof("id: \n") - 1);
 }
 
-size_t encode_body(char *out, std::string_view event, std::string_view data) {
+size_t encode_body(char *out, std::string_view event,
+                   std::string_view data) {
     char *p = out;
     if (!event.empty()) {
         std::memcpy(p, "event: ", 7);

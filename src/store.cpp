@@ -240,8 +240,9 @@ slot_set store::slots_of(const channel *c) const {
 }
 
 void store::unlink_channel(channel *c) {
-    channel **p = c->deleted ? &root_->deleted
-                             : &root_->buckets[c->hash & (root_->nbuckets - 1)];
+    channel **p = c->deleted
+                      ? &root_->deleted
+                      : &root_->buckets[c->hash & (root_->nbuckets - 1)];
     while (*p != nullptr && *p != c) {
         p = &(*p)->hnext;
     }
@@ -473,7 +474,6 @@ void store::abandon(uint32_t si, message *m) {
 
 publish_status store::commit(uint32_t si, message *m, channel *c, int64_t now,
                              uint32_t buffer_length, int64_t ttl,
-                             uint64_t *seq) {
     *seq = root_->seq + 1;
     return commit_seq(si, m, c, now, buffer_length, ttl, *seq);
 }
@@ -517,6 +517,7 @@ void store::mark_lost(channel *c, uint64_t seq) {
 publish_status store::commit_seq(uint32_t si, message *m, channel *c,
                                  int64_t now, uint32_t buffer_length,
                                  int64_t ttl, uint64_t seq) {
+                             uint64_t *seq) {
     if (c->deleted) {
         abandon(si, m);
         return publish_status::no_channel;
@@ -600,8 +601,8 @@ uint32_t first_after(const channel *c, uint64_t after) {
 
 // Appends c's resumable events after `after`: at most the newest `limit`,
 // and from the oldest of those no more than about max_bytes.
-void collect(const channel *c, uint64_t after, uint32_t limit, size_t max_bytes,
-             std::vector<const message *> &out) {
+void collect(const channel *c, uint64_t after, uint32_t limit,
+             size_t max_bytes, std::vector<const message *> &out) {
     uint32_t i = first_after(c, after);
     if (c->count - i > limit) {
         i = c->count - limit;
@@ -628,12 +629,12 @@ catch_up_result store::catch_up(uint32_t si, channel *const *chans, size_t n,
         if (!id) {
             r.gap = gap_reason::malformed;
         } else if (id->epoch != root_->epoch) {
-            r.gap = gap_reason::epoch;
         } else if (id->seq > root_->seq && root_->external) {
             // Published elsewhere and not here yet: its events come
             // through the bus; what follows it is live.
             after = id->seq;
             r.last_seq = id->seq;
+            r.gap = gap_reason::epoch;
         } else if (id->seq > root_->seq) {
             r.gap = gap_reason::unknown;
         } else {
@@ -660,9 +661,8 @@ catch_up_result store::catch_up(uint32_t si, channel *const *chans, size_t n,
     for (size_t i = 0; i < n; i++) {
         collect(chans[i], after, limit, max_bytes, out);
     }
-    std::sort(out.begin(), out.end(), [](const message *a, const message *b) {
-        return a->seq < b->seq;
-    });
+    std::sort(out.begin(), out.end(),
+              [](const message *a, const message *b) { return a->seq < b->seq; });
     if (out.size() > limit) {
         out.erase(out.begin(), out.end() - limit);
     }
@@ -697,9 +697,8 @@ catch_up_result store::catch_up_after(uint32_t si, channel *const *chans,
     for (size_t i = 0; i < n; i++) {
         collect(chans[i], after, UINT32_MAX, max_bytes, out);
     }
-    std::sort(out.begin(), out.end(), [](const message *a, const message *b) {
-        return a->seq < b->seq;
-    });
+    std::sort(out.begin(), out.end(),
+              [](const message *a, const message *b) { return a->seq < b->seq; });
     size_t bytes = 0;
     for (size_t i = 0; i < out.size(); i++) {
         bytes += out[i]->size + reader_overhead;
@@ -983,8 +982,8 @@ void store::repair() {
             uint32_t subs = 0;
             for (member **p = &c->members; *p != nullptr;) {
                 member *mb = *p;
-                if (mb->chan != c || mb->slot >= max_slots || mb->count == 0 ||
-                    r->slots[mb->slot].pid == 0) {
+                if (mb->chan != c || mb->slot >= max_slots ||
+                    mb->count == 0 || r->slots[mb->slot].pid == 0) {
                     *p = mb->cnext;  // left unfreed: it may be garbage
                     continue;
                 }
