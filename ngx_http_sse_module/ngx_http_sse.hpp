@@ -23,6 +23,8 @@ extern "C" {
 extern "C" ngx_module_t ngx_http_sse_module;
 
 #define NGX_HTTP_SSE_OFF ((ngx_msec_t)-2)
+// Room for "retry: MS\n\n" at its longest (any ngx_msec_t).
+#define NGX_HTTP_SSE_RETRY_LINE_LEN sizeof("retry: 18446744073709551615\n\n")
 
 enum ngx_http_sse_role_e {
     NGX_HTTP_SSE_NONE = 0,
@@ -45,13 +47,18 @@ struct ngx_http_sse_zone_t {
 struct ngx_http_sse_main_conf_t {
     ngx_array_t zones;  // of ngx_http_sse_zone_t *
     ngx_uint_t default_zone_needed;
+    ngx_array_t zone_uses;  // "zone=NAME"s, checked once all are declared
 };
 
 struct ngx_http_sse_loc_conf_t {
     ngx_uint_t role;
-    ngx_shm_zone_t *shm_zone;        // nullptr: the only sse_zone
-    ngx_array_t *channels;           // sse_channel's values: complex values
-    sse::channel_rule channel_rule;  // its split= and unescape options
+    // Where the role was set, for errors found at merge.
+    ngx_str_t role_file;
+    ngx_uint_t role_line;
+    ngx_shm_zone_t *shm_zone;  // nullptr: the only sse_zone
+    // sse_channel: its values (complex values) and options (split=, unescape)
+    ngx_array_t *channels;
+    sse::channel_rule channel_rule;
     ngx_http_complex_value_t *last_event_id;
     ngx_http_complex_value_t *allow_origin;
     ngx_flag_t allow_credentials;

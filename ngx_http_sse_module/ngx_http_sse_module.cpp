@@ -3,22 +3,33 @@
 #include "ngx_http_sse_version.hpp"
 
 
+// Bounds of a size or time, checked after nginx's own slot parsed it (as
+// ngx_conf_num_bounds_t is for numbers); `what` ends the error message.
 struct ngx_http_sse_bounds_t {
-    ngx_int_t min;
-    ngx_int_t max;
+    ngx_conf_post_handler_pt post_handler;
+    ngx_uint_t low;
+    ngx_uint_t high;
+    const char *what;
+};
+
+// A "zone=NAME" of sse_subscribe/sse_publish, and where it was written:
+// the zone may be declared later in the http block, so it is checked at
+// postconfiguration, where nginx alone would only say "zero size".
+struct ngx_http_sse_zone_use_t {
+    ngx_shm_zone_t *zone;
+    ngx_str_t directive;
+    ngx_str_t file;
+    ngx_uint_t line;
 };
 
 static char *ngx_http_sse_role(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+static ngx_http_handler_pt ngx_http_sse_role_handler(ngx_uint_t role);
 static char *ngx_http_sse_channel(ngx_conf_t *cf, ngx_command_t *cmd,
                                   void *conf);
-static char *ngx_http_sse_set_num(ngx_conf_t *cf, ngx_command_t *cmd,
-                                  void *conf);
-static char *ngx_http_sse_set_time(ngx_conf_t *cf, ngx_command_t *cmd,
-                                   void *conf);
-static char *ngx_http_sse_set_size(ngx_conf_t *cf, ngx_command_t *cmd,
-                                   void *conf);
-static char *ngx_http_sse_set_complex(ngx_conf_t *cf, ngx_command_t *cmd,
-                                      void *conf);
+static char *ngx_http_sse_set_msec_off(ngx_conf_t *cf, ngx_command_t *cmd,
+                                       void *conf);
+static char *ngx_http_sse_check_size(ngx_conf_t *cf, void *post, void *data);
+static char *ngx_http_sse_check_msec(ngx_conf_t *cf, void *post, void *data);
 static ngx_int_t ngx_http_sse_postconfiguration(ngx_conf_t *cf);
 static void *ngx_http_sse_create_main_conf(ngx_conf_t *cf);
 static void *ngx_http_sse_create_loc_conf(ngx_conf_t *cf);
@@ -28,17 +39,26 @@ static ngx_int_t ngx_http_sse_init_module(ngx_cycle_t *cycle);
 static ngx_int_t ngx_http_sse_init_process(ngx_cycle_t *cycle);
 static void ngx_http_sse_exit_process(ngx_cycle_t *cycle);
 
-static ngx_http_sse_bounds_t ngx_http_sse_buffer_bounds = {1, 1000000};
-static ngx_http_sse_bounds_t ngx_http_sse_count_bounds = {0, 1000000};
-static ngx_http_sse_bounds_t ngx_http_sse_subs_bounds = {0, 100000000};
-// sse_retry takes milliseconds, as the SSE "retry:" field does.
-static ngx_http_sse_bounds_t ngx_http_sse_retry_bounds = {0, 86400000};
-static ngx_http_sse_bounds_t ngx_http_sse_message_bounds = {1, 256 << 20};
+static ngx_conf_num_bounds_t ngx_http_sse_buffer_bounds = {
+    ngx_conf_check_num_bounds, 1, 1000000};
+static ngx_conf_num_bounds_t ngx_http_sse_count_bounds = {
+    ngx_conf_check_num_bounds, 0, 1000000};
+static ngx_conf_num_bounds_t ngx_http_sse_subs_bounds = {
+    ngx_conf_check_num_bounds, 0, 100000000};
+static ngx_http_sse_bounds_t ngx_http_sse_message_bounds = {
+    ngx_http_sse_check_size, 1, 256 << 20, "a size from 1 to 268435456 bytes"};
 static ngx_http_sse_bounds_t ngx_http_sse_pending_bounds = {
-    1024, NGX_MAX_INT32_VALUE};
-// Times: the bounds flag whether "off" is accepted (max < 0: no).
-static ngx_http_sse_bounds_t ngx_http_sse_time_off = {1, 1};
-static ngx_http_sse_bounds_t ngx_http_sse_time_on = {1, -1};
+    ngx_http_sse_check_size, 1024, NGX_MAX_INT32_VALUE,
+    "a size from 1024 to 2147483647 bytes"};
+static ngx_http_sse_bounds_t ngx_http_sse_ttl_bounds = {
+    ngx_http_sse_check_msec, 1, NGX_MAX_INT_T_VALUE, "a positive time"};
+static ngx_http_sse_bounds_t ngx_http_sse_timer_bounds = {
+    ngx_http_sse_check_msec, 1, NGX_MAX_INT_T_VALUE,
+    "a positive time or \"off\""};
+// A bare sse_retry number is milliseconds, the unit of SSE's "retry:".
+static ngx_http_sse_bounds_t ngx_http_sse_retry_bounds = {
+    ngx_http_sse_check_msec, 0, 86400000,
+    "a time up to 24h (a bare number is milliseconds) or \"off\""};
 
 static ngx_command_t ngx_http_sse_commands[] = {
 
@@ -62,7 +82,7 @@ static ngx_command_t ngx_http_sse_commands[] = {
     {ngx_string("sse_allow_origin"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF |
          NGX_CONF_TAKE1,
-     ngx_http_sse_set_complex, NGX_HTTP_LOC_CONF_OFFSET,
+     ngx_http_set_complex_value_slot, NGX_HTTP_LOC_CONF_OFFSET,
      offsetof(ngx_http_sse_loc_conf_t, allow_origin), NULL},
 
     {ngx_string("sse_allow_credentials"),
@@ -73,67 +93,68 @@ static ngx_command_t ngx_http_sse_commands[] = {
     {ngx_string("sse_buffer_length"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF |
          NGX_CONF_TAKE1,
-     ngx_http_sse_set_num, NGX_HTTP_LOC_CONF_OFFSET,
+     ngx_conf_set_num_slot, NGX_HTTP_LOC_CONF_OFFSET,
      offsetof(ngx_http_sse_loc_conf_t, buffer_length),
      &ngx_http_sse_buffer_bounds},
 
     {ngx_string("sse_message_ttl"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF |
          NGX_CONF_TAKE1,
-     ngx_http_sse_set_time, NGX_HTTP_LOC_CONF_OFFSET,
-     offsetof(ngx_http_sse_loc_conf_t, message_ttl), &ngx_http_sse_time_on},
+     ngx_conf_set_msec_slot, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(ngx_http_sse_loc_conf_t, message_ttl), &ngx_http_sse_ttl_bounds},
 
     {ngx_string("sse_heartbeat"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF |
          NGX_CONF_TAKE1,
-     ngx_http_sse_set_time, NGX_HTTP_LOC_CONF_OFFSET,
-     offsetof(ngx_http_sse_loc_conf_t, heartbeat), &ngx_http_sse_time_off},
+     ngx_http_sse_set_msec_off, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(ngx_http_sse_loc_conf_t, heartbeat), &ngx_http_sse_timer_bounds},
 
     {ngx_string("sse_retry"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF |
          NGX_CONF_TAKE1,
-     ngx_http_sse_set_num, NGX_HTTP_LOC_CONF_OFFSET,
+     ngx_http_sse_set_msec_off, NGX_HTTP_LOC_CONF_OFFSET,
      offsetof(ngx_http_sse_loc_conf_t, retry), &ngx_http_sse_retry_bounds},
 
     {ngx_string("sse_last_event_id"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF |
          NGX_CONF_TAKE1,
-     ngx_http_sse_set_complex, NGX_HTTP_LOC_CONF_OFFSET,
+     ngx_http_set_complex_value_slot, NGX_HTTP_LOC_CONF_OFFSET,
      offsetof(ngx_http_sse_loc_conf_t, last_event_id), NULL},
 
     {ngx_string("sse_initial_events"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF |
          NGX_CONF_TAKE1,
-     ngx_http_sse_set_num, NGX_HTTP_LOC_CONF_OFFSET,
+     ngx_conf_set_num_slot, NGX_HTTP_LOC_CONF_OFFSET,
      offsetof(ngx_http_sse_loc_conf_t, initial_events),
      &ngx_http_sse_count_bounds},
 
     {ngx_string("sse_max_message_size"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF |
          NGX_CONF_TAKE1,
-     ngx_http_sse_set_size, NGX_HTTP_LOC_CONF_OFFSET,
+     ngx_conf_set_size_slot, NGX_HTTP_LOC_CONF_OFFSET,
      offsetof(ngx_http_sse_loc_conf_t, max_message_size),
      &ngx_http_sse_message_bounds},
 
     {ngx_string("sse_max_subscribers"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF |
          NGX_CONF_TAKE1,
-     ngx_http_sse_set_num, NGX_HTTP_LOC_CONF_OFFSET,
+     ngx_conf_set_num_slot, NGX_HTTP_LOC_CONF_OFFSET,
      offsetof(ngx_http_sse_loc_conf_t, max_subscribers),
      &ngx_http_sse_subs_bounds},
 
     {ngx_string("sse_max_pending"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF |
          NGX_CONF_TAKE1,
-     ngx_http_sse_set_size, NGX_HTTP_LOC_CONF_OFFSET,
+     ngx_conf_set_size_slot, NGX_HTTP_LOC_CONF_OFFSET,
      offsetof(ngx_http_sse_loc_conf_t, max_pending),
      &ngx_http_sse_pending_bounds},
 
     {ngx_string("sse_stream_timeout"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF |
          NGX_CONF_TAKE1,
-     ngx_http_sse_set_time, NGX_HTTP_LOC_CONF_OFFSET,
-     offsetof(ngx_http_sse_loc_conf_t, stream_timeout), &ngx_http_sse_time_off},
+     ngx_http_sse_set_msec_off, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(ngx_http_sse_loc_conf_t, stream_timeout),
+     &ngx_http_sse_timer_bounds},
 
     {ngx_string("sse_auth_jwt"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF |
@@ -210,11 +231,19 @@ static char *ngx_http_sse_role(ngx_conf_t *cf, ngx_command_t *cmd, void *conf) {
         return (char *)"is duplicate, or combined with another sse role";
     }
     lcf->role = cmd->offset;
+    lcf->role_file = cf->conf_file->file.name;
+    lcf->role_line = cf->conf_file->line;
 
+    // One content handler per location: one set before us (proxy_pass,
+    // fastcgi_pass, ...) is refused here, one set after us at merge.
     auto *clcf = static_cast<ngx_http_core_loc_conf_t *>(
         ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module));
+    if (clcf->handler != NULL) {
+        return (char *)"cannot be combined with another content handler "
+                       "(proxy_pass, fastcgi_pass, ...) in one location";
+    }
+    clcf->handler = ngx_http_sse_role_handler(lcf->role);
     if (lcf->role == NGX_HTTP_SSE_STATUS) {
-        clcf->handler = ngx_http_sse_status_handler;
         return NGX_CONF_OK;
     }
 
@@ -228,123 +257,87 @@ static char *ngx_http_sse_role(ngx_conf_t *cf, ngx_command_t *cmd, void *conf) {
         if (lcf->shm_zone == NULL) {
             return (char *)NGX_CONF_ERROR;
         }
+        auto *mcf = static_cast<ngx_http_sse_main_conf_t *>(
+            ngx_http_conf_get_module_main_conf(cf, ngx_http_sse_module));
+        auto *use = static_cast<ngx_http_sse_zone_use_t *>(
+            ngx_array_push(&mcf->zone_uses));
+        if (use == NULL) {
+            return (char *)NGX_CONF_ERROR;
+        }
+        use->zone = lcf->shm_zone;
+        use->directive = cmd->name;
+        use->file = cf->conf_file->file.name;
+        use->line = cf->conf_file->line;
     } else {
         auto *mcf = static_cast<ngx_http_sse_main_conf_t *>(
             ngx_http_conf_get_module_main_conf(cf, ngx_http_sse_module));
         mcf->default_zone_needed = 1;
     }
-
-    clcf->handler = lcf->role == NGX_HTTP_SSE_SUBSCRIBE
-                        ? ngx_http_sse_subscribe_handler
-                        : ngx_http_sse_publish_handler;
     return NGX_CONF_OK;
 }
 
-static char *ngx_http_sse_set_num(ngx_conf_t *cf, ngx_command_t *cmd,
-                                  void *conf) {
-    char *p = static_cast<char *>(conf);
-    auto *field = reinterpret_cast<ngx_int_t *>(p + cmd->offset);
-    auto *bounds = static_cast<ngx_http_sse_bounds_t *>(cmd->post);
+static ngx_http_handler_pt ngx_http_sse_role_handler(ngx_uint_t role) {
+    switch (role) {
+        case NGX_HTTP_SSE_SUBSCRIBE:
+            return ngx_http_sse_subscribe_handler;
+        case NGX_HTTP_SSE_PUBLISH:
+            return ngx_http_sse_publish_handler;
+        case NGX_HTTP_SSE_STATUS:
+            return ngx_http_sse_status_handler;
+    }
+    return NULL;
+}
+
+// "off", else nginx's msec slot. sse_retry also reads a bare number as
+// milliseconds, where nginx reads seconds.
+static char *ngx_http_sse_set_msec_off(ngx_conf_t *cf, ngx_command_t *cmd,
+                                       void *conf) {
+    auto *ms =
+        reinterpret_cast<ngx_msec_t *>(static_cast<char *>(conf) + cmd->offset);
     auto *value = static_cast<ngx_str_t *>(cf->args->elts);
 
-    if (*field != NGX_CONF_UNSET) {
+    bool off = ngx_strcmp(value[1].data, "off") == 0;
+    ngx_int_t bare = cmd->post == &ngx_http_sse_retry_bounds
+                         ? ngx_atoi(value[1].data, value[1].len)
+                         : NGX_ERROR;
+    if (!off && bare == NGX_ERROR) {
+        return ngx_conf_set_msec_slot(cf, cmd, conf);
+    }
+    if (*ms != NGX_CONF_UNSET_MSEC) {
         return (char *)"is duplicate";
     }
-    // sse_retry alone accepts "off"; it shares the field type.
-    if (bounds == &ngx_http_sse_retry_bounds &&
-        ngx_strcmp(value[1].data, "off") == 0) {
-        *field = (ngx_int_t)NGX_HTTP_SSE_OFF;
+    if (off) {
+        *ms = NGX_HTTP_SSE_OFF;
         return NGX_CONF_OK;
     }
-    ngx_int_t n = ngx_atoi(value[1].data, value[1].len);
-    if (n == NGX_ERROR || n < bounds->min || n > bounds->max) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid value \"%V\" in \"%V\" directive, "
-                           "it must be a number from %i to %i",
-                           &value[1], &cmd->name, bounds->min, bounds->max);
-        return (char *)NGX_CONF_ERROR;
-    }
-    *field = n;
-    return NGX_CONF_OK;
+    *ms = (ngx_msec_t)bare;
+    return ngx_http_sse_check_msec(cf, cmd->post, ms);
 }
 
-static char *ngx_http_sse_set_time(ngx_conf_t *cf, ngx_command_t *cmd,
-                                   void *conf) {
-    char *p = static_cast<char *>(conf);
-    auto *field = reinterpret_cast<ngx_msec_t *>(p + cmd->offset);
-    auto *bounds = static_cast<ngx_http_sse_bounds_t *>(cmd->post);
+static char *ngx_http_sse_out_of_bounds(ngx_conf_t *cf,
+                                        ngx_http_sse_bounds_t *bounds) {
     auto *value = static_cast<ngx_str_t *>(cf->args->elts);
-
-    if (*field != NGX_CONF_UNSET_MSEC) {
-        return (char *)"is duplicate";
-    }
-    if (ngx_strcmp(value[1].data, "off") == 0) {
-        if (bounds->max < 0) {
-            return ngx_http_sse_invalid(cf, cmd, &value[1], "it cannot be off");
-        }
-        *field = NGX_HTTP_SSE_OFF;
-        return NGX_CONF_OK;
-    }
-    ngx_int_t ms = ngx_parse_time(&value[1], 0);
-    if (ms == NGX_ERROR || ms < bounds->min) {
-        return ngx_http_sse_invalid(
-            cf, cmd, &value[1],
-            bounds->max < 0 ? "it must be a positive time"
-                            : "it must be a positive time or \"off\"");
-    }
-    *field = (ngx_msec_t)ms;
-    return NGX_CONF_OK;
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid value \"%V\" in \"%V\" directive, "
+                       "it must be %s",
+                       &value[1], &value[0], bounds->what);
+    return (char *)NGX_CONF_ERROR;
 }
 
-static char *ngx_http_sse_set_size(ngx_conf_t *cf, ngx_command_t *cmd,
-                                   void *conf) {
-    char *p = static_cast<char *>(conf);
-    auto *field = reinterpret_cast<size_t *>(p + cmd->offset);
-    auto *bounds = static_cast<ngx_http_sse_bounds_t *>(cmd->post);
-    auto *value = static_cast<ngx_str_t *>(cf->args->elts);
-
-    if (*field != NGX_CONF_UNSET_SIZE) {
-        return (char *)"is duplicate";
-    }
-    ssize_t n = ngx_parse_size(&value[1]);
-    if (n == NGX_ERROR || n < bounds->min || n > bounds->max) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid value \"%V\" in \"%V\" directive, "
-                           "it must be a size from %i to %i bytes",
-                           &value[1], &cmd->name, bounds->min, bounds->max);
-        return (char *)NGX_CONF_ERROR;
-    }
-    *field = (size_t)n;
-    return NGX_CONF_OK;
+static char *ngx_http_sse_check_size(ngx_conf_t *cf, void *post, void *data) {
+    auto *bounds = static_cast<ngx_http_sse_bounds_t *>(post);
+    size_t n = *static_cast<size_t *>(data);
+    return n < bounds->low || n > bounds->high
+               ? ngx_http_sse_out_of_bounds(cf, bounds)
+               : NGX_CONF_OK;
 }
 
-static char *ngx_http_sse_set_complex(ngx_conf_t *cf, ngx_command_t *cmd,
-                                      void *conf) {
-    char *p = static_cast<char *>(conf);
-    auto **field =
-        reinterpret_cast<ngx_http_complex_value_t **>(p + cmd->offset);
-    auto *value = static_cast<ngx_str_t *>(cf->args->elts);
-
-    if (*field != NULL) {
-        return (char *)"is duplicate";
-    }
-    if (value[1].len == 0) {
-        return ngx_http_sse_invalid(cf, cmd, &value[1], "it is empty");
-    }
-    *field = static_cast<ngx_http_complex_value_t *>(
-        ngx_palloc(cf->pool, sizeof(ngx_http_complex_value_t)));
-    if (*field == NULL) {
-        return (char *)NGX_CONF_ERROR;
-    }
-    ngx_http_compile_complex_value_t ccv;
-    ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
-    ccv.cf = cf;
-    ccv.value = &value[1];
-    ccv.complex_value = *field;
-    if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
-        return (char *)NGX_CONF_ERROR;
-    }
-    return NGX_CONF_OK;
+static char *ngx_http_sse_check_msec(ngx_conf_t *cf, void *post, void *data) {
+    auto *bounds = static_cast<ngx_http_sse_bounds_t *>(post);
+    ngx_msec_t ms = *static_cast<ngx_msec_t *>(data);
+    return ms < bounds->low || ms > bounds->high
+               ? ngx_http_sse_out_of_bounds(cf, bounds)
+               : NGX_CONF_OK;
 }
 
 // sse_channel VALUE... [split=SEP] [unescape]: after the first argument,
@@ -450,7 +443,9 @@ static void *ngx_http_sse_create_main_conf(ngx_conf_t *cf) {
         return NULL;
     }
     if (ngx_array_init(&mcf->zones, cf->pool, 2,
-                       sizeof(ngx_http_sse_zone_t *)) != NGX_OK) {
+                       sizeof(ngx_http_sse_zone_t *)) != NGX_OK ||
+        ngx_array_init(&mcf->zone_uses, cf->pool, 2,
+                       sizeof(ngx_http_sse_zone_use_t)) != NGX_OK) {
         return NULL;
     }
     return mcf;
@@ -512,6 +507,33 @@ static char *ngx_http_sse_merge_loc_conf(ngx_conf_t *cf, void *parent,
                                                  : "sse_publish");
         return (char *)NGX_CONF_ERROR;
     }
+    if (conf->role != NGX_HTTP_SSE_NONE) {
+        // Merging a location: cf->ctx holds its own confs. A content
+        // handler set after ours (proxy_pass, ...) replaced it.
+        auto *clcf = static_cast<ngx_http_core_loc_conf_t *>(
+            ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module));
+        if (clcf->handler != ngx_http_sse_role_handler(conf->role)) {
+            ngx_log_error(
+                NGX_LOG_EMERG, cf->log, 0,
+                "\"%s\" directive cannot be combined with another content "
+                "handler (proxy_pass, fastcgi_pass, ...) in one location "
+                "(\"%V\") in %V:%ui",
+                conf->role == NGX_HTTP_SSE_SUBSCRIBE ? "sse_subscribe"
+                : conf->role == NGX_HTTP_SSE_PUBLISH ? "sse_publish"
+                                                     : "sse_status",
+                &clcf->name, &conf->role_file, conf->role_line);
+            return (char *)NGX_CONF_ERROR;
+        }
+    }
+    if (conf->role != NGX_HTTP_SSE_NONE && conf->allow_credentials == 1 &&
+        conf->allow_origin == NULL) {
+        auto *clcf = static_cast<ngx_http_core_loc_conf_t *>(
+            ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module));
+        ngx_log_error(NGX_LOG_WARN, cf->log, 0,
+                      "\"sse_allow_credentials\" is ignored in location "
+                      "\"%V\": it needs \"sse_allow_origin\" (%V:%ui)",
+                      &clcf->name, &conf->role_file, conf->role_line);
+    }
     if (conf->role == NGX_HTTP_SSE_PUBLISH && conf->channels->nelts > 1) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"sse_channel\" takes one value where "
@@ -524,6 +546,17 @@ static char *ngx_http_sse_merge_loc_conf(ngx_conf_t *cf, void *parent,
 static ngx_int_t ngx_http_sse_postconfiguration(ngx_conf_t *cf) {
     auto *mcf = static_cast<ngx_http_sse_main_conf_t *>(
         ngx_http_conf_get_module_main_conf(cf, ngx_http_sse_module));
+    auto *use = static_cast<ngx_http_sse_zone_use_t *>(mcf->zone_uses.elts);
+    for (ngx_uint_t i = 0; i < mcf->zone_uses.nelts; i++) {
+        if (use[i].zone->shm.size == 0) {
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "\"%V\" directive names zone \"%V\", but no "
+                          "\"sse_zone zone=%V:SIZE\" declares it in %V:%ui",
+                          &use[i].directive, &use[i].zone->shm.name,
+                          &use[i].zone->shm.name, &use[i].file, use[i].line);
+            return NGX_ERROR;
+        }
+    }
     if (mcf->default_zone_needed && mcf->zones.nelts != 1) {
         ngx_conf_log_error(
             NGX_LOG_EMERG, cf, 0,

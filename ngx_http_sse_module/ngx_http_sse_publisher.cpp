@@ -47,6 +47,16 @@ static void ngx_http_sse_publish_body(ngx_http_request_t *r);
 static void ngx_http_sse_stream_start(ngx_http_request_t *r);
 static void ngx_http_sse_stream_read(ngx_http_request_t *r);
 
+// Every refusal of a publisher request: a debug line (nginx is built
+// --with-debug; "error_log FILE debug" shows it), then the one-line answer.
+static ngx_int_t ngx_http_sse_refused(ngx_http_request_t *r, ngx_uint_t status,
+                                      std::string_view why) {
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "sse publish refused: %ui %*s", status, why.size(),
+                   why.data());
+    return ngx_http_sse_error(r, status, why);
+}
+
 ngx_int_t ngx_http_sse_publish_handler(ngx_http_request_t *r) {
     try {
         return ngx_http_sse_publish(r);
@@ -98,7 +108,7 @@ static ngx_int_t ngx_http_sse_channel_request(ngx_http_request_t *r,
         }
     }
     if (json.empty()) {
-        return ngx_http_sse_error(r, NGX_HTTP_NOT_FOUND, "no such channel");
+        return ngx_http_sse_refused(r, NGX_HTTP_NOT_FOUND, "no such channel");
     }
     if (remove) {
         // A big channel's events are freed in bounded steps, the lock
@@ -217,6 +227,8 @@ static ngx_int_t ngx_http_sse_publish(ngx_http_request_t *r) {
     }
     if (!(r->method & (NGX_HTTP_GET | NGX_HTTP_HEAD | NGX_HTTP_POST |
                        NGX_HTTP_PUT | NGX_HTTP_DELETE))) {
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "sse publish refused: 405 method %V", &r->method_name);
         return ngx_http_sse_not_allowed(r, NGX_HTTP_SSE_PUBLISH_ALLOW,
                                         "method not allowed here");
     }
@@ -227,9 +239,9 @@ static ngx_int_t ngx_http_sse_publish(ngx_http_request_t *r) {
         return rc;
     }
     if (ids.size() != 1) {
-        return ngx_http_sse_error(r, NGX_HTTP_BAD_REQUEST,
-                                  "invalid channel: publish to one channel "
-                                  "at a time");
+        return ngx_http_sse_refused(r, NGX_HTTP_BAD_REQUEST,
+                                    "invalid channel: publish to one channel "
+                                    "at a time");
     }
     ngx_http_sse_zone_t *z = ngx_http_sse_loc_zone(r, lcf);
 
@@ -261,9 +273,9 @@ static ngx_int_t ngx_http_sse_publish(ngx_http_request_t *r) {
     }
     if (!sse::valid_event_name(
             {reinterpret_cast<char *>(ctx->event.data), ctx->event.len})) {
-        return ngx_http_sse_error(r, NGX_HTTP_BAD_REQUEST,
-                                  "invalid event name: it may not contain "
-                                  "CR, LF or NUL, nor exceed 255 bytes");
+        return ngx_http_sse_refused(r, NGX_HTTP_BAD_REQUEST,
+                                    "invalid event name: it may not contain "
+                                    "CR, LF or NUL, nor exceed 255 bytes");
     }
     ngx_http_set_ctx(r, ctx, ngx_http_sse_module);
 
@@ -296,12 +308,8 @@ static ngx_int_t ngx_http_sse_publish(ngx_http_request_t *r) {
     // Content-Length. (A stream's limit is per event, checked by its
     // parser, whatever the body's length.)
     if (r->headers_in.content_length_n > (off_t)lcf->max_message_size) {
-        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
-                       "sse: publish refused: body of %O bytes over "
-                       "sse_max_message_size %uz",
-                       r->headers_in.content_length_n, lcf->max_message_size);
-        return ngx_http_sse_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
-                                  "message larger than sse_max_message_size");
+        return ngx_http_sse_refused(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                                    "message larger than sse_max_message_size");
     }
     // One buffer (the preread part copied in): encoded straight from it.
     r->request_body_in_single_buf = 1;
@@ -480,8 +488,8 @@ static ngx_int_t ngx_http_sse_publish_now(ngx_http_request_t *r) {
         view = data;
     }
     if (rc == NGX_DECLINED) {
-        return ngx_http_sse_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
-                                  "message larger than sse_max_message_size");
+        return ngx_http_sse_refused(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                                    "message larger than sse_max_message_size");
     }
     if (rc != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -506,8 +514,8 @@ static ngx_int_t ngx_http_sse_publish_now(ngx_http_request_t *r) {
                          ctx->event.len),
         view);
     if (ngx_http_sse_store_events(r, ctx, events) != sse::publish_status::ok) {
-        return ngx_http_sse_error(r, NGX_HTTP_INSUFFICIENT_STORAGE,
-                                  "message does not fit in the sse zone");
+        return ngx_http_sse_refused(r, NGX_HTTP_INSUFFICIENT_STORAGE,
+                                    "message does not fit in the sse zone");
     }
     return ngx_http_sse_send_text(r, NGX_HTTP_ACCEPTED, "application/json",
                                   ngx_http_sse_publish_json(r, ctx, false));
@@ -586,10 +594,10 @@ static ngx_int_t ngx_http_sse_stream_consume(ngx_http_request_t *r) {
 
     ngx_http_sse_event_list events(parsed.begin(), parsed.end());
     if (ngx_http_sse_store_events(r, ctx, events) != sse::publish_status::ok) {
-        return ngx_http_sse_error(r, NGX_HTTP_INSUFFICIENT_STORAGE,
-                                  "an event does not fit in the sse zone; " +
-                                      std::to_string(ctx->published) +
-                                      " published before it");
+        return ngx_http_sse_refused(r, NGX_HTTP_INSUFFICIENT_STORAGE,
+                                    "an event does not fit in the sse zone; " +
+                                        std::to_string(ctx->published) +
+                                        " published before it");
     }
     const char *fault = NULL;
     if (ps != sse::parse_status::ok) {
@@ -602,7 +610,7 @@ static ngx_int_t ngx_http_sse_stream_consume(ngx_http_request_t *r) {
         why += fault;
         why += "; " + std::to_string(ctx->published) +
                " events published before it";
-        return ngx_http_sse_error(r, NGX_HTTP_BAD_REQUEST, why);
+        return ngx_http_sse_refused(r, NGX_HTTP_BAD_REQUEST, why);
     }
     if (r->reading_body) {
         return NGX_AGAIN;

@@ -4,8 +4,6 @@
 #include <algorithm>
 
 static const u_char ngx_http_sse_heartbeat_line[] = ":\n\n";
-// "retry: " and a 32-bit number of ms, a blank line.
-#define NGX_HTTP_SSE_RETRY_LINE_LEN 64
 // Clients reconnect after this long when we end a stream ourselves and
 // sse_retry is off.
 #define NGX_HTTP_SSE_DEFAULT_RETRY_MS 1000

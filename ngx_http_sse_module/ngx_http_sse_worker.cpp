@@ -377,6 +377,10 @@ static void ngx_http_sse_deliver_zone(ngx_http_sse_zone_worker_t *zw) {
         ngx_http_sse_msg_unref(msg);
         item.msg = NULL;
     }
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "sse: delivered %uz event(s) to %uL stream write(s), "
+                   "cursor %uL",
+                   batch.size(), delivered, to);
     batch.clear();
     ngx_http_sse_count(zw, &sse::slot_stats::delivered, delivered);
     (void)copied;

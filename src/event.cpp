@@ -116,6 +116,10 @@ bool valid_channel_id(std::string_view id) {
     return true;
 }
 
+// The messages below spell the limits out.
+static_assert(max_channel_id_len == 255 && max_channels_per_subscriber == 64);
+static_assert(max_event_name_len == 255);
+
 const char *describe(channels_error e) {
     switch (e) {
         case channels_error::none:

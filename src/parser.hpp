@@ -11,6 +11,8 @@
 #include <string>
 #include <string_view>
 
+#include "event.hpp"
+
 namespace sse {
 
 enum class parse_status {
@@ -90,7 +92,8 @@ parse_status stream_parser::line(std::string_view l, F &&on_event) {
         data_ += '\n';
         has_data_ = true;
     } else if (field == "event") {
-        if (value.find('\0') != std::string_view::npos || value.size() > 255) {
+        if (value.find('\0') != std::string_view::npos ||
+            value.size() > max_event_name_len) {
             return parse_status::bad_event_name;
         }
         event_.assign(value);

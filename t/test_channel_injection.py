@@ -215,7 +215,8 @@ CONFIG_ERRORS = [
      '"sse_channel" takes one value where "sse_publish" is'),
     ("sse_subscribe; sse_channel "
      + ",".join(f"c{i}" for i in range(65)) + " split=,;",
-     'in "sse_channel" directive, more than 64 channels'),
+     'invalid value "' + ",".join(f"c{i}" for i in range(65))
+     + '" in "sse_channel" directive, more than 64 channels'),
     ("sse_subscribe; sse_channel "
      + " ".join(f"c{i}" for i in range(65)) + ";",
      '"sse_channel" directive names more than 64 channels'),

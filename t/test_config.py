@@ -12,9 +12,17 @@ def conf(tmp_path, **opts):
     return render_conf(tmp_path, 1, 2, **opts)
 
 
-def num_msg(value, directive, lo, hi):
-    return (f'invalid value "{value}" in "{directive}" directive, '
-            f"it must be a number from {lo} to {hi}")
+# nginx's own slots parse numbers, sizes and times, in nginx's words.
+def not_num(directive):
+    return f'"{directive}" directive invalid number'
+
+
+def not_value(directive):
+    return f'"{directive}" directive invalid value'
+
+
+def num_msg(lo, hi):
+    return f"value must be between {lo} and {hi}"
 
 
 def size_msg(value, directive, lo, hi):
@@ -28,48 +36,42 @@ def time_msg(value, directive, off_ok):
     return f'invalid value "{value}" in "{directive}" directive, {why}'
 
 
+def retry_msg(value):
+    return (f'invalid value "{value}" in "sse_retry" directive, it must be '
+            'a time up to 24h (a bare number is milliseconds) or "off"')
+
+
 INVALID_VALUES = [
-    ("sse_buffer_length", "0", num_msg("0", "sse_buffer_length", 1, 1000000)),
-    ("sse_buffer_length", "1000001",
-     num_msg("1000001", "sse_buffer_length", 1, 1000000)),
-    ("sse_buffer_length", "x", num_msg("x", "sse_buffer_length", 1, 1000000)),
-    ("sse_buffer_length", "-1",
-     num_msg("-1", "sse_buffer_length", 1, 1000000)),
-    ("sse_message_ttl", "off",
-     'invalid value "off" in "sse_message_ttl" directive, it cannot be off'),
+    ("sse_buffer_length", "0", num_msg(1, 1000000)),
+    ("sse_buffer_length", "1000001", num_msg(1, 1000000)),
+    ("sse_buffer_length", "x", not_num("sse_buffer_length")),
+    ("sse_buffer_length", "-1", not_num("sse_buffer_length")),
+    ("sse_message_ttl", "off", not_value("sse_message_ttl")),
     ("sse_message_ttl", "0", time_msg("0", "sse_message_ttl", False)),
-    ("sse_message_ttl", "soon", time_msg("soon", "sse_message_ttl", False)),
+    ("sse_message_ttl", "soon", not_value("sse_message_ttl")),
     ("sse_heartbeat", "0", time_msg("0", "sse_heartbeat", True)),
-    ("sse_heartbeat", "1x", time_msg("1x", "sse_heartbeat", True)),
-    ("sse_retry", "x", num_msg("x", "sse_retry", 0, 86400000)),
-    ("sse_retry", "3s", num_msg("3s", "sse_retry", 0, 86400000)),
-    ("sse_retry", "86400001", num_msg("86400001", "sse_retry", 0, 86400000)),
-    ("sse_retry", "-1", num_msg("-1", "sse_retry", 0, 86400000)),
-    ("sse_last_event_id", '""',
-     'invalid value "" in "sse_last_event_id" directive, it is empty'),
-    ("sse_initial_events", "-1",
-     num_msg("-1", "sse_initial_events", 0, 1000000)),
-    ("sse_initial_events", "1000001",
-     num_msg("1000001", "sse_initial_events", 0, 1000000)),
-    ("sse_initial_events", "ten",
-     num_msg("ten", "sse_initial_events", 0, 1000000)),
+    ("sse_heartbeat", "0s", time_msg("0s", "sse_heartbeat", True)),
+    ("sse_heartbeat", "1x", not_value("sse_heartbeat")),
+    ("sse_retry", "x", not_value("sse_retry")),
+    ("sse_retry", "3q", not_value("sse_retry")),
+    ("sse_retry", "86400001", retry_msg("86400001")),
+    ("sse_retry", "25h", retry_msg("25h")),
+    ("sse_retry", "-1", not_value("sse_retry")),
+    ("sse_initial_events", "-1", not_num("sse_initial_events")),
+    ("sse_initial_events", "1000001", num_msg(0, 1000000)),
+    ("sse_initial_events", "ten", not_num("sse_initial_events")),
     ("sse_max_message_size", "0",
      size_msg("0", "sse_max_message_size", 1, 268435456)),
-    ("sse_max_message_size", "1g",
-     size_msg("1g", "sse_max_message_size", 1, 268435456)),
-    ("sse_max_message_size", "big",
-     size_msg("big", "sse_max_message_size", 1, 268435456)),
+    ("sse_max_message_size", "300m",
+     size_msg("300m", "sse_max_message_size", 1, 268435456)),
+    ("sse_max_message_size", "big", not_value("sse_max_message_size")),
     ("sse_max_pending", "100",
      size_msg("100", "sse_max_pending", 1024, 2147483647)),
-    ("sse_max_pending", "1q",
-     size_msg("1q", "sse_max_pending", 1024, 2147483647)),
-    ("sse_max_subscribers", "-1",
-     num_msg("-1", "sse_max_subscribers", 0, 100000000)),
-    ("sse_max_subscribers", "many",
-     num_msg("many", "sse_max_subscribers", 0, 100000000)),
+    ("sse_max_pending", "1q", not_value("sse_max_pending")),
+    ("sse_max_subscribers", "-1", not_num("sse_max_subscribers")),
+    ("sse_max_subscribers", "many", not_num("sse_max_subscribers")),
     ("sse_stream_timeout", "0", time_msg("0", "sse_stream_timeout", True)),
-    ("sse_stream_timeout", "forever",
-     time_msg("forever", "sse_stream_timeout", True)),
+    ("sse_stream_timeout", "forever", not_value("sse_stream_timeout")),
 ]
 
 
@@ -91,6 +93,8 @@ VALID_VALUES = [
     "sse_message_ttl 1h30m;", "sse_message_ttl 500ms;",
     "sse_heartbeat off;", "sse_heartbeat 15s;",
     "sse_last_event_id $http_x_resume;",
+    'sse_last_event_id "";',            # no resume point at all
+    "sse_allow_origin $http_origin;", 'sse_allow_origin "";',
     "sse_initial_events 0;", "sse_initial_events 1000000;",
     "sse_max_message_size 1;", "sse_max_message_size 256m;",
     "sse_max_pending 1k;", "sse_max_pending 1m;",
@@ -106,10 +110,33 @@ def test_valid_value_passes_nginx_t(tmp_path, line):
     assert "test is successful" in out
 
 
-@pytest.mark.parametrize("retry", ["0", "86400000", "off"])
-def test_sse_retry_takes_ms_or_off(tmp_path, retry):
+@pytest.mark.parametrize("retry", ["0", "86400000", "off", "3s", "1500ms",
+                                   "1m30s", "24h", "0s"])
+def test_sse_retry_takes_ms_a_time_or_off(tmp_path, retry):
     ok, out = nginx_test_config(tmp_path, conf(tmp_path, retry=retry))
     assert ok, out
+
+
+@pytest.mark.parametrize("retry,line", [("3s", "retry: 3000"),
+                                        ("3000", "retry: 3000"),
+                                        ("1m30s", "retry: 90000"),
+                                        ("250ms", "retry: 250")])
+async def test_sse_retry_time_is_sent_in_ms(start_nginx, retry, line):
+    n = start_nginx(retry=retry)
+    c = await n.stream("r")
+    assert (await c.next_block()).retry == line.split(" ")[1]
+
+
+@pytest.mark.parametrize("line", ["sse_retry off; sse_retry 5;",
+                                  "sse_retry 5; sse_retry 5s;",
+                                  "sse_heartbeat off; sse_heartbeat 5s;",
+                                  "sse_heartbeat 5s; sse_heartbeat off;",
+                                  "sse_buffer_length 1; sse_buffer_length 2;",
+                                  "sse_allow_origin a; sse_allow_origin b;"])
+def test_duplicates_fail_nginx_t(tmp_path, line):
+    ok, out = nginx_test_config(tmp_path, conf(tmp_path, http=line))
+    assert not ok, out
+    assert "directive is duplicate" in out, out
 
 
 def test_every_directive_at_once_passes(tmp_path):
@@ -196,14 +223,6 @@ def test_named_zones(tmp_path):
     assert ok, out
 
 
-def test_undeclared_zone_fails(tmp_path):
-    ok, out = nginx_test_config(tmp_path, conf(
-        tmp_path, sub_locations="""
-        location = /nozone { sse_subscribe zone=nope; sse_channel x; }"""))
-    assert not ok, out
-    assert 'zero size shared memory zone "nope"' in out, out
-
-
 LOCATION_ERRORS = [
     ("sse_subscribe;", '"sse_channel" is required where "sse_subscribe" is'),
     ("sse_publish;", '"sse_channel" is required where "sse_publish" is'),
@@ -255,3 +274,79 @@ def test_sse_zone_outside_http_fails(tmp_path):
 def test_default_config_passes(tmp_path):
     ok, out = nginx_test_config(tmp_path, conf(tmp_path))
     assert ok, out
+
+
+# ---- configuration errors a user can act on (issue 12)
+
+def test_undeclared_zone_names_directive_zone_file_and_line(tmp_path):
+    text = conf(tmp_path, sub_locations="""
+        location = /nozone { sse_subscribe zone=zz; sse_channel x; }""")
+    ok, out = nginx_test_config(tmp_path, text)
+    assert not ok, out
+    line = next(i for i, ln in enumerate(text.splitlines(), 1)
+                if "zone=zz" in ln)
+    assert ('[emerg] "sse_subscribe" directive names zone "zz", but no '
+            '"sse_zone zone=zz:SIZE" declares it in '
+            f"{tmp_path}/nginx.conf:{line}") in out, out
+    assert "zero size" not in out, out
+
+
+def test_zone_declared_after_its_use_is_fine(tmp_path):
+    text = conf(tmp_path, pub_locations="""
+        location = /later { sse_publish zone=sse; sse_channel x; }""")
+    # Move sse_zone to the end of the http block.
+    text = text.replace("sse_zone zone=sse:16m;", "", 1)
+    text = text.rstrip()[:-1] + "    sse_zone zone=sse:16m;\n}\n"
+    ok, out = nginx_test_config(tmp_path, text)
+    assert ok, out
+
+
+HANDLER_CONFLICTS = [
+    "sse_subscribe; sse_channel x; proxy_pass http://127.0.0.1:9;",
+    "proxy_pass http://127.0.0.1:9; sse_subscribe; sse_channel x;",
+    "sse_publish; sse_channel x; fastcgi_pass 127.0.0.1:9;",
+    "uwsgi_pass 127.0.0.1:9; sse_publish; sse_channel x;",
+    "sse_status; proxy_pass http://127.0.0.1:9;",
+    "empty_gif; sse_subscribe; sse_channel x;",
+]
+
+
+@pytest.mark.parametrize("body", HANDLER_CONFLICTS)
+def test_another_content_handler_fails_nginx_t(tmp_path, body):
+    text = conf(tmp_path,
+                sub_locations=f"\n        location = /both {{ {body} }}")
+    ok, out = nginx_test_config(tmp_path, text)
+    assert not ok, out
+    line = next(i for i, ln in enumerate(text.splitlines(), 1)
+                if "location = /both" in ln)
+    assert "[emerg]" in out, out
+    assert ("directive cannot be combined with another content handler "
+            "(proxy_pass, fastcgi_pass, ...) in one location") in out, out
+    assert f"{tmp_path}/nginx.conf:{line}\n" in out, out
+
+
+def test_content_handler_in_a_nested_location_is_fine(tmp_path):
+    ok, out = nginx_test_config(tmp_path, conf(tmp_path, sub_locations="""
+        location /outer {
+            sse_subscribe;
+            sse_channel x;
+            location /outer/api { proxy_pass http://127.0.0.1:9; }
+        }"""))
+    assert ok, out
+
+
+def test_credentials_without_origin_warns(tmp_path):
+    ok, out = nginx_test_config(tmp_path, conf(
+        tmp_path, sub_locations="""
+        location = /cred { sse_subscribe; sse_channel x;
+                           sse_allow_credentials on; }"""))
+    assert ok, out
+    assert ('[warn] "sse_allow_credentials" is ignored in location "/cred": '
+            f'it needs "sse_allow_origin" ({tmp_path}/nginx.conf:') in out, out
+
+
+def test_credentials_with_origin_does_not_warn(tmp_path):
+    ok, out = nginx_test_config(tmp_path, conf(
+        tmp_path, http="sse_allow_credentials on; sse_allow_origin $http_origin;"))
+    assert ok, out
+    assert "[warn]" not in out, out

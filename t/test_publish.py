@@ -333,3 +333,28 @@ async def test_parser_splits_crlf_across_chunks():
     out += p.feed(b"\n")
     assert len(out) == 1
     assert out[0].fields == [("id", "1"), ("data", "a")]
+
+
+async def test_publish_refusals_are_logged_at_debug(start_nginx):
+    # Debian's nginx is built --with-debug: "error_log FILE debug" in the
+    # publisher location shows why each publish was refused.
+    n = start_nginx(pub="error_log pub-debug.log debug; "
+                        "sse_max_message_size 1k;")
+    refusals = [
+        (dict(method="PATCH", path="/publish/dbg"), 405,
+         "sse publish refused: 405 method PATCH"),
+        (dict(method="POST", path="/publish/dbg", body=b"x" * 2000), 413,
+         "sse publish refused: 413 message larger than sse_max_message_size"),
+        (dict(method="POST", path="/publish/dbg?event=a%0Ab", body=b"x"),
+         400, "sse publish refused: 400 invalid event name"),
+        (dict(method="GET", path="/publish/none"), 404,
+         "sse publish refused: 404 no such channel"),
+        (dict(method="POST", path="/publish/a%20b", body=b"x"), 400,
+         "sse: invalid channel: channel id may only contain"),
+    ]
+    for req, status, _ in refusals:
+        r = await n.pub_http(req.pop("method"), req.pop("path"), **req)
+        assert r.status == status, r
+    log = (n.dir / "pub-debug.log").read_text(errors="replace")
+    for _, _, line in refusals:
+        assert line in log, line
