@@ -40,7 +40,7 @@ struct ngx_http_sse_zone_t {
     ngx_shm_zone_t *shm_zone;
     ngx_slab_pool_t *shpool;
     sse::zone_root *root;
-    ngx_uint_t index;                  // in main conf's zones
+    ngx_uint_t index;  // in main conf's zones
     ngx_http_sse_redis_conf_t *redis;  // NULL: the shared-memory engine
 };
 

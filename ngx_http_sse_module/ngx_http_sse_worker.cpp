@@ -505,9 +505,9 @@ static void ngx_http_sse_poll_zone(ngx_http_sse_zone_worker_t *zw) {
         // Old workers end their streams promptly so a reload completes;
         // clients resume on the new workers.
         ngx_http_sse_end_all(zw, NGX_HTTP_SSE_R_SHUTDOWN);
+    }
     if (zw->redis != NULL) {
         ngx_http_sse_redis_poll(zw);
-    }
     }
     sse::zone_root *root = zw->zone->root;
     if (zw->slot != sse::no_slot &&
@@ -620,8 +620,8 @@ ngx_int_t ngx_http_sse_worker_init(ngx_cycle_t *cycle) {
             zw->control_gen = zones[i]->root->control_gen;
             zw->wake.handler = ngx_http_sse_wake_handler;
             zw->wake.data = zw;
-            ngx_http_sse_redis_worker_init(zw);
             zw->wake.log = cycle->log;
+            ngx_http_sse_redis_worker_init(zw);
         }
     } catch (const std::exception &e) {
         ngx_log_error(NGX_LOG_EMERG, cycle->log, 0, "sse: %s", e.what());
@@ -648,8 +648,8 @@ void ngx_http_sse_worker_exit(ngx_cycle_t *cycle) {
     if (w == NULL) {
         return;
     }
-        ngx_http_sse_redis_worker_exit(zw);
     for (auto *zw : w->zones) {
+        ngx_http_sse_redis_worker_exit(zw);
         if (zw->slot != sse::no_slot) {
             auto s = ngx_http_sse_session(zw->zone);
             s->clear_slot(zw->slot, ngx_current_msec);

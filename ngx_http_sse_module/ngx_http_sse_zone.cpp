@@ -164,15 +164,15 @@ static ngx_int_t ngx_http_sse_init_zone(ngx_shm_zone_t *shm_zone, void *data) {
             return NGX_ERROR;
         }
         z->shpool = old->shpool;
-        ngx_http_sse_zone_engine(z);
         z->root = old->root;
+        ngx_http_sse_zone_engine(z);
         return NGX_OK;
     }
 
     z->shpool = reinterpret_cast<ngx_slab_pool_t *>(shm_zone->shm.addr);
     if (shm_zone->shm.exists) {
-        ngx_http_sse_zone_engine(z);
         z->root = static_cast<sse::zone_root *>(z->shpool->data);
+        ngx_http_sse_zone_engine(z);
         return NGX_OK;
     }
 
@@ -200,7 +200,7 @@ static ngx_int_t ngx_http_sse_init_zone(ngx_shm_zone_t *shm_zone, void *data) {
     if (z->root == NULL) {
         return NGX_ERROR;
     }
-    ngx_http_sse_zone_engine(z);
     z->shpool->data = z->root;
+    ngx_http_sse_zone_engine(z);
     return NGX_OK;
 }

@@ -474,6 +474,7 @@ void store::abandon(uint32_t si, message *m) {
 
 publish_status store::commit(uint32_t si, message *m, channel *c, int64_t now,
                              uint32_t buffer_length, int64_t ttl,
+                             uint64_t *seq) {
     *seq = root_->seq + 1;
     return commit_seq(si, m, c, now, buffer_length, ttl, *seq);
 }
@@ -517,7 +518,6 @@ void store::mark_lost(channel *c, uint64_t seq) {
 publish_status store::commit_seq(uint32_t si, message *m, channel *c,
                                  int64_t now, uint32_t buffer_length,
                                  int64_t ttl, uint64_t seq) {
-                             uint64_t *seq) {
     if (c->deleted) {
         abandon(si, m);
         return publish_status::no_channel;
