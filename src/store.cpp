@@ -629,12 +629,12 @@ catch_up_result store::catch_up(uint32_t si, channel *const *chans, size_t n,
         if (!id) {
             r.gap = gap_reason::malformed;
         } else if (id->epoch != root_->epoch) {
+            r.gap = gap_reason::epoch;
         } else if (id->seq > root_->seq && root_->external) {
             // Published elsewhere and not here yet: its events come
             // through the bus; what follows it is live.
             after = id->seq;
             r.last_seq = id->seq;
-            r.gap = gap_reason::epoch;
         } else if (id->seq > root_->seq) {
             r.gap = gap_reason::unknown;
         } else {
