@@ -365,24 +365,40 @@ void store::release(channel *c, uint32_t budget) {
     }
 }
 
-bool store::evict_one(const channel *keep) {
-    message *m = root_->head;
+bool store::evict_one(const channel *keep, bool needed_too) {
+    uint64_t hold = min_hold();
+    // The oldest event no process still needs (kept only for resume), among
+    // the first release_budget of the log: only a channel's oldest can go.
+    message *m = nullptr;
+    uint32_t budget = release_budget;
+    for (message *e = root_->head; e != nullptr && budget-- > 0; e = e->next) {
+        if (hold != 0 && e->seq >= hold) {
+            break;  // a process is copying it and all after it right now
+        }
+        if (e == e->chan->at(0) && !needed(e, 0)) {
+            m = e;
+            break;
+        }
+    }
+    if (m == nullptr && needed_too) {
+        // The zone's oldest is always its channel's oldest.
+        m = root_->head;
+        if (m == nullptr || (hold != 0 && m->seq >= hold)) {
+            return false;
+        }
+    }
     if (m == nullptr) {
         return false;
     }
-    uint64_t hold = min_hold();
-    if (hold != 0 && m->seq >= hold) {
-        return false;  // a process is copying it right now
-    }
-    // The zone's oldest is always its channel's oldest.
     channel *c = m->chan;
+    uint64_t seq = m->seq;  // m is freed below
     bool buffered = c->retired == 0;
     bool lost = needed(m, 0);
     pop_front(c);
     free_message(m);
     root_->stats.evicted += buffered;
     if (lost) {
-        c->lost_seq = std::max(c->lost_seq, m->seq);
+        c->lost_seq = std::max(c->lost_seq, seq);
         root_->lost_seq = std::max(root_->lost_seq, c->lost_seq);
         root_->stats.lost++;
     }
@@ -393,29 +409,36 @@ bool store::evict_one(const channel *keep) {
 }
 
 void *store::alloc_evicting(size_t size, const channel *keep, int64_t now) {
+    // Frees one idle channel among the first nb buckets from the sweep's
+    // position, whatever its ttl.
+    auto free_idle = [&](uint32_t nb) {
+        nb = std::min(nb, root_->nbuckets);
+        for (uint32_t k = 0; k < nb; k++) {
+            uint32_t b = (root_->sweep_pos + k) & (root_->nbuckets - 1);
+            channel *next;
+            for (channel *c = root_->buckets[b]; c != nullptr; c = next) {
+                next = c->hnext;
+                if (c != keep && free_channel_if_idle(c, now, true)) {
+                    return true;
+                }
+            }
+        }
+        return false;
+    };
     for (;;) {
         void *p = a_.alloc(a_.ctx, size);
         if (p != nullptr) {
             return p;
         }
-        if (evict_one(keep)) {
+        // Cheapest loss first: an event kept only for resume, an idle
+        // channel (a bounded look), and only then an event a process has
+        // not read yet (its channel's lost_seq tells the process); with no
+        // events left at all, any idle channel.
+        if (evict_one(keep, false) || free_idle(sweep_buckets) ||
+            evict_one(keep, true) || free_idle(root_->nbuckets)) {
             continue;
         }
-        // No events left to evict: idle channels go, whatever their ttl.
-        bool freed = false;
-        for (uint32_t b = 0; b < root_->nbuckets && !freed; b++) {
-            channel *next;
-            for (channel *c = root_->buckets[b]; c != nullptr; c = next) {
-                next = c->hnext;
-                if (c != keep && free_channel_if_idle(c, now, true)) {
-                    freed = true;
-                    break;
-                }
-            }
-        }
-        if (!freed) {
-            return nullptr;
-        }
+        return nullptr;
     }
 }
 
@@ -531,7 +554,8 @@ publish_status store::commit_seq(uint32_t si, message *m, channel *c,
 
     expire(c, now);
     release(c);
-    if (c->count == c->cap && !grow_ring(c, now)) {
+    // A failed grow may still have made room: its evictions shorten c too.
+    if (c->count == c->cap && !grow_ring(c, now) && c->count == c->cap) {
         // No room for a bigger ring: the channel's oldest makes room.
         message *old = c->count ? c->at(0) : nullptr;
         uint64_t hold = min_hold();
@@ -539,12 +563,13 @@ publish_status store::commit_seq(uint32_t si, message *m, channel *c,
             a_.free(a_.ctx, m);
             return publish_status::no_memory;
         }
+        uint64_t old_seq = old->seq;  // old is freed below
         bool lost = needed(old, 0);
         pop_front(c);
         free_message(old);
         root_->stats.evicted++;
         if (lost) {
-            c->lost_seq = std::max(c->lost_seq, old->seq);
+            c->lost_seq = std::max(c->lost_seq, old_seq);
             root_->lost_seq = std::max(root_->lost_seq, c->lost_seq);
             root_->stats.lost++;
         }
@@ -658,8 +683,11 @@ catch_up_result store::catch_up(uint32_t si, channel *const *chans, size_t n,
     if (limit == 0) {
         return r;
     }
+    // A channel's byte cut is safe only when nothing is cut by count
+    // afterwards: which events are the newest `limit` depends on all.
+    size_t channel_bytes = limit == UINT32_MAX ? max_bytes : SIZE_MAX;
     for (size_t i = 0; i < n; i++) {
-        collect(chans[i], after, limit, max_bytes, out);
+        collect(chans[i], after, limit, channel_bytes, out);
     }
     std::sort(out.begin(), out.end(),
               [](const message *a, const message *b) { return a->seq < b->seq; });

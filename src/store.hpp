@@ -384,7 +384,7 @@ private:
                               uint64_t seq);
 
     void *alloc_evicting(size_t size, const channel *keep, int64_t now);
-    bool evict_one(const channel *keep);
+    bool evict_one(const channel *keep, bool needed_too);
     bool needed(const message *m, uint64_t min_hold) const;
     uint64_t min_hold() const;
     void retire_oldest(channel *c);
