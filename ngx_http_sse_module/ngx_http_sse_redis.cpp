@@ -529,25 +529,36 @@ static void ngx_http_sse_redis_flush(ngx_http_sse_redis_conn_t *rc) {
     }
 }
 
+// A non-blocking connect has ended, either way: false (and closed) when
+// it failed.
+static bool ngx_http_sse_redis_connected(ngx_http_sse_redis_conn_t *rc) {
+    if (!rc->connecting) {
+        return true;
+    }
+    int err = 0;
+    socklen_t len = sizeof(int);
+    if (getsockopt(rc->pc.connection->fd, SOL_SOCKET, SO_ERROR, (void *)&err,
+                   &len) == -1) {
+        err = ngx_socket_errno;
+    }
+    if (err != 0) {
+        std::string why = "connect() failed: ";
+        why += strerror(err);
+        ngx_http_sse_redis_close(rc, why.c_str());
+        return false;
+    }
+    rc->connecting = false;
+    rc->connected = true;
+    return true;
+}
+
 static void ngx_http_sse_redis_write(ngx_event_t *ev) {
     auto *c = static_cast<ngx_connection_t *>(ev->data);
     auto *rc = static_cast<ngx_http_sse_redis_conn_t *>(c->data);
     try {
-        if (rc->connecting) {
-            int err = 0;
-            socklen_t len = sizeof(int);
-            if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, (void *)&err, &len) ==
-                    -1 ||
-                err != 0) {
-                std::string why = "connect() failed: ";
-                why += strerror(err ? err : ngx_socket_errno);
-                ngx_http_sse_redis_close(rc, why.c_str());
-                return;
-            }
-            rc->connecting = false;
-            rc->connected = true;
+        if (ngx_http_sse_redis_connected(rc)) {
+            ngx_http_sse_redis_flush(rc);
         }
-        ngx_http_sse_redis_flush(rc);
     } catch (const std::exception &e) {
         ngx_http_sse_redis_close(rc, e.what());
     }
@@ -566,6 +577,9 @@ static void ngx_http_sse_redis_read(ngx_event_t *ev) {
     uint64_t life = rc->life;
     u_char buf[16384];
     try {
+        if (!ngx_http_sse_redis_connected(rc)) {
+            return;
+        }
         for (;;) {
             ssize_t n = c->recv(c, buf, sizeof(buf));
             if (n == NGX_AGAIN) {
@@ -575,9 +589,10 @@ static void ngx_http_sse_redis_read(ngx_event_t *ev) {
                 return;
             }
             if (n == 0 || n == NGX_ERROR) {
-                ngx_http_sse_redis_close(rc, n == 0
-                                                 ? "connection closed by Redis"
-                                                 : "recv() failed");
+                std::string why = n == 0 ? "connection closed by Redis"
+                                         : std::string("recv() failed: ") +
+                                               strerror(ngx_socket_errno);
+                ngx_http_sse_redis_close(rc, why.c_str());
                 return;
             }
             if (redisReaderFeed(rc->reader, reinterpret_cast<char *>(buf), n) !=

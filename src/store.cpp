@@ -498,8 +498,12 @@ void store::abandon(uint32_t si, message *m) {
 publish_status store::commit(uint32_t si, message *m, channel *c, int64_t now,
                              uint32_t buffer_length, int64_t ttl,
                              uint64_t *seq) {
-    *seq = root_->seq + 1;
-    return commit_seq(si, m, c, now, buffer_length, ttl, *seq);
+    uint64_t next = root_->seq + 1;
+    publish_status st = commit_seq(si, m, c, now, buffer_length, ttl, next);
+    if (st == publish_status::ok) {
+        *seq = next;
+    }
+    return st;
 }
 
 publish_status store::commit_at(uint32_t si, message *m, channel *c,

@@ -38,7 +38,9 @@ class Redis:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
-                if self.cli("PING").strip() == "PONG":
+                # NOAUTH: up, and wants a password.
+                out = self.cli("PING")
+                if out.strip() == "PONG" or "NOAUTH" in out:
                     return self
             except subprocess.SubprocessError:
                 pass
