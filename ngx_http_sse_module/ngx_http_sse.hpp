@@ -318,6 +318,7 @@ struct ngx_http_sse_redis_figures_t {
     std::string url;  // without the password
     std::string state;
     std::string last_error;
+    int32_t bus_pid;  // the worker that holds the bus
     uint64_t reconnects;
     uint64_t publishes;
     uint64_t publish_errors;

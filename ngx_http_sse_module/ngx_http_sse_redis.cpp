@@ -717,7 +717,9 @@ static void ngx_http_sse_redis_commit(
                 s->abandon(zw->slot, ms[i]);
                 continue;
             }
-            if (ev.lost != 0 && ev.lost > s->root()->seq) {
+            if (ev.lost != 0) {
+                // The channel's events up to it never reached this machine
+                // and Redis no longer has them.
                 s->mark_lost(ch, ev.lost);
             }
             // The length and ttl are Redis's business: keep what its
@@ -1361,6 +1363,7 @@ void ngx_http_sse_redis_figures(ngx_http_sse_zone_t *z,
     ngx_memcpy(buf, x.last_error, sizeof(buf));
     buf[sizeof(buf) - 1] = '\0';
     f->last_error = buf;
+    f->bus_pid = __atomic_load_n(&z->root->bus_pid, __ATOMIC_RELAXED);
     f->reconnects = __atomic_load_n(&x.reconnects, __ATOMIC_RELAXED);
     f->publishes = __atomic_load_n(&x.publishes, __ATOMIC_RELAXED);
     f->publish_errors = __atomic_load_n(&x.publish_errors, __ATOMIC_RELAXED);

@@ -92,7 +92,8 @@ static std::string ngx_http_sse_status_json(
             ngx_http_sse_json_string(j, f.redis.url);
             j += ",\"state\":\"" + f.redis.state + "\",\"last_error\":";
             ngx_http_sse_json_string(j, f.redis.last_error);
-            j += ",\"reconnects\":" + std::to_string(f.redis.reconnects) +
+            j += ",\"bus_pid\":" + std::to_string(f.redis.bus_pid) +
+                 ",\"reconnects\":" + std::to_string(f.redis.reconnects) +
                  ",\"publishes\":" + std::to_string(f.redis.publishes) +
                  ",\"publish_errors\":" +
                  std::to_string(f.redis.publish_errors) +

@@ -390,3 +390,106 @@ async def test_status_names_the_engine(start_nginx, start_redis):
     shm = start_nginx(sub_locations=STATUS)
     st = (await shm.sub_http("GET", "/sse-status")).json()["zones"][0]
     assert st["engine"] == "shm" and "redis" not in st
+
+
+@pytest.mark.timeout_s(60)
+async def test_restarted_machine_reports_history_redis_trimmed(start_nginx,
+                                                               start_redis):
+    r = start_redis()
+    pub = "            sse_buffer_length 3;"
+    (a,) = await machines(start_nginx, r, 1, pub=pub)
+    sent = []
+    for i in range(6):
+        sent.append((await a.publish_ok("tr", f"t{i}"), f"t{i}"))
+        # Other channels' events in between: the zone-wide seqs of the
+        # channel are not consecutive.
+        await a.publish_ok("other", f"o{i}")
+    assert a.stop()
+    (a2,) = await machines(start_nginx, r, 1, pub=pub)
+    # Redis kept the newest 3 of "tr": resuming before them is a gap.
+    s = await a2.stream("tr", headers={"Last-Event-ID": sent[1][0]})
+    gap = await s.next_event()
+    assert gap.event == "sse-gap" and '"reason":"evicted"' in gap.data, gap
+    # Right before the kept ones: exact.
+    s2 = await a2.stream("tr", headers={"Last-Event-ID": sent[2][0]})
+    assert await read_events(s2, 3, 10) == sent[3:]
+
+
+KILL_LOG = [r"\[alert\] .*worker process \d+ exited on signal 9"]
+
+
+@pytest.mark.timeout_s(90)
+async def test_bus_worker_killed_loses_nothing(start_nginx, start_redis):
+    r = start_redis()
+    a, b = await machines(start_nginx, r, 2, allow_log=KILL_LOG)
+    st = (await b.sub_http("GET", "/sse-status")).json()["zones"][0]
+    leader = st["redis"]["bus_pid"]
+    assert leader in b.workers()
+    subs = [await b.stream("k") for _ in range(16)]
+    total = 300
+    sent = []
+
+    async def publish():
+        for i in range(total):
+            sent.append((await a.publish_ok("k", f"k{i}"), f"k{i}"))
+            if i == 100:
+                os.kill(leader, signal.SIGKILL)
+
+    async def follow(c):
+        got = []
+        while len(got) < total:
+            try:
+                b_ = await c.next_event(20)
+                if b_.event != "sse-error":  # the stream ends after it
+                    got.append((b_.id, b_.data))
+            except Exception:
+                # Its worker died: it resumes on the machine, as a browser
+                # would.
+                c = await b.stream("k", headers={"Last-Event-ID": got[-1][0]}
+                                   if got else {})
+        return got
+
+    readers = [asyncio.ensure_future(follow(c)) for c in subs]
+    await publish()
+    got = await asyncio.gather(*readers)
+    for g in got:
+        assert g == sent
+    deadline = time.monotonic() + 10
+    while True:
+        st = (await b.sub_http("GET", "/sse-status")).json()["zones"][0]
+        if st["redis"]["bus_pid"] != leader and st["redis"]["state"] == "up":
+            break
+        assert time.monotonic() < deadline, st
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.timeout_s(90)
+async def test_reload_loses_nothing(start_nginx, start_redis):
+    r = start_redis()
+    a, b = await machines(start_nginx, r, 2)
+    subs = [await b.stream("rl") for _ in range(8)]
+    total = 200
+    sent = []
+
+    async def publish():
+        for i in range(total):
+            sent.append((await a.publish_ok("rl", f"r{i}"), f"r{i}"))
+            if i == 80:
+                b.reload()
+
+    async def follow(c):
+        got = []
+        while len(got) < total:
+            try:
+                b_ = await c.next_event(20)
+                if b_.event != "sse-error":  # the stream ends after it
+                    got.append((b_.id, b_.data))
+            except Exception:
+                c = await b.stream("rl", headers={"Last-Event-ID": got[-1][0]}
+                                   if got else {})
+        return got
+
+    readers = [asyncio.ensure_future(follow(c)) for c in subs]
+    await publish()
+    for g in await asyncio.gather(*readers):
+        assert g == sent
