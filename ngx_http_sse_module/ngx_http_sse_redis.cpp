@@ -159,6 +159,12 @@ struct ngx_http_sse_redis_event_t {
 struct ngx_http_sse_redis_worker_t {
     ngx_http_sse_zone_worker_t *zw;
     ngx_http_sse_redis_conf_t *conf;
+    // Where the zone's keys live: the configured address, or the node a
+    // Redis Cluster redirected us to (MOVED).
+    ngx_sockaddr_t moved_sa;
+    socklen_t moved_len;  // 0: the configured address
+    std::string moved_name;
+    ngx_str_t moved_str;
     std::string keys[5];  // epoch seq chans bus, and the stream prefix
     ngx_http_sse_redis_conn_t cmd;
     ngx_http_sse_redis_conn_t bus;
@@ -357,6 +363,11 @@ static void ngx_http_sse_redis_close(ngx_http_sse_redis_conn_t *rc,
     }
     rc->connecting = rc->connected = false;
     rc->out.clear();
+    if (rc == &rc->rw->cmd && err != NULL && ngx_strncmp(err, "MOVED ", 6)) {
+        // A node we were redirected to may be gone (cluster failover): ask
+        // the configured one again, which redirects us to the new primary.
+        rc->rw->moved_len = 0;
+    }
     std::deque<ngx_http_sse_redis_cmd_t> failed;
     failed.swap(rc->pending);
     if (was && err != NULL && !ngx_exiting && !ngx_terminate) {
@@ -446,9 +457,16 @@ static void ngx_http_sse_redis_handshake_reply(ngx_http_sse_redis_conn_t *rc,
 static void ngx_http_sse_redis_connect(ngx_http_sse_redis_conn_t *rc) {
     ngx_http_sse_redis_conf_t *conf = rc->rw->conf;
     ngx_memzero(&rc->pc, sizeof(ngx_peer_connection_t));
-    rc->pc.sockaddr = conf->addr.sockaddr;
-    rc->pc.socklen = conf->addr.socklen;
-    rc->pc.name = &conf->url;
+    ngx_http_sse_redis_worker_t *rw = rc->rw;
+    if (rw->moved_len != 0) {
+        rc->pc.sockaddr = &rw->moved_sa.sockaddr;
+        rc->pc.socklen = rw->moved_len;
+        rc->pc.name = &rw->moved_str;
+    } else {
+        rc->pc.sockaddr = conf->addr.sockaddr;
+        rc->pc.socklen = conf->addr.socklen;
+        rc->pc.name = &conf->url;
+    }
     rc->pc.get = ngx_event_get_peer;
     rc->pc.log = ngx_cycle->log;
     rc->pc.log_error = NGX_ERROR_ERR;
@@ -571,6 +589,64 @@ static bool ngx_http_sse_redis_is_message(redisReply *r) {
            ngx_strncmp(r->element[0]->str, "message", 7) == 0;
 }
 
+static bool ngx_http_sse_redis_is_moved(redisReply *r) {
+    return r->type == REDIS_REPLY_ERROR && r->len > 6 &&
+           ngx_strncmp(r->str, "MOVED ", 6) == 0;
+}
+
+// "MOVED SLOT HOST:PORT": a Redis Cluster says the zone's slot lives on
+// another node. The command connection reconnects there (what was in
+// flight fails with "MOVED", and publishes are sent again once); the bus
+// needs no move (PUBLISH reaches every node of a cluster).
+static void ngx_http_sse_redis_moved(ngx_http_sse_redis_conn_t *rc,
+                                     redisReply *r) {
+    ngx_http_sse_redis_worker_t *rw = rc->rw;
+    std::string_view v(r->str, r->len);
+    size_t sp = v.rfind(' ');
+    size_t colon = v.rfind(':');
+    if (sp == std::string_view::npos || colon == std::string_view::npos ||
+        colon < sp) {
+        return;
+    }
+    std::string host(v.substr(sp + 1, colon - sp - 1));
+    int port = atoi(std::string(v.substr(colon + 1)).c_str());
+    if (host.size() > 2 && host.front() == '[') {
+        host = host.substr(1, host.size() - 2);
+    }
+    ngx_sockaddr_t sa;
+    ngx_memzero(&sa, sizeof(sa));
+    socklen_t len;
+    if (port <= 0 || port > 65535) {
+        return;
+    }
+    if (inet_pton(AF_INET, host.c_str(), &sa.sockaddr_in.sin_addr) == 1) {
+        sa.sockaddr_in.sin_family = AF_INET;
+        sa.sockaddr_in.sin_port = htons(port);
+        len = sizeof(struct sockaddr_in);
+#if (NGX_HAVE_INET6)
+    } else if (inet_pton(AF_INET6, host.c_str(), &sa.sockaddr_in6.sin6_addr) ==
+               1) {
+        sa.sockaddr_in6.sin6_family = AF_INET6;
+        sa.sockaddr_in6.sin6_port = htons(port);
+        len = sizeof(struct sockaddr_in6);
+#endif
+    } else {
+        return;  // a node announced by name: not followed
+    }
+    rw->moved_sa = sa;
+    rw->moved_len = len;
+    rw->moved_name = std::string(v.substr(sp + 1));
+    rw->moved_str.data = (u_char *)&rw->moved_name[0];
+    rw->moved_str.len = rw->moved_name.size();
+    ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                  "sse: zone \"%V\" lives on redis node %V (MOVED)",
+                  &rw->zw->zone->shm_zone->shm.name, &rw->moved_str);
+    std::string why(v);
+    if (rc == &rw->cmd) {
+        ngx_http_sse_redis_close(rc, why.c_str());
+    }
+}
+
 static void ngx_http_sse_redis_read(ngx_event_t *ev) {
     auto *c = static_cast<ngx_connection_t *>(ev->data);
     auto *rc = static_cast<ngx_http_sse_redis_conn_t *>(c->data);
@@ -618,6 +694,11 @@ static void ngx_http_sse_redis_read(ngx_event_t *ev) {
                     ngx_http_sse_redis_cmd_t cmd = rc->pending.front();
                     rc->pending.pop_front();
                     ngx_http_sse_redis_arm(rc);
+                    if (ngx_http_sse_redis_is_moved(r.get())) {
+                        // Before the handler, so that what it sends again
+                        // goes to the new node.
+                        ngx_http_sse_redis_moved(rc, r.get());
+                    }
                     cmd.handler(rc, cmd.data, r.get(), NULL);
                 } else {
                     ngx_http_sse_redis_close(rc, "unexpected reply");
@@ -665,6 +746,9 @@ static void ngx_http_sse_redis_commit(
     std::vector<ngx_http_sse_redis_event_t> &evs, size_t from) {
     ngx_http_sse_zone_worker_t *zw = rw->zw;
     ngx_http_sse_zone_t *z = zw->zone;
+    if (zw->slot == sse::no_slot) {
+        return;  // this worker got no process slot: the bus worker has one
+    }
     std::vector<sse::message *> ms;
     sse::slot_set wake{};
     bool any = false;
@@ -1181,7 +1265,8 @@ struct ngx_http_sse_redis_publish_t {
     ngx_http_sse_redis_done_pt done;
     void *data;  // nullptr: cancelled
     ngx_msec_t start;
-    bool eval;  // sent as EVAL after NOSCRIPT
+    bool eval;        // sent as EVAL after NOSCRIPT
+    bool redirected;  // sent again after MOVED
     std::string channel;
     std::string body;
     std::string maxlen;
@@ -1191,6 +1276,9 @@ struct ngx_http_sse_redis_publish_t {
 };
 
 static void ngx_http_sse_redis_publish_send(ngx_http_sse_redis_publish_t *p);
+static void ngx_http_sse_redis_load_reply(ngx_http_sse_redis_conn_t *rc,
+                                          void *data, redisReply *r,
+                                          const char *err);
 
 static void ngx_http_sse_redis_publish_reply(ngx_http_sse_redis_conn_t *rc,
                                              void *data, redisReply *r,
@@ -1198,6 +1286,23 @@ static void ngx_http_sse_redis_publish_reply(ngx_http_sse_redis_conn_t *rc,
     auto *p = static_cast<ngx_http_sse_redis_publish_t *>(data);
     ngx_http_sse_redis_worker_t *rw = p->rw;
     sse::external_stats &x = rw->zw->zone->root->ext;
+    bool moved =
+        (r != NULL && ngx_http_sse_redis_is_moved(r)) ||
+        (r == NULL && err != NULL && ngx_strncmp(err, "MOVED ", 6) == 0);
+    if (moved && !p->redirected) {
+        // Sent once more, to the node that holds the zone's slot.
+        p->redirected = true;
+        try {
+            ngx_http_sse_redis_send(
+                &rw->cmd, {"SCRIPT", "LOAD", ngx_http_sse_redis_publish_lua},
+                ngx_http_sse_redis_load_reply, NULL);
+            ngx_http_sse_redis_publish_send(p);
+            return;
+        } catch (const std::exception &e) {
+            err = "out of memory";
+            r = NULL;
+        }
+    }
     if (r != NULL && r->type == REDIS_REPLY_ERROR && !p->eval && r->len >= 8 &&
         ngx_strncmp(r->str, "NOSCRIPT", 8) == 0) {
         // The script cache was flushed: send it whole; that loads it.

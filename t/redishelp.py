@@ -107,3 +107,36 @@ async def wait_in_sync(n, timeout=10):
                 return last
         await asyncio.sleep(0.05)
     raise AssertionError(f"zone never in sync with Redis: {last}")
+
+
+def start_cluster(start_redis, n=3):
+    """n primaries (no replicas) joined into a Redis Cluster."""
+    nodes = [start_redis(args=["--cluster-enabled", "yes",
+                               "--cluster-config-file", "nodes.conf",
+                               "--cluster-node-timeout", "2000"])
+             for _ in range(n)]
+    p = subprocess.run(
+        [REDIS_CLI, "--cluster", "create",
+         *[f"127.0.0.1:{r.port}" for r in nodes], "--cluster-yes"],
+        capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if all("cluster_state:ok" in r.cli("CLUSTER", "INFO")
+               for r in nodes):
+            return nodes
+        time.sleep(0.1)
+    raise RuntimeError("the cluster never became ok")
+
+
+def node_of(nodes, key):
+    """The node of `nodes` that holds key's slot."""
+    slot = int(nodes[0].cli("CLUSTER", "KEYSLOT", key).strip())
+    for line in nodes[0].cli("CLUSTER", "NODES").splitlines():
+        f = line.split()
+        for rng in f[8:]:
+            lo, _, hi = rng.partition("-")
+            if lo.isdigit() and int(lo) <= slot <= int(hi or lo):
+                port = int(f[1].split("@")[0].rsplit(":", 1)[1])
+                return next(r for r in nodes if r.port == port)
+    raise AssertionError(f"no node holds slot {slot}")

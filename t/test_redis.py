@@ -493,3 +493,38 @@ async def test_reload_loses_nothing(start_nginx, start_redis):
     await publish()
     for g in await asyncio.gather(*readers):
         assert g == sent
+
+
+@pytest.mark.timeout_s(120)
+async def test_redis_cluster_zones_on_different_shards(start_nginx,
+                                                       start_redis):
+    from redishelp import start_cluster, node_of
+    nodes = start_cluster(start_redis)
+    # Two zones whose keys live on the second and third node; machines are
+    # pointed at the first, which redirects them.
+    names = {}
+    for i in range(200):
+        owner = node_of(nodes, f"{{sse:z{i}}}")
+        if owner is not nodes[0]:
+            names.setdefault(owner.port, f"z{i}")
+        if len(names) == 2:
+            break
+    assert len(names) == 2
+    url = nodes[0].url
+    for port, name in names.items():
+        zone = f"sse_zone zone={name}:16m redis={url};"
+        a = start_nginx(zone=zone, sub_locations=STATUS,
+                        allow_log=REDIS_ERRORS)
+        b = start_nginx(zone=zone, sub_locations=STATUS,
+                        allow_log=REDIS_ERRORS)
+        await wait_in_sync(a)
+        await wait_in_sync(b)
+        s = await b.stream("c")
+        sent = [(await a.publish_ok("c", f"{name}-{i}"), f"{name}-{i}")
+                for i in range(20)]
+        assert await read_events(s, 20, 10) == sent
+        owner = next(r for r in nodes if r.port == port)
+        keys = owner.cli("KEYS", "*").split()
+        assert f"{{sse:{name}}}:ch:c" in keys, keys
+        assert f"{{sse:{name}}}:seq" in keys
+        assert "MOVED" in a.log_text()
