@@ -19,6 +19,10 @@
 //                      encoded body)
 //   {sse:NAME}:chans   sorted set: channel -> its newest seq (for repair)
 //   {sse:NAME}:bus     the pub/sub channel: "EPOCH SEQ PREV L T LEN ID" BODY
+//   {sse:NAME}:log     a stream of the zone's newest events, all channels
+//                      (entry id SEQ-1, fields c, l, t, d): a machine that
+//                      missed some (outage, bus worker restarted) repairs
+//                      from it exactly, however short the channels' streams
 //
 // Only one worker per machine (the bus leader, claimed in the zone) holds
 // the SUBSCRIBE connection and commits what it hears, in seq order. The
@@ -48,6 +52,8 @@ extern "C" {
 #define NGX_HTTP_SSE_REDIS_BATCH 256
 // Channels remembered for repair (the newest by seq).
 #define NGX_HTTP_SSE_REDIS_MAX_CHANNELS "100000"
+// Events of the zone's log (about: trimmed with ~).
+#define NGX_HTTP_SSE_REDIS_LOG_LENGTH "100000"
 
 enum ngx_http_sse_redis_state_e {
     NGX_HTTP_SSE_REDIS_DOWN = 0,
@@ -67,6 +73,8 @@ struct ngx_http_sse_redis_conf_t {
     ngx_uint_t db;
     ngx_msec_t timeout;
     std::string *prefix;  // "{sse:NAME}"; freed with the cycle
+    ngx_ssl_t *ssl;       // rediss://; NULL: plain TCP
+    ngx_str_t host;       // the name its certificate must hold
 };
 
 // The zone's keys and scripts, shared by every connection of the worker.
@@ -88,8 +96,8 @@ struct ngx_http_sse_redis_conf_t {
     "  redis.call('SET', KEYS[2], e)\n"                                 \
     "end\n"
 
-// KEYS: epoch seq stream chans bus; ARGV: local epoch, local seq, channel,
-// body, maxlen, ttl ms. Returns {epoch, seq}.
+// KEYS: epoch seq stream chans bus log; ARGV: local epoch, local seq,
+// channel, body, maxlen, ttl ms. Returns {epoch, seq}.
 static const char ngx_http_sse_redis_publish_lua[] = NGX_HTTP_SSE_REDIS_PROLOGUE
     "s = redis.call('INCR', KEYS[2])\n"
     "local sid = string.format('%.0f', s)\n"
@@ -99,6 +107,9 @@ static const char ngx_http_sse_redis_publish_lua[] = NGX_HTTP_SSE_REDIS_PROLOGUE
     "redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[5], sid .. '-1',\n"
     "           'p', p, 'l', ARGV[5], 't', ARGV[6], 'd', ARGV[4])\n"
     "redis.call('PEXPIRE', KEYS[3], ARGV[6])\n"
+    "redis.call('XADD', KEYS[6], 'MAXLEN', '~', " NGX_HTTP_SSE_REDIS_LOG_LENGTH
+    ", sid .. '-1',\n"
+    "           'c', ARGV[3], 'l', ARGV[5], 't', ARGV[6], 'd', ARGV[4])\n"
     "redis.call('ZADD', KEYS[4], s, ARGV[3])\n"
     "redis.call('ZREMRANGEBYRANK', KEYS[4], 0, "
     "-" NGX_HTTP_SSE_REDIS_MAX_CHANNELS
@@ -165,7 +176,7 @@ struct ngx_http_sse_redis_worker_t {
     socklen_t moved_len;  // 0: the configured address
     std::string moved_name;
     ngx_str_t moved_str;
-    std::string keys[5];  // epoch seq chans bus, and the stream prefix
+    std::string keys[6];  // epoch seq chans bus, the stream prefix, log
     ngx_http_sse_redis_conn_t cmd;
     ngx_http_sse_redis_conn_t bus;
     ngx_msec_t cmd_down_until;  // publishes fail fast until then
@@ -180,6 +191,7 @@ struct ngx_http_sse_redis_worker_t {
     std::vector<ngx_http_sse_redis_event_t> fetched;
     uint64_t fetch_from;
     uint64_t sync_epoch;
+    uint64_t sync_seq;  // Redis's newest when we subscribed
     ngx_uint_t fetch_left;
     ngx_event_t commit_ev;  // commits what the bus said, once per burst
     std::string sha;        // of the publish script
@@ -205,7 +217,8 @@ static std::string ngx_http_sse_redis_str(const ngx_str_t &s) {
 
 // redis=redis://[user:pass@]host[:port][/db]
 char *ngx_http_sse_redis_parse(ngx_conf_t *cf, ngx_http_sse_zone_t *z,
-                               ngx_str_t *url, ngx_str_t *timeout) {
+                               ngx_str_t *url, ngx_str_t *timeout,
+                               ngx_str_t *ca) {
     auto *conf = static_cast<ngx_http_sse_redis_conf_t *>(
         ngx_pcalloc(cf->pool, sizeof(ngx_http_sse_redis_conf_t)));
     if (conf == NULL) {
@@ -229,13 +242,16 @@ char *ngx_http_sse_redis_parse(ngx_conf_t *cf, ngx_http_sse_zone_t *z,
         return (char *)NGX_CONF_ERROR;
     };
     u_char *p = url->data, *end = url->data + url->len;
-    if (url->len >= 9 && ngx_strncmp(p, "rediss://", 9) == 0) {
-        return bad("TLS to Redis (rediss://) is not supported yet");
+    bool tls = url->len >= 9 && ngx_strncmp(p, "rediss://", 9) == 0;
+    if (!tls && (url->len < 8 || ngx_strncmp(p, "redis://", 8) != 0)) {
+        return bad(
+            "expected redis://[user:password@]host[:port][/db] or "
+            "rediss://...");
     }
-    if (url->len < 8 || ngx_strncmp(p, "redis://", 8) != 0) {
-        return bad("expected redis://[user:password@]host[:port][/db]");
+    if (ca != NULL && !tls) {
+        return bad("redis_ca= is for TLS (rediss://)");
     }
-    p += 8;
+    p += tls ? 9 : 8;
     u_char *slash = static_cast<u_char *>(ngx_strlchr(p, end, '/'));
     u_char *hostend = slash ? slash : end;
     u_char *at = NULL;
@@ -291,6 +307,41 @@ char *ngx_http_sse_redis_parse(ngx_conf_t *cf, ngx_http_sse_zone_t *z,
         return (char *)NGX_CONF_ERROR;
     }
     conf->addr = u.addrs[0];
+    if (tls) {
+        // The server's certificate is verified, and its name: against
+        // redis_ca=FILE, else the system's trusted authorities.
+        conf->ssl =
+            static_cast<ngx_ssl_t *>(ngx_pcalloc(cf->pool, sizeof(ngx_ssl_t)));
+        if (conf->ssl == NULL) {
+            return (char *)NGX_CONF_ERROR;
+        }
+        conf->ssl->log = cf->log;
+        if (ngx_ssl_create(conf->ssl, NGX_SSL_TLSv1_2 | NGX_SSL_TLSv1_3,
+                           NULL) != NGX_OK) {
+            return (char *)NGX_CONF_ERROR;
+        }
+        ngx_pool_cleanup_t *c = ngx_pool_cleanup_add(cf->pool, 0);
+        if (c == NULL) {
+            ngx_ssl_cleanup_ctx(conf->ssl);
+            return (char *)NGX_CONF_ERROR;
+        }
+        c->handler = ngx_ssl_cleanup_ctx;
+        c->data = conf->ssl;
+        ngx_str_t none = ngx_null_string;
+        if (ngx_ssl_trusted_certificate(cf, conf->ssl, ca ? ca : &none, 9) !=
+            NGX_OK) {
+            return (char *)NGX_CONF_ERROR;
+        }
+        if (ca == NULL &&
+            SSL_CTX_set_default_verify_paths(conf->ssl->ctx) != 1) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "cannot load the system's trusted "
+                               "certificates for \"%V\" in \"sse_zone\"",
+                               url);
+            return (char *)NGX_CONF_ERROR;
+        }
+        conf->host = u.host;
+    }
     try {
         conf->prefix = new std::string(
             "{sse:" + ngx_http_sse_redis_str(z->shm_zone->shm.name) + "}");
@@ -332,6 +383,7 @@ static void ngx_http_sse_redis_read(ngx_event_t *ev);
 static void ngx_http_sse_redis_write(ngx_event_t *ev);
 static void ngx_http_sse_redis_timer(ngx_event_t *ev);
 static void ngx_http_sse_redis_flush(ngx_http_sse_redis_conn_t *rc);
+static bool ngx_http_sse_redis_connected(ngx_http_sse_redis_conn_t *rc);
 
 static void ngx_http_sse_redis_conn_init(ngx_http_sse_redis_conn_t *rc,
                                          ngx_http_sse_redis_worker_t *rw,
@@ -351,7 +403,16 @@ static void ngx_http_sse_redis_close(ngx_http_sse_redis_conn_t *rc,
     bool was = rc->connecting || rc->connected || !rc->pending.empty();
     rc->life++;
     if (rc->pc.connection != NULL) {
-        ngx_close_connection(rc->pc.connection);
+        ngx_connection_t *c = rc->pc.connection;
+        if (c->ssl != NULL) {
+            c->ssl->no_wait_shutdown = 1;
+            (void)ngx_ssl_shutdown(c);
+        }
+        ngx_pool_t *pool = c->pool;
+        ngx_close_connection(c);
+        if (pool != NULL) {
+            ngx_destroy_pool(pool);
+        }
         rc->pc.connection = NULL;
     }
     if (rc->reader != NULL) {
@@ -508,9 +569,7 @@ static void ngx_http_sse_redis_connect(ngx_http_sse_redis_conn_t *rc) {
     c->log = ngx_cycle->log;
     c->read->log = c->log;
     c->write->log = c->log;
-    if (rv == NGX_OK) {
-        rc->connecting = false;
-        rc->connected = true;
+    if (rv == NGX_OK && ngx_http_sse_redis_connected(rc)) {
         ngx_http_sse_redis_flush(rc);
     }
     // NGX_AGAIN: the write event says when the connect is done.
@@ -547,8 +606,70 @@ static void ngx_http_sse_redis_flush(ngx_http_sse_redis_conn_t *rc) {
     }
 }
 
+static void ngx_http_sse_redis_tls_done(ngx_connection_t *c) {
+    auto *rc = static_cast<ngx_http_sse_redis_conn_t *>(c->data);
+    ngx_http_sse_redis_conf_t *conf = rc->rw->conf;
+    if (!c->ssl->handshaked) {
+        ngx_http_sse_redis_close(rc, "TLS handshake failed");
+        return;
+    }
+    long v = SSL_get_verify_result(c->ssl->connection);
+    if (v != X509_V_OK) {
+        std::string why = "TLS certificate verify failed: ";
+        why += X509_verify_cert_error_string(v);
+        ngx_http_sse_redis_close(rc, why.c_str());
+        return;
+    }
+    if (ngx_ssl_check_host(c, &conf->host) != NGX_OK) {
+        ngx_http_sse_redis_close(rc, "TLS certificate does not match the host");
+        return;
+    }
+    c->read->handler = ngx_http_sse_redis_read;
+    c->write->handler = ngx_http_sse_redis_write;
+    rc->connecting = false;
+    rc->connected = true;
+    try {
+        ngx_http_sse_redis_flush(rc);
+    } catch (const std::exception &e) {
+        ngx_http_sse_redis_close(rc, e.what());
+    }
+}
+
+// TLS over the connected socket (rediss://); true once it is ready (never
+// at once: the handshake takes a round trip), false while it goes on or
+// when it failed (closed).
+static bool ngx_http_sse_redis_tls(ngx_http_sse_redis_conn_t *rc) {
+    ngx_connection_t *c = rc->pc.connection;
+    ngx_http_sse_redis_conf_t *conf = rc->rw->conf;
+    if (c->ssl != NULL) {
+        return false;  // the handshake is under way
+    }
+    if (c->pool == NULL) {
+        // nginx's TLS state lives in the connection's pool.
+        c->pool = ngx_create_pool(1024, ngx_cycle->log);
+        if (c->pool == NULL) {
+            ngx_http_sse_redis_close(rc, "out of memory");
+            return false;
+        }
+    }
+    if (ngx_ssl_create_connection(conf->ssl, c,
+                                  NGX_SSL_BUFFER | NGX_SSL_CLIENT) != NGX_OK) {
+        ngx_http_sse_redis_close(rc, "TLS setup failed");
+        return false;
+    }
+    std::string host = ngx_http_sse_redis_str(conf->host);
+    SSL_set_tlsext_host_name(c->ssl->connection, host.c_str());
+    ngx_int_t rv = ngx_ssl_handshake(c);
+    if (rv == NGX_AGAIN) {
+        c->ssl->handler = ngx_http_sse_redis_tls_done;
+        return false;
+    }
+    ngx_http_sse_redis_tls_done(c);
+    return false;
+}
+
 // A non-blocking connect has ended, either way: false (and closed) when
-// it failed.
+// it failed, or while TLS is still being set up.
 static bool ngx_http_sse_redis_connected(ngx_http_sse_redis_conn_t *rc) {
     if (!rc->connecting) {
         return true;
@@ -564,6 +685,9 @@ static bool ngx_http_sse_redis_connected(ngx_http_sse_redis_conn_t *rc) {
         why += strerror(err);
         ngx_http_sse_redis_close(rc, why.c_str());
         return false;
+    }
+    if (rc->rw->conf->ssl != NULL) {
+        return ngx_http_sse_redis_tls(rc);
     }
     rc->connecting = false;
     rc->connected = true;
@@ -1021,6 +1145,75 @@ static void ngx_http_sse_redis_chans_reply(ngx_http_sse_redis_conn_t *rc,
     }
 }
 
+// From the channels' streams: a fresh machine's history, or a repair the
+// zone's log no longer covers.
+static void ngx_http_sse_redis_fetch_channels(ngx_http_sse_redis_worker_t *rw,
+                                              void *data) {
+    // Which channels had events after ours, with their newest seq.
+    std::string min = "(" + std::to_string(rw->fetch_from);
+    ngx_http_sse_redis_send(
+        &rw->cmd, {"ZRANGEBYSCORE", rw->keys[2], min, "+inf", "WITHSCORES"},
+        ngx_http_sse_redis_chans_reply, data);
+}
+
+static void ngx_http_sse_redis_log_reply(ngx_http_sse_redis_conn_t *rc,
+                                         void *data, redisReply *r,
+                                         const char *err) {
+    auto *rw = static_cast<ngx_http_sse_redis_worker_t *>(rc->rw);
+    uint64_t gen = (uint64_t)(uintptr_t)data;
+    if (gen != rw->sync_gen) {
+        return;
+    }
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
+        ngx_http_sse_redis_bus_down(rw, err ? err : "XRANGE of the log failed");
+        return;
+    }
+    uint64_t expect = rw->fetch_from + 1;
+    for (size_t i = 0; i < r->elements; i++) {
+        redisReply *e = r->element[i];
+        if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 ||
+            e->element[1]->type != REDIS_REPLY_ARRAY) {
+            continue;
+        }
+        ngx_http_sse_redis_event_t ev;
+        ev.epoch = rw->sync_epoch;
+        ev.seq = ngx_http_sse_redis_u64(e->element[0]->str,
+                                        strcspn(e->element[0]->str, "-"));
+        ev.lost = 0;
+        ev.buffer_length = 100;
+        ev.ttl = 3600000;
+        if (ev.seq != expect) {
+            // The log was trimmed past what we need: per channel instead.
+            rw->fetched.clear();
+            ngx_http_sse_redis_fetch_channels(rw, data);
+            return;
+        }
+        expect++;
+        redisReply *kv = e->element[1];
+        for (size_t k = 0; k + 1 < kv->elements; k += 2) {
+            std::string_view key(kv->element[k]->str, kv->element[k]->len);
+            redisReply *val = kv->element[k + 1];
+            if (key == "c") {
+                ev.channel.assign(val->str, val->len);
+            } else if (key == "l") {
+                ev.buffer_length = (uint32_t)ngx_http_sse_redis_u64(val);
+            } else if (key == "t") {
+                ev.ttl = (ngx_msec_t)ngx_http_sse_redis_u64(val);
+            } else if (key == "d") {
+                ev.body.assign(val->str, val->len);
+            }
+        }
+        rw->fetched.push_back(std::move(ev));
+    }
+    if (expect <= rw->sync_seq) {
+        // Short of what Redis had assigned when we synced.
+        rw->fetched.clear();
+        ngx_http_sse_redis_fetch_channels(rw, data);
+        return;
+    }
+    ngx_http_sse_redis_fetch_done(rw);
+}
+
 static void ngx_http_sse_redis_sync_reply(ngx_http_sse_redis_conn_t *rc,
                                           void *data, redisReply *r,
                                           const char *err) {
@@ -1049,17 +1242,25 @@ static void ngx_http_sse_redis_sync_reply(ngx_http_sse_redis_conn_t *rc,
         rw->fetch_from = s->root()->seq;
     }
     rw->sync_epoch = epoch;
+    rw->sync_seq = ngx_http_sse_redis_u64(r->element[1]);
     // Every process: old streams end if the epoch changed.
     sse::slot_set all;
     for (auto &b : all.bits) {
         b = ~uint64_t{0};
     }
     ngx_http_sse_notify(rw->zw->zone, all);
-    // Which channels had events after ours, with their newest seq.
-    std::string min = "(" + std::to_string(rw->fetch_from);
-    ngx_http_sse_redis_send(
-        &rw->cmd, {"ZRANGEBYSCORE", rw->keys[2], min, "+inf", "WITHSCORES"},
-        ngx_http_sse_redis_chans_reply, data);
+    if (rw->fetch_from >= rw->sync_seq) {
+        ngx_http_sse_redis_fetch_done(rw);  // nothing missed
+        return;
+    }
+    if (rw->fetch_from != 0) {
+        // Missed a few: the zone's log has them all, if it reaches back.
+        std::string start = std::to_string(rw->fetch_from + 1) + "-0";
+        ngx_http_sse_redis_send(&rw->cmd, {"XRANGE", rw->keys[5], start, "+"},
+                                ngx_http_sse_redis_log_reply, data);
+        return;
+    }
+    ngx_http_sse_redis_fetch_channels(rw, data);
 }
 
 static void ngx_http_sse_redis_subscribed(ngx_http_sse_redis_conn_t *rc,
@@ -1177,6 +1378,7 @@ void ngx_http_sse_redis_worker_init(ngx_http_sse_zone_worker_t *zw) {
     rw->keys[2] = p + ":chans";
     rw->keys[3] = p + ":bus";
     rw->keys[4] = p + ":ch:";
+    rw->keys[5] = p + ":log";
     ngx_http_sse_redis_conn_init(&rw->cmd, rw, "command");
     ngx_http_sse_redis_conn_init(&rw->bus, rw, "bus");
     rw->bus.on_message = ngx_http_sse_redis_on_message;
@@ -1381,8 +1583,8 @@ static void ngx_http_sse_redis_publish_send(ngx_http_sse_redis_publish_t *p) {
     ngx_http_sse_redis_send(
         &rw->cmd,
         {p->eval ? "EVAL" : "EVALSHA", p->eval ? std::string_view(script) : sha,
-         "5", rw->keys[0], rw->keys[1], stream, rw->keys[2], rw->keys[3], epoch,
-         seq, p->channel, p->body, p->maxlen, p->ttl},
+         "6", rw->keys[0], rw->keys[1], stream, rw->keys[2], rw->keys[3],
+         rw->keys[5], epoch, seq, p->channel, p->body, p->maxlen, p->ttl},
         ngx_http_sse_redis_publish_reply, p);
 }
 

@@ -44,7 +44,7 @@ sse::session ngx_http_sse_session(ngx_http_sse_zone_t *z) {
                    ngx_http_sse_slab_unlock});
 }
 
-// sse_zone zone=NAME:SIZE [redis=URL] [redis_timeout=TIME]
+// sse_zone zone=NAME:SIZE [redis=URL] [redis_timeout=TIME] [redis_ca=FILE]
 char *ngx_http_sse_zone_directive(ngx_conf_t *cf, ngx_command_t *cmd,
                                   void *conf) {
     auto *value = static_cast<ngx_str_t *>(cf->args->elts);
@@ -105,7 +105,7 @@ char *ngx_http_sse_zone_directive(ngx_conf_t *cf, ngx_command_t *cmd,
     z->shm_zone = shm_zone;
     z->index = mcf->zones.nelts - 1;
 
-    ngx_str_t *redis = NULL, *redis_timeout = NULL;
+    ngx_str_t *redis = NULL, *redis_timeout = NULL, *redis_ca = NULL;
     for (ngx_uint_t i = 2; i < cf->args->nelts; i++) {
         if (value[i].len > 6 && ngx_strncmp(value[i].data, "redis=", 6) == 0 &&
             redis == NULL) {
@@ -118,23 +118,31 @@ char *ngx_http_sse_zone_directive(ngx_conf_t *cf, ngx_command_t *cmd,
             value[i].data += 14;
             value[i].len -= 14;
             redis_timeout = &value[i];
+        } else if (value[i].len > 9 &&
+                   ngx_strncmp(value[i].data, "redis_ca=", 9) == 0 &&
+                   redis_ca == NULL) {
+            value[i].data += 9;
+            value[i].len -= 9;
+            redis_ca = &value[i];
         } else {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "invalid parameter \"%V\" in \"%V\" "
-                               "directive, expected redis=URL or "
-                               "redis_timeout=TIME",
+                               "directive, expected redis=URL, "
+                               "redis_timeout=TIME or redis_ca=FILE",
                                &value[i], &cmd->name);
             return (char *)NGX_CONF_ERROR;
         }
     }
-    if (redis_timeout != NULL && redis == NULL) {
+    if ((redis_timeout != NULL || redis_ca != NULL) && redis == NULL) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"redis_timeout=\" in \"%V\" needs \"redis=\"",
+                           "\"%s\" in \"%V\" needs \"redis=\"",
+                           redis_ca ? "redis_ca=" : "redis_timeout=",
                            &cmd->name);
         return (char *)NGX_CONF_ERROR;
     }
     if (redis != NULL &&
-        ngx_http_sse_redis_parse(cf, z, redis, redis_timeout) != NGX_CONF_OK) {
+        ngx_http_sse_redis_parse(cf, z, redis, redis_timeout, redis_ca) !=
+            NGX_CONF_OK) {
         return (char *)NGX_CONF_ERROR;
     }
     *slot = z;

@@ -21,12 +21,13 @@ needs_redis = pytest.mark.skipif(
 
 
 class Redis:
-    def __init__(self, d, port=None, args=()):
+    def __init__(self, d, port=None, args=(), tls=None):
         self.dir = d
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.args = list(args)
         self.proc = None
+        self.tls = tls  # (CA file, TLS port): redis-cli speaks TLS
 
     def start(self):
         self.proc = subprocess.Popen(
@@ -65,6 +66,9 @@ class Redis:
 
     def cli(self, *args, password=None):
         cmd = [REDIS_CLI, "-p", str(self.port)]
+        if self.tls:
+            cmd = [REDIS_CLI, "-p", str(self.tls[1]), "--tls", "--cacert",
+                   str(self.tls[0])]
         if password:
             cmd += ["--no-auth-warning", "-a", password]
         p = subprocess.run(cmd + list(args), capture_output=True, text=True,
@@ -80,8 +84,9 @@ class Redis:
 def start_redis(tmp_path):
     started = []
 
-    def start(port=None, args=()):
-        r = Redis(tmp_path / f"redis{len(started)}", port=port, args=args)
+    def start(port=None, args=(), tls=None):
+        r = Redis(tmp_path / f"redis{len(started)}", port=port, args=args,
+                  tls=tls)
         started.append(r)
         return r.start()
 

@@ -60,7 +60,9 @@ async def read_events(c, n, timeout):
     ("redis=redis://127.0.0.1:6379/x", "must be a number"),
     ("redis=redis://127.0.0.1:99999", "invalid port"),
     ("redis=redis://no-such-host.invalid", "host not found"),
-    ("redis=rediss://127.0.0.1", "not supported yet"),
+    ("redis=redis://127.0.0.1 redis_ca=/etc/ssl/certs/ca-certificates.crt",
+     "redis_ca= is for TLS"),
+    ("redis=rediss://127.0.0.1 redis_ca=/no/such/ca.pem", "no/such/ca.pem"),
     ("redis=redis://127.0.0.1 redis_timeout=abc", "invalid redis_timeout"),
     ("redis_timeout=1s", "needs \"redis=\""),
     ("redis=redis://127.0.0.1 colour=blue", "invalid parameter \"colour=blue\""),
@@ -78,6 +80,7 @@ def test_bad_redis_parameters_fail_nginx_t(tmp_path, param, why):
     "redis=redis://127.0.0.1",
     "redis=redis://u:p%40ss@localhost:6380/2 redis_timeout=500ms",
     "redis=redis://secret@127.0.0.1:7000/0",
+    "redis=rediss://127.0.0.1:6380",
 ])
 def test_good_redis_urls_pass_nginx_t(tmp_path, param):
     sub, pub = free_ports(2)
@@ -528,3 +531,41 @@ async def test_redis_cluster_zones_on_different_shards(start_nginx,
         assert f"{{sse:{name}}}:ch:c" in keys, keys
         assert f"{{sse:{name}}}:seq" in keys
         assert "MOVED" in a.log_text()
+
+
+def make_cert(d):
+    """A self-signed certificate for 127.0.0.1 and localhost."""
+    import subprocess
+    d.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+         "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem"),
+         "-days", "2", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        check=True, capture_output=True)
+    return d / "cert.pem", d / "key.pem"
+
+
+@pytest.mark.timeout_s(60)
+async def test_tls_to_redis(start_nginx, start_redis, tmp_path):
+    from conftest import free_port
+    cert, key = make_cert(tmp_path / "tls")
+    port = free_port()
+    r = start_redis(args=["--port", "0", "--tls-port", str(port),
+                          "--tls-cert-file", str(cert),
+                          "--tls-key-file", str(key),
+                          "--tls-ca-cert-file", str(cert),
+                          "--tls-auth-clients", "no"],
+                    tls=(cert, port))
+    url = f"rediss://localhost:{port}"
+    a, b = await machines(start_nginx, r, 2, url=url,
+                          extra=f" redis_ca={cert}")
+    s = await b.stream("t")
+    sent = [(await a.publish_ok("t", f"s{i}"), f"s{i}") for i in range(10)]
+    assert await read_events(s, 10, 10) == sent
+    # Without the CA the certificate cannot be verified: refused.
+    bad = start_nginx(zone=redis_conf(url), sub_locations=STATUS,
+                      allow_log=REDIS_ERRORS)
+    resp = await bad.publish("t", "x")
+    assert resp.status == 503, resp
+    assert "certificate verify failed" in resp.text, resp
