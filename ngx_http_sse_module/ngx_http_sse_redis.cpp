@@ -519,7 +519,9 @@ static void ngx_http_sse_redis_connect(ngx_http_sse_redis_conn_t *rc) {
     ngx_http_sse_redis_conf_t *conf = rc->rw->conf;
     ngx_memzero(&rc->pc, sizeof(ngx_peer_connection_t));
     ngx_http_sse_redis_worker_t *rw = rc->rw;
-    if (rw->moved_len != 0) {
+    // The bus stays on the configured node: a cluster's PUBLISH reaches
+    // every node.
+    if (rc == &rw->cmd && rw->moved_len != 0) {
         rc->pc.sockaddr = &rw->moved_sa.sockaddr;
         rc->pc.socklen = rw->moved_len;
         rc->pc.name = &rw->moved_str;

@@ -114,21 +114,26 @@ async def wait_in_sync(n, timeout=10):
     raise AssertionError(f"zone never in sync with Redis: {last}")
 
 
-def start_cluster(start_redis, n=3):
-    """n primaries (no replicas) joined into a Redis Cluster."""
+def start_cluster(start_redis, n=3, replicas=0):
+    """n nodes joined into a Redis Cluster, `replicas` per primary."""
     nodes = [start_redis(args=["--cluster-enabled", "yes",
                                "--cluster-config-file", "nodes.conf",
-                               "--cluster-node-timeout", "2000"])
+                               "--cluster-node-timeout", "1000"])
              for _ in range(n)]
     p = subprocess.run(
         [REDIS_CLI, "--cluster", "create",
-         *[f"127.0.0.1:{r.port}" for r in nodes], "--cluster-yes"],
+         *[f"127.0.0.1:{r.port}" for r in nodes],
+         "--cluster-replicas", str(replicas), "--cluster-yes"],
         capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stdout + p.stderr
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
+        # Replicas that never synced would not take over.
         if all("cluster_state:ok" in r.cli("CLUSTER", "INFO")
-               for r in nodes):
+               for r in nodes) and \
+                all("master_link_status:up" in r.cli("INFO", "replication")
+                    for r in nodes
+                    if "role:slave" in r.cli("INFO", "replication")):
             return nodes
         time.sleep(0.1)
     raise RuntimeError("the cluster never became ok")
@@ -139,6 +144,8 @@ def node_of(nodes, key):
     slot = int(nodes[0].cli("CLUSTER", "KEYSLOT", key).strip())
     for line in nodes[0].cli("CLUSTER", "NODES").splitlines():
         f = line.split()
+        if "fail" in f[2]:
+            continue
         for rng in f[8:]:
             lo, _, hi = rng.partition("-")
             if lo.isdigit() and int(lo) <= slot <= int(hi or lo):

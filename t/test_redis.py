@@ -569,3 +569,38 @@ async def test_tls_to_redis(start_nginx, start_redis, tmp_path):
     resp = await bad.publish("t", "x")
     assert resp.status == 503, resp
     assert "certificate verify failed" in resp.text, resp
+
+
+@pytest.mark.timeout_s(120)
+async def test_redis_cluster_primary_failover(start_nginx, start_redis):
+    from redishelp import start_cluster, node_of
+    nodes = start_cluster(start_redis, n=6, replicas=1)
+    name = next(f"z{i}" for i in range(200)
+                if node_of(nodes, f"{{sse:z{i}}}") is not nodes[0])
+    primary = node_of(nodes, f"{{sse:{name}}}")
+    zone = f"sse_zone zone={name}:16m redis={nodes[0].url};"
+    a = start_nginx(zone=zone, sub_locations=STATUS, allow_log=REDIS_ERRORS)
+    b = start_nginx(zone=zone, sub_locations=STATUS, allow_log=REDIS_ERRORS)
+    await wait_in_sync(a)
+    await wait_in_sync(b)
+    s = await b.stream("f")
+    before = [(await a.publish_ok("f", f"b{i}"), f"b{i}") for i in range(10)]
+    assert await read_events(s, 10, 10) == before
+    # What it acknowledged reached its replica (replication is
+    # asynchronous: only then is a failover sure to keep it).
+    assert primary.cli("WAIT", "1", "2000").strip() == "1"
+    primary.kill()
+    # The replica takes over; publishes succeed again by themselves.
+    deadline = time.monotonic() + 30
+    after = []
+    while len(after) < 10:
+        resp = await a.publish("f", f"a{len(after)}")
+        assert resp.status in (202, 503), resp
+        if resp.status == 202:
+            after.append((resp.json()["id"], f"a{len(after)}"))
+        else:
+            assert time.monotonic() < deadline, resp
+            await asyncio.sleep(0.1)
+    got = await read_events(s, 10, 20)
+    assert got == after
+    assert node_of(nodes, f"{{sse:{name}}}") is not primary
