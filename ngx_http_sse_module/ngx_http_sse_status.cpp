@@ -9,7 +9,8 @@ struct ngx_http_sse_zone_figures_t {
     uint64_t seq;
     uint64_t channels;
     uint64_t subscribers;  // channel subscriptions: a stream on 3 counts 3
-    uint64_t messages;
+    uint64_t messages;  // held for resume
+    uint64_t retained;  // out of their rings, kept for workers to copy
     uint64_t message_bytes;
     sse::zone_stats stats;
     uint64_t bytes_total;
@@ -33,7 +34,8 @@ static ngx_http_sse_zone_figures_t ngx_http_sse_figures(ngx_http_sse_zone_t *z,
     f.epoch = root->epoch;
     f.seq = root->seq;
     f.channels = root->nchannels;
-    f.messages = root->nmessages;
+    f.messages = root->nmessages - root->nretired;
+    f.retained = root->nretired;
     f.message_bytes = root->message_bytes;
     f.stats = root->stats;
     f.bytes_free = z->shpool->pfree * ngx_pagesize;
@@ -75,6 +77,7 @@ static std::string ngx_http_sse_status_json(
         num("channels", f.channels);
         num("subscribers", f.subscribers);
         num("messages", f.messages);
+        num("retained", f.retained);
         num("message_bytes", f.message_bytes);
         num("published", f.stats.published);
         num("delivered", f.stats.delivered);
@@ -140,6 +143,9 @@ static std::string ngx_http_sse_status_prometheus(
            [](const fig &f) { return f.subscribers; });
     metric("sse_messages", "gauge", "Events buffered for resume.",
            [](const fig &f) { return f.messages; });
+    metric("sse_retained_messages", "gauge",
+           "Events out of their rings, kept until every worker copied them.",
+           [](const fig &f) { return f.retained; });
     metric("sse_message_bytes", "gauge", "Bytes of events buffered.",
            [](const fig &f) { return f.message_bytes; });
     metric("sse_published_total", "counter", "Events published.",

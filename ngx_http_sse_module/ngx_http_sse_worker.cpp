@@ -326,10 +326,8 @@ static void ngx_http_sse_deliver_zone(ngx_http_sse_zone_worker_t *zw) {
         }
     }
 
-    bool copied = true;
     for (auto &item : batch) {
         item.msg = ngx_http_sse_msg_copy(zw, item.m);
-        copied = copied && item.msg != NULL;
     }
     {
         auto s = ngx_http_sse_session(zw->zone);
@@ -383,7 +381,6 @@ static void ngx_http_sse_deliver_zone(ngx_http_sse_zone_worker_t *zw) {
                    batch.size(), delivered, to);
     batch.clear();
     ngx_http_sse_count(zw, &sse::slot_stats::delivered, delivered);
-    (void)copied;
 
     // After what was published before the DELETE: end of stream.
     for (auto *lc : deleted) {

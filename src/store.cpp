@@ -286,6 +286,7 @@ void store::remove(channel *c, int64_t now) {
     unlink_channel(c);
     c->deleted = 1;
     c->idle_since = now;
+    root_->nretired += c->count - c->retired;
     c->retired = c->count;
     c->hnext = root_->deleted;
     root_->deleted = c;
@@ -334,6 +335,7 @@ bool store::needed(const message *m, uint64_t hold) const {
 void store::retire_oldest(channel *c) {
     message *m = c->at(c->retired);
     c->retired++;
+    root_->nretired++;
     c->dropped_seq = std::max(c->dropped_seq, m->seq);
     root_->dropped_seq = std::max(root_->dropped_seq, m->seq);
 }
@@ -345,6 +347,7 @@ void store::pop_front(channel *c) {
         root_->dropped_seq = std::max(root_->dropped_seq, m->seq);
     } else {
         c->retired--;
+        root_->nretired--;
     }
     c->head = (c->head + 1) % c->cap;
     c->count--;
@@ -524,6 +527,7 @@ bool store::adopt_epoch(uint64_t epoch) {
     for (uint32_t b = 0; b < root_->nbuckets; b++) {
         for (channel *c = root_->buckets[b]; c != nullptr; c = c->hnext) {
             c->dropped_seq = std::max(c->dropped_seq, c->last_seq);
+            root_->nretired += c->count - c->retired;
             c->retired = c->count;
         }
     }
@@ -833,7 +837,7 @@ std::string store::check() const {
                     " but " + std::to_string(bytes) + " in the log");
     }
     // Channels, rings and members.
-    uint64_t in_rings = 0, nchannels = 0, members = 0;
+    uint64_t in_rings = 0, nchannels = 0, members = 0, retired = 0;
     uint64_t per_slot[max_slots] = {};
     auto check_channel = [&](const channel *c, bool deleted) -> std::string {
         std::string id(c->id());
@@ -854,6 +858,7 @@ std::string store::check() const {
             s = m->seq;
         }
         in_rings += c->count;
+        retired += c->retired;
         uint32_t subs = 0, k = 0;
         for (const member *mb = c->members; mb != nullptr; mb = mb->cnext) {
             if (++k > max_slots || mb->chan != c || mb->slot >= max_slots ||
@@ -897,6 +902,10 @@ std::string store::check() const {
         if (!e.empty()) {
             return e;
         }
+    }
+    if (retired != r->nretired) {
+        return fail("nretired " + std::to_string(r->nretired) + " but " +
+                    std::to_string(retired) + " retired in rings");
     }
     if (in_rings != n) {
         return fail(std::to_string(n) + " events in the log but " +
@@ -992,6 +1001,7 @@ void store::repair() {
         //    only sane ones of live slots.
         std::unordered_set<message *> ringed;
         std::vector<message *> keep;
+        uint64_t nretired = 0;
         for (channel *c : order) {
             keep.clear();
             uint32_t retired = 0;
@@ -1011,6 +1021,7 @@ void store::repair() {
             c->head = 0;
             c->count = static_cast<uint32_t>(keep.size());
             c->retired = retired;
+            nretired += retired;
             uint32_t subs = 0;
             for (member **p = &c->members; *p != nullptr;) {
                 member *mb = *p;
@@ -1036,6 +1047,7 @@ void store::repair() {
             }
         }
         r->nmessages = n;
+        r->nretired = nretired;
         r->message_bytes = bytes;
 
         // 5. The slots' member lists, rebuilt from the channels'.

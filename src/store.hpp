@@ -184,8 +184,9 @@ struct zone_root {
     // events arrive by commit_at, and a resume point a little ahead of
     // this machine is waited for rather than unknown.
     uint32_t external;
-    int32_t bus_pid;  // the process that holds the machine's Redis bus
-    uint64_t nmessages;
+    int32_t bus_pid;     // the process that holds the machine's Redis bus
+    uint64_t nmessages;  // in the log: resumable and retired
+    uint64_t nretired;   // out of their rings, kept for readers
     uint64_t message_bytes;
     zone_stats stats;
     external_stats ext;
