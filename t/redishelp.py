@@ -114,9 +114,29 @@ async def wait_in_sync(n, timeout=10):
     raise AssertionError(f"zone never in sync with Redis: {last}")
 
 
+def cluster_port():
+    """A free port whose cluster bus port (+10000) is free and valid."""
+    import random
+    from conftest import _HANDED_PORTS
+    for _ in range(1000):
+        port = random.randint(20000, 55000)
+        if port in _HANDED_PORTS or port + 10000 in _HANDED_PORTS:
+            continue
+        try:
+            for p in (port, port + 10000):
+                with socket.socket() as sk:
+                    sk.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        _HANDED_PORTS.update((port, port + 10000))
+        return port
+    raise RuntimeError("no free cluster port")
+
+
 def start_cluster(start_redis, n=3, replicas=0):
     """n nodes joined into a Redis Cluster, `replicas` per primary."""
-    nodes = [start_redis(args=["--cluster-enabled", "yes",
+    nodes = [start_redis(port=cluster_port(),
+                         args=["--cluster-enabled", "yes",
                                "--cluster-config-file", "nodes.conf",
                                "--cluster-node-timeout", "1000"])
              for _ in range(n)]
