@@ -19,7 +19,8 @@ resume): the demo page offers both.
 
 The "model" is canned and deterministic: the answer is built from the
 prompt's words. A prompt starting with /error fails after a few tokens, to
-show the error path. GET /health answers 200.
+show the error path. GET /health answers 200. POST /token is the chat's
+login (examples/demo_tokens.py): a signed token for a name, as a cookie.
 
 Standard library only; examples/ai_publisher.py supplies the chunked POST.
 """
@@ -38,6 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ai_publisher import ChunkedPost, sse_event  # noqa: E402
+from demo_tokens import Issuer  # noqa: E402
 
 MODEL = "canned-2"
 MAX_BODY = 8192
@@ -198,6 +200,7 @@ def log(msg):
 class Handler(BaseHTTPRequestHandler):
     server_version = "ai_model/1"
     model = None  # set in main()
+    issuer = None
 
     def log_message(self, fmt, *args):
         pass  # quiet; errors go through log()
@@ -220,6 +223,8 @@ class Handler(BaseHTTPRequestHandler):
             self.reply(404, {"error": "not found"})
 
     def do_POST(self):
+        if self.path.split("?")[0] == "/token" and self.issuer is not None:
+            return self.token()
         if self.path.split("?")[0] not in ("/ask", "/ai/ask"):
             return self.reply(404, {"error": "not found"})
         try:
@@ -258,6 +263,20 @@ class Handler(BaseHTTPRequestHandler):
                          daemon=True).start()
         self.reply(202, {"channel": channel, "model": MODEL})
 
+    def token(self):
+        try:
+            n = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            n = -1
+        if n < 0 or n > MAX_BODY:
+            return self.reply(413, {"error": "body too large"})
+        try:
+            req = json.loads(self.rfile.read(n) or b"{}")
+        except ValueError:
+            return self.reply(400, {"error": "body must be a JSON object"})
+        status, answer, headers = self.issuer.issue(req)
+        self.reply(status, answer, headers)
+
     def stream_here(self, prompt):
         """The answer in this response, as an event stream."""
         self.send_response(200)
@@ -285,9 +304,15 @@ def main(argv=None):
                     help="seconds per token (default 0.04)")
     ap.add_argument("--channel-prefix", default="ai:",
                     help="only channels starting with this (default ai:)")
+    ap.add_argument("--jwks", default=str(Path(__file__).resolve().parent
+                                          / "jwks.json"),
+                    help="JWK Set whose oct key signs the chat's tokens")
+    ap.add_argument("--token-ttl", type=int, default=600,
+                    help="seconds a chat token lasts (default 600)")
     args = ap.parse_args(argv)
 
     Handler.model = Model(args.publish, args.delay, args.channel_prefix)
+    Handler.issuer = Issuer(args.jwks, args.token_ttl)
     server = ThreadingHTTPServer((args.host, args.port), Handler)
     server.daemon_threads = True
 

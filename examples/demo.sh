@@ -46,7 +46,9 @@ ngx_http_sse_module demo
 
   open:       http://127.0.0.1:8080/          (chat rooms, streamed AI answers)
 
-  subscribe:  curl -N http://127.0.0.1:8080/chat/events/lobby
+  log in:     curl -c /tmp/sse-demo-jar -H 'Content-Type: application/json' \
+                  -d '{"name":"curl"}' http://127.0.0.1:8080/chat/token
+  subscribe:  curl -N -b /tmp/sse-demo-jar http://127.0.0.1:8080/chat/events/lobby
   chat:       curl -H 'SSE-Event: chat' -d '{"name":"curl","text":"hi","ts":0}' \\
                   http://127.0.0.1:8081/publish/chat:lobby
   any channel: curl -N http://127.0.0.1:8080/events/demo

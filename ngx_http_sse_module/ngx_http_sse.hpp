@@ -42,6 +42,7 @@ struct ngx_http_sse_zone_t {
     sse::zone_root *root;
     ngx_uint_t index;  // in main conf's zones
     ngx_http_sse_redis_conf_t *redis;  // NULL: the shared-memory engine
+    void *presence;    // sse_presence_channel's registry, in the zone
 };
 
 struct ngx_http_sse_main_conf_t {
@@ -80,6 +81,9 @@ struct ngx_http_sse_loc_conf_t {
     ngx_str_t auth_jwt_aud;  // empty: not checked
     ngx_str_t auth_jwt_iss;
     ngx_str_t subscribe_request;  // URI; empty: off
+    // ngx_http_sse_presence.cpp
+    ngx_str_t unsubscribe_request;               // URI; empty: off
+    ngx_http_complex_value_t *presence_channel;  // NULL: off
 };
 
 // The only way to the zone's store: holds its lock for the session's life;
@@ -180,6 +184,10 @@ struct ngx_http_sse_subscriber_t {
     unsigned live : 1;  // past its catch-up: takes live events
     unsigned end : 2;
     unsigned reason : 4;
+    unsigned hooked : 1;     // sse_unsubscribe_request sent
+    ngx_str_t presence;      // sse_presence_channel's value; empty: none
+    const std::string *who;  // the token's sub (freed after the pool
+                             // cleanup that ends the subscriber), or NULL
 };
 
 static_assert(std::is_trivially_destructible_v<ngx_http_sse_subscriber_t>);
@@ -349,3 +357,45 @@ ngx_int_t ngx_http_sse_auth_init(ngx_conf_t *cf);
 // Milliseconds until the request's token expires (exp plus the leeway; at
 // least 1 once past it); 0 when the request carried no token with "exp".
 ngx_msec_t ngx_http_sse_auth_expires_in(ngx_http_request_t *r) noexcept;
+// The token's "sub" of the request, NULL without one.
+const std::string *ngx_http_sse_auth_sub(ngx_http_request_t *r) noexcept;
+
+// Leave hook and presence (ngx_http_sse_presence.cpp).
+// Publishes one event from inside the module (no request): the two-phase
+// publish of the publisher, then the wake-ups. False when not stored.
+bool ngx_http_sse_publish_internal(ngx_http_sse_zone_t *z,
+                                   std::string_view channel,
+                                   std::string_view event,
+                                   std::string_view data,
+                                   ngx_uint_t buffer_length, ngx_msec_t ttl);
+void ngx_http_sse_presence_init_zone(ngx_http_sse_zone_t *z,
+                                     ngx_http_sse_zone_t *old);
+// Evaluates sse_presence_channel into sub->presence. False when it has
+// answered instead (400 for a bad value): the handler returns *answer.
+bool ngx_http_sse_presence_prepare(ngx_http_request_t *r,
+                                   ngx_http_sse_subscriber_t *sub,
+                                   ngx_int_t *answer);
+// Publishes "join" for each channel just joined.
+void ngx_http_sse_presence_joined(ngx_http_sse_subscriber_t *sub);
+// Leaves the zone's channels, publishing "leave" where presence is on.
+void ngx_http_sse_presence_leave(ngx_http_sse_subscriber_t *sub,
+                                 ngx_http_sse_zone_worker_t *zw);
+// Clears a process slot, and publishes "leave" (sub null) for the channels
+// that lost subscribers and had a presence channel. With `cleared`, only
+// if the slot's process is gone (checked under the lock): the reaper.
+void ngx_http_sse_presence_clear_slot(ngx_http_sse_zone_t *z, uint32_t slot,
+                                      bool *cleared);
+// The worker can publish (true, at the end of its init: what was reaped
+// meanwhile is published now) or no longer can (false, at exit).
+void ngx_http_sse_presence_worker_ready(bool ready);
+// Sends sse_unsubscribe_request (a background subrequest) once; true if
+// sent: the request then must end with ngx_http_sse_close_after_hook() or
+// a normal NGX_OK finalization, never a termination, which would cut it.
+bool ngx_http_sse_unsubscribe_hook(ngx_http_sse_subscriber_t *sub);
+void ngx_http_sse_close_after_hook(ngx_http_request_t *r);
+// $sse_leave_reason: why the subscriber left, inside the leave hook.
+const char *ngx_http_sse_leave_reason(ngx_http_request_t *r);
+char *ngx_http_sse_unsubscribe_request(ngx_conf_t *cf, ngx_command_t *cmd,
+                                       void *conf);
+char *ngx_http_sse_presence_channel(ngx_conf_t *cf, ngx_command_t *cmd,
+                                    void *conf);

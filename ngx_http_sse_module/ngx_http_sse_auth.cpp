@@ -42,6 +42,8 @@ void ngx_http_sse_auth_create_conf(ngx_http_sse_loc_conf_t *lcf) {
     // pcalloc: realm, token, keys, aud and iss empty.
     lcf->auth_jwt = NGX_CONF_UNSET;
     lcf->auth_jwt_leeway = NGX_CONF_UNSET;
+    lcf->presence_channel =
+        static_cast<ngx_http_complex_value_t *>(NGX_CONF_UNSET_PTR);
 }
 
 char *ngx_http_sse_auth_merge_conf(ngx_conf_t *cf,
@@ -60,6 +62,10 @@ char *ngx_http_sse_auth_merge_conf(ngx_conf_t *cf,
     ngx_conf_merge_str_value(conf->auth_jwt_iss, prev->auth_jwt_iss, "");
     ngx_conf_merge_str_value(conf->subscribe_request, prev->subscribe_request,
                              "");
+    ngx_conf_merge_str_value(conf->unsubscribe_request,
+                             prev->unsubscribe_request, "");
+    ngx_conf_merge_ptr_value(conf->presence_channel, prev->presence_channel,
+                             NULL);
     if (conf->auth_jwt == 1 && conf->auth_jwt_keys == NULL &&
         (conf->role == NGX_HTTP_SSE_SUBSCRIBE ||
          conf->role == NGX_HTTP_SSE_PUBLISH)) {
@@ -440,7 +446,11 @@ static ngx_int_t ngx_http_sse_auth_check(ngx_http_request_t *r,
     bool hook = lcf->subscribe_request.len > 0 &&
                 lcf->role == NGX_HTTP_SSE_SUBSCRIBE &&
                 r->method == NGX_HTTP_GET;
-    if (!jwt && !hook) {
+    // The leave hook reads $sse_channels and $sse_jwt_sub too.
+    bool leave = lcf->unsubscribe_request.len > 0 &&
+                 lcf->role == NGX_HTTP_SSE_SUBSCRIBE &&
+                 r->method == NGX_HTTP_GET;
+    if (!jwt && !hook && !leave) {
         return NGX_DECLINED;
     }
     ngx_http_sse_auth_ctx_t *ctx = ngx_http_sse_auth_ctx_for(r, lcf);
@@ -507,6 +517,11 @@ ngx_msec_t ngx_http_sse_auth_expires_in(ngx_http_request_t *r) noexcept {
                                        : (ngx_msec_t)left;
 }
 
+const std::string *ngx_http_sse_auth_sub(ngx_http_request_t *r) noexcept {
+    ngx_http_sse_auth_ctx_t *ctx = ngx_http_sse_auth_ctx(r->main);
+    return ctx && !ctx->claims.sub.empty() ? &ctx->claims.sub : NULL;
+}
+
 // ---------------------------------------------------------------- variables
 
 static ngx_int_t ngx_http_sse_auth_value(ngx_http_variable_value_t *v,
@@ -536,6 +551,21 @@ static ngx_int_t ngx_http_sse_auth_channels_variable(
     ngx_http_sse_auth_ctx_t *ctx = ngx_http_sse_auth_ctx(r->main);
     return ngx_http_sse_auth_value(
         v, ctx && !ctx->channels.empty() ? &ctx->channels : NULL);
+}
+
+static ngx_int_t ngx_http_sse_leave_reason_variable(
+    ngx_http_request_t *r, ngx_http_variable_value_t *v, uintptr_t) noexcept {
+    const char *why = ngx_http_sse_leave_reason(r);
+    if (why == NULL) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+    v->data = (u_char *)why;
+    v->len = ngx_strlen(why);
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+    return NGX_OK;
 }
 
 static ngx_int_t ngx_http_sse_auth_claim_variable(ngx_http_request_t *r,
@@ -573,6 +603,12 @@ ngx_int_t ngx_http_sse_auth_init(ngx_conf_t *cf) {
         return NGX_ERROR;
     }
     var->get_handler = ngx_http_sse_auth_channels_variable;
+    static ngx_str_t leave = ngx_string("sse_leave_reason");
+    var = ngx_http_add_variable(cf, &leave, NGX_HTTP_VAR_NOCACHEABLE);
+    if (var == NULL) {
+        return NGX_ERROR;
+    }
+    var->get_handler = ngx_http_sse_leave_reason_variable;
 
     auto *cmcf = static_cast<ngx_http_core_main_conf_t *>(
         ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module));

@@ -189,6 +189,16 @@ static ngx_command_t ngx_http_sse_commands[] = {
          NGX_CONF_TAKE1,
      ngx_http_sse_auth_subscribe_request, NGX_HTTP_LOC_CONF_OFFSET, 0, NULL},
 
+    {ngx_string("sse_unsubscribe_request"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF |
+         NGX_CONF_TAKE1,
+     ngx_http_sse_unsubscribe_request, NGX_HTTP_LOC_CONF_OFFSET, 0, NULL},
+
+    {ngx_string("sse_presence_channel"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF |
+         NGX_CONF_TAKE1,
+     ngx_http_sse_presence_channel, NGX_HTTP_LOC_CONF_OFFSET, 0, NULL},
+
     ngx_null_command};
 
 static ngx_http_module_t ngx_http_sse_module_ctx = {

@@ -228,9 +228,12 @@ static void ngx_http_sse_end_handler(ngx_event_t *ev) {
     ngx_connection_t *c = r->connection;
 
     ngx_int_t rc = NGX_ERROR;
+    bool hooked = false;
     try {
+        bool joined = sub->joined;
         ngx_http_sse_detach(sub);
         ngx_http_sse_stop_timers(sub);
+        hooked = joined && ngx_http_sse_unsubscribe_hook(sub);
         if (sub->end != NGX_HTTP_SSE_END_CLOSE) {
             rc = ngx_http_sse_enqueue_bytes(
                 sub, ngx_http_sse_end_bytes(sub->lcf, sub->reason));
@@ -246,7 +249,11 @@ static void ngx_http_sse_end_handler(ngx_event_t *ev) {
         ngx_log_error(NGX_LOG_ERR, c->log, 0, "sse: %s", e.what());
         rc = NGX_ERROR;
     }
-    ngx_http_finalize_request(r, rc == NGX_ERROR ? NGX_ERROR : NGX_OK);
+    if (hooked && rc == NGX_ERROR) {
+        ngx_http_sse_close_after_hook(r);
+    } else {
+        ngx_http_finalize_request(r, rc == NGX_ERROR ? NGX_ERROR : NGX_OK);
+    }
     ngx_http_run_posted_requests(c);
 }
 
@@ -259,6 +266,12 @@ static void ngx_http_sse_write_handler(ngx_http_request_t *r) {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, NGX_ETIMEDOUT,
                       "sse: client timed out");
         r->connection->timedout = 1;
+        if (sub->lcf->unsubscribe_request.len > 0) {
+            // The end handler sends the leave hook and closes.
+            r->connection->error = 1;
+            ngx_http_sse_end(sub, NGX_HTTP_SSE_END_CLOSE, NGX_HTTP_SSE_R_NONE);
+            return;
+        }
         try {
             ngx_http_sse_detach(sub);
         } catch (const std::exception &e) {
@@ -279,6 +292,69 @@ static void ngx_http_sse_write_handler(ngx_http_request_t *r) {
         ngx_http_output_filter(r, NULL);
         ngx_http_sse_reclaim(sub);
     }
+}
+
+// ngx_http_test_reading(), but a closed client ends the stream through the
+// end handler, which sends sse_unsubscribe_request before closing (the
+// original finalizes at once, which would cut the subrequest).
+static void ngx_http_sse_read_handler(ngx_http_request_t *r) {
+    ngx_connection_t *c = r->connection;
+    ngx_event_t *rev = c->read;
+    auto *sub = static_cast<ngx_http_sse_subscriber_t *>(
+        ngx_http_get_module_ctx(r, ngx_http_sse_module));
+    bool native = sub == NULL || sub->end != NGX_HTTP_SSE_END_NONE;
+#if (NGX_HTTP_V2)
+    native = native || r->stream != NULL;
+#endif
+#if (NGX_HTTP_V3)
+    native = native || c->quic != NULL;
+#endif
+#if (NGX_HAVE_KQUEUE)
+    native = native || (ngx_event_flags & NGX_USE_KQUEUE_EVENT);
+#endif
+    if (native) {
+        ngx_http_test_reading(r);
+        return;
+    }
+    ngx_err_t err = 0;
+    bool closed = false;
+#if (NGX_HAVE_EPOLLRDHUP)
+    if ((ngx_event_flags & NGX_USE_EPOLL_EVENT) && ngx_use_epoll_rdhup) {
+        if (!rev->pending_eof) {
+            return;
+        }
+        closed = true;
+        socklen_t len = sizeof(ngx_err_t);
+        if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, (void *)&err, &len) == -1) {
+            err = ngx_socket_errno;
+        }
+    } else
+#endif
+    {
+        char buf[1];
+        ssize_t n = recv(c->fd, buf, 1, MSG_PEEK);
+        if (n == 0) {
+            closed = true;
+        } else if (n == -1) {
+            err = ngx_socket_errno;
+            closed = err != NGX_EAGAIN;
+        }
+    }
+    if (!closed) {
+        if ((ngx_event_flags & NGX_USE_LEVEL_EVENT) && rev->active &&
+            ngx_del_event(rev, NGX_READ_EVENT, 0) != NGX_OK) {
+            ngx_http_sse_end(sub, NGX_HTTP_SSE_END_CLOSE, NGX_HTTP_SSE_R_NONE);
+        }
+        return;
+    }
+    rev->eof = 1;
+    c->error = 1;
+    if (err) {
+        rev->error = 1;
+    }
+    ngx_log_error(NGX_LOG_INFO, c->log, err,
+                  "client prematurely closed connection");
+    ngx_http_sse_end(sub, NGX_HTTP_SSE_END_CLOSE, NGX_HTTP_SSE_R_NONE);
 }
 
 static void ngx_http_sse_heartbeat_handler(ngx_event_t *ev) {
@@ -318,8 +394,7 @@ static void ngx_http_sse_expiry_handler(ngx_event_t *ev) {
         return;
     }
     // The client fetches a fresh token and resumes with nothing lost.
-    ngx_http_sse_end(sub, NGX_HTTP_SSE_END_RETRY,
-                     NGX_HTTP_SSE_R_TOKEN_EXPIRED);
+    ngx_http_sse_end(sub, NGX_HTTP_SSE_END_RETRY, NGX_HTTP_SSE_R_TOKEN_EXPIRED);
 }
 
 static void ngx_http_sse_cleanup(void *data) {
@@ -328,8 +403,7 @@ static void ngx_http_sse_cleanup(void *data) {
         try {
             ngx_http_sse_detach(sub);
         } catch (const std::exception &e) {
-            ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "sse: %s",
-                          e.what());
+            ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "sse: %s", e.what());
         }
     }
     ngx_http_sse_stop_timers(sub);
@@ -566,6 +640,9 @@ static ngx_int_t ngx_http_sse_subscribe(ngx_http_request_t *r) {
     cln->handler = ngx_http_sse_cleanup;
     cln->data = sub;
     ngx_http_set_ctx(r, sub, ngx_http_sse_module);
+    if (!ngx_http_sse_presence_prepare(r, sub, &rc)) {
+        return rc;
+    }
 
     // Reserved now so that nothing allocates while the zone is locked.
     std::vector<sse::channel *> joined;
@@ -584,11 +661,11 @@ static ngx_int_t ngx_http_sse_subscribe(ngx_http_request_t *r) {
             sub->nlinks = joined.size();
             ngx_memcpy(sub->chans, joined.data(),
                        joined.size() * sizeof(sse::channel *));
-            res = s->catch_up(
-                zw->slot, sub->chans, sub->nlinks,
-                {reinterpret_cast<char *>(resume.data), resume.len},
-                lcf->initial_events, ngx_current_msec, lcf->max_pending,
-                zw->owed);
+            res =
+                s->catch_up(zw->slot, sub->chans, sub->nlinks,
+                            {reinterpret_cast<char *>(resume.data), resume.len},
+                            lcf->initial_events, ngx_current_msec,
+                            lcf->max_pending, zw->owed);
         }
     }
     if (js == sse::join_status::zone_full) {
@@ -597,6 +674,7 @@ static ngx_int_t ngx_http_sse_subscribe(ngx_http_request_t *r) {
     if (js == sse::join_status::max_subscribers) {
         return ngx_http_sse_refuse(r, lcf, NGX_HTTP_SSE_R_MAX_SUBSCRIBERS);
     }
+    ngx_http_sse_presence_joined(sub);
 
     // The gap event first: its id lets a client that reconnects now
     // resume exactly after the gap rather than meet it again.
@@ -640,7 +718,9 @@ static ngx_int_t ngx_http_sse_subscribe(ngx_http_request_t *r) {
         return rc;
     }
 
-    r->read_event_handler = ngx_http_test_reading;
+    r->read_event_handler = lcf->unsubscribe_request.len > 0
+                                ? ngx_http_sse_read_handler
+                                : ngx_http_test_reading;
     r->write_event_handler = ngx_http_sse_write_handler;
     sub->last_write = ngx_current_msec;
     if (lcf->heartbeat != NGX_HTTP_SSE_OFF) {

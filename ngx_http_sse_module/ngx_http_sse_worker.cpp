@@ -252,8 +252,7 @@ void ngx_http_sse_detach(ngx_http_sse_subscriber_t *sub) {
     }
     if (sub->joined) {
         sub->joined = 0;
-        auto s = ngx_http_sse_session(zw->zone);
-        s->leave(zw->slot, sub->chans, sub->nlinks, ngx_current_msec);
+        ngx_http_sse_presence_leave(sub, zw);
     }
     ngx_log_debug0(NGX_LOG_DEBUG_HTTP, sub->r->connection->log, 0,
                    "sse: detached");
@@ -484,16 +483,10 @@ static void ngx_http_sse_reap_slots(ngx_http_sse_zone_t *z) {
     if (ndead == 0) {
         return;
     }
-    auto st = ngx_http_sse_session(z);
     for (uint32_t i = 0; i < ndead; i++) {
-        ngx_pid_t pid = st->root()->slots[dead[i]].pid;
-        if (pid != 0 && pid != ngx_pid && kill(pid, 0) == -1 &&
-            ngx_errno == NGX_ESRCH) {
-            ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
-                          "sse: clearing the slot of process %P, gone",
-                          pid);
-            st->clear_slot(dead[i], ngx_current_msec);
-        }
+        // Re-checked under the lock; publishes the presence "leave"s.
+        bool cleared;
+        ngx_http_sse_presence_clear_slot(z, dead[i], &cleared);
     }
 }
 
@@ -637,6 +630,11 @@ ngx_int_t ngx_http_sse_worker_init(ngx_cycle_t *cycle) {
     w->poll.log = cycle->log;
     w->poll.cancelable = 1;  // never holds up a graceful shutdown
     ngx_add_timer(&w->poll, NGX_HTTP_SSE_POLL_MS);
+    try {
+        ngx_http_sse_presence_worker_ready(true);
+    } catch (const std::exception &e) {
+        ngx_log_error(NGX_LOG_ERR, cycle->log, 0, "sse: %s", e.what());
+    }
     return NGX_OK;
 }
 
@@ -645,6 +643,7 @@ void ngx_http_sse_worker_exit(ngx_cycle_t *cycle) {
     if (w == NULL) {
         return;
     }
+    ngx_http_sse_presence_worker_ready(false);
     for (auto *zw : w->zones) {
         ngx_http_sse_redis_worker_exit(zw);
         if (zw->slot != sse::no_slot) {

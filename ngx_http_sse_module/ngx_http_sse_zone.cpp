@@ -174,6 +174,7 @@ static ngx_int_t ngx_http_sse_init_zone(ngx_shm_zone_t *shm_zone, void *data) {
         z->shpool = old->shpool;
         z->root = old->root;
         ngx_http_sse_zone_engine(z);
+        ngx_http_sse_presence_init_zone(z, old);
         return NGX_OK;
     }
 
@@ -210,5 +211,6 @@ static ngx_int_t ngx_http_sse_init_zone(ngx_shm_zone_t *shm_zone, void *data) {
     }
     z->shpool->data = z->root;
     ngx_http_sse_zone_engine(z);
+    ngx_http_sse_presence_init_zone(z, NULL);
     return NGX_OK;
 }

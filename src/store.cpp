@@ -650,6 +650,25 @@ void collect(const channel *c, uint64_t after, uint32_t limit,
 
 }  // namespace
 
+void store::limit_catch_up(uint32_t si, size_t max_bytes,
+                           std::vector<const message *> &out,
+                           catch_up_result &r) {
+    // The oldest part that fits (always one event); the rest comes later.
+    size_t bytes = 0;
+    for (size_t i = 0; i < out.size(); i++) {
+        bytes += out[i]->size + reader_overhead;
+        if (bytes > max_bytes && i > 0) {
+            out.resize(i);
+            r.more = true;
+            r.last_seq = out.back()->seq;
+            break;
+        }
+    }
+    if (!out.empty()) {
+        root_->slots[si].hold = out.front()->seq;
+    }
+}
+
 catch_up_result store::catch_up(uint32_t si, channel *const *chans, size_t n,
                                 std::string_view resume, uint32_t initial,
                                 int64_t now, size_t max_bytes,
@@ -702,19 +721,7 @@ catch_up_result store::catch_up(uint32_t si, channel *const *chans, size_t n,
     if (out.size() > limit) {
         out.erase(out.begin(), out.end() - limit);
     }
-    size_t bytes = 0;
-    for (size_t i = 0; i < out.size(); i++) {
-        bytes += out[i]->size + reader_overhead;
-        if (bytes > max_bytes && i > 0) {
-            out.resize(i);
-            r.more = true;
-            r.last_seq = out.back()->seq;
-            break;
-        }
-    }
-    if (!out.empty()) {
-        root_->slots[si].hold = out.front()->seq;
-    }
+    limit_catch_up(si, max_bytes, out, r);
     return r;
 }
 
@@ -735,19 +742,7 @@ catch_up_result store::catch_up_after(uint32_t si, channel *const *chans,
     }
     std::sort(out.begin(), out.end(),
               [](const message *a, const message *b) { return a->seq < b->seq; });
-    size_t bytes = 0;
-    for (size_t i = 0; i < out.size(); i++) {
-        bytes += out[i]->size + reader_overhead;
-        if (bytes > max_bytes && i > 0) {
-            out.resize(i);
-            r.more = true;
-            r.last_seq = out.back()->seq;
-            break;
-        }
-    }
-    if (!out.empty()) {
-        root_->slots[si].hold = out.front()->seq;
-    }
+    limit_catch_up(si, max_bytes, out, r);
     return r;
 }
 

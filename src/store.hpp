@@ -386,6 +386,9 @@ private:
 
     void *alloc_evicting(size_t size, const channel *keep, int64_t now);
     bool evict_one(const channel *keep, bool needed_too);
+    void limit_catch_up(uint32_t slot, size_t max_bytes,
+                        std::vector<const message *> &out,
+                        catch_up_result &r);
     bool needed(const message *m, uint64_t min_hold) const;
     uint64_t min_hold() const;
     void retire_oldest(channel *c);

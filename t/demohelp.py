@@ -44,6 +44,10 @@ def render_demo_conf(text, d, public, internal, model):
     load = "load_module build/ngx_http_sse_module.so;"
     assert load in out, f"{load} is no longer in examples/nginx.conf"
     out = out.replace(load, f"load_module {MODULE};")
+    # Relative to the configuration's directory, which is not examples/.
+    keys = "sse_auth_jwt_key_file jwks.json;"
+    if keys in out:
+        out = out.replace(keys, f"sse_auth_jwt_key_file {EXAMPLES}/jwks.json;")
     return out
 
 

@@ -114,6 +114,18 @@ def test_chat_two_pages_talk_and_a_late_joiner_sees_the_history(demo):
 
 
 @needs_browser
+def test_token_expiry_mid_stream_loses_nothing(demo):
+    """Chromium's own EventSource through clients/js connect(): tokens of
+    3 s, events published every 40 ms across two expiries; the page logs
+    in again at each `token_expired` and shows every event once, in order
+    (ids compared in the page)."""
+    r = run_browser(demo, "expiry", internalPort=demo.internal)
+    assert r["published"] > 50 and r["logins"] >= 3, r
+    assert r["sseErrors"].count("token_expired") >= 2, r
+    assert r["online"]["names"] == ["dana"], r
+
+
+@needs_browser
 def test_chat_survives_sigkill_of_its_workers(demo):
     before = demo.workers()
     r = run_browser(demo, "kill")
@@ -205,16 +217,55 @@ def test_every_page_and_what_it_links_is_served(demo):
 
 def test_the_public_side_does_not_publish(demo):
     assert demo.request("POST", "/events/x", body="hi")[0] == 405
-    assert demo.request("POST", "/chat/events/lobby", body="hi")[0] == 405
+    # A room's stream needs a token (401), and with one it only subscribes.
+    assert demo.request("POST", "/chat/events/lobby", body="hi")[0] == 401
+    assert demo.request("POST", "/chat/events/lobby", body="hi",
+                        headers=login(demo, "x"))[0] == 405
     assert demo.request("POST", "/publish/x", body="hi")[0] == 404
     assert demo.request("GET", "/chat/send/lobby")[0] == 403
     assert demo.request("GET", "/ai/ask")[0] == 403
     assert demo.request("POST", "/status")[0] == 403
 
 
+def login(demo, name, **extra):
+    """The chat's login: the sse_token cookie header for `name`."""
+    status, h, body = demo.request("POST", "/chat/token",
+                                   {"name": name, **extra},
+                                   {"Content-Type": "application/json"})
+    assert status == 200, body
+    assert "HttpOnly" in h["set-cookie"], h
+    return {"Cookie": h["set-cookie"].split(";")[0]}
+
+
+async def test_chat_needs_a_token_and_publishes_presence(demo):
+    c = await SSEClient.open(demo.public, "/chat/events/locked")
+    assert c.status == 401 and c.body == b"token missing\n"
+    assert demo.request("POST", "/chat/token", {"name": ""},
+                        {"Content-Type": "application/json"})[0] == 400
+    assert demo.request("GET", "/chat/token")[0] == 403
+    w = await SSEClient.open(demo.public, "/chat/events/p",
+                             headers=login(demo, "watcher"))
+    assert w.status == 200
+    ev = await w.next_event()   # its own join, on the multiplexed stream
+    assert (ev.event, json.loads(ev.data)) == (
+        "join", {"sub": "watcher", "channel": "chat:p", "count": 1})
+    c = await SSEClient.open(demo.public, "/chat/events/p",
+                             headers=login(demo, "zoe"))
+    ev = await w.next_event()
+    assert (ev.event, json.loads(ev.data)) == (
+        "join", {"sub": "zoe", "channel": "chat:p", "count": 2})
+    c.close()
+    ev = await w.next_event()
+    assert (ev.event, json.loads(ev.data)) == (
+        "leave", {"sub": "zoe", "channel": "chat:p", "count": 1})
+    w.close()
+
+
 async def test_chat_send_publishes_exactly_one_chat_event(demo):
-    c = await SSEClient.open(demo.public, "/chat/events/forge")
+    c = await SSEClient.open(demo.public, "/chat/events/forge",
+                             headers=login(demo, "forger"))
     assert c.status == 200
+    await c.next_event()  # its own join
     body = 'event: message\ndata: {"name":"x"}\n\nid: 9\ndata: two\n\n'
     # A browser cannot name the event, nor publish a stream of events.
     status, _, resp = await asyncio.to_thread(

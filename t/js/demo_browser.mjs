@@ -249,10 +249,71 @@ async function scenarioChat() {
   await allShow(pages, ids, "all three pages to show carol's message");
   const mine = await a.$$eval("#messages li.msg.mine", (els) => els.length);
   check(mine === 3, "alice's own messages are marked as hers", mine);
-  // The live panel's figures come from sse_status: three subscribers now.
-  await a.waitForFunction(() => document.querySelector('[data-field="subscribers"]').textContent === "3", null, { timeout: T });
+  // Who is online, from the presence channel (join events with the sub).
+  await a.waitForFunction(
+    () => JSON.stringify(window.chatDemo.online) === JSON.stringify({ names: ["alice", "bob", "carol"], count: 3 }),
+    null,
+    { timeout: T },
+  );
+  const onlineText = await a.$eval("#online", (e) => e.innerText);
+  check(/alice \(you\)/.test(onlineText) && /carol/.test(onlineText), "the Online list shows the names", onlineText);
+  // The live panel's figures come from sse_status: three pages, each
+  // subscribed to two channels (the room and its presence channel).
+  await a.waitForFunction(() => document.querySelector('[data-field="subscribers"]').textContent === "6", null, { timeout: T });
   const screenshot = await shot(a, "chat.png");
+  // carol leaves: the others see it.
+  await c.context().close();
+  pages.pop();
+  await a.waitForFunction(
+    () => JSON.stringify(window.chatDemo.online) === JSON.stringify({ names: ["alice", "bob"], count: 2 }),
+    null,
+    { timeout: T },
+  );
   return { room, messages: ids.length, screenshot };
+}
+
+// A page whose tokens last 3 s, while events are published without a
+// pause: Chromium's own EventSource is ended with sse-error token_expired,
+// connect() logs in again before reconnecting, and the page shows every
+// event once, in order.
+async function scenarioExpiry() {
+  const room = `x${Date.now().toString(36)}${Math.floor(Math.random() * 1e4)}`;
+  const page = await newPage("dana");
+  await page.goto(`${cfg.base}/chat.html?room=${room}&name=dana&ttl=3`);
+  await page.waitForFunction(() => window.chatDemo && window.chatDemo.conn.state === "open", null, { timeout: T });
+  const ids = [];
+  let on = true;
+  const pub = (async () => {
+    for (let i = 0; on; i++) {
+      const r = await fetch(`http://127.0.0.1:${cfg.internalPort}/publish/chat:${room}`, {
+        method: "POST",
+        headers: { "SSE-Event": "chat" },
+        body: JSON.stringify({ name: "bot", text: `tick ${i}`, ts: Date.now() }),
+      });
+      check(r.status === 202, "publish", r.status);
+      ids.push((await r.json()).id);
+      await sleep(40);
+    }
+  })();
+  // Two expiries: three logins.
+  await page.waitForFunction(() => window.chatDemo.logins.length >= 3 && window.chatDemo.conn.state === "open", null, {
+    timeout: 3 * T,
+  });
+  await sleep(500);
+  on = false;
+  await pub;
+  await allShow([page], ids, "every event published across the expiries");
+  const st = await page.evaluate(() => ({
+    sseErrors: window.chatDemo.sseErrors,
+    logins: window.chatDemo.logins.length,
+    reconnects: window.chatDemo.conn.reconnects,
+    panel: document.querySelector('[data-field="sse-error"]').dataset.reason,
+    online: window.chatDemo.online,
+  }));
+  check(st.sseErrors.filter((r) => r === "token_expired").length >= 2, "the page saw token_expired", st);
+  check(st.panel === "token_expired", "the live panel shows the reason", st);
+  check(st.reconnects >= 2, "it reconnected after each expiry", st);
+  return { published: ids.length, ...st };
 }
 
 // Sends a few messages from the pages while some of them are cut off.
@@ -318,7 +379,8 @@ async function scenarioKill() {
           if (s.state !== "open") return false;
           if (s.reconnects > before[i]) cut++;
         }
-        return cut >= n;
+        // Each page's stream counts two subscriptions (room, presence).
+        return cut >= n / 2;
       },
       "the cut pages to be connected again",
     );
@@ -481,6 +543,7 @@ const SCENARIOS = {
   ai: scenarioAi,
   ai_reload: scenarioAiReload,
   pages: scenarioPages,
+  expiry: scenarioExpiry,
 };
 
 let result;

@@ -8,7 +8,15 @@
 // saw as `?last_event_id=` (EventSource cannot set headers; the module reads
 // that argument when the header is absent), so the stream resumes where it
 // stopped. It reports its state, counts reconnects and hands the module's
-// `sse-gap` event to a handler.
+// `sse-gap` and `sse-error` events to handlers.
+//
+// With a token provider (options.token), every connection starts with a
+// token from it: in the URL (`?token=`, options.tokenParam) or in a cookie
+// (options.tokenCookie, or one the provider itself gets set). When the
+// server ends a stream because the token expired (`sse-error`
+// `token_expired`), connect() drops that EventSource before it reconnects
+// with the stale token, asks the provider for a fresh one and resumes from
+// the last id: nothing is lost.
 
 export const STATES = Object.freeze(["connecting", "open", "reconnecting", "closed"]);
 
@@ -20,6 +28,9 @@ const DEFAULTS = {
   maxRetries: Infinity, // consecutive failed attempts before giving up
   lastEventIdParam: "last_event_id",
   withCredentials: false,
+  token: null, // () => string | Promise<string>
+  tokenParam: "token", // query argument for the token; null: not in the URL
+  tokenCookie: null, // cookie name: the token goes there (document.cookie) instead
 };
 
 /**
@@ -36,6 +47,13 @@ export function backoffDelay(attempt, options = {}, random = Math.random) {
 /** `url` with `param=id` set (replacing any value it had); the rest of the
  * query string is kept as it was written. */
 export function withLastEventId(url, id, param = DEFAULTS.lastEventIdParam) {
+  return withParam(url, param, id);
+}
+
+/** `url` with `param=value` set (replacing any value it had; none when
+ * value is empty); the rest of the query string is kept as written. */
+export function withParam(url, param, value) {
+  const id = value;
   const base = typeof location !== "undefined" ? location.href : undefined;
   const u = new URL(url, base);
   const name = (p) => {
@@ -68,6 +86,13 @@ export function withLastEventId(url, id, param = DEFAULTS.lastEventIdParam) {
  *        connecting | open | reconnecting | closed
  * @param {(gap: {requested: string, reason: string}, event: MessageEvent) => void} [options.onGap]
  * @param {(error: Event|Error, conn: object) => void} [options.onError]
+ * @param {(info: {reason: string}, event: MessageEvent) => void} [options.onSseError]
+ *        the module's `sse-error` event (why the server ended or refused
+ *        the stream: token_expired, max_subscribers, shutdown, …)
+ * @param {() => string|Promise<string>} [options.token] token provider,
+ *        called before every connection
+ * @param {string|null} [options.tokenParam="token"] query argument for it
+ * @param {string|null} [options.tokenCookie] cookie for it instead (same-origin)
  * @param {string} [options.lastEventId] resume point for the first connection
  * @param {number} [options.initialDelay=1000]
  * @param {number} [options.maxDelay=30000]
@@ -97,6 +122,8 @@ export function connect(url, handlers = {}, options = {}) {
     state: "connecting",
     reconnects: 0,
     lastEventId: o.lastEventId || null,
+    /** The last `sse-error` event's data ({reason}), or null. */
+    lastSseError: null,
     /** The EventSource in use (null while waiting to retry). */
     get source() {
       return es;
@@ -149,6 +176,7 @@ export function connect(url, handlers = {}, options = {}) {
     };
     const names = new Set(Object.keys(handlers));
     names.add("sse-gap");
+    names.add("sse-error");
     for (const name of names) {
       source.addEventListener(name, (ev) => {
         // Only events from the stream: "error" and "open" are also the
@@ -163,6 +191,25 @@ export function connect(url, handlers = {}, options = {}) {
             info = { requested: null, reason: "unknown", raw: ev.data };
           }
           call(o.onGap, info, ev);
+        }
+        if (name === "sse-error") {
+          let info;
+          try {
+            info = JSON.parse(ev.data);
+          } catch {
+            info = { reason: "unknown", raw: ev.data };
+          }
+          conn.lastSseError = info;
+          if (o.onSseError) call(o.onSseError, info, ev);
+          if (info && info.reason === "token_expired" && o.token) {
+            // EventSource would reconnect with the stale token: take over.
+            const h = handlers[name];
+            if (typeof h === "function") call(h, ev.data, ev);
+            drop();
+            setState("reconnecting");
+            open();
+            return;
+          }
         }
         const h = handlers[name];
         if (typeof h === "function") call(h, ev.data, ev);
@@ -180,9 +227,46 @@ export function connect(url, handlers = {}, options = {}) {
     }
   }
 
+  let opening = 0; // the newest open(): older token answers are dropped
+
   function open() {
     timer = null;
-    const u = withLastEventId(url, conn.lastEventId, o.lastEventIdParam);
+    if (!o.token) {
+      start(null);
+      return;
+    }
+    const mine = ++opening;
+    let t;
+    try {
+      t = o.token();
+    } catch (err) {
+      report(err);
+      retryLater();
+      return;
+    }
+    Promise.resolve(t).then(
+      (token) => {
+        if (mine === opening && !closedByUser && es === null && timer === null) start(token);
+      },
+      (err) => {
+        if (mine !== opening || closedByUser) return;
+        report(err);
+        retryLater();
+      },
+    );
+  }
+
+  function start(token) {
+    let u = withLastEventId(url, conn.lastEventId, o.lastEventIdParam);
+    if (token != null && token !== "") {
+      if (o.tokenCookie) {
+        if (typeof document !== "undefined") {
+          document.cookie = `${o.tokenCookie}=${encodeURIComponent(token)}; path=/; SameSite=Strict`;
+        }
+      } else if (o.tokenParam) {
+        u = withParam(u, o.tokenParam, token);
+      }
+    }
     try {
       es = new ES(u, { withCredentials: !!o.withCredentials });
     } catch (err) {
@@ -235,6 +319,7 @@ export function connect(url, handlers = {}, options = {}) {
   function close() {
     if (closedByUser && conn.state === "closed") return;
     closedByUser = true;
+    opening++;
     drop();
     removeOnline();
     setState("closed");

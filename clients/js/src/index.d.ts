@@ -11,6 +11,13 @@ export interface Gap {
   raw?: string;
 }
 
+/** The module's `sse-error` event, parsed: why the server ended or refused
+ * a stream (EventSource then reconnects by itself after `retry:`). */
+export interface SseError {
+  reason: "token_expired" | "max_subscribers" | "stream_timeout" | "shutdown" | "zone_full" | "deleted" | "evicted" | "unavailable" | "catch_up" | string;
+  raw?: string;
+}
+
 export type EventHandler = (data: string, event: MessageEvent) => void;
 
 export interface BackoffOptions {
@@ -28,6 +35,17 @@ export interface ConnectOptions extends BackoffOptions {
   onState?: (state: ConnectionState, conn: Connection) => void;
   onGap?: (gap: Gap, event: MessageEvent) => void;
   onError?: (error: Event | Error, conn: Connection) => void;
+  /** the module's `sse-error` event (reason token_expired, max_subscribers, shutdown, …) */
+  onSseError?: (info: SseError, event: MessageEvent) => void;
+  /**
+   * Token provider, called before every connection (and again after an
+   * `sse-error` token_expired, before reconnecting: nothing is lost).
+   */
+  token?: () => string | Promise<string>;
+  /** query argument that carries the token (default "token"); null: not in the URL */
+  tokenParam?: string | null;
+  /** put the token in this cookie (document.cookie, path=/) instead of the URL */
+  tokenCookie?: string | null;
   /** resume point for the first connection */
   lastEventId?: string;
   /** consecutive failed attempts before giving up (default Infinity) */
@@ -46,6 +64,8 @@ export interface Connection {
   readonly reconnects: number;
   /** the last event id seen, or null */
   readonly lastEventId: string | null;
+  /** the last `sse-error` event's data, or null */
+  readonly lastSseError: SseError | null;
   /** the EventSource in use; null while waiting to retry */
   readonly source: EventSource | null;
   close(): void;

@@ -1,4 +1,4 @@
-import type { ConnectOptions, ConnectionState, Gap } from "./index.js";
+import type { ConnectOptions, ConnectionState, Gap, SseError } from "./index.js";
 
 export interface UseEventStreamOptions extends ConnectOptions {
   /** event types to listen for (default ["message"]) */
@@ -12,6 +12,8 @@ export interface EventStreamSnapshot {
   lastEventId: string | null;
   lastEvent: { type: string; data: string; id: string | null } | null;
   gap: Gap | null;
+  /** the last `sse-error` event (why the server ended the stream), or null */
+  sseError: SseError | null;
   error: unknown;
   close: () => void;
 }

@@ -12,7 +12,7 @@
 import { useEffect, useRef, useState, useCallback } from "react";
 import { connect } from "./connect.js";
 
-const IDLE = { state: "closed", reconnects: 0, lastEventId: null, lastEvent: null, gap: null, error: null };
+const IDLE = { state: "closed", reconnects: 0, lastEventId: null, lastEvent: null, gap: null, sseError: null, error: null };
 
 /**
  * @param {string|null} url
@@ -21,7 +21,8 @@ const IDLE = { state: "closed", reconnects: 0, lastEventId: null, lastEvent: nul
  * @param {(type: string, data: string, event: MessageEvent) => void} [options.onEvent]
  * @returns {{state: string, reconnects: number, lastEventId: string|null,
  *   lastEvent: {type: string, data: string, id: string}|null,
- *   gap: {requested: string, reason: string}|null, error: any, close: () => void}}
+ *   gap: {requested: string, reason: string}|null,
+ *   sseError: {reason: string}|null, error: any, close: () => void}}
  */
 export function useEventStream(url, options = {}) {
   const optionsRef = useRef(options);
@@ -47,10 +48,17 @@ export function useEventStream(url, options = {}) {
         if (cb) cb(name, data, ev);
       };
     }
-    const { events: _e, onEvent: _o, onState, onGap, onError, ...rest } = optionsRef.current;
+    const { events: _e, onEvent: _o, onState, onGap, onError, onSseError, token, ...rest } = optionsRef.current;
     setSnap({ ...IDLE, state: "connecting" });
     const conn = connect(url, handlers, {
       ...rest,
+      // The newest render's provider, called at each (re)connection.
+      token: token ? () => (optionsRef.current.token || token)() : null,
+      onSseError(info, ev) {
+        setSnap((s) => ({ ...s, sseError: info }));
+        const cb = optionsRef.current.onSseError;
+        if (cb) cb(info, ev);
+      },
       onState(state, c) {
         setSnap((s) => ({ ...s, state, reconnects: c.reconnects, lastEventId: c.lastEventId }));
         const cb = optionsRef.current.onState;

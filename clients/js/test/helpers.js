@@ -2,6 +2,7 @@
 // small bounded waits.
 import { inject } from "vitest";
 import { EventSource as NodeEventSource } from "eventsource";
+import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 
@@ -79,3 +80,17 @@ export function setDown(ch, down) {
 }
 
 export const seq = (id) => Number(String(id).split("-")[1]);
+
+/** An HS256 token signed with the key of the test nginx's JWK Set. */
+export function signToken(claims) {
+  const b64 = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
+  const head = b64({ alg: "HS256", typ: "JWT", kid: "test" });
+  const body = b64(claims);
+  const sig = crypto.createHmac("sha256", Buffer.from(env.jwtKey, "base64url")).update(`${head}.${body}`).digest("base64url");
+  return `${head}.${body}.${sig}`;
+}
+
+/** A token for `channels` that expires `seconds` from now. */
+export function tokenFor(channels, seconds, sub = "tester") {
+  return signToken({ sub, exp: Math.floor(Date.now() / 1000) + seconds, sse: { subscribe: channels } });
+}

@@ -101,4 +101,15 @@ describe("useEventStream", () => {
     await waitFor(result, (s) => s.gap !== null, "the gap");
     expect(result.current.gap.reason).toBe("epoch");
   });
+
+  it("exposes the module's sse-error events", async () => {
+    const ch = channel("rerr");
+    const reasons = [];
+    const { result } = renderHook(() =>
+      useEventStream(`${SUB}/flaky/${ch}`, { EventSource, onSseError: (i) => reasons.push(i.reason) }),
+    );
+    await waitFor(result, (s) => s.sseError !== null, "an sse-error");
+    expect(result.current.sseError).toEqual({ reason: "stream_timeout" });
+    expect(reasons[0]).toBe("stream_timeout");
+  });
 });

@@ -134,6 +134,9 @@ const conn = connect(
   `/ai/events/${session}`,
   { token: onChannel("token"), metadata: onChannel("metadata"), done: onChannel("done"), error: onChannel("error") },
   {
+    onSseError(info) {
+      panel.sseError(info);
+    },
     onState(state, c) {
       panel.update(c);
       updateComposer();

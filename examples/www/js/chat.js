@@ -3,6 +3,13 @@
 // which nginx proxies to the internal publisher location. A message shows
 // up when it comes back through the stream, with the id the hub gave it,
 // so every window shows the same list in the same order.
+//
+// The stream needs a signed token: connect()'s token provider logs in
+// (POST /chat/token with the display name), which sets the cookie
+// sse_token. When the token expires the server ends the stream with
+// sse-error token_expired; connect() logs in again and resumes. The same
+// stream carries the room's presence channel (chat:ROOM:presence), where
+// the module publishes join/leave events: the "Online" list.
 
 import { connect } from "../lib/index.js";
 import { createPanel, PANEL_HTML } from "./panel.js";
@@ -32,10 +39,45 @@ let myName =
 
 $("name").value = myName;
 $("name").addEventListener("input", () => {
-  myName = $("name").value.trim().slice(0, 32);
-  store("sse-demo-name", myName);
+  $("name").setCustomValidity("");
   updateComposer();
 });
+// A new name is a new login: a new token, a new stream (resumed).
+$("login").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const name = $("name").value.trim().slice(0, 32);
+  if (!name) {
+    $("name").setCustomValidity("A name, please");
+    $("name").reportValidity();
+    return;
+  }
+  myName = name;
+  store("sse-demo-name", myName);
+  updateComposer();
+  conn.reconnect();
+});
+
+// Token lifetime for the tests (?ttl=SECONDS); the server caps it.
+const ttl = Number(params.get("ttl")) > 0 ? Number(params.get("ttl")) : undefined;
+const logins = [];
+let loggedInAs = null;
+
+async function login() {
+  const r = await fetch("/chat/token", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ name: myName, ttl }),
+  });
+  if (!r.ok) {
+    $("login-status").textContent = `Login failed: HTTP ${r.status}`;
+    throw new Error(`login: HTTP ${r.status}`);
+  }
+  const t = await r.json();
+  loggedInAs = t.sub;
+  logins.push({ sub: t.sub, exp: t.exp, at: Date.now() });
+  $("login-status").textContent = `Logged in as ${t.sub} until ${new Date(t.exp * 1000).toLocaleTimeString()}`;
+  return t.token; // the cookie carries it; connect() only waits for it
+}
 
 const rooms = ROOMS.includes(room) ? ROOMS : [...ROOMS, room];
 $("rooms").replaceChildren(
@@ -145,6 +187,47 @@ function showMessage(data, ev) {
   append(li);
 }
 
+// ------------------------------------------------------------------ presence
+
+const presenceChannel = `chat:${room}`;
+const online = new Map(); // sub -> streams open under that name
+let onlineCount = null;
+const seenPresence = new Set();
+
+function renderOnline() {
+  const names = [...online.keys()].sort();
+  $("online").replaceChildren(
+    ...names.map((n) => {
+      const li = document.createElement("li");
+      const a = document.createElement("span");
+      a.textContent = n === myName ? `${n} (you)` : n;
+      li.append(a);
+      return li;
+    }),
+  );
+  $("online-count").textContent = onlineCount === null ? "" : `· ${onlineCount}`;
+}
+
+function presence(kind, data, ev) {
+  if (seenPresence.has(ev.lastEventId)) return;
+  seenPresence.add(ev.lastEventId);
+  let p;
+  try {
+    p = JSON.parse(data);
+  } catch {
+    return;
+  }
+  if (!p || p.channel !== presenceChannel) return;
+  onlineCount = p.count;
+  // A null sub: a worker died and its subscribers left; only the count is known.
+  if (typeof p.sub === "string") {
+    const n = (online.get(p.sub) || 0) + (kind === "join" ? 1 : -1);
+    if (n > 0) online.set(p.sub, n);
+    else online.delete(p.sub);
+  }
+  renderOnline();
+}
+
 // ------------------------------------------------------------------ stream
 
 const panelRoot = $("panel");
@@ -152,6 +235,7 @@ panelRoot.innerHTML = PANEL_HTML;
 const panel = createPanel(panelRoot);
 
 let wasOpen = false;
+const sseErrors = [];
 const conn = connect(
   `/chat/events/${encodeURIComponent(room)}`,
   {
@@ -159,8 +243,23 @@ const conn = connect(
       showMessage(data, ev);
       panel.countEvent(conn);
     },
+    join(data, ev) {
+      presence("join", data, ev);
+      panel.countEvent(conn);
+    },
+    leave(data, ev) {
+      presence("leave", data, ev);
+      panel.countEvent(conn);
+    },
   },
   {
+    token: login,
+    tokenParam: null, // the cookie set by /chat/token carries it
+    onSseError(info) {
+      panel.sseError(info);
+      sseErrors.push(info.reason);
+      if (info.reason === "token_expired") notice("Token expired — logging in again and resuming");
+    },
     onState(state, c) {
       panel.update(c);
       if (state === "open") {
@@ -250,4 +349,20 @@ updateComposer();
 text.focus();
 
 // For the browser tests (t/js/demo_browser.mjs) and the curious.
-window.chatDemo = { room, conn, stats, send, get name() { return myName; } };
+window.chatDemo = {
+  room,
+  conn,
+  stats,
+  send,
+  logins,
+  sseErrors,
+  get name() {
+    return myName;
+  },
+  get loggedInAs() {
+    return loggedInAs;
+  },
+  get online() {
+    return { names: [...online.keys()].sort(), count: onlineCount };
+  },
+};

@@ -35,6 +35,13 @@ export function createPanel(root, { statusUrl = "/status", every = 2000 } = {}) 
     $("last-id").textContent = conn.lastEventId || "—";
   }
 
+  // The module's sse-error events: why the server ended this stream.
+  function sseError(info) {
+    const reason = (info && info.reason) || "unknown";
+    $("sse-error").textContent = `${reason} at ${new Date().toLocaleTimeString()}`;
+    $("sse-error").dataset.reason = reason;
+  }
+
   function countEvent(conn) {
     events++;
     $("events").textContent = fmtInt(events);
@@ -84,7 +91,7 @@ export function createPanel(root, { statusUrl = "/status", every = 2000 } = {}) 
   });
   poll();
 
-  return { update, countEvent, setState };
+  return { update, countEvent, setState, sseError };
 }
 
 /** The panel's markup, so that every page has the same one. */
@@ -95,6 +102,7 @@ export const PANEL_HTML = `
     <dl class="kv">
       <dt>Reconnects</dt><dd data-field="reconnects">0</dd>
       <dt>Events received</dt><dd data-field="events">0</dd>
+      <dt class="wide">Last server end (sse-error)</dt><dd class="mono wide" data-field="sse-error">—</dd>
       <dt class="wide">Last event id</dt><dd class="mono wide" data-field="last-id">—</dd>
     </dl>
   </section>

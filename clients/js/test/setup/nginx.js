@@ -4,6 +4,7 @@
 // holds an alert, an emerg or a crit.
 
 import { spawn, spawnSync } from "node:child_process";
+import crypto from "node:crypto";
 import fs from "node:fs";
 import net from "node:net";
 import os from "node:os";
@@ -94,6 +95,7 @@ http {
     scgi_temp_path ${dir}/scgi;
 
     sse_zone zone=sse:8m;
+    sse_auth_jwt_key_file ${dir}/jwks.json;
 
     server {
         listen 127.0.0.1:${sub};
@@ -124,6 +126,21 @@ http {
             sse_stream_timeout 1s;
         }
 
+        # Signed tokens (HS256, the key of ${dir}/jwks.json: env.jwtKey),
+        # from ?token= or the cookie sse_token.
+        location ~ ^/auth/(?<ch>[\\w.:@~-]+)$ {
+            sse_subscribe;
+            sse_channel $ch;
+            sse_retry 100;
+            sse_auth_jwt test token=$arg_token;
+        }
+        location ~ ^/authc/(?<ch>[\\w.:@~-]+)$ {
+            sse_subscribe;
+            sse_channel $ch;
+            sse_retry 100;
+            sse_auth_jwt test token=$cookie_sse_token;
+        }
+
         # The demo's pretend model (Accept: text/event-stream: a direct stream).
         location = /ask {
             proxy_pass http://127.0.0.1:${model}/ask;
@@ -150,6 +167,9 @@ export default async function setup({ provide }) {
   if (!fs.existsSync(MODULE)) throw new Error(`${MODULE} is missing: run \`make build\` first`);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ngx-sse-client-"));
   fs.mkdirSync(path.join(dir, "down"));
+  // An HMAC key for the token tests (test/helpers.js signs with it).
+  const jwtKey = crypto.randomBytes(32).toString("base64url");
+  fs.writeFileSync(path.join(dir, "jwks.json"), JSON.stringify({ keys: [{ kty: "oct", kid: "test", k: jwtKey }] }));
   const [sub, pub, model] = [await freePort(), await freePort(), await freePort()];
   fs.writeFileSync(path.join(dir, "nginx.conf"), conf({ dir, sub, pub, model }));
 
@@ -187,7 +207,7 @@ export default async function setup({ provide }) {
   }, "nginx's pid file");
   await until(async () => (await canConnect(sub)) && (await canConnect(pub)) && (await canConnect(model)), "the ports");
 
-  provide("env", { dir, sub, pub, model, master });
+  provide("env", { dir, sub, pub, model, master, jwtKey });
 
   return async function teardown() {
     const procs = [master, ...children(master)];
