@@ -604,3 +604,35 @@ async def test_redis_cluster_primary_failover(start_nginx, start_redis):
     got = await read_events(s, 10, 20)
     assert got == after
     assert node_of(nodes, f"{{sse:{name}}}") is not primary
+
+
+@pytest.mark.timeout_s(60)
+async def test_presence_events_go_through_redis(start_nginx, start_redis):
+    # Presence events are published by the module itself: in a Redis zone
+    # they take Redis's ids like any event and reach every machine.
+    r = start_redis()
+    watch = """
+        location ~ ^/watch/(?<pch>.+)$ {
+            sse_subscribe;
+            sse_channel $pch;
+        }"""
+    ms = []
+    for _ in range(2):
+        ms.append(start_nginx(
+            zone=redis_conf(r.url),
+            sub="            sse_presence_channel $ch:presence;",
+            sub_locations=STATUS + watch, allow_log=REDIS_ERRORS))
+    a, b = ms
+    for m in ms:
+        await wait_in_sync(m)
+    w = await b.stream("/watch/room:presence")
+    sb = await b.stream("room")
+    assert (await w.next_event()).event == "join"
+    sa = await a.stream("room")
+    joined = await w.next_event()
+    assert joined.event == "join" and '"channel":"room"' in joined.data
+    sent = [(await a.publish_ok("room", f"m{i}"), f"m{i}") for i in range(10)]
+    assert await read_events(sb, 10, 10) == sent
+    assert await read_events(sa, 10, 10) == sent
+    ids = [seq_of(i) for i, _ in sent] + [seq_of(joined.id)]
+    assert len(set(ids)) == len(ids)
