@@ -197,6 +197,12 @@ struct ngx_http_sse_redis_worker_t {
     std::string sha;        // of the publish script
 };
 
+static uint64_t ngx_http_sse_redis_now_us() {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
 static std::string ngx_http_sse_redis_sha(const char *script) {
     unsigned char md[SHA_DIGEST_LENGTH];
     SHA1(reinterpret_cast<const unsigned char *>(script), strlen(script), md);
@@ -1467,10 +1473,10 @@ void ngx_http_sse_redis_poll(ngx_http_sse_zone_worker_t *zw) {
 struct ngx_http_sse_redis_publish_t {
     ngx_http_sse_redis_worker_t *rw;
     ngx_http_sse_redis_done_pt done;
-    void *data;  // nullptr: cancelled
-    ngx_msec_t start;
-    bool eval;        // sent as EVAL after NOSCRIPT
-    bool redirected;  // sent again after MOVED
+    void *data;         // nullptr: cancelled
+    uint64_t start_us;  // monotonic
+    bool eval;          // sent as EVAL after NOSCRIPT
+    bool redirected;    // sent again after MOVED
     std::string channel;
     std::string body;
     std::string maxlen;
@@ -1538,12 +1544,10 @@ static void ngx_http_sse_redis_publish_reply(ngx_http_sse_redis_conn_t *rc,
             rw->cmd_error = why;
         }
     } else {
-        ngx_msec_t rtt = ngx_current_msec - p->start;
+        uint64_t rtt_us = ngx_http_sse_redis_now_us() - p->start_us;
         __atomic_fetch_add(&x.publishes, 1, __ATOMIC_RELAXED);
-        __atomic_fetch_add(&x.rtt_us_total, (uint64_t)rtt * 1000,
-                           __ATOMIC_RELAXED);
-        __atomic_store_n(&x.rtt_us_last, (uint64_t)rtt * 1000,
-                         __ATOMIC_RELAXED);
+        __atomic_fetch_add(&x.rtt_us_total, rtt_us, __ATOMIC_RELAXED);
+        __atomic_store_n(&x.rtt_us_last, rtt_us, __ATOMIC_RELAXED);
         // The next seq the zone expects: nothing can be missing before it,
         // so deliver it now rather than after the bus's round trip.
         ngx_http_sse_zone_t *z = rw->zw->zone;
@@ -1604,13 +1608,15 @@ void *ngx_http_sse_redis_publish(ngx_http_sse_zone_worker_t *zw,
     if ((ngx_msec_int_t)(rw->cmd_down_until - ngx_current_msec) > 0 &&
         !rw->cmd.connected) {
         *err = rw->cmd_error;
+        __atomic_fetch_add(&zw->zone->root->ext.publish_errors, 1,
+                           __ATOMIC_RELAXED);
         return NULL;
     }
     auto *p = new ngx_http_sse_redis_publish_t();
     p->rw = rw;
     p->done = done;
     p->data = cbdata;
-    p->start = ngx_current_msec;
+    p->start_us = ngx_http_sse_redis_now_us();
     p->channel.assign(channel);
     p->body.resize(sse::encoded_body_size(event, data));
     sse::encode_body(&p->body[0], event, data);
