@@ -77,12 +77,20 @@ $(MODULE): $(NGX_TREE)/objs/Makefile $(ENGINE_SRCS) $(ENGINE_HDRS) $(GLUE_SRCS)
 
 # The engine's tests build with no nginx include path: a stray nginx
 # include in src/ fails here.
-$(BUILD)/unit_tests: $(ENGINE_SRCS) $(ENGINE_HDRS) $(UNIT_SRCS) $(wildcard tests/*.hpp) | deps
-	@mkdir -p $(BUILD)
-	g++ -std=c++17 -O1 -g -Wall -Wextra -Werror -fsanitize=address,undefined \
-	    -Isrc $(ENGINE_SRCS) $(UNIT_SRCS) -lgtest -lgtest_main -lcrypto -pthread -o $@
+UNIT_CXX := g++ -std=c++17 -O1 -g -Wall -Wextra -Werror \
+    -fsanitize=address,undefined -Isrc
+UNIT_OBJS := $(patsubst %.cpp,$(BUILD)/unit/%.o,$(ENGINE_SRCS) $(UNIT_SRCS))
 
-unit: $(BUILD)/unit_tests
+# One object per file: both cores compile, and a change rebuilds its file.
+$(BUILD)/unit/%.o: %.cpp $(ENGINE_HDRS) $(wildcard tests/*.hpp) | deps
+	@mkdir -p $(dir $@)
+	$(UNIT_CXX) -c $< -o $@
+
+$(BUILD)/unit_tests: $(UNIT_OBJS)
+	$(UNIT_CXX) $^ -lgtest -lgtest_main -lcrypto -pthread -o $@
+
+unit: | deps
+	$(MAKE) -j2 $(BUILD)/unit_tests
 	$(BUILD)/unit_tests --gtest_brief=1
 
 integration: build test-deps
@@ -110,7 +118,8 @@ format:
 # ASan + UBSan, each run FUZZ_SECONDS from its seed corpus (fuzz/corpus/NAME,
 # committed) plus what it finds (build/fuzz/corpus/NAME, not committed).
 # Any crash, sanitizer report or failed check fails. Longer runs by hand:
-# `make fuzz FUZZ_SECONDS=600` or build/fuzz/NAME build/fuzz/corpus/NAME.
+# `make fuzz FUZZ_SECONDS=600 FUZZ_TARGETS=fuzz_store`, or run
+# build/fuzz/NAME build/fuzz/corpus/NAME fuzz/corpus/NAME (libFuzzer flags).
 FUZZ_SECONDS ?= 10
 FUZZ_TARGETS := $(patsubst fuzz/%.cpp,%,$(wildcard fuzz/fuzz_*.cpp))
 FUZZ_BINS := $(addprefix $(BUILD)/fuzz/,$(FUZZ_TARGETS))
@@ -126,7 +135,7 @@ $(BUILD)/fuzz/obj/%.o: src/%.cpp $(ENGINE_HDRS) | deps
 	$(FUZZ_CXX) -c $< -o $@
 
 $(BUILD)/fuzz/%: fuzz/%.cpp $(wildcard fuzz/*.hpp) $(ENGINE_HDRS) $(FUZZ_ENGINE_OBJS)
-	$(FUZZ_CXX) $< $(FUZZ_ENGINE_OBJS) -o $@
+	$(FUZZ_CXX) $< $(FUZZ_ENGINE_OBJS) -lcrypto -o $@
 
 fuzz: $(FUZZ_BINS)
 	@failed=""; for t in $(FUZZ_TARGETS); do \

@@ -9,9 +9,11 @@
 //     event name and the data with CRLF and CR turned into LF.
 // Two events encoded back to back parse as two. Empty data given as a null
 // pointer (as nginx gives an empty body) is encoded like any empty data.
+// The body alone (encode_body, what the store keeps) is the same bytes
+// after the id line.
 //
-// Input: the event name (up to a NUL-free cut chosen by the fuzzer), then
-// the data; the id's two numbers are taken from the end.
+// Input: the event name (FuzzedDataProvider: up to a backslash and another
+// byte), then the data; the id's two numbers are taken from the end.
 
 #include <fuzzer/FuzzedDataProvider.h>
 
@@ -95,6 +97,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *bytes, size_t size) {
     FUZZ_CHECK(sse::encode_event(again.data(), id, name, data) == wire.size());
     FUZZ_CHECK(again == wire);
 
+    // The store keeps the body alone and readers put the id line before
+    // it: the same bytes.
+    std::string body(sse::encoded_body_size(name, data), '\0');
+    FUZZ_CHECK(sse::encode_body(body.data(), name, data) == body.size());
+    FUZZ_CHECK("id: " + std::string(id) + "\n" + body == wire);
+
     // Field by field: id, [event], data..., blank, and nothing else.
     auto lines = wire_lines(wire);
     FUZZ_CHECK(lines.size() >= 3);
@@ -126,6 +134,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *bytes, size_t size) {
     // must encode as any empty data does (issue 8, item 10).
     if (data.empty()) {
         FUZZ_CHECK(sse::encode_event(id, name, std::string_view()) == wire);
+        std::string again_body(body.size(), '\0');
+        FUZZ_CHECK(sse::encode_body(again_body.data(), name,
+                                    std::string_view()) == body.size());
+        FUZZ_CHECK(again_body == body);
     }
 
     // Back to back with an empty one: exactly two events.

@@ -368,6 +368,12 @@ void store::release(channel *c, uint32_t budget) {
     }
 }
 
+void store::mark_lost(channel *c, uint64_t seq) {
+    c->lost_seq = std::max(c->lost_seq, seq);
+    root_->lost_seq = std::max(root_->lost_seq, c->lost_seq);
+    root_->stats.lost++;
+}
+
 bool store::evict_one(const channel *keep, bool needed_too) {
     uint64_t hold = min_hold();
     // The oldest event no process still needs (kept only for resume), among
@@ -394,17 +400,15 @@ bool store::evict_one(const channel *keep, bool needed_too) {
         return false;
     }
     channel *c = m->chan;
-    uint64_t seq = m->seq;  // m is freed below
     bool buffered = c->retired == 0;
-    bool lost = needed(m, 0);
+    // The loss is recorded before the event goes: a process killed in
+    // between leaves a loss told of, never a silent one.
+    if (needed(m, 0)) {
+        mark_lost(c, m->seq);
+    }
     pop_front(c);
     free_message(m);
     root_->stats.evicted += buffered;
-    if (lost) {
-        c->lost_seq = std::max(c->lost_seq, seq);
-        root_->lost_seq = std::max(root_->lost_seq, c->lost_seq);
-        root_->stats.lost++;
-    }
     if (c->deleted && c->count == 0 && c->nsubs == 0 && c != keep) {
         free_channel(c);
     }
@@ -571,16 +575,12 @@ publish_status store::commit_seq(uint32_t si, message *m, channel *c,
             a_.free(a_.ctx, m);
             return publish_status::no_memory;
         }
-        uint64_t old_seq = old->seq;  // old is freed below
-        bool lost = needed(old, 0);
+        if (needed(old, 0)) {
+            mark_lost(c, old->seq);  // first, as in evict_one
+        }
         pop_front(c);
         free_message(old);
         root_->stats.evicted++;
-        if (lost) {
-            c->lost_seq = std::max(c->lost_seq, old_seq);
-            root_->lost_seq = std::max(root_->lost_seq, c->lost_seq);
-            root_->stats.lost++;
-        }
     }
 
     m->seq = seq;
@@ -1034,6 +1034,10 @@ void store::repair() {
         // 4. Logged events no ring holds: their removal was under way.
         for (message *m : logged) {
             if (!ringed.count(m)) {
+                // Someone subscribed had not read it: tell, never hide.
+                if (chans.count(m->chan) && needed(m, 0)) {
+                    mark_lost(m->chan, m->seq);
+                }
                 n--;
                 bytes -= m->size;
                 (m->prev ? m->prev->next : r->head) = m->next;

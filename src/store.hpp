@@ -386,6 +386,8 @@ private:
 
     void *alloc_evicting(size_t size, const channel *keep, int64_t now);
     bool evict_one(const channel *keep, bool needed_too);
+    // Records that c's event seq was freed before a member read it.
+    void mark_lost(channel *c, uint64_t seq);
     void limit_catch_up(uint32_t slot, size_t max_bytes,
                         std::vector<const message *> &out,
                         catch_up_result &r);

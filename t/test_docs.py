@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-from conftest import MODULE, NGINX_BIN, ROOT, _wait_port, free_ports
+from conftest import (BAD_LOG, MODULE, NGINX_BIN, ROOT, _wait_port,
+                      free_ports, nginx_env, sanitizer_reports)
 
 README = (ROOT / "README.md").read_text()
 DOCS = ROOT / "docs"
@@ -59,8 +60,10 @@ def test_snippet_pasted_into_debians_nginx_conf_passes_nginx_t(tmp_path):
     (tmp_path / "nginx.conf").write_text(conf)
     # Debian's own prefix, so its modules-enabled snippets load too.
     p = subprocess.run([NGINX_BIN, "-t", "-c", str(tmp_path / "nginx.conf")],
-                       capture_output=True, text=True, timeout=30)
+                       capture_output=True, text=True, timeout=30,
+                       env=nginx_env(tmp_path))
     assert p.returncode == 0, p.stderr
+    assert not sanitizer_reports(tmp_path, p.stderr)
     assert "test is successful" in p.stderr
 
 
@@ -82,15 +85,18 @@ http {{
 {body}
 }}
 """)
-    subprocess.run([NGINX_BIN, "-p", f"{tmp_path}/", "-c", str(conf)],
-                   check=True, capture_output=True, timeout=30)
+    started = subprocess.run([NGINX_BIN, "-p", f"{tmp_path}/", "-c",
+                              str(conf)], check=True, capture_output=True,
+                             text=True, timeout=30, env=nginx_env(tmp_path))
     deadline = time.monotonic() + 10
     assert _wait_port(sub, deadline) and _wait_port(pub, deadline)
     master = int((tmp_path / "nginx.pid").read_text())
     yield sub, pub, master
     os.kill(master, signal.SIGQUIT)
     log = (tmp_path / "error.log").read_text()
-    assert not re.search(r"\[(alert|emerg|crit)\]", log), log
+    assert not BAD_LOG.search(log), log
+    bad = sanitizer_reports(tmp_path, started.stderr)
+    assert not bad, "\n".join(bad)
 
 
 def commands_and_outputs(block):
