@@ -915,7 +915,7 @@ static void ngx_http_sse_redis_commit(
                     // learns of the gap.
                     sse::channel *ch = s->find(ev.channel);
                     if (ch != NULL) {
-                        s->mark_lost(ch, ev.seq);
+                        s->mark_gone(ch, ev.seq);
                     }
                 }
                 continue;
@@ -936,7 +936,7 @@ static void ngx_http_sse_redis_commit(
             if (ev.lost != 0) {
                 // The channel's events up to it never reached this machine
                 // and Redis no longer has them.
-                s->mark_lost(ch, ev.lost);
+                s->mark_gone(ch, ev.lost);
             }
             // The length and ttl are Redis's business: keep what its
             // stream keeps, with the zone's defaults for expiry.
@@ -1116,7 +1116,7 @@ static void ngx_http_sse_redis_xrange_reply(ngx_http_sse_redis_conn_t *rc,
         auto s = ngx_http_sse_session(rw->zw->zone);
         sse::channel *ch = s->find(f->channel);
         if (ch != NULL) {
-            s->mark_lost(ch, f->newest);
+            s->mark_gone(ch, f->newest);
         }
     }
     if (--rw->fetch_left == 0) {

@@ -541,7 +541,7 @@ bool store::adopt_epoch(uint64_t epoch) {
     return true;
 }
 
-void store::mark_lost(channel *c, uint64_t seq) {
+void store::mark_gone(channel *c, uint64_t seq) {
     c->dropped_seq = std::max(c->dropped_seq, seq);
     root_->dropped_seq = std::max(root_->dropped_seq, seq);
     if (c->members != nullptr) {

@@ -306,7 +306,7 @@ public:
     // Events of c up to `seq` are gone for good (Redis no longer holds
     // them): resumes before it see a gap, and subscribers that had not
     // read up to it are ended (lost_seq), as with memory exhaustion.
-    void mark_lost(channel *c, uint64_t seq);
+    void mark_gone(channel *c, uint64_t seq);
     void abandon(uint32_t slot, message *m);
 
     // ---- reading

@@ -169,7 +169,7 @@ TEST(StoreExternal, AdoptedEpochGivesOldResumePointsAGap) {
     EXPECT_EQ(s->check(), "");
 }
 
-TEST(StoreExternal, MarkLostGivesAGapAndTellsSubscribedProcesses) {
+TEST(StoreExternal, MarkGoneGivesAGapAndTellsSubscribedProcesses) {
     ext_zone z;
     z.at("a", 100);
     std::vector<sse::channel *> chans;
@@ -178,7 +178,7 @@ TEST(StoreExternal, MarkLostGivesAGapAndTellsSubscribedProcesses) {
         std::vector<std::string_view> ids{"a"};
         ASSERT_EQ(s->join(z.slot, ids, 0, 0, chans), sse::join_status::ok);
         // Events 101..104 of "a" are gone from Redis; 105 arrives.
-        s->mark_lost(chans[0], 104);
+        s->mark_gone(chans[0], 104);
     }
     EXPECT_EQ(z.at("a", 105), sse::publish_status::ok);
     EXPECT_EQ(chans[0]->lost_seq, 104u);
@@ -194,12 +194,12 @@ TEST(StoreExternal, MarkLostGivesAGapAndTellsSubscribedProcesses) {
     EXPECT_EQ(s->check(), "");
 }
 
-TEST(StoreExternal, MarkLostOnAChannelWithoutMembersOnlyDropsIt) {
+TEST(StoreExternal, MarkGoneOnAChannelWithoutMembersOnlyDropsIt) {
     ext_zone z;
     z.at("a", 100);
     {
         sse::session s = z.open();
-        s->mark_lost(s->find("a"), 103);
+        s->mark_gone(s->find("a"), 103);
         EXPECT_EQ(s->find("a")->lost_seq, 0u);
     }
     sse::catch_up_result res;
