@@ -33,12 +33,15 @@ enum ngx_http_sse_role_e {
     NGX_HTTP_SSE_STATUS,
 };
 
+struct ngx_http_sse_redis_conf_t;
+
 // Per sse_zone, in the cycle pool.
 struct ngx_http_sse_zone_t {
     ngx_shm_zone_t *shm_zone;
     ngx_slab_pool_t *shpool;
     sse::zone_root *root;
     ngx_uint_t index;  // in main conf's zones
+    ngx_http_sse_redis_conf_t *redis;  // NULL: the shared-memory engine
     void *presence;    // sse_presence_channel's registry, in the zone
 };
 
@@ -211,6 +214,7 @@ struct ngx_http_sse_zone_worker_t {
     std::vector<batch_item> batch;
     std::vector<sse::channel *> touched;
     std::vector<const sse::message *> owed;
+    void *redis;  // the Redis engine's state in this worker, or NULL
 };
 
 ngx_int_t ngx_http_sse_worker_init(ngx_cycle_t *cycle);
@@ -292,6 +296,50 @@ void ngx_http_sse_json_string(std::string &out, std::string_view s);
 // Decodes %XX escapes into a copy in r->pool (query arguments arrive
 // escaped); leaves v alone when it has none.
 ngx_int_t ngx_http_sse_unescape(ngx_http_request_t *r, ngx_str_t *v);
+
+// The Redis engine (ngx_http_sse_redis.cpp).
+// sse_zone's redis=, redis_timeout= and redis_ca= (the last two may be
+// NULL).
+char *ngx_http_sse_redis_parse(ngx_conf_t *cf, ngx_http_sse_zone_t *z,
+                               ngx_str_t *url, ngx_str_t *timeout,
+                               ngx_str_t *ca);
+void ngx_http_sse_redis_worker_init(ngx_http_sse_zone_worker_t *zw);
+void ngx_http_sse_redis_worker_exit(ngx_http_sse_zone_worker_t *zw);
+// From the worker's poll: takes the machine's Redis bus when free.
+void ngx_http_sse_redis_poll(ngx_http_sse_zone_worker_t *zw);
+// False while a Redis zone has not yet taken Redis's epoch and history:
+// subscribers are refused (sse-error unavailable) until then.
+bool ngx_http_sse_redis_ready(ngx_http_sse_zone_t *z);
+// A publish's outcome: stored in Redis with (epoch, seq), or why not.
+using ngx_http_sse_redis_done_pt = void (*)(void *data, bool ok, uint64_t epoch,
+                                            uint64_t seq, std::string_view err);
+// Sends one event to Redis; done(data, ...) runs later, once, unless
+// cancelled. NULL (and *err) when Redis is known to be unreachable.
+void *ngx_http_sse_redis_publish(ngx_http_sse_zone_worker_t *zw,
+                                 std::string_view channel,
+                                 std::string_view event, std::string_view data,
+                                 uint32_t buffer_length, ngx_msec_t ttl,
+                                 ngx_http_sse_redis_done_pt done, void *cbdata,
+                                 std::string *err);
+// The request that waited went away: done() will not be called.
+void ngx_http_sse_redis_cancel(void *handle);
+struct ngx_http_sse_redis_figures_t {
+    bool redis;
+    std::string url;  // without the password
+    std::string state;
+    std::string last_error;
+    int32_t bus_pid;  // the worker that holds the bus
+    uint64_t reconnects;
+    uint64_t publishes;
+    uint64_t publish_errors;
+    uint64_t rtt_avg_us;
+    uint64_t rtt_last_us;
+};
+void ngx_http_sse_redis_figures(ngx_http_sse_zone_t *z,
+                                ngx_http_sse_redis_figures_t *f);
+// Runs a delivery now if the zone's epoch changed under this worker, so
+// that what it copies carries the new one.
+void ngx_http_sse_follow_epoch(ngx_http_sse_zone_worker_t *zw);
 
 // Signed-token authorization (ngx_http_sse_auth.cpp).
 void ngx_http_sse_auth_create_conf(ngx_http_sse_loc_conf_t *lcf);

@@ -19,6 +19,18 @@ bool ngx_http_sse_publish_internal(ngx_http_sse_zone_t *z,
     if (zw == NULL || zw->slot == sse::no_slot) {
         return false;
     }
+    if (z->redis != NULL) {
+        // Seqs are Redis's: through Redis like any publish (no answer to
+        // wait for), never committed here with a seq of our own.
+        std::string err;
+        try {
+            return ngx_http_sse_redis_publish(zw, channel, event, data,
+                                              buffer_length, ttl, NULL, NULL,
+                                              &err) != NULL;
+        } catch (const std::exception &) {
+            return false;
+        }
+    }
     sse::message *m;
     {
         auto s = ngx_http_sse_session(z);

@@ -1,11 +1,14 @@
 // sse_publish: backends publish, read, and delete channels.
 #include "ngx_http_sse.hpp"
 
+#include <deque>
 #include <new>
 
 #include "parser.hpp"
 
 #define NGX_HTTP_SSE_PUBLISH_ALLOW "GET, HEAD, POST, PUT, DELETE, OPTIONS"
+
+struct ngx_http_sse_redis_wait_t;
 
 // Per publish request, in r->pool.
 struct ngx_http_sse_publish_ctx_t {
@@ -16,7 +19,24 @@ struct ngx_http_sse_publish_ctx_t {
     uint64_t last_seq;
     uint64_t published;
     uint32_t subscribers;
+    ngx_http_sse_redis_wait_t *wait;  // a Redis zone's publish under way
 };
+
+// A publish into a Redis zone: answered once Redis has stored the event
+// (or could not). A stream's events go one at a time, so that it stops at
+// the first one that cannot be stored. Freed by r->pool's cleanup.
+struct ngx_http_sse_redis_wait_t {
+    ngx_http_request_t *r;
+    void *inflight;  // the Redis command's handle
+    std::deque<std::pair<std::string, std::string>> queue;  // event, data
+    std::string error;  // Redis failed: 503 once nothing is in flight
+    std::string fault;  // malformed stream: 400 once the queue drains
+    bool stream;
+    bool paused;  // the body is not read while the queue is long
+};
+
+// Events a streaming publish queues before it stops reading the body.
+#define NGX_HTTP_SSE_REDIS_QUEUE_MAX 256
 
 // (event name, data) pairs, viewing memory that outlives the publish.
 using ngx_http_sse_event_list =
@@ -225,6 +245,12 @@ static ngx_int_t ngx_http_sse_publish(ngx_http_request_t *r) {
     }
     ngx_http_sse_zone_t *z = ngx_http_sse_loc_zone(r, lcf);
 
+    if (r->method == NGX_HTTP_DELETE && z->redis != NULL) {
+        // It would have to reach every machine and Redis at once.
+        return ngx_http_sse_error(r, NGX_HTTP_NOT_IMPLEMENTED,
+                                  "DELETE is not supported in a zone with "
+                                  "redis= yet");
+    }
     if (r->method & (NGX_HTTP_GET | NGX_HTTP_HEAD | NGX_HTTP_DELETE)) {
         return ngx_http_sse_channel_request(r, z, ids[0],
                                             r->method == NGX_HTTP_DELETE);
@@ -321,6 +347,125 @@ static ngx_int_t ngx_http_sse_body(ngx_http_request_t *r, size_t max,
     return NGX_OK;
 }
 
+static void ngx_http_sse_redis_done(void *data, bool ok, uint64_t epoch,
+                                    uint64_t seq, std::string_view err);
+
+// Sends the next queued event, or answers once there is nothing left to
+// do; NGX_AGAIN while waiting.
+static ngx_int_t ngx_http_sse_redis_pump(ngx_http_request_t *r) {
+    auto *lcf = static_cast<ngx_http_sse_loc_conf_t *>(
+        ngx_http_get_module_loc_conf(r, ngx_http_sse_module));
+    auto *ctx = static_cast<ngx_http_sse_publish_ctx_t *>(
+        ngx_http_get_module_ctx(r, ngx_http_sse_module));
+    ngx_http_sse_redis_wait_t *w = ctx->wait;
+    if (w->inflight != NULL) {
+        return NGX_AGAIN;
+    }
+    std::string count =
+        "; " + std::to_string(ctx->published) + " published before it";
+    if (w->error.empty() && !w->queue.empty()) {
+        ngx_http_sse_zone_t *z = ngx_http_sse_loc_zone(r, lcf);
+        auto &[event, data] = w->queue.front();
+        w->inflight = ngx_http_sse_redis_publish(
+            ngx_http_sse_zone_worker(z),
+            {reinterpret_cast<char *>(ctx->channel.data), ctx->channel.len},
+            event, data, lcf->buffer_length, lcf->message_ttl,
+            ngx_http_sse_redis_done, w, &w->error);
+        w->queue.pop_front();
+        if (w->inflight != NULL) {
+            return NGX_AGAIN;
+        }
+    }
+    if (!w->error.empty()) {
+        w->queue.clear();
+        if (ngx_http_sse_add_header(r, "Retry-After", "1") != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+        return ngx_http_sse_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                  "redis could not store the event: " +
+                                      w->error + (w->stream ? count : ""));
+    }
+    if (!w->fault.empty()) {
+        return ngx_http_sse_error(r, NGX_HTTP_BAD_REQUEST,
+                                  "malformed event stream: " + w->fault + "; " +
+                                      std::to_string(ctx->published) +
+                                      " events published before it");
+    }
+    if (w->stream && r->reading_body) {
+        return NGX_AGAIN;
+    }
+    return ngx_http_sse_send_text(r, NGX_HTTP_ACCEPTED, "application/json",
+                                  ngx_http_sse_publish_json(r, ctx, w->stream));
+}
+
+static void ngx_http_sse_stream_step(ngx_http_request_t *r, bool read);
+
+static void ngx_http_sse_redis_done(void *data, bool ok, uint64_t epoch,
+                                    uint64_t seq, std::string_view err) {
+    auto *w = static_cast<ngx_http_sse_redis_wait_t *>(data);
+    ngx_http_request_t *r = w->r;
+    ngx_connection_t *c = r->connection;
+    auto *ctx = static_cast<ngx_http_sse_publish_ctx_t *>(
+        ngx_http_get_module_ctx(r, ngx_http_sse_module));
+    w->inflight = NULL;
+    ngx_int_t rc;
+    try {
+        if (ok) {
+            ctx->epoch = epoch;
+            ctx->last_seq = seq;
+            ctx->published++;
+            auto *lcf = static_cast<ngx_http_sse_loc_conf_t *>(
+                ngx_http_get_module_loc_conf(r, ngx_http_sse_module));
+            auto s = ngx_http_sse_session(ngx_http_sse_loc_zone(r, lcf));
+            sse::channel *ch =
+                s->find({reinterpret_cast<char *>(ctx->channel.data),
+                         ctx->channel.len});
+            // This machine's subscribers: the others are not known here.
+            ctx->subscribers = ch ? sse::store::subscribers(ch) : 0;
+        } else {
+            w->error.assign(err);
+        }
+        rc = ngx_http_sse_redis_pump(r);
+        if (rc == NGX_AGAIN && w->paused &&
+            w->queue.size() < NGX_HTTP_SSE_REDIS_QUEUE_MAX / 2) {
+            w->paused = false;
+            ngx_http_sse_stream_step(r, true);
+            ngx_http_run_posted_requests(c);
+            return;
+        }
+    } catch (const std::exception &e) {
+        ngx_log_error(NGX_LOG_ERR, c->log, 0, "sse: %s", e.what());
+        rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+    if (rc != NGX_AGAIN) {
+        ngx_http_finalize_request(r, rc);
+    }
+    ngx_http_run_posted_requests(c);
+}
+
+static ngx_http_sse_redis_wait_t *ngx_http_sse_redis_wait(
+    ngx_http_request_t *r, ngx_http_sse_publish_ctx_t *ctx) {
+    if (ctx->wait != NULL) {
+        return ctx->wait;
+    }
+    ngx_pool_cleanup_t *cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == NULL) {
+        return NULL;
+    }
+    auto *w = new ngx_http_sse_redis_wait_t();
+    w->r = r;
+    cln->handler = [](void *p) {
+        auto *w = static_cast<ngx_http_sse_redis_wait_t *>(p);
+        if (w->inflight != NULL) {
+            ngx_http_sse_redis_cancel(w->inflight);
+        }
+        delete w;
+    };
+    cln->data = w;
+    ctx->wait = w;
+    return w;
+}
+
 static ngx_int_t ngx_http_sse_publish_now(ngx_http_request_t *r) {
     auto *lcf = static_cast<ngx_http_sse_loc_conf_t *>(
         ngx_http_get_module_loc_conf(r, ngx_http_sse_module));
@@ -350,6 +495,19 @@ static ngx_int_t ngx_http_sse_publish_now(ngx_http_request_t *r) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
+    if (ngx_http_sse_loc_zone(r, lcf)->redis != NULL) {
+        // Answered when Redis has stored it.
+        ngx_http_sse_redis_wait_t *w = ngx_http_sse_redis_wait(r, ctx);
+        if (w == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+        w->queue.emplace_back(
+            std::string(reinterpret_cast<char *>(ctx->event.data),
+                        ctx->event.len),
+            std::string(view));
+        return ngx_http_sse_redis_pump(r);
+    }
+
     ngx_http_sse_event_list events;
     events.emplace_back(
         std::string_view(reinterpret_cast<char *>(ctx->event.data),
@@ -370,6 +528,9 @@ static void ngx_http_sse_publish_body(ngx_http_request_t *r) {
     } catch (const std::exception &e) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "sse: %s", e.what());
         rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+    if (rc == NGX_AGAIN) {
+        return;  // a Redis zone: answered from ngx_http_sse_redis_done
     }
     ngx_http_finalize_request(r, rc);
 }
@@ -410,6 +571,27 @@ static ngx_int_t ngx_http_sse_stream_consume(ngx_http_request_t *r) {
     }
     r->request_body->bufs = NULL;
 
+    auto *lcf = static_cast<ngx_http_sse_loc_conf_t *>(
+        ngx_http_get_module_loc_conf(r, ngx_http_sse_module));
+    if (ngx_http_sse_loc_zone(r, lcf)->redis != NULL) {
+        ngx_http_sse_redis_wait_t *w = ngx_http_sse_redis_wait(r, ctx);
+        if (w == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+        w->stream = true;
+        if (w->fault.empty() && w->error.empty()) {
+            for (auto &e : parsed) {
+                w->queue.push_back(std::move(e));
+            }
+            if (ps != sse::parse_status::ok) {
+                w->fault = sse::describe(ps);
+            } else if (!r->reading_body && ctx->parser->mid_event()) {
+                w->fault = "the body ends inside an event";
+            }
+        }
+        return ngx_http_sse_redis_pump(r);
+    }
+
     ngx_http_sse_event_list events(parsed.begin(), parsed.end());
     if (ngx_http_sse_store_events(r, ctx, events) != sse::publish_status::ok) {
         return ngx_http_sse_refused(r, NGX_HTTP_INSUFFICIENT_STORAGE,
@@ -442,7 +624,17 @@ static void ngx_http_sse_stream_step(ngx_http_request_t *r, bool read) {
     try {
         // With its buffer full, nginx stops reading until the consumer
         // calls again: read and consume until nothing new arrives.
+        auto *ctx = static_cast<ngx_http_sse_publish_ctx_t *>(
+            ngx_http_get_module_ctx(r, ngx_http_sse_module));
         for (;;) {
+            if (ctx->wait != NULL &&
+                ctx->wait->queue.size() >= NGX_HTTP_SSE_REDIS_QUEUE_MAX) {
+                // Redis is slower than the client: read on once it caught
+                // up (ngx_http_sse_redis_done).
+                ctx->wait->paused = true;
+                rc = NGX_AGAIN;
+                break;
+            }
             if (read) {
                 rc = ngx_http_read_unbuffered_request_body(r);
                 if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {

@@ -18,6 +18,7 @@ struct ngx_http_sse_zone_figures_t {
     std::vector<std::pair<int32_t, uint64_t>> workers;  // pid, subscribers
     bool checked;
     std::string check;  // "" when the zone is consistent
+    ngx_http_sse_redis_figures_t redis;
 };
 
 static ngx_http_sse_zone_figures_t ngx_http_sse_figures(ngx_http_sse_zone_t *z,
@@ -27,6 +28,7 @@ static ngx_http_sse_zone_figures_t ngx_http_sse_figures(ngx_http_sse_zone_t *z,
                   z->shm_zone->shm.name.len);
     f.bytes_total = z->shm_zone->shm.size;
     f.workers.reserve(sse::max_slots);
+    ngx_http_sse_redis_figures(z, &f.redis);
     auto s = ngx_http_sse_session(z);
     const sse::zone_root *root = s->root();
     f.epoch = root->epoch;
@@ -68,6 +70,7 @@ static std::string ngx_http_sse_status_json(
         };
         j += i ? ",{\"name\":" : "{\"name\":";
         ngx_http_sse_json_string(j, f.name);
+        j += f.redis.redis ? ",\"engine\":\"redis\"" : ",\"engine\":\"shm\"";
         j += ",\"epoch\":\"" + std::to_string(f.epoch) + "\"";
         j += ",\"last_id\":\"" + std::to_string(f.epoch) + "-" +
              std::to_string(f.seq) + "\"";
@@ -86,6 +89,21 @@ static std::string ngx_http_sse_status_json(
         if (f.checked) {
             j += ",\"check\":";
             ngx_http_sse_json_string(j, f.check.empty() ? "ok" : f.check);
+        }
+        if (f.redis.redis) {
+            j += ",\"redis\":{\"url\":";
+            ngx_http_sse_json_string(j, f.redis.url);
+            j += ",\"state\":\"" + f.redis.state + "\",\"last_error\":";
+            ngx_http_sse_json_string(j, f.redis.last_error);
+            j += ",\"bus_pid\":" + std::to_string(f.redis.bus_pid) +
+                 ",\"reconnects\":" + std::to_string(f.redis.reconnects) +
+                 ",\"publishes\":" + std::to_string(f.redis.publishes) +
+                 ",\"publish_errors\":" +
+                 std::to_string(f.redis.publish_errors) +
+                 ",\"publish_rtt_avg_us\":" +
+                 std::to_string(f.redis.rtt_avg_us) +
+                 ",\"publish_rtt_last_us\":" +
+                 std::to_string(f.redis.rtt_last_us) + "}";
         }
         num("bytes_total", f.bytes_total);
         num("bytes_used", f.bytes_total - f.bytes_free);
@@ -154,6 +172,44 @@ static std::string ngx_http_sse_status_prometheus(
            [](const fig &f) { return f.bytes_total - f.bytes_free; });
     metric("sse_zone_bytes_free", "gauge", "Free bytes of the zone.",
            [](const fig &f) { return f.bytes_free; });
+    t += "# HELP sse_engine The zone's engine (1 for the one it uses).\n"
+         "# TYPE sse_engine gauge\n";
+    for (const auto &f : zones) {
+        t += "sse_engine{zone=\"" + f.name + "\",engine=\"" +
+             (f.redis.redis ? "redis" : "shm") + "\"} 1\n";
+    }
+    t += "# HELP sse_redis_up The Redis bus of the zone is in sync (1) or "
+         "not (0).\n# TYPE sse_redis_up gauge\n";
+    for (const auto &f : zones) {
+        if (f.redis.redis) {
+            t += "sse_redis_up{zone=\"" + f.name + "\",state=\"" +
+                 f.redis.state + "\"} " + (f.redis.state == "up" ? "1" : "0") +
+                 "\n";
+        }
+    }
+    auto redis_metric = [&](const char *name, const char *type,
+                            const char *help, auto value) {
+        t += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name +
+             " " + type + "\n";
+        for (const auto &f : zones) {
+            if (f.redis.redis) {
+                t += std::string(name) + "{zone=\"" + f.name + "\"} " +
+                     std::to_string(value(f)) + "\n";
+            }
+        }
+    };
+    redis_metric("sse_redis_reconnects_total", "counter",
+                 "Times the Redis bus was lost or failed to connect.",
+                 [](const fig &f) { return f.redis.reconnects; });
+    redis_metric("sse_redis_publishes_total", "counter",
+                 "Publishes Redis stored.",
+                 [](const fig &f) { return f.redis.publishes; });
+    redis_metric("sse_redis_publish_errors_total", "counter",
+                 "Publishes refused with 503 (Redis failed or unreachable).",
+                 [](const fig &f) { return f.redis.publish_errors; });
+    redis_metric("sse_redis_publish_rtt_avg_seconds", "gauge",
+                 "Mean round trip of a publish to Redis.",
+                 [](const fig &f) { return f.redis.rtt_avg_us / 1e6; });
     t += "# HELP sse_worker_subscribers Channel subscriptions per worker.\n"
          "# TYPE sse_worker_subscribers gauge\n";
     for (const auto &f : zones) {

@@ -601,6 +601,13 @@ static ngx_int_t ngx_http_sse_subscribe(ngx_http_request_t *r) {
     if (zw->slot == sse::no_slot) {
         return ngx_http_sse_refuse(r, lcf, NGX_HTTP_SSE_R_UNAVAILABLE);
     }
+    if (z->redis != NULL) {
+        // Ids are Redis's: none is served before this machine has them.
+        if (!ngx_http_sse_redis_ready(z)) {
+            return ngx_http_sse_refuse(r, lcf, NGX_HTTP_SSE_R_UNAVAILABLE);
+        }
+        ngx_http_sse_follow_epoch(zw);
+    }
     ngx_str_t resume;
     if (ngx_http_sse_resume_point(r, lcf, &resume) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;

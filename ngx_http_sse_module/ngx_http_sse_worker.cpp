@@ -282,6 +282,7 @@ static void ngx_http_sse_deliver_zone(ngx_http_sse_zone_worker_t *zw) {
     std::vector<ngx_http_sse_local_channel_t *> deleted;
     uint64_t round = ++zw->round;
     uint64_t to;
+    bool new_epoch = false;
 
     batch.clear();
     touched.clear();
@@ -289,6 +290,12 @@ static void ngx_http_sse_deliver_zone(ngx_http_sse_zone_worker_t *zw) {
         auto s = ngx_http_sse_session(zw->zone);
         sse::zone_root *root = s->root();
         uint64_t from = root->slots[zw->slot].cursor;
+        if (root->epoch != zw->epoch) {
+            // The Redis engine took a new epoch: Redis lost the zone's
+            // data. Every stream ends and resumes with an sse-gap.
+            zw->epoch = root->epoch;
+            new_epoch = true;
+        }
         to = s->read_since_cursor(zw->slot, [&](const sse::message *m) {
             auto it = zw->channels.find(m->chan);
             if (it == zw->channels.end()) {
@@ -327,6 +334,9 @@ static void ngx_http_sse_deliver_zone(ngx_http_sse_zone_worker_t *zw) {
                     sse::release_budget + batch.size());
     }
 
+    if (new_epoch) {
+        ngx_http_sse_end_all(zw, NGX_HTTP_SSE_R_EVICTED);
+    }
     for (auto &[lc, seq] : lost) {
         ngx_http_sse_each_sub(lc, [seq = seq](auto *sub) {
             if (sub->last_seq < seq) {
@@ -405,6 +415,13 @@ static void ngx_http_sse_deliver(ngx_http_sse_zone_worker_t *zw) {
     }
 }
 
+void ngx_http_sse_follow_epoch(ngx_http_sse_zone_worker_t *zw) {
+    if (zw->epoch !=
+        __atomic_load_n(&zw->zone->root->epoch, __ATOMIC_RELAXED)) {
+        ngx_http_sse_deliver(zw);
+    }
+}
+
 void ngx_http_sse_count(ngx_http_sse_zone_worker_t *zw,
                         uint64_t sse::slot_stats::*field, uint64_t n) {
     if (n != 0 && zw->slot != sse::no_slot) {
@@ -478,6 +495,9 @@ static void ngx_http_sse_poll_zone(ngx_http_sse_zone_worker_t *zw) {
         // Old workers end their streams promptly so a reload completes;
         // clients resume on the new workers.
         ngx_http_sse_end_all(zw, NGX_HTTP_SSE_R_SHUTDOWN);
+    }
+    if (zw->redis != NULL) {
+        ngx_http_sse_redis_poll(zw);
     }
     sse::zone_root *root = zw->zone->root;
     if (zw->slot != sse::no_slot &&
@@ -591,6 +611,7 @@ ngx_int_t ngx_http_sse_worker_init(ngx_cycle_t *cycle) {
             zw->wake.handler = ngx_http_sse_wake_handler;
             zw->wake.data = zw;
             zw->wake.log = cycle->log;
+            ngx_http_sse_redis_worker_init(zw);
         }
     } catch (const std::exception &e) {
         ngx_log_error(NGX_LOG_EMERG, cycle->log, 0, "sse: %s", e.what());
@@ -624,6 +645,7 @@ void ngx_http_sse_worker_exit(ngx_cycle_t *cycle) {
     }
     ngx_http_sse_presence_worker_ready(false);
     for (auto *zw : w->zones) {
+        ngx_http_sse_redis_worker_exit(zw);
         if (zw->slot != sse::no_slot) {
             auto s = ngx_http_sse_session(zw->zone);
             s->clear_slot(zw->slot, ngx_current_msec);

@@ -5,6 +5,20 @@
 
 static ngx_int_t ngx_http_sse_init_zone(ngx_shm_zone_t *shm_zone, void *data);
 
+// Which engine feeds the zone; a zone reused across a reload that adds or
+// drops redis= follows the new configuration.
+static void ngx_http_sse_zone_engine(ngx_http_sse_zone_t *z) {
+    ngx_shmtx_lock(&z->shpool->mutex);
+    if (z->redis == NULL) {
+        z->root->external = 0;
+        z->root->bus_pid = 0;
+    } else if (z->root->external == 0) {
+        // In sync once the bus has taken Redis's epoch and history.
+        z->root->external = 1;
+    }
+    ngx_shmtx_unlock(&z->shpool->mutex);
+}
+
 static void *ngx_http_sse_slab_alloc(void *ctx, size_t size) {
     return ngx_slab_alloc_locked(static_cast<ngx_slab_pool_t *>(ctx), size);
 }
@@ -30,7 +44,7 @@ sse::session ngx_http_sse_session(ngx_http_sse_zone_t *z) {
                    ngx_http_sse_slab_unlock});
 }
 
-// sse_zone zone=NAME:SIZE
+// sse_zone zone=NAME:SIZE [redis=URL] [redis_timeout=TIME] [redis_ca=FILE]
 char *ngx_http_sse_zone_directive(ngx_conf_t *cf, ngx_command_t *cmd,
                                   void *conf) {
     auto *value = static_cast<ngx_str_t *>(cf->args->elts);
@@ -90,6 +104,47 @@ char *ngx_http_sse_zone_directive(ngx_conf_t *cf, ngx_command_t *cmd,
     }
     z->shm_zone = shm_zone;
     z->index = mcf->zones.nelts - 1;
+
+    ngx_str_t *redis = NULL, *redis_timeout = NULL, *redis_ca = NULL;
+    for (ngx_uint_t i = 2; i < cf->args->nelts; i++) {
+        if (value[i].len > 6 && ngx_strncmp(value[i].data, "redis=", 6) == 0 &&
+            redis == NULL) {
+            value[i].data += 6;
+            value[i].len -= 6;
+            redis = &value[i];
+        } else if (value[i].len > 14 &&
+                   ngx_strncmp(value[i].data, "redis_timeout=", 14) == 0 &&
+                   redis_timeout == NULL) {
+            value[i].data += 14;
+            value[i].len -= 14;
+            redis_timeout = &value[i];
+        } else if (value[i].len > 9 &&
+                   ngx_strncmp(value[i].data, "redis_ca=", 9) == 0 &&
+                   redis_ca == NULL) {
+            value[i].data += 9;
+            value[i].len -= 9;
+            redis_ca = &value[i];
+        } else {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid parameter \"%V\" in \"%V\" "
+                               "directive, expected redis=URL, "
+                               "redis_timeout=TIME or redis_ca=FILE",
+                               &value[i], &cmd->name);
+            return (char *)NGX_CONF_ERROR;
+        }
+    }
+    if ((redis_timeout != NULL || redis_ca != NULL) && redis == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%s\" in \"%V\" needs \"redis=\"",
+                           redis_ca ? "redis_ca=" : "redis_timeout=",
+                           &cmd->name);
+        return (char *)NGX_CONF_ERROR;
+    }
+    if (redis != NULL &&
+        ngx_http_sse_redis_parse(cf, z, redis, redis_timeout, redis_ca) !=
+            NGX_CONF_OK) {
+        return (char *)NGX_CONF_ERROR;
+    }
     *slot = z;
     shm_zone->init = ngx_http_sse_init_zone;
     shm_zone->data = z;
@@ -118,6 +173,7 @@ static ngx_int_t ngx_http_sse_init_zone(ngx_shm_zone_t *shm_zone, void *data) {
         }
         z->shpool = old->shpool;
         z->root = old->root;
+        ngx_http_sse_zone_engine(z);
         ngx_http_sse_presence_init_zone(z, old);
         return NGX_OK;
     }
@@ -125,6 +181,7 @@ static ngx_int_t ngx_http_sse_init_zone(ngx_shm_zone_t *shm_zone, void *data) {
     z->shpool = reinterpret_cast<ngx_slab_pool_t *>(shm_zone->shm.addr);
     if (shm_zone->shm.exists) {
         z->root = static_cast<sse::zone_root *>(z->shpool->data);
+        ngx_http_sse_zone_engine(z);
         return NGX_OK;
     }
 
@@ -153,6 +210,7 @@ static ngx_int_t ngx_http_sse_init_zone(ngx_shm_zone_t *shm_zone, void *data) {
         return NGX_ERROR;
     }
     z->shpool->data = z->root;
+    ngx_http_sse_zone_engine(z);
     ngx_http_sse_presence_init_zone(z, NULL);
     return NGX_OK;
 }

@@ -514,6 +514,54 @@ void store::abandon(uint32_t si, message *m) {
 publish_status store::commit(uint32_t si, message *m, channel *c, int64_t now,
                              uint32_t buffer_length, int64_t ttl,
                              uint64_t *seq) {
+    uint64_t next = root_->seq + 1;
+    publish_status st = commit_seq(si, m, c, now, buffer_length, ttl, next);
+    if (st == publish_status::ok) {
+        *seq = next;
+    }
+    return st;
+}
+
+publish_status store::commit_at(uint32_t si, message *m, channel *c,
+                                int64_t now, uint32_t buffer_length,
+                                int64_t ttl, uint64_t seq) {
+    if (seq <= root_->seq) {
+        abandon(si, m);
+        return publish_status::duplicate;
+    }
+    return commit_seq(si, m, c, now, buffer_length, ttl, seq);
+}
+
+bool store::adopt_epoch(uint64_t epoch) {
+    if (epoch == root_->epoch) {
+        return false;
+    }
+    root_->epoch = epoch;
+    for (uint32_t b = 0; b < root_->nbuckets; b++) {
+        for (channel *c = root_->buckets[b]; c != nullptr; c = c->hnext) {
+            c->dropped_seq = std::max(c->dropped_seq, c->last_seq);
+            root_->nretired += c->count - c->retired;
+            c->retired = c->count;
+        }
+    }
+    root_->dropped_seq = root_->seq;
+    root_->orphan_dropped_seq = root_->seq;
+    root_->control_gen++;
+    return true;
+}
+
+void store::mark_gone(channel *c, uint64_t seq) {
+    c->dropped_seq = std::max(c->dropped_seq, seq);
+    root_->dropped_seq = std::max(root_->dropped_seq, seq);
+    if (c->members != nullptr) {
+        c->lost_seq = std::max(c->lost_seq, seq);
+        root_->lost_seq = std::max(root_->lost_seq, c->lost_seq);
+    }
+}
+
+publish_status store::commit_seq(uint32_t si, message *m, channel *c,
+                                 int64_t now, uint32_t buffer_length,
+                                 int64_t ttl, uint64_t seq) {
     if (c->deleted) {
         abandon(si, m);
         return publish_status::no_channel;
@@ -545,7 +593,7 @@ publish_status store::commit(uint32_t si, message *m, channel *c, int64_t now,
         free_message(old);
     }
 
-    m->seq = root_->seq + 1;
+    m->seq = seq;
     m->chan = c;
     m->expires = now + ttl;
     m->prev = root_->tail;
@@ -562,7 +610,6 @@ publish_status store::commit(uint32_t si, message *m, channel *c, int64_t now,
     c->published++;
     c->ttl = ttl;
     c->idle_since = now;
-    *seq = m->seq;
 
     while (c->buffered() > std::max<uint32_t>(buffer_length, 1)) {
         retire_oldest(c);
@@ -661,6 +708,11 @@ catch_up_result store::catch_up(uint32_t si, channel *const *chans, size_t n,
             r.gap = gap_reason::malformed;
         } else if (id->epoch != root_->epoch) {
             r.gap = gap_reason::epoch;
+        } else if (id->seq > root_->seq && root_->external) {
+            // Published elsewhere and not here yet: its events come
+            // through the bus; what follows it is live.
+            after = id->seq;
+            r.last_seq = id->seq;
         } else if (id->seq > root_->seq) {
             r.gap = gap_reason::unknown;
         } else {

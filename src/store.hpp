@@ -136,6 +136,19 @@ struct slot_stats {
     uint64_t slow_dropped;
 };
 
+// The Redis engine's figures for sse_status, written by the processes of
+// the machine without the lock (relaxed atomics); all zero for a
+// shared-memory zone.
+struct external_stats {
+    uint32_t state;  // the bus connection's, as the glue numbers it
+    uint32_t reconnects;
+    uint64_t publishes;
+    uint64_t publish_errors;
+    uint64_t rtt_us_total;  // of the publishes' round trips
+    uint64_t rtt_us_last;
+    char last_error[120];  // NUL-terminated
+};
+
 struct slot {
     int32_t pid;     // 0: free
     int32_t worker;  // the process's worker number, or -1
@@ -167,10 +180,16 @@ struct zone_root {
     uint32_t nchannels;
     uint32_t sweep_pos;
     uint32_t dirty;  // set inside a session that changes anything
+    // Nonzero: seqs and the epoch come from outside (the Redis engine):
+    // events arrive by commit_at, and a resume point a little ahead of
+    // this machine is waited for rather than unknown.
+    uint32_t external;
+    int32_t bus_pid;     // the process that holds the machine's Redis bus
     uint64_t nmessages;  // in the log: resumable and retired
     uint64_t nretired;   // out of their rings, kept for readers
     uint64_t message_bytes;
     zone_stats stats;
+    external_stats ext;
     slot slots[max_slots];
 };
 
@@ -198,7 +217,7 @@ struct slot_set {
     }
 };
 
-enum class publish_status { ok, no_memory, no_channel };
+enum class publish_status { ok, no_memory, no_channel, duplicate };
 
 enum class join_status { ok, zone_full, max_subscribers };
 
@@ -275,6 +294,19 @@ public:
     publish_status commit(uint32_t slot, message *m, channel *c, int64_t now,
                           uint32_t buffer_length, int64_t ttl,
                           uint64_t *seq);
+    // 2'. The same with a seq assigned elsewhere (Redis), which must be
+    //    newer than the zone's: an older one is already held (or was
+    //    skipped for good), so m is abandoned and duplicate returned.
+    publish_status commit_at(uint32_t slot, message *m, channel *c, int64_t now,
+                             uint32_t buffer_length, int64_t ttl, uint64_t seq);
+    // The epoch now comes from outside; true when it changed. Nothing held
+    // before resumes exactly under the new one (resumes see a gap), and
+    // control_gen changes so every process ends its streams.
+    bool adopt_epoch(uint64_t epoch);
+    // Events of c up to `seq` are gone for good (Redis no longer holds
+    // them): resumes before it see a gap, and subscribers that had not
+    // read up to it are ended (lost_seq), as with memory exhaustion.
+    void mark_gone(channel *c, uint64_t seq);
     void abandon(uint32_t slot, message *m);
 
     // ---- reading
@@ -348,6 +380,9 @@ public:
 private:
     friend class session;
     store(zone_root *root, const allocator &a) : root_(root), a_(a) {}
+    publish_status commit_seq(uint32_t slot, message *m, channel *c,
+                              int64_t now, uint32_t buffer_length, int64_t ttl,
+                              uint64_t seq);
 
     void *alloc_evicting(size_t size, const channel *keep, int64_t now);
     bool evict_one(const channel *keep, bool needed_too);

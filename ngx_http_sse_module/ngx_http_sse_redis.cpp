@@ -1,0 +1,1688 @@
+// The Redis engine: `sse_zone ... redis=URL`. Redis holds a zone's ids,
+// history and notifications; each machine's shared-memory zone stays its
+// local cache and fan-out path, fed in seq order with the ids Redis gave.
+//
+// I/O: hiredis only formats commands and parses replies (redisReader); the
+// sockets are nginx peer connections on the worker's event loop. So every
+// connect, read and write is non-blocking, timers bound every command, and
+// nothing of hiredis's own connection handling (blocking DNS in
+// redisAsyncConnect, its own callbacks freeing the context) needs taming.
+//
+// Layout in Redis, every key under one hash tag (one Cluster slot):
+//   {sse:NAME}:epoch   this life of the zone's data (SET once; TIME-based)
+//   {sse:NAME}:seq     the zone-wide counter (INCR); starts at the epoch
+//                      value, so seqs of a new epoch pass every old one
+//   {sse:NAME}:ch:ID   a stream per channel, entry id SEQ-1, fields
+//                      p (the channel's previous seq), l and t (the
+//                      publisher's sse_buffer_length and sse_message_ttl,
+//                      which every machine's cache keeps too) and d (the
+//                      encoded body)
+//   {sse:NAME}:chans   sorted set: channel -> its newest seq (for repair)
+//   {sse:NAME}:bus     the pub/sub channel: "EPOCH SEQ PREV L T LEN ID" BODY
+//   {sse:NAME}:log     a stream of the zone's newest events, all channels
+//                      (entry id SEQ-1, fields c, l, t, d): a machine that
+//                      missed some (outage, bus worker restarted) repairs
+//                      from it exactly, however short the channels' streams
+//
+// Only one worker per machine (the bus leader, claimed in the zone) holds
+// the SUBSCRIBE connection and commits what it hears, in seq order. The
+// publishing worker commits its own event only when it is the next seq
+// the zone expects (nothing can be missing before it); otherwise the
+// leader does, and commit_at drops whichever copy comes second.
+#include "ngx_http_sse.hpp"
+
+extern "C" {
+#include <hiredis/hiredis.h>
+}
+#include <openssl/sha.h>
+#include <signal.h>
+#include <sys/time.h>
+
+#include <algorithm>
+#include <deque>
+#include <memory>
+
+#define NGX_HTTP_SSE_REDIS_DEFAULT_PORT 6379
+#define NGX_HTTP_SSE_REDIS_DEFAULT_TIMEOUT 2000
+// Reconnect delays double from the first to the last.
+#define NGX_HTTP_SSE_REDIS_BACKOFF_MIN 100
+#define NGX_HTTP_SSE_REDIS_BACKOFF_MAX 1000
+#define NGX_HTTP_SSE_REDIS_PING_MS 1000
+// Events committed per pair of sessions while repairing.
+#define NGX_HTTP_SSE_REDIS_BATCH 256
+// Channels remembered for repair (the newest by seq).
+#define NGX_HTTP_SSE_REDIS_MAX_CHANNELS "100000"
+// Events of the zone's log (about: trimmed with ~).
+#define NGX_HTTP_SSE_REDIS_LOG_LENGTH "100000"
+
+enum ngx_http_sse_redis_state_e {
+    NGX_HTTP_SSE_REDIS_DOWN = 0,
+    NGX_HTTP_SSE_REDIS_CONNECTING,
+    NGX_HTTP_SSE_REDIS_SYNCING,
+    NGX_HTTP_SSE_REDIS_UP,
+};
+
+static const char *const ngx_http_sse_redis_state_text[] = {
+    "down", "connecting", "syncing", "up"};
+
+struct ngx_http_sse_redis_conf_t {
+    ngx_str_t url;  // as written, for messages
+    ngx_addr_t addr;
+    ngx_str_t user;
+    ngx_str_t password;
+    ngx_uint_t db;
+    ngx_msec_t timeout;
+    std::string *prefix;  // "{sse:NAME}"; freed with the cycle
+    ngx_ssl_t *ssl;       // rediss://; NULL: plain TCP
+    ngx_str_t host;       // the name its certificate must hold
+};
+
+// The zone's keys and scripts, shared by every connection of the worker.
+
+// Creates the epoch (and starts the counter at it) when Redis has none,
+// and starts a new one when Redis holds fewer events than this machine
+// (restored from an older copy): either way old ids then report a gap.
+// ARGV[1], ARGV[2]: this machine's epoch and newest seq.
+#define NGX_HTTP_SSE_REDIS_PROLOGUE                                     \
+    "local e = redis.call('GET', KEYS[1])\n"                            \
+    "local s = tonumber(redis.call('GET', KEYS[2]) or '0')\n"           \
+    "if (not e) or (e == ARGV[1] and s < tonumber(ARGV[2])) then\n"     \
+    "  local t = redis.call('TIME')\n"                                  \
+    "  local n = math.max(tonumber(t[1]) * 1000000 + tonumber(t[2]),\n" \
+    "                     tonumber(ARGV[2]) + 1, s + 1)\n"              \
+    "  e = string.format('%.0f', n)\n"                                  \
+    "  s = n\n"                                                         \
+    "  redis.call('SET', KEYS[1], e)\n"                                 \
+    "  redis.call('SET', KEYS[2], e)\n"                                 \
+    "end\n"
+
+// KEYS: epoch seq stream chans bus log; ARGV: local epoch, local seq,
+// channel, body, maxlen, ttl ms. Returns {epoch, seq}.
+static const char ngx_http_sse_redis_publish_lua[] = NGX_HTTP_SSE_REDIS_PROLOGUE
+    "s = redis.call('INCR', KEYS[2])\n"
+    "local sid = string.format('%.0f', s)\n"
+    "local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)\n"
+    "local p = '0'\n"
+    "if #last > 0 then p = string.match(last[1][1], '^(%d+)') end\n"
+    "redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[5], sid .. '-1',\n"
+    "           'p', p, 'l', ARGV[5], 't', ARGV[6], 'd', ARGV[4])\n"
+    "redis.call('PEXPIRE', KEYS[3], ARGV[6])\n"
+    "redis.call('XADD', KEYS[6], 'MAXLEN', '~', " NGX_HTTP_SSE_REDIS_LOG_LENGTH
+    ", sid .. '-1',\n"
+    "           'c', ARGV[3], 'l', ARGV[5], 't', ARGV[6], 'd', ARGV[4])\n"
+    "redis.call('ZADD', KEYS[4], s, ARGV[3])\n"
+    "redis.call('ZREMRANGEBYRANK', KEYS[4], 0, "
+    "-" NGX_HTTP_SSE_REDIS_MAX_CHANNELS
+    " - 1)\n"
+    "redis.call('PUBLISH', KEYS[5], e .. ' ' .. sid .. ' ' .. p .. ' ' ..\n"
+    "           ARGV[5] .. ' ' .. ARGV[6] .. ' ' .. #ARGV[3] .. ' ' ..\n"
+    "           ARGV[3] .. ARGV[4])\n"
+    "return {e, sid}\n";
+
+// KEYS: epoch seq; ARGV: local epoch, local seq. Returns {epoch, seq}.
+static const char ngx_http_sse_redis_sync_lua[] =
+    NGX_HTTP_SSE_REDIS_PROLOGUE "return {e, string.format('%.0f', s)}\n";
+
+struct ngx_http_sse_redis_conn_t;
+
+// A reply, or err (reply NULL) when the command failed: connection lost,
+// timeout, or the worker exiting.
+using ngx_http_sse_redis_reply_pt = void (*)(ngx_http_sse_redis_conn_t *rc,
+                                             void *data, redisReply *reply,
+                                             const char *err);
+
+struct ngx_http_sse_redis_cmd_t {
+    ngx_http_sse_redis_reply_pt handler;
+    void *data;
+    ngx_msec_t deadline;
+};
+
+struct ngx_http_sse_redis_worker_t;
+
+// One connection to Redis: commands pipelined, replies in order.
+struct ngx_http_sse_redis_conn_t {
+    ngx_http_sse_redis_worker_t *rw;
+    const char *role;
+    ngx_peer_connection_t pc;
+    redisReader *reader;
+    std::string out;
+    std::deque<ngx_http_sse_redis_cmd_t> pending;
+    ngx_event_t timer;
+    uint64_t life;  // bumped by each close: stale callers notice
+    bool connecting;
+    bool connected;
+    // Pub/sub messages (the bus connection only).
+    void (*on_message)(ngx_http_sse_redis_worker_t *rw, redisReply *r);
+    void (*on_close)(ngx_http_sse_redis_worker_t *rw, const char *err);
+};
+
+// One event heard on the bus or read from a stream.
+struct ngx_http_sse_redis_event_t {
+    uint64_t epoch;
+    uint64_t seq;
+    uint64_t lost;  // nonzero: the channel's events up to it are gone
+    uint32_t buffer_length;
+    ngx_msec_t ttl;
+    std::string channel;
+    std::string body;
+};
+
+struct ngx_http_sse_redis_worker_t {
+    ngx_http_sse_zone_worker_t *zw;
+    ngx_http_sse_redis_conf_t *conf;
+    // Where the zone's keys live: the configured address, or the node a
+    // Redis Cluster redirected us to (MOVED).
+    ngx_sockaddr_t moved_sa;
+    socklen_t moved_len;  // 0: the configured address
+    std::string moved_name;
+    ngx_str_t moved_str;
+    std::string keys[6];  // epoch seq chans bus, the stream prefix, log
+    ngx_http_sse_redis_conn_t cmd;
+    ngx_http_sse_redis_conn_t bus;
+    ngx_msec_t cmd_down_until;  // publishes fail fast until then
+    std::string cmd_error;
+    // The bus (leader only).
+    bool leader;
+    ngx_uint_t bus_state;
+    ngx_msec_t backoff;
+    ngx_event_t bus_timer;  // reconnects and pings
+    uint64_t sync_gen;
+    std::vector<ngx_http_sse_redis_event_t> heard;  // held while repairing
+    std::vector<ngx_http_sse_redis_event_t> fetched;
+    uint64_t fetch_from;
+    uint64_t sync_epoch;
+    uint64_t sync_seq;  // Redis's newest when we subscribed
+    ngx_uint_t fetch_left;
+    ngx_event_t commit_ev;  // commits what the bus said, once per burst
+    std::string sha;        // of the publish script
+};
+
+static uint64_t ngx_http_sse_redis_now_us() {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+static std::string ngx_http_sse_redis_sha(const char *script) {
+    unsigned char md[SHA_DIGEST_LENGTH];
+    SHA1(reinterpret_cast<const unsigned char *>(script), strlen(script), md);
+    static const char hex[] = "0123456789abcdef";
+    std::string s;
+    for (unsigned char b : md) {
+        s += hex[b >> 4];
+        s += hex[b & 15];
+    }
+    return s;
+}
+
+static std::string ngx_http_sse_redis_str(const ngx_str_t &s) {
+    return {reinterpret_cast<char *>(s.data), s.len};
+}
+
+// ------------------------------------------------------------- config
+
+// redis=redis://[user:pass@]host[:port][/db]
+char *ngx_http_sse_redis_parse(ngx_conf_t *cf, ngx_http_sse_zone_t *z,
+                               ngx_str_t *url, ngx_str_t *timeout,
+                               ngx_str_t *ca) {
+    auto *conf = static_cast<ngx_http_sse_redis_conf_t *>(
+        ngx_pcalloc(cf->pool, sizeof(ngx_http_sse_redis_conf_t)));
+    if (conf == NULL) {
+        return (char *)NGX_CONF_ERROR;
+    }
+    conf->url = *url;
+    conf->timeout = NGX_HTTP_SSE_REDIS_DEFAULT_TIMEOUT;
+    if (timeout != NULL) {
+        conf->timeout = ngx_parse_time(timeout, 0);
+        if (conf->timeout == (ngx_msec_t)NGX_ERROR || conf->timeout == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid redis_timeout \"%V\" in \"sse_zone\"",
+                               timeout);
+            return (char *)NGX_CONF_ERROR;
+        }
+    }
+    auto bad = [&](const char *why) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid redis URL \"%V\" in \"sse_zone\": %s", url,
+                           why);
+        return (char *)NGX_CONF_ERROR;
+    };
+    u_char *p = url->data, *end = url->data + url->len;
+    bool tls = url->len >= 9 && ngx_strncmp(p, "rediss://", 9) == 0;
+    if (!tls && (url->len < 8 || ngx_strncmp(p, "redis://", 8) != 0)) {
+        return bad(
+            "expected redis://[user:password@]host[:port][/db] or "
+            "rediss://...");
+    }
+    if (ca != NULL && !tls) {
+        return bad("redis_ca= is for TLS (rediss://)");
+    }
+    p += tls ? 9 : 8;
+    u_char *slash = static_cast<u_char *>(ngx_strlchr(p, end, '/'));
+    u_char *hostend = slash ? slash : end;
+    u_char *at = NULL;
+    for (u_char *q = p; q < hostend; q++) {
+        if (*q == '@') {
+            at = q;  // the last one: a password may hold '@' unescaped
+        }
+    }
+    if (at != NULL) {
+        u_char *colon = static_cast<u_char *>(ngx_strlchr(p, at, ':'));
+        ngx_str_t user{static_cast<size_t>((colon ? colon : at) - p), p};
+        ngx_str_t pass{colon ? static_cast<size_t>(at - colon - 1) : 0,
+                       colon ? colon + 1 : NULL};
+        // %XX escapes allowed in both, as in any URL.
+        for (auto [in, out] : {std::pair{&user, &conf->user},
+                               std::pair{&pass, &conf->password}}) {
+            out->data =
+                static_cast<u_char *>(ngx_pnalloc(cf->pool, in->len + 1));
+            if (out->data == NULL) {
+                return (char *)NGX_CONF_ERROR;
+            }
+            u_char *src = in->data, *dst = out->data;
+            ngx_unescape_uri(&dst, &src, in->len, 0);
+            out->len = dst - out->data;
+        }
+        if (colon == NULL) {
+            // redis://password@host, as redis-cli takes it.
+            conf->password = conf->user;
+            conf->user.len = 0;
+        }
+        p = at + 1;
+    }
+    if (p == hostend) {
+        return bad("no host");
+    }
+    if (slash != NULL) {
+        ngx_int_t db = ngx_atoi(slash + 1, end - slash - 1);
+        if (slash + 1 < end && db == NGX_ERROR) {
+            return bad("the database after \"/\" must be a number");
+        }
+        conf->db = db == NGX_ERROR ? 0 : db;
+    }
+    ngx_url_t u;
+    ngx_memzero(&u, sizeof(ngx_url_t));
+    u.url.data = p;
+    u.url.len = hostend - p;
+    u.default_port = NGX_HTTP_SSE_REDIS_DEFAULT_PORT;
+    if (ngx_parse_url(cf->pool, &u) != NGX_OK || u.naddrs == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid redis URL \"%V\" in \"sse_zone\": %s "
+                           "\"%V\"",
+                           url, u.err ? u.err : "host not found", &u.url);
+        return (char *)NGX_CONF_ERROR;
+    }
+    conf->addr = u.addrs[0];
+    if (tls) {
+        // The server's certificate is verified, and its name: against
+        // redis_ca=FILE, else the system's trusted authorities.
+        conf->ssl =
+            static_cast<ngx_ssl_t *>(ngx_pcalloc(cf->pool, sizeof(ngx_ssl_t)));
+        if (conf->ssl == NULL) {
+            return (char *)NGX_CONF_ERROR;
+        }
+        conf->ssl->log = cf->log;
+        if (ngx_ssl_create(conf->ssl, NGX_SSL_TLSv1_2 | NGX_SSL_TLSv1_3,
+                           NULL) != NGX_OK) {
+            return (char *)NGX_CONF_ERROR;
+        }
+        ngx_pool_cleanup_t *c = ngx_pool_cleanup_add(cf->pool, 0);
+        if (c == NULL) {
+            ngx_ssl_cleanup_ctx(conf->ssl);
+            return (char *)NGX_CONF_ERROR;
+        }
+        c->handler = ngx_ssl_cleanup_ctx;
+        c->data = conf->ssl;
+        ngx_str_t none = ngx_null_string;
+        if (ngx_ssl_trusted_certificate(cf, conf->ssl, ca ? ca : &none, 9) !=
+            NGX_OK) {
+            return (char *)NGX_CONF_ERROR;
+        }
+        if (ca == NULL &&
+            SSL_CTX_set_default_verify_paths(conf->ssl->ctx) != 1) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "cannot load the system's trusted "
+                               "certificates for \"%V\" in \"sse_zone\"",
+                               url);
+            return (char *)NGX_CONF_ERROR;
+        }
+        conf->host = u.host;
+    }
+    try {
+        conf->prefix = new std::string(
+            "{sse:" + ngx_http_sse_redis_str(z->shm_zone->shm.name) + "}");
+    } catch (const std::exception &) {
+        return (char *)NGX_CONF_ERROR;
+    }
+    ngx_pool_cleanup_t *cln = ngx_pool_cleanup_add(cf->pool, 0);
+    if (cln == NULL) {
+        delete conf->prefix;
+        return (char *)NGX_CONF_ERROR;
+    }
+    cln->handler = [](void *d) { delete static_cast<std::string *>(d); };
+    cln->data = conf->prefix;
+    z->redis = conf;
+    return NGX_CONF_OK;
+}
+
+// ------------------------------------------------------------- figures
+
+static void ngx_http_sse_redis_set_error(ngx_http_sse_zone_t *z,
+                                         const char *err) {
+    sse::external_stats &x = z->root->ext;
+    // Read unlocked by sse_status: a torn message at worst.
+    size_t n = ngx_min(strlen(err), sizeof(x.last_error) - 1);
+    ngx_memcpy(x.last_error, err, n);
+    x.last_error[n] = '\0';
+}
+
+static void ngx_http_sse_redis_set_state(ngx_http_sse_redis_worker_t *rw,
+                                         ngx_uint_t state) {
+    rw->bus_state = state;
+    __atomic_store_n(&rw->zw->zone->root->ext.state, (uint32_t)state,
+                     __ATOMIC_RELAXED);
+}
+
+// ------------------------------------------------------------- connection
+
+static void ngx_http_sse_redis_read(ngx_event_t *ev);
+static void ngx_http_sse_redis_write(ngx_event_t *ev);
+static void ngx_http_sse_redis_timer(ngx_event_t *ev);
+static void ngx_http_sse_redis_flush(ngx_http_sse_redis_conn_t *rc);
+static bool ngx_http_sse_redis_connected(ngx_http_sse_redis_conn_t *rc);
+
+static void ngx_http_sse_redis_conn_init(ngx_http_sse_redis_conn_t *rc,
+                                         ngx_http_sse_redis_worker_t *rw,
+                                         const char *role) {
+    rc->rw = rw;
+    rc->role = role;
+    rc->timer.handler = ngx_http_sse_redis_timer;
+    rc->timer.data = rc;
+    rc->timer.log = ngx_cycle->log;
+    rc->timer.cancelable = 1;
+}
+
+// Fails every pending command with err and closes the socket; callers may
+// reconnect from the handlers.
+static void ngx_http_sse_redis_close(ngx_http_sse_redis_conn_t *rc,
+                                     const char *err) {
+    bool was = rc->connecting || rc->connected || !rc->pending.empty();
+    rc->life++;
+    if (rc->pc.connection != NULL) {
+        ngx_connection_t *c = rc->pc.connection;
+        if (c->ssl != NULL) {
+            c->ssl->no_wait_shutdown = 1;
+            (void)ngx_ssl_shutdown(c);
+        }
+        ngx_pool_t *pool = c->pool;
+        ngx_close_connection(c);
+        if (pool != NULL) {
+            ngx_destroy_pool(pool);
+        }
+        rc->pc.connection = NULL;
+    }
+    if (rc->reader != NULL) {
+        redisReaderFree(rc->reader);
+        rc->reader = NULL;
+    }
+    if (rc->timer.timer_set) {
+        ngx_del_timer(&rc->timer);
+    }
+    rc->connecting = rc->connected = false;
+    rc->out.clear();
+    if (rc == &rc->rw->cmd && err != NULL && ngx_strncmp(err, "MOVED ", 6)) {
+        // A node we were redirected to may be gone (cluster failover): ask
+        // the configured one again, which redirects us to the new primary.
+        rc->rw->moved_len = 0;
+    }
+    std::deque<ngx_http_sse_redis_cmd_t> failed;
+    failed.swap(rc->pending);
+    if (was && err != NULL && !ngx_exiting && !ngx_terminate) {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "sse: redis %s connection to \"%V\" for zone \"%V\": %s",
+                      rc->role, &rc->rw->conf->url,
+                      &rc->rw->zw->zone->shm_zone->shm.name, err);
+        ngx_http_sse_redis_set_error(rc->rw->zw->zone, err);
+    }
+    for (auto &cmd : failed) {
+        cmd.handler(rc, cmd.data, NULL, err ? err : "connection closed");
+    }
+    if (was && rc->on_close != NULL) {
+        rc->on_close(rc->rw, err);
+    }
+}
+
+static void ngx_http_sse_redis_arm(ngx_http_sse_redis_conn_t *rc) {
+    if (rc->pending.empty()) {
+        if (rc->timer.timer_set) {
+            ngx_del_timer(&rc->timer);
+        }
+        return;
+    }
+    ngx_msec_t due = rc->pending.front().deadline;
+    ngx_msec_t left = (ngx_msec_int_t)(due - ngx_current_msec) > 0
+                          ? due - ngx_current_msec
+                          : 1;
+    ngx_add_timer(&rc->timer, left);
+}
+
+static void ngx_http_sse_redis_timer(ngx_event_t *ev) {
+    auto *rc = static_cast<ngx_http_sse_redis_conn_t *>(ev->data);
+    if (!rc->pending.empty() && (ngx_msec_int_t)(rc->pending.front().deadline -
+                                                 ngx_current_msec) <= 0) {
+        ngx_http_sse_redis_close(
+            rc, rc->connected ? "timed out" : "connect timed out");
+        return;
+    }
+    ngx_http_sse_redis_arm(rc);
+}
+
+// Appends one command; the handler gets its reply (or an error) later,
+// never from inside this call.
+static void ngx_http_sse_redis_push(ngx_http_sse_redis_conn_t *rc,
+                                    const std::vector<std::string_view> &args,
+                                    ngx_http_sse_redis_reply_pt handler,
+                                    void *data, bool front = false) {
+    std::vector<const char *> argv;
+    std::vector<size_t> lens;
+    for (auto a : args) {
+        argv.push_back(a.data());
+        lens.push_back(a.size());
+    }
+    char *cmd = NULL;
+    int n = redisFormatCommandArgv(&cmd, argv.size(), argv.data(), lens.data());
+    if (n < 0) {
+        throw std::bad_alloc();
+    }
+    std::string s(cmd, n);
+    redisFreeCommand(cmd);
+    ngx_http_sse_redis_cmd_t c{handler, data,
+                               ngx_current_msec + rc->rw->conf->timeout};
+    if (front) {
+        rc->out.insert(0, s);
+        rc->pending.push_front(c);
+    } else {
+        rc->out += s;
+        rc->pending.push_back(c);
+    }
+    if (!rc->timer.timer_set) {
+        ngx_http_sse_redis_arm(rc);
+    }
+}
+
+static void ngx_http_sse_redis_handshake_reply(ngx_http_sse_redis_conn_t *rc,
+                                               void *data, redisReply *r,
+                                               const char *err) {
+    if (r != NULL && r->type == REDIS_REPLY_ERROR) {
+        std::string why = std::string(static_cast<const char *>(data)) + ": " +
+                          std::string(r->str, r->len);
+        // The read loop notices (life changes) and stops.
+        ngx_http_sse_redis_close(rc, why.c_str());
+    }
+}
+
+static void ngx_http_sse_redis_connect(ngx_http_sse_redis_conn_t *rc) {
+    ngx_http_sse_redis_conf_t *conf = rc->rw->conf;
+    ngx_memzero(&rc->pc, sizeof(ngx_peer_connection_t));
+    ngx_http_sse_redis_worker_t *rw = rc->rw;
+    // The bus stays on the configured node: a cluster's PUBLISH reaches
+    // every node.
+    if (rc == &rw->cmd && rw->moved_len != 0) {
+        rc->pc.sockaddr = &rw->moved_sa.sockaddr;
+        rc->pc.socklen = rw->moved_len;
+        rc->pc.name = &rw->moved_str;
+    } else {
+        rc->pc.sockaddr = conf->addr.sockaddr;
+        rc->pc.socklen = conf->addr.socklen;
+        rc->pc.name = &conf->url;
+    }
+    rc->pc.get = ngx_event_get_peer;
+    rc->pc.log = ngx_cycle->log;
+    rc->pc.log_error = NGX_ERROR_ERR;
+    rc->reader = redisReaderCreate();
+    if (rc->reader == NULL) {
+        throw std::bad_alloc();
+    }
+    // The handshake goes before whatever is queued.
+    std::string sha;
+    if (conf->db != 0) {
+        std::string db = std::to_string(conf->db);
+        ngx_http_sse_redis_push(rc, {"SELECT", db},
+                                ngx_http_sse_redis_handshake_reply,
+                                (void *)"SELECT", true);
+    }
+    if (conf->password.len != 0) {
+        std::string pass = ngx_http_sse_redis_str(conf->password);
+        if (conf->user.len != 0) {
+            ngx_http_sse_redis_push(
+                rc, {"AUTH", ngx_http_sse_redis_str(conf->user), pass},
+                ngx_http_sse_redis_handshake_reply, (void *)"AUTH", true);
+        } else {
+            ngx_http_sse_redis_push(rc, {"AUTH", pass},
+                                    ngx_http_sse_redis_handshake_reply,
+                                    (void *)"AUTH", true);
+        }
+    }
+    rc->connecting = true;
+    ngx_int_t rv = ngx_event_connect_peer(&rc->pc);
+    if (rv == NGX_ERROR || rv == NGX_BUSY || rv == NGX_DECLINED) {
+        // nginx closed the socket and logged why.
+        ngx_http_sse_redis_close(rc, "connect() failed");
+        return;
+    }
+    ngx_connection_t *c = rc->pc.connection;
+    c->data = rc;
+    c->read->handler = ngx_http_sse_redis_read;
+    c->write->handler = ngx_http_sse_redis_write;
+    c->log = ngx_cycle->log;
+    c->read->log = c->log;
+    c->write->log = c->log;
+    if (rv == NGX_OK && ngx_http_sse_redis_connected(rc)) {
+        ngx_http_sse_redis_flush(rc);
+    }
+    // NGX_AGAIN: the write event says when the connect is done.
+}
+
+static void ngx_http_sse_redis_send(ngx_http_sse_redis_conn_t *rc,
+                                    const std::vector<std::string_view> &args,
+                                    ngx_http_sse_redis_reply_pt handler,
+                                    void *data) {
+    ngx_http_sse_redis_push(rc, args, handler, data);
+    if (rc->connected) {
+        ngx_http_sse_redis_flush(rc);
+    } else if (!rc->connecting) {
+        ngx_http_sse_redis_connect(rc);
+    }
+}
+
+static void ngx_http_sse_redis_flush(ngx_http_sse_redis_conn_t *rc) {
+    ngx_connection_t *c = rc->pc.connection;
+    while (!rc->out.empty()) {
+        ssize_t n =
+            c->send(c, reinterpret_cast<u_char *>(&rc->out[0]), rc->out.size());
+        if (n == NGX_AGAIN) {
+            break;
+        }
+        if (n == NGX_ERROR) {
+            ngx_http_sse_redis_close(rc, "send() failed");
+            return;
+        }
+        rc->out.erase(0, n);
+    }
+    if (ngx_handle_write_event(c->write, 0) != NGX_OK) {
+        ngx_http_sse_redis_close(rc, "cannot watch the socket");
+    }
+}
+
+static void ngx_http_sse_redis_tls_done(ngx_connection_t *c) {
+    auto *rc = static_cast<ngx_http_sse_redis_conn_t *>(c->data);
+    ngx_http_sse_redis_conf_t *conf = rc->rw->conf;
+    if (!c->ssl->handshaked) {
+        ngx_http_sse_redis_close(rc, "TLS handshake failed");
+        return;
+    }
+    long v = SSL_get_verify_result(c->ssl->connection);
+    if (v != X509_V_OK) {
+        std::string why = "TLS certificate verify failed: ";
+        why += X509_verify_cert_error_string(v);
+        ngx_http_sse_redis_close(rc, why.c_str());
+        return;
+    }
+    if (ngx_ssl_check_host(c, &conf->host) != NGX_OK) {
+        ngx_http_sse_redis_close(rc, "TLS certificate does not match the host");
+        return;
+    }
+    c->read->handler = ngx_http_sse_redis_read;
+    c->write->handler = ngx_http_sse_redis_write;
+    rc->connecting = false;
+    rc->connected = true;
+    try {
+        ngx_http_sse_redis_flush(rc);
+    } catch (const std::exception &e) {
+        ngx_http_sse_redis_close(rc, e.what());
+    }
+}
+
+// TLS over the connected socket (rediss://); true once it is ready (never
+// at once: the handshake takes a round trip), false while it goes on or
+// when it failed (closed).
+static bool ngx_http_sse_redis_tls(ngx_http_sse_redis_conn_t *rc) {
+    ngx_connection_t *c = rc->pc.connection;
+    ngx_http_sse_redis_conf_t *conf = rc->rw->conf;
+    if (c->ssl != NULL) {
+        return false;  // the handshake is under way
+    }
+    if (c->pool == NULL) {
+        // nginx's TLS state lives in the connection's pool.
+        c->pool = ngx_create_pool(1024, ngx_cycle->log);
+        if (c->pool == NULL) {
+            ngx_http_sse_redis_close(rc, "out of memory");
+            return false;
+        }
+    }
+    if (ngx_ssl_create_connection(conf->ssl, c,
+                                  NGX_SSL_BUFFER | NGX_SSL_CLIENT) != NGX_OK) {
+        ngx_http_sse_redis_close(rc, "TLS setup failed");
+        return false;
+    }
+    std::string host = ngx_http_sse_redis_str(conf->host);
+    SSL_set_tlsext_host_name(c->ssl->connection, host.c_str());
+    ngx_int_t rv = ngx_ssl_handshake(c);
+    if (rv == NGX_AGAIN) {
+        c->ssl->handler = ngx_http_sse_redis_tls_done;
+        return false;
+    }
+    ngx_http_sse_redis_tls_done(c);
+    return false;
+}
+
+// A non-blocking connect has ended, either way: false (and closed) when
+// it failed, or while TLS is still being set up.
+static bool ngx_http_sse_redis_connected(ngx_http_sse_redis_conn_t *rc) {
+    if (!rc->connecting) {
+        return true;
+    }
+    int err = 0;
+    socklen_t len = sizeof(int);
+    if (getsockopt(rc->pc.connection->fd, SOL_SOCKET, SO_ERROR, (void *)&err,
+                   &len) == -1) {
+        err = ngx_socket_errno;
+    }
+    if (err != 0) {
+        std::string why = "connect() failed: ";
+        why += strerror(err);
+        ngx_http_sse_redis_close(rc, why.c_str());
+        return false;
+    }
+    if (rc->rw->conf->ssl != NULL) {
+        return ngx_http_sse_redis_tls(rc);
+    }
+    rc->connecting = false;
+    rc->connected = true;
+    return true;
+}
+
+static void ngx_http_sse_redis_write(ngx_event_t *ev) {
+    auto *c = static_cast<ngx_connection_t *>(ev->data);
+    auto *rc = static_cast<ngx_http_sse_redis_conn_t *>(c->data);
+    try {
+        if (ngx_http_sse_redis_connected(rc)) {
+            ngx_http_sse_redis_flush(rc);
+        }
+    } catch (const std::exception &e) {
+        ngx_http_sse_redis_close(rc, e.what());
+    }
+}
+
+static bool ngx_http_sse_redis_is_message(redisReply *r) {
+    return r->type == REDIS_REPLY_ARRAY && r->elements == 3 &&
+           r->element[0]->type == REDIS_REPLY_STRING &&
+           r->element[0]->len == 7 &&
+           ngx_strncmp(r->element[0]->str, "message", 7) == 0;
+}
+
+static bool ngx_http_sse_redis_is_moved(redisReply *r) {
+    return r->type == REDIS_REPLY_ERROR && r->len > 6 &&
+           ngx_strncmp(r->str, "MOVED ", 6) == 0;
+}
+
+// "MOVED SLOT HOST:PORT": a Redis Cluster says the zone's slot lives on
+// another node. The command connection reconnects there (what was in
+// flight fails with "MOVED", and publishes are sent again once); the bus
+// needs no move (PUBLISH reaches every node of a cluster).
+static void ngx_http_sse_redis_moved(ngx_http_sse_redis_conn_t *rc,
+                                     redisReply *r) {
+    ngx_http_sse_redis_worker_t *rw = rc->rw;
+    std::string_view v(r->str, r->len);
+    size_t sp = v.rfind(' ');
+    size_t colon = v.rfind(':');
+    if (sp == std::string_view::npos || colon == std::string_view::npos ||
+        colon < sp) {
+        return;
+    }
+    std::string host(v.substr(sp + 1, colon - sp - 1));
+    int port = atoi(std::string(v.substr(colon + 1)).c_str());
+    if (host.size() > 2 && host.front() == '[') {
+        host = host.substr(1, host.size() - 2);
+    }
+    ngx_sockaddr_t sa;
+    ngx_memzero(&sa, sizeof(sa));
+    socklen_t len;
+    if (port <= 0 || port > 65535) {
+        return;
+    }
+    if (inet_pton(AF_INET, host.c_str(), &sa.sockaddr_in.sin_addr) == 1) {
+        sa.sockaddr_in.sin_family = AF_INET;
+        sa.sockaddr_in.sin_port = htons(port);
+        len = sizeof(struct sockaddr_in);
+#if (NGX_HAVE_INET6)
+    } else if (inet_pton(AF_INET6, host.c_str(), &sa.sockaddr_in6.sin6_addr) ==
+               1) {
+        sa.sockaddr_in6.sin6_family = AF_INET6;
+        sa.sockaddr_in6.sin6_port = htons(port);
+        len = sizeof(struct sockaddr_in6);
+#endif
+    } else {
+        return;  // a node announced by name: not followed
+    }
+    rw->moved_sa = sa;
+    rw->moved_len = len;
+    rw->moved_name = std::string(v.substr(sp + 1));
+    rw->moved_str.data = (u_char *)&rw->moved_name[0];
+    rw->moved_str.len = rw->moved_name.size();
+    ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                  "sse: zone \"%V\" lives on redis node %V (MOVED)",
+                  &rw->zw->zone->shm_zone->shm.name, &rw->moved_str);
+    std::string why(v);
+    if (rc == &rw->cmd) {
+        ngx_http_sse_redis_close(rc, why.c_str());
+    }
+}
+
+static void ngx_http_sse_redis_read(ngx_event_t *ev) {
+    auto *c = static_cast<ngx_connection_t *>(ev->data);
+    auto *rc = static_cast<ngx_http_sse_redis_conn_t *>(c->data);
+    uint64_t life = rc->life;
+    u_char buf[16384];
+    try {
+        if (!ngx_http_sse_redis_connected(rc)) {
+            return;
+        }
+        for (;;) {
+            ssize_t n = c->recv(c, buf, sizeof(buf));
+            if (n == NGX_AGAIN) {
+                if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
+                    ngx_http_sse_redis_close(rc, "cannot watch the socket");
+                }
+                return;
+            }
+            if (n == 0 || n == NGX_ERROR) {
+                std::string why = n == 0 ? "connection closed by Redis"
+                                         : std::string("recv() failed: ") +
+                                               strerror(ngx_socket_errno);
+                ngx_http_sse_redis_close(rc, why.c_str());
+                return;
+            }
+            if (redisReaderFeed(rc->reader, reinterpret_cast<char *>(buf), n) !=
+                REDIS_OK) {
+                ngx_http_sse_redis_close(rc, "out of memory");
+                return;
+            }
+            for (;;) {
+                void *reply = NULL;
+                if (redisReaderGetReply(rc->reader, &reply) != REDIS_OK) {
+                    ngx_http_sse_redis_close(rc, "protocol error");
+                    return;
+                }
+                if (reply == NULL) {
+                    break;
+                }
+                std::unique_ptr<redisReply, void (*)(void *)> r(
+                    static_cast<redisReply *>(reply), freeReplyObject);
+                if (rc->on_message != NULL &&
+                    ngx_http_sse_redis_is_message(r.get())) {
+                    rc->on_message(rc->rw, r.get());
+                } else if (!rc->pending.empty()) {
+                    ngx_http_sse_redis_cmd_t cmd = rc->pending.front();
+                    rc->pending.pop_front();
+                    ngx_http_sse_redis_arm(rc);
+                    if (ngx_http_sse_redis_is_moved(r.get())) {
+                        // Before the handler, so that what it sends again
+                        // goes to the new node.
+                        ngx_http_sse_redis_moved(rc, r.get());
+                    }
+                    cmd.handler(rc, cmd.data, r.get(), NULL);
+                } else {
+                    ngx_http_sse_redis_close(rc, "unexpected reply");
+                    return;
+                }
+                if (rc->life != life) {
+                    return;  // closed by a handler
+                }
+            }
+        }
+    } catch (const std::exception &e) {
+        if (rc->life == life) {
+            ngx_http_sse_redis_close(rc, e.what());
+        }
+    }
+}
+
+// ------------------------------------------------------------- committing
+
+static uint64_t ngx_http_sse_redis_u64(const char *p, size_t len) {
+    uint64_t v = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (p[i] < '0' || p[i] > '9') {
+            return 0;
+        }
+        v = v * 10 + (p[i] - '0');
+    }
+    return v;
+}
+
+static uint64_t ngx_http_sse_redis_u64(redisReply *r) {
+    if (r->type == REDIS_REPLY_INTEGER) {
+        return (uint64_t)r->integer;
+    }
+    if (r->type == REDIS_REPLY_STRING) {
+        return ngx_http_sse_redis_u64(r->str, r->len);
+    }
+    return 0;
+}
+
+// Commits events (in seq order) into the zone: those it holds already are
+// skipped; a new epoch is adopted first. Wakes the processes concerned.
+static void ngx_http_sse_redis_commit(
+    ngx_http_sse_redis_worker_t *rw,
+    std::vector<ngx_http_sse_redis_event_t> &evs, size_t from) {
+    ngx_http_sse_zone_worker_t *zw = rw->zw;
+    ngx_http_sse_zone_t *z = zw->zone;
+    if (zw->slot == sse::no_slot) {
+        return;  // this worker got no process slot: the bus worker has one
+    }
+    std::vector<sse::message *> ms;
+    sse::slot_set wake{};
+    bool any = false;
+    bool all = false;
+    for (size_t at = from; at < evs.size(); at += NGX_HTTP_SSE_REDIS_BATCH) {
+        size_t n = ngx_min(evs.size() - at, (size_t)NGX_HTTP_SSE_REDIS_BATCH);
+        ms.assign(n, nullptr);
+        {
+            auto s = ngx_http_sse_session(z);
+            uint64_t seq = s->root()->seq;
+            for (size_t i = 0; i < n; i++) {
+                auto &ev = evs[at + i];
+                if (ev.seq > seq || ev.epoch != s->root()->epoch) {
+                    ms[i] =
+                        s->prepare(zw->slot, ev.body.size(), ngx_current_msec);
+                }
+            }
+        }
+        for (size_t i = 0; i < n; i++) {
+            if (ms[i] != nullptr) {
+                ngx_memcpy(ms[i]->bytes(), evs[at + i].body.data(),
+                           evs[at + i].body.size());
+            }
+        }
+        auto s = ngx_http_sse_session(z);
+        ngx_msec_t now = ngx_current_msec;
+        for (size_t i = 0; i < n; i++) {
+            auto &ev = evs[at + i];
+            if (ms[i] == nullptr) {
+                if (ev.seq > s->root()->seq && ev.epoch == s->root()->epoch) {
+                    // No room in the zone: whoever wanted it resumes and
+                    // learns of the gap.
+                    sse::channel *ch = s->find(ev.channel);
+                    if (ch != NULL) {
+                        s->mark_gone(ch, ev.seq);
+                    }
+                }
+                continue;
+            }
+            if (ev.epoch != s->root()->epoch && s->adopt_epoch(ev.epoch)) {
+                ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                              "sse: zone \"%V\" takes Redis's new epoch %uL: "
+                              "Redis lost the zone's data; streams end and "
+                              "resume with an sse-gap",
+                              &z->shm_zone->shm.name, ev.epoch);
+                all = true;
+            }
+            sse::channel *ch = s->find_or_create(ev.channel, now);
+            if (ch == NULL) {
+                s->abandon(zw->slot, ms[i]);
+                continue;
+            }
+            if (ev.lost != 0) {
+                // The channel's events up to it never reached this machine
+                // and Redis no longer has them.
+                s->mark_gone(ch, ev.lost);
+            }
+            // The length and ttl are Redis's business: keep what its
+            // stream keeps, with the zone's defaults for expiry.
+            sse::publish_status st = s->commit_at(
+                zw->slot, ms[i], ch, now, ev.buffer_length, ev.ttl, ev.seq);
+            if (st == sse::publish_status::ok) {
+                any = true;
+                sse::slot_set cs = s->slots_of(ch);
+                for (size_t b = 0; b < sizeof(cs.bits) / sizeof(cs.bits[0]);
+                     b++) {
+                    wake.bits[b] |= cs.bits[b];
+                }
+            }
+        }
+    }
+    if (all) {
+        for (auto &b : wake.bits) {
+            b = ~uint64_t{0};
+        }
+    }
+    if ((any || all) && !wake.empty()) {
+        ngx_http_sse_notify(z, wake);
+    }
+}
+
+// ------------------------------------------------------------- the bus
+
+static void ngx_http_sse_redis_bus_down(ngx_http_sse_redis_worker_t *rw,
+                                        const char *err);
+static void ngx_http_sse_redis_bus_start(ngx_http_sse_redis_worker_t *rw);
+static void ngx_http_sse_redis_forget_requests(ngx_http_sse_redis_worker_t *rw);
+
+static bool ngx_http_sse_redis_parse_message(const char *p, size_t len,
+                                             ngx_http_sse_redis_event_t &ev) {
+    // "EPOCH SEQ PREV L T LEN ID" BODY
+    uint64_t f[6];
+    size_t i = 0;
+    for (int k = 0; k < 6; k++) {
+        size_t start = i;
+        while (i < len && p[i] != ' ') {
+            i++;
+        }
+        if (i == len || i == start) {
+            return false;
+        }
+        f[k] = ngx_http_sse_redis_u64(p + start, i - start);
+        i++;
+    }
+    if (f[0] == 0 || f[1] == 0 || f[5] > len - i) {
+        return false;
+    }
+    ev.epoch = f[0];
+    ev.seq = f[1];
+    ev.lost = 0;
+    ev.buffer_length = (uint32_t)ngx_min(f[3], (uint64_t)UINT32_MAX);
+    ev.ttl = (ngx_msec_t)f[4];
+    ev.channel.assign(p + i, f[5]);
+    ev.body.assign(p + i + f[5], len - i - f[5]);
+    return true;
+}
+
+static void ngx_http_sse_redis_on_message(ngx_http_sse_redis_worker_t *rw,
+                                          redisReply *r) {
+    redisReply *payload = r->element[2];
+    ngx_http_sse_redis_event_t ev;
+    if (payload->type != REDIS_REPLY_STRING ||
+        !ngx_http_sse_redis_parse_message(payload->str, payload->len, ev)) {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "sse: malformed message on the redis bus of zone "
+                      "\"%V\", ignored",
+                      &rw->zw->zone->shm_zone->shm.name);
+        return;
+    }
+    rw->heard.push_back(std::move(ev));
+    if (rw->bus_state == NGX_HTTP_SSE_REDIS_UP && !rw->commit_ev.posted) {
+        // Messages come in bursts: committed once the burst is read.
+        ngx_post_event(&rw->commit_ev, &ngx_posted_events);
+    }
+}
+
+static void ngx_http_sse_redis_commit_handler(ngx_event_t *ev) {
+    auto *rw = static_cast<ngx_http_sse_redis_worker_t *>(ev->data);
+    if (rw->bus_state != NGX_HTTP_SSE_REDIS_UP) {
+        return;
+    }
+    try {
+        ngx_http_sse_redis_commit(rw, rw->heard, 0);
+    } catch (const std::exception &e) {
+        ngx_http_sse_redis_bus_down(rw, e.what());
+    }
+    rw->heard.clear();
+}
+
+static void ngx_http_sse_redis_bus_close(ngx_http_sse_redis_worker_t *rw,
+                                         const char *err) {
+    ngx_http_sse_redis_bus_down(rw, err);
+}
+
+static void ngx_http_sse_redis_fetch_done(ngx_http_sse_redis_worker_t *rw) {
+    // Repaired in seq order, then what the bus said meanwhile.
+    std::sort(rw->fetched.begin(), rw->fetched.end(),
+              [](const auto &a, const auto &b) { return a.seq < b.seq; });
+    ngx_http_sse_redis_commit(rw, rw->fetched, 0);
+    rw->fetched.clear();
+    ngx_http_sse_redis_commit(rw, rw->heard, 0);
+    rw->heard.clear();
+    {
+        auto s = ngx_http_sse_session(rw->zw->zone);
+        s->root()->external = 2;  // subscribers welcome
+    }
+    rw->backoff = NGX_HTTP_SSE_REDIS_BACKOFF_MIN;
+    ngx_http_sse_redis_set_state(rw, NGX_HTTP_SSE_REDIS_UP);
+    ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                  "sse: zone \"%V\" is in sync with redis \"%V\"",
+                  &rw->zw->zone->shm_zone->shm.name, &rw->conf->url);
+}
+
+struct ngx_http_sse_redis_fetch_t {
+    ngx_http_sse_redis_worker_t *rw;
+    uint64_t gen;
+    uint64_t newest;  // the channel's newest seq by the sorted set
+    std::string channel;
+};
+
+static void ngx_http_sse_redis_xrange_reply(ngx_http_sse_redis_conn_t *rc,
+                                            void *data, redisReply *r,
+                                            const char *err) {
+    std::unique_ptr<ngx_http_sse_redis_fetch_t> f(
+        static_cast<ngx_http_sse_redis_fetch_t *>(data));
+    ngx_http_sse_redis_worker_t *rw = f->rw;
+    if (f->gen != rw->sync_gen) {
+        return;
+    }
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
+        ngx_http_sse_redis_bus_down(rw, err ? err : "XRANGE failed");
+        return;
+    }
+    uint64_t prev_expected = rw->fetch_from;
+    for (size_t i = 0; i < r->elements; i++) {
+        redisReply *e = r->element[i];
+        if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 ||
+            e->element[1]->type != REDIS_REPLY_ARRAY) {
+            continue;
+        }
+        ngx_http_sse_redis_event_t ev;
+        ev.epoch = rw->sync_epoch;
+        ev.buffer_length = 100;
+        ev.ttl = 3600000;
+        ev.seq = ngx_http_sse_redis_u64(e->element[0]->str,
+                                        strcspn(e->element[0]->str, "-"));
+        ev.lost = 0;
+        uint64_t prev = 0;
+        redisReply *kv = e->element[1];
+        for (size_t k = 0; k + 1 < kv->elements; k += 2) {
+            std::string_view key(kv->element[k]->str, kv->element[k]->len);
+            if (key == "p") {
+                prev = ngx_http_sse_redis_u64(kv->element[k + 1]);
+            } else if (key == "l") {
+                ev.buffer_length =
+                    (uint32_t)ngx_http_sse_redis_u64(kv->element[k + 1]);
+            } else if (key == "t") {
+                ev.ttl = (ngx_msec_t)ngx_http_sse_redis_u64(kv->element[k + 1]);
+            } else if (key == "d") {
+                ev.body.assign(kv->element[k + 1]->str,
+                               kv->element[k + 1]->len);
+            }
+        }
+        if (i == 0 && prev > prev_expected) {
+            // Trimmed or expired before this machine read it.
+            ev.lost = prev;
+        }
+        ev.channel = f->channel;
+        rw->fetched.push_back(std::move(ev));
+    }
+    if (r->elements == 0 && f->newest > rw->fetch_from) {
+        // Published meanwhile and gone already.
+        auto s = ngx_http_sse_session(rw->zw->zone);
+        sse::channel *ch = s->find(f->channel);
+        if (ch != NULL) {
+            s->mark_gone(ch, f->newest);
+        }
+    }
+    if (--rw->fetch_left == 0) {
+        ngx_http_sse_redis_fetch_done(rw);
+    }
+}
+
+static void ngx_http_sse_redis_chans_reply(ngx_http_sse_redis_conn_t *rc,
+                                           void *data, redisReply *r,
+                                           const char *err) {
+    auto *rw = static_cast<ngx_http_sse_redis_worker_t *>(rc->rw);
+    uint64_t gen = (uint64_t)(uintptr_t)data;
+    if (gen != rw->sync_gen) {
+        return;
+    }
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
+        ngx_http_sse_redis_bus_down(rw, err ? err : "ZRANGEBYSCORE failed");
+        return;
+    }
+    // WITHSCORES: channel, newest seq, ...
+    rw->fetch_left = r->elements / 2;
+    if (rw->fetch_left == 0) {
+        ngx_http_sse_redis_fetch_done(rw);
+        return;
+    }
+    std::string start = std::to_string(rw->fetch_from + 1) + "-0";
+    for (size_t i = 0; i + 1 < r->elements; i += 2) {
+        auto *f = new ngx_http_sse_redis_fetch_t{
+            rw, gen, ngx_http_sse_redis_u64(r->element[i + 1]),
+            std::string(r->element[i]->str, r->element[i]->len)};
+        std::string key = rw->keys[4] + f->channel;
+        ngx_http_sse_redis_send(&rw->cmd, {"XRANGE", key, start, "+"},
+                                ngx_http_sse_redis_xrange_reply, f);
+    }
+}
+
+// From the channels' streams: a fresh machine's history, or a repair the
+// zone's log no longer covers.
+static void ngx_http_sse_redis_fetch_channels(ngx_http_sse_redis_worker_t *rw,
+                                              void *data) {
+    // Which channels had events after ours, with their newest seq.
+    std::string min = "(" + std::to_string(rw->fetch_from);
+    ngx_http_sse_redis_send(
+        &rw->cmd, {"ZRANGEBYSCORE", rw->keys[2], min, "+inf", "WITHSCORES"},
+        ngx_http_sse_redis_chans_reply, data);
+}
+
+static void ngx_http_sse_redis_log_reply(ngx_http_sse_redis_conn_t *rc,
+                                         void *data, redisReply *r,
+                                         const char *err) {
+    auto *rw = static_cast<ngx_http_sse_redis_worker_t *>(rc->rw);
+    uint64_t gen = (uint64_t)(uintptr_t)data;
+    if (gen != rw->sync_gen) {
+        return;
+    }
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
+        ngx_http_sse_redis_bus_down(rw, err ? err : "XRANGE of the log failed");
+        return;
+    }
+    uint64_t expect = rw->fetch_from + 1;
+    for (size_t i = 0; i < r->elements; i++) {
+        redisReply *e = r->element[i];
+        if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 ||
+            e->element[1]->type != REDIS_REPLY_ARRAY) {
+            continue;
+        }
+        ngx_http_sse_redis_event_t ev;
+        ev.epoch = rw->sync_epoch;
+        ev.seq = ngx_http_sse_redis_u64(e->element[0]->str,
+                                        strcspn(e->element[0]->str, "-"));
+        ev.lost = 0;
+        ev.buffer_length = 100;
+        ev.ttl = 3600000;
+        if (ev.seq != expect) {
+            // The log was trimmed past what we need: per channel instead.
+            rw->fetched.clear();
+            ngx_http_sse_redis_fetch_channels(rw, data);
+            return;
+        }
+        expect++;
+        redisReply *kv = e->element[1];
+        for (size_t k = 0; k + 1 < kv->elements; k += 2) {
+            std::string_view key(kv->element[k]->str, kv->element[k]->len);
+            redisReply *val = kv->element[k + 1];
+            if (key == "c") {
+                ev.channel.assign(val->str, val->len);
+            } else if (key == "l") {
+                ev.buffer_length = (uint32_t)ngx_http_sse_redis_u64(val);
+            } else if (key == "t") {
+                ev.ttl = (ngx_msec_t)ngx_http_sse_redis_u64(val);
+            } else if (key == "d") {
+                ev.body.assign(val->str, val->len);
+            }
+        }
+        rw->fetched.push_back(std::move(ev));
+    }
+    if (expect <= rw->sync_seq) {
+        // Short of what Redis had assigned when we synced.
+        rw->fetched.clear();
+        ngx_http_sse_redis_fetch_channels(rw, data);
+        return;
+    }
+    ngx_http_sse_redis_fetch_done(rw);
+}
+
+static void ngx_http_sse_redis_sync_reply(ngx_http_sse_redis_conn_t *rc,
+                                          void *data, redisReply *r,
+                                          const char *err) {
+    auto *rw = static_cast<ngx_http_sse_redis_worker_t *>(rc->rw);
+    uint64_t gen = (uint64_t)(uintptr_t)data;
+    if (gen != rw->sync_gen) {
+        return;
+    }
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
+        std::string why = r != NULL && r->type == REDIS_REPLY_ERROR
+                              ? "sync script: " + std::string(r->str, r->len)
+                              : std::string(err ? err : "sync script failed");
+        ngx_http_sse_redis_bus_down(rw, why.c_str());
+        return;
+    }
+    uint64_t epoch = ngx_http_sse_redis_u64(r->element[0]);
+    {
+        auto s = ngx_http_sse_session(rw->zw->zone);
+        if (s->adopt_epoch(epoch)) {
+            ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                          "sse: zone \"%V\" takes the epoch %uL of redis "
+                          "\"%V\"",
+                          &rw->zw->zone->shm_zone->shm.name, epoch,
+                          &rw->conf->url);
+        }
+        rw->fetch_from = s->root()->seq;
+    }
+    rw->sync_epoch = epoch;
+    rw->sync_seq = ngx_http_sse_redis_u64(r->element[1]);
+    // Every process: old streams end if the epoch changed.
+    sse::slot_set all;
+    for (auto &b : all.bits) {
+        b = ~uint64_t{0};
+    }
+    ngx_http_sse_notify(rw->zw->zone, all);
+    if (rw->fetch_from >= rw->sync_seq) {
+        ngx_http_sse_redis_fetch_done(rw);  // nothing missed
+        return;
+    }
+    if (rw->fetch_from != 0) {
+        // Missed a few: the zone's log has them all, if it reaches back.
+        std::string start = std::to_string(rw->fetch_from + 1) + "-0";
+        ngx_http_sse_redis_send(&rw->cmd, {"XRANGE", rw->keys[5], start, "+"},
+                                ngx_http_sse_redis_log_reply, data);
+        return;
+    }
+    ngx_http_sse_redis_fetch_channels(rw, data);
+}
+
+static void ngx_http_sse_redis_subscribed(ngx_http_sse_redis_conn_t *rc,
+                                          void *data, redisReply *r,
+                                          const char *err) {
+    auto *rw = rc->rw;
+    if (r == NULL) {
+        return;  // closed: bus_down runs from on_close
+    }
+    if (r->type == REDIS_REPLY_ERROR) {
+        std::string why = "SUBSCRIBE: " + std::string(r->str, r->len);
+        ngx_http_sse_redis_close(rc, why.c_str());
+        return;
+    }
+    // Subscribed: from now on nothing published is missed. Repair what
+    // came before it.
+    ngx_http_sse_redis_set_state(rw, NGX_HTTP_SSE_REDIS_SYNCING);
+    uint64_t gen = ++rw->sync_gen;
+    std::string epoch, seq;
+    {
+        auto s = ngx_http_sse_session(rw->zw->zone);
+        epoch = std::to_string(s->root()->epoch);
+        seq = std::to_string(s->root()->seq);
+    }
+    static const char *script = ngx_http_sse_redis_sync_lua;
+    ngx_http_sse_redis_send(
+        &rw->cmd, {"EVAL", script, "2", rw->keys[0], rw->keys[1], epoch, seq},
+        ngx_http_sse_redis_sync_reply, (void *)(uintptr_t)gen);
+}
+
+static void ngx_http_sse_redis_ping_reply(ngx_http_sse_redis_conn_t *rc,
+                                          void *data, redisReply *r,
+                                          const char *err) {}
+
+static void ngx_http_sse_redis_bus_timer(ngx_event_t *ev) {
+    auto *rw = static_cast<ngx_http_sse_redis_worker_t *>(ev->data);
+    try {
+        if (!rw->leader || ngx_exiting || ngx_terminate) {
+            return;
+        }
+        if (rw->bus_state == NGX_HTTP_SSE_REDIS_DOWN) {
+            ngx_http_sse_redis_bus_start(rw);
+            return;
+        }
+        if (rw->bus.connected && rw->bus.pending.empty()) {
+            // Finds a Redis that hangs without closing (its reply is due
+            // within redis_timeout).
+            ngx_http_sse_redis_send(&rw->bus, {"PING"},
+                                    ngx_http_sse_redis_ping_reply, NULL);
+        }
+        ngx_add_timer(ev, NGX_HTTP_SSE_REDIS_PING_MS);
+    } catch (const std::exception &e) {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "sse: redis: %s",
+                      e.what());
+        ngx_add_timer(ev, NGX_HTTP_SSE_REDIS_BACKOFF_MAX);
+    }
+}
+
+static void ngx_http_sse_redis_bus_start(ngx_http_sse_redis_worker_t *rw) {
+    ngx_http_sse_redis_set_state(rw, NGX_HTTP_SSE_REDIS_CONNECTING);
+    rw->heard.clear();
+    rw->fetched.clear();
+    rw->sync_gen++;
+    ngx_http_sse_redis_send(&rw->bus, {"SUBSCRIBE", rw->keys[3]},
+                            ngx_http_sse_redis_subscribed, NULL);
+    if (rw->bus_state == NGX_HTTP_SSE_REDIS_CONNECTING &&
+        !rw->bus_timer.timer_set) {
+        ngx_add_timer(&rw->bus_timer, NGX_HTTP_SSE_REDIS_PING_MS);
+    }
+}
+
+static void ngx_http_sse_redis_bus_down(ngx_http_sse_redis_worker_t *rw,
+                                        const char *err) {
+    if (rw->bus_state == NGX_HTTP_SSE_REDIS_DOWN) {
+        return;
+    }
+    ngx_http_sse_redis_set_state(rw, NGX_HTTP_SSE_REDIS_DOWN);
+    rw->sync_gen++;
+    rw->heard.clear();
+    rw->fetched.clear();
+    if (rw->bus.connected || rw->bus.connecting) {
+        rw->bus.on_close = NULL;
+        ngx_http_sse_redis_close(&rw->bus, err);
+        rw->bus.on_close = ngx_http_sse_redis_bus_close;
+    }
+    __atomic_fetch_add(&rw->zw->zone->root->ext.reconnects, 1,
+                       __ATOMIC_RELAXED);
+    if (err != NULL) {
+        ngx_http_sse_redis_set_error(rw->zw->zone, err);
+    }
+    if (rw->bus_timer.timer_set) {
+        ngx_del_timer(&rw->bus_timer);
+    }
+    if (rw->leader && !ngx_exiting && !ngx_terminate) {
+        ngx_add_timer(&rw->bus_timer, rw->backoff);
+        rw->backoff = ngx_min(rw->backoff * 2,
+                              (ngx_msec_t)NGX_HTTP_SSE_REDIS_BACKOFF_MAX);
+    }
+}
+
+// ------------------------------------------------------------- worker
+
+void ngx_http_sse_redis_worker_init(ngx_http_sse_zone_worker_t *zw) {
+    ngx_http_sse_zone_t *z = zw->zone;
+    if (z->redis == NULL) {
+        return;
+    }
+    auto *rw = new ngx_http_sse_redis_worker_t();
+    zw->redis = rw;
+    rw->zw = zw;
+    rw->conf = z->redis;
+    const std::string &p = *z->redis->prefix;
+    rw->keys[0] = p + ":epoch";
+    rw->keys[1] = p + ":seq";
+    rw->keys[2] = p + ":chans";
+    rw->keys[3] = p + ":bus";
+    rw->keys[4] = p + ":ch:";
+    rw->keys[5] = p + ":log";
+    ngx_http_sse_redis_conn_init(&rw->cmd, rw, "command");
+    ngx_http_sse_redis_conn_init(&rw->bus, rw, "bus");
+    rw->bus.on_message = ngx_http_sse_redis_on_message;
+    rw->bus.on_close = ngx_http_sse_redis_bus_close;
+    rw->bus_timer.handler = ngx_http_sse_redis_bus_timer;
+    rw->bus_timer.data = rw;
+    rw->bus_timer.log = ngx_cycle->log;
+    rw->bus_timer.cancelable = 1;
+    rw->commit_ev.handler = ngx_http_sse_redis_commit_handler;
+    rw->commit_ev.data = rw;
+    rw->commit_ev.log = ngx_cycle->log;
+    rw->backoff = NGX_HTTP_SSE_REDIS_BACKOFF_MIN;
+    rw->sha = ngx_http_sse_redis_sha(ngx_http_sse_redis_publish_lua);
+}
+
+static void ngx_http_sse_redis_resign(ngx_http_sse_redis_worker_t *rw) {
+    if (!rw->leader) {
+        return;
+    }
+    rw->leader = false;
+    ngx_http_sse_redis_bus_down(rw, NULL);
+    auto s = ngx_http_sse_session(rw->zw->zone);
+    if (s->root()->bus_pid == ngx_pid) {
+        s->root()->bus_pid = 0;
+    }
+}
+
+void ngx_http_sse_redis_worker_exit(ngx_http_sse_zone_worker_t *zw) {
+    auto *rw = static_cast<ngx_http_sse_redis_worker_t *>(zw->redis);
+    if (rw == NULL) {
+        return;
+    }
+    ngx_http_sse_redis_resign(rw);
+    rw->bus.on_close = NULL;
+    ngx_http_sse_redis_close(&rw->bus, NULL);
+    // Requests still waiting are being torn down with the process.
+    ngx_http_sse_redis_forget_requests(rw);
+    ngx_http_sse_redis_close(&rw->cmd, NULL);
+    if (rw->bus_timer.timer_set) {
+        ngx_del_timer(&rw->bus_timer);
+    }
+    if (rw->commit_ev.posted) {
+        ngx_delete_posted_event(&rw->commit_ev);
+    }
+    delete rw;
+    zw->redis = NULL;
+}
+
+// From the worker's poll: claims the bus when nobody alive holds it.
+void ngx_http_sse_redis_poll(ngx_http_sse_zone_worker_t *zw) {
+    auto *rw = static_cast<ngx_http_sse_redis_worker_t *>(zw->redis);
+    if (rw == NULL || zw->slot == sse::no_slot) {
+        return;
+    }
+    if (ngx_exiting || ngx_terminate) {
+        // A newer worker takes over; it repairs what passes meanwhile.
+        ngx_http_sse_redis_resign(rw);
+        return;
+    }
+    if (rw->leader) {
+        return;
+    }
+    ngx_pid_t pid = __atomic_load_n(&zw->zone->root->bus_pid, __ATOMIC_RELAXED);
+    if (pid != 0 && !(kill(pid, 0) == -1 && ngx_errno == NGX_ESRCH)) {
+        return;
+    }
+    {
+        auto s = ngx_http_sse_session(zw->zone);
+        pid = s->root()->bus_pid;
+        if (pid != 0 && !(kill(pid, 0) == -1 && ngx_errno == NGX_ESRCH)) {
+            return;
+        }
+        s->root()->bus_pid = ngx_pid;
+    }
+    rw->leader = true;
+    ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                  "sse: this worker holds the redis bus of zone \"%V\"",
+                  &zw->zone->shm_zone->shm.name);
+    ngx_http_sse_redis_bus_start(rw);
+}
+
+// ------------------------------------------------------------- publishing
+
+struct ngx_http_sse_redis_publish_t {
+    ngx_http_sse_redis_worker_t *rw;
+    ngx_http_sse_redis_done_pt done;
+    void *data;         // nullptr: cancelled
+    uint64_t start_us;  // monotonic
+    bool eval;          // sent as EVAL after NOSCRIPT
+    bool redirected;    // sent again after MOVED
+    std::string channel;
+    std::string body;
+    std::string maxlen;
+    std::string ttl;
+    uint32_t buffer_length;
+    ngx_msec_t ttl_ms;
+};
+
+static void ngx_http_sse_redis_publish_send(ngx_http_sse_redis_publish_t *p);
+static void ngx_http_sse_redis_load_reply(ngx_http_sse_redis_conn_t *rc,
+                                          void *data, redisReply *r,
+                                          const char *err);
+
+static void ngx_http_sse_redis_publish_reply(ngx_http_sse_redis_conn_t *rc,
+                                             void *data, redisReply *r,
+                                             const char *err) {
+    auto *p = static_cast<ngx_http_sse_redis_publish_t *>(data);
+    ngx_http_sse_redis_worker_t *rw = p->rw;
+    sse::external_stats &x = rw->zw->zone->root->ext;
+    bool moved =
+        (r != NULL && ngx_http_sse_redis_is_moved(r)) ||
+        (r == NULL && err != NULL && ngx_strncmp(err, "MOVED ", 6) == 0);
+    if (moved && !p->redirected) {
+        // Sent once more, to the node that holds the zone's slot.
+        p->redirected = true;
+        try {
+            ngx_http_sse_redis_send(
+                &rw->cmd, {"SCRIPT", "LOAD", ngx_http_sse_redis_publish_lua},
+                ngx_http_sse_redis_load_reply, NULL);
+            ngx_http_sse_redis_publish_send(p);
+            return;
+        } catch (const std::exception &e) {
+            err = "out of memory";
+            r = NULL;
+        }
+    }
+    if (r != NULL && r->type == REDIS_REPLY_ERROR && !p->eval && r->len >= 8 &&
+        ngx_strncmp(r->str, "NOSCRIPT", 8) == 0) {
+        // The script cache was flushed: send it whole; that loads it.
+        p->eval = true;
+        try {
+            ngx_http_sse_redis_publish_send(p);
+            return;
+        } catch (const std::exception &e) {
+            err = "out of memory";
+            r = NULL;
+        }
+    }
+    std::string why;
+    uint64_t epoch = 0, seq = 0;
+    if (r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == 2) {
+        epoch = ngx_http_sse_redis_u64(r->element[0]);
+        seq = ngx_http_sse_redis_u64(r->element[1]);
+    }
+    if (seq == 0) {
+        why = r != NULL && r->type == REDIS_REPLY_ERROR
+                  ? std::string(r->str, r->len)
+                  : std::string(err ? err : "unexpected reply");
+        __atomic_fetch_add(&x.publish_errors, 1, __ATOMIC_RELAXED);
+        if (r == NULL) {
+            // Connection trouble: publishes fail fast for a moment rather
+            // than each waiting for its own timeout.
+            rw->cmd_down_until =
+                ngx_current_msec + NGX_HTTP_SSE_REDIS_BACKOFF_MIN;
+            rw->cmd_error = why;
+        }
+    } else {
+        uint64_t rtt_us = ngx_http_sse_redis_now_us() - p->start_us;
+        __atomic_fetch_add(&x.publishes, 1, __ATOMIC_RELAXED);
+        __atomic_fetch_add(&x.rtt_us_total, rtt_us, __ATOMIC_RELAXED);
+        __atomic_store_n(&x.rtt_us_last, rtt_us, __ATOMIC_RELAXED);
+        // The next seq the zone expects: nothing can be missing before it,
+        // so deliver it now rather than after the bus's round trip.
+        ngx_http_sse_zone_t *z = rw->zw->zone;
+        if (__atomic_load_n(&z->root->seq, __ATOMIC_RELAXED) + 1 == seq &&
+            z->root->epoch == epoch && z->root->external == 2) {
+            std::vector<ngx_http_sse_redis_event_t> one(1);
+            one[0].epoch = epoch;
+            one[0].seq = seq;
+            one[0].lost = 0;
+            one[0].buffer_length = p->buffer_length;
+            one[0].ttl = p->ttl_ms;
+            one[0].channel = std::move(p->channel);
+            one[0].body = std::move(p->body);
+            try {
+                ngx_http_sse_redis_commit(rw, one, 0);
+            } catch (const std::exception &) {
+                // The bus brings it.
+            }
+        }
+    }
+    if (p->data != NULL) {
+        p->done(p->data, seq != 0, epoch, seq, why);
+    }
+    delete p;
+}
+
+static void ngx_http_sse_redis_publish_send(ngx_http_sse_redis_publish_t *p) {
+    ngx_http_sse_redis_worker_t *rw = p->rw;
+    std::string epoch, seq;
+    {
+        // Read unlocked: only a hint to Redis about what we hold.
+        sse::zone_root *root = rw->zw->zone->root;
+        epoch = std::to_string(root->epoch);
+        seq = std::to_string(__atomic_load_n(&root->seq, __ATOMIC_RELAXED));
+    }
+    static const char *script = ngx_http_sse_redis_publish_lua;
+    const std::string &sha = rw->sha;
+    std::string stream = rw->keys[4] + p->channel;
+    ngx_http_sse_redis_send(
+        &rw->cmd,
+        {p->eval ? "EVAL" : "EVALSHA", p->eval ? std::string_view(script) : sha,
+         "6", rw->keys[0], rw->keys[1], stream, rw->keys[2], rw->keys[3],
+         rw->keys[5], epoch, seq, p->channel, p->body, p->maxlen, p->ttl},
+        ngx_http_sse_redis_publish_reply, p);
+}
+
+static void ngx_http_sse_redis_load_reply(ngx_http_sse_redis_conn_t *rc,
+                                          void *data, redisReply *r,
+                                          const char *err) {}
+
+void *ngx_http_sse_redis_publish(ngx_http_sse_zone_worker_t *zw,
+                                 std::string_view channel,
+                                 std::string_view event, std::string_view data,
+                                 uint32_t buffer_length, ngx_msec_t ttl,
+                                 ngx_http_sse_redis_done_pt done, void *cbdata,
+                                 std::string *err) {
+    auto *rw = static_cast<ngx_http_sse_redis_worker_t *>(zw->redis);
+    if ((ngx_msec_int_t)(rw->cmd_down_until - ngx_current_msec) > 0 &&
+        !rw->cmd.connected) {
+        *err = rw->cmd_error;
+        __atomic_fetch_add(&zw->zone->root->ext.publish_errors, 1,
+                           __ATOMIC_RELAXED);
+        return NULL;
+    }
+    auto *p = new ngx_http_sse_redis_publish_t();
+    p->rw = rw;
+    p->done = done;
+    p->data = cbdata;
+    p->start_us = ngx_http_sse_redis_now_us();
+    p->channel.assign(channel);
+    p->body.resize(sse::encoded_body_size(event, data));
+    sse::encode_body(&p->body[0], event, data);
+    p->buffer_length = std::max<uint32_t>(buffer_length, 1);
+    p->ttl_ms = ttl ? ttl : 1;
+    p->maxlen = std::to_string(p->buffer_length);
+    p->ttl = std::to_string(p->ttl_ms);
+    try {
+        if (!rw->cmd.connected && !rw->cmd.connecting) {
+            // A fresh connection loads the script first.
+            ngx_http_sse_redis_send(
+                &rw->cmd, {"SCRIPT", "LOAD", ngx_http_sse_redis_publish_lua},
+                ngx_http_sse_redis_load_reply, NULL);
+        }
+        ngx_http_sse_redis_publish_send(p);
+    } catch (...) {
+        delete p;
+        throw;
+    }
+    return p;
+}
+
+static void ngx_http_sse_redis_forget_requests(
+    ngx_http_sse_redis_worker_t *rw) {
+    for (auto &cmd : rw->cmd.pending) {
+        if (cmd.handler == ngx_http_sse_redis_publish_reply) {
+            static_cast<ngx_http_sse_redis_publish_t *>(cmd.data)->data = NULL;
+        }
+    }
+}
+
+void ngx_http_sse_redis_cancel(void *handle) {
+    static_cast<ngx_http_sse_redis_publish_t *>(handle)->data = NULL;
+}
+
+bool ngx_http_sse_redis_ready(ngx_http_sse_zone_t *z) {
+    return z->redis == NULL ||
+           __atomic_load_n(&z->root->external, __ATOMIC_RELAXED) == 2;
+}
+
+// ------------------------------------------------------------- status
+
+void ngx_http_sse_redis_figures(ngx_http_sse_zone_t *z,
+                                ngx_http_sse_redis_figures_t *f) {
+    f->redis = z->redis != NULL;
+    if (!f->redis) {
+        return;
+    }
+    const sse::external_stats &x = z->root->ext;
+    uint32_t st = __atomic_load_n(&x.state, __ATOMIC_RELAXED);
+    f->state = ngx_http_sse_redis_state_text[st < 4 ? st : 0];
+    f->url = ngx_http_sse_redis_str(z->redis->url);
+    // Never the password.
+    size_t at = f->url.rfind('@');
+    if (at != std::string::npos) {
+        f->url = "redis://***" + f->url.substr(at);
+    }
+    char buf[sizeof(x.last_error)];
+    ngx_memcpy(buf, x.last_error, sizeof(buf));
+    buf[sizeof(buf) - 1] = '\0';
+    f->last_error = buf;
+    f->bus_pid = __atomic_load_n(&z->root->bus_pid, __ATOMIC_RELAXED);
+    f->reconnects = __atomic_load_n(&x.reconnects, __ATOMIC_RELAXED);
+    f->publishes = __atomic_load_n(&x.publishes, __ATOMIC_RELAXED);
+    f->publish_errors = __atomic_load_n(&x.publish_errors, __ATOMIC_RELAXED);
+    uint64_t total = __atomic_load_n(&x.rtt_us_total, __ATOMIC_RELAXED);
+    f->rtt_avg_us = f->publishes ? total / f->publishes : 0;
+    f->rtt_last_us = __atomic_load_n(&x.rtt_us_last, __ATOMIC_RELAXED);
+}

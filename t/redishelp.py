@@ -1,0 +1,174 @@
+"""Real redis-server processes for the Redis engine's tests: Debian's
+redis-server on a free loopback port with its own directory, no
+persistence unless asked, stopped by pid (never a system Redis)."""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+from conftest import free_port, proc_alive
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+
+needs_redis = pytest.mark.skipif(
+    not os.path.exists(REDIS_SERVER),
+    reason="redis-server is not installed (make deps)")
+
+
+class Redis:
+    def __init__(self, d, port=None, args=(), tls=None):
+        self.dir = d
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.args = list(args)
+        self.proc = None
+        self.tls = tls  # (CA file, TLS port): redis-cli speaks TLS
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", str(self.dir),
+             "--logfile", str(self.dir / "redis.log"), "--daemonize", "no",
+             *self.args],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                # NOAUTH: up, and wants a password.
+                out = self.cli("PING")
+                if out.strip() == "PONG" or "NOAUTH" in out:
+                    return self
+            except subprocess.SubprocessError:
+                pass
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise RuntimeError(f"redis-server did not start on {self.port}")
+
+    def kill(self):
+        """SIGKILL: what it held in memory is gone."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def cli(self, *args, password=None):
+        cmd = [REDIS_CLI, "-p", str(self.port)]
+        if self.tls:
+            cmd = [REDIS_CLI, "-p", str(self.tls[1]), "--tls", "--cacert",
+                   str(self.tls[0])]
+        if password:
+            cmd += ["--no-auth-warning", "-a", password]
+        p = subprocess.run(cmd + list(args), capture_output=True, text=True,
+                           timeout=10)
+        return p.stdout
+
+    @property
+    def url(self):
+        return f"redis://127.0.0.1:{self.port}"
+
+
+@pytest.fixture
+def start_redis(tmp_path):
+    started = []
+
+    def start(port=None, args=(), tls=None):
+        r = Redis(tmp_path / f"redis{len(started)}", port=port, args=args,
+                  tls=tls)
+        started.append(r)
+        return r.start()
+
+    yield start
+    for r in started:
+        r.stop()
+
+
+def redis_conf(url, size="16m", extra=""):
+    return f"sse_zone zone=sse:{size} redis={url}{extra};"
+
+
+async def wait_in_sync(n, timeout=10):
+    """Waits until machine n's zone reports its Redis bus in sync."""
+    import asyncio
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        r = await n.sub_http("GET", "/sse-status")
+        if r.status == 200:
+            last = r.json()["zones"][0]
+            if last.get("redis", {}).get("state") == "up":
+                return last
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"zone never in sync with Redis: {last}")
+
+
+def cluster_port():
+    """A free port whose cluster bus port (+10000) is free and valid."""
+    import random
+    from conftest import _HANDED_PORTS
+    for _ in range(1000):
+        port = random.randint(20000, 55000)
+        if port in _HANDED_PORTS or port + 10000 in _HANDED_PORTS:
+            continue
+        try:
+            for p in (port, port + 10000):
+                with socket.socket() as sk:
+                    sk.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        _HANDED_PORTS.update((port, port + 10000))
+        return port
+    raise RuntimeError("no free cluster port")
+
+
+def start_cluster(start_redis, n=3, replicas=0):
+    """n nodes joined into a Redis Cluster, `replicas` per primary."""
+    nodes = [start_redis(port=cluster_port(),
+                         args=["--cluster-enabled", "yes",
+                               "--cluster-config-file", "nodes.conf",
+                               "--cluster-node-timeout", "1000"])
+             for _ in range(n)]
+    p = subprocess.run(
+        [REDIS_CLI, "--cluster", "create",
+         *[f"127.0.0.1:{r.port}" for r in nodes],
+         "--cluster-replicas", str(replicas), "--cluster-yes"],
+        capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        # Replicas that never synced would not take over.
+        if all("cluster_state:ok" in r.cli("CLUSTER", "INFO")
+               for r in nodes) and \
+                all("master_link_status:up" in r.cli("INFO", "replication")
+                    for r in nodes
+                    if "role:slave" in r.cli("INFO", "replication")):
+            return nodes
+        time.sleep(0.1)
+    raise RuntimeError("the cluster never became ok")
+
+
+def node_of(nodes, key):
+    """The node of `nodes` that holds key's slot."""
+    slot = int(nodes[0].cli("CLUSTER", "KEYSLOT", key).strip())
+    for line in nodes[0].cli("CLUSTER", "NODES").splitlines():
+        f = line.split()
+        if "fail" in f[2]:
+            continue
+        for rng in f[8:]:
+            lo, _, hi = rng.partition("-")
+            if lo.isdigit() and int(lo) <= slot <= int(hi or lo):
+                port = int(f[1].split("@")[0].rsplit(":", 1)[1])
+                return next(r for r in nodes if r.port == port)
+    raise AssertionError(f"no node holds slot {slot}")
