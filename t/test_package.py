@@ -100,6 +100,9 @@ def demo_config(d, sub, pub, model):
     assert "modules-enabled" in conf
     conf = conf.replace("build/demo", str(d))
     conf = conf.replace("root examples/www;", f"root {ROOT}/examples/www;")
+    # The demo's key set is relative to examples/; this prefix is elsewhere.
+    conf = conf.replace("sse_auth_jwt_key_file jwks.json;",
+                        f"sse_auth_jwt_key_file {ROOT}/examples/jwks.json;")
     for old, new in (("8080", sub), ("8081", pub), ("8082", model)):
         conf = conf.replace(f"127.0.0.1:{old}", f"127.0.0.1:{new}")
     assert not re.search(r"\b808[012]\b", conf)
