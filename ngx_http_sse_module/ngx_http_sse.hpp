@@ -40,9 +40,9 @@ struct ngx_http_sse_zone_t {
     ngx_shm_zone_t *shm_zone;
     ngx_slab_pool_t *shpool;
     sse::zone_root *root;
-    ngx_uint_t index;  // in main conf's zones
+    ngx_uint_t index;                  // in main conf's zones
     ngx_http_sse_redis_conf_t *redis;  // NULL: the shared-memory engine
-    void *presence;    // sse_presence_channel's registry, in the zone
+    void *presence;  // sse_presence_channel's registry, in the zone
 };
 
 struct ngx_http_sse_main_conf_t {

@@ -152,9 +152,9 @@ static sse::publish_status ngx_http_sse_store_events(
     {
         auto s = ngx_http_sse_session(z);
         for (const auto &[event, data] : events) {
-            sse::message *m = s->prepare(
-                zw->slot, sse::encoded_body_size(event, data),
-                ngx_current_msec);
+            sse::message *m =
+                s->prepare(zw->slot, sse::encoded_body_size(event, data),
+                           ngx_current_msec);
             if (m == NULL) {
                 break;
             }

@@ -9,8 +9,8 @@ struct ngx_http_sse_zone_figures_t {
     uint64_t seq;
     uint64_t channels;
     uint64_t subscribers;  // channel subscriptions: a stream on 3 counts 3
-    uint64_t messages;  // held for resume
-    uint64_t retained;  // out of their rings, kept for workers to copy
+    uint64_t messages;     // held for resume
+    uint64_t retained;     // out of their rings, kept for workers to copy
     uint64_t message_bytes;
     sse::zone_stats stats;
     uint64_t bytes_total;
@@ -235,8 +235,7 @@ ngx_int_t ngx_http_sse_status_handler(ngx_http_request_t *r) {
         std::vector<ngx_http_sse_zone_figures_t> zones;
         auto **z = static_cast<ngx_http_sse_zone_t **>(mcf->zones.elts);
         ngx_str_t check;
-        bool checking =
-            ngx_http_arg(r, (u_char *)"check", 5, &check) == NGX_OK;
+        bool checking = ngx_http_arg(r, (u_char *)"check", 5, &check) == NGX_OK;
         for (ngx_uint_t i = 0; i < mcf->zones.nelts; i++) {
             zones.push_back(ngx_http_sse_figures(z[i], checking));
         }

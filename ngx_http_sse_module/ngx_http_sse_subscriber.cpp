@@ -27,9 +27,10 @@ ngx_int_t ngx_http_sse_subscribe_handler(ngx_http_request_t *r) {
 
 const char *ngx_http_sse_reason_text(ngx_uint_t reason) {
     static const char *const text[] = {
-        "",          "max_subscribers", "stream_timeout", "shutdown",
-        "zone_full", "deleted",         "evicted",        "token_expired",
-        "unavailable", "catch_up"};
+        "",         "max_subscribers", "stream_timeout",
+        "shutdown", "zone_full",       "deleted",
+        "evicted",  "token_expired",   "unavailable",
+        "catch_up"};
     return reason < sizeof(text) / sizeof(text[0]) ? text[reason] : "";
 }
 

@@ -40,9 +40,9 @@ static socklen_t ngx_http_sse_wake_addr(struct sockaddr_un *sa, ngx_pid_t pid) {
     ngx_memzero(sa, sizeof(struct sockaddr_un));
     sa->sun_family = AF_UNIX;
     // Abstract namespace: sun_path[0] is NUL; nothing on the file system.
-    u_char *end = ngx_snprintf((u_char *)sa->sun_path + 1,
-                               sizeof(sa->sun_path) - 1, "ngx-sse-wake-%P",
-                               pid);
+    u_char *end =
+        ngx_snprintf((u_char *)sa->sun_path + 1, sizeof(sa->sun_path) - 1,
+                     "ngx-sse-wake-%P", pid);
     return offsetof(struct sockaddr_un, sun_path) +
            (end - (u_char *)sa->sun_path);
 }
@@ -171,8 +171,8 @@ void ngx_http_sse_notify(ngx_http_sse_zone_t *z, const sse::slot_set &slots) {
             continue;
         }
         // Read unlocked: a stale pid only costs a datagram nobody gets.
-        ngx_pid_t pid = __atomic_load_n(&z->root->slots[s].pid,
-                                        __ATOMIC_RELAXED);
+        ngx_pid_t pid =
+            __atomic_load_n(&z->root->slots[s].pid, __ATOMIC_RELAXED);
         if (pid == 0 || w->wake == NULL) {
             continue;
         }
@@ -228,8 +228,8 @@ void ngx_http_sse_attach(ngx_http_sse_subscriber_t *sub) {
         lc->nsubs++;
     }
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, sub->r->connection->log, 0,
-                   "sse: attached to %ui channel(s), last seq %uL",
-                   sub->nlinks, sub->last_seq);
+                   "sse: attached to %ui channel(s), last seq %uL", sub->nlinks,
+                   sub->last_seq);
 }
 
 void ngx_http_sse_detach(ngx_http_sse_subscriber_t *sub) {
@@ -473,8 +473,8 @@ static void ngx_http_sse_reap_slots(ngx_http_sse_zone_t *z) {
     ngx_pid_t dead[sse::max_slots];
     uint32_t ndead = 0;
     for (uint32_t s = 0; s < sse::max_slots; s++) {
-        ngx_pid_t pid = __atomic_load_n(&z->root->slots[s].pid,
-                                        __ATOMIC_RELAXED);
+        ngx_pid_t pid =
+            __atomic_load_n(&z->root->slots[s].pid, __ATOMIC_RELAXED);
         if (pid != 0 && pid != ngx_pid && kill(pid, 0) == -1 &&
             ngx_errno == NGX_ESRCH) {
             dead[ndead++] = s;

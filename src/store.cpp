@@ -240,9 +240,8 @@ slot_set store::slots_of(const channel *c) const {
 }
 
 void store::unlink_channel(channel *c) {
-    channel **p = c->deleted
-                      ? &root_->deleted
-                      : &root_->buckets[c->hash & (root_->nbuckets - 1)];
+    channel **p = c->deleted ? &root_->deleted
+                             : &root_->buckets[c->hash & (root_->nbuckets - 1)];
     while (*p != nullptr && *p != c) {
         p = &(*p)->hnext;
     }
@@ -744,8 +743,9 @@ catch_up_result store::catch_up(uint32_t si, channel *const *chans, size_t n,
         uint64_t c = collect(chans[i], after, limit, channel_bytes, out);
         cut = c != 0 && (cut == 0 || c < cut) ? c : cut;
     }
-    std::sort(out.begin(), out.end(),
-              [](const message *a, const message *b) { return a->seq < b->seq; });
+    std::sort(out.begin(), out.end(), [](const message *a, const message *b) {
+        return a->seq < b->seq;
+    });
     if (out.size() > limit) {
         out.erase(out.begin(), out.end() - limit);
     }
@@ -771,8 +771,9 @@ catch_up_result store::catch_up_after(uint32_t si, channel *const *chans,
         uint64_t c = collect(chans[i], after, UINT32_MAX, max_bytes, out);
         cut = c != 0 && (cut == 0 || c < cut) ? c : cut;
     }
-    std::sort(out.begin(), out.end(),
-              [](const message *a, const message *b) { return a->seq < b->seq; });
+    std::sort(out.begin(), out.end(), [](const message *a, const message *b) {
+        return a->seq < b->seq;
+    });
     cut_merge(out, cut, r);
     limit_catch_up(si, max_bytes, out, r);
     return r;
@@ -1078,8 +1079,8 @@ void store::repair() {
             uint32_t subs = 0;
             for (member **p = &c->members; *p != nullptr;) {
                 member *mb = *p;
-                if (mb->chan != c || mb->slot >= max_slots ||
-                    mb->count == 0 || r->slots[mb->slot].pid == 0) {
+                if (mb->chan != c || mb->slot >= max_slots || mb->count == 0 ||
+                    r->slots[mb->slot].pid == 0) {
                     *p = mb->cnext;  // left unfreed: it may be garbage
                     continue;
                 }

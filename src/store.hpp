@@ -42,8 +42,8 @@ constexpr uint32_t max_workers = max_slots / 2;
 constexpr uint32_t no_slot = UINT32_MAX;
 
 // Work done under the lock per call is bounded by these.
-constexpr uint32_t release_budget = 1024;    // events freed by one release
-constexpr uint32_t sweep_buckets = 256;      // hash buckets per sweep step
+constexpr uint32_t release_budget = 1024;  // events freed by one release
+constexpr uint32_t sweep_buckets = 256;    // hash buckets per sweep step
 // What a reader spends per queued event besides its bytes (its queue
 // entry): catch-up limits count it, so small events cannot pin more.
 constexpr size_t reader_overhead = 128;
@@ -150,10 +150,10 @@ struct external_stats {
 };
 
 struct slot {
-    int32_t pid;     // 0: free
-    int32_t worker;  // the process's worker number, or -1
-    uint64_t cursor;  // newest zone seq this process has read
-    uint64_t hold;    // nonzero: it is copying events with seq >= hold
+    int32_t pid;       // 0: free
+    int32_t worker;    // the process's worker number, or -1
+    uint64_t cursor;   // newest zone seq this process has read
+    uint64_t hold;     // nonzero: it is copying events with seq >= hold
     message *pending;  // prepared by it, not yet committed
     member *members;
     uint64_t subscriptions;
@@ -292,8 +292,7 @@ public:
     // 2. The caller writes the body outside the lock, then commits it to c
     //    (not deleted), which assigns its seq, or abandons it.
     publish_status commit(uint32_t slot, message *m, channel *c, int64_t now,
-                          uint32_t buffer_length, int64_t ttl,
-                          uint64_t *seq);
+                          uint32_t buffer_length, int64_t ttl, uint64_t *seq);
     // 2'. The same with a seq assigned elsewhere (Redis), which must be
     //    newer than the zone's: an older one is already held (or was
     //    skipped for good), so m is abandoned and duplicate returned.
@@ -389,8 +388,7 @@ private:
     // Records that c's event seq was freed before a member read it.
     void mark_lost(channel *c, uint64_t seq);
     void limit_catch_up(uint32_t slot, size_t max_bytes,
-                        std::vector<const message *> &out,
-                        catch_up_result &r);
+                        std::vector<const message *> &out, catch_up_result &r);
     bool needed(const message *m, uint64_t min_hold) const;
     uint64_t min_hold() const;
     void retire_oldest(channel *c);
