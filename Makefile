@@ -191,7 +191,7 @@ $(ASAN_MODULE): $(ASAN_TREE)/objs/Makefile $(ENGINE_SRCS) $(ENGINE_HDRS) $(GLUE_
 
 build-asan: deps $(ASAN_MODULE)
 
-test-asan: build-asan
+test-asan: build-asan test-deps
 	SSE_MODULE=$(ASAN_MODULE) SSE_PRELOAD=$$(gcc -print-file-name=libasan.so) \
 	ASAN_OPTIONS=$(ASAN_OPTIONS_TEST) UBSAN_OPTIONS=$(UBSAN_OPTIONS_TEST) \
 	    $(PYTHON) -m pytest -q -p no:cacheprovider $(ASAN_TESTS)
