@@ -117,7 +117,7 @@ async def wait_in_sync(n, timeout=10):
 def cluster_port():
     """A free port whose cluster bus port (+10000) is free and valid."""
     import random
-    from conftest import _HANDED_PORTS
+    from sselib.nginx import _HANDED_PORTS
     for _ in range(1000):
         port = random.randint(20000, 55000)
         if port in _HANDED_PORTS or port + 10000 in _HANDED_PORTS:
