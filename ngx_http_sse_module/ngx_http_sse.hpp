@@ -349,8 +349,6 @@ char *ngx_http_sse_auth_merge_conf(ngx_conf_t *cf,
 char *ngx_http_sse_auth_jwt(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 char *ngx_http_sse_auth_key_file(ngx_conf_t *cf, ngx_command_t *cmd,
                                  void *conf);
-char *ngx_http_sse_auth_subscribe_request(ngx_conf_t *cf, ngx_command_t *cmd,
-                                          void *conf);
 // Registers the access-phase check and the $sse_jwt_*, $sse_channels
 // variables.
 ngx_int_t ngx_http_sse_auth_init(ngx_conf_t *cf);
@@ -359,6 +357,27 @@ ngx_int_t ngx_http_sse_auth_init(ngx_conf_t *cf);
 ngx_msec_t ngx_http_sse_auth_expires_in(ngx_http_request_t *r) noexcept;
 // The token's "sub" of the request, NULL without one.
 const std::string *ngx_http_sse_auth_sub(ngx_http_request_t *r) noexcept;
+
+// (event name, data) pairs, viewing memory that outlives the publish.
+using ngx_http_sse_event_list =
+    std::vector<std::pair<std::string_view, std::string_view>>;
+
+struct ngx_http_sse_stored_t {
+    bool found;  // the channel was there (or made): the figures are set
+    uint32_t subscribers;
+    uint64_t epoch;
+    uint64_t last_seq;
+    uint64_t published;
+};
+
+// The shared-memory publish of events to one channel, in order: allocated
+// in one session, written outside the lock, committed in a second; then
+// the processes concerned are woken once. The one way events enter the
+// zone from this machine (publisher requests and the module's own).
+sse::publish_status ngx_http_sse_store_local(
+    ngx_http_sse_zone_t *z, std::string_view channel,
+    const ngx_http_sse_event_list &events, ngx_uint_t buffer_length,
+    ngx_msec_t ttl, ngx_http_sse_stored_t *out);
 
 // Leave hook and presence (ngx_http_sse_presence.cpp).
 // Publishes one event from inside the module (no request): the two-phase
@@ -395,7 +414,8 @@ bool ngx_http_sse_unsubscribe_hook(ngx_http_sse_subscriber_t *sub);
 void ngx_http_sse_close_after_hook(ngx_http_request_t *r);
 // $sse_leave_reason: why the subscriber left, inside the leave hook.
 const char *ngx_http_sse_leave_reason(ngx_http_request_t *r);
-char *ngx_http_sse_unsubscribe_request(ngx_conf_t *cf, ngx_command_t *cmd,
-                                       void *conf);
+// sse_subscribe_request / sse_unsubscribe_request: a URI or "off" into
+// the ngx_str_t at cmd->offset.
+char *ngx_http_sse_hook_uri(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 char *ngx_http_sse_presence_channel(ngx_conf_t *cf, ngx_command_t *cmd,
                                     void *conf);

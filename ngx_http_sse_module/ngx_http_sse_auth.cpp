@@ -134,29 +134,6 @@ char *ngx_http_sse_auth_jwt(ngx_conf_t *cf, ngx_command_t *cmd, void *conf) {
     return NGX_CONF_OK;
 }
 
-char *ngx_http_sse_auth_subscribe_request(ngx_conf_t *cf, ngx_command_t *cmd,
-                                          void *conf) {
-    auto *lcf = static_cast<ngx_http_sse_loc_conf_t *>(conf);
-    auto *value = static_cast<ngx_str_t *>(cf->args->elts);
-
-    if (lcf->subscribe_request.data != NULL) {
-        return (char *)"is duplicate";
-    }
-    if (ngx_strcmp(value[1].data, "off") == 0) {
-        ngx_str_set(&lcf->subscribe_request, "");
-        return NGX_CONF_OK;
-    }
-    if (value[1].len == 0 || value[1].data[0] != '/') {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid value \"%V\" in \"%V\" directive, "
-                           "expected a URI starting with \"/\" or \"off\"",
-                           &value[1], &cmd->name);
-        return (char *)NGX_CONF_ERROR;
-    }
-    lcf->subscribe_request = value[1];
-    return NGX_CONF_OK;
-}
-
 static void ngx_http_sse_auth_free_keys(void *data) noexcept {
     delete static_cast<sse::jwt::key_set *>(data);
 }

@@ -187,12 +187,14 @@ static ngx_command_t ngx_http_sse_commands[] = {
     {ngx_string("sse_subscribe_request"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF |
          NGX_CONF_TAKE1,
-     ngx_http_sse_auth_subscribe_request, NGX_HTTP_LOC_CONF_OFFSET, 0, NULL},
+     ngx_http_sse_hook_uri, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(ngx_http_sse_loc_conf_t, subscribe_request), NULL},
 
     {ngx_string("sse_unsubscribe_request"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF |
          NGX_CONF_TAKE1,
-     ngx_http_sse_unsubscribe_request, NGX_HTTP_LOC_CONF_OFFSET, 0, NULL},
+     ngx_http_sse_hook_uri, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(ngx_http_sse_loc_conf_t, unsubscribe_request), NULL},
 
     {ngx_string("sse_presence_channel"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF |

@@ -13,8 +13,6 @@ bool ngx_http_sse_publish_internal(ngx_http_sse_zone_t *z,
                                    std::string_view event,
                                    std::string_view data,
                                    ngx_uint_t buffer_length, ngx_msec_t ttl) {
-    // The same two phases as ngx_http_sse_store_events(): allocate in one
-    // session, write outside the lock, commit in a second session.
     ngx_http_sse_zone_worker_t *zw = ngx_http_sse_zone_worker(z);
     if (zw == NULL || zw->slot == sse::no_slot) {
         return false;
@@ -31,35 +29,15 @@ bool ngx_http_sse_publish_internal(ngx_http_sse_zone_t *z,
             return false;
         }
     }
-    sse::message *m;
-    {
-        auto s = ngx_http_sse_session(z);
-        m = s->prepare(zw->slot, sse::encoded_body_size(event, data),
-                       ngx_current_msec);
-    }
-    if (m == NULL) {
+    ngx_http_sse_stored_t out;
+    try {
+        return ngx_http_sse_store_local(z, channel, {{event, data}},
+                                        buffer_length, ttl,
+                                        &out) == sse::publish_status::ok &&
+               out.published == 1;
+    } catch (const std::exception &) {
         return false;
     }
-    sse::encode_body(m->bytes(), event, data);
-    sse::slot_set wake{};
-    bool ok = false;
-    {
-        auto s = ngx_http_sse_session(z);
-        sse::channel *ch = s->find_or_create(channel, ngx_current_msec);
-        uint64_t seq;
-        if (ch != NULL &&
-            s->commit(zw->slot, m, ch, ngx_current_msec, buffer_length, ttl,
-                      &seq) == sse::publish_status::ok) {
-            ok = true;
-            wake = s->slots_of(ch);
-        } else if (ch == NULL) {
-            s->abandon(zw->slot, m);
-        }
-    }
-    if (ok && !wake.empty()) {
-        ngx_http_sse_notify(z, wake);
-    }
-    return ok;
 }
 
 // ---------------------------------------------------------------- registry
@@ -425,16 +403,18 @@ const char *ngx_http_sse_leave_reason(ngx_http_request_t *r) {
 
 // ---------------------------------------------------------------- config
 
-char *ngx_http_sse_unsubscribe_request(ngx_conf_t *cf, ngx_command_t *cmd,
-                                       void *conf) {
-    auto *lcf = static_cast<ngx_http_sse_loc_conf_t *>(conf);
+// sse_subscribe_request and sse_unsubscribe_request: a URI or "off", into
+// the ngx_str_t at cmd->offset.
+char *ngx_http_sse_hook_uri(ngx_conf_t *cf, ngx_command_t *cmd, void *conf) {
+    auto *uri =
+        reinterpret_cast<ngx_str_t *>(static_cast<char *>(conf) + cmd->offset);
     auto *value = static_cast<ngx_str_t *>(cf->args->elts);
 
-    if (lcf->unsubscribe_request.data != NULL) {
+    if (uri->data != NULL) {
         return (char *)"is duplicate";
     }
     if (ngx_strcmp(value[1].data, "off") == 0) {
-        ngx_str_set(&lcf->unsubscribe_request, "");
+        ngx_str_set(uri, "");
         return NGX_CONF_OK;
     }
     if (value[1].len == 0 || value[1].data[0] != '/') {
@@ -444,7 +424,7 @@ char *ngx_http_sse_unsubscribe_request(ngx_conf_t *cf, ngx_command_t *cmd,
                            &value[1], &cmd->name);
         return (char *)NGX_CONF_ERROR;
     }
-    lcf->unsubscribe_request = value[1];
+    *uri = value[1];
     return NGX_CONF_OK;
 }
 

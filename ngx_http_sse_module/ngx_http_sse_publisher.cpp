@@ -38,10 +38,6 @@ struct ngx_http_sse_redis_wait_t {
 // Events a streaming publish queues before it stops reading the body.
 #define NGX_HTTP_SSE_REDIS_QUEUE_MAX 256
 
-// (event name, data) pairs, viewing memory that outlives the publish.
-using ngx_http_sse_event_list =
-    std::vector<std::pair<std::string_view, std::string_view>>;
-
 static ngx_int_t ngx_http_sse_publish(ngx_http_request_t *r);
 static void ngx_http_sse_publish_body(ngx_http_request_t *r);
 static void ngx_http_sse_stream_start(ngx_http_request_t *r);
@@ -129,18 +125,12 @@ static ngx_int_t ngx_http_sse_channel_request(ngx_http_request_t *r,
     return ngx_http_sse_send_text(r, NGX_HTTP_OK, "application/json", json);
 }
 
-// Publishes events in order and wakes the processes concerned once. The
-// events are allocated in one session, written outside the lock, and
-// committed (given their ids) in a second session.
-static sse::publish_status ngx_http_sse_store_events(
-    ngx_http_request_t *r, ngx_http_sse_publish_ctx_t *ctx,
-    const ngx_http_sse_event_list &events) {
-    auto *lcf = static_cast<ngx_http_sse_loc_conf_t *>(
-        ngx_http_get_module_loc_conf(r, ngx_http_sse_module));
-    ngx_http_sse_zone_t *z = ngx_http_sse_loc_zone(r, lcf);
+sse::publish_status ngx_http_sse_store_local(
+    ngx_http_sse_zone_t *z, std::string_view channel,
+    const ngx_http_sse_event_list &events, ngx_uint_t buffer_length,
+    ngx_msec_t ttl, ngx_http_sse_stored_t *out) {
+    *out = {};
     ngx_http_sse_zone_worker_t *zw = ngx_http_sse_zone_worker(z);
-    std::string_view id(reinterpret_cast<char *>(ctx->channel.data),
-                        ctx->channel.len);
     if (events.empty()) {
         return sse::publish_status::ok;
     }
@@ -171,20 +161,19 @@ static sse::publish_status ngx_http_sse_store_events(
     {
         auto s = ngx_http_sse_session(z);
         ngx_msec_t now = ngx_current_msec;
-        sse::channel *ch = s->find_or_create(id, now);
+        sse::channel *ch = s->find_or_create(channel, now);
         size_t i = 0;
         for (; ch != NULL && i < ms.size(); i++) {
             uint64_t seq;
             sse::publish_status st =
-                s->commit(zw->slot, ms[i], ch, now, lcf->buffer_length,
-                          lcf->message_ttl, &seq);
+                s->commit(zw->slot, ms[i], ch, now, buffer_length, ttl, &seq);
             if (st != sse::publish_status::ok) {
                 status = st;
                 i++;
                 break;
             }
-            ctx->last_seq = seq;
-            ctx->published++;
+            out->last_seq = seq;
+            out->published++;
         }
         for (; i < ms.size(); i++) {
             s->abandon(zw->slot, ms[i]);
@@ -192,13 +181,36 @@ static sse::publish_status ngx_http_sse_store_events(
         if (ch == NULL) {
             status = sse::publish_status::no_memory;
         } else {
-            ctx->subscribers = sse::store::subscribers(ch);
+            out->found = true;
+            out->subscribers = sse::store::subscribers(ch);
+            out->epoch = s->root()->epoch;
             wake = s->slots_of(ch);
-            ctx->epoch = s->root()->epoch;
         }
     }
-    if (ctx->published > 0 && !wake.empty()) {
+    if (out->published > 0 && !wake.empty()) {
         ngx_http_sse_notify(z, wake);
+    }
+    return status;
+}
+
+// A publish request's events, into the shared-memory zone.
+static sse::publish_status ngx_http_sse_store_events(
+    ngx_http_request_t *r, ngx_http_sse_publish_ctx_t *ctx,
+    const ngx_http_sse_event_list &events) {
+    auto *lcf = static_cast<ngx_http_sse_loc_conf_t *>(
+        ngx_http_get_module_loc_conf(r, ngx_http_sse_module));
+    ngx_http_sse_stored_t out;
+    sse::publish_status status = ngx_http_sse_store_local(
+        ngx_http_sse_loc_zone(r, lcf),
+        {reinterpret_cast<char *>(ctx->channel.data), ctx->channel.len}, events,
+        lcf->buffer_length, lcf->message_ttl, &out);
+    if (out.published > 0) {
+        ctx->last_seq = out.last_seq;
+        ctx->published += out.published;
+    }
+    if (out.found) {
+        ctx->subscribers = out.subscribers;
+        ctx->epoch = out.epoch;
     }
     return status;
 }
