@@ -90,7 +90,7 @@ struct counting_allocator {
             std::free(kv.first);
         }
     }
-    sse::allocator get() { return {this, &alloc, &release}; }
+    sse::allocator get() { return {this, &alloc, &release, nullptr}; }
 };
 
 struct fake_mutex {

@@ -38,7 +38,8 @@ struct ngx_http_sse_redis_conf_t;
 // Per sse_zone, in the cycle pool.
 struct ngx_http_sse_zone_t {
     ngx_shm_zone_t *shm_zone;
-    ngx_slab_pool_t *shpool;
+    ngx_slab_pool_t *shpool;  // its mutex, and presence's small records
+    sse::arena *arena;        // everything of the store (see arena.hpp)
     sse::zone_root *root;
     ngx_uint_t index;                  // in main conf's zones
     ngx_http_sse_redis_conf_t *redis;  // NULL: the shared-memory engine

@@ -38,7 +38,7 @@ static ngx_http_sse_zone_figures_t ngx_http_sse_figures(ngx_http_sse_zone_t *z,
     f.retained = root->nretired;
     f.message_bytes = root->message_bytes;
     f.stats = root->stats;
-    f.bytes_free = z->shpool->pfree * ngx_pagesize;
+    f.bytes_free = z->arena->bytes_free();
     // Per-slot totals: work proportional to the processes, not channels.
     for (const sse::slot &sl : root->slots) {
         f.stats.delivered +=

@@ -19,12 +19,20 @@ static void ngx_http_sse_zone_engine(ngx_http_sse_zone_t *z) {
     ngx_shmtx_unlock(&z->shpool->mutex);
 }
 
-static void *ngx_http_sse_slab_alloc(void *ctx, size_t size) {
-    return ngx_slab_alloc_locked(static_cast<ngx_slab_pool_t *>(ctx), size);
+// The store allocates from its own arena, not from nginx's slab pool: a
+// worker killed inside ngx_slab_alloc/free leaves the slab's lists broken
+// for good, while the arena is rebuilt from the store by the next session.
+static void *ngx_http_sse_arena_alloc(void *ctx, size_t size) {
+    return static_cast<sse::arena *>(ctx)->alloc(size);
 }
 
-static void ngx_http_sse_slab_free(void *ctx, void *p) {
-    ngx_slab_free_locked(static_cast<ngx_slab_pool_t *>(ctx), p);
+static void ngx_http_sse_arena_free(void *ctx, void *p) {
+    static_cast<sse::arena *>(ctx)->free(p);
+}
+
+static sse::allocator ngx_http_sse_zone_allocator(ngx_http_sse_zone_t *z) {
+    return sse::allocator{z->arena, ngx_http_sse_arena_alloc,
+                          ngx_http_sse_arena_free, z->arena};
 }
 
 static void ngx_http_sse_slab_lock(void *ctx) {
@@ -36,12 +44,9 @@ static void ngx_http_sse_slab_unlock(void *ctx) {
 }
 
 sse::session ngx_http_sse_session(ngx_http_sse_zone_t *z) {
-    return sse::session(
-        z->root,
-        sse::allocator{z->shpool, ngx_http_sse_slab_alloc,
-                       ngx_http_sse_slab_free},
-        sse::mutex{z->shpool, ngx_http_sse_slab_lock,
-                   ngx_http_sse_slab_unlock});
+    return sse::session(z->root, ngx_http_sse_zone_allocator(z),
+                        sse::mutex{z->shpool, ngx_http_sse_slab_lock,
+                                   ngx_http_sse_slab_unlock});
 }
 
 // sse_zone zone=NAME:SIZE [redis=URL] [redis_timeout=TIME] [redis_ca=FILE]
@@ -134,15 +139,13 @@ char *ngx_http_sse_zone_directive(ngx_conf_t *cf, ngx_command_t *cmd,
         }
     }
     if ((redis_timeout != NULL || redis_ca != NULL) && redis == NULL) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"%s\" in \"%V\" needs \"redis=\"",
-                           redis_ca ? "redis_ca=" : "redis_timeout=",
-                           &cmd->name);
+        ngx_conf_log_error(
+            NGX_LOG_EMERG, cf, 0, "\"%s\" in \"%V\" needs \"redis=\"",
+            redis_ca ? "redis_ca=" : "redis_timeout=", &cmd->name);
         return (char *)NGX_CONF_ERROR;
     }
-    if (redis != NULL &&
-        ngx_http_sse_redis_parse(cf, z, redis, redis_timeout, redis_ca) !=
-            NGX_CONF_OK) {
+    if (redis != NULL && ngx_http_sse_redis_parse(cf, z, redis, redis_timeout,
+                                                  redis_ca) != NGX_CONF_OK) {
         return (char *)NGX_CONF_ERROR;
     }
     *slot = z;
@@ -163,7 +166,10 @@ static ngx_int_t ngx_http_sse_init_zone(ngx_shm_zone_t *shm_zone, void *data) {
 
     if (old != NULL) {
         // Reload with the same name and size: keep channels, buffers, epoch.
-        if (!sse::store::compatible(old->root)) {
+        auto *ar = static_cast<sse::arena *>(old->shpool->data);
+        if (ar == NULL || !ar->valid() ||
+            !sse::store::compatible(
+                static_cast<sse::zone_root *>(ar->user()))) {
             ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0,
                           "sse zone \"%V\" was laid out by another build of "
                           "the module; restart nginx or change the zone's "
@@ -172,7 +178,8 @@ static ngx_int_t ngx_http_sse_init_zone(ngx_shm_zone_t *shm_zone, void *data) {
             return NGX_ERROR;
         }
         z->shpool = old->shpool;
-        z->root = old->root;
+        z->arena = ar;
+        z->root = static_cast<sse::zone_root *>(ar->user());
         ngx_http_sse_zone_engine(z);
         ngx_http_sse_presence_init_zone(z, old);
         return NGX_OK;
@@ -180,7 +187,8 @@ static ngx_int_t ngx_http_sse_init_zone(ngx_shm_zone_t *shm_zone, void *data) {
 
     z->shpool = reinterpret_cast<ngx_slab_pool_t *>(shm_zone->shm.addr);
     if (shm_zone->shm.exists) {
-        z->root = static_cast<sse::zone_root *>(z->shpool->data);
+        z->arena = static_cast<sse::arena *>(z->shpool->data);
+        z->root = static_cast<sse::zone_root *>(z->arena->user());
         ngx_http_sse_zone_engine(z);
         return NGX_OK;
     }
@@ -200,16 +208,26 @@ static ngx_int_t ngx_http_sse_init_zone(ngx_shm_zone_t *shm_zone, void *data) {
     gettimeofday(&tv, NULL);
     uint64_t epoch = (uint64_t)tv.tv_sec * 1000000 + (uint64_t)tv.tv_usec;
 
+    // The arena takes all of the zone but a part the slab keeps for
+    // presence's records (1/64, at least 8 pages).
     ngx_shmtx_lock(&z->shpool->mutex);
-    z->root =
-        sse::store::create(sse::allocator{z->shpool, ngx_http_sse_slab_alloc,
-                                          ngx_http_sse_slab_free},
-                           epoch, shm_zone->shm.size);
+    ngx_uint_t keep = ngx_max(8, z->shpool->pfree / 64);
+    size_t arena_size =
+        z->shpool->pfree > keep ? (z->shpool->pfree - keep) * ngx_pagesize : 0;
+    void *mem =
+        arena_size ? ngx_slab_alloc_locked(z->shpool, arena_size) : NULL;
+    z->arena = mem ? sse::arena::create(mem, arena_size) : NULL;
+    z->root = z->arena ? sse::store::create(ngx_http_sse_zone_allocator(z),
+                                            epoch, z->arena->bytes_total())
+                       : NULL;
     ngx_shmtx_unlock(&z->shpool->mutex);
     if (z->root == NULL) {
+        ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0,
+                      "sse zone \"%V\" is too small", &shm_zone->shm.name);
         return NGX_ERROR;
     }
-    z->shpool->data = z->root;
+    z->arena->set_user(z->root);
+    z->shpool->data = z->arena;
     ngx_http_sse_zone_engine(z);
     ngx_http_sse_presence_init_zone(z, NULL);
     return NGX_OK;

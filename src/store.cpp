@@ -969,6 +969,10 @@ std::string store::check() const {
     return "";
 }
 
+// More events than one process prepares at once (a streamed publish's
+// batch); a longer pending list is a cycle.
+constexpr uint32_t max_pending_repair = 1u << 20;
+
 void store::repair() {
     zone_root *r = root_;
     r->stats.repairs++;
@@ -1101,7 +1105,9 @@ void store::repair() {
                 bytes -= m->size;
                 (m->prev ? m->prev->next : r->head) = m->next;
                 (m->next ? m->next->prev : r->tail) = m->prev;
-                a_.free(a_.ctx, m);
+                if (a_.rebuildable == nullptr) {
+                    a_.free(a_.ctx, m);  // else the rebuild below frees it
+                }
             }
         }
         r->nmessages = n;
@@ -1124,6 +1130,31 @@ void store::repair() {
                 s.members = mb;
                 s.subscriptions += mb->count;
             }
+        }
+
+        // 6. Prepared events: only their own process changes a pending
+        //    list, so a broken one belongs to the dead; its slot's clearing
+        //    walks it forwards. Set its back links straight for that.
+        for (slot &s : r->slots) {
+            message *prev = nullptr;
+            uint32_t k = 0;
+            for (message **p = s.pid ? &s.pending : nullptr;
+                 p != nullptr && *p != nullptr; p = &(*p)->next) {
+                if (++k > max_pending_repair) {
+                    *p = nullptr;  // a cycle: cut it
+                    break;
+                }
+                (*p)->prev = prev;
+                prev = *p;
+            }
+        }
+
+        // 7. The allocator, laid out anew from what the zone holds: the
+        //    dead process may have been inside it, and whatever it had
+        //    allocated and not yet linked is free again.
+        if (a_.rebuildable != nullptr) {
+            a_.rebuildable->rebuild(
+                [this](auto &&mark) { for_each_block(mark); });
         }
     } catch (...) {
         // Out of process memory: the next session tries again.

@@ -30,6 +30,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "arena.hpp"
 #include "event.hpp"
 
 namespace sse {
@@ -52,6 +53,10 @@ struct allocator {
     void *ctx;
     void *(*alloc)(void *ctx, size_t size);  // nullptr when the zone is full
     void (*free)(void *ctx, void *p);
+    // The arena behind alloc/free, when they are one: repair() then rebuilds
+    // it from the blocks the store holds (a process killed inside alloc or
+    // free leaves it half changed) instead of freeing what it drops.
+    arena *rebuildable;
 };
 
 struct mutex {
@@ -237,7 +242,7 @@ class session;
 // The shared-memory store. Every member needs a live session.
 class store {
 public:
-    static constexpr uint64_t magic = 0x5353455a4f4e4532ull;  // "SSEZONE2"
+    static constexpr uint64_t magic = 0x5353455a4f4e4533ull;  // "SSEZONE3"
 
     // Changes whenever the shared structures change shape: a zone reused
     // across a reload must have been made by a build with the same layout.
@@ -375,6 +380,10 @@ public:
     std::string check() const;
     // Rebuilds what an interrupted session may have left half done.
     void repair();
+    // Calls f(pointer, size) for every block of the allocator the store
+    // holds, with the size it was allocated with.
+    template <typename F>
+    void for_each_block(F &&f) const;
 
 private:
     friend class session;
@@ -436,5 +445,38 @@ private:
 };
 
 uint32_t hash_channel_id(std::string_view id);
+
+template <typename F>
+void store::for_each_block(F &&f) const {
+    const zone_root *r = root_;
+    f(r, sizeof(zone_root));
+    f(r->buckets, size_t{r->nbuckets} * sizeof(channel *));
+    auto chan = [&](const channel *c) {
+        f(c, sizeof(channel) + c->id_len);
+        if (c->ring != nullptr) {
+            f(c->ring, size_t{c->cap} * sizeof(message *));
+        }
+        for (const member *mb = c->members; mb != nullptr; mb = mb->cnext) {
+            f(mb, sizeof(member));
+        }
+    };
+    for (uint32_t b = 0; b < r->nbuckets; b++) {
+        for (const channel *c = r->buckets[b]; c != nullptr; c = c->hnext) {
+            chan(c);
+        }
+    }
+    for (const channel *c = r->deleted; c != nullptr; c = c->hnext) {
+        chan(c);
+    }
+    for (const message *m = r->head; m != nullptr; m = m->next) {
+        f(m, sizeof(message) + m->size);
+    }
+    for (const slot &s : r->slots) {
+        for (const message *m = s.pid ? s.pending : nullptr; m != nullptr;
+             m = m->next) {
+            f(m, sizeof(message) + m->size);
+        }
+    }
+}
 
 }  // namespace sse

@@ -36,7 +36,7 @@ struct ext_zone {
 
     static sse::allocator alloc() {
         return {nullptr, [](void *, size_t n) { return std::malloc(n); },
-                [](void *, void *p) { std::free(p); }};
+                [](void *, void *p) { std::free(p); }, nullptr};
     }
     sse::session open() {
         return sse::session(root, alloc(),

@@ -31,7 +31,7 @@ public:
         }
     }
 
-    sse::allocator get() { return {this, &alloc, &release}; }
+    sse::allocator get() { return {this, &alloc, &release, nullptr}; }
     size_t outstanding() const { return live_.size(); }
     size_t bytes() const { return bytes_; }
     size_t failures() const { return failures_; }
