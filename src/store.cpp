@@ -830,6 +830,9 @@ void store::sweep(int64_t now) {
 std::string store::check() const {
     const zone_root *r = root_;
     auto fail = [](const std::string &what) { return what; };
+    if (a_.rebuildable != nullptr && *a_.rebuildable->check() != '\0') {
+        return a_.rebuildable->check();
+    }
     // The log.
     uint64_t n = 0, bytes = 0, last = 0;
     const message *prev = nullptr;
