@@ -34,7 +34,7 @@
 #include <vector>
 
 #include "fuzz_check.hpp"
-#include "store.hpp"
+#include "store_layout.hpp"
 
 namespace {
 

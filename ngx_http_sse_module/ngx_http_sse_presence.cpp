@@ -310,8 +310,7 @@ void ngx_http_sse_presence_clear_slot(ngx_http_sse_zone_t *z, uint32_t slot,
     left.reserve(16);  // more is rare: a few channels per dead worker
     {
         auto s = ngx_http_sse_session(z);
-        sse::slot &sl = s->root()->slots[slot];
-        ngx_pid_t pid = sl.pid;
+        ngx_pid_t pid = s->slot_pid(slot);
         // Checked again under the lock: another worker may have reaped it.
         if (cleared != NULL && (pid == 0 || pid == ngx_pid ||
                                 kill(pid, 0) != -1 || ngx_errno != NGX_ESRCH)) {
@@ -319,19 +318,19 @@ void ngx_http_sse_presence_clear_slot(ngx_http_sse_zone_t *z, uint32_t slot,
             return;
         }
         if (z->presence != NULL) {
-            for (sse::member *mb = sl.members; mb != NULL; mb = mb->snext) {
+            for (auto [chan, count] : s->memberships(slot)) {
                 ngx_http_sse_presence_entry_t **p =
-                    ngx_http_sse_presence_find(z, mb->chan->id());
+                    ngx_http_sse_presence_find(z, chan->id());
                 if (*p == NULL) {
                     continue;
                 }
-                uint32_t n = sse::store::subscribers(mb->chan);
-                n -= ngx_min(n, mb->count);
+                uint32_t n = sse::store::subscribers(chan);
+                n -= ngx_min(n, count);
                 left.push_back({z, std::string((*p)->chan()),
                                 std::string((*p)->pres()), n,
                                 (*p)->buffer_length, (ngx_msec_t)(*p)->ttl});
                 if (n == 0) {
-                    ngx_http_sse_presence_forget(z, mb->chan->id());
+                    ngx_http_sse_presence_forget(z, chan->id());
                 }
             }
         }

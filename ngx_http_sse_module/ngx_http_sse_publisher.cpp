@@ -82,7 +82,7 @@ static ngx_int_t ngx_http_sse_channel_request(ngx_http_request_t *r,
     {
         auto s = ngx_http_sse_session(z);
         sse::channel *ch = s->find(id);
-        uint64_t epoch = s->root()->epoch;
+        uint64_t epoch = s->epoch();
         if (ch != NULL) {
             json = "{\"channel\":";
             ngx_http_sse_json_string(json, id);
@@ -183,7 +183,7 @@ sse::publish_status ngx_http_sse_store_local(
         } else {
             out->found = true;
             out->subscribers = sse::store::subscribers(ch);
-            out->epoch = s->root()->epoch;
+            out->epoch = s->epoch();
             wake = s->slots_of(ch);
         }
     }

@@ -369,7 +369,7 @@ char *ngx_http_sse_redis_parse(ngx_conf_t *cf, ngx_http_sse_zone_t *z,
 
 static void ngx_http_sse_redis_set_error(ngx_http_sse_zone_t *z,
                                          const char *err) {
-    sse::external_stats &x = z->root->ext;
+    sse::external_stats &x = sse::store::ext(z->root);
     // Read unlocked by sse_status: a torn message at worst.
     size_t n = ngx_min(strlen(err), sizeof(x.last_error) - 1);
     ngx_memcpy(x.last_error, err, n);
@@ -379,8 +379,8 @@ static void ngx_http_sse_redis_set_error(ngx_http_sse_zone_t *z,
 static void ngx_http_sse_redis_set_state(ngx_http_sse_redis_worker_t *rw,
                                          ngx_uint_t state) {
     rw->bus_state = state;
-    __atomic_store_n(&rw->zw->zone->root->ext.state, (uint32_t)state,
-                     __ATOMIC_RELAXED);
+    __atomic_store_n(&sse::store::ext(rw->zw->zone->root).state,
+                     (uint32_t)state, __ATOMIC_RELAXED);
 }
 
 // ------------------------------------------------------------- connection
@@ -890,10 +890,10 @@ static void ngx_http_sse_redis_commit(
         ms.assign(n, nullptr);
         {
             auto s = ngx_http_sse_session(z);
-            uint64_t seq = s->root()->seq;
+            uint64_t seq = s->seq();
             for (size_t i = 0; i < n; i++) {
                 auto &ev = evs[at + i];
-                if (ev.seq > seq || ev.epoch != s->root()->epoch) {
+                if (ev.seq > seq || ev.epoch != s->epoch()) {
                     ms[i] =
                         s->prepare(zw->slot, ev.body.size(), ngx_current_msec);
                 }
@@ -910,7 +910,7 @@ static void ngx_http_sse_redis_commit(
         for (size_t i = 0; i < n; i++) {
             auto &ev = evs[at + i];
             if (ms[i] == nullptr) {
-                if (ev.seq > s->root()->seq && ev.epoch == s->root()->epoch) {
+                if (ev.seq > s->seq() && ev.epoch == s->epoch()) {
                     // No room in the zone: whoever wanted it resumes and
                     // learns of the gap.
                     sse::channel *ch = s->find(ev.channel);
@@ -920,7 +920,7 @@ static void ngx_http_sse_redis_commit(
                 }
                 continue;
             }
-            if (ev.epoch != s->root()->epoch && s->adopt_epoch(ev.epoch)) {
+            if (ev.epoch != s->epoch() && s->adopt_epoch(ev.epoch)) {
                 ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
                               "sse: zone \"%V\" takes Redis's new epoch %uL: "
                               "Redis lost the zone's data; streams end and "
@@ -1045,7 +1045,7 @@ static void ngx_http_sse_redis_fetch_done(ngx_http_sse_redis_worker_t *rw) {
     rw->heard.clear();
     {
         auto s = ngx_http_sse_session(rw->zw->zone);
-        s->root()->external = 2;  // subscribers welcome
+        s->set_external(2);  // subscribers welcome
     }
     rw->backoff = NGX_HTTP_SSE_REDIS_BACKOFF_MIN;
     ngx_http_sse_redis_set_state(rw, NGX_HTTP_SSE_REDIS_UP);
@@ -1247,7 +1247,7 @@ static void ngx_http_sse_redis_sync_reply(ngx_http_sse_redis_conn_t *rc,
                           &rw->zw->zone->shm_zone->shm.name, epoch,
                           &rw->conf->url);
         }
-        rw->fetch_from = s->root()->seq;
+        rw->fetch_from = s->seq();
     }
     rw->sync_epoch = epoch;
     rw->sync_seq = ngx_http_sse_redis_u64(r->element[1]);
@@ -1290,8 +1290,8 @@ static void ngx_http_sse_redis_subscribed(ngx_http_sse_redis_conn_t *rc,
     std::string epoch, seq;
     {
         auto s = ngx_http_sse_session(rw->zw->zone);
-        epoch = std::to_string(s->root()->epoch);
-        seq = std::to_string(s->root()->seq);
+        epoch = std::to_string(s->epoch());
+        seq = std::to_string(s->seq());
     }
     static const char *script = ngx_http_sse_redis_sync_lua;
     ngx_http_sse_redis_send(
@@ -1354,7 +1354,7 @@ static void ngx_http_sse_redis_bus_down(ngx_http_sse_redis_worker_t *rw,
         ngx_http_sse_redis_close(&rw->bus, err);
         rw->bus.on_close = ngx_http_sse_redis_bus_close;
     }
-    __atomic_fetch_add(&rw->zw->zone->root->ext.reconnects, 1,
+    __atomic_fetch_add(&sse::store::ext(rw->zw->zone->root).reconnects, 1,
                        __ATOMIC_RELAXED);
     if (err != NULL) {
         ngx_http_sse_redis_set_error(rw->zw->zone, err);
@@ -1409,8 +1409,8 @@ static void ngx_http_sse_redis_resign(ngx_http_sse_redis_worker_t *rw) {
     rw->leader = false;
     ngx_http_sse_redis_bus_down(rw, NULL);
     auto s = ngx_http_sse_session(rw->zw->zone);
-    if (s->root()->bus_pid == ngx_pid) {
-        s->root()->bus_pid = 0;
+    if (s->bus_pid() == ngx_pid) {
+        s->set_bus_pid(0);
     }
 }
 
@@ -1449,17 +1449,17 @@ void ngx_http_sse_redis_poll(ngx_http_sse_zone_worker_t *zw) {
     if (rw->leader) {
         return;
     }
-    ngx_pid_t pid = __atomic_load_n(&zw->zone->root->bus_pid, __ATOMIC_RELAXED);
+    ngx_pid_t pid = sse::store::peek_bus_pid(zw->zone->root);
     if (pid != 0 && !(kill(pid, 0) == -1 && ngx_errno == NGX_ESRCH)) {
         return;
     }
     {
         auto s = ngx_http_sse_session(zw->zone);
-        pid = s->root()->bus_pid;
+        pid = s->bus_pid();
         if (pid != 0 && !(kill(pid, 0) == -1 && ngx_errno == NGX_ESRCH)) {
             return;
         }
-        s->root()->bus_pid = ngx_pid;
+        s->set_bus_pid(ngx_pid);
     }
     rw->leader = true;
     ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
@@ -1495,7 +1495,7 @@ static void ngx_http_sse_redis_publish_reply(ngx_http_sse_redis_conn_t *rc,
                                              const char *err) {
     auto *p = static_cast<ngx_http_sse_redis_publish_t *>(data);
     ngx_http_sse_redis_worker_t *rw = p->rw;
-    sse::external_stats &x = rw->zw->zone->root->ext;
+    sse::external_stats &x = sse::store::ext(rw->zw->zone->root);
     bool moved =
         (r != NULL && ngx_http_sse_redis_is_moved(r)) ||
         (r == NULL && err != NULL && ngx_strncmp(err, "MOVED ", 6) == 0);
@@ -1551,8 +1551,9 @@ static void ngx_http_sse_redis_publish_reply(ngx_http_sse_redis_conn_t *rc,
         // The next seq the zone expects: nothing can be missing before it,
         // so deliver it now rather than after the bus's round trip.
         ngx_http_sse_zone_t *z = rw->zw->zone;
-        if (__atomic_load_n(&z->root->seq, __ATOMIC_RELAXED) + 1 == seq &&
-            z->root->epoch == epoch && z->root->external == 2) {
+        if (sse::store::peek_seq(z->root) + 1 == seq &&
+            sse::store::peek_epoch(z->root) == epoch &&
+            sse::store::peek_external(z->root) == 2) {
             std::vector<ngx_http_sse_redis_event_t> one(1);
             one[0].epoch = epoch;
             one[0].seq = seq;
@@ -1580,8 +1581,8 @@ static void ngx_http_sse_redis_publish_send(ngx_http_sse_redis_publish_t *p) {
     {
         // Read unlocked: only a hint to Redis about what we hold.
         sse::zone_root *root = rw->zw->zone->root;
-        epoch = std::to_string(root->epoch);
-        seq = std::to_string(__atomic_load_n(&root->seq, __ATOMIC_RELAXED));
+        epoch = std::to_string(sse::store::peek_epoch(root));
+        seq = std::to_string(sse::store::peek_seq(root));
     }
     static const char *script = ngx_http_sse_redis_publish_lua;
     const std::string &sha = rw->sha;
@@ -1608,7 +1609,7 @@ void *ngx_http_sse_redis_publish(ngx_http_sse_zone_worker_t *zw,
     if ((ngx_msec_int_t)(rw->cmd_down_until - ngx_current_msec) > 0 &&
         !rw->cmd.connected) {
         *err = rw->cmd_error;
-        __atomic_fetch_add(&zw->zone->root->ext.publish_errors, 1,
+        __atomic_fetch_add(&sse::store::ext(zw->zone->root).publish_errors, 1,
                            __ATOMIC_RELAXED);
         return NULL;
     }
@@ -1653,8 +1654,7 @@ void ngx_http_sse_redis_cancel(void *handle) {
 }
 
 bool ngx_http_sse_redis_ready(ngx_http_sse_zone_t *z) {
-    return z->redis == NULL ||
-           __atomic_load_n(&z->root->external, __ATOMIC_RELAXED) == 2;
+    return z->redis == NULL || sse::store::peek_external(z->root) == 2;
 }
 
 // ------------------------------------------------------------- status
@@ -1665,7 +1665,7 @@ void ngx_http_sse_redis_figures(ngx_http_sse_zone_t *z,
     if (!f->redis) {
         return;
     }
-    const sse::external_stats &x = z->root->ext;
+    const sse::external_stats &x = sse::store::ext(z->root);
     uint32_t st = __atomic_load_n(&x.state, __ATOMIC_RELAXED);
     f->state = ngx_http_sse_redis_state_text[st < 4 ? st : 0];
     f->url = ngx_http_sse_redis_str(z->redis->url);
@@ -1678,7 +1678,7 @@ void ngx_http_sse_redis_figures(ngx_http_sse_zone_t *z,
     ngx_memcpy(buf, x.last_error, sizeof(buf));
     buf[sizeof(buf) - 1] = '\0';
     f->last_error = buf;
-    f->bus_pid = __atomic_load_n(&z->root->bus_pid, __ATOMIC_RELAXED);
+    f->bus_pid = sse::store::peek_bus_pid(z->root);
     f->reconnects = __atomic_load_n(&x.reconnects, __ATOMIC_RELAXED);
     f->publishes = __atomic_load_n(&x.publishes, __ATOMIC_RELAXED);
     f->publish_errors = __atomic_load_n(&x.publish_errors, __ATOMIC_RELAXED);

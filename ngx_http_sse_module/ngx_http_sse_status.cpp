@@ -27,29 +27,19 @@ static ngx_http_sse_zone_figures_t ngx_http_sse_figures(ngx_http_sse_zone_t *z,
     f.name.assign(reinterpret_cast<char *>(z->shm_zone->shm.name.data),
                   z->shm_zone->shm.name.len);
     f.bytes_total = z->shm_zone->shm.size;
-    f.workers.reserve(sse::max_slots);
     ngx_http_sse_redis_figures(z, &f.redis);
     auto s = ngx_http_sse_session(z);
-    const sse::zone_root *root = s->root();
-    f.epoch = root->epoch;
-    f.seq = root->seq;
-    f.channels = root->nchannels;
-    f.messages = root->nmessages - root->nretired;
-    f.retained = root->nretired;
-    f.message_bytes = root->message_bytes;
-    f.stats = root->stats;
+    sse::store::figures zf = s->get_figures();
+    f.epoch = s->epoch();
+    f.seq = s->seq();
+    f.channels = zf.channels;
+    f.messages = zf.messages;
+    f.retained = zf.retained;
+    f.message_bytes = zf.message_bytes;
+    f.stats = zf.stats;
+    f.subscribers = zf.subscribers;
+    f.workers = std::move(zf.workers);
     f.bytes_free = z->arena->bytes_free();
-    // Per-slot totals: work proportional to the processes, not channels.
-    for (const sse::slot &sl : root->slots) {
-        f.stats.delivered +=
-            __atomic_load_n(&sl.stats.delivered, __ATOMIC_RELAXED);
-        f.stats.slow_dropped +=
-            __atomic_load_n(&sl.stats.slow_dropped, __ATOMIC_RELAXED);
-        if (sl.pid != 0) {
-            f.workers.emplace_back(sl.pid, sl.subscriptions);
-        }
-        f.subscribers += sl.subscriptions;
-    }
     if (check) {
         // Test and debugging aid: walks the whole zone under the lock.
         f.checked = true;

@@ -171,8 +171,7 @@ void ngx_http_sse_notify(ngx_http_sse_zone_t *z, const sse::slot_set &slots) {
             continue;
         }
         // Read unlocked: a stale pid only costs a datagram nobody gets.
-        ngx_pid_t pid =
-            __atomic_load_n(&z->root->slots[s].pid, __ATOMIC_RELAXED);
+        ngx_pid_t pid = sse::store::peek_slot_pid(z->root, s);
         if (pid == 0 || w->wake == NULL) {
             continue;
         }
@@ -288,12 +287,11 @@ static void ngx_http_sse_deliver_zone(ngx_http_sse_zone_worker_t *zw) {
     touched.clear();
     {
         auto s = ngx_http_sse_session(zw->zone);
-        sse::zone_root *root = s->root();
-        uint64_t from = root->slots[zw->slot].cursor;
-        if (root->epoch != zw->epoch) {
+        uint64_t from = s->cursor(zw->slot);
+        if (s->epoch() != zw->epoch) {
             // The Redis engine took a new epoch: Redis lost the zone's
             // data. Every stream ends and resumes with an sse-gap.
-            zw->epoch = root->epoch;
+            zw->epoch = s->epoch();
             new_epoch = true;
         }
         to = s->read_since_cursor(zw->slot, [&](const sse::message *m) {
@@ -308,15 +306,15 @@ static void ngx_http_sse_deliver_zone(ngx_http_sse_zone_worker_t *zw) {
                 touched.push_back(lc->shm);
             }
         });
-        if (root->lost_seq > from) {
+        if (s->lost_seq() > from) {
             for (auto &[ch, lc] : zw->channels) {
                 if (ch->lost_seq > from) {
                     lost.emplace_back(lc, ch->lost_seq);
                 }
             }
         }
-        if (root->control_gen != zw->control_gen) {
-            zw->control_gen = root->control_gen;
+        if (s->control_gen() != zw->control_gen) {
+            zw->control_gen = s->control_gen();
             for (auto &[ch, lc] : zw->channels) {
                 if (ch->deleted) {
                     deleted.push_back(lc);
@@ -409,15 +407,14 @@ static void ngx_http_sse_deliver(ngx_http_sse_zone_worker_t *zw) {
         zw->batch.clear();
         {
             auto s = ngx_http_sse_session(zw->zone);
-            s->end_read(zw->slot, s->root()->seq, NULL, 0);
+            s->end_read(zw->slot, s->seq(), NULL, 0);
         }
         ngx_http_sse_end_all(zw, NGX_HTTP_SSE_R_EVICTED);
     }
 }
 
 void ngx_http_sse_follow_epoch(ngx_http_sse_zone_worker_t *zw) {
-    if (zw->epoch !=
-        __atomic_load_n(&zw->zone->root->epoch, __ATOMIC_RELAXED)) {
+    if (zw->epoch != sse::store::peek_epoch(zw->zone->root)) {
         ngx_http_sse_deliver(zw);
     }
 }
@@ -426,8 +423,9 @@ void ngx_http_sse_count(ngx_http_sse_zone_worker_t *zw,
                         uint64_t sse::slot_stats::*field, uint64_t n) {
     if (n != 0 && zw->slot != sse::no_slot) {
         // Only this process writes its slot; sse_status reads it unlocked.
-        __atomic_fetch_add(&(zw->zone->root->slots[zw->slot].stats.*field), n,
-                           __ATOMIC_RELAXED);
+        __atomic_fetch_add(
+            &(sse::store::own_stats(zw->zone->root, zw->slot).*field), n,
+            __ATOMIC_RELAXED);
     }
 }
 
@@ -473,8 +471,7 @@ static void ngx_http_sse_reap_slots(ngx_http_sse_zone_t *z) {
     ngx_pid_t dead[sse::max_slots];
     uint32_t ndead = 0;
     for (uint32_t s = 0; s < sse::max_slots; s++) {
-        ngx_pid_t pid =
-            __atomic_load_n(&z->root->slots[s].pid, __ATOMIC_RELAXED);
+        ngx_pid_t pid = sse::store::peek_slot_pid(z->root, s);
         if (pid != 0 && pid != ngx_pid && kill(pid, 0) == -1 &&
             ngx_errno == NGX_ESRCH) {
             dead[ndead++] = s;
@@ -501,16 +498,17 @@ static void ngx_http_sse_poll_zone(ngx_http_sse_zone_worker_t *zw) {
     }
     sse::zone_root *root = zw->zone->root;
     if (zw->slot != sse::no_slot &&
-        (__atomic_load_n(&root->seq, __ATOMIC_RELAXED) !=
-             root->slots[zw->slot].cursor ||
-         root->control_gen != zw->control_gen)) {
+        (sse::store::peek_seq(root) !=
+             sse::store::peek_cursor(root, zw->slot) ||
+         sse::store::peek_control_gen(root) != zw->control_gen)) {
         ngx_http_sse_deliver(zw);
     }
-    if (ngx_current_msec - (ngx_msec_t)root->last_sweep >=
+    if (ngx_current_msec - (ngx_msec_t)sse::store::peek_last_sweep(root) >=
         NGX_HTTP_SSE_SWEEP_MS) {
         ngx_http_sse_reap_slots(zw->zone);
         auto s = ngx_http_sse_session(zw->zone);
-        if (ngx_current_msec - (ngx_msec_t)root->last_sweep >=
+        // Again under the lock: another worker may have swept meanwhile.
+        if (ngx_current_msec - (ngx_msec_t)sse::store::peek_last_sweep(root) >=
             NGX_HTTP_SSE_SWEEP_MS) {
             s->sweep(ngx_current_msec);
         }
@@ -606,8 +604,8 @@ ngx_int_t ngx_http_sse_worker_init(ngx_cycle_t *cycle) {
             zw->zone = zones[i];
             ngx_queue_init(&zw->subs);
             zw->slot = ngx_http_sse_claim_slot(zones[i]);
-            zw->epoch = zones[i]->root->epoch;
-            zw->control_gen = zones[i]->root->control_gen;
+            zw->epoch = sse::store::peek_epoch(zones[i]->root);
+            zw->control_gen = sse::store::peek_control_gen(zones[i]->root);
             zw->wake.handler = ngx_http_sse_wake_handler;
             zw->wake.data = zw;
             zw->wake.log = cycle->log;

@@ -8,15 +8,14 @@ static ngx_int_t ngx_http_sse_init_zone(ngx_shm_zone_t *shm_zone, void *data);
 // Which engine feeds the zone; a zone reused across a reload that adds or
 // drops redis= follows the new configuration.
 static void ngx_http_sse_zone_engine(ngx_http_sse_zone_t *z) {
-    ngx_shmtx_lock(&z->shpool->mutex);
+    auto s = ngx_http_sse_session(z);
     if (z->redis == NULL) {
-        z->root->external = 0;
-        z->root->bus_pid = 0;
-    } else if (z->root->external == 0) {
+        s->set_external(0);
+        s->set_bus_pid(0);
+    } else if (s->external() == 0) {
         // In sync once the bus has taken Redis's epoch and history.
-        z->root->external = 1;
+        s->set_external(1);
     }
-    ngx_shmtx_unlock(&z->shpool->mutex);
 }
 
 // The store allocates from its own arena, not from nginx's slab pool: a

@@ -1,4 +1,4 @@
-#include "store.hpp"
+#include "store_layout.hpp"
 
 #include <algorithm>
 #include <cstring>
@@ -29,6 +29,108 @@ const char *describe(gap_reason r) {
     }
     return "unknown";
 }
+
+uint64_t store::layout() {
+    return sizeof(zone_root) | sizeof(channel) << 20 |
+           uint64_t{sizeof(message)} << 32 | uint64_t{sizeof(member)} << 40 |
+           uint64_t{max_slots} << 48;
+}
+
+bool store::compatible(const zone_root *root) {
+    return root->magic == magic && root->layout == layout();
+}
+
+session::session(zone_root *root, const allocator &a, const mutex &mx)
+    : st_(root, a), mx_(mx) {
+    mx_.lock(mx_.ctx);
+    if (root->dirty) {
+        st_.repair();
+    }
+    root->dirty = 1;
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+}
+
+session::~session() {
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    st_.root_->dirty = 0;
+    mx_.unlock(mx_.ctx);
+}
+
+// ---------------------------------------------------------------- figures
+
+uint64_t store::epoch() const { return root_->epoch; }
+uint64_t store::seq() const { return root_->seq; }
+uint64_t store::control_gen() const { return root_->control_gen; }
+uint64_t store::lost_seq() const { return root_->lost_seq; }
+uint64_t store::cursor(uint32_t slot) const {
+    return root_->slots[slot].cursor;
+}
+int32_t store::slot_pid(uint32_t slot) const { return root_->slots[slot].pid; }
+std::vector<std::pair<const channel *, uint32_t>> store::memberships(
+    uint32_t slot) const {
+    std::vector<std::pair<const channel *, uint32_t>> out;
+    for (const member *mb = root_->slots[slot].members; mb != nullptr;
+         mb = mb->snext) {
+        out.emplace_back(mb->chan, mb->count);
+    }
+    return out;
+}
+uint32_t store::external() const { return root_->external; }
+void store::set_external(uint32_t v) { root_->external = v; }
+int32_t store::bus_pid() const { return root_->bus_pid; }
+void store::set_bus_pid(int32_t pid) { root_->bus_pid = pid; }
+
+store::figures store::get_figures() const {
+    const zone_root *r = root_;
+    figures f{};
+    f.channels = r->nchannels;
+    f.messages = r->nmessages - r->nretired;
+    f.retained = r->nretired;
+    f.message_bytes = r->message_bytes;
+    f.stats = r->stats;
+    // Per-slot totals: work proportional to the processes, not channels.
+    f.workers.reserve(max_slots);
+    for (const slot &sl : r->slots) {
+        f.stats.delivered +=
+            __atomic_load_n(&sl.stats.delivered, __ATOMIC_RELAXED);
+        f.stats.slow_dropped +=
+            __atomic_load_n(&sl.stats.slow_dropped, __ATOMIC_RELAXED);
+        if (sl.pid != 0) {
+            f.workers.emplace_back(sl.pid, sl.subscriptions);
+        }
+        f.subscribers += sl.subscriptions;
+    }
+    return f;
+}
+
+uint64_t store::peek_seq(const zone_root *r) {
+    return __atomic_load_n(&r->seq, __ATOMIC_RELAXED);
+}
+uint64_t store::peek_epoch(const zone_root *r) {
+    return __atomic_load_n(&r->epoch, __ATOMIC_RELAXED);
+}
+uint64_t store::peek_control_gen(const zone_root *r) {
+    return __atomic_load_n(&r->control_gen, __ATOMIC_RELAXED);
+}
+int64_t store::peek_last_sweep(const zone_root *r) {
+    return __atomic_load_n(&r->last_sweep, __ATOMIC_RELAXED);
+}
+uint64_t store::peek_cursor(const zone_root *r, uint32_t slot) {
+    return __atomic_load_n(&r->slots[slot].cursor, __ATOMIC_RELAXED);
+}
+int32_t store::peek_slot_pid(const zone_root *r, uint32_t slot) {
+    return __atomic_load_n(&r->slots[slot].pid, __ATOMIC_RELAXED);
+}
+uint32_t store::peek_external(const zone_root *r) {
+    return __atomic_load_n(&r->external, __ATOMIC_RELAXED);
+}
+int32_t store::peek_bus_pid(const zone_root *r) {
+    return __atomic_load_n(&r->bus_pid, __ATOMIC_RELAXED);
+}
+slot_stats &store::own_stats(zone_root *r, uint32_t slot) {
+    return r->slots[slot].stats;
+}
+external_stats &store::ext(zone_root *r) { return r->ext; }
 
 zone_root *store::create(const allocator &a, uint64_t epoch,
                          uint64_t capacity) {
@@ -779,6 +881,23 @@ catch_up_result store::catch_up_after(uint32_t si, channel *const *chans,
     return r;
 }
 
+uint64_t store::read_since_cursor_fn(uint32_t si,
+                                     void (*f)(void *ctx, const message *m),
+                                     void *ctx) {
+    slot &s = root_->slots[si];
+    s.hold = s.cursor + 1;
+    message *m = root_->tail;
+    if (m != nullptr && m->seq > s.cursor) {
+        while (m->prev != nullptr && m->prev->seq > s.cursor) {
+            m = m->prev;
+        }
+        for (; m != nullptr; m = m->next) {
+            f(ctx, m);
+        }
+    }
+    return root_->seq;
+}
+
 void store::end_read(uint32_t si, uint64_t cursor, channel *const *chans,
                      size_t n, uint32_t budget) {
     slot &s = root_->slots[si];
@@ -970,6 +1089,39 @@ std::string store::check() const {
         return fail("slots and channels disagree on members");
     }
     return "";
+}
+
+template <typename F>
+void store::for_each_block(F &&f) const {
+    const zone_root *r = root_;
+    f(r, sizeof(zone_root));
+    f(r->buckets, size_t{r->nbuckets} * sizeof(channel *));
+    auto chan = [&](const channel *c) {
+        f(c, sizeof(channel) + c->id_len);
+        if (c->ring != nullptr) {
+            f(c->ring, size_t{c->cap} * sizeof(message *));
+        }
+        for (const member *mb = c->members; mb != nullptr; mb = mb->cnext) {
+            f(mb, sizeof(member));
+        }
+    };
+    for (uint32_t b = 0; b < r->nbuckets; b++) {
+        for (const channel *c = r->buckets[b]; c != nullptr; c = c->hnext) {
+            chan(c);
+        }
+    }
+    for (const channel *c = r->deleted; c != nullptr; c = c->hnext) {
+        chan(c);
+    }
+    for (const message *m = r->head; m != nullptr; m = m->next) {
+        f(m, sizeof(message) + m->size);
+    }
+    for (const slot &s : r->slots) {
+        for (const message *m = s.pid ? s.pending : nullptr; m != nullptr;
+             m = m->next) {
+            f(m, sizeof(message) + m->size);
+        }
+    }
 }
 
 // More events than one process prepares at once (a streamed publish's

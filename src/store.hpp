@@ -28,6 +28,7 @@
 #include <string>
 #include <string_view>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "arena.hpp"
@@ -154,49 +155,10 @@ struct external_stats {
     char last_error[120];  // NUL-terminated
 };
 
-struct slot {
-    int32_t pid;       // 0: free
-    int32_t worker;    // the process's worker number, or -1
-    uint64_t cursor;   // newest zone seq this process has read
-    uint64_t hold;     // nonzero: it is copying events with seq >= hold
-    message *pending;  // prepared by it, not yet committed
-    member *members;
-    uint64_t subscriptions;
-    uint64_t generation;  // bumped each time the slot is claimed
-    slot_stats stats;
-};
-
-struct zone_root {
-    uint64_t magic;
-    uint64_t layout;  // store::layout() of the build that made the zone
-    uint64_t epoch;
-    uint64_t seq;                 // newest assigned
-    uint64_t dropped_seq;         // newest seq dropped from any ring
-    uint64_t orphan_dropped_seq;  // newest dropped_seq of freed channels
-    uint64_t lost_seq;            // newest lost_seq of any channel
-    uint64_t control_gen;         // bumped when a channel is deleted
-    int64_t last_sweep;           // ms
-    uint64_t capacity;            // bytes of the zone, for sanity limits
-    message *head;
-    message *tail;
-    channel **buckets;
-    channel *deleted;  // removed, still held by subscribers; via hnext
-    uint32_t nbuckets;
-    uint32_t nchannels;
-    uint32_t sweep_pos;
-    uint32_t dirty;  // set inside a session that changes anything
-    // Nonzero: seqs and the epoch come from outside (the Redis engine):
-    // events arrive by commit_at, and a resume point a little ahead of
-    // this machine is waited for rather than unknown.
-    uint32_t external;
-    int32_t bus_pid;     // the process that holds the machine's Redis bus
-    uint64_t nmessages;  // in the log: resumable and retired
-    uint64_t nretired;   // out of their rings, kept for readers
-    uint64_t message_bytes;
-    zone_stats stats;
-    external_stats ext;
-    slot slots[max_slots];
-};
+// The zone's root: private to the engine (src/store_layout.hpp); the glue
+// holds it as a handle and reaches it through a session or the peek_*
+// functions below.
+struct zone_root;
 
 static_assert(std::is_standard_layout_v<message> &&
               std::is_trivially_destructible_v<message>);
@@ -204,8 +166,6 @@ static_assert(std::is_standard_layout_v<member> &&
               std::is_trivially_destructible_v<member>);
 static_assert(std::is_standard_layout_v<channel> &&
               std::is_trivially_destructible_v<channel>);
-static_assert(std::is_standard_layout_v<zone_root> &&
-              std::is_trivially_destructible_v<zone_root>);
 
 // Which slots to wake: bit s of word s / 64.
 struct slot_set {
@@ -246,20 +206,55 @@ public:
 
     // Changes whenever the shared structures change shape: a zone reused
     // across a reload must have been made by a build with the same layout.
-    static constexpr uint64_t layout() {
-        return sizeof(zone_root) | sizeof(channel) << 20 |
-               uint64_t{sizeof(message)} << 32 |
-               uint64_t{sizeof(member)} << 40 | uint64_t{max_slots} << 48;
-    }
-    static bool compatible(const zone_root *root) {
-        return root->magic == magic && root->layout == layout();
-    }
+    static uint64_t layout();
+    static bool compatible(const zone_root *root);
 
     // Lays out a new zone; nullptr when `a` cannot supply the root.
     static zone_root *create(const allocator &a, uint64_t epoch,
                              uint64_t capacity);
 
     zone_root *root() const { return root_; }
+
+    // ---- the zone's figures, under the session
+    uint64_t epoch() const;
+    uint64_t seq() const;          // the newest event's
+    uint64_t control_gen() const;  // changes when a channel is deleted
+    uint64_t lost_seq() const;     // newest seq any channel lost
+    uint64_t cursor(uint32_t slot) const;
+    int32_t slot_pid(uint32_t slot) const;
+    // The channels slot is subscribed to, with its subscribers of each.
+    std::vector<std::pair<const channel *, uint32_t>> memberships(
+        uint32_t slot) const;
+    // The Redis engine's state (external seqs, the machine's bus holder).
+    uint32_t external() const;
+    void set_external(uint32_t v);
+    int32_t bus_pid() const;
+    void set_bus_pid(int32_t pid);
+    struct figures {
+        uint32_t channels;
+        uint64_t messages;  // resumable
+        uint64_t retained;  // out of their rings, kept for readers
+        uint64_t message_bytes;
+        uint64_t subscribers;
+        zone_stats stats;  // the slots' own counts folded in
+        std::vector<std::pair<int32_t, uint64_t>> workers;  // pid, subs
+    };
+    figures get_figures() const;
+
+    // ---- without the lock (relaxed atomics): hints, taken again under a
+    // session where it matters
+    static uint64_t peek_seq(const zone_root *r);
+    static uint64_t peek_epoch(const zone_root *r);
+    static uint64_t peek_control_gen(const zone_root *r);
+    static int64_t peek_last_sweep(const zone_root *r);
+    static uint64_t peek_cursor(const zone_root *r, uint32_t slot);
+    static int32_t peek_slot_pid(const zone_root *r, uint32_t slot);
+    static uint32_t peek_external(const zone_root *r);
+    static int32_t peek_bus_pid(const zone_root *r);
+    // Counts only the slot's own process adds to, and the Redis engine's
+    // figures, both written with relaxed atomics.
+    static slot_stats &own_stats(zone_root *r, uint32_t slot);
+    static external_stats &ext(zone_root *r);
 
     // ---- process slots
     // A free slot for process pid (worker number, or -1); no_slot if none.
@@ -333,19 +328,15 @@ public:
     // caller passes to end_read() once it has copied what it wanted.
     template <typename F>
     uint64_t read_since_cursor(uint32_t slot, F &&f) {
-        struct slot &s = root_->slots[slot];
-        s.hold = s.cursor + 1;
-        message *m = root_->tail;
-        if (m != nullptr && m->seq > s.cursor) {
-            while (m->prev != nullptr && m->prev->seq > s.cursor) {
-                m = m->prev;
-            }
-            for (; m != nullptr; m = m->next) {
-                f(static_cast<const message *>(m));
-            }
-        }
-        return root_->seq;
+        using fn_t = std::remove_reference_t<F>;
+        return read_since_cursor_fn(
+            slot,
+            [](void *ctx, const message *m) { (*static_cast<fn_t *>(ctx))(m); },
+            const_cast<void *>(static_cast<const void *>(&f)));
     }
+    uint64_t read_since_cursor_fn(uint32_t slot,
+                                  void (*f)(void *ctx, const message *m),
+                                  void *ctx);
     // Ends a read: clears the hold; a live read (cursor != 0) also moves
     // the cursor. Frees the retired events of chans nobody needs any more.
     // `budget` bounds the events freed (callers pass about what they read).
@@ -419,20 +410,10 @@ private:
 // first session after a process died inside one repairs the zone.
 class session {
 public:
-    session(zone_root *root, const allocator &a, const mutex &mx)
-        : st_(root, a), mx_(mx) {
-        mx_.lock(mx_.ctx);
-        if (root->dirty) {
-            st_.repair();
-        }
-        root->dirty = 1;
-        __atomic_signal_fence(__ATOMIC_SEQ_CST);
-    }
-    ~session() {
-        __atomic_signal_fence(__ATOMIC_SEQ_CST);
-        st_.root_->dirty = 0;
-        mx_.unlock(mx_.ctx);
-    }
+    // Takes the lock; repairs the zone first if a process died inside a
+    // session.
+    session(zone_root *root, const allocator &a, const mutex &mx);
+    ~session();
     session(const session &) = delete;
     session &operator=(const session &) = delete;
 
@@ -445,38 +426,5 @@ private:
 };
 
 uint32_t hash_channel_id(std::string_view id);
-
-template <typename F>
-void store::for_each_block(F &&f) const {
-    const zone_root *r = root_;
-    f(r, sizeof(zone_root));
-    f(r->buckets, size_t{r->nbuckets} * sizeof(channel *));
-    auto chan = [&](const channel *c) {
-        f(c, sizeof(channel) + c->id_len);
-        if (c->ring != nullptr) {
-            f(c->ring, size_t{c->cap} * sizeof(message *));
-        }
-        for (const member *mb = c->members; mb != nullptr; mb = mb->cnext) {
-            f(mb, sizeof(member));
-        }
-    };
-    for (uint32_t b = 0; b < r->nbuckets; b++) {
-        for (const channel *c = r->buckets[b]; c != nullptr; c = c->hnext) {
-            chan(c);
-        }
-    }
-    for (const channel *c = r->deleted; c != nullptr; c = c->hnext) {
-        chan(c);
-    }
-    for (const message *m = r->head; m != nullptr; m = m->next) {
-        f(m, sizeof(message) + m->size);
-    }
-    for (const slot &s : r->slots) {
-        for (const message *m = s.pid ? s.pending : nullptr; m != nullptr;
-             m = m->next) {
-            f(m, sizeof(message) + m->size);
-        }
-    }
-}
 
 }  // namespace sse

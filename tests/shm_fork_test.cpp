@@ -22,7 +22,7 @@
 #include <string>
 #include <vector>
 
-#include "store.hpp"
+#include "store_layout.hpp"
 
 namespace {
 

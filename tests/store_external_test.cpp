@@ -9,7 +9,7 @@
 #include <string_view>
 #include <vector>
 
-#include "store.hpp"
+#include "store_layout.hpp"
 
 namespace {
 

@@ -2,7 +2,7 @@
 // rings, retention for slots that have not read yet, two-phase publish,
 // transactional join, catch-up, expiry, deletion, eviction, bounded sweep,
 // check() and repair(), and leaks.
-#include "store.hpp"
+#include "store_layout.hpp"
 
 #include <gtest/gtest.h>
 
@@ -279,7 +279,7 @@ TEST(StoreCreate, ZoneFromAnotherLayoutIsNotCompatible) {
 }
 
 TEST(StoreCreate, LayoutChangesWithTheSlotCountAndRecordSizes) {
-    constexpr uint64_t l = sse::store::layout();
+    const uint64_t l = sse::store::layout();
     EXPECT_EQ(l >> 48, uint64_t{sse::max_slots});
     EXPECT_EQ((l >> 40) & 0xff, sizeof(sse::member));
     EXPECT_EQ((l >> 32) & 0xff, sizeof(sse::message));
