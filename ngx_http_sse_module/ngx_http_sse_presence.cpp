@@ -70,9 +70,14 @@ void ngx_http_sse_presence_init_zone(ngx_http_sse_zone_t *z,
         z->presence = old->presence;
         return;
     }
-    // Failing leaves presence without crash recovery, nothing else.
-    z->presence =
-        ngx_slab_calloc(z->shpool, sizeof(ngx_http_sse_presence_registry_t));
+    // In the store's arena like everything else, so that a worker killed
+    // while changing it leaves nothing a repair cannot mend. Failing
+    // leaves presence without crash recovery, nothing else.
+    auto s = ngx_http_sse_session(z);
+    z->presence = s->aux_alloc(sizeof(ngx_http_sse_presence_registry_t), 0);
+    if (z->presence != NULL) {
+        ngx_memzero(z->presence, sizeof(ngx_http_sse_presence_registry_t));
+    }
 }
 
 static ngx_http_sse_presence_entry_t **ngx_http_sse_presence_find(
@@ -87,8 +92,9 @@ static ngx_http_sse_presence_entry_t **ngx_http_sse_presence_find(
     return p;
 }
 
-// Call with the zone locked.
-static void ngx_http_sse_presence_remember(ngx_http_sse_zone_t *z,
+// Call inside a session (s).
+static void ngx_http_sse_presence_remember(sse::store &s,
+                                           ngx_http_sse_zone_t *z,
                                            std::string_view chan,
                                            std::string_view pres,
                                            ngx_http_sse_loc_conf_t *lcf) {
@@ -99,9 +105,9 @@ static void ngx_http_sse_presence_remember(ngx_http_sse_zone_t *z,
     if (*p != NULL && (*p)->pres() == pres) {
         return;
     }
-    auto *e = static_cast<ngx_http_sse_presence_entry_t *>(
-        ngx_slab_alloc_locked(z->shpool, sizeof(ngx_http_sse_presence_entry_t) +
-                                             chan.size() + pres.size()));
+    auto *e = static_cast<ngx_http_sse_presence_entry_t *>(s.aux_alloc(
+        sizeof(ngx_http_sse_presence_entry_t) + chan.size() + pres.size(),
+        ngx_current_msec));
     if (e == NULL) {
         return;  // a full zone: no leave for this channel after a crash
     }
@@ -112,17 +118,18 @@ static void ngx_http_sse_presence_remember(ngx_http_sse_zone_t *z,
     e->pres_len = pres.size();
     ngx_memcpy(e->bytes(), chan.data(), chan.size());
     ngx_memcpy(e->bytes() + chan.size(), pres.data(), pres.size());
-    if (*p != NULL) {
-        e->next = (*p)->next;
-        ngx_slab_free_locked(z->shpool, *p);
-    } else {
-        e->next = NULL;
-    }
+    // Linked before the old one is freed: a kill in between leaves a
+    // block on the zone's list, never a link to freed memory.
+    ngx_http_sse_presence_entry_t *old = *p;
+    e->next = old != NULL ? old->next : NULL;
     *p = e;
+    if (old != NULL) {
+        s.aux_free(old);
+    }
 }
 
-// Call with the zone locked.
-static void ngx_http_sse_presence_forget(ngx_http_sse_zone_t *z,
+// Call inside a session (s).
+static void ngx_http_sse_presence_forget(sse::store &s, ngx_http_sse_zone_t *z,
                                          std::string_view chan) {
     if (z->presence == NULL) {
         return;
@@ -131,7 +138,7 @@ static void ngx_http_sse_presence_forget(ngx_http_sse_zone_t *z,
     if (*p != NULL) {
         ngx_http_sse_presence_entry_t *e = *p;
         *p = e->next;
-        ngx_slab_free_locked(z->shpool, e);
+        s.aux_free(e);
     }
 }
 
@@ -223,7 +230,7 @@ void ngx_http_sse_presence_joined(ngx_http_sse_subscriber_t *sub) {
             if (ch->id() == pres) {
                 continue;  // counts[i] stays empty: skipped below
             }
-            ngx_http_sse_presence_remember(sub->zw->zone, ch->id(), pres,
+            ngx_http_sse_presence_remember(*s, sub->zw->zone, ch->id(), pres,
                                            sub->lcf);
             counts[i].first.assign(ch->id());
             counts[i].second = sse::store::subscribers(ch);
@@ -259,7 +266,7 @@ void ngx_http_sse_presence_leave(ngx_http_sse_subscriber_t *sub,
             counts[i].first.assign(ch->id());
             counts[i].second = n > 0 ? n - 1 : 0;
             if (counts[i].second == 0) {
-                ngx_http_sse_presence_forget(zw->zone, ch->id());
+                ngx_http_sse_presence_forget(*s, zw->zone, ch->id());
             }
         }
         s->leave(zw->slot, sub->chans, sub->nlinks, ngx_current_msec);
@@ -330,7 +337,7 @@ void ngx_http_sse_presence_clear_slot(ngx_http_sse_zone_t *z, uint32_t slot,
                                 std::string((*p)->pres()), n,
                                 (*p)->buffer_length, (ngx_msec_t)(*p)->ttl});
                 if (n == 0) {
-                    ngx_http_sse_presence_forget(z, chan->id());
+                    ngx_http_sse_presence_forget(*s, z, chan->id());
                 }
             }
         }

@@ -207,10 +207,9 @@ static ngx_int_t ngx_http_sse_init_zone(ngx_shm_zone_t *shm_zone, void *data) {
     gettimeofday(&tv, NULL);
     uint64_t epoch = (uint64_t)tv.tv_sec * 1000000 + (uint64_t)tv.tv_usec;
 
-    // The arena takes all of the zone but a part the slab keeps for
-    // presence's records (1/64, at least 3 pages: its table takes 2).
+    // The arena takes all of the zone but a page (the slab's own use).
     ngx_shmtx_lock(&z->shpool->mutex);
-    ngx_uint_t keep = ngx_max(3, z->shpool->pfree / 64);
+    ngx_uint_t keep = 1;
     size_t arena_size =
         z->shpool->pfree > keep ? (z->shpool->pfree - keep) * ngx_pagesize : 0;
     void *mem =

@@ -103,6 +103,33 @@ store::figures store::get_figures() const {
     return f;
 }
 
+void *store::aux_alloc(size_t size, int64_t now) {
+    auto *b = static_cast<aux_block *>(
+        alloc_evicting(sizeof(aux_block) + size, nullptr, now));
+    if (b == nullptr) {
+        return nullptr;
+    }
+    b->size = size;
+    b->prev = nullptr;
+    b->next = root_->aux;
+    if (b->next != nullptr) {
+        b->next->prev = b;
+    }
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    root_->aux = b;  // the commit point: a repair keeps it or frees it
+    return b + 1;
+}
+
+void store::aux_free(void *p) {
+    aux_block *b = static_cast<aux_block *>(p) - 1;
+    (b->prev ? b->prev->next : root_->aux) = b->next;  // the commit point
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    if (b->next != nullptr) {
+        b->next->prev = b->prev;
+    }
+    a_.free(a_.ctx, b);
+}
+
 uint64_t store::peek_seq(const zone_root *r) {
     return __atomic_load_n(&r->seq, __ATOMIC_RELAXED);
 }
@@ -1088,6 +1115,14 @@ std::string store::check() const {
     if (slot_members != members) {
         return fail("slots and channels disagree on members");
     }
+    uint64_t naux = 0;
+    const aux_block *aprev = nullptr;
+    for (const aux_block *b = r->aux; b != nullptr; b = b->next) {
+        if (++naux > r->capacity / sizeof(aux_block) || b->prev != aprev) {
+            return fail("glue block list broken");
+        }
+        aprev = b;
+    }
     return "";
 }
 
@@ -1121,6 +1156,9 @@ void store::for_each_block(F &&f) const {
              m = m->next) {
             f(m, sizeof(message) + m->size);
         }
+    }
+    for (const aux_block *b = r->aux; b != nullptr; b = b->next) {
+        f(b, sizeof(aux_block) + b->size);
     }
 }
 
@@ -1304,7 +1342,22 @@ void store::repair() {
             }
         }
 
-        // 7. The allocator, laid out anew from what the zone holds: the
+        // 7. The glue's blocks: forwards from the head, where every change
+        //    has its commit point; back links set straight.
+        {
+            std::unordered_set<aux_block *> seen;
+            aux_block *prev = nullptr;
+            for (aux_block **p = &r->aux; *p != nullptr; p = &(*p)->next) {
+                if (!seen.insert(*p).second) {
+                    *p = nullptr;  // a cycle: cut it
+                    break;
+                }
+                (*p)->prev = prev;
+                prev = *p;
+            }
+        }
+
+        // 8. The allocator, laid out anew from what the zone holds: the
         //    dead process may have been inside it, and whatever it had
         //    allocated and not yet linked is free again.
         if (a_.rebuildable != nullptr) {

@@ -241,6 +241,12 @@ public:
     };
     figures get_figures() const;
 
+    // ---- blocks of the glue's own (presence's records): from the zone,
+    // evicting as events do; kept until aux_free, repairs included.
+    // nullptr when the zone cannot hold it.
+    void *aux_alloc(size_t size, int64_t now);
+    void aux_free(void *p);
+
     // ---- without the lock (relaxed atomics): hints, taken again under a
     // session where it matters
     static uint64_t peek_seq(const zone_root *r);

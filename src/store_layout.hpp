@@ -19,6 +19,15 @@ struct slot {
     slot_stats stats;
 };
 
+// A block of the glue's own (presence's records) in the zone: on the
+// root's list so that repairs keep it; followed by its bytes.
+struct aux_block {
+    aux_block *prev;
+    aux_block *next;
+    uint64_t size;
+    uint64_t reserved;  // keeps the bytes 16-aligned
+};
+
 struct zone_root {
     uint64_t magic;
     uint64_t layout;  // store::layout() of the build that made the zone
@@ -48,6 +57,7 @@ struct zone_root {
     uint64_t message_bytes;
     zone_stats stats;
     external_stats ext;
+    aux_block *aux;
     slot slots[max_slots];
 };
 

@@ -782,3 +782,38 @@ TEST_F(SharedZone,
     EXPECT_GT(inside, rounds / 10);
     EXPECT_GE(a_->owner_died, uint64_t(inside));
 }
+
+TEST_F(SharedZone, GlueBlocksSurviveARepairAndTheArenaRebuild) {
+    // Presence keeps its records in the zone as aux blocks: a repair (which
+    // lays the arena out anew from what the store holds) must keep them.
+    std::vector<unsigned char *> blocks;
+    {
+        auto s = a_->session();
+        for (int i = 0; i < 50; i++) {
+            auto *p = static_cast<unsigned char *>(s->aux_alloc(100 + i, 0));
+            ASSERT_NE(p, nullptr);
+            std::memset(p, i, 100 + i);
+            blocks.push_back(p);
+        }
+        s->aux_free(blocks[10]);
+        blocks[10] = nullptr;
+    }
+    a_->root->dirty = 1;  // as a process killed inside a session leaves it
+    {
+        auto s = a_->session();
+        EXPECT_EQ(s->root()->stats.repairs, 1u);
+        // New allocations never land on a kept block.
+        for (int i = 0; i < 2000; i++) {
+            void *p = s->aux_alloc(100 + i % 60, 0);
+            ASSERT_NE(p, nullptr);
+            std::memset(p, 0xee, 100 + i % 60);
+        }
+    }
+    for (int i = 0; i < 50; i++) {
+        for (int k = 0; blocks[i] != nullptr && k < 100 + i; k++) {
+            ASSERT_EQ(blocks[i][k], i) << "block " << i << " overwritten";
+        }
+    }
+    EXPECT_STREQ(a_->heap->check(), "");
+    EXPECT_EQ(check(), "");
+}
