@@ -29,9 +29,9 @@ R = None  # bench/run.py's module, set by register()
 
 PARAMS = {
     "full": {"machines": 3, "subscribers": 1000, "rate": 20, "seconds": 5,
-             "burst": 200, "publish": 20000, "publishers": 8, "size": 64},
+             "burst": 200, "publish": 20000, "publishers": 32, "size": 64},
     "small": {"machines": 3, "subscribers": 100, "rate": 20, "seconds": 2,
-              "burst": 100, "publish": 2000, "publishers": 8, "size": 64},
+              "burst": 100, "publish": 4000, "publishers": 32, "size": 64},
     # What t/test_bench_redis.py runs: the harness end to end.
     "redis-tiny": {"machines": 2, "subscribers": 10, "rate": 20,
                    "seconds": 1, "burst": 10, "publish": 100,
