@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from conftest import nginx_test_config, render_conf, free_ports, seq_of
+from conftest import (nginx_test_config, render_conf, free_ports, seq_of,
+                      overload_end)
 from redishelp import (needs_redis, redis_conf, start_redis,  # noqa: F401
                        wait_in_sync)
 
@@ -369,13 +370,110 @@ async def test_streaming_publish_through_redis(start_nginx, start_redis):
     assert "0 published before it" in resp.text
 
 
-async def test_delete_is_refused_in_a_redis_zone(start_nginx, start_redis):
+@pytest.mark.timeout_s(60)
+async def test_delete_ends_the_channel_on_every_machine(start_nginx,
+                                                      start_redis):
+    r = start_redis()
+    ms = await machines(start_nginx, r, 3)
+    subs = [await m.stream("del") for m in ms for _ in range(2)]
+    multi = await ms[2].stream("/multi?channels=other,del")
+    bystander = await ms[1].stream("other")
+    before = await ms[0].publish_ok("del", "before")
+    last = await ms[1].publish_ok("del", "last")
+    for c in subs + [multi]:
+        assert [b.data for b in await c.events(2)] == ["before", "last"]
+    resp = await ms[1].pub_http("DELETE", "/publish/del")
+    assert resp.status == 200, resp
+    assert resp.header("content-type") == "application/json"
+    # This machine's subscribers: the others are not known here.
+    assert resp.json() == {"channel": "del", "deleted": True,
+                           "subscribers": 2}
+    for c in subs + [multi]:
+        rest = await c.until_end(timeout=5)
+        assert [b.fields for b in rest] == overload_end("deleted"), rest
+        assert c.ended.clean
+    # Redis holds none of its history any more.
+    assert r.cli("EXISTS", "{sse:sse}:ch:del").strip() == "0"
+    # Other channels go on.
+    eid = await ms[0].publish_ok("other", "still")
+    b = await bystander.next_event()
+    assert (b.id, b.data) == (eid, "still")
+    for m in ms:
+        assert (await m.info("del")).status == 404
+    # A resume from before events the delete took reports a gap, on every
+    # machine, as in a shared-memory zone; a resume from its last event is
+    # exact (nothing was missed) where the delete was seen.
+    for m in ms:
+        s = await m.stream("del", headers={"Last-Event-ID": before})
+        gap = await s.next_event()
+        assert gap.event == "sse-gap", (m, gap)
+        s.close()
+        s = await m.stream("del", headers={"Last-Event-ID": last})
+        await no_event(s, 0.3)
+        s.close()
+    # A machine started after the delete knows only that the channel's
+    # events up to the delete are gone: a gap for either.
+    ms.append((await machines(start_nginx, r, 1))[0])
+    for eid in (before, last):
+        s = await ms[3].stream("del", headers={"Last-Event-ID": eid})
+        gap = await s.next_event()
+        assert gap.event == "sse-gap", gap
+        s.close()
+    # Published again: a new channel, the same on every machine.
+    after = await ms[3].publish_ok("del", "after")
+    for m in ms:
+        j = (await m.info("del")).json()
+        assert (j["messages"], j["first_id"], j["last_id"]) == \
+            (1, after, after), j
+
+
+@pytest.mark.timeout_s(60)
+async def test_delete_missed_on_the_bus_is_repaired_from_redis(start_nginx,
+                                                               start_redis):
+    r = start_redis()
+    a, b = await machines(start_nginx, r, 2)
+    s = await b.stream("gone")
+    await a.publish_ok("gone", "x")
+    assert (await s.next_event()).data == "x"
+    # Every bus is cut and cannot come back: machine b hears nothing.
+    assert r.cli("ACL", "SETUSER", "default", "-subscribe").strip() == "OK"
+    r.cli("CLIENT", "KILL", "TYPE", "pubsub")
+    deadline = time.monotonic() + 10
+    while True:
+        st = (await b.sub_http("GET", "/sse-status")).json()["zones"][0]
+        if st["redis"]["state"] != "up":
+            break
+        assert time.monotonic() < deadline, st
+        await asyncio.sleep(0.05)
+    resp = await a.pub_http("DELETE", "/publish/gone")
+    assert resp.status == 200, resp
+    eid = await a.publish_ok("other", "y")
+    await no_event(s, 0.3)
+    # The bus returns: b repairs from Redis, the delete in its place.
+    assert r.cli("ACL", "SETUSER", "default", "+subscribe").strip() == "OK"
+    rest = await s.until_end(timeout=10)
+    assert [blk.fields for blk in rest] == overload_end("deleted"), rest
+    await wait_in_sync(b)
+    assert (await b.info("gone")).status == 404
+    assert (await b.info("other")).json()["last_id"] == eid
+
+
+async def test_delete_in_a_redis_zone_absent_or_redis_down(start_nginx,
+                                                          start_redis):
     r = start_redis()
     (a,) = await machines(start_nginx, r, 1)
+    resp = await a.pub_http("DELETE", "/publish/never")
+    assert resp.status == 404, resp
+    assert resp.text == "no such channel\n"
     await a.publish_ok("d", "x")
+    r.kill()
     resp = await a.pub_http("DELETE", "/publish/d")
-    assert resp.status == 501, resp
-    assert "not supported" in resp.text
+    assert resp.status == 503, resp
+    assert resp.header("retry-after") == "1"
+    assert resp.text.startswith("redis could not delete the channel: "), \
+        resp.text
+    # Nothing was deleted here either.
+    assert (await a.info("d")).status == 200
 
 
 async def test_status_names_the_engine(start_nginx, start_redis):
