@@ -2,9 +2,12 @@
 channels through a real redis-server started for the test."""
 
 import asyncio
+import json
 import os
 import signal
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +17,7 @@ from redishelp import (needs_redis, redis_conf, start_redis,  # noqa: F401
                        wait_in_sync)
 
 pytestmark = needs_redis
+ROOT = Path(__file__).resolve().parent.parent
 
 STATUS = "        location = /sse-status { sse_status; }\n"
 # Machines whose Redis goes away log why, as [error].
@@ -123,11 +127,60 @@ async def test_publish_anywhere_reaches_every_machine_once_in_order(
     assert sorted(first) == sorted((i, d) for d, i in sent.items())
     for g in got:
         assert g == first
-    for c in subs:
-        await no_event(c, 0.2)
+    await asyncio.gather(*(no_event(c, 0.2) for c in subs))
     # Every machine holds the same ids for the channel.
     infos = [(await m.info("fan")).json() for m in ms]
     assert len({i["last_id"] for i in infos}) == 1, infos
+
+
+@pytest.mark.timeout_s(300)
+async def test_fan_out_3_machines_300_subscribers_2000_events(start_nginx,
+                                                              start_redis):
+    """Issue 9's scale: 300 subscribers on each of 3 machines, held and
+    checked by build/sseload (one process per machine: every subscriber
+    gets every event, once, in order); 2,000 events published round-robin
+    through the three machines, each after the previous one's 202, so
+    Redis's order is the publishing order."""
+    subprocess.run(["make", "-s", "-C", str(ROOT / "bench")], check=True,
+                   timeout=300)
+    r = start_redis()
+    ms = await machines(start_nginx, r, 3)
+    per, total = 300, 2000
+    procs = [subprocess.Popen(
+        [str(ROOT / "build" / "sseload"), "--mode", "fanout", "--no-publish",
+         "--no-warmup", "--sub-port", str(m.sub_port), "--pub-port",
+         str(m.pub_port), "--prefix", "big", "--subscribers", str(per),
+         "--events", str(total), "--timeout", "120"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for m in ms]
+    try:
+        deadline = time.monotonic() + 60
+        for m in ms:  # every subscriber has joined on its machine
+            while True:
+                st = (await m.sub_http("GET", "/sse-status")).json()
+                if st["zones"][0]["subscribers"] == per:
+                    break
+                assert time.monotonic() < deadline, st
+                await asyncio.sleep(0.1)
+        ids = []
+        for i in range(total):
+            # sseload's body: channel seq, channel, global seq, send time.
+            body = f"{i} 0 {i} {time.monotonic_ns()} "
+            ids.append(await ms[i % 3].publish_ok("big0", body))
+        outs = [json.loads(p.communicate(timeout=180)[0]) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    assert [seq_of(i) for i in ids] == sorted(seq_of(i) for i in ids)
+    for o in outs:
+        d = o["deliveries"]
+        assert o["connect"]["closed_by_server"] == 0, o["connect"]
+        assert d["expected"] == d["unique"] == per * total, d
+        assert d["duplicates"] == d["out_of_order"] == 0, d
+        assert d["unexpected"] == d["wrong_channel"] == 0, d
+        assert d["exactly_once"] and d["in_order"], d
 
 
 # ---------------------------------------------------------------- resume
