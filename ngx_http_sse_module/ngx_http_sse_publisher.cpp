@@ -33,6 +33,7 @@ struct ngx_http_sse_redis_wait_t {
     std::string fault;     // malformed stream: 400 once the queue drains
     uint32_t subscribers;  // a DELETE: this machine's, when it had the channel
     bool found;            // a DELETE: this machine had the channel
+    bool remove;           // a DELETE
     bool stream;
     bool paused;  // the body is not read while the queue is long
 };
@@ -245,40 +246,33 @@ static std::string ngx_http_sse_publish_json(ngx_http_request_t *r,
 
 static ngx_http_sse_redis_wait_t *ngx_http_sse_redis_wait(
     ngx_http_request_t *r, ngx_http_sse_publish_ctx_t *ctx);
+static void ngx_http_sse_redis_done(void *data, bool ok, uint64_t epoch,
+                                    uint64_t seq, std::string_view err);
 
-// A DELETE in a Redis zone has been through Redis (or could not be).
-static void ngx_http_sse_redis_deleted(void *data, bool ok, uint64_t epoch,
-                                       uint64_t seq, std::string_view err) {
-    auto *w = static_cast<ngx_http_sse_redis_wait_t *>(data);
-    ngx_http_request_t *r = w->r;
-    ngx_connection_t *c = r->connection;
+// A DELETE in a Redis zone has been through Redis (or could not be): its
+// answer.
+static ngx_int_t ngx_http_sse_redis_deleted(ngx_http_request_t *r,
+                                            ngx_http_sse_redis_wait_t *w,
+                                            bool ok, uint64_t seq,
+                                            std::string_view err) {
     auto *ctx = static_cast<ngx_http_sse_publish_ctx_t *>(
         ngx_http_get_module_ctx(r, ngx_http_sse_module));
-    w->inflight = NULL;
-    std::string_view id(reinterpret_cast<char *>(ctx->channel.data),
-                        ctx->channel.len);
-    ngx_int_t rc;
-    try {
-        if (!ok) {
-            rc = ngx_http_sse_add_header(r, "Retry-After", "1");
-            if (rc == NGX_OK) {
-                rc = ngx_http_sse_error(
-                    r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                    "redis could not delete the channel: " + std::string(err));
-            }
-        } else if (seq == 0 && !w->found) {
-            rc = ngx_http_sse_refused(r, NGX_HTTP_NOT_FOUND, "no such channel");
-        } else {
-            rc = ngx_http_sse_send_text(
-                r, NGX_HTTP_OK, "application/json",
-                ngx_http_sse_deleted_json(id, w->subscribers));
+    if (!ok) {
+        if (ngx_http_sse_add_header(r, "Retry-After", "1") != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
-    } catch (const std::exception &e) {
-        ngx_log_error(NGX_LOG_ERR, c->log, 0, "sse: %s", e.what());
-        rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+        return ngx_http_sse_error(
+            r, NGX_HTTP_SERVICE_UNAVAILABLE,
+            "redis could not delete the channel: " + std::string(err));
     }
-    ngx_http_finalize_request(r, rc);
-    ngx_http_run_posted_requests(c);
+    if (seq == 0 && !w->found) {
+        return ngx_http_sse_refused(r, NGX_HTTP_NOT_FOUND, "no such channel");
+    }
+    return ngx_http_sse_send_text(
+        r, NGX_HTTP_OK, "application/json",
+        ngx_http_sse_deleted_json(
+            {reinterpret_cast<char *>(ctx->channel.data), ctx->channel.len},
+            w->subscribers));
 }
 
 // DELETE in a Redis zone: Redis removes the channel's history and tells
@@ -308,9 +302,9 @@ static ngx_int_t ngx_http_sse_redis_delete_request(ngx_http_request_t *r,
         w->found = ch != NULL;
         w->subscribers = ch ? sse::store::subscribers(ch) : 0;
     }
-    w->inflight =
-        ngx_http_sse_redis_delete(ngx_http_sse_zone_worker(z), id,
-                                  ngx_http_sse_redis_deleted, w, &w->error);
+    w->remove = true;
+    w->inflight = ngx_http_sse_redis_delete(
+        ngx_http_sse_zone_worker(z), id, ngx_http_sse_redis_done, w, &w->error);
     if (w->inflight == NULL) {
         if (ngx_http_sse_add_header(r, "Retry-After", "1") != NGX_OK) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -450,9 +444,6 @@ static ngx_int_t ngx_http_sse_body(ngx_http_request_t *r, size_t max,
     return NGX_OK;
 }
 
-static void ngx_http_sse_redis_done(void *data, bool ok, uint64_t epoch,
-                                    uint64_t seq, std::string_view err);
-
 // Sends the next queued event, or answers once there is nothing left to
 // do; NGX_AGAIN while waiting.
 static ngx_int_t ngx_http_sse_redis_pump(ngx_http_request_t *r) {
@@ -513,28 +504,32 @@ static void ngx_http_sse_redis_done(void *data, bool ok, uint64_t epoch,
     w->inflight = NULL;
     ngx_int_t rc;
     try {
-        if (ok) {
-            ctx->epoch = epoch;
-            ctx->last_seq = seq;
-            ctx->published++;
-            auto *lcf = static_cast<ngx_http_sse_loc_conf_t *>(
-                ngx_http_get_module_loc_conf(r, ngx_http_sse_module));
-            auto s = ngx_http_sse_session(ngx_http_sse_loc_zone(r, lcf));
-            sse::channel *ch =
-                s->find({reinterpret_cast<char *>(ctx->channel.data),
-                         ctx->channel.len});
-            // This machine's subscribers: the others are not known here.
-            ctx->subscribers = ch ? sse::store::subscribers(ch) : 0;
+        if (w->remove) {
+            rc = ngx_http_sse_redis_deleted(r, w, ok, seq, err);
         } else {
-            w->error.assign(err);
-        }
-        rc = ngx_http_sse_redis_pump(r);
-        if (rc == NGX_AGAIN && w->paused &&
-            w->queue.size() < NGX_HTTP_SSE_REDIS_QUEUE_MAX / 2) {
-            w->paused = false;
-            ngx_http_sse_stream_step(r, true);
-            ngx_http_run_posted_requests(c);
-            return;
+            if (ok) {
+                ctx->epoch = epoch;
+                ctx->last_seq = seq;
+                ctx->published++;
+                auto *lcf = static_cast<ngx_http_sse_loc_conf_t *>(
+                    ngx_http_get_module_loc_conf(r, ngx_http_sse_module));
+                auto s = ngx_http_sse_session(ngx_http_sse_loc_zone(r, lcf));
+                sse::channel *ch =
+                    s->find({reinterpret_cast<char *>(ctx->channel.data),
+                             ctx->channel.len});
+                // This machine's subscribers: the others are not known here.
+                ctx->subscribers = ch ? sse::store::subscribers(ch) : 0;
+            } else {
+                w->error.assign(err);
+            }
+            rc = ngx_http_sse_redis_pump(r);
+            if (rc == NGX_AGAIN && w->paused &&
+                w->queue.size() < NGX_HTTP_SSE_REDIS_QUEUE_MAX / 2) {
+                w->paused = false;
+                ngx_http_sse_stream_step(r, true);
+                ngx_http_run_posted_requests(c);
+                return;
+            }
         }
     } catch (const std::exception &e) {
         ngx_log_error(NGX_LOG_ERR, c->log, 0, "sse: %s", e.what());
