@@ -177,6 +177,7 @@ def machine(kind, d, module, url):
         def render(self):
             return super().render().replace("@REDIS@", url)
     srv = Machine(kind + "-redis", d, module, True)
+    srv.env = R.nginx_env(kind, srv.dir)  # a sanitizer build's, for ours
     srv.start()
     return srv
 
