@@ -1058,6 +1058,8 @@ def describe(name, p):
                 "end, in each server's own id format. Time from the first "
                 "connect until every subscriber has all "
                 f"{p['behind']} events.")
+    if name in DESCRIBE:
+        return DESCRIBE[name](p)
     return ""
 
 
@@ -1476,6 +1478,12 @@ def main():
     print_summary(results)
     print(f"results: {json_path}")
     return 0
+
+
+# Scenarios in files of their own register here: name -> describe(params).
+DESCRIBE = {}
+import redis_bench  # noqa: E402  (bench/redis_bench.py: several machines)
+redis_bench.register(sys.modules[__name__])
 
 
 if __name__ == "__main__":

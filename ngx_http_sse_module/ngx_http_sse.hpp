@@ -322,6 +322,15 @@ void *ngx_http_sse_redis_publish(ngx_http_sse_zone_worker_t *zw,
                                  uint32_t buffer_length, ngx_msec_t ttl,
                                  ngx_http_sse_redis_done_pt done, void *cbdata,
                                  std::string *err);
+// Deletes the channel in Redis and, through the bus, on every machine;
+// done() as for a publish, with seq 0 when Redis held no such channel.
+void *ngx_http_sse_redis_delete(ngx_http_sse_zone_worker_t *zw,
+                                std::string_view channel,
+                                ngx_http_sse_redis_done_pt done, void *cbdata,
+                                std::string *err);
+// After channels were removed: frees their events in bounded steps, then
+// has every process end their streams (ngx_http_sse_publisher.cpp).
+void ngx_http_sse_release_deleted(ngx_http_sse_zone_t *z);
 // The request that waited went away: done() will not be called.
 void ngx_http_sse_redis_cancel(void *handle);
 struct ngx_http_sse_redis_figures_t {

@@ -29,8 +29,11 @@ struct ngx_http_sse_redis_wait_t {
     ngx_http_request_t *r;
     void *inflight;  // the Redis command's handle
     std::deque<std::pair<std::string, std::string>> queue;  // event, data
-    std::string error;  // Redis failed: 503 once nothing is in flight
-    std::string fault;  // malformed stream: 400 once the queue drains
+    std::string error;     // Redis failed: 503 once nothing is in flight
+    std::string fault;     // malformed stream: 400 once the queue drains
+    uint32_t subscribers;  // a DELETE: this machine's, when it had the channel
+    bool found;            // a DELETE: this machine had the channel
+    bool remove;           // a DELETE
     bool stream;
     bool paused;  // the body is not read while the queue is long
 };
@@ -71,6 +74,32 @@ static std::string ngx_http_sse_id_json(uint64_t epoch, uint64_t seq) {
     return '"' + std::string(id, n) + '"';
 }
 
+static std::string ngx_http_sse_deleted_json(std::string_view id,
+                                             uint32_t subscribers) {
+    std::string json = "{\"channel\":";
+    ngx_http_sse_json_string(json, id);
+    return json +
+           ",\"deleted\":true,\"subscribers\":" + std::to_string(subscribers) +
+           "}\n";
+}
+
+void ngx_http_sse_release_deleted(ngx_http_sse_zone_t *z) {
+    // A big channel's events are freed in bounded steps, the lock
+    // released between them.
+    for (int i = 0; i < 1024; i++) {
+        auto s = ngx_http_sse_session(z);
+        if (!s->release_deleted()) {
+            break;
+        }
+    }
+    // Every process ends the channel's streams.
+    sse::slot_set all;
+    for (auto &b : all.bits) {
+        b = ~uint64_t{0};
+    }
+    ngx_http_sse_notify(z, all);
+}
+
 // GET: the channel's figures; DELETE: removes it and ends its streams.
 // 404 when there is no such channel.
 static ngx_int_t ngx_http_sse_channel_request(ngx_http_request_t *r,
@@ -83,44 +112,30 @@ static ngx_int_t ngx_http_sse_channel_request(ngx_http_request_t *r,
         auto s = ngx_http_sse_session(z);
         sse::channel *ch = s->find(id);
         uint64_t epoch = s->epoch();
-        if (ch != NULL) {
+        if (ch != NULL && remove) {
+            json = ngx_http_sse_deleted_json(id, sse::store::subscribers(ch));
+            s->remove(ch, ngx_current_msec);
+        } else if (ch != NULL) {
             json = "{\"channel\":";
             ngx_http_sse_json_string(json, id);
             std::string subs = std::to_string(sse::store::subscribers(ch));
-            if (remove) {
-                json += ",\"deleted\":true,\"subscribers\":" + subs + "}\n";
-                s->remove(ch, ngx_current_msec);
-            } else {
-                s->expire(ch, ngx_current_msec);
-                const sse::message *first = sse::store::first(ch);
-                json += ",\"messages\":" + std::to_string(ch->buffered()) +
-                        ",\"subscribers\":" + subs +
-                        ",\"published\":" + std::to_string(ch->published) +
-                        ",\"first_id\":" +
-                        ngx_http_sse_id_json(epoch, first ? first->seq : 0) +
-                        ",\"last_id\":" +
-                        ngx_http_sse_id_json(epoch, ch->last_seq) + "}\n";
-            }
+            s->expire(ch, ngx_current_msec);
+            const sse::message *first = sse::store::first(ch);
+            json +=
+                ",\"messages\":" + std::to_string(ch->buffered()) +
+                ",\"subscribers\":" + subs +
+                ",\"published\":" + std::to_string(ch->published) +
+                ",\"first_id\":" +
+                ngx_http_sse_id_json(epoch, first ? first->seq : 0) +
+                ",\"last_id\":" + ngx_http_sse_id_json(epoch, ch->last_seq) +
+                "}\n";
         }
     }
     if (json.empty()) {
         return ngx_http_sse_refused(r, NGX_HTTP_NOT_FOUND, "no such channel");
     }
     if (remove) {
-        // A big channel's events are freed in bounded steps, the lock
-        // released between them.
-        for (int i = 0; i < 1024; i++) {
-            auto s = ngx_http_sse_session(z);
-            if (!s->release_deleted()) {
-                break;
-            }
-        }
-        // Every process ends the channel's streams.
-        sse::slot_set all;
-        for (auto &b : all.bits) {
-            b = ~uint64_t{0};
-        }
-        ngx_http_sse_notify(z, all);
+        ngx_http_sse_release_deleted(z);
     }
     return ngx_http_sse_send_text(r, NGX_HTTP_OK, "application/json", json);
 }
@@ -229,6 +244,79 @@ static std::string ngx_http_sse_publish_json(ngx_http_request_t *r,
     return json + "}\n";
 }
 
+static ngx_http_sse_redis_wait_t *ngx_http_sse_redis_wait(
+    ngx_http_request_t *r, ngx_http_sse_publish_ctx_t *ctx);
+static void ngx_http_sse_redis_done(void *data, bool ok, uint64_t epoch,
+                                    uint64_t seq, std::string_view err);
+
+// A DELETE in a Redis zone has been through Redis (or could not be): its
+// answer.
+static ngx_int_t ngx_http_sse_redis_deleted(ngx_http_request_t *r,
+                                            ngx_http_sse_redis_wait_t *w,
+                                            bool ok, uint64_t seq,
+                                            std::string_view err) {
+    auto *ctx = static_cast<ngx_http_sse_publish_ctx_t *>(
+        ngx_http_get_module_ctx(r, ngx_http_sse_module));
+    if (!ok) {
+        if (ngx_http_sse_add_header(r, "Retry-After", "1") != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+        return ngx_http_sse_error(
+            r, NGX_HTTP_SERVICE_UNAVAILABLE,
+            "redis could not delete the channel: " + std::string(err));
+    }
+    if (seq == 0 && !w->found) {
+        return ngx_http_sse_refused(r, NGX_HTTP_NOT_FOUND, "no such channel");
+    }
+    return ngx_http_sse_send_text(
+        r, NGX_HTTP_OK, "application/json",
+        ngx_http_sse_deleted_json(
+            {reinterpret_cast<char *>(ctx->channel.data), ctx->channel.len},
+            w->subscribers));
+}
+
+// DELETE in a Redis zone: Redis removes the channel's history and tells
+// every machine, in the zone's order; answered once Redis has done it.
+static ngx_int_t ngx_http_sse_redis_delete_request(ngx_http_request_t *r,
+                                                   ngx_http_sse_zone_t *z,
+                                                   std::string_view id) {
+    if (ngx_http_discard_request_body(r) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+    auto *ctx = static_cast<ngx_http_sse_publish_ctx_t *>(
+        ngx_pcalloc(r->pool, sizeof(ngx_http_sse_publish_ctx_t)));
+    if (ctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+    ctx->channel.data = (u_char *)id.data();
+    ctx->channel.len = id.size();
+    ngx_http_set_ctx(r, ctx, ngx_http_sse_module);
+    ngx_http_sse_redis_wait_t *w = ngx_http_sse_redis_wait(r, ctx);
+    if (w == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+    {
+        // This machine's subscribers: the others are not known here.
+        auto s = ngx_http_sse_session(z);
+        sse::channel *ch = s->find(id);
+        w->found = ch != NULL;
+        w->subscribers = ch ? sse::store::subscribers(ch) : 0;
+    }
+    w->remove = true;
+    w->inflight = ngx_http_sse_redis_delete(
+        ngx_http_sse_zone_worker(z), id, ngx_http_sse_redis_done, w, &w->error);
+    if (w->inflight == NULL) {
+        if (ngx_http_sse_add_header(r, "Retry-After", "1") != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+        return ngx_http_sse_error(
+            r, NGX_HTTP_SERVICE_UNAVAILABLE,
+            "redis could not delete the channel: " + w->error);
+    }
+    r->main->count++;
+    return NGX_DONE;
+}
+
 static ngx_int_t ngx_http_sse_publish(ngx_http_request_t *r) {
     auto *lcf = static_cast<ngx_http_sse_loc_conf_t *>(
         ngx_http_get_module_loc_conf(r, ngx_http_sse_module));
@@ -258,10 +346,7 @@ static ngx_int_t ngx_http_sse_publish(ngx_http_request_t *r) {
     ngx_http_sse_zone_t *z = ngx_http_sse_loc_zone(r, lcf);
 
     if (r->method == NGX_HTTP_DELETE && z->redis != NULL) {
-        // It would have to reach every machine and Redis at once.
-        return ngx_http_sse_error(r, NGX_HTTP_NOT_IMPLEMENTED,
-                                  "DELETE is not supported in a zone with "
-                                  "redis= yet");
+        return ngx_http_sse_redis_delete_request(r, z, ids[0]);
     }
     if (r->method & (NGX_HTTP_GET | NGX_HTTP_HEAD | NGX_HTTP_DELETE)) {
         return ngx_http_sse_channel_request(r, z, ids[0],
@@ -359,9 +444,6 @@ static ngx_int_t ngx_http_sse_body(ngx_http_request_t *r, size_t max,
     return NGX_OK;
 }
 
-static void ngx_http_sse_redis_done(void *data, bool ok, uint64_t epoch,
-                                    uint64_t seq, std::string_view err);
-
 // Sends the next queued event, or answers once there is nothing left to
 // do; NGX_AGAIN while waiting.
 static ngx_int_t ngx_http_sse_redis_pump(ngx_http_request_t *r) {
@@ -422,28 +504,32 @@ static void ngx_http_sse_redis_done(void *data, bool ok, uint64_t epoch,
     w->inflight = NULL;
     ngx_int_t rc;
     try {
-        if (ok) {
-            ctx->epoch = epoch;
-            ctx->last_seq = seq;
-            ctx->published++;
-            auto *lcf = static_cast<ngx_http_sse_loc_conf_t *>(
-                ngx_http_get_module_loc_conf(r, ngx_http_sse_module));
-            auto s = ngx_http_sse_session(ngx_http_sse_loc_zone(r, lcf));
-            sse::channel *ch =
-                s->find({reinterpret_cast<char *>(ctx->channel.data),
-                         ctx->channel.len});
-            // This machine's subscribers: the others are not known here.
-            ctx->subscribers = ch ? sse::store::subscribers(ch) : 0;
+        if (w->remove) {
+            rc = ngx_http_sse_redis_deleted(r, w, ok, seq, err);
         } else {
-            w->error.assign(err);
-        }
-        rc = ngx_http_sse_redis_pump(r);
-        if (rc == NGX_AGAIN && w->paused &&
-            w->queue.size() < NGX_HTTP_SSE_REDIS_QUEUE_MAX / 2) {
-            w->paused = false;
-            ngx_http_sse_stream_step(r, true);
-            ngx_http_run_posted_requests(c);
-            return;
+            if (ok) {
+                ctx->epoch = epoch;
+                ctx->last_seq = seq;
+                ctx->published++;
+                auto *lcf = static_cast<ngx_http_sse_loc_conf_t *>(
+                    ngx_http_get_module_loc_conf(r, ngx_http_sse_module));
+                auto s = ngx_http_sse_session(ngx_http_sse_loc_zone(r, lcf));
+                sse::channel *ch =
+                    s->find({reinterpret_cast<char *>(ctx->channel.data),
+                             ctx->channel.len});
+                // This machine's subscribers: the others are not known here.
+                ctx->subscribers = ch ? sse::store::subscribers(ch) : 0;
+            } else {
+                w->error.assign(err);
+            }
+            rc = ngx_http_sse_redis_pump(r);
+            if (rc == NGX_AGAIN && w->paused &&
+                w->queue.size() < NGX_HTTP_SSE_REDIS_QUEUE_MAX / 2) {
+                w->paused = false;
+                ngx_http_sse_stream_step(r, true);
+                ngx_http_run_posted_requests(c);
+                return;
+            }
         }
     } catch (const std::exception &e) {
         ngx_log_error(NGX_LOG_ERR, c->log, 0, "sse: %s", e.what());

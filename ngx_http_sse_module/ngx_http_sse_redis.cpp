@@ -24,6 +24,13 @@
 //                      missed some (outage, bus worker restarted) repairs
 //                      from it exactly, however short the channels' streams
 //
+// A DELETE takes a seq too and travels the same way (bus and log) with
+// L = 0, which no event has: every machine removes the channel at that
+// point of the order, ending its streams with sse-error "deleted". The
+// channel's stream is deleted; :chans keeps the channel with the delete's
+// seq, so a machine repairing per channel finds nothing left and ends
+// those streams with a gap.
+//
 // Only one worker per machine (the bus leader, claimed in the zone) holds
 // the SUBSCRIBE connection and commits what it hears, in seq order. The
 // publishing worker commits its own event only when it is the next seq
@@ -119,6 +126,21 @@ static const char ngx_http_sse_redis_publish_lua[] = NGX_HTTP_SSE_REDIS_PROLOGUE
     "           ARGV[3] .. ARGV[4])\n"
     "return {e, sid}\n";
 
+// KEYS: as for a publish; ARGV: local epoch, local seq, channel. Returns
+// {epoch, seq, 1 when the channel's stream existed}.
+static const char ngx_http_sse_redis_delete_lua[] = NGX_HTTP_SSE_REDIS_PROLOGUE
+    "local existed = redis.call('EXISTS', KEYS[3])\n"
+    "s = redis.call('INCR', KEYS[2])\n"
+    "local sid = string.format('%.0f', s)\n"
+    "redis.call('DEL', KEYS[3])\n"
+    "redis.call('XADD', KEYS[6], 'MAXLEN', '~', " NGX_HTTP_SSE_REDIS_LOG_LENGTH
+    ", sid .. '-1',\n"
+    "           'c', ARGV[3], 'l', '0', 't', '0', 'd', '')\n"
+    "redis.call('ZADD', KEYS[4], s, ARGV[3])\n"
+    "redis.call('PUBLISH', KEYS[5], e .. ' ' .. sid .. ' 0 0 0 ' ..\n"
+    "           #ARGV[3] .. ' ' .. ARGV[3])\n"
+    "return {e, sid, existed}\n";
+
 // KEYS: epoch seq; ARGV: local epoch, local seq. Returns {epoch, seq}.
 static const char ngx_http_sse_redis_sync_lua[] =
     NGX_HTTP_SSE_REDIS_PROLOGUE "return {e, string.format('%.0f', s)}\n";
@@ -160,8 +182,8 @@ struct ngx_http_sse_redis_conn_t {
 struct ngx_http_sse_redis_event_t {
     uint64_t epoch;
     uint64_t seq;
-    uint64_t lost;  // nonzero: the channel's events up to it are gone
-    uint32_t buffer_length;
+    uint64_t lost;           // nonzero: the channel's events up to it are gone
+    uint32_t buffer_length;  // 0: the channel was deleted (no body)
     ngx_msec_t ttl;
     std::string channel;
     std::string body;
@@ -885,6 +907,7 @@ static void ngx_http_sse_redis_commit(
     sse::slot_set wake{};
     bool any = false;
     bool all = false;
+    bool removed = false;
     for (size_t at = from; at < evs.size(); at += NGX_HTTP_SSE_REDIS_BATCH) {
         size_t n = ngx_min(evs.size() - at, (size_t)NGX_HTTP_SSE_REDIS_BATCH);
         ms.assign(n, nullptr);
@@ -893,7 +916,8 @@ static void ngx_http_sse_redis_commit(
             uint64_t seq = s->seq();
             for (size_t i = 0; i < n; i++) {
                 auto &ev = evs[at + i];
-                if (ev.seq > seq || ev.epoch != s->epoch()) {
+                if (ev.buffer_length != 0 &&
+                    (ev.seq > seq || ev.epoch != s->epoch())) {
                     ms[i] =
                         s->prepare(zw->slot, ev.body.size(), ngx_current_msec);
                 }
@@ -909,7 +933,12 @@ static void ngx_http_sse_redis_commit(
         ngx_msec_t now = ngx_current_msec;
         for (size_t i = 0; i < n; i++) {
             auto &ev = evs[at + i];
-            if (ms[i] == nullptr) {
+            bool remove = ev.buffer_length == 0;
+            if (remove && ev.seq <= s->seq() &&
+                ev.epoch == s->epoch()) {
+                continue;  // held already
+            }
+            if (ms[i] == nullptr && !remove) {
                 if (ev.seq > s->seq() && ev.epoch == s->epoch()) {
                     // No room in the zone: whoever wanted it resumes and
                     // learns of the gap.
@@ -927,6 +956,17 @@ static void ngx_http_sse_redis_commit(
                               "resume with an sse-gap",
                               &z->shm_zone->shm.name, ev.epoch);
                 all = true;
+            }
+            if (remove) {
+                sse::channel *ch = s->find(ev.channel);
+                if (ch != NULL) {
+                    s->remove(ch, now);
+                    removed = true;
+                }
+                // No event carries a delete's seq; the zone passes it all
+                // the same, so that no repair replays the delete.
+                s->skip_to(ev.seq);
+                continue;
             }
             sse::channel *ch = s->find_or_create(ev.channel, now);
             if (ch == NULL) {
@@ -951,6 +991,9 @@ static void ngx_http_sse_redis_commit(
                 }
             }
         }
+    }
+    if (removed) {
+        ngx_http_sse_release_deleted(z);  // and wakes every process
     }
     if (all) {
         for (auto &b : wake.bits) {
@@ -1112,11 +1155,15 @@ static void ngx_http_sse_redis_xrange_reply(ngx_http_sse_redis_conn_t *rc,
         rw->fetched.push_back(std::move(ev));
     }
     if (r->elements == 0 && f->newest > rw->fetch_from) {
-        // Published meanwhile and gone already.
+        // Published meanwhile and gone already (expired, or deleted).
         auto s = ngx_http_sse_session(rw->zw->zone);
         sse::channel *ch = s->find(f->channel);
         if (ch != NULL) {
             s->mark_gone(ch, f->newest);
+        } else {
+            // As for a channel freed here: a channel of that name made
+            // later reports a gap for resume points before it.
+            s->mark_gone_unheld(f->newest);
         }
     }
     if (--rw->fetch_left == 0) {
@@ -1477,6 +1524,7 @@ struct ngx_http_sse_redis_publish_t {
     uint64_t start_us;  // monotonic
     bool eval;          // sent as EVAL after NOSCRIPT
     bool redirected;    // sent again after MOVED
+    bool remove;        // a DELETE of the channel (no body)
     std::string channel;
     std::string body;
     std::string maxlen;
@@ -1527,9 +1575,12 @@ static void ngx_http_sse_redis_publish_reply(ngx_http_sse_redis_conn_t *rc,
     }
     std::string why;
     uint64_t epoch = 0, seq = 0;
-    if (r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == 2) {
+    bool existed = true;
+    if (r != NULL && r->type == REDIS_REPLY_ARRAY &&
+        r->elements == (p->remove ? 3 : 2)) {
         epoch = ngx_http_sse_redis_u64(r->element[0]);
         seq = ngx_http_sse_redis_u64(r->element[1]);
+        existed = !p->remove || ngx_http_sse_redis_u64(r->element[2]) != 0;
     }
     if (seq == 0) {
         why = r != NULL && r->type == REDIS_REPLY_ERROR
@@ -1545,9 +1596,11 @@ static void ngx_http_sse_redis_publish_reply(ngx_http_sse_redis_conn_t *rc,
         }
     } else {
         uint64_t rtt_us = ngx_http_sse_redis_now_us() - p->start_us;
-        __atomic_fetch_add(&x.publishes, 1, __ATOMIC_RELAXED);
-        __atomic_fetch_add(&x.rtt_us_total, rtt_us, __ATOMIC_RELAXED);
-        __atomic_store_n(&x.rtt_us_last, rtt_us, __ATOMIC_RELAXED);
+        if (!p->remove) {
+            __atomic_fetch_add(&x.publishes, 1, __ATOMIC_RELAXED);
+            __atomic_fetch_add(&x.rtt_us_total, rtt_us, __ATOMIC_RELAXED);
+            __atomic_store_n(&x.rtt_us_last, rtt_us, __ATOMIC_RELAXED);
+        }
         // The next seq the zone expects: nothing can be missing before it,
         // so deliver it now rather than after the bus's round trip.
         ngx_http_sse_zone_t *z = rw->zw->zone;
@@ -1558,7 +1611,7 @@ static void ngx_http_sse_redis_publish_reply(ngx_http_sse_redis_conn_t *rc,
             one[0].epoch = epoch;
             one[0].seq = seq;
             one[0].lost = 0;
-            one[0].buffer_length = p->buffer_length;
+            one[0].buffer_length = p->remove ? 0 : p->buffer_length;
             one[0].ttl = p->ttl_ms;
             one[0].channel = std::move(p->channel);
             one[0].body = std::move(p->body);
@@ -1570,7 +1623,7 @@ static void ngx_http_sse_redis_publish_reply(ngx_http_sse_redis_conn_t *rc,
         }
     }
     if (p->data != NULL) {
-        p->done(p->data, seq != 0, epoch, seq, why);
+        p->done(p->data, seq != 0, epoch, existed ? seq : 0, why);
     }
     delete p;
 }
@@ -1587,6 +1640,16 @@ static void ngx_http_sse_redis_publish_send(ngx_http_sse_redis_publish_t *p) {
     static const char *script = ngx_http_sse_redis_publish_lua;
     const std::string &sha = rw->sha;
     std::string stream = rw->keys[4] + p->channel;
+    if (p->remove) {
+        // Rare: sent whole, no script cache to keep.
+        ngx_http_sse_redis_send(
+            &rw->cmd,
+            {"EVAL", ngx_http_sse_redis_delete_lua, "6", rw->keys[0],
+             rw->keys[1], stream, rw->keys[2], rw->keys[3], rw->keys[5], epoch,
+             seq, p->channel},
+            ngx_http_sse_redis_publish_reply, p);
+        return;
+    }
     ngx_http_sse_redis_send(
         &rw->cmd,
         {p->eval ? "EVAL" : "EVALSHA", p->eval ? std::string_view(script) : sha,
@@ -1599,12 +1662,11 @@ static void ngx_http_sse_redis_load_reply(ngx_http_sse_redis_conn_t *rc,
                                           void *data, redisReply *r,
                                           const char *err) {}
 
-void *ngx_http_sse_redis_publish(ngx_http_sse_zone_worker_t *zw,
-                                 std::string_view channel,
-                                 std::string_view event, std::string_view data,
-                                 uint32_t buffer_length, ngx_msec_t ttl,
-                                 ngx_http_sse_redis_done_pt done, void *cbdata,
-                                 std::string *err) {
+// A publish or delete for channel, not sent yet; NULL (and *err) while
+// Redis is known to be unreachable: it fails fast.
+static ngx_http_sse_redis_publish_t *ngx_http_sse_redis_request(
+    ngx_http_sse_zone_worker_t *zw, std::string_view channel,
+    ngx_http_sse_redis_done_pt done, void *cbdata, std::string *err) {
     auto *rw = static_cast<ngx_http_sse_redis_worker_t *>(zw->redis);
     if ((ngx_msec_int_t)(rw->cmd_down_until - ngx_current_msec) > 0 &&
         !rw->cmd.connected) {
@@ -1619,13 +1681,47 @@ void *ngx_http_sse_redis_publish(ngx_http_sse_zone_worker_t *zw,
     p->data = cbdata;
     p->start_us = ngx_http_sse_redis_now_us();
     p->channel.assign(channel);
-    p->body.resize(sse::encoded_body_size(event, data));
-    sse::encode_body(&p->body[0], event, data);
-    p->buffer_length = std::max<uint32_t>(buffer_length, 1);
-    p->ttl_ms = ttl ? ttl : 1;
-    p->maxlen = std::to_string(p->buffer_length);
-    p->ttl = std::to_string(p->ttl_ms);
+    return p;
+}
+
+void *ngx_http_sse_redis_delete(ngx_http_sse_zone_worker_t *zw,
+                                std::string_view channel,
+                                ngx_http_sse_redis_done_pt done, void *cbdata,
+                                std::string *err) {
+    ngx_http_sse_redis_publish_t *p =
+        ngx_http_sse_redis_request(zw, channel, done, cbdata, err);
+    if (p == NULL) {
+        return NULL;
+    }
+    p->remove = true;
     try {
+        ngx_http_sse_redis_publish_send(p);
+    } catch (...) {
+        delete p;
+        throw;
+    }
+    return p;
+}
+
+void *ngx_http_sse_redis_publish(ngx_http_sse_zone_worker_t *zw,
+                                 std::string_view channel,
+                                 std::string_view event, std::string_view data,
+                                 uint32_t buffer_length, ngx_msec_t ttl,
+                                 ngx_http_sse_redis_done_pt done, void *cbdata,
+                                 std::string *err) {
+    auto *rw = static_cast<ngx_http_sse_redis_worker_t *>(zw->redis);
+    ngx_http_sse_redis_publish_t *p =
+        ngx_http_sse_redis_request(zw, channel, done, cbdata, err);
+    if (p == NULL) {
+        return NULL;
+    }
+    try {
+        p->body.resize(sse::encoded_body_size(event, data));
+        sse::encode_body(&p->body[0], event, data);
+        p->buffer_length = std::max<uint32_t>(buffer_length, 1);
+        p->ttl_ms = ttl ? ttl : 1;
+        p->maxlen = std::to_string(p->buffer_length);
+        p->ttl = std::to_string(p->ttl_ms);
         if (!rw->cmd.connected && !rw->cmd.connecting) {
             // A fresh connection loads the script first.
             ngx_http_sse_redis_send(

@@ -687,6 +687,14 @@ void store::mark_gone(channel *c, uint64_t seq) {
     }
 }
 
+void store::skip_to(uint64_t seq) {
+    root_->seq = std::max(root_->seq, seq);
+}
+
+void store::mark_gone_unheld(uint64_t seq) {
+    root_->orphan_dropped_seq = std::max(root_->orphan_dropped_seq, seq);
+}
+
 publish_status store::commit_seq(uint32_t si, message *m, channel *c,
                                  int64_t now, uint32_t buffer_length,
                                  int64_t ttl, uint64_t seq) {

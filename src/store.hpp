@@ -312,6 +312,12 @@ public:
     // them): resumes before it see a gap, and subscribers that had not
     // read up to it are ended (lost_seq), as with memory exhaustion.
     void mark_gone(channel *c, uint64_t seq);
+    // The same for a channel not held here: one of any name made later
+    // reports a gap for resume points before seq (as for a freed channel).
+    void mark_gone_unheld(uint64_t seq);
+    // The zone's seq passes `seq`, which no event here carries (a delete
+    // ordered among the events by the Redis engine).
+    void skip_to(uint64_t seq);
     void abandon(uint32_t slot, message *m);
 
     // ---- reading

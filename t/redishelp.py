@@ -2,82 +2,17 @@
 redis-server on a free loopback port with its own directory, no
 persistence unless asked, stopped by pid (never a system Redis)."""
 import os
-import shutil
-import signal
 import socket
 import subprocess
 import time
 
 import pytest
 
-from conftest import free_port, proc_alive
-
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
-REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+from sselib.redis_server import REDIS_CLI, REDIS_SERVER, Redis
 
 needs_redis = pytest.mark.skipif(
     not os.path.exists(REDIS_SERVER),
     reason="redis-server is not installed (make deps)")
-
-
-class Redis:
-    def __init__(self, d, port=None, args=(), tls=None):
-        self.dir = d
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.port = port or free_port()
-        self.args = list(args)
-        self.proc = None
-        self.tls = tls  # (CA file, TLS port): redis-cli speaks TLS
-
-    def start(self):
-        self.proc = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", str(self.dir),
-             "--logfile", str(self.dir / "redis.log"), "--daemonize", "no",
-             *self.args],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                # NOAUTH: up, and wants a password.
-                out = self.cli("PING")
-                if out.strip() == "PONG" or "NOAUTH" in out:
-                    return self
-            except subprocess.SubprocessError:
-                pass
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.02)
-        raise RuntimeError(f"redis-server did not start on {self.port}")
-
-    def kill(self):
-        """SIGKILL: what it held in memory is gone."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def cli(self, *args, password=None):
-        cmd = [REDIS_CLI, "-p", str(self.port)]
-        if self.tls:
-            cmd = [REDIS_CLI, "-p", str(self.tls[1]), "--tls", "--cacert",
-                   str(self.tls[0])]
-        if password:
-            cmd += ["--no-auth-warning", "-a", password]
-        p = subprocess.run(cmd + list(args), capture_output=True, text=True,
-                           timeout=10)
-        return p.stdout
-
-    @property
-    def url(self):
-        return f"redis://127.0.0.1:{self.port}"
 
 
 @pytest.fixture

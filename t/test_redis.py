@@ -2,17 +2,22 @@
 channels through a real redis-server started for the test."""
 
 import asyncio
+import json
 import os
 import signal
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
-from conftest import nginx_test_config, render_conf, free_ports, seq_of
+from conftest import (nginx_test_config, render_conf, free_ports, seq_of,
+                      overload_end)
 from redishelp import (needs_redis, redis_conf, start_redis,  # noqa: F401
                        wait_in_sync)
 
 pytestmark = needs_redis
+ROOT = Path(__file__).resolve().parent.parent
 
 STATUS = "        location = /sse-status { sse_status; }\n"
 # Machines whose Redis goes away log why, as [error].
@@ -122,11 +127,60 @@ async def test_publish_anywhere_reaches_every_machine_once_in_order(
     assert sorted(first) == sorted((i, d) for d, i in sent.items())
     for g in got:
         assert g == first
-    for c in subs:
-        await no_event(c, 0.2)
+    await asyncio.gather(*(no_event(c, 0.2) for c in subs))
     # Every machine holds the same ids for the channel.
     infos = [(await m.info("fan")).json() for m in ms]
     assert len({i["last_id"] for i in infos}) == 1, infos
+
+
+@pytest.mark.timeout_s(300)
+async def test_fan_out_3_machines_300_subscribers_2000_events(start_nginx,
+                                                              start_redis):
+    """Issue 9's scale: 300 subscribers on each of 3 machines, held and
+    checked by build/sseload (one process per machine: every subscriber
+    gets every event, once, in order); 2,000 events published round-robin
+    through the three machines, each after the previous one's 202, so
+    Redis's order is the publishing order."""
+    subprocess.run(["make", "-s", "-C", str(ROOT / "bench")], check=True,
+                   timeout=300)
+    r = start_redis()
+    ms = await machines(start_nginx, r, 3)
+    per, total = 300, 2000
+    procs = [subprocess.Popen(
+        [str(ROOT / "build" / "sseload"), "--mode", "fanout", "--no-publish",
+         "--no-warmup", "--sub-port", str(m.sub_port), "--pub-port",
+         str(m.pub_port), "--prefix", "big", "--subscribers", str(per),
+         "--events", str(total), "--timeout", "120"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for m in ms]
+    try:
+        deadline = time.monotonic() + 60
+        for m in ms:  # every subscriber has joined on its machine
+            while True:
+                st = (await m.sub_http("GET", "/sse-status")).json()
+                if st["zones"][0]["subscribers"] == per:
+                    break
+                assert time.monotonic() < deadline, st
+                await asyncio.sleep(0.1)
+        ids = []
+        for i in range(total):
+            # sseload's body: channel seq, channel, global seq, send time.
+            body = f"{i} 0 {i} {time.monotonic_ns()} "
+            ids.append(await ms[i % 3].publish_ok("big0", body))
+        outs = [json.loads(p.communicate(timeout=180)[0]) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    assert [seq_of(i) for i in ids] == sorted(seq_of(i) for i in ids)
+    for o in outs:
+        d = o["deliveries"]
+        assert o["connect"]["closed_by_server"] == 0, o["connect"]
+        assert d["expected"] == d["unique"] == per * total, d
+        assert d["duplicates"] == d["out_of_order"] == 0, d
+        assert d["unexpected"] == d["wrong_channel"] == 0, d
+        assert d["exactly_once"] and d["in_order"], d
 
 
 # ---------------------------------------------------------------- resume
@@ -369,13 +423,110 @@ async def test_streaming_publish_through_redis(start_nginx, start_redis):
     assert "0 published before it" in resp.text
 
 
-async def test_delete_is_refused_in_a_redis_zone(start_nginx, start_redis):
+@pytest.mark.timeout_s(60)
+async def test_delete_ends_the_channel_on_every_machine(start_nginx,
+                                                      start_redis):
+    r = start_redis()
+    ms = await machines(start_nginx, r, 3)
+    subs = [await m.stream("del") for m in ms for _ in range(2)]
+    multi = await ms[2].stream("/multi?channels=other,del")
+    bystander = await ms[1].stream("other")
+    before = await ms[0].publish_ok("del", "before")
+    last = await ms[1].publish_ok("del", "last")
+    for c in subs + [multi]:
+        assert [b.data for b in await c.events(2)] == ["before", "last"]
+    resp = await ms[1].pub_http("DELETE", "/publish/del")
+    assert resp.status == 200, resp
+    assert resp.header("content-type") == "application/json"
+    # This machine's subscribers: the others are not known here.
+    assert resp.json() == {"channel": "del", "deleted": True,
+                           "subscribers": 2}
+    for c in subs + [multi]:
+        rest = await c.until_end(timeout=5)
+        assert [b.fields for b in rest] == overload_end("deleted"), rest
+        assert c.ended.clean
+    # Redis holds none of its history any more.
+    assert r.cli("EXISTS", "{sse:sse}:ch:del").strip() == "0"
+    # Other channels go on.
+    eid = await ms[0].publish_ok("other", "still")
+    b = await bystander.next_event()
+    assert (b.id, b.data) == (eid, "still")
+    for m in ms:
+        assert (await m.info("del")).status == 404
+    # A resume from before events the delete took reports a gap, on every
+    # machine, as in a shared-memory zone; a resume from its last event is
+    # exact (nothing was missed) where the delete was seen.
+    for m in ms:
+        s = await m.stream("del", headers={"Last-Event-ID": before})
+        gap = await s.next_event()
+        assert gap.event == "sse-gap", (m, gap)
+        s.close()
+        s = await m.stream("del", headers={"Last-Event-ID": last})
+        await no_event(s, 0.3)
+        s.close()
+    # A machine started after the delete knows only that the channel's
+    # events up to the delete are gone: a gap for either.
+    ms.append((await machines(start_nginx, r, 1))[0])
+    for eid in (before, last):
+        s = await ms[3].stream("del", headers={"Last-Event-ID": eid})
+        gap = await s.next_event()
+        assert gap.event == "sse-gap", gap
+        s.close()
+    # Published again: a new channel, the same on every machine.
+    after = await ms[3].publish_ok("del", "after")
+    for m in ms:
+        j = (await m.info("del")).json()
+        assert (j["messages"], j["first_id"], j["last_id"]) == \
+            (1, after, after), j
+
+
+@pytest.mark.timeout_s(60)
+async def test_delete_missed_on_the_bus_is_repaired_from_redis(start_nginx,
+                                                               start_redis):
+    r = start_redis()
+    a, b = await machines(start_nginx, r, 2)
+    s = await b.stream("gone")
+    await a.publish_ok("gone", "x")
+    assert (await s.next_event()).data == "x"
+    # Every bus is cut and cannot come back: machine b hears nothing.
+    assert r.cli("ACL", "SETUSER", "default", "-subscribe").strip() == "OK"
+    r.cli("CLIENT", "KILL", "TYPE", "pubsub")
+    deadline = time.monotonic() + 10
+    while True:
+        st = (await b.sub_http("GET", "/sse-status")).json()["zones"][0]
+        if st["redis"]["state"] != "up":
+            break
+        assert time.monotonic() < deadline, st
+        await asyncio.sleep(0.05)
+    resp = await a.pub_http("DELETE", "/publish/gone")
+    assert resp.status == 200, resp
+    eid = await a.publish_ok("other", "y")
+    await no_event(s, 0.3)
+    # The bus returns: b repairs from Redis, the delete in its place.
+    assert r.cli("ACL", "SETUSER", "default", "+subscribe").strip() == "OK"
+    rest = await s.until_end(timeout=10)
+    assert [blk.fields for blk in rest] == overload_end("deleted"), rest
+    await wait_in_sync(b)
+    assert (await b.info("gone")).status == 404
+    assert (await b.info("other")).json()["last_id"] == eid
+
+
+async def test_delete_in_a_redis_zone_absent_or_redis_down(start_nginx,
+                                                          start_redis):
     r = start_redis()
     (a,) = await machines(start_nginx, r, 1)
+    resp = await a.pub_http("DELETE", "/publish/never")
+    assert resp.status == 404, resp
+    assert resp.text == "no such channel\n"
     await a.publish_ok("d", "x")
+    r.kill()
     resp = await a.pub_http("DELETE", "/publish/d")
-    assert resp.status == 501, resp
-    assert "not supported" in resp.text
+    assert resp.status == 503, resp
+    assert resp.header("retry-after") == "1"
+    assert resp.text.startswith("redis could not delete the channel: "), \
+        resp.text
+    # Nothing was deleted here either.
+    assert (await a.info("d")).status == 200
 
 
 async def test_status_names_the_engine(start_nginx, start_redis):
