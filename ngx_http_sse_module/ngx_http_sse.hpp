@@ -38,12 +38,11 @@ struct ngx_http_sse_redis_conf_t;
 // Per sse_zone, in the cycle pool.
 struct ngx_http_sse_zone_t {
     ngx_shm_zone_t *shm_zone;
-    ngx_slab_pool_t *shpool;  // its mutex, and presence's small records
+    ngx_slab_pool_t *shpool;  // its mutex
     sse::arena *arena;        // everything of the store (see arena.hpp)
     sse::zone_root *root;
     ngx_uint_t index;                  // in main conf's zones
     ngx_http_sse_redis_conf_t *redis;  // NULL: the shared-memory engine
-    void *presence;  // sse_presence_channel's registry, in the zone
 };
 
 struct ngx_http_sse_main_conf_t {
@@ -397,8 +396,6 @@ bool ngx_http_sse_publish_internal(ngx_http_sse_zone_t *z,
                                    std::string_view event,
                                    std::string_view data,
                                    ngx_uint_t buffer_length, ngx_msec_t ttl);
-void ngx_http_sse_presence_init_zone(ngx_http_sse_zone_t *z,
-                                     ngx_http_sse_zone_t *old);
 // Evaluates sse_presence_channel into sub->presence. False when it has
 // answered instead (400 for a bad value): the handler returns *answer.
 bool ngx_http_sse_presence_prepare(ngx_http_request_t *r,

@@ -64,25 +64,27 @@ struct ngx_http_sse_presence_registry_t {
     ngx_http_sse_presence_entry_t *buckets[NGX_HTTP_SSE_PRESENCE_BUCKETS];
 };
 
-void ngx_http_sse_presence_init_zone(ngx_http_sse_zone_t *z,
-                                     ngx_http_sse_zone_t *old) {
-    if (old != NULL) {
-        z->presence = old->presence;
-        return;
+// The zone's table of presence records, made on first use (a zone without
+// presence spends nothing on it). In the store's arena like everything
+// else, so that a worker killed while changing it leaves nothing a repair
+// cannot mend. NULL when absent (or the zone is full): presence then has
+// no crash recovery, nothing else.
+static ngx_http_sse_presence_registry_t *ngx_http_sse_presence_registry(
+    sse::store &s, bool create) {
+    auto *reg = static_cast<ngx_http_sse_presence_registry_t *>(s.glue_data());
+    if (reg == NULL && create) {
+        reg = static_cast<ngx_http_sse_presence_registry_t *>(s.aux_alloc(
+            sizeof(ngx_http_sse_presence_registry_t), ngx_current_msec));
+        if (reg != NULL) {
+            ngx_memzero(reg, sizeof(ngx_http_sse_presence_registry_t));
+            s.set_glue_data(reg);
+        }
     }
-    // In the store's arena like everything else, so that a worker killed
-    // while changing it leaves nothing a repair cannot mend. Failing
-    // leaves presence without crash recovery, nothing else.
-    auto s = ngx_http_sse_session(z);
-    z->presence = s->aux_alloc(sizeof(ngx_http_sse_presence_registry_t), 0);
-    if (z->presence != NULL) {
-        ngx_memzero(z->presence, sizeof(ngx_http_sse_presence_registry_t));
-    }
+    return reg;
 }
 
 static ngx_http_sse_presence_entry_t **ngx_http_sse_presence_find(
-    ngx_http_sse_zone_t *z, std::string_view chan) {
-    auto *reg = static_cast<ngx_http_sse_presence_registry_t *>(z->presence);
+    ngx_http_sse_presence_registry_t *reg, std::string_view chan) {
     uint32_t h = sse::hash_channel_id(chan);
     ngx_http_sse_presence_entry_t **p =
         &reg->buckets[h % NGX_HTTP_SSE_PRESENCE_BUCKETS];
@@ -94,14 +96,15 @@ static ngx_http_sse_presence_entry_t **ngx_http_sse_presence_find(
 
 // Call inside a session (s).
 static void ngx_http_sse_presence_remember(sse::store &s,
-                                           ngx_http_sse_zone_t *z,
                                            std::string_view chan,
                                            std::string_view pres,
                                            ngx_http_sse_loc_conf_t *lcf) {
-    if (z->presence == NULL) {
+    ngx_http_sse_presence_registry_t *reg =
+        ngx_http_sse_presence_registry(s, true);
+    if (reg == NULL) {
         return;
     }
-    ngx_http_sse_presence_entry_t **p = ngx_http_sse_presence_find(z, chan);
+    ngx_http_sse_presence_entry_t **p = ngx_http_sse_presence_find(reg, chan);
     if (*p != NULL && (*p)->pres() == pres) {
         return;
     }
@@ -129,12 +132,14 @@ static void ngx_http_sse_presence_remember(sse::store &s,
 }
 
 // Call inside a session (s).
-static void ngx_http_sse_presence_forget(sse::store &s, ngx_http_sse_zone_t *z,
+static void ngx_http_sse_presence_forget(sse::store &s,
                                          std::string_view chan) {
-    if (z->presence == NULL) {
+    ngx_http_sse_presence_registry_t *reg =
+        ngx_http_sse_presence_registry(s, false);
+    if (reg == NULL) {
         return;
     }
-    ngx_http_sse_presence_entry_t **p = ngx_http_sse_presence_find(z, chan);
+    ngx_http_sse_presence_entry_t **p = ngx_http_sse_presence_find(reg, chan);
     if (*p != NULL) {
         ngx_http_sse_presence_entry_t *e = *p;
         *p = e->next;
@@ -230,7 +235,7 @@ void ngx_http_sse_presence_joined(ngx_http_sse_subscriber_t *sub) {
             if (ch->id() == pres) {
                 continue;  // counts[i] stays empty: skipped below
             }
-            ngx_http_sse_presence_remember(*s, sub->zw->zone, ch->id(), pres,
+            ngx_http_sse_presence_remember(*s, ch->id(), pres,
                                            sub->lcf);
             counts[i].first.assign(ch->id());
             counts[i].second = sse::store::subscribers(ch);
@@ -266,7 +271,7 @@ void ngx_http_sse_presence_leave(ngx_http_sse_subscriber_t *sub,
             counts[i].first.assign(ch->id());
             counts[i].second = n > 0 ? n - 1 : 0;
             if (counts[i].second == 0) {
-                ngx_http_sse_presence_forget(*s, zw->zone, ch->id());
+                ngx_http_sse_presence_forget(*s, ch->id());
             }
         }
         s->leave(zw->slot, sub->chans, sub->nlinks, ngx_current_msec);
@@ -324,10 +329,12 @@ void ngx_http_sse_presence_clear_slot(ngx_http_sse_zone_t *z, uint32_t slot,
             *cleared = false;
             return;
         }
-        if (z->presence != NULL) {
+        ngx_http_sse_presence_registry_t *reg =
+            ngx_http_sse_presence_registry(*s, false);
+        if (reg != NULL) {
             for (auto [chan, count] : s->memberships(slot)) {
                 ngx_http_sse_presence_entry_t **p =
-                    ngx_http_sse_presence_find(z, chan->id());
+                    ngx_http_sse_presence_find(reg, chan->id());
                 if (*p == NULL) {
                     continue;
                 }
@@ -337,7 +344,7 @@ void ngx_http_sse_presence_clear_slot(ngx_http_sse_zone_t *z, uint32_t slot,
                                 std::string((*p)->pres()), n,
                                 (*p)->buffer_length, (ngx_msec_t)(*p)->ttl});
                 if (n == 0) {
-                    ngx_http_sse_presence_forget(*s, z, chan->id());
+                    ngx_http_sse_presence_forget(*s, chan->id());
                 }
             }
         }

@@ -5,6 +5,8 @@
 
 static ngx_int_t ngx_http_sse_init_zone(ngx_shm_zone_t *shm_zone, void *data);
 
+#define NGX_HTTP_SSE_MIN_ZONE_PAGES 16
+
 // Which engine feeds the zone; a zone reused across a reload that adds or
 // drops redis= follows the new configuration.
 static void ngx_http_sse_zone_engine(ngx_http_sse_zone_t *z) {
@@ -80,11 +82,13 @@ char *ngx_http_sse_zone_directive(ngx_conf_t *cf, ngx_command_t *cmd,
                            &value[1], &cmd->name, &s);
         return (char *)NGX_CONF_ERROR;
     }
-    if (size < (ssize_t)(8 * ngx_pagesize)) {
+    // Below 16 pages the zone's own tables (about 6 pages) leave it next to
+    // no room for events.
+    if (size < (ssize_t)(NGX_HTTP_SSE_MIN_ZONE_PAGES * ngx_pagesize)) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "zone \"%V\" is too small, it must be at least "
                            "%uz bytes",
-                           &name, 8 * ngx_pagesize);
+                           &name, NGX_HTTP_SSE_MIN_ZONE_PAGES * ngx_pagesize);
         return (char *)NGX_CONF_ERROR;
     }
 
@@ -180,7 +184,6 @@ static ngx_int_t ngx_http_sse_init_zone(ngx_shm_zone_t *shm_zone, void *data) {
         z->arena = ar;
         z->root = static_cast<sse::zone_root *>(ar->user());
         ngx_http_sse_zone_engine(z);
-        ngx_http_sse_presence_init_zone(z, old);
         return NGX_OK;
     }
 
@@ -227,6 +230,5 @@ static ngx_int_t ngx_http_sse_init_zone(ngx_shm_zone_t *shm_zone, void *data) {
     z->arena->set_user(z->root);
     z->shpool->data = z->arena;
     ngx_http_sse_zone_engine(z);
-    ngx_http_sse_presence_init_zone(z, NULL);
     return NGX_OK;
 }

@@ -120,6 +120,9 @@ void *store::aux_alloc(size_t size, int64_t now) {
     return b + 1;
 }
 
+void *store::glue_data() const { return root_->glue; }
+void store::set_glue_data(void *p) { root_->glue = p; }
+
 void store::aux_free(void *p) {
     aux_block *b = static_cast<aux_block *>(p) - 1;
     (b->prev ? b->prev->next : root_->aux) = b->next;  // the commit point

@@ -246,6 +246,9 @@ public:
     // nullptr when the zone cannot hold it.
     void *aux_alloc(size_t size, int64_t now);
     void aux_free(void *p);
+    // One pointer of the glue's, kept in the zone (to an aux block).
+    void *glue_data() const;
+    void set_glue_data(void *p);
 
     // ---- without the lock (relaxed atomics): hints, taken again under a
     // session where it matters

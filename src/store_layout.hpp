@@ -58,6 +58,7 @@ struct zone_root {
     zone_stats stats;
     external_stats ext;
     aux_block *aux;
+    void *glue;  // the glue's own root, an aux block (presence's table)
     slot slots[max_slots];
 };
 
