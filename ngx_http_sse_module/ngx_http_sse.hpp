@@ -223,6 +223,10 @@ ngx_http_sse_zone_worker_t *ngx_http_sse_zone_worker(ngx_http_sse_zone_t *z);
 // Wakes the processes of `slots` (this one through a posted event) to
 // deliver what was just published into zone z, whatever their generation.
 void ngx_http_sse_notify(ngx_http_sse_zone_t *z, const sse::slot_set &slots);
+// Runs the delivery a publish just posted in this process now, and writes
+// at once when few subscribers are concerned: publisher requests call it
+// before they answer (never inside a catch-up, whose hold it would end).
+void ngx_http_sse_deliver_now(ngx_http_sse_zone_t *z);
 // Adds n to this worker's figure in the zone (no lock needed).
 void ngx_http_sse_count(ngx_http_sse_zone_worker_t *zw,
                         uint64_t sse::slot_stats::*field, uint64_t n);

@@ -16,6 +16,10 @@
 // Subscribers written to per event-loop turn before publishes, accepts and
 // reads get their turn.
 #define NGX_HTTP_SSE_SLICE 256
+// A delivery writes at once (before the publisher is answered, ahead of the
+// rest of the turn) when at most this many subscribers wait; more wait for
+// the flush, where a burst coalesces.
+#define NGX_HTTP_SSE_WRITE_NOW 32
 
 struct ngx_http_sse_worker_t {
     ngx_http_sse_main_conf_t *mcf;
@@ -28,13 +32,16 @@ struct ngx_http_sse_worker_t {
     ngx_http_sse_out_t *free_out;
     ngx_uint_t nfree_out;
     ngx_queue_t dirty;  // subscribers with unsent events, oldest first
+    ngx_uint_t ndirty;
     ngx_event_t flush;
+    unsigned delivering : 1;
 };
 
 // This process's state, made in init_process and freed in exit_process.
 static ngx_http_sse_worker_t *ngx_http_sse_w;
 
 static void ngx_http_sse_deliver(ngx_http_sse_zone_worker_t *zw);
+static void ngx_http_sse_flush(ngx_http_sse_worker_t *w);
 
 static socklen_t ngx_http_sse_wake_addr(struct sockaddr_un *sa, ngx_pid_t pid) {
     ngx_memzero(sa, sizeof(struct sockaddr_un));
@@ -184,6 +191,22 @@ void ngx_http_sse_notify(ngx_http_sse_zone_t *z, const sse::slot_set &slots) {
     }
 }
 
+void ngx_http_sse_deliver_now(ngx_http_sse_zone_t *z) {
+    ngx_http_sse_worker_t *w = ngx_http_sse_w;
+    if (w == NULL || w->delivering) {
+        return;
+    }
+    ngx_http_sse_zone_worker_t *zw = w->zones[z->index];
+    if (!zw->wake.posted) {
+        return;
+    }
+    ngx_delete_posted_event(&zw->wake);
+    ngx_http_sse_deliver(zw);
+    if (w->ndirty <= NGX_HTTP_SSE_WRITE_NOW) {
+        ngx_http_sse_flush(w);
+    }
+}
+
 static void ngx_http_sse_wake_handler(ngx_event_t *ev) {
     ngx_http_sse_deliver(static_cast<ngx_http_sse_zone_worker_t *>(ev->data));
 }
@@ -194,8 +217,13 @@ static void ngx_http_sse_wake_read_handler(ngx_event_t *ev) {
     while (recv(c->fd, buf, sizeof(buf), MSG_DONTWAIT) > 0) {
         // drain
     }
-    for (auto *zw : ngx_http_sse_w->zones) {
+    ngx_http_sse_worker_t *w = ngx_http_sse_w;
+    for (auto *zw : w->zones) {
         ngx_http_sse_deliver(zw);
+    }
+    // Written now, ahead of the other events of this turn, when few.
+    if (w->ndirty <= NGX_HTTP_SSE_WRITE_NOW) {
+        ngx_http_sse_flush(w);
     }
 }
 
@@ -394,6 +422,7 @@ static void ngx_http_sse_deliver(ngx_http_sse_zone_worker_t *zw) {
     if (zw->slot == sse::no_slot) {
         return;
     }
+    ngx_http_sse_w->delivering = 1;
     try {
         ngx_http_sse_deliver_zone(zw);
     } catch (const std::exception &e) {
@@ -413,6 +442,7 @@ static void ngx_http_sse_deliver(ngx_http_sse_zone_worker_t *zw) {
         }
         ngx_http_sse_end_all(zw, NGX_HTTP_SSE_R_EVICTED);
     }
+    ngx_http_sse_w->delivering = 0;
 }
 
 void ngx_http_sse_follow_epoch(ngx_http_sse_zone_worker_t *zw) {
@@ -438,6 +468,7 @@ void ngx_http_sse_mark_dirty(ngx_http_sse_subscriber_t *sub) {
     }
     sub->queued = 1;
     ngx_queue_insert_tail(&w->dirty, &sub->dirty);
+    w->ndirty++;
     if (!w->flush.posted) {
         ngx_post_event(&w->flush, &ngx_posted_events);
     }
@@ -447,11 +478,13 @@ void ngx_http_sse_unmark_dirty(ngx_http_sse_subscriber_t *sub) {
     if (sub->queued) {
         sub->queued = 0;
         ngx_queue_remove(&sub->dirty);
+        ngx_http_sse_w->ndirty--;
     }
 }
 
-static void ngx_http_sse_flush_handler(ngx_event_t *ev) {
-    ngx_http_sse_worker_t *w = ngx_http_sse_w;
+// Writes to a slice of the dirty subscribers; the rest after the next
+// event-loop turn.
+static void ngx_http_sse_flush(ngx_http_sse_worker_t *w) {
     for (ngx_uint_t n = 0;
          n < NGX_HTTP_SSE_SLICE && !ngx_queue_empty(&w->dirty); n++) {
         ngx_queue_t *q = ngx_queue_head(&w->dirty);
@@ -461,10 +494,17 @@ static void ngx_http_sse_flush_handler(ngx_event_t *ev) {
             ngx_http_sse_send(sub);
         }
     }
-    if (!ngx_queue_empty(&w->dirty)) {
-        // The rest after the next event-loop turn.
-        ngx_post_event(ev, &ngx_posted_next_events);
+    if (ngx_queue_empty(&w->dirty)) {
+        if (w->flush.posted) {
+            ngx_delete_posted_event(&w->flush);
+        }
+    } else if (!w->flush.posted) {
+        ngx_post_event(&w->flush, &ngx_posted_next_events);
     }
+}
+
+static void ngx_http_sse_flush_handler(ngx_event_t *ev) {
+    ngx_http_sse_flush(static_cast<ngx_http_sse_worker_t *>(ev->data));
 }
 
 // Clears the slots of processes that died without clearing them (SIGKILL,
