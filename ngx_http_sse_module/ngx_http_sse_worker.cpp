@@ -40,6 +40,21 @@ struct ngx_http_sse_worker_t {
 // This process's state, made in init_process and freed in exit_process.
 static ngx_http_sse_worker_t *ngx_http_sse_w;
 
+// Body filters that rewrite what passes (each has a request context when
+// it does): a stream they take is not pre-framed. By name, so that a
+// filter not built into this nginx needs no symbol.
+static const char *const ngx_http_sse_rewriting_filters[] = {
+    "ngx_http_gzip_filter_module", "ngx_http_gunzip_filter_module",
+    "ngx_http_sub_filter_module",  "ngx_http_addition_filter_module",
+    "ngx_http_ssi_filter_module",  "ngx_http_charset_filter_module",
+    "ngx_http_xslt_filter_module", "ngx_http_image_filter_module",
+    "ngx_http_subs_filter_module", "ngx_http_brotli_filter_module",
+    "ngx_http_zstd_filter_module"};
+#define NGX_HTTP_SSE_NFILTERS \
+    (sizeof(ngx_http_sse_rewriting_filters) / sizeof(char *))
+// Their ctx_index in this nginx; NGX_ERROR: not loaded.
+static ngx_int_t ngx_http_sse_filter_ctx[NGX_HTTP_SSE_NFILTERS];
+
 static void ngx_http_sse_deliver(ngx_http_sse_zone_worker_t *zw);
 static void ngx_http_sse_flush(ngx_http_sse_worker_t *w);
 
@@ -64,17 +79,30 @@ static void ngx_http_sse_each_sub(ngx_http_sse_local_channel_t *lc, F &&f) {
     }
 }
 
-ngx_http_sse_msg_t *ngx_http_sse_msg_new(std::string_view bytes) {
-    auto *msg = static_cast<ngx_http_sse_msg_t *>(
-        ngx_alloc(sizeof(ngx_http_sse_msg_t) + bytes.size(), ngx_cycle->log));
+// Allocates a copy of `len` bytes, its chunk frame around them.
+static ngx_http_sse_msg_t *ngx_http_sse_msg_alloc(size_t len) {
+    auto *msg = static_cast<ngx_http_sse_msg_t *>(ngx_alloc(
+        sizeof(ngx_http_sse_msg_t) + NGX_HTTP_SSE_CHUNK_ROOM + len + 2,
+        ngx_cycle->log));
     if (msg == NULL) {
         return NULL;
     }
     msg->refs = 1;
-    msg->len = bytes.size();
+    msg->len = len;
     msg->seq = 0;
     msg->cache = NULL;
-    if (!bytes.empty()) {
+    u_char line[NGX_HTTP_SSE_CHUNK_ROOM];
+    msg->hlen = ngx_sprintf(line, "%xO\r\n", (off_t)len) - line;
+    ngx_memcpy(msg->frame(), line, msg->hlen);
+    u_char *end = msg->data() + len;
+    end[0] = CR;
+    end[1] = LF;
+    return msg;
+}
+
+ngx_http_sse_msg_t *ngx_http_sse_msg_new(std::string_view bytes) {
+    ngx_http_sse_msg_t *msg = ngx_http_sse_msg_alloc(bytes.size());
+    if (msg != NULL && !bytes.empty()) {
         ngx_memcpy(msg->data(), bytes.data(), bytes.size());
     }
     return msg;
@@ -90,15 +118,11 @@ ngx_http_sse_msg_t *ngx_http_sse_msg_copy(ngx_http_sse_zone_worker_t *zw,
     char id[sse::max_event_id_len];
     size_t idlen = sse::format_event_id(id, {zw->epoch, m->seq});
     size_t len = sizeof("id: \n") - 1 + idlen + m->size;
-    auto *msg = static_cast<ngx_http_sse_msg_t *>(
-        ngx_alloc(sizeof(ngx_http_sse_msg_t) + len, ngx_cycle->log));
+    ngx_http_sse_msg_t *msg = ngx_http_sse_msg_alloc(len);
     if (msg == NULL) {
         return NULL;
     }
-    msg->refs = 1;
-    msg->len = len;
     msg->seq = m->seq;
-    msg->cache = NULL;
     u_char *p = ngx_cpymem(msg->data(), "id: ", 4);
     p = ngx_cpymem(p, id, idlen);
     *p++ = '\n';
@@ -626,7 +650,34 @@ static ngx_int_t ngx_http_sse_wake_socket(ngx_cycle_t *cycle,
     return NGX_OK;
 }
 
+static void ngx_http_sse_find_filters(ngx_cycle_t *cycle) {
+    for (size_t i = 0; i < NGX_HTTP_SSE_NFILTERS; i++) {
+        ngx_http_sse_filter_ctx[i] = NGX_ERROR;
+        for (ngx_uint_t m = 0; cycle->modules[m] != NULL; m++) {
+            if (cycle->modules[m]->type == NGX_HTTP_MODULE &&
+                ngx_strcmp(cycle->modules[m]->name,
+                           ngx_http_sse_rewriting_filters[i]) == 0) {
+                ngx_http_sse_filter_ctx[i] = cycle->modules[m]->ctx_index;
+            }
+        }
+    }
+}
+
+bool ngx_http_sse_can_frame(ngx_http_request_t *r) {
+    if (!r->chunked || r != r->main || r->header_only ||
+        r->headers_out.content_encoding != NULL) {
+        return false;
+    }
+    for (ngx_int_t idx : ngx_http_sse_filter_ctx) {
+        if (idx != NGX_ERROR && r->ctx[idx] != NULL) {
+            return false;
+        }
+    }
+    return true;
+}
+
 ngx_int_t ngx_http_sse_worker_init(ngx_cycle_t *cycle) {
+    ngx_http_sse_find_filters(cycle);
     auto *mcf = static_cast<ngx_http_sse_main_conf_t *>(
         ngx_http_cycle_get_module_main_conf(cycle, ngx_http_sse_module));
     if (mcf == NULL || mcf->zones.nelts == 0 ||
