@@ -145,8 +145,15 @@ static void ngx_http_sse_reclaim(ngx_http_sse_subscriber_t *sub) {
 // write filter (which keeps nginx's accounting, limits and send_timeout).
 static ngx_int_t ngx_http_sse_pass(ngx_http_sse_subscriber_t *sub,
                                    ngx_chain_t *cl) {
-    return sub->framed ? ngx_http_write_filter(sub->r, cl)
-                       : ngx_http_output_filter(sub->r, cl);
+    if (!sub->framed) {
+        return ngx_http_output_filter(sub->r, cl);
+    }
+    if (cl == NULL && !sub->r->connection->buffered) {
+        // Nothing to push (a write event with all sent): the write filter
+        // calls an empty call an error, the postpone filter skips it.
+        return NGX_OK;
+    }
+    return ngx_http_write_filter(sub->r, cl);
 }
 
 // Links the unsent writes into one chain, flushed as one write.
