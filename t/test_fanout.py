@@ -144,4 +144,3 @@ async def test_publisher_keepalive_connection(nginx):
         ids.append(r.json()["id"])
     got = await c.events(50)
     assert [b.id for b in got] == ids
-
