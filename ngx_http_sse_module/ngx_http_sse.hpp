@@ -100,15 +100,25 @@ ngx_shm_zone_t *ngx_http_sse_zone_ref(ngx_conf_t *cf, ngx_str_t *name);
 
 struct ngx_http_sse_zone_worker_t;
 
+// Room before a worker copy's bytes for an HTTP/1.1 chunk-size line.
+#define NGX_HTTP_SSE_CHUNK_ROOM (sizeof("ffffffff\r\n") - 1)
+
 // A worker's own copy of one event ("id:" line included), shared by all its
 // subscribers, live and catching up alike: one copy per worker, none per
-// subscriber. Followed by `len` bytes.
+// subscriber. Followed by NGX_HTTP_SSE_CHUNK_ROOM bytes, then the `len`
+// bytes framed as one chunk (its size line right before them, CRLF after):
+// chunked streams write the frame, others the bytes.
 struct ngx_http_sse_msg_t {
     uint32_t refs;
     uint32_t len;
     uint64_t seq;                       // 0: bytes of the module's own
     ngx_http_sse_zone_worker_t *cache;  // where it is listed by seq
-    u_char *data() { return reinterpret_cast<u_char *>(this + 1); }
+    uint32_t hlen;                      // of the chunk-size line
+    u_char *data() {
+        return reinterpret_cast<u_char *>(this + 1) + NGX_HTTP_SSE_CHUNK_ROOM;
+    }
+    u_char *frame() { return data() - hlen; }
+    size_t frame_len() { return hlen + len + 2; }
 };
 
 // One queued write of a subscriber.
@@ -184,7 +194,10 @@ struct ngx_http_sse_subscriber_t {
     unsigned live : 1;  // past its catch-up: takes live events
     unsigned end : 2;
     unsigned reason : 4;
-    unsigned hooked : 1;     // sse_unsubscribe_request sent
+    unsigned hooked : 1;  // sse_unsubscribe_request sent
+    // Chunked and no body filter at work: writes pre-framed chunks straight
+    // to the write filter.
+    unsigned framed : 1;
     ngx_str_t presence;      // sse_presence_channel's value; empty: none
     const std::string *who;  // the token's sub (freed after the pool
                              // cleanup that ends the subscriber), or NULL
@@ -218,11 +231,19 @@ struct ngx_http_sse_zone_worker_t {
 };
 
 ngx_int_t ngx_http_sse_worker_init(ngx_cycle_t *cycle);
+// True when the response's body reaches the write filter exactly as the
+// chunked filter would frame it: chunked, and none of the body filters that
+// rewrite a stream (gzip, sub_filter, ssi, charset recoding, ...) took it.
+bool ngx_http_sse_can_frame(ngx_http_request_t *r);
 void ngx_http_sse_worker_exit(ngx_cycle_t *cycle);
 ngx_http_sse_zone_worker_t *ngx_http_sse_zone_worker(ngx_http_sse_zone_t *z);
 // Wakes the processes of `slots` (this one through a posted event) to
 // deliver what was just published into zone z, whatever their generation.
 void ngx_http_sse_notify(ngx_http_sse_zone_t *z, const sse::slot_set &slots);
+// Runs the delivery a publish just posted in this process now, and writes
+// at once when few subscribers are concerned: publisher requests call it
+// before they answer (never inside a catch-up, whose hold it would end).
+void ngx_http_sse_deliver_now(ngx_http_sse_zone_t *z);
 // Adds n to this worker's figure in the zone (no lock needed).
 void ngx_http_sse_count(ngx_http_sse_zone_worker_t *zw,
                         uint64_t sse::slot_stats::*field, uint64_t n);

@@ -222,6 +222,9 @@ static sse::publish_status ngx_http_sse_store_events(
     if (out.published > 0) {
         ctx->last_seq = out.last_seq;
         ctx->published += out.published;
+        // Local subscribers first: answering lets the publisher (and
+        // whatever else is runnable) take the CPU from this worker.
+        ngx_http_sse_deliver_now(ngx_http_sse_loc_zone(r, lcf));
     }
     if (out.found) {
         ctx->subscribers = out.subscribers;

@@ -16,6 +16,10 @@
 // Subscribers written to per event-loop turn before publishes, accepts and
 // reads get their turn.
 #define NGX_HTTP_SSE_SLICE 256
+// A delivery writes at once (before the publisher is answered, ahead of the
+// rest of the turn) when at most this many subscribers wait; more wait for
+// the flush, where a burst coalesces.
+#define NGX_HTTP_SSE_WRITE_NOW 32
 
 struct ngx_http_sse_worker_t {
     ngx_http_sse_main_conf_t *mcf;
@@ -28,13 +32,31 @@ struct ngx_http_sse_worker_t {
     ngx_http_sse_out_t *free_out;
     ngx_uint_t nfree_out;
     ngx_queue_t dirty;  // subscribers with unsent events, oldest first
+    ngx_uint_t ndirty;
     ngx_event_t flush;
+    unsigned delivering : 1;
 };
 
 // This process's state, made in init_process and freed in exit_process.
 static ngx_http_sse_worker_t *ngx_http_sse_w;
 
+// Body filters that rewrite what passes (each has a request context when
+// it does): a stream they take is not pre-framed. By name, so that a
+// filter not built into this nginx needs no symbol.
+static const char *const ngx_http_sse_rewriting_filters[] = {
+    "ngx_http_gzip_filter_module", "ngx_http_gunzip_filter_module",
+    "ngx_http_sub_filter_module",  "ngx_http_addition_filter_module",
+    "ngx_http_ssi_filter_module",  "ngx_http_charset_filter_module",
+    "ngx_http_xslt_filter_module", "ngx_http_image_filter_module",
+    "ngx_http_subs_filter_module", "ngx_http_brotli_filter_module",
+    "ngx_http_zstd_filter_module"};
+#define NGX_HTTP_SSE_NFILTERS \
+    (sizeof(ngx_http_sse_rewriting_filters) / sizeof(char *))
+// Their ctx_index in this nginx; NGX_ERROR: not loaded.
+static ngx_int_t ngx_http_sse_filter_ctx[NGX_HTTP_SSE_NFILTERS];
+
 static void ngx_http_sse_deliver(ngx_http_sse_zone_worker_t *zw);
+static void ngx_http_sse_flush(ngx_http_sse_worker_t *w);
 
 static socklen_t ngx_http_sse_wake_addr(struct sockaddr_un *sa, ngx_pid_t pid) {
     ngx_memzero(sa, sizeof(struct sockaddr_un));
@@ -57,17 +79,30 @@ static void ngx_http_sse_each_sub(ngx_http_sse_local_channel_t *lc, F &&f) {
     }
 }
 
-ngx_http_sse_msg_t *ngx_http_sse_msg_new(std::string_view bytes) {
-    auto *msg = static_cast<ngx_http_sse_msg_t *>(
-        ngx_alloc(sizeof(ngx_http_sse_msg_t) + bytes.size(), ngx_cycle->log));
+// Allocates a copy of `len` bytes, its chunk frame around them.
+static ngx_http_sse_msg_t *ngx_http_sse_msg_alloc(size_t len) {
+    auto *msg = static_cast<ngx_http_sse_msg_t *>(ngx_alloc(
+        sizeof(ngx_http_sse_msg_t) + NGX_HTTP_SSE_CHUNK_ROOM + len + 2,
+        ngx_cycle->log));
     if (msg == NULL) {
         return NULL;
     }
     msg->refs = 1;
-    msg->len = bytes.size();
+    msg->len = len;
     msg->seq = 0;
     msg->cache = NULL;
-    if (!bytes.empty()) {
+    u_char line[NGX_HTTP_SSE_CHUNK_ROOM];
+    msg->hlen = ngx_sprintf(line, "%xO\r\n", (off_t)len) - line;
+    ngx_memcpy(msg->frame(), line, msg->hlen);
+    u_char *end = msg->data() + len;
+    end[0] = CR;
+    end[1] = LF;
+    return msg;
+}
+
+ngx_http_sse_msg_t *ngx_http_sse_msg_new(std::string_view bytes) {
+    ngx_http_sse_msg_t *msg = ngx_http_sse_msg_alloc(bytes.size());
+    if (msg != NULL && !bytes.empty()) {
         ngx_memcpy(msg->data(), bytes.data(), bytes.size());
     }
     return msg;
@@ -83,15 +118,11 @@ ngx_http_sse_msg_t *ngx_http_sse_msg_copy(ngx_http_sse_zone_worker_t *zw,
     char id[sse::max_event_id_len];
     size_t idlen = sse::format_event_id(id, {zw->epoch, m->seq});
     size_t len = sizeof("id: \n") - 1 + idlen + m->size;
-    auto *msg = static_cast<ngx_http_sse_msg_t *>(
-        ngx_alloc(sizeof(ngx_http_sse_msg_t) + len, ngx_cycle->log));
+    ngx_http_sse_msg_t *msg = ngx_http_sse_msg_alloc(len);
     if (msg == NULL) {
         return NULL;
     }
-    msg->refs = 1;
-    msg->len = len;
     msg->seq = m->seq;
-    msg->cache = NULL;
     u_char *p = ngx_cpymem(msg->data(), "id: ", 4);
     p = ngx_cpymem(p, id, idlen);
     *p++ = '\n';
@@ -183,6 +214,22 @@ void ngx_http_sse_notify(ngx_http_sse_zone_t *z, const sse::slot_set &slots) {
     }
 }
 
+void ngx_http_sse_deliver_now(ngx_http_sse_zone_t *z) {
+    ngx_http_sse_worker_t *w = ngx_http_sse_w;
+    if (w == NULL || w->delivering) {
+        return;
+    }
+    ngx_http_sse_zone_worker_t *zw = w->zones[z->index];
+    if (!zw->wake.posted) {
+        return;
+    }
+    ngx_delete_posted_event(&zw->wake);
+    ngx_http_sse_deliver(zw);
+    if (w->ndirty <= NGX_HTTP_SSE_WRITE_NOW) {
+        ngx_http_sse_flush(w);
+    }
+}
+
 static void ngx_http_sse_wake_handler(ngx_event_t *ev) {
     ngx_http_sse_deliver(static_cast<ngx_http_sse_zone_worker_t *>(ev->data));
 }
@@ -193,8 +240,13 @@ static void ngx_http_sse_wake_read_handler(ngx_event_t *ev) {
     while (recv(c->fd, buf, sizeof(buf), MSG_DONTWAIT) > 0) {
         // drain
     }
-    for (auto *zw : ngx_http_sse_w->zones) {
+    ngx_http_sse_worker_t *w = ngx_http_sse_w;
+    for (auto *zw : w->zones) {
         ngx_http_sse_deliver(zw);
+    }
+    // Written now, ahead of the other events of this turn, when few.
+    if (w->ndirty <= NGX_HTTP_SSE_WRITE_NOW) {
+        ngx_http_sse_flush(w);
     }
 }
 
@@ -392,6 +444,7 @@ static void ngx_http_sse_deliver(ngx_http_sse_zone_worker_t *zw) {
     if (zw->slot == sse::no_slot) {
         return;
     }
+    ngx_http_sse_w->delivering = 1;
     try {
         ngx_http_sse_deliver_zone(zw);
     } catch (const std::exception &e) {
@@ -411,6 +464,7 @@ static void ngx_http_sse_deliver(ngx_http_sse_zone_worker_t *zw) {
         }
         ngx_http_sse_end_all(zw, NGX_HTTP_SSE_R_EVICTED);
     }
+    ngx_http_sse_w->delivering = 0;
 }
 
 void ngx_http_sse_follow_epoch(ngx_http_sse_zone_worker_t *zw) {
@@ -436,6 +490,7 @@ void ngx_http_sse_mark_dirty(ngx_http_sse_subscriber_t *sub) {
     }
     sub->queued = 1;
     ngx_queue_insert_tail(&w->dirty, &sub->dirty);
+    w->ndirty++;
     if (!w->flush.posted) {
         ngx_post_event(&w->flush, &ngx_posted_events);
     }
@@ -445,11 +500,13 @@ void ngx_http_sse_unmark_dirty(ngx_http_sse_subscriber_t *sub) {
     if (sub->queued) {
         sub->queued = 0;
         ngx_queue_remove(&sub->dirty);
+        ngx_http_sse_w->ndirty--;
     }
 }
 
-static void ngx_http_sse_flush_handler(ngx_event_t *ev) {
-    ngx_http_sse_worker_t *w = ngx_http_sse_w;
+// Writes to a slice of the dirty subscribers; the rest after the next
+// event-loop turn.
+static void ngx_http_sse_flush(ngx_http_sse_worker_t *w) {
     for (ngx_uint_t n = 0;
          n < NGX_HTTP_SSE_SLICE && !ngx_queue_empty(&w->dirty); n++) {
         ngx_queue_t *q = ngx_queue_head(&w->dirty);
@@ -459,10 +516,17 @@ static void ngx_http_sse_flush_handler(ngx_event_t *ev) {
             ngx_http_sse_send(sub);
         }
     }
-    if (!ngx_queue_empty(&w->dirty)) {
-        // The rest after the next event-loop turn.
-        ngx_post_event(ev, &ngx_posted_next_events);
+    if (ngx_queue_empty(&w->dirty)) {
+        if (w->flush.posted) {
+            ngx_delete_posted_event(&w->flush);
+        }
+    } else if (!w->flush.posted) {
+        ngx_post_event(&w->flush, &ngx_posted_next_events);
     }
+}
+
+static void ngx_http_sse_flush_handler(ngx_event_t *ev) {
+    ngx_http_sse_flush(static_cast<ngx_http_sse_worker_t *>(ev->data));
 }
 
 // Clears the slots of processes that died without clearing them (SIGKILL,
@@ -584,7 +648,34 @@ static ngx_int_t ngx_http_sse_wake_socket(ngx_cycle_t *cycle,
     return NGX_OK;
 }
 
+static void ngx_http_sse_find_filters(ngx_cycle_t *cycle) {
+    for (size_t i = 0; i < NGX_HTTP_SSE_NFILTERS; i++) {
+        ngx_http_sse_filter_ctx[i] = NGX_ERROR;
+        for (ngx_uint_t m = 0; cycle->modules[m] != NULL; m++) {
+            if (cycle->modules[m]->type == NGX_HTTP_MODULE &&
+                ngx_strcmp(cycle->modules[m]->name,
+                           ngx_http_sse_rewriting_filters[i]) == 0) {
+                ngx_http_sse_filter_ctx[i] = cycle->modules[m]->ctx_index;
+            }
+        }
+    }
+}
+
+bool ngx_http_sse_can_frame(ngx_http_request_t *r) {
+    if (!r->chunked || r != r->main || r->header_only ||
+        r->headers_out.content_encoding != NULL) {
+        return false;
+    }
+    for (ngx_int_t idx : ngx_http_sse_filter_ctx) {
+        if (idx != NGX_ERROR && r->ctx[idx] != NULL) {
+            return false;
+        }
+    }
+    return true;
+}
+
 ngx_int_t ngx_http_sse_worker_init(ngx_cycle_t *cycle) {
+    ngx_http_sse_find_filters(cycle);
     auto *mcf = static_cast<ngx_http_sse_main_conf_t *>(
         ngx_http_cycle_get_module_main_conf(cycle, ngx_http_sse_module));
     if (mcf == NULL || mcf->zones.nelts == 0 ||

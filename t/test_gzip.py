@@ -94,3 +94,16 @@ async def test_without_accept_encoding_the_stream_is_plain(gz):
     assert c.header("content-encoding") is None
     eid = await gz.publish_ok("plain", "x")
     assert (await c.next_event()).id == eid
+
+
+async def test_other_body_filters_still_see_live_events(start_nginx):
+    # Plain HTTP/1.1 streams skip the body filters (each event goes out as
+    # the worker's ready-made chunk); one a rewriting filter took keeps
+    # them, here sub_filter.
+    n = start_nginx(sub="sub_filter_types text/event-stream; "
+                        "sub_filter_once off; sub_filter secret public;")
+    c = await n.stream("rw")
+    for i in range(3):
+        eid = await n.publish_ok("rw", f"a secret {i}")
+        b = await c.next_event()
+        assert (b.id, b.data) == (eid, f"a public {i}")

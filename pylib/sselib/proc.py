@@ -141,10 +141,10 @@ def loadavg():
         return None
 
 
-def peer_socket_option(pid, inode, level, option):
+def peer_socket_option(pid, inode, level, option, buflen=None):
     """getsockopt() on the socket `inode` held by process `pid`, through a
     duplicate of its descriptor (pidfd_getfd, Linux 5.6+, needs the right
-    to ptrace pid). The option's int value."""
+    to ptrace pid). The option's int value, or with buflen its bytes."""
     import ctypes
     import socket
     fdnum = None
@@ -169,6 +169,8 @@ def peer_socket_option(pid, inode, level, option):
         os.close(pidfd)
     s = socket.socket(fileno=dup)
     try:
+        if buflen is not None:
+            return s.getsockopt(level, option, buflen)
         return s.getsockopt(level, option)
     finally:
         s.detach()
