@@ -205,7 +205,7 @@ test-asan: build-asan test-deps
 # nginx itself and the module built from each archive in MATRIX_SRC, and
 # the smoke subset of t/ run against each; prints a version table.
 MATRIX_SRC ?= $(firstword $(wildcard $(ROOT)/../shared/nginx-src \
-    $(ROOT)/../../shared/nginx-src))
+    $(ROOT)/../../shared/nginx-src /work/shared/nginx-src))
 matrix: deps
 	@[ -n "$(MATRIX_SRC)" ] || { echo "MATRIX_SRC: no ../shared/nginx-src"; exit 1; }
 	bash pkg/matrix.sh $(MATRIX_SRC)
