@@ -69,8 +69,11 @@ async def test_long_lived_streams_do_not_grow_with_events_delivered(
     # Every event, exactly once, in order, on every stream.
     assert await read_ids(subs, 10000, timeout=120) == [ids] * 4
     grown = private_kb(n) - before
-    # 40,000 deliveries: a leak of 32 bytes per write is over 1 MB.
-    bound = 1024 + (24 * 1024 if ASAN else 0)
+    # 40,000 deliveries: a leak of 32 bytes per write is over 1 MB. Under
+    # the sanitizer each worker's quarantine (16 MB, see the Makefile's
+    # ASAN_OPTIONS_TEST) fills with freed memory first: there only a
+    # gross leak shows; the plain build's run is the real check.
+    bound = 1024 + (len(n.workers()) * 16 * 1024 + 8 * 1024 if ASAN else 0)
     assert grown < bound, f"workers grew by {grown} kB (bound {bound} kB)"
 
 
