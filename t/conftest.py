@@ -344,3 +344,10 @@ def overload_end(reason, retry="3000"):
     event naming why, then retry:."""
     return [[("event", "sse-error"), ("data", '{"reason":"%s"}' % reason)],
             [("retry", retry)]]
+
+
+def nginx_built_with(flag):
+    """True when `nginx -V` of the nginx under test lists flag (the
+    matrix's nginx builds have only the default modules)."""
+    v = subprocess.run([NGINX_BIN, "-V"], capture_output=True, text=True)
+    return flag in v.stdout + v.stderr

@@ -1,11 +1,10 @@
 """Publishing: the 202, event types, data lines, channel info and delete."""
 
 import re
-import subprocess
 
 import pytest
 
-from conftest import (NGINX_BIN, PUBLISH_ALLOW, SSEParser, epoch_of,
+from conftest import (PUBLISH_ALLOW, SSEParser, epoch_of, nginx_built_with,
                       overload_end, seq_of)
 
 ID_RE = re.compile(r"^[0-9]+-[0-9]+$")
@@ -337,12 +336,7 @@ async def test_parser_splits_crlf_across_chunks():
     assert out[0].fields == [("id", "1"), ("data", "a")]
 
 
-def nginx_has_debug():
-    v = subprocess.run([NGINX_BIN, "-V"], capture_output=True, text=True)
-    return "--with-debug" in v.stdout + v.stderr
-
-
-@pytest.mark.skipif(not nginx_has_debug(),
+@pytest.mark.skipif(not nginx_built_with("--with-debug"),
                     reason="this nginx is built without --with-debug")
 async def test_publish_refusals_are_logged_at_debug(start_nginx):
     # Debian's nginx is built --with-debug: "error_log FILE debug" in the
