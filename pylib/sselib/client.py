@@ -34,20 +34,22 @@ class Block:
         d = self.values("data")
         return "\n".join(d) if d else None
 
+    def last(self, name):
+        """The field's last value (EventSource keeps the last); None."""
+        v = self.values(name)
+        return v[-1] if v else None
+
     @property
     def id(self):
-        v = self.values("id")
-        return v[-1] if v else None
+        return self.last("id")
 
     @property
     def event(self):
-        v = self.values("event")
-        return v[-1] if v else None
+        return self.last("event")
 
     @property
     def retry(self):
-        v = self.values("retry")
-        return v[-1] if v else None
+        return self.last("retry")
 
     @property
     def is_event(self):

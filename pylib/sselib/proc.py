@@ -44,38 +44,33 @@ def rss_kb(pid):
     return 0
 
 
-def established_inodes(port):
-    """Socket inodes of established TCP connections whose local port is
-    `port` (the server side of connections to it)."""
-    inodes = set()
+def _tcp_sockets():
+    """(local port, remote port, state, inode) of every TCP socket."""
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(table) as f:
                 next(f)
                 for line in f:
                     cols = line.split()
-                    lport = int(cols[1].rsplit(":", 1)[1], 16)
-                    if lport == port and cols[3] == "01":
-                        inodes.add(int(cols[9]))
+                    yield (int(cols[1].rsplit(":", 1)[1], 16),
+                           int(cols[2].rsplit(":", 1)[1], 16),
+                           cols[3], int(cols[9]))
         except OSError:
             pass
-    return inodes
+
+
+def established_inodes(port):
+    """Socket inodes of established TCP connections whose local port is
+    `port` (the server side of connections to it)."""
+    return {inode for lport, _, state, inode in _tcp_sockets()
+            if lport == port and state == "01"}
 
 
 def server_side_inode(server_port, client_port):
     """Inode of the server side of the connection from client_port."""
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                next(f)
-                for line in f:
-                    cols = line.split()
-                    lport = int(cols[1].rsplit(":", 1)[1], 16)
-                    rport = int(cols[2].rsplit(":", 1)[1], 16)
-                    if lport == server_port and rport == client_port:
-                        return int(cols[9])
-        except OSError:
-            pass
+    for lport, rport, _, inode in _tcp_sockets():
+        if lport == server_port and rport == client_port:
+            return inode
     return None
 
 
