@@ -16,10 +16,8 @@ processes with every port on one server.
 """
 
 import json
-import queue
 import statistics
 import subprocess
-import threading
 import time
 import urllib.request
 
@@ -205,53 +203,6 @@ def wait_in_sync(srv, timeout=15):
 
 # ---------------------------------------------------------------- loads
 
-def _together(arg_lists, timeout):
-    """Starts one sseload per argument list, waits until each printed
-    READY (subscribers connected and warmed up), then lets all publish at
-    once; returns their reports."""
-    procs, lines = [], queue.Queue()
-    for i, args in enumerate(arg_lists):
-        pr = subprocess.Popen(args, stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
-        procs.append(pr)
-
-        def pump(pr=pr, i=i):
-            for line in pr.stderr:
-                lines.put((i, line))
-            lines.put((i, None))
-        threading.Thread(target=pump, daemon=True).start()
-    ready, tail = set(), []
-    deadline = time.monotonic() + timeout
-    while len(ready) < len(procs) and time.monotonic() < deadline:
-        try:
-            i, line = lines.get(timeout=1)
-        except queue.Empty:
-            continue
-        if line is None:
-            break
-        tail.append(line)
-        if line.startswith("READY"):
-            ready.add(i)
-    if len(ready) < len(procs):
-        for pr in procs:
-            pr.kill()
-            pr.wait()
-        raise RuntimeError("sseload never got ready: " +
-                           "".join(tail)[-2000:])
-    for pr in procs:
-        pr.stdin.write("\n")
-        pr.stdin.flush()
-    outs = []
-    for pr in procs:
-        out, _ = pr.communicate(timeout=timeout * 2)
-        if pr.returncode != 0 or not out.strip():
-            raise RuntimeError(f"sseload failed ({pr.returncode}): " +
-                               "".join(tail)[-2000:])
-        outs.append(json.loads(out))
-    return outs
-
-
 def fanout(pub, subs, p, prefix, rate):
     """p["subscribers"] spread over the servers `subs`, each group on its
     own channel, all published through `pub`: paced at `rate` per group
@@ -267,7 +218,10 @@ def fanout(pub, subs, p, prefix, rate):
             kw["rate"] = rate
         a = R.sseload_args(s, "fanout", f"{prefix}{i}-", **kw)
         args.append(a + ["--pub-port", str(pub.pub_port), "--wait-stdin"])
-    outs = _together(args, timeout)
+    # All subscribers connected and warmed up, then all publish at once.
+    gens = R.Generators(args, timeout)
+    gens.go()
+    outs = gens.reports(timeout * 2)
     first = min(int(o["deliveries"]["first_publish_ns"]) for o in outs)
     last = max(int(o["deliveries"]["last_delivery_ns"] or 0) for o in outs)
     unique = sum(o["deliveries"]["unique"] for o in outs)
@@ -295,10 +249,7 @@ def publish_rate(servers, p, prefix):
     outs = []
     for pr in procs:
         out, err = pr.communicate(timeout=600)
-        if pr.returncode != 0 or not out.strip():
-            raise RuntimeError(f"sseload failed ({pr.returncode}): "
-                               f"{err.strip()[-2000:]}")
-        outs.append(json.loads(out))
+        outs.append(R.sseload_report(pr.returncode, out, err))
     total = sum(o["publish"]["per_second"] for o in outs)
     return total, outs
 

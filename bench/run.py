@@ -401,18 +401,96 @@ def sseload_args(srv, mode, prefix, **kw):
     return args
 
 
+def sseload_report(returncode, out, err):
+    """The JSON report an sseload process printed, or why there is none."""
+    if returncode != 0 or not out.strip():
+        raise RuntimeError(f"sseload failed ({returncode}): "
+                           f"{err.strip()[-2000:]}")
+    return json.loads(out)
+
+
 def run_sseload(srv, mode, prefix, timeout=60, **kw):
     args = sseload_args(srv, mode, prefix, timeout=timeout, **kw)
     before = srv.cpu()
     p = subprocess.run(args, capture_output=True, text=True,
                        timeout=timeout * 4 + 60)
     after = srv.cpu()
-    if p.returncode != 0 or not p.stdout.strip():
-        raise RuntimeError(f"sseload failed ({p.returncode}): "
-                           f"{p.stderr.strip()[-2000:]}")
-    r = json.loads(p.stdout)
+    r = sseload_report(p.returncode, p.stdout, p.stderr)
     r["server_cpu_s"] = {k: round(after[k] - before[k], 3) for k in after}
     return r
+
+
+class Generators:
+    """sseload processes that hold their subscribers until told to go:
+    each prints "READY N" on stderr once its N subscribers are connected
+    (and warmed up), then waits for a line on stdin (idle mode, or
+    --wait-stdin). Starts them all and waits until every one is ready;
+    kills them all and raises if one exits first or `timeout` s pass."""
+
+    def __init__(self, arg_lists, timeout, what="sseload"):
+        self.procs, self.tail = [], []
+        lines = queue.Queue()
+        for i, args in enumerate(arg_lists):
+            pr = subprocess.Popen(args, stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+            self.procs.append(pr)
+            threading.Thread(target=self._pump, args=(pr, i, lines),
+                             daemon=True).start()
+        ready = {}
+        deadline = time.monotonic() + timeout
+        while len(ready) < len(self.procs) and time.monotonic() < deadline:
+            try:
+                i, line = lines.get(timeout=1)
+            except queue.Empty:
+                continue
+            if line is None:
+                break
+            if line.startswith("READY"):
+                ready[i] = int(line.split()[1])
+        if len(ready) < len(self.procs):
+            for pr in self.procs:
+                pr.kill()
+                pr.wait()
+            raise RuntimeError(f"{what} never got ready: " + self.stderr())
+        self.ready = [ready[i] for i in range(len(self.procs))]
+
+    def _pump(self, pr, i, lines):
+        for line in pr.stderr:
+            self.tail.append(line)
+            lines.put((i, line))
+        lines.put((i, None))
+
+    def stderr(self):
+        return "".join(self.tail)[-2000:]
+
+    def go(self, procs=None):
+        """A line on stdin: the given processes (all by default) start."""
+        for pr in self.procs if procs is None else procs:
+            pr.stdin.write("\n")
+            pr.stdin.flush()
+
+    def reports(self, timeout):
+        """Each process's report, once all have ended."""
+        outs = []
+        for pr in self.procs:
+            out, err = pr.communicate(timeout=timeout)
+            outs.append(sseload_report(pr.returncode, out,
+                                       self.stderr() + (err or "")))
+        return outs
+
+
+def hold(srv, arg_lists, timeout, what):
+    """The server's memory while idle, then the generators of `arg_lists`
+    started and ready, then its memory with their subscribers connected:
+    (generators, idle, loaded)."""
+    time.sleep(0.5)
+    idle = srv.memory()
+    gens = Generators(arg_lists, timeout, what)
+    time.sleep(1.0)
+    loaded = srv.memory()
+    loaded["subscribers_per_worker"] = srv.conns_per_worker()
+    return gens, idle, loaded
 
 
 # ---------------------------------------------------------------- scenarios
@@ -426,20 +504,28 @@ def deliveries_ok(r):
     return bool(d.get("exactly_once")) and bool(d.get("in_order"))
 
 
-def scen_burst(srv, p, tag):
+def each(values, run, unit=""):
+    """run(v) -> (metrics, raw) once per value: metrics keyed NAME@V (with
+    `unit` after V), raws keyed V."""
     metrics, raw = {}, {}
-    for n in p["subscribers"]:
+    for v in values:
+        m, raw[str(v)] = run(v)
+        metrics.update({f"{k}@{v}{unit}": x for k, x in m.items()})
+    return metrics, raw
+
+
+def scen_burst(srv, p, tag):
+    def one(n):
         r = run_sseload(srv, "fanout", f"{tag}b{n}-", subscribers=n,
                         channels=1, events=p["events"], size=p["size"],
                         publishers=1, batch=200)
-        raw[str(n)] = r
-        metrics[f"deliveries_per_s@{n}"] = r["deliveries"]["per_second"]
-        metrics[f"exactly_once@{n}"] = deliveries_ok(r)
-        metrics[f"publish_per_s@{n}"] = r["publish"]["per_second"]
-        metrics[f"latency_p99_ms@{n}"] = r["latency_ms"].get("p99")
-        metrics[f"head_before_event@{n}"] = (
-            r["connect"].get("heads_before_first_event") == n)
-    return metrics, raw
+        return {"deliveries_per_s": r["deliveries"]["per_second"],
+                "exactly_once": deliveries_ok(r),
+                "publish_per_s": r["publish"]["per_second"],
+                "latency_p99_ms": r["latency_ms"].get("p99"),
+                "head_before_event":
+                    r["connect"].get("heads_before_first_event") == n}, r
+    return each(p["subscribers"], one)
 
 
 def paced(srv, p, n, prefix):
@@ -460,12 +546,8 @@ def paced(srv, p, n, prefix):
 
 
 def scen_latency(srv, p, tag):
-    metrics, raw = {}, {}
-    for n in p["subscribers"]:
-        m, r = paced(srv, p, n, f"{tag}l{n}-")
-        metrics.update({f"{k}@{n}": v for k, v in m.items()})
-        raw[str(n)] = r
-    return metrics, raw
+    return each(p["subscribers"],
+                lambda n: paced(srv, p, n, f"{tag}l{n}-"))
 
 
 def scen_after_burst(srv, p, tag):
@@ -527,45 +609,12 @@ def scen_channels(srv, p, tag):
 
 def scen_memory(srv, p, tag):
     n = p["subscribers"]
-    time.sleep(0.5)
-    idle = srv.memory()
     args = sseload_args(srv, "idle", f"{tag}m-", subscribers=n,
                         channels=p["channels"], timeout=120, batch=200)
-    proc = subprocess.Popen(args, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    lines = queue.Queue()
-    err_tail = []
-
-    def pump():
-        for line in proc.stderr:
-            err_tail.append(line)
-            lines.put(line)
-        lines.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
-    ready = None
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            line = lines.get(timeout=1)
-        except queue.Empty:
-            continue
-        if line is None:
-            break
-        if line.startswith("READY"):
-            ready = int(line.split()[1])
-            break
-    if ready is None:
-        proc.kill()
-        proc.wait()
-        raise RuntimeError("sseload idle never got ready: " +
-                           "".join(err_tail)[-2000:])
-    time.sleep(1.0)
-    loaded = srv.memory()
-    loaded["subscribers_per_worker"] = srv.conns_per_worker()
-    out, _ = proc.communicate(input="\n", timeout=120)
-    r = json.loads(out)
+    gens, idle, loaded = hold(srv, [args], 180, "sseload idle")
+    ready = gens.ready[0]
+    gens.go()
+    r = gens.reports(120)[0]
     time.sleep(1.0)
     after = srv.memory()
     per = lambda k: (loaded[k] - idle[k]) * 1024 / max(ready, 1)
@@ -588,18 +637,16 @@ def scen_memory(srv, p, tag):
 
 
 def scen_publish(srv, p, tag):
-    metrics, raw = {}, {}
-    for size in p["sizes"]:
+    def one(size):
         r = run_sseload(srv, "publish", f"{tag}p{size}-", subscribers=0,
                         channels=1, events=p["events"][size], size=size,
                         publishers=p["publishers"])
-        raw[str(size)] = r
         pub = r["publish"]
-        metrics[f"publishes_per_s@{size}B"] = pub["per_second"]
-        metrics[f"all_accepted@{size}B"] = (
-            pub["ok"] == p["events"][size] and pub["errors"] == 0)
-        metrics[f"response_p99_ms@{size}B"] = pub["response_ms"].get("p99")
-    return metrics, raw
+        return {"publishes_per_s": pub["per_second"],
+                "all_accepted": (pub["ok"] == p["events"][size] and
+                                 pub["errors"] == 0),
+                "response_p99_ms": pub["response_ms"].get("p99")}, r
+    return each(p["sizes"], one, "B")
 
 
 def scen_resume(srv, p, tag):
@@ -619,57 +666,20 @@ def scen_scale(srv, p, tag):
     p["events"] events as fast as answered and every process checks that
     each of its subscribers got all of them, in order."""
     n, g = p["subscribers"], p["generators"]
-    time.sleep(0.5)
-    idle = srv.memory()
-    procs, lines = [], queue.Queue()
     timeout = 300
-    for i in range(g):
-        args = sseload_args(
-            srv, "fanout", f"{tag}z-", subscribers=n // g, channels=1,
-            events=p["events"], size=p["size"], publishers=1, batch=500,
-            timeout=timeout, src_base=2 + i * p["addresses"],
-            src_count=p["addresses"])
-        args += ["--no-warmup", "--wait-stdin" if i == 0 else "--no-publish"]
-        pr = subprocess.Popen(args, stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
-        procs.append(pr)
-
-        def pump(pr=pr, i=i):
-            for line in pr.stderr:
-                lines.put((i, line))
-            lines.put((i, None))
-        threading.Thread(target=pump, daemon=True).start()
-    ready, tail = {}, []
-    deadline = time.monotonic() + timeout
-    while len(ready) < g and time.monotonic() < deadline:
-        try:
-            i, line = lines.get(timeout=1)
-        except queue.Empty:
-            continue
-        if line is None:
-            break
-        tail.append(line)
-        if line.startswith("READY"):
-            ready[i] = int(line.split()[1])
-    if len(ready) < g:
-        for pr in procs:
-            pr.kill()
-            pr.wait()
-        raise RuntimeError("the generators never got ready: " +
-                           "".join(tail)[-2000:])
-    time.sleep(1.0)
-    loaded = srv.memory()
-    loaded["subscribers_per_worker"] = srv.conns_per_worker()
+    arg_lists = [sseload_args(
+        srv, "fanout", f"{tag}z-", subscribers=n // g, channels=1,
+        events=p["events"], size=p["size"], publishers=1, batch=500,
+        timeout=timeout, src_base=2 + i * p["addresses"],
+        src_count=p["addresses"]) +
+        ["--no-warmup", "--wait-stdin" if i == 0 else "--no-publish"]
+        for i in range(g)]
+    gens, idle, loaded = hold(srv, arg_lists, timeout, "the generators")
     before = srv.cpu()
-    outs = [None] * g
-    procs[0].stdin.write("\n")
-    procs[0].stdin.flush()
-    for i, pr in enumerate(procs):
-        out, _ = pr.communicate(timeout=timeout * 2)
-        outs[i] = json.loads(out)
+    gens.go(gens.procs[:1])  # the first publishes; the others only receive
+    outs = gens.reports(timeout * 2)
     after = srv.cpu()
-    held = sum(ready.values())
+    held = sum(gens.ready)
     first = outs[0]["deliveries"].get("first_publish_ns")
     last = max(int(o["deliveries"].get("last_delivery_ns") or 0)
                for o in outs)
