@@ -1134,23 +1134,31 @@ def pace_note(sc, key, other):
     return ""
 
 
+def ratio(a, b):
+    """a / b when both are figures (not yes/no checks) and b is not 0."""
+    if isinstance(a, bool) or not isinstance(a, (int, float)) or \
+            not isinstance(b, (int, float)) or not b:
+        return None
+    return a / b
+
+
+def target_row(results, name, key, other, op, want, text, note=""):
+    """A row of the targets table: ours / `other` for `key`, met or not."""
+    sc = results["scenarios"].get(name) or {}
+    mets = sc.get("metrics", {})
+    r = ratio(mets.get("ours", {}).get(key), mets.get(other, {}).get(key))
+    if r is None:
+        return f"| {text} | not measured | |"
+    met = r >= want if op == ">=" else r <= want
+    return (f"| {text} | {r:.2f}x{note}{pace_note(sc, key, other)} | "
+            f"{'yes' if met else '**no**'} |")
+
+
 def targets_table(results):
     lines = ["## Targets", "",
              "| target | ratio in this run | met |", "|---|--:|:-:|"]
-    for name, key, op, want, text in TARGETS:
-        sc = results["scenarios"].get(name)
-        a = b = None
-        if sc and "metrics" in sc:
-            a = sc["metrics"].get("ours", {}).get(key)
-            b = sc["metrics"].get("nchan", {}).get(key)
-        if not isinstance(a, (int, float)) or not isinstance(b, (int, float)) \
-                or not b:
-            lines.append(f"| {text} | not measured | |")
-            continue
-        r = a / b
-        met = r >= want if op == ">=" else r <= want
-        lines.append(f"| {text} | {r:.2f}x{pace_note(sc, key, 'nchan')} | "
-                     f"{'yes' if met else '**no**'} |")
+    lines += [target_row(results, name, key, "nchan", op, want, text)
+              for name, key, op, want, text in TARGETS]
     # Absolute (issue 11): bytes per idle subscriber, all processes.
     sc = results["scenarios"].get("memory") or {}
     v = sc.get("metrics", {}).get("ours", {}).get("bytes_per_subscriber_rss")
@@ -1158,19 +1166,9 @@ def targets_table(results):
         lines.append(f"| bytes per idle subscriber (RSS, all processes) at "
                      f"most 5 KB | {v:,.0f} bytes | "
                      f"{'yes' if v <= 5120 else '**no**'} |")
-    for name, key, want, text in FLOOR_TARGETS:
-        sc = results["scenarios"].get(name) or {}
-        mets = sc.get("metrics", {})
-        a = mets.get("ours", {}).get(key)
-        b = mets.get("floor", {}).get(key)
-        if not isinstance(a, (int, float)) or not isinstance(b, (int, float)) \
-                or not b:
-            lines.append(f"| {text} | not measured | |")
-            continue
-        r = a / b
-        lines.append(f"| {text} | {r:.2f}x (ours / floor)"
-                     f"{pace_note(sc, key, 'floor')} | "
-                     f"{'yes' if r <= want else '**no**'} |")
+    lines += [target_row(results, name, key, "floor", "<=", want, text,
+                         " (ours / floor)")
+              for name, key, want, text in FLOOR_TARGETS]
     return lines + [""]
 
 
@@ -1187,11 +1185,11 @@ def cell(key, sc, kd, repeat):
 def ratio_text(key, a, b):
     base, _ = split_key(key)
     better = METRIC_INFO.get(base, ("", "", 0))[2]
-    if not better or not isinstance(a, (int, float)) or \
-            isinstance(a, bool) or not isinstance(b, (int, float)) or not b:
+    r = ratio(a, b)
+    if not better or r is None:
         return ""
     good = (a >= b) if better > 0 else (a <= b)
-    return f"{a / b:.2f}x" + (" (better)" if good else " (worse)")
+    return f"{r:.2f}x" + (" (better)" if good else " (worse)")
 
 
 def scenario_table(sc, repeat):
@@ -1315,12 +1313,9 @@ def print_summary(results):
         mf = sc["metrics"].get("floor", {})
         for k in mo:
             a, b = mo.get(k), mn.get(k)
-            ratio = ""
-            if isinstance(a, (int, float)) and not isinstance(a, bool) and \
-                    isinstance(b, (int, float)) and b:
-                ratio = f"{a / b:.2f}x"
+            r = ratio(a, b)
             print(f"   {k:32} ours {fmt(k, a):>12}   nchan {fmt(k, b):>12}"
-                  f"   {ratio}" +
+                  f"   {'' if r is None else f'{r:.2f}x'}" +
                   (f"   floor {fmt(k, mf.get(k)):>10}" if mf else ""))
 
 
