@@ -24,4 +24,6 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <utility>
+#include <variant>
 #include <vector>

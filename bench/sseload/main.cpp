@@ -103,6 +103,13 @@ int self_test() {
             }
         }
     }
+    // The help names every option the parser takes.
+    for (auto &k : kOptions)
+        if (!strstr(kUsage, k.first)) {
+            fprintf(stderr, "self-test: %s is not in the usage text\n",
+                    k.first);
+            failures++;
+        }
     printf("{\"self_test\":%s,\"failures\":%d}\n", failures ? "false" : "true",
            failures);
     return failures ? 1 : 0;

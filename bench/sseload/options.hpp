@@ -37,80 +37,89 @@ struct Options {
     bool wait_stdin = false;
 };
 
+const char kUsage[] =
+    "usage: sseload --mode fanout|publish|idle|resume --sub-port P "
+    "--pub-port P\n"
+    "  [--host 127.0.0.1] [--sub-path /events/{ch}] "
+    "[--pub-path /publish/{ch}]\n"
+    "  [--prefix bench] [--subscribers N] [--channels C] "
+    "[--events M] [--size BYTES]\n"
+    "  [--publishers P] [--rate EV_PER_S] [--batch N] "
+    "[--timeout S] [--no-warmup]\n"
+    "  [--src-base K --src-count N] [--no-publish] [--wait-stdin]\n"
+    "  [--resume-back K] [--sub-header 'Name: value'] [--verbose]\n";
+
 [[noreturn]] void usage(const char *msg) {
     if (msg) fprintf(stderr, "sseload: %s\n", msg);
-    fprintf(stderr,
-            "usage: sseload --mode fanout|publish|idle|resume --sub-port P "
-            "--pub-port P\n"
-            "  [--host 127.0.0.1] [--sub-path /events/{ch}] "
-            "[--pub-path /publish/{ch}]\n"
-            "  [--prefix bench] [--subscribers N] [--channels C] "
-            "[--events M] [--size BYTES]\n"
-            "  [--publishers P] [--rate EV_PER_S] [--batch N] "
-            "[--timeout S] [--no-warmup]\n"
-            "  [--src-base K --src-count N] [--no-publish] [--wait-stdin]\n"
-            "  [--resume-back K] [--sub-header 'Name: value'] [--verbose]\n");
+    fputs(kUsage, stderr);
     exit(2);
 }
+
+// A flag: takes no value, sets its field to `value`.
+struct Flag {
+    bool Options::*field;
+    bool value;
+};
+
+using Field =
+    std::variant<std::string Options::*, int Options::*, double Options::*,
+                 std::vector<std::string> Options::*, Flag>;
+
+// Every option and the field it sets (the defaults are in Options, the
+// help in kUsage; --self-test checks that kUsage names each of them).
+const std::pair<const char *, Field> kOptions[] = {
+    {"--mode", &Options::mode},
+    {"--host", &Options::host},
+    {"--sub-port", &Options::sub_port},
+    {"--pub-port", &Options::pub_port},
+    {"--sub-path", &Options::sub_path},
+    {"--pub-path", &Options::pub_path},
+    {"--prefix", &Options::prefix},
+    {"--subscribers", &Options::subscribers},
+    {"--channels", &Options::channels},
+    {"--events", &Options::events},
+    {"--size", &Options::size},
+    {"--publishers", &Options::publishers},
+    {"--rate", &Options::rate},
+    {"--batch", &Options::batch},
+    {"--timeout", &Options::timeout},
+    {"--no-warmup", Flag{&Options::warmup, false}},
+    {"--resume-back", &Options::resume_back},
+    {"--sub-header", &Options::sub_headers},
+    {"--src-base", &Options::src_base},
+    {"--src-count", &Options::src_count},
+    {"--no-publish", Flag{&Options::publish, false}},
+    {"--wait-stdin", Flag{&Options::wait_stdin, true}},
+    {"--verbose", Flag{&Options::verbose, true}},
+};
+
+// Sets one field from the option's value (none for a flag).
+struct SetField {
+    Options &o;
+    const char *v;
+    void operator()(std::string Options::*f) const { o.*f = v; }
+    void operator()(int Options::*f) const { o.*f = atoi(v); }
+    void operator()(double Options::*f) const { o.*f = atof(v); }
+    void operator()(std::vector<std::string> Options::*f) const {
+        (o.*f).push_back(v);
+    }
+    void operator()(const Flag &f) const { o.*f.field = f.value; }
+};
 
 Options parse_args(int argc, char **argv) {
     Options o;
     for (int i = 1; i < argc; i++) {
         std::string a = argv[i];
-        auto val = [&]() -> std::string {
+        if (a == "-h" || a == "--help") usage(nullptr);
+        auto it = std::find_if(std::begin(kOptions), std::end(kOptions),
+                               [&](const auto &k) { return a == k.first; });
+        if (it == std::end(kOptions)) usage(("unknown argument " + a).c_str());
+        const char *v = nullptr;
+        if (!std::holds_alternative<Flag>(it->second)) {
             if (i + 1 >= argc) usage(("missing value for " + a).c_str());
-            return argv[++i];
-        };
-        if (a == "--mode")
-            o.mode = val();
-        else if (a == "--host")
-            o.host = val();
-        else if (a == "--sub-port")
-            o.sub_port = atoi(val().c_str());
-        else if (a == "--pub-port")
-            o.pub_port = atoi(val().c_str());
-        else if (a == "--sub-path")
-            o.sub_path = val();
-        else if (a == "--pub-path")
-            o.pub_path = val();
-        else if (a == "--prefix")
-            o.prefix = val();
-        else if (a == "--subscribers")
-            o.subscribers = atoi(val().c_str());
-        else if (a == "--channels")
-            o.channels = atoi(val().c_str());
-        else if (a == "--events")
-            o.events = atoi(val().c_str());
-        else if (a == "--size")
-            o.size = atoi(val().c_str());
-        else if (a == "--publishers")
-            o.publishers = atoi(val().c_str());
-        else if (a == "--rate")
-            o.rate = atof(val().c_str());
-        else if (a == "--batch")
-            o.batch = atoi(val().c_str());
-        else if (a == "--timeout")
-            o.timeout = atof(val().c_str());
-        else if (a == "--no-warmup")
-            o.warmup = false;
-        else if (a == "--resume-back")
-            o.resume_back = atoi(val().c_str());
-        else if (a == "--sub-header")
-            o.sub_headers.push_back(val());
-        else if (a == "--src-base")
-            o.src_base = atoi(val().c_str());
-        else if (a == "--src-count")
-            o.src_count = atoi(val().c_str());
-        else if (a == "--no-publish")
-            o.publish = false;
-        else if (a == "--wait-stdin")
-            o.wait_stdin = true;
-        else if (a == "--verbose")
-            o.verbose = true;
-        else if (a == "-h" || a == "--help")
-            usage(nullptr);
-        else
-            usage(("unknown argument " + a).c_str());
+            v = argv[++i];
+        }
+        std::visit(SetField{o, v}, it->second);
     }
     if (o.mode != "fanout" && o.mode != "publish" && o.mode != "idle" &&
         o.mode != "resume")
