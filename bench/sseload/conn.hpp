@@ -16,6 +16,15 @@ enum : uint64_t {
 };
 const uint64_t TAG_MASK = 0xffull << 40;
 
+// Adds fd to the loop's epoll set or changes it (op: EPOLL_CTL_ADD or
+// _MOD): the events to wait for, and the tag its events come back with.
+void epoll_set(int op, int fd, uint32_t events, uint64_t tag) {
+    epoll_event ev{};
+    ev.events = events;
+    ev.data.u64 = tag;
+    epoll_ctl(epfd, op, fd, &ev);
+}
+
 // src: the local address to bind first (0: the kernel's choice).
 int open_socket(const sockaddr_in &addr, int &err, uint32_t src = 0) {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);

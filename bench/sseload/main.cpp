@@ -211,10 +211,7 @@ void run_fanout(Run &run) {
     run.heads_early = T.ready;
     if (opt.warmup && run.n_subs > 0) run.warm_rounds = warm_up();
     if (opt.mode == "idle" || opt.wait_stdin || !opt.publish) {
-        epoll_event ev{};
-        ev.events = EPOLLIN;
-        ev.data.u64 = TAG_STDIN;
-        epoll_ctl(epfd, EPOLL_CTL_ADD, 0, &ev);
+        epoll_set(EPOLL_CTL_ADD, 0, EPOLLIN, TAG_STDIN);
         logf("READY %d\n", live_subs());
     }
     if (opt.mode == "idle") {

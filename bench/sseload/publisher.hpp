@@ -54,10 +54,7 @@ void pub_connect(size_t k) {
     }
     p.connected = false;
     p.in.clear();
-    epoll_event ev{};
-    ev.events = EPOLLIN | EPOLLOUT;
-    ev.data.u64 = TAG_PUB | k;
-    epoll_ctl(epfd, EPOLL_CTL_ADD, p.fd, &ev);
+    epoll_set(EPOLL_CTL_ADD, p.fd, EPOLLIN | EPOLLOUT, TAG_PUB | k);
 }
 
 void pub_reconnect(size_t k) {
@@ -131,10 +128,9 @@ void pub_try_send(size_t k) {
         pub_reconnect(k);
         return;
     }
-    epoll_event ev{};
-    ev.events = EPOLLIN | (p.out_off < p.out.size() ? uint32_t(EPOLLOUT) : 0u);
-    ev.data.u64 = TAG_PUB | k;
-    epoll_ctl(epfd, EPOLL_CTL_MOD, p.fd, &ev);
+    epoll_set(EPOLL_CTL_MOD, p.fd,
+              EPOLLIN | (p.out_off < p.out.size() ? uint32_t(EPOLLOUT) : 0u),
+              TAG_PUB | k);
 }
 
 void pub_io(size_t k, uint32_t events) {
@@ -149,10 +145,9 @@ void pub_io(size_t k, uint32_t events) {
         }
         if (events & EPOLLOUT) {
             p.connected = true;
-            epoll_event ev{};
-            ev.events = EPOLLIN | (p.busy ? uint32_t(EPOLLOUT) : 0u);
-            ev.data.u64 = TAG_PUB | k;
-            epoll_ctl(epfd, EPOLL_CTL_MOD, p.fd, &ev);
+            epoll_set(EPOLL_CTL_MOD, p.fd,
+                      EPOLLIN | (p.busy ? uint32_t(EPOLLOUT) : 0u),
+                      TAG_PUB | k);
             if (!p.busy) pub_try_send(k);
         }
     }
@@ -162,10 +157,7 @@ void pub_io(size_t k, uint32_t events) {
             return;
         }
         if (p.out_off == p.out.size()) {
-            epoll_event ev{};
-            ev.events = EPOLLIN;
-            ev.data.u64 = TAG_PUB | k;
-            epoll_ctl(epfd, EPOLL_CTL_MOD, p.fd, &ev);
+            epoll_set(EPOLL_CTL_MOD, p.fd, EPOLLIN, TAG_PUB | k);
         }
     }
     if (!(events & (EPOLLIN | EPOLLHUP | EPOLLERR))) return;

@@ -386,10 +386,7 @@ void sub_start(size_t idx, const std::string &last_event_id) {
     }
     s.state = S_CONNECTING;
     T.connecting++;
-    epoll_event ev{};
-    ev.events = EPOLLOUT | EPOLLIN;
-    ev.data.u64 = TAG_SUB | idx;
-    epoll_ctl(epfd, EPOLL_CTL_ADD, s.fd, &ev);
+    epoll_set(EPOLL_CTL_ADD, s.fd, EPOLLOUT | EPOLLIN, TAG_SUB | idx);
 }
 
 char g_buf[1 << 18];
@@ -413,10 +410,7 @@ void sub_io(size_t idx, uint32_t events) {
                 s.state = S_HEAD;
                 T.connecting--;
                 T.requested++;
-                epoll_event ev{};
-                ev.events = EPOLLIN;
-                ev.data.u64 = TAG_SUB | idx;
-                epoll_ctl(epfd, EPOLL_CTL_MOD, s.fd, &ev);
+                epoll_set(EPOLL_CTL_MOD, s.fd, EPOLLIN, TAG_SUB | idx);
             }
         }
         if (!(events & EPOLLIN)) return;

@@ -39,12 +39,7 @@ std::string jstr(const std::string &s) {
     return o + "\"";
 }
 void jbool(const char *k, bool v) { jraw(k, v ? "true" : "false"); }
-void jopen(const char *k) {
-    if (J.size() > 1 && J.back() != '{') J += ',';
-    J += '"';
-    J += k;
-    J += "\":{";
-}
+void jopen(const char *k) { jraw(k, "{"); }
 void jclose() { J += '}'; }
 
 double pct(std::vector<int64_t> &v, double q) {
