@@ -14,7 +14,7 @@ import zlib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "pylib"))
-from sselib.client import (OPEN_CLIENTS, Response,  # noqa: E402
+from sselib.client import (Connection, Response,  # noqa: E402
                            SSEClient, parse_head, read_chunked)
 
 JS_DIR = Path(__file__).resolve().parent / "js"
@@ -54,14 +54,10 @@ async def status_json(n, path="/status"):
 
 # ---------------------------------------------------------------- publish
 
-class StreamPublisher:
+class StreamPublisher(Connection):
     """A `Content-Type: text/event-stream` POST whose chunked body is sent
     piece by piece: send() writes one HTTP chunk, finish() the last one
     and returns the answer."""
-
-    def __init__(self, reader, writer):
-        self.reader, self.writer = reader, writer
-        OPEN_CLIENTS.add(self)  # closed by the harness when the test ends
 
     @classmethod
     async def open(cls, port, path, headers=None,
@@ -106,23 +102,15 @@ class StreamPublisher:
         finally:
             self.close()
 
-    def close(self):
-        OPEN_CLIENTS.discard(self)
-        try:
-            self.writer.transport.abort()
-        except Exception:
-            pass
-
 
 # ---------------------------------------------------------------- raw reads
 
-class RawResponse:
+class RawResponse(Connection):
     """A response read raw: the head parsed, the body as it came on the
     wire (chunk framing included) so that its end can be judged."""
 
     def __init__(self, reader, writer):
-        self.reader, self.writer = reader, writer
-        OPEN_CLIENTS.add(self)
+        super().__init__(reader, writer)
         self.status = None
         self.headers = []
         self.wire = b""
@@ -181,13 +169,6 @@ class RawResponse:
             if w[j + 2 + size:j + 4 + size] != b"\r\n":
                 return out, False
             i = j + 4 + size
-
-    def close(self):
-        OPEN_CLIENTS.discard(self)
-        try:
-            self.writer.transport.abort()
-        except Exception:
-            pass
 
 
 class GzipSSEClient(SSEClient):

@@ -129,13 +129,12 @@ class StreamEnd(Exception):
         self.clean = clean
 
 
-class Response:
-    def __init__(self, status, headers, body):
-        self.status = status
-        self.headers = headers  # list of (lower-case name, value)
-        self.body = body
+class Headers:
+    """header() and header_all() over self.headers, a list of (lower-case
+    name, value) in the order received."""
 
     def header(self, name):
+        """The first value of the header `name`, or None."""
         name = name.lower()
         for n, v in self.headers:
             if n == name:
@@ -144,6 +143,13 @@ class Response:
 
     def header_all(self, name):
         return [v for n, v in self.headers if n == name.lower()]
+
+
+class Response(Headers):
+    def __init__(self, status, headers, body):
+        self.status = status
+        self.headers = headers  # list of (lower-case name, value)
+        self.body = body
 
     @property
     def text(self):
@@ -237,21 +243,33 @@ async def http(port, method, path, headers=None, body=None, chunked=False,
     return await asyncio.wait_for(go(), timeout)
 
 
-class KeepAlive:
-    """Several requests on one connection (responses with Content-Length)."""
+class Connection:
+    """A raw connection (asyncio reader and writer), listed in OPEN_CLIENTS
+    until closed."""
 
     def __init__(self, reader, writer):
         self.reader, self.writer = reader, writer
         OPEN_CLIENTS.add(self)
 
+    @property
+    def local_port(self):
+        return self.writer.get_extra_info("sockname")[1]
+
+    def close(self):
+        OPEN_CLIENTS.discard(self)
+        try:
+            self.writer.transport.abort()
+        except Exception:
+            pass
+
+
+class KeepAlive(Connection):
+    """Several requests on one connection (responses with Content-Length)."""
+
     @classmethod
     async def open(cls, port):
         r, w = await asyncio.open_connection("127.0.0.1", port)
         return cls(r, w)
-
-    @property
-    def local_port(self):
-        return self.writer.get_extra_info("sockname")[1]
 
     async def request(self, method, path, headers=None, body=None,
                       timeout=10):
@@ -264,12 +282,8 @@ class KeepAlive:
             return Response(status, hdrs, await self.reader.readexactly(n))
         return await asyncio.wait_for(go(), timeout)
 
-    def close(self):
-        OPEN_CLIENTS.discard(self)
-        self.writer.transport.abort()
 
-
-class SSEClient:
+class SSEClient(Headers):
     """An event-stream subscriber on a raw connection. A background task
     decodes the chunked body and parses it; `chunks` keeps every HTTP chunk
     (one per write of the server) as received."""
@@ -324,13 +338,6 @@ class SSEClient:
             assert "chunked" in h.get("transfer-encoding", ""), c.headers
             c._task = asyncio.ensure_future(c._pump())
         return c
-
-    def header(self, name):
-        name = name.lower()
-        for n, v in self.headers:
-            if n == name:
-                return v
-        return None
 
     @property
     def local_port(self):
