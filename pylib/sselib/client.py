@@ -204,17 +204,24 @@ def parse_head(raw):
     return status, headers
 
 
-async def read_chunked(reader):
-    body = bytearray()
+async def read_chunks(reader):
+    """Each chunk of a chunked body as it comes, up to the last chunk (its
+    trailers read and skipped)."""
     while True:
         line = await reader.readuntil(b"\r\n")
         size = int(line.split(b";")[0], 16)
         if size == 0:
             while await reader.readuntil(b"\r\n") != b"\r\n":
                 pass
-            return bytes(body)
-        body += await reader.readexactly(size)
-        assert await reader.readexactly(2) == b"\r\n"
+            return
+        data = await reader.readexactly(size)
+        if await reader.readexactly(2) != b"\r\n":
+            raise AssertionError("bad chunk framing")
+        yield data
+
+
+async def read_chunked(reader):
+    return b"".join([data async for data in read_chunks(reader)])
 
 
 async def http(port, method, path, headers=None, body=None, chunked=False,
@@ -349,23 +356,12 @@ class SSEClient(Headers):
 
     async def _pump(self):
         parser = SSEParser()
-        r = self._reader
-        clean = False
         try:
-            while True:
-                line = await r.readuntil(b"\r\n")
-                size = int(line.split(b";")[0], 16)
-                if size == 0:
-                    while await r.readuntil(b"\r\n") != b"\r\n":
-                        pass
-                    clean = True
-                    break
-                data = await r.readexactly(size)
-                if await r.readexactly(2) != b"\r\n":
-                    raise AssertionError("bad chunk framing")
+            async for data in read_chunks(self._reader):
                 self.chunks.append(data)
                 for b in parser.feed(self._decode(data)):
                     self._queue.put_nowait(b)
+            clean = True
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             clean = False
         self._queue.put_nowait(StreamEnd(clean))
