@@ -923,11 +923,8 @@ def status_supported(kind, module, tmp):
     d = Path(tmp) / f"probe-{kind}"
     srv = Server(kind, d, module, True)
     srv.sub_port, srv.pub_port = free_port(), free_port()
-    (d / "nginx.conf").write_text(srv.render())
-    p = subprocess.run([NGINX, "-t", "-p", f"{d}/", "-c", str(d / "nginx.conf"),
-                        "-e", str(d / "error.log")],
-                       capture_output=True, text=True, timeout=30,
-                       env=nginx_env(kind, d))
+    srv.conf.write_text(srv.render())
+    p = srv.run("-t")
     if p.returncode != 0 and "unknown directive" not in p.stderr:
         raise RuntimeError(f"nginx -t failed for {kind}: {p.stderr}")
     return p.returncode == 0

@@ -20,10 +20,9 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "pylib"))
-from sselib.nginx import (BAD_LOG, MODULE, NGINX_BIN, ROOT,  # noqa: E402
-                          free_port, nginx_env, sanitizer_reports)
-from sselib.proc import (established_inodes, proc_alive,  # noqa: E402
-                         proc_children, proc_cmdline, socket_inodes)
+from sselib.nginx import (BAD_LOG, MODULE, ROOT,  # noqa: E402
+                          NginxProcess, free_port, sanitizer_reports)
+from sselib.proc import conns_per_process  # noqa: E402
 
 EXAMPLES = ROOT / "examples"
 DEMO_CONF = EXAMPLES / "nginx.conf"
@@ -58,40 +57,32 @@ def _get(url, timeout=2):
         return r.status, r.read()
 
 
-class Demo:
+class Demo(NginxProcess):
     def __init__(self, d, delay=0.03):
-        self.dir = Path(d)
+        super().__init__(d)
+        self.prefix = ROOT  # as in `make demo`
         self.public = free_port()
         self.internal = free_port()
         self.model_port = free_port()
         self.delay = delay
-        self.conf = self.dir / "nginx.conf"
         self.conf.write_text(render_demo_conf(
             DEMO_CONF.read_text(), self.dir, self.public, self.internal,
             self.model_port))
-        self.error_log = self.dir / "error.log"
         self.model_log = self.dir / "ai_model.log"
-        self.master = None
         self.model = None
         self.killed = set()  # worker pids killed on purpose
-        self.output = ""  # what the nginx commands printed
 
     @property
     def base(self):
         return f"http://127.0.0.1:{self.public}"
 
-    def _nginx(self, *args):
+    def run(self, *args):
         g = ["-g", "user root;"] if os.geteuid() == 0 else []
-        p = subprocess.run(
-            [NGINX_BIN, "-p", f"{ROOT}/", "-c", str(self.conf),
-             "-e", str(self.error_log), *g, *args],
-            capture_output=True, text=True, timeout=30,
-            env=nginx_env(self.dir))
-        self.output += p.stdout + p.stderr
-        return p
+        return super().run(*g, *args)
 
     def test_config(self):
-        p = self._nginx("-t")
+        p = self.run("-t")
+        self.output += p.stdout + p.stderr
         return p.returncode == 0, p.stdout + p.stderr
 
     def start(self):
@@ -101,21 +92,12 @@ class Demo:
                  "--publish", f"http://127.0.0.1:{self.internal}/publish/",
                  "--delay", str(self.delay)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        p = self._nginx()
-        if p.returncode != 0:
+        try:
+            self.launch((self.public, self.internal))
+        except Exception:
             self.stop()
-            raise RuntimeError(f"nginx failed to start: {p.stderr}\n"
-                               f"{self.log_text()}")
+            raise
         deadline = time.monotonic() + 10
-        pid_file = self.dir / "nginx.pid"
-        while self.master is None and time.monotonic() < deadline:
-            try:
-                self.master = int(pid_file.read_text().strip())
-            except (OSError, ValueError):
-                time.sleep(0.02)
-        if self.master is None:
-            raise RuntimeError("nginx wrote no pid file")
-        self.wait_workers(deadline - time.monotonic())
         while True:
             try:
                 _get(f"http://127.0.0.1:{self.model_port}/health")
@@ -129,40 +111,13 @@ class Demo:
                 time.sleep(0.02)
         return self
 
-    def workers(self):
-        return [p for p in proc_children(self.master)
-                if proc_cmdline(p) == "nginx: worker process"]
-
-    def wait_workers(self, timeout=10, exclude=(), n=2):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            w = [p for p in self.workers() if p not in exclude]
-            if len(w) == n:
-                return w
-            time.sleep(0.02)
-        raise RuntimeError(f"workers did not start: {self.workers()}")
-
     def subscriber_conns(self):
         """{worker pid: established connections to the public port}."""
-        est = established_inodes(self.public)
-        return {p: len(socket_inodes(p) & est) for p in self.workers()}
+        w = self.workers()
+        return dict(zip(w, conns_per_process(w, self.public)))
 
     def stop(self):
-        ok = True
-        if self.master is not None and proc_alive(self.master):
-            procs = [self.master] + proc_children(self.master)
-            os.kill(self.master, signal.SIGQUIT)
-            deadline = time.monotonic() + 10
-            while any(proc_alive(p) for p in procs):
-                if time.monotonic() > deadline:
-                    ok = False
-                    for p in procs:
-                        try:
-                            os.kill(p, signal.SIGKILL)
-                        except ProcessLookupError:
-                            pass
-                    break
-                time.sleep(0.01)
+        ok = super().stop()
         if self.model is not None and self.model.poll() is None:
             self.model.terminate()
             try:
@@ -171,12 +126,6 @@ class Demo:
                 self.model.kill()
                 self.model.wait(5)
         return ok
-
-    def log_text(self):
-        try:
-            return self.error_log.read_text(errors="replace")
-        except OSError:
-            return ""
 
     def bad_log_lines(self):
         out = []

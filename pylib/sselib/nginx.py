@@ -104,6 +104,7 @@ class NginxProcess:
     def __init__(self, d, nworkers=2, nginx_bin=None, env=None):
         self.dir = Path(d)
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.prefix = self.dir  # nginx -p: where relative paths start
         self.conf = self.dir / "nginx.conf"
         self.error_log = self.dir / "error.log"
         self.nworkers = nworkers
@@ -112,12 +113,17 @@ class NginxProcess:
         self.master = None
         self.output = ""  # what the nginx command printed
 
-    def launch(self, ports, timeout=10):
-        p = subprocess.run(
-            [self.nginx_bin, "-p", f"{self.dir}/", "-c", str(self.conf),
-             "-e", str(self.error_log)],
+    def run(self, *args):
+        """The nginx command on this prefix and config, with `args` (none:
+        start it; -t: test the config)."""
+        return subprocess.run(
+            [self.nginx_bin, "-p", f"{self.prefix}/", "-c", str(self.conf),
+             "-e", str(self.error_log), *args],
             capture_output=True, text=True, timeout=30,
             env=self.env if self.env is not None else nginx_env(self.dir))
+
+    def launch(self, ports, timeout=10):
+        p = self.run()
         self.output = p.stdout + p.stderr
         if p.returncode != 0:
             # A free port can be taken by someone else before nginx binds.
