@@ -355,16 +355,7 @@ class FloorServer:
         return conns_per_process(self.pids(), self.sub_port)
 
     def stop(self):
-        if self.proc is None or self.proc.poll() is not None:
-            return True
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-            return True
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            return False
+        return sselib.proc.end_process(self.proc)
 
     def log_problems(self):
         return []

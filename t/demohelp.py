@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "pylib"))
 from sselib.nginx import (BAD_LOG, MODULE, ROOT,  # noqa: E402
                           NginxProcess, free_port, sanitizer_reports)
-from sselib.proc import conns_per_process  # noqa: E402
+from sselib.proc import conns_per_process, end_process  # noqa: E402
 
 EXAMPLES = ROOT / "examples"
 DEMO_CONF = EXAMPLES / "nginx.conf"
@@ -118,13 +118,7 @@ class Demo(NginxProcess):
 
     def stop(self):
         ok = super().stop()
-        if self.model is not None and self.model.poll() is None:
-            self.model.terminate()
-            try:
-                self.model.wait(5)
-            except subprocess.TimeoutExpired:
-                self.model.kill()
-                self.model.wait(5)
+        end_process(self.model)
         return ok
 
     def bad_log_lines(self):

@@ -3,6 +3,22 @@ pid is alive, RSS/PSS, CPU seconds, which process holds which TCP
 connection."""
 
 import os
+import subprocess
+
+
+def end_process(proc, timeout=5):
+    """SIGTERM to a child (subprocess.Popen), SIGKILL if it has not ended
+    within `timeout` s; False if SIGKILL was needed."""
+    if proc is None or proc.poll() is not None:
+        return True
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return False
 
 
 def proc_children(pid):
