@@ -650,6 +650,29 @@ def scen_resume(srv, p, tag):
             "exactly_once": deliveries_ok(r) and res["ids_recorded"]}, r
 
 
+def fanned_out(outs):
+    """Figures of sseload processes that fanned one load out together:
+    from the first publish to the last delivery of any of them (s), the
+    deliveries in all and per second, latency p50 (the median of their
+    p50s) and p99 (the highest of their p99s), and whether every one got
+    every event exactly once, in order."""
+    d = [o["deliveries"] for o in outs]
+    first = min((int(x["first_publish_ns"]) for x in d
+                 if int(x.get("first_publish_ns") or 0)), default=0)
+    last = max(int(x.get("last_delivery_ns") or 0) for x in d)
+    unique = sum(x["unique"] for x in d)
+    span = (last - first) / 1e9 if first and last > first else None
+    return {
+        "exactly_once": all(deliveries_ok(o) for o in outs),
+        "last_delivery_s": span,
+        "unique": unique,
+        "deliveries_per_s": unique / span if span else None,
+        "latency_p50_ms": statistics.median(
+            o["latency_ms"].get("p50") or 0 for o in outs),
+        "latency_p99_ms": max(o["latency_ms"].get("p99") or 0 for o in outs),
+    }
+
+
 def scen_scale(srv, p, tag):
     """p["subscribers"] on one channel held by p["generators"] sseload
     processes (each binding its sockets to p["addresses"] addresses of its
@@ -671,20 +694,12 @@ def scen_scale(srv, p, tag):
     outs = gens.reports(timeout * 2)
     after = srv.cpu()
     held = sum(gens.ready)
-    first = outs[0]["deliveries"].get("first_publish_ns")
-    last = max(int(o["deliveries"].get("last_delivery_ns") or 0)
-               for o in outs)
-    unique = sum(o["deliveries"]["unique"] for o in outs)
-    span = (last - int(first)) / 1e9 if first and last else None
+    f = fanned_out(outs)
+    unique = f.pop("unique")
     cpu = (after["user"] + after["sys"] - before["user"] - before["sys"])
     return {
         "subscribers_held": held,
-        "exactly_once": all(deliveries_ok(o) for o in outs),
-        "last_delivery_s": span,
-        "deliveries_per_s": unique / span if span else None,
-        "latency_p50_ms": statistics.median(
-            o["latency_ms"].get("p50") or 0 for o in outs),
-        "latency_p99_ms": max(o["latency_ms"].get("p99") or 0 for o in outs),
+        **f,
         "bytes_per_subscriber_rss": (loaded["rss_kb"] - idle["rss_kb"]) *
         1024 / max(held, 1),
         "cpu_us_per_delivery": cpu * 1e6 / unique if unique else None,
