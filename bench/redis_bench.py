@@ -126,18 +126,13 @@ def _abs_rows(results):
     """The absolute targets of issue 9, from this run's figures."""
     sc = results["scenarios"].get("redis") or {}
     m = sc.get("metrics", {}).get("ours", {})
-    rows = []
-    v = m.get("redis_publish_per_s")
-    if isinstance(v, (int, float)):
-        rows.append(f"| Redis: publishes/s through Redis per machine at "
-                    f"least 20,000 | {v:,.0f}/s | "
-                    f"{'yes' if v >= 20000 else '**no**'} |")
-    v = m.get("xm_p50_over_local_ms")
-    if isinstance(v, (int, float)):
-        rows.append(f"| Redis: cross-machine paced latency p50 within 1 ms "
-                    f"of the local engine's | {v:+.2f} ms | "
-                    f"{'yes' if v <= 1.0 else '**no**'} |")
-    return rows
+    return (R.absolute_row("Redis: publishes/s through Redis per machine at "
+                           "least 20,000", m.get("redis_publish_per_s"),
+                           "{:,.0f}/s", lambda v: v >= 20000) +
+            R.absolute_row("Redis: cross-machine paced latency p50 within "
+                           "1 ms of the local engine's",
+                           m.get("xm_p50_over_local_ms"), "{:+.2f} ms",
+                           lambda v: v <= 1.0))
 
 
 def register(run):

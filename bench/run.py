@@ -1157,6 +1157,16 @@ def target_row(results, name, key, other, op, want, text, note=""):
             f"{'yes' if met else '**no**'} |")
 
 
+def absolute_row(text, v, figure, met):
+    """A row of the targets table for one of this module's own figures:
+    `figure` formats it, met(v) says whether the target is met; no row
+    when it was not measured."""
+    if not isinstance(v, (int, float)):
+        return []
+    return [f"| {text} | {figure.format(v)} | "
+            f"{'yes' if met(v) else '**no**'} |"]
+
+
 def targets_table(results):
     lines = ["## Targets", "",
              "| target | ratio in this run | met |", "|---|--:|:-:|"]
@@ -1164,11 +1174,10 @@ def targets_table(results):
               for name, key, op, want, text in TARGETS]
     # Absolute (issue 11): bytes per idle subscriber, all processes.
     sc = results["scenarios"].get("memory") or {}
-    v = sc.get("metrics", {}).get("ours", {}).get("bytes_per_subscriber_rss")
-    if isinstance(v, (int, float)):
-        lines.append(f"| bytes per idle subscriber (RSS, all processes) at "
-                     f"most 5 KB | {v:,.0f} bytes | "
-                     f"{'yes' if v <= 5120 else '**no**'} |")
+    lines += absolute_row(
+        "bytes per idle subscriber (RSS, all processes) at most 5 KB",
+        sc.get("metrics", {}).get("ours", {}).get("bytes_per_subscriber_rss"),
+        "{:,.0f} bytes", lambda v: v <= 5120)
     lines += [target_row(results, name, key, "floor", "<=", want, text,
                          " (ours / floor)")
               for name, key, want, text in FLOOR_TARGETS]
