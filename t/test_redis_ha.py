@@ -1,0 +1,395 @@
+"""The Redis engine when Redis itself moves: a Redis Cluster migrating the
+zone's slot (ASK, TRYAGAIN, then MOVED) and Redis Sentinel failing the
+primary over, under load from several nginx "machines" (2 workers each),
+all against real redis-server processes started for the test."""
+
+import asyncio
+import signal
+import time
+
+import pytest
+
+from conftest import nginx_test_config, render_conf, free_ports, seq_of
+from redishelp import (needs_redis, start_redis,  # noqa: F401
+                       start_cluster, node_of, start_sentinel_group,
+                       sentinel_url, wait_in_sync)
+from sselib.client import StreamEnd
+
+pytestmark = needs_redis
+
+STATUS = "        location = /sse-status { sse_status; }\n"
+REDIS_ERRORS = [r"\[error\].*sse: redis", r"\[error\].*connect\(\) failed",
+                r"\[error\].*recv\(\) failed", r"\[error\].*sse: zone"]
+
+
+def order(i):
+    e, _, s = i.partition("-")
+    return (int(e), int(s))
+
+
+def zone(name, url, extra=""):
+    return f"sse_zone zone={name}:16m redis={url}{extra};"
+
+
+class Load:
+    """Publishers, one per machine, publishing to `channel` until stopped;
+    records what was accepted (202, with its id) and refused (503)."""
+
+    def __init__(self, ms, channel):
+        self.ms = ms
+        self.channel = channel
+        self.accepted = {}   # data -> id
+        self.attempted = set()
+        self.refused = []    # (data, reason)
+        self.stop = asyncio.Event()
+        self.tasks = []
+
+    async def publisher(self, k):
+        i = 0
+        while not self.stop.is_set():
+            data = f"p{k}-{i}"
+            i += 1
+            self.attempted.add(data)
+            resp = await self.ms[k].publish(self.channel, data)
+            assert resp.status in (202, 503), resp
+            if resp.status == 202:
+                self.accepted[data] = resp.json()["id"]
+            else:
+                assert resp.header("Retry-After") == "1", resp
+                assert "redis" in resp.text, resp
+                self.refused.append((data, resp.text))
+                await asyncio.sleep(0.02)
+
+    def start(self):
+        self.tasks = [asyncio.ensure_future(self.publisher(k))
+                      for k in range(len(self.ms))]
+
+    async def finish(self):
+        self.stop.set()
+        await asyncio.gather(*self.tasks)
+
+    def last(self):
+        return max(self.accepted.values(), key=order)
+
+
+async def follow(m, c, path, last, timeout=30):
+    """Reads c up to the event `last`, resuming (Last-Event-ID) when the
+    stream ends; returns the events [(id, data)] and the sse-gap events
+    seen on the way."""
+    got, gaps = [], []
+    deadline = time.monotonic() + timeout
+    while not got or got[-1][0] != last:
+        left = deadline - time.monotonic()
+        assert left > 0, f"never reached {last}: {got[-3:]} {gaps}"
+        try:
+            b = await c.next_event(left)
+        except StreamEnd:
+            c.close()
+            h = {"Last-Event-ID": got[-1][0]} if got else {}
+            c = await m.stream(path, headers=h)
+            continue
+        if b.event == "sse-gap":
+            gaps.append(b.data)
+        elif b.event is None:
+            got.append((b.id, b.data))
+    c.close()
+    return got, gaps
+
+
+def check_exactly_once(load, got, gaps):
+    """Every accepted event once, in order; with a gap reported, those of
+    the epochs before it may be missing (Redis lost them), never those of
+    the newest epoch."""
+    ids = [i for i, _ in got]
+    assert ids == sorted(ids, key=order), "out of order"
+    datas = [d for _, d in got]
+    assert len(datas) == len(set(datas)), "an event came twice"
+    assert set(datas) <= load.attempted
+    for i, d in got:
+        if d in load.accepted and order(load.accepted[d])[0] == order(i)[0]:
+            assert load.accepted[d] == i, (d, i)
+    want = set(load.accepted)
+    if gaps:
+        newest = order(load.last())[0]
+        want = {d for d, i in load.accepted.items() if order(i)[0] == newest}
+    missing = want - set(datas)
+    assert not missing, f"accepted events missing: {sorted(missing)[:10]}"
+
+
+# ---------------------------------------------------------------- cluster
+
+@pytest.mark.timeout_s(240)
+async def test_slot_migration_under_load_ask_tryagain_moved(start_nginx,
+                                                            start_redis):
+    """The zone's slot moves from one primary to another with the real
+    CLUSTER SETSLOT / MIGRATE steps while three machines publish: scripts
+    meet TRYAGAIN (keys split between the nodes), then ASK, then MOVED;
+    every publish is accepted and every subscriber gets every event once,
+    in order."""
+    nodes = start_cluster(start_redis)
+    name = next(f"z{i}" for i in range(200)
+                if node_of(nodes, f"{{sse:z{i}}}") is nodes[1])
+    source, target, other = nodes[1], nodes[2], nodes[0]
+    slot = source.cli("CLUSTER", "KEYSLOT", f"{{sse:{name}}}").strip()
+    # One machine on a bystander, one on each node of the migration: their
+    # buses (SUBSCRIBE stays on the configured node) hear the publishes of
+    # both nodes.
+    ms = [start_nginx(zone=zone(name, n.url, " redis_timeout=5s"),
+                      sub_locations=STATUS, allow_log=REDIS_ERRORS)
+          for n in (other, source, target)]
+    for m in ms:
+        await wait_in_sync(m)
+    subs = []
+    for m in ms:
+        for _ in range(3):
+            subs.append((m, "mig", await m.stream("mig")))
+        subs.append((m, "/multi?channels=x,mig",
+                     await m.stream("/multi?channels=x,mig")))
+    load = Load(ms, "mig")
+    load.start()
+    phases = {}
+
+    def migrate():
+        sid = source.cli("CLUSTER", "MYID").strip()
+        tid = target.cli("CLUSTER", "MYID").strip()
+        time.sleep(0.5)
+        assert target.cli("CLUSTER", "SETSLOT", slot, "IMPORTING",
+                          sid).strip() == "OK"
+        assert source.cli("CLUSTER", "SETSLOT", slot, "MIGRATING",
+                          tid).strip() == "OK"
+        phases["migrating"] = time.monotonic()
+        time.sleep(0.7)  # the keys are still on the source: TRYAGAIN
+        while True:
+            keys = source.cli("CLUSTER", "GETKEYSINSLOT", slot,
+                              "100").split()
+            if not keys:
+                break
+            out = source.cli("MIGRATE", "127.0.0.1", str(target.port), "",
+                             "0", "5000", "KEYS", *keys)
+            assert out.strip() in ("OK", "NOKEY"), out
+        phases["migrated"] = time.monotonic()
+        time.sleep(0.7)  # the keys are on the target, the slot not: ASK
+        for n in (target, source, other):
+            assert n.cli("CLUSTER", "SETSLOT", slot, "NODE",
+                         tid).strip() == "OK"
+        phases["moved"] = time.monotonic()
+        time.sleep(1)
+
+    await asyncio.to_thread(migrate)
+    await load.finish()
+    assert node_of(nodes, f"{{sse:{name}}}") is target
+    # Nothing refused: TRYAGAIN is retried, ASK and MOVED followed.
+    assert not load.refused, load.refused[:5]
+    assert len(load.accepted) > 30
+    last = load.last()
+    results = await asyncio.gather(*(follow(m, c, p, last)
+                                     for m, p, c in subs))
+    for got, gaps in results:
+        assert not gaps, gaps
+        check_exactly_once(load, got, gaps)
+    first = [i for i, _ in results[0][0]]
+    for got, _ in results:
+        assert [i for i, _ in got] == first
+    logs = "".join(m.log_text() for m in ms)
+    assert "(ASK)" in logs
+    keys = target.cli("KEYS", "*").split()
+    assert f"{{sse:{name}}}:seq" in keys, keys
+    assert not source.cli("KEYS", "*").split()
+
+
+# ---------------------------------------------------------------- sentinel
+
+@pytest.mark.parametrize("param,why", [
+    ("redis=redis+sentinel://127.0.0.1:26379", "no master name"),
+    ("redis=redis+sentinel://127.0.0.1:26379/", "no master name"),
+    ("redis=redis+sentinel:///mymaster", "no sentinel"),
+    ("redis=redis+sentinel://127.0.0.1,/mymaster",
+     "an empty sentinel address"),
+    ("redis=redis+sentinel://127.0.0.1:99999/m", "invalid port"),
+    ("redis=redis+sentinel://127.0.0.1,no-such-host.invalid/m",
+     "host not found"),
+    ("redis=redis+sentinel://127.0.0.1/my*master",
+     "the master name may hold"),
+    ("redis=redis+sentinel://127.0.0.1/m/x", "must be a number"),
+    ("redis=rediss+sentinel://127.0.0.1/m", "not supported"),
+    ("redis=redis+sentinel://127.0.0.1/m redis_ca=/etc/hosts",
+     "redis_ca= is for TLS"),
+])
+def test_bad_sentinel_urls_fail_nginx_t(tmp_path, param, why):
+    sub, pub = free_ports(2)
+    ok, out = nginx_test_config(tmp_path, render_conf(
+        tmp_path, sub, pub, zone=f"sse_zone zone=sse:16m {param};"))
+    assert not ok, out
+    assert why in out, out
+    assert "[emerg]" in out
+
+
+@pytest.mark.parametrize("param", [
+    "redis=redis+sentinel://127.0.0.1/mymaster",
+    "redis=redis+sentinel://127.0.0.1:26379,127.0.0.1:26380,localhost/"
+    "my-master.1/3",
+    "redis=redis+sentinel://u:p%40ss@127.0.0.1:26379/m redis_timeout=1s",
+])
+def test_good_sentinel_urls_pass_nginx_t(tmp_path, param):
+    sub, pub = free_ports(2)
+    ok, out = nginx_test_config(tmp_path, render_conf(
+        tmp_path, sub, pub, zone=f"sse_zone zone=sse:16m {param};"))
+    assert ok, out
+
+
+@pytest.mark.timeout_s(60)
+async def test_sentinel_unknown_master_gives_503_and_error(start_nginx,
+                                                           start_redis):
+    _, _, sentinels = start_sentinel_group(start_redis)
+    m = start_nginx(zone=zone("sse", sentinel_url(sentinels, "nosuch")),
+                    sub_locations=STATUS, allow_log=REDIS_ERRORS)
+    t0 = time.monotonic()
+    r = await m.publish("c", "x")
+    assert r.status == 503, r
+    assert r.header("Retry-After") == "1"
+    assert 'does not know the master "nosuch"' in r.text, r
+    assert time.monotonic() - t0 < 5
+    st = (await m.sub_http("GET", "/sse-status")).json()["zones"][0]
+    assert st["redis"]["state"] != "up"
+    assert "nosuch" in st["redis"]["last_error"]
+    assert "***" not in st["redis"]["url"]
+    c = await m.subscribe("c")
+    blocks = await c.until_end(5)
+    assert any(b.event == "sse-error" and "unavailable" in b.data
+               for b in blocks), blocks
+    assert '[error]' in m.log_text()
+    assert 'no sentinel named the primary' in m.log_text()
+
+
+@pytest.mark.timeout_s(60)
+async def test_sentinels_unreachable_give_503_never_a_hang(start_nginx,
+                                                           start_redis):
+    dead = free_ports(3)
+    url = "redis+sentinel://" + ",".join(f"127.0.0.1:{p}" for p in dead) + \
+        "/mymaster"
+    m = start_nginx(zone=zone("sse", url, " redis_timeout=1s"),
+                    sub_locations=STATUS, allow_log=REDIS_ERRORS)
+    for _ in range(3):
+        t0 = time.monotonic()
+        r = await m.publish("c", "x")
+        assert r.status == 503, r
+        assert "no sentinel named the primary" in r.text, r
+        assert time.monotonic() - t0 < 5
+        await asyncio.sleep(0.3)
+    log = m.log_text()
+    for p in dead:
+        assert f"127.0.0.1:{p}" in log
+
+
+@pytest.mark.timeout_s(60)
+async def test_sentinel_names_a_replica_is_refused(start_nginx,
+                                                   start_redis):
+    # A "sentinel" that names a replica as the primary (a stale sentinel):
+    # ROLE says so, and the publish is refused rather than failing on
+    # READONLY writes half-way.
+    primary, replica, sentinels = start_sentinel_group(start_redis, n=1)
+    # The sentinel is told the replica is the master (it believes it).
+    sentinels[0].cli("SENTINEL", "REMOVE", "mymaster")
+    sentinels[0].cli("SENTINEL", "MONITOR", "mymaster", "127.0.0.1",
+                     str(replica.port), "1")
+    m = start_nginx(zone=zone("sse", sentinel_url(sentinels)),
+                    sub_locations=STATUS, allow_log=REDIS_ERRORS)
+    r = await m.publish("c", "x")
+    assert r.status == 503, r
+    assert "not the master" in r.text, r
+
+
+@pytest.mark.timeout_s(240)
+async def test_sentinel_failover_under_load(start_nginx, start_redis):
+    """Primary SIGKILLed under load from 2 machines: the sentinels promote
+    the replica, the machines find it by themselves; publishes meanwhile
+    get 202 or 503, and every subscriber gets every accepted event once,
+    in order (or, should the failover have lost acknowledged events, an
+    sse-gap on its resume: never a silent hole)."""
+    primary, replica, sentinels = start_sentinel_group(start_redis)
+    url = sentinel_url(sentinels)
+    ms = [start_nginx(zone=zone("sse", url), sub_locations=STATUS,
+                      sub="            sse_heartbeat 1s;",
+                      allow_log=REDIS_ERRORS) for _ in range(2)]
+    for m in ms:
+        await wait_in_sync(m)
+    subs = []
+    for m in ms:
+        for _ in range(5):
+            subs.append((m, "ha", await m.stream("ha")))
+    load = Load(ms, "ha")
+    load.start()
+    await asyncio.sleep(1)
+    primary.kill()
+    killed = time.monotonic()
+    at_kill = len(load.accepted)
+    # The sentinels promote the replica; publishes succeed again.
+    while True:
+        await asyncio.sleep(0.1)
+        if sentinels[0].master().get("port") == str(replica.port) and \
+                load.refused and len(load.accepted) > at_kill + 20:
+            break
+        assert time.monotonic() - killed < 60, \
+            (sentinels[0].master(), len(load.accepted), load.refused[-3:])
+    await asyncio.sleep(1)
+    await load.finish()
+    assert load.refused, "no publish was refused during the failover"
+    assert "role:master" in replica.cli("INFO", "replication")
+    last = load.last()
+    for m, p, c in subs:
+        got, gaps = await follow(m, c, p, last)
+        check_exactly_once(load, got, gaps)
+    for m in ms:
+        st = await wait_in_sync(m)
+        assert st["redis"]["reconnects"] >= 1
+        assert str(replica.port) in m.log_text()
+
+
+@pytest.mark.timeout_s(120)
+async def test_sentinel_failover_that_lost_events_is_a_new_epoch(
+        start_nginx, start_redis):
+    """Acknowledged events the replica never got (replication is
+    asynchronous) are lost by the failover: the machines, which delivered
+    them, take a new epoch, and a resume from one of them reports an
+    sse-gap instead of a silent hole."""
+    primary, replica, sentinels = start_sentinel_group(start_redis)
+    url = sentinel_url(sentinels)
+    a, b = [start_nginx(zone=zone("sse", url), sub_locations=STATUS,
+                        allow_log=REDIS_ERRORS) for _ in range(2)]
+    await wait_in_sync(a)
+    await wait_in_sync(b)
+    s = await b.stream("lost")
+    kept = [(await a.publish_ok("lost", f"k{i}"), f"k{i}") for i in range(5)]
+    assert primary.cli("WAIT", "1", "2000").strip() == "1"
+    # Cut the replica off: what follows never reaches it.
+    replica.proc.send_signal(signal.SIGSTOP)
+    try:
+        primary.cli("CLIENT", "KILL", "TYPE", "replica")
+        lost = [(await a.publish_ok("lost", f"l{i}"), f"l{i}")
+                for i in range(5)]
+        got = [(e.id, e.data) for e in await s.events(10, timeout=10)]
+        assert got == kept + lost
+        primary.kill()
+    finally:
+        replica.proc.send_signal(signal.SIGCONT)
+    # The stream ends (new epoch) once the machine finds the new primary.
+    deadline = time.monotonic() + 60
+    blocks = await s.until_end(60)
+    assert any(x.event == "sse-error" and "evicted" in x.data
+               for x in blocks), blocks
+    while True:
+        r = await a.publish("lost", "after")
+        if r.status == 202:
+            break
+        assert r.status == 503, r
+        assert time.monotonic() < deadline, r
+        await asyncio.sleep(0.2)
+    after = r.json()["id"]
+    assert order(after)[0] != order(lost[-1][0])[0]
+    s2 = await b.stream("lost", headers={"Last-Event-ID": lost[-1][0]})
+    gap = await s2.next_event(10)
+    assert gap.event == "sse-gap", gap
+    assert '"reason":"epoch"' in gap.data
+    more = await a.publish_ok("lost", "more")
+    nxt = await s2.next_event(10)
+    assert nxt.id in (after, more)
