@@ -150,6 +150,23 @@ static const char ngx_http_sse_redis_delete_lua[] = NGX_HTTP_SSE_REDIS_PROLOGUE
     "           #ARGV[3] .. ' ' .. ARGV[3])\n"
     "return {e, sid, existed}\n";
 
+// A machine found that Redis gave a seq it holds to another event (Redis
+// lost acknowledged events, then counted on): a new epoch, unless another
+// machine started one already, announced on the bus as a delete of the
+// channel "" (no channel has that id) so that every machine takes it.
+// KEYS: epoch seq bus; ARGV: the epoch that diverged, local seq.
+static const char ngx_http_sse_redis_fork_lua[] =
+    "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end\n"
+    "local s = tonumber(redis.call('GET', KEYS[2]) or '0')\n"
+    "local t = redis.call('TIME')\n"
+    "local n = math.max(tonumber(t[1]) * 1000000 + tonumber(t[2]),\n"
+    "                   tonumber(ARGV[2]) + 1, s + 1)\n"
+    "local e = string.format('%.0f', n)\n"
+    "redis.call('SET', KEYS[1], e)\n"
+    "redis.call('SET', KEYS[2], e)\n"
+    "redis.call('PUBLISH', KEYS[3], e .. ' ' .. e .. ' 0 0 0 0 ')\n"
+    "return 1\n";
+
 // KEYS: epoch seq; ARGV: local epoch, local seq. Returns {epoch, seq}.
 static const char ngx_http_sse_redis_sync_lua[] =
     NGX_HTTP_SSE_REDIS_PROLOGUE "return {e, string.format('%.0f', s)}\n";
@@ -244,6 +261,7 @@ struct ngx_http_sse_redis_worker_t {
     uint64_t fetch_from;
     uint64_t sync_epoch;
     uint64_t sync_seq;  // Redis's newest when we subscribed
+    bool check_newest;  // the log's first entry is our newest: compare
     ngx_uint_t fetch_left;
     ngx_event_t commit_ev;  // commits what the bus said, once per burst
     std::string sha;        // of the publish script
@@ -392,8 +410,9 @@ char *ngx_http_sse_redis_parse(ngx_conf_t *cf, ngx_http_sse_zone_t *z,
         if (dbs != NULL) {
             ngx_int_t db = ngx_atoi(dbs + 1, end - dbs - 1);
             if (db == NGX_ERROR) {
-                return bad("the database after the master name must be a "
-                           "number");
+                return bad(
+                    "the database after the master name must be a "
+                    "number");
             }
             conf->db = db;
         }
@@ -412,8 +431,8 @@ char *ngx_http_sse_redis_parse(ngx_conf_t *cf, ngx_http_sse_zone_t *z,
                     cf, url, h, he, NGX_HTTP_SSE_REDIS_SENTINEL_PORT, &u)) {
                 return (char *)NGX_CONF_ERROR;
             }
-            auto *a = static_cast<ngx_addr_t *>(
-                ngx_array_push(conf->sentinels));
+            auto *a =
+                static_cast<ngx_addr_t *>(ngx_array_push(conf->sentinels));
             if (a == NULL) {
                 return (char *)NGX_CONF_ERROR;
             }
@@ -431,9 +450,8 @@ char *ngx_http_sse_redis_parse(ngx_conf_t *cf, ngx_http_sse_zone_t *z,
     ngx_url_t u;
     ngx_memzero(&u, sizeof(ngx_url_t));
     if (!sentinel) {
-        if (!ngx_http_sse_redis_parse_host(cf, url, p, hostend,
-                                           NGX_HTTP_SSE_REDIS_DEFAULT_PORT,
-                                           &u)) {
+        if (!ngx_http_sse_redis_parse_host(
+                cf, url, p, hostend, NGX_HTTP_SSE_REDIS_DEFAULT_PORT, &u)) {
             return (char *)NGX_CONF_ERROR;
         }
         conf->addr = u.addrs[0];
@@ -627,9 +645,8 @@ static void ngx_http_sse_redis_push(ngx_http_sse_redis_conn_t *rc,
     }
     std::string s(cmd, n);
     redisFreeCommand(cmd);
-    ngx_http_sse_redis_cmd_t c{handler, data,
-                               ngx_current_msec + rc->rw->conf->timeout,
-                               std::string()};
+    ngx_http_sse_redis_cmd_t c{
+        handler, data, ngx_current_msec + rc->rw->conf->timeout, std::string()};
     if (rc == &rc->rw->cmd && !front) {
         c.wire = s;
     }
@@ -668,15 +685,13 @@ static void ngx_http_sse_redis_role_reply(ngx_http_sse_redis_conn_t *rc,
     }
     if (r->type != REDIS_REPLY_ARRAY || r->elements == 0 ||
         r->element[0]->type != REDIS_REPLY_STRING ||
-        std::string_view(r->element[0]->str, r->element[0]->len) !=
-            "master") {
+        std::string_view(r->element[0]->str, r->element[0]->len) != "master") {
         // The sentinels named a node that is no longer (or not yet) the
         // primary: ask them again.
         std::string why = "ROLE: " + rc->rw->primary.name + " is ";
         if (r->type == REDIS_REPLY_ARRAY && r->elements != 0 &&
             r->element[0]->type == REDIS_REPLY_STRING) {
-            why += "a " +
-                   std::string(r->element[0]->str, r->element[0]->len) +
+            why += "a " + std::string(r->element[0]->str, r->element[0]->len) +
                    ", not the master";
         } else {
             why += "not the master";
@@ -726,8 +741,8 @@ static void ngx_http_sse_redis_connect(ngx_http_sse_redis_conn_t *rc) {
     // The bus stays on the configured node: a cluster's PUBLISH reaches
     // every node. With Sentinel, both go to the primary they name.
     if (rc == &rw->sentinel) {
-        auto *a = static_cast<ngx_addr_t *>(conf->sentinels->elts) +
-                  rw->sentinel_i;
+        auto *a =
+            static_cast<ngx_addr_t *>(conf->sentinels->elts) + rw->sentinel_i;
         rc->pc.sockaddr = a->sockaddr;
         rc->pc.socklen = a->socklen;
         rc->pc.name = &a->name;
@@ -760,8 +775,8 @@ static void ngx_http_sse_redis_connect(ngx_http_sse_redis_conn_t *rc) {
     // with Sentinel a check that the node named is the primary.
     if (rc != &rw->sentinel) {
         if (conf->sentinels != NULL) {
-            ngx_http_sse_redis_push(rc, {"ROLE"},
-                                    ngx_http_sse_redis_role_reply, NULL, true);
+            ngx_http_sse_redis_push(rc, {"ROLE"}, ngx_http_sse_redis_role_reply,
+                                    NULL, true);
         }
         if (conf->db != 0) {
             std::string db = std::to_string(conf->db);
@@ -874,8 +889,7 @@ static void ngx_http_sse_redis_sentinel_reply(ngx_http_sse_redis_conn_t *rc,
             ngx_http_sse_redis_discovered(rw, NULL);
             return;
         }
-        why = who + " names the primary " + hp +
-              ", which is not an address";
+        why = who + " names the primary " + hp + ", which is not an address";
     } else if (r != NULL && r->type == REDIS_REPLY_NIL) {
         why = who + " does not know the master \"" +
               ngx_http_sse_redis_str(conf->master) + "\"";
@@ -902,11 +916,10 @@ static void ngx_http_sse_redis_sentinel_reply(ngx_http_sse_redis_conn_t *rc,
 
 static void ngx_http_sse_redis_ask_sentinel(ngx_http_sse_redis_worker_t *rw) {
     try {
-        ngx_http_sse_redis_send(
-            &rw->sentinel,
-            {"SENTINEL", "get-master-addr-by-name",
-             ngx_http_sse_redis_str(rw->conf->master)},
-            ngx_http_sse_redis_sentinel_reply, NULL);
+        ngx_http_sse_redis_send(&rw->sentinel,
+                                {"SENTINEL", "get-master-addr-by-name",
+                                 ngx_http_sse_redis_str(rw->conf->master)},
+                                ngx_http_sse_redis_sentinel_reply, NULL);
     } catch (const std::exception &e) {
         ngx_http_sse_redis_discovered(rw, e.what());
     }
@@ -1164,9 +1177,8 @@ static bool ngx_http_sse_redis_ask(ngx_http_sse_redis_conn_t *rc,
     }
     std::string a(asking, n);
     redisFreeCommand(asking);
-    ngx_http_sse_redis_push_wire(ask, std::move(a),
-                                 ngx_http_sse_redis_ignore_reply, NULL,
-                                 cmd.deadline);
+    ngx_http_sse_redis_push_wire(
+        ask, std::move(a), ngx_http_sse_redis_ignore_reply, NULL, cmd.deadline);
     // Not kept: an ASK there is not followed again.
     ngx_http_sse_redis_push_wire(ask, std::move(cmd.wire), cmd.handler,
                                  cmd.data, cmd.deadline);
@@ -1325,8 +1337,7 @@ static void ngx_http_sse_redis_commit(
         for (size_t i = 0; i < n; i++) {
             auto &ev = evs[at + i];
             bool remove = ev.buffer_length == 0;
-            if (remove && ev.seq <= s->seq() &&
-                ev.epoch == s->epoch()) {
+            if (remove && ev.seq <= s->seq() && ev.epoch == s->epoch()) {
                 continue;  // held already
             }
             if (ms[i] == nullptr && !remove) {
@@ -1453,6 +1464,64 @@ static void ngx_http_sse_redis_on_message(ngx_http_sse_redis_worker_t *rw,
 
 static void ngx_http_sse_redis_resync(ngx_http_sse_redis_worker_t *rw);
 
+// True when this machine holds, for ev's seq (of its epoch), another event
+// than Redis's: Redis lost events it had acknowledged (a failover before
+// they reached the replica) and gave their seqs again. Only what the zone
+// shows for sure counts: the channel holds an event of that seq with other
+// bytes, or holds older events and none of that seq, and never dropped it.
+static bool ngx_http_sse_redis_differs(sse::store *st,
+                                       const ngx_http_sse_redis_event_t &ev) {
+    if (ev.buffer_length == 0) {
+        return false;  // a delete: nothing to compare
+    }
+    const sse::channel *c = st->find(ev.channel);
+    if (c == NULL || c->count == 0) {
+        return false;
+    }
+    uint32_t lo = 0, hi = c->count;  // the ring is in seq order
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (c->at(mid)->seq < ev.seq) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    if (lo < c->count && c->at(lo)->seq == ev.seq) {
+        return c->at(lo)->body() != std::string_view(ev.body);
+    }
+    return c->at(0)->seq < ev.seq && c->last_seq < ev.seq &&
+           c->dropped_seq < ev.seq;
+}
+
+static void ngx_http_sse_redis_fork_reply(ngx_http_sse_redis_conn_t *rc,
+                                          void *data, redisReply *r,
+                                          const char *err) {
+    if (r == NULL || r->type == REDIS_REPLY_ERROR) {
+        // Told again at the next divergence seen, or the next sync.
+        ngx_http_sse_redis_bus_down(rc->rw, err ? err : "fork script failed");
+    }
+    // The new epoch comes back on the bus, to every machine.
+}
+
+// Starts a new epoch in Redis: ev showed that Redis's history and this
+// machine's differ.
+static void ngx_http_sse_redis_fork(ngx_http_sse_redis_worker_t *rw,
+                                    const ngx_http_sse_redis_event_t &ev) {
+    ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                  "sse: zone \"%V\": redis gave seq %uL (channel \"%*s\") to "
+                  "another event than this machine holds: it lost events it "
+                  "had acknowledged; starting a new epoch",
+                  &rw->zw->zone->shm_zone->shm.name, ev.seq,
+                  ngx_min(ev.channel.size(), (size_t)64), ev.channel.data());
+    std::string epoch = std::to_string(ev.epoch);
+    std::string seq = std::to_string(sse::store::peek_seq(rw->zw->zone->root));
+    ngx_http_sse_redis_send(&rw->cmd,
+                            {"EVAL", ngx_http_sse_redis_fork_lua, "3",
+                             rw->keys[0], rw->keys[1], rw->keys[3], epoch, seq},
+                            ngx_http_sse_redis_fork_reply, NULL);
+}
+
 static void ngx_http_sse_redis_commit_handler(ngx_event_t *ev) {
     auto *rw = static_cast<ngx_http_sse_redis_worker_t *>(ev->data);
     if (rw->bus_state != NGX_HTTP_SSE_REDIS_UP) {
@@ -1485,6 +1554,24 @@ static void ngx_http_sse_redis_commit_handler(ngx_event_t *ev) {
         }
     }
     try {
+        const ngx_http_sse_redis_event_t *diverged = NULL;
+        {
+            // Copies of what this machine holds already (its own
+            // publishes) must be the same events.
+            auto s = ngx_http_sse_session(rw->zw->zone);
+            for (const auto &e : rw->heard) {
+                if (e.epoch == s->epoch() && e.seq <= s->seq() &&
+                    ngx_http_sse_redis_differs(s.operator->(), e)) {
+                    diverged = &e;
+                    break;
+                }
+            }
+        }
+        if (diverged != NULL) {
+            ngx_http_sse_redis_fork(rw, *diverged);
+            rw->heard.clear();
+            return;
+        }
         ngx_http_sse_redis_commit(rw, rw->heard, 0);
     } catch (const std::exception &e) {
         ngx_http_sse_redis_bus_down(rw, e.what());
@@ -1661,13 +1748,17 @@ static void ngx_http_sse_redis_log_reply(ngx_http_sse_redis_conn_t *rc,
         ev.lost = 0;
         ev.buffer_length = 100;
         ev.ttl = 3600000;
-        if (ev.seq != expect) {
+        bool newest_held =
+            rw->check_newest && i == 0 && ev.seq == rw->fetch_from;
+        if (ev.seq != expect && !newest_held) {
             // The log was trimmed past what we need: per channel instead.
             rw->fetched.clear();
             ngx_http_sse_redis_fetch_channels(rw, data);
             return;
         }
-        expect++;
+        if (!newest_held) {
+            expect++;
+        }
         redisReply *kv = e->element[1];
         for (size_t k = 0; k + 1 < kv->elements; k += 2) {
             std::string_view key(kv->element[k]->str, kv->element[k]->len);
@@ -1681,6 +1772,25 @@ static void ngx_http_sse_redis_log_reply(ngx_http_sse_redis_conn_t *rc,
             } else if (key == "d") {
                 ev.body.assign(val->str, val->len);
             }
+        }
+        if (newest_held) {
+            // The newest event this machine holds must be Redis's too.
+            bool differs;
+            {
+                auto s = ngx_http_sse_session(rw->zw->zone);
+                differs = s->epoch() == ev.epoch &&
+                          ngx_http_sse_redis_differs(s.operator->(), ev);
+            }
+            if (differs) {
+                rw->fetched.clear();
+                ngx_http_sse_redis_fork(rw, ev);
+                // The new epoch arrives on the bus; sync again after it.
+                ngx_http_sse_redis_bus_down(rw,
+                                            "redis lost acknowledged "
+                                            "events: a new epoch");
+                return;
+            }
+            continue;
         }
         rw->fetched.push_back(std::move(ev));
     }
@@ -1711,7 +1821,8 @@ static void ngx_http_sse_redis_sync_reply(ngx_http_sse_redis_conn_t *rc,
     uint64_t epoch = ngx_http_sse_redis_u64(r->element[0]);
     {
         auto s = ngx_http_sse_session(rw->zw->zone);
-        if (s->adopt_epoch(epoch)) {
+        bool adopted = s->adopt_epoch(epoch);
+        if (adopted) {
             ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
                           "sse: zone \"%V\" takes the epoch %uL of redis "
                           "\"%V\"",
@@ -1719,6 +1830,8 @@ static void ngx_http_sse_redis_sync_reply(ngx_http_sse_redis_conn_t *rc,
                           &rw->conf->url);
         }
         rw->fetch_from = s->seq();
+        // Same epoch: the newest event we hold must be Redis's too.
+        rw->check_newest = !adopted && rw->fetch_from != 0;
     }
     rw->sync_epoch = epoch;
     rw->sync_seq = ngx_http_sse_redis_u64(r->element[1]);
@@ -1728,13 +1841,16 @@ static void ngx_http_sse_redis_sync_reply(ngx_http_sse_redis_conn_t *rc,
         b = ~uint64_t{0};
     }
     ngx_http_sse_notify(rw->zw->zone, all);
-    if (rw->fetch_from >= rw->sync_seq) {
+    if (rw->fetch_from > rw->sync_seq ||
+        (rw->fetch_from == rw->sync_seq && !rw->check_newest)) {
         ngx_http_sse_redis_fetch_done(rw);  // nothing missed
         return;
     }
     if (rw->fetch_from != 0) {
         // Missed a few: the zone's log has them all, if it reaches back.
-        std::string start = std::to_string(rw->fetch_from + 1) + "-0";
+        // It starts with our newest, which must be the same event there.
+        std::string start =
+            std::to_string(rw->fetch_from + (rw->check_newest ? 0 : 1)) + "-0";
         ngx_http_sse_redis_send(&rw->cmd, {"XRANGE", rw->keys[5], start, "+"},
                                 ngx_http_sse_redis_log_reply, data);
         return;
@@ -2276,8 +2392,7 @@ void ngx_http_sse_redis_figures(ngx_http_sse_zone_t *z,
     // Never the password.
     size_t at = f->url.rfind('@');
     size_t scheme = f->url.find("://");
-    if (at != std::string::npos && scheme != std::string::npos &&
-        scheme < at) {
+    if (at != std::string::npos && scheme != std::string::npos && scheme < at) {
         f->url = f->url.substr(0, scheme + 3) + "***" + f->url.substr(at);
     }
     char buf[sizeof(x.last_error)];
