@@ -52,7 +52,7 @@ extern "C" {
 #define NGX_HTTP_SSE_REDIS_DEFAULT_PORT 6379
 #define NGX_HTTP_SSE_REDIS_SENTINEL_PORT 26379
 // A script that met a slot half migrated (TRYAGAIN) is sent again after
-// this, doubling up to the second, within redis_timeout.
+// this many ms, doubling up to the second figure, within redis_timeout.
 #define NGX_HTTP_SSE_REDIS_TRYAGAIN_MIN 10
 #define NGX_HTTP_SSE_REDIS_TRYAGAIN_MAX 100
 #define NGX_HTTP_SSE_REDIS_DEFAULT_TIMEOUT 2000
@@ -234,12 +234,11 @@ struct ngx_http_sse_redis_worker_t {
     // The node of a slot being migrated, for one command at a time (ASK).
     ngx_http_sse_redis_node_t asked;
     // Sentinel: the primary they named (len 0: ask them), which of them is
-    // asked, how many were asked this round, why the last one failed.
+    // asked, how many were asked this round.
     ngx_http_sse_redis_node_t primary;
     ngx_uint_t sentinel_i;
     ngx_uint_t sentinel_tries;
     bool discovering;
-    std::string discover_error;
     ngx_event_t discover_ev;
     std::string keys[6];  // epoch seq chans bus, the stream prefix, log
     ngx_http_sse_redis_conn_t cmd;
@@ -901,7 +900,6 @@ static void ngx_http_sse_redis_sentinel_reply(ngx_http_sse_redis_conn_t *rc,
         why = who + ": " + (err ? err : "connection closed");
     }
     ngx_http_sse_redis_close(rc, NULL);
-    rw->discover_error = why;
     rw->sentinel_i = (rw->sentinel_i + 1) % conf->sentinels->nelts;
     if (++rw->sentinel_tries < conf->sentinels->nelts) {
         ngx_http_sse_redis_ask_sentinel(rw);
