@@ -460,3 +460,37 @@ async def test_seqs_given_again_after_a_loss_are_a_new_epoch(start_nginx,
     new = await b.publish_ok("d", "later")
     assert order(new)[0] > order(sent[0][0])[0]
     assert (await s2.next_event(10)).id == new
+
+
+@pytest.mark.timeout_s(60)
+async def test_a_silent_sentinel_times_out_and_the_next_answers(
+        start_nginx, start_redis):
+    """The first sentinel accepts connections and never answers: asking it
+    times out (redis_timeout), the next one is asked and named the
+    primary; no worker hangs."""
+    import socket
+    primary, _, sentinels = start_sentinel_group(start_redis, n=1)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)  # the kernel accepts; nobody reads
+    try:
+        port = silent.getsockname()[1]
+        url = (f"redis+sentinel://127.0.0.1:{port},"
+               f"127.0.0.1:{sentinels[0].port}/mymaster")
+        m = start_nginx(zone=zone("sse", url, " redis_timeout=1s"),
+                        sub_locations=STATUS, allow_log=REDIS_ERRORS)
+        t0 = time.monotonic()
+        await wait_in_sync(m, timeout=20)
+        ok = 0
+        while ok < 5:
+            r = await m.publish("c", "x")
+            assert r.status in (202, 503), r
+            if r.status == 202:
+                ok += 1
+            else:
+                assert "timed out" in r.text, r
+            assert time.monotonic() - t0 < 20
+        assert "timed out" in m.log_text()
+        assert f"names 127.0.0.1:{primary.port} the primary" in m.log_text()
+    finally:
+        silent.close()
