@@ -494,3 +494,54 @@ async def test_a_silent_sentinel_times_out_and_the_next_answers(
         assert f"names 127.0.0.1:{primary.port} the primary" in m.log_text()
     finally:
         silent.close()
+
+
+# A publish as a node whose notification never went out would leave it:
+# counted, in the channel's stream and the zone's log, not on the bus.
+UNHEARD = """
+local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)[1]
+local d
+for i = 1, #last[2], 2 do
+  if last[2][i] == 'd' then d = last[2][i + 1] end
+end
+d = string.gsub(d, ARGV[1], ARGV[2])
+local s = redis.call('INCR', KEYS[1])
+local sid = string.format('%.0f', s)
+local p = string.match(last[1], '^(%d+)')
+redis.call('XADD', KEYS[2], sid .. '-1', 'p', p, 'l', '100', 't',
+           '3600000', 'd', d)
+redis.call('XADD', KEYS[3], sid .. '-1', 'c', ARGV[3], 'l', '100', 't',
+           '3600000', 'd', d)
+redis.call('ZADD', KEYS[4], s, ARGV[3])
+return sid
+"""
+
+
+@pytest.mark.timeout_s(60)
+async def test_a_seq_missing_on_the_bus_is_read_from_the_log(start_nginx,
+                                                             start_redis):
+    """An event Redis holds whose notification never reached the bus (a
+    primary that died before passing it on, two nodes' notifications
+    overtaking each other during a migration): the machines notice the
+    skipped seq with the next one and read it from the zone's log, so
+    subscribers get both, in order."""
+    r = start_redis()
+    ms = [start_nginx(zone=zone("sse", r.url), sub_locations=STATUS,
+                      allow_log=REDIS_ERRORS) for _ in range(2)]
+    for m in ms:
+        await wait_in_sync(m)
+    subs = [await m.stream("g") for m in ms for _ in range(2)]
+    first = await ms[0].publish_ok("g", "first")
+    for s in subs:
+        assert (await s.next_event()).id == first
+    sid = r.cli("EVAL", UNHEARD, "4", "{sse:sse}:seq", "{sse:sse}:ch:g",
+                "{sse:sse}:log", "{sse:sse}:chans", "first", "unheard",
+                "g").strip()
+    assert int(sid) == seq_of(first) + 1, sid
+    after = await ms[1].publish_ok("g", "after")
+    for s in subs:
+        got = [(e.id, e.data) for e in await s.events(2)]
+        assert got == [(f"{first.split('-')[0]}-{sid}", "unheard"),
+                       (after, "after")]
+    for m in ms:
+        assert "the redis bus skipped from seq" in m.log_text()
