@@ -50,6 +50,11 @@ extern "C" {
 #include <memory>
 
 #define NGX_HTTP_SSE_REDIS_DEFAULT_PORT 6379
+#define NGX_HTTP_SSE_REDIS_SENTINEL_PORT 26379
+// A script that met a slot half migrated (TRYAGAIN) is sent again after
+// this many ms, doubling up to the second figure, within redis_timeout.
+#define NGX_HTTP_SSE_REDIS_TRYAGAIN_MIN 10
+#define NGX_HTTP_SSE_REDIS_TRYAGAIN_MAX 100
 #define NGX_HTTP_SSE_REDIS_DEFAULT_TIMEOUT 2000
 // Reconnect delays double from the first to the last.
 #define NGX_HTTP_SSE_REDIS_BACKOFF_MIN 100
@@ -75,6 +80,10 @@ static const char *const ngx_http_sse_redis_state_text[] = {
 struct ngx_http_sse_redis_conf_t {
     ngx_str_t url;  // as written, for messages
     ngx_addr_t addr;
+    // redis+sentinel://: the sentinels asked for the primary of master;
+    // NULL: addr is the server.
+    ngx_array_t *sentinels;  // of ngx_addr_t
+    ngx_str_t master;
     ngx_str_t user;
     ngx_str_t password;
     ngx_uint_t db;
@@ -141,6 +150,23 @@ static const char ngx_http_sse_redis_delete_lua[] = NGX_HTTP_SSE_REDIS_PROLOGUE
     "           #ARGV[3] .. ' ' .. ARGV[3])\n"
     "return {e, sid, existed}\n";
 
+// A machine found that Redis gave a seq it holds to another event (Redis
+// lost acknowledged events, then counted on): a new epoch, unless another
+// machine started one already, announced on the bus as a delete of the
+// channel "" (no channel has that id) so that every machine takes it.
+// KEYS: epoch seq bus; ARGV: the epoch that diverged, local seq.
+static const char ngx_http_sse_redis_fork_lua[] =
+    "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end\n"
+    "local s = tonumber(redis.call('GET', KEYS[2]) or '0')\n"
+    "local t = redis.call('TIME')\n"
+    "local n = math.max(tonumber(t[1]) * 1000000 + tonumber(t[2]),\n"
+    "                   tonumber(ARGV[2]) + 1, s + 1)\n"
+    "local e = string.format('%.0f', n)\n"
+    "redis.call('SET', KEYS[1], e)\n"
+    "redis.call('SET', KEYS[2], e)\n"
+    "redis.call('PUBLISH', KEYS[3], e .. ' ' .. e .. ' 0 0 0 0 ')\n"
+    "return 1\n";
+
 // KEYS: epoch seq; ARGV: local epoch, local seq. Returns {epoch, seq}.
 static const char ngx_http_sse_redis_sync_lua[] =
     NGX_HTTP_SSE_REDIS_PROLOGUE "return {e, string.format('%.0f', s)}\n";
@@ -157,6 +183,15 @@ struct ngx_http_sse_redis_cmd_t {
     ngx_http_sse_redis_reply_pt handler;
     void *data;
     ngx_msec_t deadline;
+    std::string wire;  // the command connection's: sent again on ASK
+};
+
+// A Redis node by address (MOVED, ASK, a sentinel's answer).
+struct ngx_http_sse_redis_node_t {
+    ngx_sockaddr_t sa;
+    socklen_t len;  // 0: none
+    std::string name;
+    ngx_str_t str;
 };
 
 struct ngx_http_sse_redis_worker_t;
@@ -173,6 +208,7 @@ struct ngx_http_sse_redis_conn_t {
     uint64_t life;  // bumped by each close: stale callers notice
     bool connecting;
     bool connected;
+    bool discovering;  // connecting, waiting for the sentinels' answer
     // Pub/sub messages (the bus connection only).
     void (*on_message)(ngx_http_sse_redis_worker_t *rw, redisReply *r);
     void (*on_close)(ngx_http_sse_redis_worker_t *rw, const char *err);
@@ -194,13 +230,23 @@ struct ngx_http_sse_redis_worker_t {
     ngx_http_sse_redis_conf_t *conf;
     // Where the zone's keys live: the configured address, or the node a
     // Redis Cluster redirected us to (MOVED).
-    ngx_sockaddr_t moved_sa;
-    socklen_t moved_len;  // 0: the configured address
-    std::string moved_name;
-    ngx_str_t moved_str;
+    ngx_http_sse_redis_node_t moved;  // len 0: the configured address
+    // The node of a slot being migrated, for one command at a time (ASK).
+    ngx_http_sse_redis_node_t asked;
+    // Sentinel: the primary they named (len 0: ask them), which of them is
+    // asked, how many were asked this round.
+    ngx_http_sse_redis_node_t primary;
+    ngx_uint_t sentinel_i;
+    ngx_uint_t sentinel_tries;
+    bool discovering;
+    ngx_event_t discover_ev;
     std::string keys[6];  // epoch seq chans bus, the stream prefix, log
     ngx_http_sse_redis_conn_t cmd;
     ngx_http_sse_redis_conn_t bus;
+    ngx_http_sse_redis_conn_t ask;       // to the node of an ASK
+    ngx_http_sse_redis_conn_t sentinel;  // to the sentinel being asked
+    // Publishes waiting to be sent again (TRYAGAIN).
+    std::vector<struct ngx_http_sse_redis_publish_t *> waiting;
     ngx_msec_t cmd_down_until;  // publishes fail fast until then
     std::string cmd_error;
     // The bus (leader only).
@@ -214,6 +260,7 @@ struct ngx_http_sse_redis_worker_t {
     uint64_t fetch_from;
     uint64_t sync_epoch;
     uint64_t sync_seq;  // Redis's newest when we subscribed
+    bool check_newest;  // the log's first entry is our newest: compare
     ngx_uint_t fetch_left;
     ngx_event_t commit_ev;  // commits what the bus said, once per burst
     std::string sha;        // of the publish script
@@ -243,7 +290,26 @@ static std::string ngx_http_sse_redis_str(const ngx_str_t &s) {
 
 // ------------------------------------------------------------- config
 
-// redis=redis://[user:pass@]host[:port][/db]
+// One host[:port] of a URL; false (and logged) when it is not.
+static bool ngx_http_sse_redis_parse_host(ngx_conf_t *cf, ngx_str_t *url,
+                                          u_char *p, u_char *end,
+                                          in_port_t port, ngx_url_t *u) {
+    ngx_memzero(u, sizeof(ngx_url_t));
+    u->url.data = p;
+    u->url.len = end - p;
+    u->default_port = port;
+    if (ngx_parse_url(cf->pool, u) != NGX_OK || u->naddrs == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid redis URL \"%V\" in \"sse_zone\": %s "
+                           "\"%V\"",
+                           url, u->err ? u->err : "host not found", &u->url);
+        return false;
+    }
+    return true;
+}
+
+// redis=redis://[user:pass@]host[:port][/db], or
+// redis=redis+sentinel://[user:pass@]host[:port][,host[:port]...]/MASTER[/db]
 char *ngx_http_sse_redis_parse(ngx_conf_t *cf, ngx_http_sse_zone_t *z,
                                ngx_str_t *url, ngx_str_t *timeout,
                                ngx_str_t *ca) {
@@ -271,15 +337,22 @@ char *ngx_http_sse_redis_parse(ngx_conf_t *cf, ngx_http_sse_zone_t *z,
     };
     u_char *p = url->data, *end = url->data + url->len;
     bool tls = url->len >= 9 && ngx_strncmp(p, "rediss://", 9) == 0;
-    if (!tls && (url->len < 8 || ngx_strncmp(p, "redis://", 8) != 0)) {
+    bool sentinel =
+        url->len >= 17 && ngx_strncmp(p, "redis+sentinel://", 17) == 0;
+    if (url->len >= 18 && ngx_strncmp(p, "rediss+sentinel://", 18) == 0) {
+        return bad("TLS (rediss://) with Sentinel is not supported");
+    }
+    if (!tls && !sentinel &&
+        (url->len < 8 || ngx_strncmp(p, "redis://", 8) != 0)) {
         return bad(
-            "expected redis://[user:password@]host[:port][/db] or "
-            "rediss://...");
+            "expected redis://[user:password@]host[:port][/db], "
+            "rediss://... or redis+sentinel://host[:port][,host[:port]...]"
+            "/MASTER[/db]");
     }
     if (ca != NULL && !tls) {
         return bad("redis_ca= is for TLS (rediss://)");
     }
-    p += tls ? 9 : 8;
+    p += sentinel ? 17 : tls ? 9 : 8;
     u_char *slash = static_cast<u_char *>(ngx_strlchr(p, end, '/'));
     u_char *hostend = slash ? slash : end;
     u_char *at = NULL;
@@ -313,9 +386,60 @@ char *ngx_http_sse_redis_parse(ngx_conf_t *cf, ngx_http_sse_zone_t *z,
         p = at + 1;
     }
     if (p == hostend) {
-        return bad("no host");
+        return bad(sentinel ? "no sentinel" : "no host");
     }
-    if (slash != NULL) {
+    if (sentinel) {
+        // host:port,... then /MASTER[/db]
+        if (slash == NULL || slash + 1 == end || slash[1] == '/') {
+            return bad(
+                "no master name: expected redis+sentinel://host[:port]"
+                "[,host[:port]...]/MASTER[/db]");
+        }
+        u_char *name = slash + 1;
+        u_char *dbs = static_cast<u_char *>(ngx_strlchr(name, end, '/'));
+        conf->master.data = name;
+        conf->master.len = (dbs ? dbs : end) - name;
+        for (u_char *q = name; q < name + conf->master.len; q++) {
+            if (!isalnum(*q) && *q != '-' && *q != '_' && *q != '.') {
+                return bad(
+                    "the master name may hold letters, digits, \"-\", "
+                    "\"_\" and \".\" only");
+            }
+        }
+        if (dbs != NULL) {
+            ngx_int_t db = ngx_atoi(dbs + 1, end - dbs - 1);
+            if (db == NGX_ERROR) {
+                return bad(
+                    "the database after the master name must be a "
+                    "number");
+            }
+            conf->db = db;
+        }
+        conf->sentinels = ngx_array_create(cf->pool, 3, sizeof(ngx_addr_t));
+        if (conf->sentinels == NULL) {
+            return (char *)NGX_CONF_ERROR;
+        }
+        for (u_char *h = p; h <= hostend;) {
+            u_char *comma = static_cast<u_char *>(ngx_strlchr(h, hostend, ','));
+            u_char *he = comma ? comma : hostend;
+            if (h == he) {
+                return bad("an empty sentinel address");
+            }
+            ngx_url_t u;
+            if (!ngx_http_sse_redis_parse_host(
+                    cf, url, h, he, NGX_HTTP_SSE_REDIS_SENTINEL_PORT, &u)) {
+                return (char *)NGX_CONF_ERROR;
+            }
+            auto *a =
+                static_cast<ngx_addr_t *>(ngx_array_push(conf->sentinels));
+            if (a == NULL) {
+                return (char *)NGX_CONF_ERROR;
+            }
+            *a = u.addrs[0];
+            h = he + 1;
+        }
+        conf->addr = static_cast<ngx_addr_t *>(conf->sentinels->elts)[0];
+    } else if (slash != NULL) {
         ngx_int_t db = ngx_atoi(slash + 1, end - slash - 1);
         if (slash + 1 < end && db == NGX_ERROR) {
             return bad("the database after \"/\" must be a number");
@@ -324,17 +448,13 @@ char *ngx_http_sse_redis_parse(ngx_conf_t *cf, ngx_http_sse_zone_t *z,
     }
     ngx_url_t u;
     ngx_memzero(&u, sizeof(ngx_url_t));
-    u.url.data = p;
-    u.url.len = hostend - p;
-    u.default_port = NGX_HTTP_SSE_REDIS_DEFAULT_PORT;
-    if (ngx_parse_url(cf->pool, &u) != NGX_OK || u.naddrs == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid redis URL \"%V\" in \"sse_zone\": %s "
-                           "\"%V\"",
-                           url, u.err ? u.err : "host not found", &u.url);
-        return (char *)NGX_CONF_ERROR;
+    if (!sentinel) {
+        if (!ngx_http_sse_redis_parse_host(
+                cf, url, p, hostend, NGX_HTTP_SSE_REDIS_DEFAULT_PORT, &u)) {
+            return (char *)NGX_CONF_ERROR;
+        }
+        conf->addr = u.addrs[0];
     }
-    conf->addr = u.addrs[0];
     if (tls) {
         // The server's certificate is verified, and its name: against
         // redis_ca=FILE, else the system's trusted authorities.
@@ -450,12 +570,18 @@ static void ngx_http_sse_redis_close(ngx_http_sse_redis_conn_t *rc,
     if (rc->timer.timer_set) {
         ngx_del_timer(&rc->timer);
     }
-    rc->connecting = rc->connected = false;
+    rc->connecting = rc->connected = rc->discovering = false;
     rc->out.clear();
-    if (rc == &rc->rw->cmd && err != NULL && ngx_strncmp(err, "MOVED ", 6)) {
+    ngx_http_sse_redis_worker_t *rw = rc->rw;
+    if (rc == &rw->cmd && err != NULL && ngx_strncmp(err, "MOVED ", 6)) {
         // A node we were redirected to may be gone (cluster failover): ask
         // the configured one again, which redirects us to the new primary.
-        rc->rw->moved_len = 0;
+        rw->moved.len = 0;
+    }
+    if ((rc == &rw->cmd || rc == &rw->bus) && err != NULL &&
+        rw->conf->sentinels != NULL) {
+        // The primary may have failed over: ask the sentinels again.
+        rw->primary.len = 0;
     }
     std::deque<ngx_http_sse_redis_cmd_t> failed;
     failed.swap(rc->pending);
@@ -518,8 +644,11 @@ static void ngx_http_sse_redis_push(ngx_http_sse_redis_conn_t *rc,
     }
     std::string s(cmd, n);
     redisFreeCommand(cmd);
-    ngx_http_sse_redis_cmd_t c{handler, data,
-                               ngx_current_msec + rc->rw->conf->timeout};
+    ngx_http_sse_redis_cmd_t c{
+        handler, data, ngx_current_msec + rc->rw->conf->timeout, std::string()};
+    if (rc == &rc->rw->cmd && !front) {
+        c.wire = s;
+    }
     if (front) {
         rc->out.insert(0, s);
         rc->pending.push_front(c);
@@ -529,6 +658,44 @@ static void ngx_http_sse_redis_push(ngx_http_sse_redis_conn_t *rc,
     }
     if (!rc->timer.timer_set) {
         ngx_http_sse_redis_arm(rc);
+    }
+}
+
+static void ngx_http_sse_redis_push_wire(ngx_http_sse_redis_conn_t *rc,
+                                         std::string wire,
+                                         ngx_http_sse_redis_reply_pt handler,
+                                         void *data, ngx_msec_t deadline) {
+    rc->out += wire;
+    rc->pending.push_back({handler, data, deadline, std::move(wire)});
+    if (!rc->timer.timer_set) {
+        ngx_http_sse_redis_arm(rc);
+    }
+}
+
+static void ngx_http_sse_redis_ignore_reply(ngx_http_sse_redis_conn_t *rc,
+                                            void *data, redisReply *r,
+                                            const char *err) {}
+
+static void ngx_http_sse_redis_role_reply(ngx_http_sse_redis_conn_t *rc,
+                                          void *data, redisReply *r,
+                                          const char *err) {
+    if (r == NULL || r->type == REDIS_REPLY_ERROR) {
+        return;  // closed, or AUTH failed and says so
+    }
+    if (r->type != REDIS_REPLY_ARRAY || r->elements == 0 ||
+        r->element[0]->type != REDIS_REPLY_STRING ||
+        std::string_view(r->element[0]->str, r->element[0]->len) != "master") {
+        // The sentinels named a node that is no longer (or not yet) the
+        // primary: ask them again.
+        std::string why = "ROLE: " + rc->rw->primary.name + " is ";
+        if (r->type == REDIS_REPLY_ARRAY && r->elements != 0 &&
+            r->element[0]->type == REDIS_REPLY_STRING) {
+            why += "a " + std::string(r->element[0]->str, r->element[0]->len) +
+                   ", not the master";
+        } else {
+            why += "not the master";
+        }
+        ngx_http_sse_redis_close(rc, why.c_str());
     }
 }
 
@@ -543,49 +710,9 @@ static void ngx_http_sse_redis_handshake_reply(ngx_http_sse_redis_conn_t *rc,
     }
 }
 
-static void ngx_http_sse_redis_connect(ngx_http_sse_redis_conn_t *rc) {
-    ngx_http_sse_redis_conf_t *conf = rc->rw->conf;
-    ngx_memzero(&rc->pc, sizeof(ngx_peer_connection_t));
-    ngx_http_sse_redis_worker_t *rw = rc->rw;
-    // The bus stays on the configured node: a cluster's PUBLISH reaches
-    // every node.
-    if (rc == &rw->cmd && rw->moved_len != 0) {
-        rc->pc.sockaddr = &rw->moved_sa.sockaddr;
-        rc->pc.socklen = rw->moved_len;
-        rc->pc.name = &rw->moved_str;
-    } else {
-        rc->pc.sockaddr = conf->addr.sockaddr;
-        rc->pc.socklen = conf->addr.socklen;
-        rc->pc.name = &conf->url;
-    }
-    rc->pc.get = ngx_event_get_peer;
-    rc->pc.log = ngx_cycle->log;
-    rc->pc.log_error = NGX_ERROR_ERR;
-    rc->reader = redisReaderCreate();
-    if (rc->reader == NULL) {
-        throw std::bad_alloc();
-    }
-    // The handshake goes before whatever is queued.
-    std::string sha;
-    if (conf->db != 0) {
-        std::string db = std::to_string(conf->db);
-        ngx_http_sse_redis_push(rc, {"SELECT", db},
-                                ngx_http_sse_redis_handshake_reply,
-                                (void *)"SELECT", true);
-    }
-    if (conf->password.len != 0) {
-        std::string pass = ngx_http_sse_redis_str(conf->password);
-        if (conf->user.len != 0) {
-            ngx_http_sse_redis_push(
-                rc, {"AUTH", ngx_http_sse_redis_str(conf->user), pass},
-                ngx_http_sse_redis_handshake_reply, (void *)"AUTH", true);
-        } else {
-            ngx_http_sse_redis_push(rc, {"AUTH", pass},
-                                    ngx_http_sse_redis_handshake_reply,
-                                    (void *)"AUTH", true);
-        }
-    }
-    rc->connecting = true;
+static void ngx_http_sse_redis_discover(ngx_http_sse_redis_worker_t *rw);
+
+static void ngx_http_sse_redis_connect_peer(ngx_http_sse_redis_conn_t *rc) {
     ngx_int_t rv = ngx_event_connect_peer(&rc->pc);
     if (rv == NGX_ERROR || rv == NGX_BUSY || rv == NGX_DECLINED) {
         // nginx closed the socket and logged why.
@@ -605,6 +732,81 @@ static void ngx_http_sse_redis_connect(ngx_http_sse_redis_conn_t *rc) {
     // NGX_AGAIN: the write event says when the connect is done.
 }
 
+static void ngx_http_sse_redis_connect(ngx_http_sse_redis_conn_t *rc) {
+    ngx_http_sse_redis_conf_t *conf = rc->rw->conf;
+    ngx_memzero(&rc->pc, sizeof(ngx_peer_connection_t));
+    ngx_http_sse_redis_worker_t *rw = rc->rw;
+    bool wait = false;
+    // The bus stays on the configured node: a cluster's PUBLISH reaches
+    // every node. With Sentinel, both go to the primary they name.
+    if (rc == &rw->sentinel) {
+        auto *a =
+            static_cast<ngx_addr_t *>(conf->sentinels->elts) + rw->sentinel_i;
+        rc->pc.sockaddr = a->sockaddr;
+        rc->pc.socklen = a->socklen;
+        rc->pc.name = &a->name;
+    } else if (rc == &rw->ask) {
+        rc->pc.sockaddr = &rw->asked.sa.sockaddr;
+        rc->pc.socklen = rw->asked.len;
+        rc->pc.name = &rw->asked.str;
+    } else if (conf->sentinels != NULL) {
+        wait = rw->primary.len == 0;
+        rc->pc.sockaddr = &rw->primary.sa.sockaddr;
+        rc->pc.socklen = rw->primary.len;
+        rc->pc.name = &rw->primary.str;
+    } else if (rc == &rw->cmd && rw->moved.len != 0) {
+        rc->pc.sockaddr = &rw->moved.sa.sockaddr;
+        rc->pc.socklen = rw->moved.len;
+        rc->pc.name = &rw->moved.str;
+    } else {
+        rc->pc.sockaddr = conf->addr.sockaddr;
+        rc->pc.socklen = conf->addr.socklen;
+        rc->pc.name = &conf->url;
+    }
+    rc->pc.get = ngx_event_get_peer;
+    rc->pc.log = ngx_cycle->log;
+    rc->pc.log_error = NGX_ERROR_ERR;
+    rc->reader = redisReaderCreate();
+    if (rc->reader == NULL) {
+        throw std::bad_alloc();
+    }
+    // The handshake goes before whatever is queued: AUTH, SELECT, and
+    // with Sentinel a check that the node named is the primary.
+    if (rc != &rw->sentinel) {
+        if (conf->sentinels != NULL) {
+            ngx_http_sse_redis_push(rc, {"ROLE"}, ngx_http_sse_redis_role_reply,
+                                    NULL, true);
+        }
+        if (conf->db != 0) {
+            std::string db = std::to_string(conf->db);
+            ngx_http_sse_redis_push(rc, {"SELECT", db},
+                                    ngx_http_sse_redis_handshake_reply,
+                                    (void *)"SELECT", true);
+        }
+        if (conf->password.len != 0) {
+            std::string pass = ngx_http_sse_redis_str(conf->password);
+            if (conf->user.len != 0) {
+                ngx_http_sse_redis_push(
+                    rc, {"AUTH", ngx_http_sse_redis_str(conf->user), pass},
+                    ngx_http_sse_redis_handshake_reply, (void *)"AUTH", true);
+            } else {
+                ngx_http_sse_redis_push(rc, {"AUTH", pass},
+                                        ngx_http_sse_redis_handshake_reply,
+                                        (void *)"AUTH", true);
+            }
+        }
+    }
+    rc->connecting = true;
+    if (wait) {
+        // Connects when the sentinels answered (never from inside this
+        // call: callers expect no reply before it returns).
+        rc->discovering = true;
+        ngx_http_sse_redis_discover(rw);
+        return;
+    }
+    ngx_http_sse_redis_connect_peer(rc);
+}
+
 static void ngx_http_sse_redis_send(ngx_http_sse_redis_conn_t *rc,
                                     const std::vector<std::string_view> &args,
                                     ngx_http_sse_redis_reply_pt handler,
@@ -615,6 +817,128 @@ static void ngx_http_sse_redis_send(ngx_http_sse_redis_conn_t *rc,
     } else if (!rc->connecting) {
         ngx_http_sse_redis_connect(rc);
     }
+}
+
+// ------------------------------------------------------------- sentinel
+
+static bool ngx_http_sse_redis_parse_node(std::string_view v,
+                                          ngx_http_sse_redis_node_t &node);
+
+// The sentinels answered (err NULL: rw->primary is the primary): the
+// connections waiting for it connect, or fail with err.
+static void ngx_http_sse_redis_discovered(ngx_http_sse_redis_worker_t *rw,
+                                          const char *err) {
+    rw->discovering = false;
+    for (ngx_http_sse_redis_conn_t *rc : {&rw->cmd, &rw->bus}) {
+        if (!rc->discovering) {
+            continue;  // closed meanwhile (timed out)
+        }
+        rc->discovering = false;
+        if (err != NULL) {
+            ngx_http_sse_redis_close(rc, err);
+            continue;
+        }
+        rc->pc.sockaddr = &rw->primary.sa.sockaddr;
+        rc->pc.socklen = rw->primary.len;
+        rc->pc.name = &rw->primary.str;
+        try {
+            ngx_http_sse_redis_connect_peer(rc);
+        } catch (const std::exception &e) {
+            ngx_http_sse_redis_close(rc, e.what());
+        }
+    }
+}
+
+static void ngx_http_sse_redis_ask_sentinel(ngx_http_sse_redis_worker_t *rw);
+
+// SENTINEL get-master-addr-by-name: [host, port], or nil for a master the
+// sentinel does not monitor. Any failure: the next sentinel, once each.
+static void ngx_http_sse_redis_sentinel_reply(ngx_http_sse_redis_conn_t *rc,
+                                              void *data, redisReply *r,
+                                              const char *err) {
+    ngx_http_sse_redis_worker_t *rw = rc->rw;
+    ngx_http_sse_redis_conf_t *conf = rw->conf;
+    if (!rw->discovering) {
+        return;
+    }
+    auto *a = static_cast<ngx_addr_t *>(conf->sentinels->elts) + rw->sentinel_i;
+    std::string who = "sentinel " + ngx_http_sse_redis_str(a->name);
+    std::string why;
+    if (r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+        r->element[0]->type == REDIS_REPLY_STRING &&
+        r->element[1]->type == REDIS_REPLY_STRING) {
+        std::string hp(r->element[0]->str, r->element[0]->len);
+        if (hp.find(':') != std::string::npos) {
+            hp = "[" + hp + "]";
+        }
+        hp += ":" + std::string(r->element[1]->str, r->element[1]->len);
+        ngx_http_sse_redis_node_t node;
+        if (ngx_http_sse_redis_parse_node(hp, node)) {
+            bool changed = rw->primary.name != node.name;
+            rw->primary = node;
+            rw->primary.str.data = (u_char *)&rw->primary.name[0];
+            if (changed) {
+                ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                              "sse: zone \"%V\": %s names %V the primary of "
+                              "\"%V\"",
+                              &rw->zw->zone->shm_zone->shm.name, who.c_str(),
+                              &rw->primary.str, &conf->master);
+            }
+            ngx_http_sse_redis_close(rc, NULL);
+            ngx_http_sse_redis_discovered(rw, NULL);
+            return;
+        }
+        why = who + " names the primary " + hp + ", which is not an address";
+    } else if (r != NULL && r->type == REDIS_REPLY_NIL) {
+        why = who + " does not know the master \"" +
+              ngx_http_sse_redis_str(conf->master) + "\"";
+    } else if (r != NULL && r->type == REDIS_REPLY_ERROR) {
+        why = who + ": " + std::string(r->str, r->len);
+    } else if (r != NULL) {
+        why = who + ": unexpected reply";
+    } else {
+        why = who + ": " + (err ? err : "connection closed");
+    }
+    ngx_http_sse_redis_close(rc, NULL);
+    rw->sentinel_i = (rw->sentinel_i + 1) % conf->sentinels->nelts;
+    if (++rw->sentinel_tries < conf->sentinels->nelts) {
+        ngx_http_sse_redis_ask_sentinel(rw);
+        return;
+    }
+    why = "no sentinel named the primary: " + why;
+    ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "sse: zone \"%V\": %s",
+                  &rw->zw->zone->shm_zone->shm.name, why.c_str());
+    ngx_http_sse_redis_set_error(rw->zw->zone, why.c_str());
+    ngx_http_sse_redis_discovered(rw, why.c_str());
+}
+
+static void ngx_http_sse_redis_ask_sentinel(ngx_http_sse_redis_worker_t *rw) {
+    try {
+        ngx_http_sse_redis_send(&rw->sentinel,
+                                {"SENTINEL", "get-master-addr-by-name",
+                                 ngx_http_sse_redis_str(rw->conf->master)},
+                                ngx_http_sse_redis_sentinel_reply, NULL);
+    } catch (const std::exception &e) {
+        ngx_http_sse_redis_discovered(rw, e.what());
+    }
+}
+
+static void ngx_http_sse_redis_discover_handler(ngx_event_t *ev) {
+    auto *rw = static_cast<ngx_http_sse_redis_worker_t *>(ev->data);
+    if (rw->discovering && !ngx_exiting && !ngx_terminate) {
+        ngx_http_sse_redis_ask_sentinel(rw);
+    }
+}
+
+// Asks the sentinels, one after another from the last that answered, for
+// the primary; the connections waiting for it connect when one answers.
+static void ngx_http_sse_redis_discover(ngx_http_sse_redis_worker_t *rw) {
+    if (rw->discovering) {
+        return;
+    }
+    rw->discovering = true;
+    rw->sentinel_tries = 0;
+    ngx_post_event(&rw->discover_ev, &ngx_posted_events);
 }
 
 static void ngx_http_sse_redis_flush(ngx_http_sse_redis_conn_t *rc) {
@@ -748,21 +1072,20 @@ static bool ngx_http_sse_redis_is_moved(redisReply *r) {
            ngx_strncmp(r->str, "MOVED ", 6) == 0;
 }
 
-// "MOVED SLOT HOST:PORT": a Redis Cluster says the zone's slot lives on
-// another node. The command connection reconnects there (what was in
-// flight fails with "MOVED", and publishes are sent again once); the bus
-// needs no move (PUBLISH reaches every node of a cluster).
-static void ngx_http_sse_redis_moved(ngx_http_sse_redis_conn_t *rc,
-                                     redisReply *r) {
-    ngx_http_sse_redis_worker_t *rw = rc->rw;
-    std::string_view v(r->str, r->len);
-    size_t sp = v.rfind(' ');
+static bool ngx_http_sse_redis_is_error(redisReply *r, std::string_view what) {
+    return r->type == REDIS_REPLY_ERROR && r->len >= what.size() &&
+           std::string_view(r->str, what.size()) == what;
+}
+
+// "HOST:PORT" (IPv4 or IPv6 literal) into node; false when it is not an
+// address (a node announced by name is not followed).
+static bool ngx_http_sse_redis_parse_node(std::string_view v,
+                                          ngx_http_sse_redis_node_t &node) {
     size_t colon = v.rfind(':');
-    if (sp == std::string_view::npos || colon == std::string_view::npos ||
-        colon < sp) {
-        return;
+    if (colon == std::string_view::npos) {
+        return false;
     }
-    std::string host(v.substr(sp + 1, colon - sp - 1));
+    std::string host(v.substr(0, colon));
     int port = atoi(std::string(v.substr(colon + 1)).c_str());
     if (host.size() > 2 && host.front() == '[') {
         host = host.substr(1, host.size() - 2);
@@ -771,7 +1094,7 @@ static void ngx_http_sse_redis_moved(ngx_http_sse_redis_conn_t *rc,
     ngx_memzero(&sa, sizeof(sa));
     socklen_t len;
     if (port <= 0 || port > 65535) {
-        return;
+        return false;
     }
     if (inet_pton(AF_INET, host.c_str(), &sa.sockaddr_in.sin_addr) == 1) {
         sa.sockaddr_in.sin_family = AF_INET;
@@ -785,20 +1108,84 @@ static void ngx_http_sse_redis_moved(ngx_http_sse_redis_conn_t *rc,
         len = sizeof(struct sockaddr_in6);
 #endif
     } else {
-        return;  // a node announced by name: not followed
+        return false;
     }
-    rw->moved_sa = sa;
-    rw->moved_len = len;
-    rw->moved_name = std::string(v.substr(sp + 1));
-    rw->moved_str.data = (u_char *)&rw->moved_name[0];
-    rw->moved_str.len = rw->moved_name.size();
+    node.sa = sa;
+    node.len = len;
+    node.name = std::string(v);
+    node.str.data = (u_char *)&node.name[0];
+    node.str.len = node.name.size();
+    return true;
+}
+
+// "MOVED SLOT HOST:PORT": a Redis Cluster says the zone's slot lives on
+// another node. The command connection reconnects there (what was in
+// flight fails with "MOVED", and publishes are sent again once); the bus
+// needs no move (PUBLISH reaches every node of a cluster).
+static void ngx_http_sse_redis_moved(ngx_http_sse_redis_conn_t *rc,
+                                     redisReply *r) {
+    ngx_http_sse_redis_worker_t *rw = rc->rw;
+    std::string_view v(r->str, r->len);
+    size_t sp = v.rfind(' ');
+    if (sp == std::string_view::npos ||
+        !ngx_http_sse_redis_parse_node(v.substr(sp + 1), rw->moved)) {
+        return;
+    }
     ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
                   "sse: zone \"%V\" lives on redis node %V (MOVED)",
-                  &rw->zw->zone->shm_zone->shm.name, &rw->moved_str);
+                  &rw->zw->zone->shm_zone->shm.name, &rw->moved.str);
     std::string why(v);
-    if (rc == &rw->cmd) {
-        ngx_http_sse_redis_close(rc, why.c_str());
+    if (rc != &rw->bus) {
+        // From an ASK's connection too: the slot map changed.
+        ngx_http_sse_redis_close(&rw->cmd, why.c_str());
     }
+}
+
+// "ASK SLOT HOST:PORT": the zone's slot is being migrated and the keys of
+// this command are on HOST:PORT already. The command goes there once,
+// after ASKING, on a connection of its own; the slot map stays as it is
+// (MOVED says when the migration is over). False: not followed.
+static bool ngx_http_sse_redis_ask(ngx_http_sse_redis_conn_t *rc,
+                                   ngx_http_sse_redis_cmd_t &cmd,
+                                   redisReply *r) {
+    ngx_http_sse_redis_worker_t *rw = rc->rw;
+    std::string_view v(r->str, r->len);
+    size_t sp = v.rfind(' ');
+    ngx_http_sse_redis_node_t node;
+    if (rc != &rw->cmd || cmd.wire.empty() || sp == std::string_view::npos ||
+        !ngx_http_sse_redis_parse_node(v.substr(sp + 1), node)) {
+        return false;
+    }
+    ngx_http_sse_redis_conn_t *ask = &rw->ask;
+    if (rw->asked.len != node.len ||
+        ngx_memcmp(&rw->asked.sa, &node.sa, node.len) != 0) {
+        if (ask->connected || ask->connecting) {
+            ngx_http_sse_redis_close(ask, "ASK: the slot moves elsewhere");
+        }
+        rw->asked = node;
+        rw->asked.str.data = (u_char *)&rw->asked.name[0];
+        ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                      "sse: zone \"%V\" is migrating to redis node %V (ASK)",
+                      &rw->zw->zone->shm_zone->shm.name, &rw->asked.str);
+    }
+    char *asking = NULL;
+    int n = redisFormatCommand(&asking, "ASKING");
+    if (n < 0) {
+        throw std::bad_alloc();
+    }
+    std::string a(asking, n);
+    redisFreeCommand(asking);
+    ngx_http_sse_redis_push_wire(
+        ask, std::move(a), ngx_http_sse_redis_ignore_reply, NULL, cmd.deadline);
+    // Not kept: an ASK there is not followed again.
+    ngx_http_sse_redis_push_wire(ask, std::move(cmd.wire), cmd.handler,
+                                 cmd.data, cmd.deadline);
+    if (ask->connected) {
+        ngx_http_sse_redis_flush(ask);
+    } else if (!ask->connecting) {
+        ngx_http_sse_redis_connect(ask);
+    }
+    return true;
 }
 
 static void ngx_http_sse_redis_read(ngx_event_t *ev) {
@@ -845,15 +1232,29 @@ static void ngx_http_sse_redis_read(ngx_event_t *ev) {
                     ngx_http_sse_redis_is_message(r.get())) {
                     rc->on_message(rc->rw, r.get());
                 } else if (!rc->pending.empty()) {
-                    ngx_http_sse_redis_cmd_t cmd = rc->pending.front();
+                    ngx_http_sse_redis_cmd_t cmd =
+                        std::move(rc->pending.front());
                     rc->pending.pop_front();
                     ngx_http_sse_redis_arm(rc);
-                    if (ngx_http_sse_redis_is_moved(r.get())) {
-                        // Before the handler, so that what it sends again
-                        // goes to the new node.
-                        ngx_http_sse_redis_moved(rc, r.get());
+                    if (ngx_http_sse_redis_is_error(r.get(), "ASK ") &&
+                        ngx_http_sse_redis_ask(rc, cmd, r.get())) {
+                        // Its reply comes from the ASK's connection.
+                    } else {
+                        if (ngx_http_sse_redis_is_moved(r.get())) {
+                            // Before the handler, so that what it sends
+                            // again goes to the new node.
+                            ngx_http_sse_redis_moved(rc, r.get());
+                        } else if (rc->rw->conf->sentinels != NULL &&
+                                   rc != &rc->rw->sentinel &&
+                                   ngx_http_sse_redis_is_error(r.get(),
+                                                               "READONLY")) {
+                            // The primary became a replica: the sentinels
+                            // name the new one.
+                            std::string why(r->str, r->len);
+                            ngx_http_sse_redis_close(rc, why.c_str());
+                        }
+                        cmd.handler(rc, cmd.data, r.get(), NULL);
                     }
-                    cmd.handler(rc, cmd.data, r.get(), NULL);
                 } else {
                     ngx_http_sse_redis_close(rc, "unexpected reply");
                     return;
@@ -934,8 +1335,7 @@ static void ngx_http_sse_redis_commit(
         for (size_t i = 0; i < n; i++) {
             auto &ev = evs[at + i];
             bool remove = ev.buffer_length == 0;
-            if (remove && ev.seq <= s->seq() &&
-                ev.epoch == s->epoch()) {
+            if (remove && ev.seq <= s->seq() && ev.epoch == s->epoch()) {
                 continue;  // held already
             }
             if (ms[i] == nullptr && !remove) {
@@ -1060,12 +1460,116 @@ static void ngx_http_sse_redis_on_message(ngx_http_sse_redis_worker_t *rw,
     }
 }
 
+static void ngx_http_sse_redis_resync(ngx_http_sse_redis_worker_t *rw);
+
+// True when this machine holds, for ev's seq (of its epoch), another event
+// than Redis's: Redis lost events it had acknowledged (a failover before
+// they reached the replica) and gave their seqs again. Only what the zone
+// shows for sure counts: the channel holds an event of that seq with other
+// bytes, or holds older events and none of that seq, and never dropped it.
+static bool ngx_http_sse_redis_differs(sse::store *st,
+                                       const ngx_http_sse_redis_event_t &ev) {
+    if (ev.buffer_length == 0) {
+        return false;  // a delete: nothing to compare
+    }
+    const sse::channel *c = st->find(ev.channel);
+    if (c == NULL || c->count == 0) {
+        return false;
+    }
+    uint32_t lo = 0, hi = c->count;  // the ring is in seq order
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (c->at(mid)->seq < ev.seq) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    if (lo < c->count && c->at(lo)->seq == ev.seq) {
+        return c->at(lo)->body() != std::string_view(ev.body);
+    }
+    return c->at(0)->seq < ev.seq && c->last_seq < ev.seq &&
+           c->dropped_seq < ev.seq;
+}
+
+static void ngx_http_sse_redis_fork_reply(ngx_http_sse_redis_conn_t *rc,
+                                          void *data, redisReply *r,
+                                          const char *err) {
+    if (r == NULL || r->type == REDIS_REPLY_ERROR) {
+        // Told again at the next divergence seen, or the next sync.
+        ngx_http_sse_redis_bus_down(rc->rw, err ? err : "fork script failed");
+    }
+    // The new epoch comes back on the bus, to every machine.
+}
+
+// Starts a new epoch in Redis: ev showed that Redis's history and this
+// machine's differ.
+static void ngx_http_sse_redis_fork(ngx_http_sse_redis_worker_t *rw,
+                                    const ngx_http_sse_redis_event_t &ev) {
+    ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                  "sse: zone \"%V\": redis gave seq %uL (channel \"%*s\") to "
+                  "another event than this machine holds: it lost events it "
+                  "had acknowledged; starting a new epoch",
+                  &rw->zw->zone->shm_zone->shm.name, ev.seq,
+                  ngx_min(ev.channel.size(), (size_t)64), ev.channel.data());
+    std::string epoch = std::to_string(ev.epoch);
+    std::string seq = std::to_string(sse::store::peek_seq(rw->zw->zone->root));
+    ngx_http_sse_redis_send(&rw->cmd,
+                            {"EVAL", ngx_http_sse_redis_fork_lua, "3",
+                             rw->keys[0], rw->keys[1], rw->keys[3], epoch, seq},
+                            ngx_http_sse_redis_fork_reply, NULL);
+}
+
 static void ngx_http_sse_redis_commit_handler(ngx_event_t *ev) {
     auto *rw = static_cast<ngx_http_sse_redis_worker_t *>(ev->data);
     if (rw->bus_state != NGX_HTTP_SSE_REDIS_UP) {
         return;
     }
+    // Seqs of one epoch have no holes, and one node's bus says them in
+    // order. A seq heard past the next one is another node's (a slot that
+    // moved: migration, failover) overtaking, or lost with a failed
+    // primary: read what lies between from the zone's log, never commit
+    // past it.
+    uint64_t epoch = sse::store::peek_epoch(rw->zw->zone->root);
+    uint64_t next = sse::store::peek_seq(rw->zw->zone->root) + 1;
+    for (const auto &e : rw->heard) {
+        if (e.epoch != epoch) {
+            epoch = e.epoch;  // a new epoch starts anew
+            next = e.seq + 1;
+        } else if (e.seq > next) {
+            ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                          "sse: zone \"%V\": the redis bus skipped from seq "
+                          "%uL to %uL; repairing from the zone's log",
+                          &rw->zw->zone->shm_zone->shm.name, next - 1, e.seq);
+            try {
+                ngx_http_sse_redis_resync(rw);
+            } catch (const std::exception &x) {
+                ngx_http_sse_redis_bus_down(rw, x.what());
+            }
+            return;  // heard is kept for after the repair
+        } else if (e.seq == next) {
+            next++;
+        }
+    }
     try {
+        const ngx_http_sse_redis_event_t *diverged = NULL;
+        {
+            // Copies of what this machine holds already (its own
+            // publishes) must be the same events.
+            auto s = ngx_http_sse_session(rw->zw->zone);
+            for (const auto &e : rw->heard) {
+                if (e.epoch == s->epoch() && e.seq <= s->seq() &&
+                    ngx_http_sse_redis_differs(s.operator->(), e)) {
+                    diverged = &e;
+                    break;
+                }
+            }
+        }
+        if (diverged != NULL) {
+            ngx_http_sse_redis_fork(rw, *diverged);
+            rw->heard.clear();
+            return;
+        }
         ngx_http_sse_redis_commit(rw, rw->heard, 0);
     } catch (const std::exception &e) {
         ngx_http_sse_redis_bus_down(rw, e.what());
@@ -1088,6 +1592,11 @@ static void ngx_http_sse_redis_fetch_done(ngx_http_sse_redis_worker_t *rw) {
     rw->heard.clear();
     {
         auto s = ngx_http_sse_session(rw->zw->zone);
+        if (s->epoch() == rw->sync_epoch) {
+            // What was not read up to Redis's newest when we synced is gone
+            // (trimmed, expired, a delete): the bus goes on from there.
+            s->skip_to(rw->sync_seq);
+        }
         s->set_external(2);  // subscribers welcome
     }
     rw->backoff = NGX_HTTP_SSE_REDIS_BACKOFF_MIN;
@@ -1237,13 +1746,17 @@ static void ngx_http_sse_redis_log_reply(ngx_http_sse_redis_conn_t *rc,
         ev.lost = 0;
         ev.buffer_length = 100;
         ev.ttl = 3600000;
-        if (ev.seq != expect) {
+        bool newest_held =
+            rw->check_newest && i == 0 && ev.seq == rw->fetch_from;
+        if (ev.seq != expect && !newest_held) {
             // The log was trimmed past what we need: per channel instead.
             rw->fetched.clear();
             ngx_http_sse_redis_fetch_channels(rw, data);
             return;
         }
-        expect++;
+        if (!newest_held) {
+            expect++;
+        }
         redisReply *kv = e->element[1];
         for (size_t k = 0; k + 1 < kv->elements; k += 2) {
             std::string_view key(kv->element[k]->str, kv->element[k]->len);
@@ -1257,6 +1770,25 @@ static void ngx_http_sse_redis_log_reply(ngx_http_sse_redis_conn_t *rc,
             } else if (key == "d") {
                 ev.body.assign(val->str, val->len);
             }
+        }
+        if (newest_held) {
+            // The newest event this machine holds must be Redis's too.
+            bool differs;
+            {
+                auto s = ngx_http_sse_session(rw->zw->zone);
+                differs = s->epoch() == ev.epoch &&
+                          ngx_http_sse_redis_differs(s.operator->(), ev);
+            }
+            if (differs) {
+                rw->fetched.clear();
+                ngx_http_sse_redis_fork(rw, ev);
+                // The new epoch arrives on the bus; sync again after it.
+                ngx_http_sse_redis_bus_down(rw,
+                                            "redis lost acknowledged "
+                                            "events: a new epoch");
+                return;
+            }
+            continue;
         }
         rw->fetched.push_back(std::move(ev));
     }
@@ -1287,7 +1819,8 @@ static void ngx_http_sse_redis_sync_reply(ngx_http_sse_redis_conn_t *rc,
     uint64_t epoch = ngx_http_sse_redis_u64(r->element[0]);
     {
         auto s = ngx_http_sse_session(rw->zw->zone);
-        if (s->adopt_epoch(epoch)) {
+        bool adopted = s->adopt_epoch(epoch);
+        if (adopted) {
             ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
                           "sse: zone \"%V\" takes the epoch %uL of redis "
                           "\"%V\"",
@@ -1295,6 +1828,8 @@ static void ngx_http_sse_redis_sync_reply(ngx_http_sse_redis_conn_t *rc,
                           &rw->conf->url);
         }
         rw->fetch_from = s->seq();
+        // Same epoch: the newest event we hold must be Redis's too.
+        rw->check_newest = !adopted && rw->fetch_from != 0;
     }
     rw->sync_epoch = epoch;
     rw->sync_seq = ngx_http_sse_redis_u64(r->element[1]);
@@ -1304,13 +1839,16 @@ static void ngx_http_sse_redis_sync_reply(ngx_http_sse_redis_conn_t *rc,
         b = ~uint64_t{0};
     }
     ngx_http_sse_notify(rw->zw->zone, all);
-    if (rw->fetch_from >= rw->sync_seq) {
+    if (rw->fetch_from > rw->sync_seq ||
+        (rw->fetch_from == rw->sync_seq && !rw->check_newest)) {
         ngx_http_sse_redis_fetch_done(rw);  // nothing missed
         return;
     }
     if (rw->fetch_from != 0) {
         // Missed a few: the zone's log has them all, if it reaches back.
-        std::string start = std::to_string(rw->fetch_from + 1) + "-0";
+        // It starts with our newest, which must be the same event there.
+        std::string start =
+            std::to_string(rw->fetch_from + (rw->check_newest ? 0 : 1)) + "-0";
         ngx_http_sse_redis_send(&rw->cmd, {"XRANGE", rw->keys[5], start, "+"},
                                 ngx_http_sse_redis_log_reply, data);
         return;
@@ -1332,6 +1870,12 @@ static void ngx_http_sse_redis_subscribed(ngx_http_sse_redis_conn_t *rc,
     }
     // Subscribed: from now on nothing published is missed. Repair what
     // came before it.
+    ngx_http_sse_redis_resync(rw);
+}
+
+// Reads what the zone missed from Redis (while the bus keeps what it
+// hears for after), then goes on with the bus.
+static void ngx_http_sse_redis_resync(ngx_http_sse_redis_worker_t *rw) {
     ngx_http_sse_redis_set_state(rw, NGX_HTTP_SSE_REDIS_SYNCING);
     uint64_t gen = ++rw->sync_gen;
     std::string epoch, seq;
@@ -1436,6 +1980,11 @@ void ngx_http_sse_redis_worker_init(ngx_http_sse_zone_worker_t *zw) {
     rw->keys[5] = p + ":log";
     ngx_http_sse_redis_conn_init(&rw->cmd, rw, "command");
     ngx_http_sse_redis_conn_init(&rw->bus, rw, "bus");
+    ngx_http_sse_redis_conn_init(&rw->ask, rw, "ASK");
+    ngx_http_sse_redis_conn_init(&rw->sentinel, rw, "sentinel");
+    rw->discover_ev.handler = ngx_http_sse_redis_discover_handler;
+    rw->discover_ev.data = rw;
+    rw->discover_ev.log = ngx_cycle->log;
     rw->bus.on_message = ngx_http_sse_redis_on_message;
     rw->bus.on_close = ngx_http_sse_redis_bus_close;
     rw->bus_timer.handler = ngx_http_sse_redis_bus_timer;
@@ -1471,6 +2020,12 @@ void ngx_http_sse_redis_worker_exit(ngx_http_sse_zone_worker_t *zw) {
     ngx_http_sse_redis_close(&rw->bus, NULL);
     // Requests still waiting are being torn down with the process.
     ngx_http_sse_redis_forget_requests(rw);
+    rw->discovering = false;
+    if (rw->discover_ev.posted) {
+        ngx_delete_posted_event(&rw->discover_ev);
+    }
+    ngx_http_sse_redis_close(&rw->sentinel, NULL);
+    ngx_http_sse_redis_close(&rw->ask, NULL);
     ngx_http_sse_redis_close(&rw->cmd, NULL);
     if (rw->bus_timer.timer_set) {
         ngx_del_timer(&rw->bus_timer);
@@ -1523,7 +2078,7 @@ struct ngx_http_sse_redis_publish_t {
     void *data;         // nullptr: cancelled
     uint64_t start_us;  // monotonic
     bool eval;          // sent as EVAL after NOSCRIPT
-    bool redirected;    // sent again after MOVED
+    bool redirected;    // sent again after MOVED or READONLY
     bool remove;        // a DELETE of the channel (no body)
     std::string channel;
     std::string body;
@@ -1531,9 +2086,12 @@ struct ngx_http_sse_redis_publish_t {
     std::string ttl;
     uint32_t buffer_length;
     ngx_msec_t ttl_ms;
+    ngx_event_t retry;  // TRYAGAIN: sent again when it fires
+    ngx_msec_t retry_delay;
 };
 
 static void ngx_http_sse_redis_publish_send(ngx_http_sse_redis_publish_t *p);
+static void ngx_http_sse_redis_retry(ngx_event_t *ev);
 static void ngx_http_sse_redis_load_reply(ngx_http_sse_redis_conn_t *rc,
                                           void *data, redisReply *r,
                                           const char *err);
@@ -1544,9 +2102,42 @@ static void ngx_http_sse_redis_publish_reply(ngx_http_sse_redis_conn_t *rc,
     auto *p = static_cast<ngx_http_sse_redis_publish_t *>(data);
     ngx_http_sse_redis_worker_t *rw = p->rw;
     sse::external_stats &x = sse::store::ext(rw->zw->zone->root);
+    // MOVED: the cluster's slot map changed; READONLY: the primary became
+    // a replica (Sentinel). Either way the command was not run, and the
+    // connection now goes where it should.
     bool moved =
-        (r != NULL && ngx_http_sse_redis_is_moved(r)) ||
-        (r == NULL && err != NULL && ngx_strncmp(err, "MOVED ", 6) == 0);
+        (r != NULL && (ngx_http_sse_redis_is_moved(r) ||
+                       (rw->conf->sentinels != NULL &&
+                        ngx_http_sse_redis_is_error(r, "READONLY")))) ||
+        (r == NULL && err != NULL &&
+         (ngx_strncmp(err, "MOVED ", 6) == 0 ||
+          ngx_strncmp(err, "READONLY", 8) == 0));
+    if (r != NULL && ngx_http_sse_redis_is_error(r, "TRYAGAIN")) {
+        // The zone's slot is being migrated and its keys are split between
+        // the two nodes for a moment: nothing ran; send it again shortly,
+        // while redis_timeout allows.
+        ngx_msec_t spent =
+            (ngx_msec_t)((ngx_http_sse_redis_now_us() - p->start_us) / 1000);
+        ngx_msec_t delay =
+            p->retry_delay == 0
+                ? NGX_HTTP_SSE_REDIS_TRYAGAIN_MIN
+                : ngx_min(p->retry_delay * 2,
+                          (ngx_msec_t)NGX_HTTP_SSE_REDIS_TRYAGAIN_MAX);
+        if (p->data != NULL && spent + delay < rw->conf->timeout) {
+            try {
+                rw->waiting.push_back(p);
+                p->retry_delay = delay;
+                p->retry.handler = ngx_http_sse_redis_retry;
+                p->retry.data = p;
+                p->retry.log = ngx_cycle->log;
+                p->retry.cancelable = 1;
+                ngx_add_timer(&p->retry, delay);
+                return;
+            } catch (const std::exception &) {
+                // Fails below.
+            }
+        }
+    }
     if (moved && !p->redirected) {
         // Sent once more, to the node that holds the zone's slot.
         p->redirected = true;
@@ -1662,6 +2253,27 @@ static void ngx_http_sse_redis_load_reply(ngx_http_sse_redis_conn_t *rc,
                                           void *data, redisReply *r,
                                           const char *err) {}
 
+// A publish that met TRYAGAIN goes again (or is dropped, cancelled).
+static void ngx_http_sse_redis_retry(ngx_event_t *ev) {
+    auto *p = static_cast<ngx_http_sse_redis_publish_t *>(ev->data);
+    ngx_http_sse_redis_worker_t *rw = p->rw;
+    auto it = std::find(rw->waiting.begin(), rw->waiting.end(), p);
+    if (it != rw->waiting.end()) {
+        rw->waiting.erase(it);
+    }
+    if (p->data == NULL) {
+        delete p;
+        return;
+    }
+    try {
+        ngx_http_sse_redis_publish_send(p);
+    } catch (const std::exception &e) {
+        std::string why = e.what();
+        p->done(p->data, false, 0, 0, why);
+        delete p;
+    }
+}
+
 // A publish or delete for channel, not sent yet; NULL (and *err) while
 // Redis is known to be unreachable: it fails fast.
 static ngx_http_sse_redis_publish_t *ngx_http_sse_redis_request(
@@ -1738,11 +2350,21 @@ void *ngx_http_sse_redis_publish(ngx_http_sse_zone_worker_t *zw,
 
 static void ngx_http_sse_redis_forget_requests(
     ngx_http_sse_redis_worker_t *rw) {
-    for (auto &cmd : rw->cmd.pending) {
-        if (cmd.handler == ngx_http_sse_redis_publish_reply) {
-            static_cast<ngx_http_sse_redis_publish_t *>(cmd.data)->data = NULL;
+    for (ngx_http_sse_redis_conn_t *rc : {&rw->cmd, &rw->ask}) {
+        for (auto &cmd : rc->pending) {
+            if (cmd.handler == ngx_http_sse_redis_publish_reply) {
+                static_cast<ngx_http_sse_redis_publish_t *>(cmd.data)->data =
+                    NULL;
+            }
         }
     }
+    for (ngx_http_sse_redis_publish_t *p : rw->waiting) {
+        if (p->retry.timer_set) {
+            ngx_del_timer(&p->retry);
+        }
+        delete p;
+    }
+    rw->waiting.clear();
 }
 
 void ngx_http_sse_redis_cancel(void *handle) {
@@ -1767,8 +2389,9 @@ void ngx_http_sse_redis_figures(ngx_http_sse_zone_t *z,
     f->url = ngx_http_sse_redis_str(z->redis->url);
     // Never the password.
     size_t at = f->url.rfind('@');
-    if (at != std::string::npos) {
-        f->url = "redis://***" + f->url.substr(at);
+    size_t scheme = f->url.find("://");
+    if (at != std::string::npos && scheme != std::string::npos && scheme < at) {
+        f->url = f->url.substr(0, scheme + 3) + "***" + f->url.substr(at);
     }
     char buf[sizeof(x.last_error)];
     ngx_memcpy(buf, x.last_error, sizeof(buf));

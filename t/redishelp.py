@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from sselib.redis_server import REDIS_CLI, REDIS_SERVER, Redis
+from sselib.redis_server import REDIS_CLI, REDIS_SERVER, Redis, Sentinel
 
 needs_redis = pytest.mark.skipif(
     not os.path.exists(REDIS_SERVER),
@@ -19,9 +19,14 @@ needs_redis = pytest.mark.skipif(
 def start_redis(tmp_path):
     started = []
 
-    def start(port=None, args=(), tls=None):
-        r = Redis(tmp_path / f"redis{len(started)}", port=port, args=args,
-                  tls=tls)
+    def start(port=None, args=(), tls=None, sentinel_of=None):
+        d = tmp_path / f"redis{len(started)}"
+        if sentinel_of is not None:
+            # sentinel_of: the primary's port, and Sentinel's settings.
+            master_port, opts = sentinel_of
+            r = Sentinel(d, master_port, port=port, **opts)
+        else:
+            r = Redis(d, port=port, args=args, tls=tls)
         started.append(r)
         return r.start()
 
@@ -107,3 +112,31 @@ def node_of(nodes, key):
                 port = int(f[1].split("@")[0].rsplit(":", 1)[1])
                 return next(r for r in nodes if r.port == port)
     raise AssertionError(f"no node holds slot {slot}")
+
+
+def start_sentinel_group(start_redis, n=3, name="mymaster", **opts):
+    """A primary, one replica and n sentinels watching them (failover
+    after a second down). Returns (primary, replica, sentinels)."""
+    primary = start_redis()
+    replica = start_redis(args=["--replicaof", "127.0.0.1",
+                                str(primary.port)])
+    sentinels = [start_redis(sentinel_of=(primary.port,
+                                          dict(name=name, **opts)))
+                 for _ in range(n)]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        # The replica synced, and every sentinel knows the others and the
+        # replica: only then can they agree on a failover.
+        if "master_link_status:up" in replica.cli("INFO", "replication"):
+            ms = [s.master() for s in sentinels]
+            if all(m.get("num-other-sentinels") == str(n - 1) and
+                   m.get("num-slaves") == "1" for m in ms):
+                return primary, replica, sentinels
+        time.sleep(0.1)
+    raise RuntimeError(f"the sentinels never got ready: "
+                       f"{[s.master() for s in sentinels]}")
+
+
+def sentinel_url(sentinels, name="mymaster", extra=""):
+    hosts = ",".join(f"127.0.0.1:{s.port}" for s in sentinels)
+    return f"redis+sentinel://{hosts}/{name}{extra}"

@@ -76,3 +76,50 @@ class Redis:
     @property
     def url(self):
         return f"redis://127.0.0.1:{self.port}"
+
+
+class Sentinel(Redis):
+    """A Redis Sentinel (Debian's redis-server --sentinel) watching the
+    primary on master_port as `name`; its config file, which Sentinel
+    rewrites, lives in its own directory."""
+
+    def __init__(self, d, master_port, name="mymaster", quorum=2,
+                 down_ms=1000, failover_ms=3000, port=None):
+        super().__init__(d, port=port)
+        self.master_port = master_port
+        self.name = name
+        self.quorum = quorum
+        self.down_ms = down_ms
+        self.failover_ms = failover_ms
+
+    def start(self):
+        conf = self.dir / "sentinel.conf"
+        if not conf.exists():
+            conf.write_text(
+                f"port {self.port}\nbind 127.0.0.1\n"
+                f"dir {self.dir}\nlogfile {self.dir / 'sentinel.log'}\n"
+                f"sentinel monitor {self.name} 127.0.0.1 "
+                f"{self.master_port} {self.quorum}\n"
+                f"sentinel down-after-milliseconds {self.name} "
+                f"{self.down_ms}\n"
+                f"sentinel failover-timeout {self.name} {self.failover_ms}\n"
+                f"sentinel parallel-syncs {self.name} 1\n")
+        self.proc = subprocess.Popen(
+            [REDIS_SERVER, str(conf), "--sentinel"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if self.cli("PING").strip() == "PONG":
+                    return self
+            except subprocess.SubprocessError:
+                pass
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise RuntimeError(f"redis sentinel did not start on {self.port}")
+
+    def master(self):
+        """SENTINEL master NAME as a dict."""
+        f = self.cli("SENTINEL", "master", self.name).split("\n")
+        return dict(zip(f[0::2], f[1::2]))
