@@ -35,6 +35,15 @@ def start_redis(tmp_path):
         r.stop()
 
 
+def zone_nginx_t(tmp_path, param):
+    """`nginx -t` of a configuration whose zone has these parameters:
+    (passed, output)."""
+    from conftest import free_ports, nginx_test_config, render_conf
+    sub, pub = free_ports(2)
+    return nginx_test_config(tmp_path, render_conf(
+        tmp_path, sub, pub, zone=f"sse_zone zone=sse:16m {param};"))
+
+
 def redis_conf(url, size="16m", extra=""):
     return f"sse_zone zone=sse:{size} redis={url}{extra};"
 

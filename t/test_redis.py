@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (nginx_test_config, render_conf, free_ports, seq_of,
-                      overload_end)
-from redishelp import (needs_redis, redis_conf, start_redis,  # noqa: F401
-                       wait_in_sync)
+from conftest import free_ports, seq_of, overload_end
+from redishelp import (zone_nginx_t, needs_redis, redis_conf,  # noqa: F401
+                       start_redis, wait_in_sync)
 
 pytestmark = needs_redis
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,9 +72,7 @@ async def read_events(c, n, timeout):
     ("redis=redis://127.0.0.1 colour=blue", "invalid parameter \"colour=blue\""),
 ])
 def test_bad_redis_parameters_fail_nginx_t(tmp_path, param, why):
-    sub, pub = free_ports(2)
-    ok, out = nginx_test_config(tmp_path, render_conf(
-        tmp_path, sub, pub, zone=f"sse_zone zone=sse:16m {param};"))
+    ok, out = zone_nginx_t(tmp_path, param)
     assert not ok, out
     assert why in out, out
     assert "[emerg]" in out
@@ -88,9 +85,7 @@ def test_bad_redis_parameters_fail_nginx_t(tmp_path, param, why):
     "redis=rediss://127.0.0.1:6380",
 ])
 def test_good_redis_urls_pass_nginx_t(tmp_path, param):
-    sub, pub = free_ports(2)
-    ok, out = nginx_test_config(tmp_path, render_conf(
-        tmp_path, sub, pub, zone=f"sse_zone zone=sse:16m {param};"))
+    ok, out = zone_nginx_t(tmp_path, param)
     assert ok, out
 
 

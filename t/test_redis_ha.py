@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from conftest import nginx_test_config, render_conf, free_ports, seq_of
-from redishelp import (needs_redis, start_redis,  # noqa: F401
+from conftest import free_ports, seq_of
+from redishelp import (zone_nginx_t, needs_redis, start_redis,  # noqa: F401
                        start_cluster, node_of, start_sentinel_group,
                        sentinel_url, wait_in_sync)
 from sselib.client import StreamEnd
@@ -216,9 +216,7 @@ async def test_slot_migration_under_load_ask_tryagain_moved(start_nginx,
      "redis_ca= is for TLS"),
 ])
 def test_bad_sentinel_urls_fail_nginx_t(tmp_path, param, why):
-    sub, pub = free_ports(2)
-    ok, out = nginx_test_config(tmp_path, render_conf(
-        tmp_path, sub, pub, zone=f"sse_zone zone=sse:16m {param};"))
+    ok, out = zone_nginx_t(tmp_path, param)
     assert not ok, out
     assert why in out, out
     assert "[emerg]" in out
@@ -234,9 +232,7 @@ def test_bad_sentinel_urls_fail_nginx_t(tmp_path, param, why):
     "10.0.0.9:26379/mymaster/0",
 ])
 def test_good_sentinel_urls_pass_nginx_t(tmp_path, param):
-    sub, pub = free_ports(2)
-    ok, out = nginx_test_config(tmp_path, render_conf(
-        tmp_path, sub, pub, zone=f"sse_zone zone=sse:16m {param};"))
+    ok, out = zone_nginx_t(tmp_path, param)
     assert ok, out
 
 

@@ -29,10 +29,14 @@ class Redis:
              "--logfile", str(self.dir / "redis.log"), "--daemonize", "no",
              *self.args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return self._wait_up("redis-server")
+
+    def _wait_up(self, what):
+        """Waits until it answers PING (NOAUTH too: up, and wants a
+        password)."""
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
-                # NOAUTH: up, and wants a password.
                 out = self.cli("PING")
                 if out.strip() == "PONG" or "NOAUTH" in out:
                     return self
@@ -41,7 +45,7 @@ class Redis:
             if self.proc.poll() is not None:
                 break
             time.sleep(0.02)
-        raise RuntimeError(f"redis-server did not start on {self.port}")
+        raise RuntimeError(f"{what} did not start on {self.port}")
 
     def kill(self):
         """SIGKILL: what it held in memory is gone."""
@@ -107,17 +111,7 @@ class Sentinel(Redis):
         self.proc = subprocess.Popen(
             [REDIS_SERVER, str(conf), "--sentinel"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                if self.cli("PING").strip() == "PONG":
-                    return self
-            except subprocess.SubprocessError:
-                pass
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.02)
-        raise RuntimeError(f"redis sentinel did not start on {self.port}")
+        return self._wait_up("redis sentinel")
 
     def master(self):
         """SENTINEL master NAME as a dict."""
