@@ -264,3 +264,29 @@ def test_accepted_at_every_level(tmp_path):
         server="sse_free_request on;", sub="sse_free_request off;",
         retry=None))
     assert ok, out
+
+
+@pytest.mark.parametrize("what, http, sub, headers", [
+    ("limit_conn", "limit_conn_zone $binary_remote_addr zone=per_ip:1m;",
+     "            limit_conn per_ip 1;", {}),
+    ("limit_rate", "", "            limit_rate 100k;", {}),
+    ("gzip", "gzip on; gzip_types text/event-stream; gzip_min_length 1;",
+     "", {"Accept-Encoding": "gzip"}),
+])
+async def test_streams_that_need_their_request_keep_it(start_nginx, what,
+                                                       http, sub, headers):
+    n = start(start_nginx, http=http, sub=sub)
+    c = await n.stream("kept", headers=headers)
+    await n.publish_ok("kept", "x")
+    await asyncio.sleep(0.5)
+    # Not freed: no access log line while it is open.
+    assert access_lines(n, "/events/kept") == []
+    if what == "limit_conn":
+        # The open stream still counts against the limit.
+        r = await n.subscribe("kept")
+        assert r.status == 503, r.status
+    c.close()
+    await wait_until(lambda: [ln for ln in access_lines(n, "/events/kept")
+                              if ln.startswith("200 ")], 5, 0.02,
+                     "the stream's access log line at its end")
+    assert end_lines(n, "kept") == []
