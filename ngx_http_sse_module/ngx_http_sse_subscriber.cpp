@@ -148,7 +148,8 @@ static void ngx_http_sse_reclaim(ngx_http_sse_subscriber_t *sub) {
 }
 
 // A request-free stream: writes what is queued and not yet sent straight
-// to the socket; c->buffered says whether some is left.
+// to the socket (through TLS's buffer, if any); c->buffered says whether
+// some is left.
 static ngx_int_t ngx_http_sse_write_direct(ngx_http_sse_subscriber_t *sub) {
     ngx_connection_t *c = sub->c;
     ngx_http_sse_out_t *first = sub->out_head;
@@ -156,7 +157,7 @@ static ngx_int_t ngx_http_sse_write_direct(ngx_http_sse_subscriber_t *sub) {
         first = first->next;
     }
     sub->unsent = NULL;
-    if (first == NULL) {
+    if (first == NULL && !(c->buffered & NGX_LOWLEVEL_BUFFERED)) {
         c->buffered = 0;
         return NGX_OK;
     }
@@ -167,12 +168,20 @@ static ngx_int_t ngx_http_sse_write_direct(ngx_http_sse_subscriber_t *sub) {
     if (c->error) {
         return NGX_ERROR;
     }
-    ngx_chain_t *rest = c->send_chain(c, &first->cl, 0);
+    ngx_chain_t *rest = c->send_chain(c, first ? &first->cl : NULL, 0);
     if (rest == NGX_CHAIN_ERROR) {
         c->error = 1;
         return NGX_ERROR;
     }
-    c->buffered = rest != NULL ? NGX_HTTP_WRITE_BUFFERED : 0;
+    c->buffered = (c->buffered & NGX_LOWLEVEL_BUFFERED) |
+                  (rest != NULL ? NGX_HTTP_WRITE_BUFFERED : 0);
+#if (NGX_SSL)
+    if (c->ssl != NULL && c->buffered == 0) {
+        // All out: TLS's 16 KB write buffer is not kept while idle (as
+        // nginx frees it for a keep-alive connection).
+        ngx_ssl_free_buffer(c);
+    }
+#endif
     return NGX_OK;
 }
 
@@ -976,9 +985,6 @@ static ngx_int_t ngx_http_sse_subscribe(ngx_http_request_t *r) {
     // record (links and channels after it) is malloc'd, else in r->pool.
     bool freeable = lcf->free_request && lcf->unsubscribe_request.len == 0 &&
                     r == r->main && r->http_version < NGX_HTTP_VERSION_20;
-#if (NGX_SSL)
-    freeable = freeable && r->connection->ssl == NULL;
-#endif
     ngx_pool_cleanup_t *cln = ngx_pool_cleanup_add(r->pool, 0);
     if (cln == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;

@@ -13,12 +13,14 @@ import asyncio
 import json
 import re
 import socket
+import ssl
 
 import pytest
 
-from clienthelp import status_json, wait_subscribers, wait_until
-from conftest import (KeepAlive, StreamEnd, nginx_test_config, overload_end,
-                      render_conf)
+from clienthelp import make_cert, status_json, wait_subscribers, wait_until
+from conftest import (OPEN_CLIENTS, KeepAlive, SSEClient, free_port,
+                      nginx_test_config, overload_end, parse_head,
+                      render_conf, request_bytes)
 
 LOG_FORMAT = 'log_format sse "$status $request_uri $body_bytes_sent";'
 STATUS = "location = /status { sse_status; }"
@@ -290,3 +292,88 @@ async def test_streams_that_need_their_request_keep_it(start_nginx, what,
                               if ln.startswith("200 ")], 5, 0.02,
                      "the stream's access log line at its end")
     assert end_lines(n, "kept") == []
+
+
+async def tls_stream(port, path, cafile, rcvbuf=None, read=True):
+    """An HTTP/1.1 event stream over TLS (no ALPN: HTTP/1.1); with
+    read=False nothing is read past the head until start_reading()."""
+    ctx = ssl.create_default_context(cafile=str(cafile))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    c = SSEClient()
+    c._reader, c._writer = await asyncio.open_connection(
+        sock=sock, ssl=ctx, server_hostname="127.0.0.1", limit=4096)
+    OPEN_CLIENTS.add(c)
+    c._writer.write(request_bytes("GET", path, None, None, False, True))
+    head = await asyncio.wait_for(c._reader.readuntil(b"\r\n\r\n"), 10)
+    c.status, c.headers = parse_head(head)
+    assert c.status == 200, head
+    if read:
+        start_reading(c)
+    return c
+
+
+def start_reading(c):
+    c._task = asyncio.ensure_future(c._pump())
+
+
+@pytest.mark.timeout_s(60)
+async def test_tls_stream_goes_request_free(start_nginx, tmp_path):
+    cert, key = make_cert(tmp_path)
+    port = free_port()
+    n = start(start_nginx, server=f"""
+        listen 127.0.0.1:{port} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};""")
+    c = await tls_stream(port, "/events/tls", cert)
+    await wait_until(lambda: access_lines(n, "/events/tls"), 5, 0.02,
+                     "the access log line of a TLS stream being set up")
+    # Small events, then big ones that go through TLS's buffer in parts.
+    ids = [await n.publish_ok("tls", f"e{i}") for i in range(10)]
+    ids += [await n.publish_ok("tls", "b" * 50000) for _ in range(20)]
+    got = await c.events(30, timeout=20)
+    assert [b.id for b in got] == ids
+    r = await n.pub_http("DELETE", "/publish/tls")
+    assert r.status in (200, 204), r
+    blocks = await c.until_end(timeout=5)
+    assert [b.fields for b in blocks[-2:]] == overload_end("deleted")
+    assert c.ended.clean
+    await wait_end_line(n, "tls", "deleted")
+    # Another one, which the client closes.
+    c = await tls_stream(port, "/events/tls2", cert)
+    await wait_until(lambda: access_lines(n, "/events/tls2"), 5, 0.02,
+                     "the access log line of the second TLS stream")
+    c.close()
+    await wait_end_line(n, "tls2", "client_closed")
+    await wait_subscribers(n, "tls2", 0)
+
+
+@pytest.mark.timeout_s(60)
+async def test_tls_stream_that_falls_behind_gets_everything(start_nginx,
+                                                            tmp_path):
+    # A client that reads nothing for a while: TLS's buffer and the
+    # socket fill, the writes wait for the client, then all comes, in
+    # order.
+    cert, key = make_cert(tmp_path)
+    port = free_port()
+    n = start(start_nginx, sub="            sse_max_pending 32m;",
+              server=f"""
+        listen 127.0.0.1:{port} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};""")
+    c = await tls_stream(port, "/events/lag", cert, rcvbuf=4096, read=False)
+    await wait_until(lambda: access_lines(n, "/events/lag"), 5, 0.02,
+                     "the access log line of a TLS stream being set up")
+    # More than the socket's send buffer takes (up to 4 MB).
+    ids = [await n.publish_ok("lag", f"{i:05d}" + "x" * 60000)
+           for i in range(120)]
+    await asyncio.sleep(1)
+    start_reading(c)
+    got = await c.events(120, timeout=30)
+    assert [b.id for b in got] == ids
+    assert [b.data[:5] for b in got] == [f"{i:05d}" for i in range(120)]
+    c.close()
+    await wait_end_line(n, "lag", "client_closed")
