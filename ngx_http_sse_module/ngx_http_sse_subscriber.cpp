@@ -552,8 +552,9 @@ static void ngx_http_sse_cleanup(void *data) {
 
 // ---------------------------------------------------------------- request-free
 //
-// A plain HTTP/1.1 stream frees its request once set up and all sent, as
-// nginx does for a keep-alive connection: the access log entry is written
+// An HTTP/1.1 stream (plain or TLS) on the pre-framed path frees its
+// request once set up and all sent, as nginx does for a keep-alive
+// connection: the access log entry is written
 // then, the request's pool and the header buffers are freed, and only the
 // connection and the subscriber record are left; the pre-framed chunks go
 // to c->send_chain. Everything that ends a stream ends here: end events
@@ -670,6 +671,10 @@ static void ngx_http_sse_stream_end(ngx_http_sse_subscriber_t *sub) {
             }
             channels += sub->chans[i]->id();
         }
+    } catch (const std::exception &) {
+        channels.clear();  // the line goes without them
+    }
+    try {
         ngx_http_sse_detach(sub);
     } catch (const std::exception &e) {
         ngx_log_error(NGX_LOG_ERR, c->log, 0, "sse: %s", e.what());
