@@ -178,7 +178,7 @@ enum ngx_http_sse_drop_e {
 };
 
 // Per subscriber request: in r->pool, released by its pool cleanup; or,
-// where sse_free_request may apply (`freeable`), malloc'd, so that it
+// where sse_free_request may apply (`owned`), malloc'd, so that it
 // outlives the request: a request-free stream (r NULL) keeps only its
 // connection and this record, freed when the connection closes.
 struct ngx_http_sse_subscriber_t {
