@@ -84,6 +84,9 @@ struct ngx_http_sse_loc_conf_t {
     // ngx_http_sse_presence.cpp
     ngx_str_t unsubscribe_request;               // URI; empty: off
     ngx_http_complex_value_t *presence_channel;  // NULL: off
+    // sse_free_request: a plain HTTP/1.1 stream drops its request once set
+    // up (ngx_http_sse_subscriber.cpp)
+    ngx_flag_t free_request;
 };
 
 // The only way to the zone's store: holds its lock for the session's life;
@@ -165,9 +168,23 @@ enum ngx_http_sse_reason_e {
     NGX_HTTP_SSE_R_CATCH_UP,
 };
 
-// Per subscriber request, in r->pool; released by its pool cleanup.
+// Why a stream was dropped (NGX_HTTP_SSE_END_CLOSE), for the log line of
+// a request-free stream.
+enum ngx_http_sse_drop_e {
+    NGX_HTTP_SSE_DROP_ERROR = 0,
+    NGX_HTTP_SSE_DROP_CLIENT_CLOSED,
+    NGX_HTTP_SSE_DROP_MAX_PENDING,
+    NGX_HTTP_SSE_DROP_SEND_TIMEOUT,
+};
+
+// Per subscriber request: in r->pool, released by its pool cleanup; or,
+// where sse_free_request may apply (`owned`), malloc'd, so that it
+// outlives the request: a request-free stream (r NULL) keeps only its
+// connection and this record, freed when the connection closes.
 struct ngx_http_sse_subscriber_t {
-    ngx_http_request_t *r;
+    ngx_http_request_t *r;  // NULL once the request is freed
+    ngx_connection_t *c;
+    ngx_http_core_loc_conf_t *clcf;  // send_timeout, send_lowat
     ngx_http_sse_loc_conf_t *lcf;
     ngx_http_sse_zone_worker_t *zw;
     uint64_t last_seq;  // newest seq queued: later events only
@@ -181,9 +198,13 @@ struct ngx_http_sse_subscriber_t {
     size_t catchup;  // of those, the catch-up's: bounded by sse_max_pending,
                      // and allowed on top of it
     ngx_msec_t last_write;
+    ngx_msec_t start;    // when the stream was set up
+    int64_t expires_ms;  // the token's exp + leeway, Unix ms; 0: none
     ngx_event_t heartbeat;
     ngx_event_t timeout;
     ngx_event_t expiry;  // the token's exp
+    // Posted to end the stream; posted with `end` NONE, it frees the
+    // request of a stream that may go request-free.
     ngx_event_t end_ev;
     ngx_event_t catchup_ev;
     ngx_queue_t all;    // in the zone worker's subscribers
@@ -198,9 +219,14 @@ struct ngx_http_sse_subscriber_t {
     // Chunked and no body filter at work: writes pre-framed chunks straight
     // to the write filter.
     unsigned framed : 1;
+    unsigned owned : 1;      // malloc'd: sse_free_request may apply
+    unsigned freeable : 1;   // may still go request-free
+    unsigned closing : 1;    // request-free, ended: flushing its last bytes
+    unsigned drop : 2;       // ngx_http_sse_drop_e
     ngx_str_t presence;      // sse_presence_channel's value; empty: none
     const std::string *who;  // the token's sub (freed after the pool
-                             // cleanup that ends the subscriber), or NULL
+                             // cleanup that ends the subscriber), or NULL;
+                             // a request-free stream owns copies of both
 };
 
 static_assert(std::is_trivially_destructible_v<ngx_http_sse_subscriber_t>);
@@ -382,9 +408,9 @@ char *ngx_http_sse_auth_key_file(ngx_conf_t *cf, ngx_command_t *cmd,
 // Registers the access-phase check and the $sse_jwt_*, $sse_channels
 // variables.
 ngx_int_t ngx_http_sse_auth_init(ngx_conf_t *cf);
-// Milliseconds until the request's token expires (exp plus the leeway; at
-// least 1 once past it); 0 when the request carried no token with "exp".
-ngx_msec_t ngx_http_sse_auth_expires_in(ngx_http_request_t *r) noexcept;
+// When the request's token expires (exp plus the leeway), in Unix ms; 0
+// when it carried no token with "exp".
+int64_t ngx_http_sse_auth_expires_at(ngx_http_request_t *r) noexcept;
 // The token's "sub" of the request, NULL without one.
 const std::string *ngx_http_sse_auth_sub(ngx_http_request_t *r) noexcept;
 

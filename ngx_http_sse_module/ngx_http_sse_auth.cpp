@@ -473,25 +473,16 @@ static ngx_int_t ngx_http_sse_auth_handler(ngx_http_request_t *r) noexcept {
     }
 }
 
-ngx_msec_t ngx_http_sse_auth_expires_in(ngx_http_request_t *r) noexcept {
+int64_t ngx_http_sse_auth_expires_at(ngx_http_request_t *r) noexcept {
     ngx_http_sse_auth_ctx_t *ctx = ngx_http_sse_auth_ctx(r);
     if (ctx == NULL || ctx->claims.exp == 0) {
         return 0;
     }
-    ngx_time_t *tp = ngx_timeofday();
-    int64_t now_ms = (int64_t)tp->sec * 1000 + tp->msec;
     // The token is accepted until exp + leeway; saturate far futures.
     int64_t end_s = ctx->claims.exp > INT64_MAX / 1000 - ctx->leeway
                         ? INT64_MAX / 1000
                         : ctx->claims.exp + ctx->leeway;
-    int64_t left = end_s * 1000 - now_ms;
-    if (left <= 0) {
-        return 1;
-    }
-    // Callers arm timers with it: keep far futures within a timer's
-    // range (they re-check when the timer fires).
-    return left >= NGX_MAX_INT32_VALUE ? (ngx_msec_t)NGX_MAX_INT32_VALUE
-                                       : (ngx_msec_t)left;
+    return end_s * 1000;
 }
 
 const std::string *ngx_http_sse_auth_sub(ngx_http_request_t *r) noexcept {

@@ -201,6 +201,11 @@ static ngx_command_t ngx_http_sse_commands[] = {
          NGX_CONF_TAKE1,
      ngx_http_sse_presence_channel, NGX_HTTP_LOC_CONF_OFFSET, 0, NULL},
 
+    {ngx_string("sse_free_request"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_FLAG,
+     ngx_conf_set_flag_slot, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(ngx_http_sse_loc_conf_t, free_request), NULL},
+
     ngx_null_command};
 
 static ngx_http_module_t ngx_http_sse_module_ctx = {
@@ -480,6 +485,7 @@ static void *ngx_http_sse_create_loc_conf(ngx_conf_t *cf) {
     lcf->max_pending = NGX_CONF_UNSET_SIZE;
     lcf->max_subscribers = NGX_CONF_UNSET_UINT;
     lcf->allow_credentials = NGX_CONF_UNSET;
+    lcf->free_request = NGX_CONF_UNSET;
     ngx_http_sse_auth_create_conf(lcf);
     return lcf;
 }
@@ -509,6 +515,7 @@ static char *ngx_http_sse_merge_loc_conf(ngx_conf_t *cf, void *parent,
     ngx_conf_merge_size_value(conf->max_pending, prev->max_pending,
                               1024 * 1024);
     ngx_conf_merge_uint_value(conf->max_subscribers, prev->max_subscribers, 0);
+    ngx_conf_merge_value(conf->free_request, prev->free_request, 1);
 
     if ((conf->role == NGX_HTTP_SSE_SUBSCRIBE ||
          conf->role == NGX_HTTP_SSE_PUBLISH) &&

@@ -211,7 +211,7 @@ static void ngx_http_sse_presence_publish(
                 sub->zw->zone, pres, event,
                 ngx_http_sse_presence_json(who, chan, count),
                 sub->lcf->buffer_length, sub->lcf->message_ttl)) {
-            ngx_log_error(NGX_LOG_WARN, sub->r->connection->log, 0,
+            ngx_log_error(NGX_LOG_WARN, sub->c->log, 0,
                           "sse: presence %s event not published", event);
         }
     }

@@ -5,6 +5,7 @@
 
 static const u_char ngx_http_sse_heartbeat_line[] = ":\n\n";
 static const u_char ngx_http_sse_heartbeat_chunk[] = "3\r\n:\n\n\r\n";
+static const u_char ngx_http_sse_last_chunk[] = "0\r\n\r\n";
 // Clients reconnect after this long when we end a stream ourselves and
 // sse_retry is off.
 #define NGX_HTTP_SSE_DEFAULT_RETRY_MS 1000
@@ -16,6 +17,11 @@ static void ngx_http_sse_heartbeat_handler(ngx_event_t *ev);
 static void ngx_http_sse_timeout_handler(ngx_event_t *ev);
 static void ngx_http_sse_catchup_handler(ngx_event_t *ev);
 static void ngx_http_sse_cleanup(void *data);
+static void ngx_http_sse_free_request(ngx_http_sse_subscriber_t *sub);
+static void ngx_http_sse_stream_end(ngx_http_sse_subscriber_t *sub);
+static void ngx_http_sse_stream_close(ngx_http_sse_subscriber_t *sub);
+static void ngx_http_sse_stream_read_handler(ngx_event_t *rev);
+static void ngx_http_sse_stream_write_handler(ngx_event_t *wev);
 
 ngx_int_t ngx_http_sse_subscribe_handler(ngx_http_request_t *r) {
     try {
@@ -141,10 +147,52 @@ static void ngx_http_sse_reclaim(ngx_http_sse_subscriber_t *sub) {
     }
 }
 
+// A request-free stream: writes what is queued and not yet sent straight
+// to the socket (through TLS's buffer, if any); c->buffered says whether
+// some is left.
+static ngx_int_t ngx_http_sse_write_direct(ngx_http_sse_subscriber_t *sub) {
+    ngx_connection_t *c = sub->c;
+    ngx_http_sse_out_t *first = sub->out_head;
+    while (first != NULL && first->buf.pos == first->buf.last) {
+        first = first->next;
+    }
+    sub->unsent = NULL;
+    if (first == NULL && !(c->buffered & NGX_LOWLEVEL_BUFFERED)) {
+        c->buffered = 0;
+        return NGX_OK;
+    }
+    for (ngx_http_sse_out_t *o = first; o != NULL; o = o->next) {
+        o->cl.next = o->next ? &o->next->cl : NULL;
+        o->buf.flush = o->next == NULL;
+    }
+    if (c->error) {
+        return NGX_ERROR;
+    }
+    ngx_chain_t *rest = c->send_chain(c, first ? &first->cl : NULL, 0);
+    if (rest == NGX_CHAIN_ERROR) {
+        c->error = 1;
+        return NGX_ERROR;
+    }
+    c->buffered = (c->buffered & NGX_LOWLEVEL_BUFFERED) |
+                  (rest != NULL ? NGX_HTTP_WRITE_BUFFERED : 0);
+#if (NGX_SSL)
+    if (c->ssl != NULL && c->buffered == 0) {
+        // All out: TLS's 16 KB write buffer is not kept while idle (as
+        // nginx frees it for a keep-alive connection).
+        ngx_ssl_free_buffer(c);
+    }
+#endif
+    return NGX_OK;
+}
+
 // Hands a chain to the output filters, or, pre-framed, straight to the
-// write filter (which keeps nginx's accounting, limits and send_timeout).
+// write filter (which keeps nginx's accounting, limits and send_timeout),
+// or, request-free, to the socket.
 static ngx_int_t ngx_http_sse_pass(ngx_http_sse_subscriber_t *sub,
                                    ngx_chain_t *cl) {
+    if (sub->r == NULL) {
+        return ngx_http_sse_write_direct(sub);
+    }
     if (!sub->framed) {
         return ngx_http_output_filter(sub->r, cl);
     }
@@ -171,8 +219,19 @@ static ngx_chain_t *ngx_http_sse_take_unsent(ngx_http_sse_subscriber_t *sub) {
     return &first->cl;
 }
 
+// Waits for the client to read: send_timeout armed once and re-armed only
+// by progress (the write handlers), so heartbeats and new events never
+// extend a stalled client's life. False on error.
+static bool ngx_http_sse_wait_writable(ngx_http_sse_subscriber_t *sub) {
+    ngx_event_t *wev = sub->c->write;
+    if (!wev->timer_set && !wev->delayed) {
+        ngx_add_timer(wev, sub->clcf->send_timeout);
+    }
+    return ngx_handle_write_event(wev, sub->clcf->send_lowat) == NGX_OK;
+}
+
 void ngx_http_sse_send(ngx_http_sse_subscriber_t *sub) {
-    ngx_http_request_t *r = sub->r;
+    ngx_connection_t *c = sub->c;
     ngx_int_t rc = ngx_http_sse_pass(sub, ngx_http_sse_take_unsent(sub));
     ngx_http_sse_reclaim(sub);
     if (rc == NGX_ERROR) {
@@ -181,7 +240,8 @@ void ngx_http_sse_send(ngx_http_sse_subscriber_t *sub) {
     }
     if (sub->pending > sub->lcf->max_pending + sub->catchup) {
         // It resumes from the ring when it comes back.
-        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+        sub->drop = NGX_HTTP_SSE_DROP_MAX_PENDING;
+        ngx_log_error(NGX_LOG_INFO, c->log, 0,
                       "sse: subscriber owes %uz bytes, over sse_max_pending, "
                       "closing it",
                       sub->pending);
@@ -194,20 +254,21 @@ void ngx_http_sse_send(ngx_http_sse_subscriber_t *sub) {
         // The next part of a catch-up larger than sse_max_pending.
         ngx_post_event(&sub->catchup_ev, &ngx_posted_events);
     }
-    ngx_event_t *wev = r->connection->write;
-    auto *clcf = static_cast<ngx_http_core_loc_conf_t *>(
-        ngx_http_get_module_loc_conf(r, ngx_http_core_module));
-    if (r->connection->buffered) {
-        // Armed once and re-armed only by progress (the write handler):
-        // heartbeats and new events never extend a stalled client's life.
-        if (!wev->timer_set && !wev->delayed) {
-            ngx_add_timer(wev, clcf->send_timeout);
-        }
-        if (ngx_handle_write_event(wev, clcf->send_lowat) != NGX_OK) {
+    ngx_event_t *wev = c->write;
+    if (c->buffered) {
+        if (!ngx_http_sse_wait_writable(sub)) {
             ngx_http_sse_end(sub, NGX_HTTP_SSE_END_CLOSE, NGX_HTTP_SSE_R_NONE);
         }
-    } else if (wev->timer_set) {
+        return;
+    }
+    if (wev->timer_set) {
         ngx_del_timer(wev);
+    }
+    if (sub->r != NULL && sub->freeable && sub->framed && sub->live &&
+        sub->end == NGX_HTTP_SSE_END_NONE) {
+        // All out: the request can go (from a posted event, never inside
+        // the handlers that use it).
+        ngx_post_event(&sub->end_ev, &ngx_posted_events);
     }
 }
 
@@ -216,7 +277,7 @@ void ngx_http_sse_end(ngx_http_sse_subscriber_t *sub, ngx_uint_t how,
     if (sub->end == NGX_HTTP_SSE_END_NONE) {
         ngx_post_event(&sub->end_ev, &ngx_posted_events);
         sub->reason = reason;
-        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, sub->r->connection->log, 0,
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, sub->c->log, 0,
                        "sse: ending stream (%ui, %s)", how,
                        ngx_http_sse_reason_text(reason));
     }
@@ -246,6 +307,14 @@ static void ngx_http_sse_stop_timers(ngx_http_sse_subscriber_t *sub) {
 
 static void ngx_http_sse_end_handler(ngx_event_t *ev) {
     auto *sub = static_cast<ngx_http_sse_subscriber_t *>(ev->data);
+    if (sub->end == NGX_HTTP_SSE_END_NONE) {
+        ngx_http_sse_free_request(sub);
+        return;
+    }
+    if (sub->r == NULL) {
+        ngx_http_sse_stream_end(sub);
+        return;
+    }
     ngx_http_request_t *r = sub->r;
     ngx_connection_t *c = r->connection;
 
@@ -317,34 +386,19 @@ static void ngx_http_sse_write_handler(ngx_http_request_t *r) {
     }
 }
 
-// ngx_http_test_reading(), but a closed client ends the stream through the
-// end handler, which sends sse_unsubscribe_request before closing (the
-// original finalizes at once, which would cut the subrequest).
-static void ngx_http_sse_read_handler(ngx_http_request_t *r) {
-    ngx_connection_t *c = r->connection;
+// ngx_http_test_reading()'s check, for the sse_unsubscribe_request
+// streams and the request-free ones (epoll or poll): true, with the
+// connection marked and logged, when the client has closed.
+static bool ngx_http_sse_peer_closed(ngx_http_sse_subscriber_t *sub,
+                                     ngx_err_t *errp) {
+    ngx_connection_t *c = sub->c;
     ngx_event_t *rev = c->read;
-    auto *sub = static_cast<ngx_http_sse_subscriber_t *>(
-        ngx_http_get_module_ctx(r, ngx_http_sse_module));
-    bool native = sub == NULL || sub->end != NGX_HTTP_SSE_END_NONE;
-#if (NGX_HTTP_V2)
-    native = native || r->stream != NULL;
-#endif
-#if (NGX_HTTP_V3)
-    native = native || c->quic != NULL;
-#endif
-#if (NGX_HAVE_KQUEUE)
-    native = native || (ngx_event_flags & NGX_USE_KQUEUE_EVENT);
-#endif
-    if (native) {
-        ngx_http_test_reading(r);
-        return;
-    }
     ngx_err_t err = 0;
     bool closed = false;
 #if (NGX_HAVE_EPOLLRDHUP)
     if ((ngx_event_flags & NGX_USE_EPOLL_EVENT) && ngx_use_epoll_rdhup) {
         if (!rev->pending_eof) {
-            return;
+            return false;
         }
         closed = true;
         socklen_t len = sizeof(ngx_err_t);
@@ -366,18 +420,47 @@ static void ngx_http_sse_read_handler(ngx_http_request_t *r) {
     if (!closed) {
         if ((ngx_event_flags & NGX_USE_LEVEL_EVENT) && rev->active &&
             ngx_del_event(rev, NGX_READ_EVENT, 0) != NGX_OK) {
-            ngx_http_sse_end(sub, NGX_HTTP_SSE_END_CLOSE, NGX_HTTP_SSE_R_NONE);
+            *errp = ngx_errno;
+            return true;
         }
-        return;
+        return false;
     }
     rev->eof = 1;
     c->error = 1;
     if (err) {
         rev->error = 1;
     }
+    sub->drop = NGX_HTTP_SSE_DROP_CLIENT_CLOSED;
     ngx_log_error(NGX_LOG_INFO, c->log, err,
                   "client prematurely closed connection");
-    ngx_http_sse_end(sub, NGX_HTTP_SSE_END_CLOSE, NGX_HTTP_SSE_R_NONE);
+    *errp = err;
+    return true;
+}
+
+// ngx_http_test_reading(), but a closed client ends the stream through the
+// end handler, which sends sse_unsubscribe_request before closing (the
+// original finalizes at once, which would cut the subrequest).
+static void ngx_http_sse_read_handler(ngx_http_request_t *r) {
+    auto *sub = static_cast<ngx_http_sse_subscriber_t *>(
+        ngx_http_get_module_ctx(r, ngx_http_sse_module));
+    bool native = sub == NULL || sub->end != NGX_HTTP_SSE_END_NONE;
+#if (NGX_HTTP_V2)
+    native = native || r->stream != NULL;
+#endif
+#if (NGX_HTTP_V3)
+    native = native || r->connection->quic != NULL;
+#endif
+#if (NGX_HAVE_KQUEUE)
+    native = native || (ngx_event_flags & NGX_USE_KQUEUE_EVENT);
+#endif
+    if (native) {
+        ngx_http_test_reading(r);
+        return;
+    }
+    ngx_err_t err = 0;
+    if (ngx_http_sse_peer_closed(sub, &err)) {
+        ngx_http_sse_end(sub, NGX_HTTP_SSE_END_CLOSE, NGX_HTTP_SSE_R_NONE);
+    }
 }
 
 static void ngx_http_sse_heartbeat_handler(ngx_event_t *ev) {
@@ -414,9 +497,21 @@ static void ngx_http_sse_timeout_handler(ngx_event_t *ev) {
 // Timers further away than this are re-armed when they fire.
 #define NGX_HTTP_SSE_MAX_TIMER ((ngx_msec_t)NGX_MAX_INT32_VALUE)
 
+// Milliseconds until the token expires, at least 1; far futures within a
+// timer's range (re-checked when the timer fires).
+static ngx_msec_t ngx_http_sse_expires_in(ngx_http_sse_subscriber_t *sub) {
+    ngx_time_t *tp = ngx_timeofday();
+    int64_t left = sub->expires_ms - ((int64_t)tp->sec * 1000 + tp->msec);
+    if (left <= 0) {
+        return 1;
+    }
+    return left >= (int64_t)NGX_HTTP_SSE_MAX_TIMER ? NGX_HTTP_SSE_MAX_TIMER
+                                                   : (ngx_msec_t)left;
+}
+
 static void ngx_http_sse_expiry_handler(ngx_event_t *ev) {
     auto *sub = static_cast<ngx_http_sse_subscriber_t *>(ev->data);
-    ngx_msec_t left = ngx_http_sse_auth_expires_in(sub->r);
+    ngx_msec_t left = ngx_http_sse_expires_in(sub);
     if (left > 1) {
         ngx_add_timer(ev, ngx_min(left, NGX_HTTP_SSE_MAX_TIMER));
         return;
@@ -425,8 +520,22 @@ static void ngx_http_sse_expiry_handler(ngx_event_t *ev) {
     ngx_http_sse_end(sub, NGX_HTTP_SSE_END_RETRY, NGX_HTTP_SSE_R_TOKEN_EXPIRED);
 }
 
+// Frees what is queued; timers stopped first.
+static void ngx_http_sse_free_out(ngx_http_sse_subscriber_t *sub) {
+    while (sub->out_head != NULL) {
+        ngx_http_sse_out_t *o = sub->out_head;
+        sub->out_head = o->next;
+        ngx_http_sse_out_put(o);
+    }
+    sub->out_tail = sub->unsent = NULL;
+}
+
 static void ngx_http_sse_cleanup(void *data) {
     auto *sub = static_cast<ngx_http_sse_subscriber_t *>(data);
+    if (sub->r == NULL) {
+        // Request-free from now on: its connection's close ends it.
+        return;
+    }
     if (sub->zw != NULL && ngx_http_sse_zone_worker(sub->zw->zone) == sub->zw) {
         try {
             ngx_http_sse_detach(sub);
@@ -435,12 +544,249 @@ static void ngx_http_sse_cleanup(void *data) {
         }
     }
     ngx_http_sse_stop_timers(sub);
-    while (sub->out_head != NULL) {
-        ngx_http_sse_out_t *o = sub->out_head;
-        sub->out_head = o->next;
-        ngx_http_sse_out_put(o);
+    ngx_http_sse_free_out(sub);
+    if (sub->owned) {
+        ngx_free(sub);  // malloc'd, and never went request-free
     }
-    sub->out_tail = sub->unsent = NULL;
+}
+
+// ---------------------------------------------------------------- request-free
+//
+// An HTTP/1.1 stream (plain or TLS) on the pre-framed path frees its
+// request once set up and all sent, as nginx does for a keep-alive
+// connection: the access log entry is written
+// then, the request's pool and the header buffers are freed, and only the
+// connection and the subscriber record are left; the pre-framed chunks go
+// to c->send_chain. Everything that ends a stream ends here: end events
+// (retry, deleted channel, shutdown, ...), max_pending, send_timeout, the
+// client's close.
+
+// nginx's NGX_HTTP_LIMIT_CONN_PASSED (not in a header): limit_conn counts
+// the request until it is freed.
+#define NGX_HTTP_SSE_LIMIT_CONN_PASSED 1
+
+static void ngx_http_sse_free_request(ngx_http_sse_subscriber_t *sub) {
+    ngx_http_request_t *r = sub->r;
+    ngx_connection_t *c = sub->c;
+    if (r == NULL || !sub->freeable || !sub->live || c->buffered || c->error) {
+        return;  // tried again once all is out
+    }
+    if (r->count != 1 || r->blocked || r->out != NULL || r->postponed != NULL ||
+        r->limit_rate != 0 ||
+        r->main->limit_conn_status == NGX_HTTP_SSE_LIMIT_CONN_PASSED) {
+        // Still in use, or limit_conn and limit_rate need it: the request
+        // lives as long as the stream.
+        sub->freeable = 0;
+        return;
+    }
+    // Own copies of what points into the request's pool.
+    u_char *presence = NULL;
+    std::string *who = NULL;
+    try {
+        if (sub->presence.len != 0) {
+            presence =
+                static_cast<u_char *>(ngx_alloc(sub->presence.len, c->log));
+            if (presence == NULL) {
+                throw std::bad_alloc();
+            }
+            ngx_memcpy(presence, sub->presence.data, sub->presence.len);
+        }
+        if (sub->who != NULL) {
+            who = new std::string(*sub->who);
+        }
+    } catch (const std::exception &) {
+        ngx_free(presence);
+        sub->freeable = 0;
+        return;
+    }
+    if (presence != NULL) {
+        sub->presence.data = presence;
+    }
+    sub->who = who;
+    ngx_http_connection_t *hc = r->http_connection;
+    // From here on the pool cleanup leaves the stream alone.
+    sub->r = NULL;
+    // Runs the log phase (the access log entry) and frees the pool.
+    ngx_http_free_request(r, 0);
+    c->data = sub;
+    c->log->action = const_cast<char *>("sending events");
+
+    // The header buffers, as ngx_http_set_keepalive() frees them.
+    ngx_buf_t *b = c->buffer;
+    if (b != NULL && b->start != NULL &&
+        ngx_pfree(c->pool, b->start) == NGX_OK) {
+        b->start = b->pos = b->last = b->end = NULL;
+    }
+    for (ngx_chain_t *cl = hc->free, *ln; cl != NULL; /* void */) {
+        ln = cl;
+        cl = cl->next;
+        ngx_pfree(c->pool, ln->buf->start);
+        ngx_free_chain(c->pool, ln);
+    }
+    hc->free = NULL;
+    for (ngx_chain_t *cl = hc->busy, *ln; cl != NULL; /* void */) {
+        ln = cl;
+        cl = cl->next;
+        ngx_pfree(c->pool, ln->buf->start);
+        ngx_free_chain(c->pool, ln);
+    }
+    hc->busy = NULL;
+    hc->nbusy = 0;
+
+    c->read->handler = ngx_http_sse_stream_read_handler;
+    c->write->handler = ngx_http_sse_stream_write_handler;
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, c->log, 0, "sse: request freed");
+}
+
+// The one line a request-free stream leaves when it ends (its access log
+// entry was written when it was set up).
+static void ngx_http_sse_log_end(ngx_http_sse_subscriber_t *sub,
+                                 std::string_view channels) {
+    static const char *const drops[] = {"error", "client_closed", "max_pending",
+                                        "send_timeout"};
+    const char *why = sub->end == NGX_HTTP_SSE_END_CLOSE
+                          ? drops[sub->drop]
+                          : ngx_http_sse_reason_text(sub->reason);
+    if (*why == '\0') {
+        why = "end";
+    }
+    ngx_str_t ch = {channels.size(), (u_char *)channels.data()};
+    ngx_log_error(NGX_LOG_INFO, sub->c->log, 0,
+                  "sse: stream ended (%s): channel(s) \"%V\", %O bytes sent "
+                  "in %M ms",
+                  why, &ch, sub->c->sent, ngx_current_msec - sub->start);
+}
+
+// Ends a request-free stream: leaves its channels, writes the end of
+// stream (sse-error, retry: and the last chunk) unless dropped, and closes
+// once that is out.
+static void ngx_http_sse_stream_end(ngx_http_sse_subscriber_t *sub) {
+    ngx_connection_t *c = sub->c;
+    std::string channels;
+    try {
+        for (ngx_uint_t i = 0; sub->joined && i < sub->nlinks; i++) {
+            // Read while joined: leaving may free the channel.
+            if (i > 0) {
+                channels += ',';
+            }
+            channels += sub->chans[i]->id();
+        }
+    } catch (const std::exception &) {
+        channels.clear();  // the line goes without them
+    }
+    try {
+        ngx_http_sse_detach(sub);
+    } catch (const std::exception &e) {
+        ngx_log_error(NGX_LOG_ERR, c->log, 0, "sse: %s", e.what());
+    }
+    ngx_http_sse_stop_timers(sub);
+    sub->closing = 1;
+    bool wait = false;
+    if (sub->end != NGX_HTTP_SSE_END_CLOSE) {
+        ngx_int_t rc = NGX_ERROR;
+        try {
+            rc = ngx_http_sse_enqueue_bytes(
+                sub, ngx_http_sse_end_bytes(sub->lcf, sub->reason));
+        } catch (const std::exception &e) {
+            ngx_log_error(NGX_LOG_ERR, c->log, 0, "sse: %s", e.what());
+        }
+        if (rc == NGX_OK) {
+            rc = ngx_http_sse_enqueue_static(
+                sub, ngx_http_sse_last_chunk,
+                sizeof(ngx_http_sse_last_chunk) - 1);
+        }
+        if (rc == NGX_OK) {
+            rc = ngx_http_sse_write_direct(sub);
+            ngx_http_sse_reclaim(sub);
+        }
+        wait = rc == NGX_OK && c->buffered && ngx_http_sse_wait_writable(sub);
+    }
+    ngx_http_sse_log_end(sub, channels);
+    if (!wait) {
+        ngx_http_sse_stream_close(sub);
+    }
+}
+
+static void ngx_http_sse_stream_close(ngx_http_sse_subscriber_t *sub) {
+    ngx_connection_t *c = sub->c;
+    if (c->timedout && sub->clcf->reset_timedout_connection) {
+        // As nginx does for a timed-out request: RST, no FIN_WAIT.
+        struct linger linger = {1, 0};
+        if (setsockopt(c->fd, SOL_SOCKET, SO_LINGER, (const void *)&linger,
+                       sizeof(struct linger)) == -1) {
+            ngx_log_error(NGX_LOG_ALERT, c->log, ngx_socket_errno,
+                          "setsockopt(SO_LINGER) failed");
+        }
+    }
+    ngx_http_sse_stop_timers(sub);
+    ngx_http_sse_free_out(sub);
+    if (sub->presence.len != 0) {
+        ngx_free(sub->presence.data);
+    }
+    delete sub->who;
+    ngx_free(sub);
+    ngx_http_close_connection(c);
+}
+
+// Ends a request-free stream at once: the client is gone or stalled, or
+// nginx closes connections (worker_shutdown_timeout).
+static void ngx_http_sse_stream_drop(ngx_http_sse_subscriber_t *sub) {
+    if (sub->closing) {
+        ngx_http_sse_stream_close(sub);
+        return;
+    }
+    sub->end = NGX_HTTP_SSE_END_CLOSE;
+    ngx_http_sse_stream_end(sub);
+}
+
+static void ngx_http_sse_stream_read_handler(ngx_event_t *rev) {
+    auto *c = static_cast<ngx_connection_t *>(rev->data);
+    auto *sub = static_cast<ngx_http_sse_subscriber_t *>(c->data);
+    if (c->close) {
+        ngx_http_sse_stream_drop(sub);
+        return;
+    }
+    ngx_err_t err = 0;
+    if (!ngx_http_sse_peer_closed(sub, &err)) {
+        return;
+    }
+    if (sub->closing) {
+        ngx_http_sse_stream_close(sub);
+        return;
+    }
+    // Posted, as for any stream: callers iterating subscribers are safe.
+    ngx_http_sse_end(sub, NGX_HTTP_SSE_END_CLOSE, NGX_HTTP_SSE_R_NONE);
+}
+
+static void ngx_http_sse_stream_write_handler(ngx_event_t *wev) {
+    auto *c = static_cast<ngx_connection_t *>(wev->data);
+    auto *sub = static_cast<ngx_http_sse_subscriber_t *>(c->data);
+    if (wev->timedout) {
+        // Nothing read for send_timeout, whatever the heartbeats did.
+        ngx_log_error(NGX_LOG_INFO, c->log, NGX_ETIMEDOUT,
+                      "sse: client timed out");
+        c->timedout = 1;
+        sub->drop = NGX_HTTP_SSE_DROP_SEND_TIMEOUT;
+        ngx_http_sse_stream_drop(sub);
+        return;
+    }
+    // Writable again: the client read something; its timer starts anew.
+    if (wev->timer_set) {
+        ngx_del_timer(wev);
+    }
+    if (!sub->closing) {
+        if (sub->end == NGX_HTTP_SSE_END_NONE) {
+            ngx_http_sse_send(sub);
+        }
+        return;  // else the end handler runs soon
+    }
+    // The end of stream: out, then close.
+    ngx_int_t rc = ngx_http_sse_write_direct(sub);
+    ngx_http_sse_reclaim(sub);
+    if (rc == NGX_OK && c->buffered && ngx_http_sse_wait_writable(sub)) {
+        return;
+    }
+    ngx_http_sse_stream_close(sub);
 }
 
 // Where the client resumes from: sse_last_event_id if set, else the
@@ -586,8 +932,7 @@ static void ngx_http_sse_catchup_handler(ngx_event_t *ev) {
         }
         ngx_http_sse_send(sub);
     } catch (const std::exception &e) {
-        ngx_log_error(NGX_LOG_ERR, sub->r->connection->log, 0, "sse: %s",
-                      e.what());
+        ngx_log_error(NGX_LOG_ERR, sub->c->log, 0, "sse: %s", e.what());
         zw->owed.clear();
         ngx_http_sse_end(sub, NGX_HTTP_SSE_END_CLOSE, NGX_HTTP_SSE_R_NONE);
     }
@@ -641,20 +986,32 @@ static ngx_int_t ngx_http_sse_subscribe(ngx_http_request_t *r) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    auto *sub = static_cast<ngx_http_sse_subscriber_t *>(
-        ngx_pcalloc(r->pool, sizeof(ngx_http_sse_subscriber_t)));
+    // sse_free_request: where the stream may outlive its request, the
+    // record (links and channels after it) is malloc'd, else in r->pool.
+    bool freeable = lcf->free_request && lcf->unsubscribe_request.len == 0 &&
+                    r == r->main && r->http_version < NGX_HTTP_VERSION_20;
     ngx_pool_cleanup_t *cln = ngx_pool_cleanup_add(r->pool, 0);
-    if (sub == NULL || cln == NULL) {
+    if (cln == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
-    sub->links = static_cast<ngx_http_sse_link_t *>(
-        ngx_pcalloc(r->pool, ids.size() * sizeof(ngx_http_sse_link_t)));
-    sub->chans = static_cast<sse::channel **>(
-        ngx_pcalloc(r->pool, ids.size() * sizeof(sse::channel *)));
-    if (sub->links == NULL || sub->chans == NULL) {
+    size_t size =
+        sizeof(ngx_http_sse_subscriber_t) +
+        ids.size() * (sizeof(ngx_http_sse_link_t) + sizeof(sse::channel *));
+    auto *sub = static_cast<ngx_http_sse_subscriber_t *>(
+        freeable ? ngx_calloc(size, r->connection->log)
+                 : ngx_pcalloc(r->pool, size));
+    if (sub == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
+    sub->links = reinterpret_cast<ngx_http_sse_link_t *>(sub + 1);
+    sub->chans = reinterpret_cast<sse::channel **>(sub->links + ids.size());
+    sub->owned = sub->freeable = freeable;
     sub->r = r;
+    sub->c = r->connection;
+    sub->clcf = static_cast<ngx_http_core_loc_conf_t *>(
+        ngx_http_get_module_loc_conf(r, ngx_http_core_module));
+    sub->start = ngx_current_msec;
+    sub->expires_ms = ngx_http_sse_auth_expires_at(r);
     sub->lcf = lcf;
     sub->zw = zw;
     sub->end_ev.handler = ngx_http_sse_end_handler;
@@ -755,9 +1112,7 @@ static ngx_int_t ngx_http_sse_subscribe(ngx_http_request_t *r) {
     // network). nginx itself sets it only on keep-alive and upgraded
     // connections; `tcp_nodelay off` keeps it off here too. A failure is
     // logged by nginx and costs only latency.
-    auto *clcf = static_cast<ngx_http_core_loc_conf_t *>(
-        ngx_http_get_module_loc_conf(r, ngx_http_core_module));
-    if (clcf->tcp_nodelay && r->http_version < NGX_HTTP_VERSION_20) {
+    if (sub->clcf->tcp_nodelay && r->http_version < NGX_HTTP_VERSION_20) {
         (void)ngx_tcp_nodelay(r->connection);
     }
     sub->last_write = ngx_current_msec;
@@ -775,13 +1130,12 @@ static ngx_int_t ngx_http_sse_subscribe(ngx_http_request_t *r) {
         sub->timeout.cancelable = 1;
         ngx_add_timer(&sub->timeout, lcf->stream_timeout);
     }
-    ngx_msec_t exp = ngx_http_sse_auth_expires_in(r);
-    if (exp != 0) {
+    if (sub->expires_ms != 0) {
         sub->expiry.handler = ngx_http_sse_expiry_handler;
         sub->expiry.data = sub;
         sub->expiry.log = r->connection->log;
         sub->expiry.cancelable = 1;
-        ngx_add_timer(&sub->expiry, ngx_min(exp, NGX_HTTP_SSE_MAX_TIMER));
+        ngx_add_timer(&sub->expiry, ngx_http_sse_expires_in(sub));
     }
 
     // Headers and catch-up go out now, in one write; with nothing to
@@ -796,6 +1150,12 @@ static ngx_int_t ngx_http_sse_subscribe(ngx_http_request_t *r) {
     // go out as the worker copy's ready-made chunks, no filter work and no
     // allocation per subscriber.
     sub->framed = ngx_http_sse_can_frame(r);
+    sub->freeable = sub->freeable && sub->framed;
     r->main->count++;
+    if (sub->freeable && sub->live && !r->connection->buffered &&
+        sub->end == NGX_HTTP_SSE_END_NONE) {
+        // Set up and all out: the request goes once this handler is done.
+        ngx_post_event(&sub->end_ev, &ngx_posted_events);
+    }
     return NGX_DONE;
 }

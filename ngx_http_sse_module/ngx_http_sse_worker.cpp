@@ -278,7 +278,7 @@ void ngx_http_sse_attach(ngx_http_sse_subscriber_t *sub) {
         ngx_queue_insert_tail(&lc->subs, &link->queue);
         lc->nsubs++;
     }
-    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, sub->r->connection->log, 0,
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, sub->c->log, 0,
                    "sse: attached to %ui channel(s), last seq %uL", sub->nlinks,
                    sub->last_seq);
 }
@@ -305,8 +305,7 @@ void ngx_http_sse_detach(ngx_http_sse_subscriber_t *sub) {
         sub->joined = 0;
         ngx_http_sse_presence_leave(sub, zw);
     }
-    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, sub->r->connection->log, 0,
-                   "sse: detached");
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, sub->c->log, 0, "sse: detached");
 }
 
 // Ends every stream of zw: what it was owed may be lost (out of memory);

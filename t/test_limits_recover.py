@@ -73,9 +73,18 @@ async def test_max_subscribers_on_a_multiplexed_stream(start_nginx):
     assert (await n.info("m1")).json()["subscribers"] == 0
 
 
+async def connection_closes(r):
+    """A request-free stream (sse_free_request on) closes its connection
+    after the clean end."""
+    rest = await asyncio.wait_for(r.reader.read(), 5)
+    assert rest == b"", rest
+
+
 @pytest.mark.timeout_s(30)
-async def test_stream_timeout_expired(start_nginx):
-    n = start_nginx(retry=1500, sub="sse_stream_timeout 1s;")
+@pytest.mark.parametrize("free", ["on", "off"])
+async def test_stream_timeout_expired(start_nginx, free):
+    n = start_nginx(retry=1500,
+                    sub=f"sse_stream_timeout 1s; sse_free_request {free};")
     t0 = time.monotonic()
     r = await raw_stream(n, "tmo")
     eid = await n.publish_ok("tmo", "before the end")
@@ -86,7 +95,10 @@ async def test_stream_timeout_expired(start_nginx):
                     f"id: {eid}\ndata: before the end\n\n".encode() +
                     b'event: sse-error\ndata: {"reason":"stream_timeout"}\n\n' +
                     b"retry: 1500\n\n")
-    await connection_still_serves(r)
+    if free == "on":
+        await connection_closes(r)
+    else:
+        await connection_still_serves(r)
     r.close()
     # Coming back as EventSource would: nothing missed.
     eid2 = await n.publish_ok("tmo", "while away")
