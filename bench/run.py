@@ -90,7 +90,7 @@ SCALES = {
         "after_burst": {"subscribers": 1000, "burst": 100, "rate": 20,
                         "seconds": 5, "size": 64},
         "channels": {"subscribers": 5000, "channels": 1000, "events": 10000,
-                     "publishers": 4, "size": 64, "matched_rate": 5000},
+                     "publishers": 4, "size": 64, "matched_rate": 4000},
         "memory": {"subscribers": 10000, "channels": 1},
         "publish": {"sizes": [64, 16384], "events": {64: 20000, 16384: 5000},
                     "publishers": 4},
@@ -520,9 +520,12 @@ def matched(srv, p, rate, prefix, **kw):
     r = run_sseload(srv, "fanout", prefix, events=p["events"],
                     size=p["size"], publishers=p.get("publishers", 1),
                     rate=rate, batch=200, **kw)
-    lat = r["latency_ms"]
+    # From each event's scheduled send time: a server that answers late
+    # delays the next publish, and a user's event waits there too.
+    lat = r["latency_from_schedule_ms"]
     return {"matched_latency_p50_ms": lat.get("p50"),
             "matched_latency_p99_ms": lat.get("p99"),
+            "matched_sent_latency_p99_ms": r["latency_ms"].get("p99"),
             "matched_achieved_rate": r["publish"].get("achieved_rate"),
             "matched_exactly_once": deliveries_ok(r)}, r
 
@@ -798,9 +801,12 @@ METRIC_INFO = {
     "latency_p99_ms": ("latency p99 (ms)", "{:.2f}", -1),
     "latency_max_ms": ("latency max (ms)", "{:.2f}", -1),
     "matched_latency_p50_ms": ("same publish rate for all: latency p50 "
-                               "(ms)", "{:.2f}", -1),
+                               "from the schedule (ms)", "{:.2f}", -1),
     "matched_latency_p99_ms": ("same publish rate for all: latency p99 "
-                               "(ms)", "{:.2f}", -1),
+                               "from the schedule (ms)", "{:.2f}", -1),
+    "matched_sent_latency_p99_ms": ("same publish rate for all: latency "
+                                    "p99 from the actual send (ms)",
+                                    "{:.2f}", -1),
     "matched_achieved_rate": ("same publish rate for all: events/s sent",
                               "{:,.0f}", 0),
     "matched_exactly_once": ("same publish rate for all: every event "
@@ -1048,7 +1054,10 @@ def matched_text(p, rate):
             "publish rate for all\" publish the same events again at a "
             f"fixed rate ({rate}, a bit under nchan's closed-loop rate), "
             "the same for every server: those compare like for like. "
-            "Latency is from the actual send.")
+            "Their latency counts from each event's scheduled send time "
+            "(a publish answered late holds the next one back, and an "
+            "event waits there too); closed-loop latency is from the "
+            "actual send.")
 
 
 def describe(name, p):
