@@ -55,6 +55,15 @@ def test_bench_tiny(tmp_path):
         assert all(burst["metrics"][kind][k] for k in burst["metrics"][kind]
                    if k.startswith("exactly_once@")), (kind, burst["metrics"])
 
+    # The rate-matched rerun (the same events at one fixed rate for every
+    # server): it ran on each, sent at that rate, and was exact too.
+    for kind in ("ours", "nchan", "floor"):
+        m = burst["metrics"][kind]
+        assert m["matched_exactly_once@10"], (kind, m)
+        assert m["matched_achieved_rate@10"] > 0, (kind, m)
+        for run in burst["runs"][kind]:
+            assert run["raw"]["10"]["matched"]["publish"]["ok"] == 10, kind
+
     # Several generators (own source addresses, one publishing once all
     # are connected) on 4 workers: every subscriber got every event.
     scale = scenario(res, "scale")
