@@ -46,7 +46,16 @@ class Keys:
         for kid, alg in (("rsa1", RSAAlgorithm), ("rsa2", RSAAlgorithm),
                          ("p256", ECAlgorithm), ("p384", ECAlgorithm),
                          ("ed", OKPAlgorithm)):
-            k = json.loads(alg.to_jwk(self.priv[kid].public_key()))
+            pub = self.priv[kid].public_key()
+            k = json.loads(alg.to_jwk(pub))
+            if alg is ECAlgorithm:
+                # RFC 7518 6.2.1.2: x and y are full length; Debian's PyJWT
+                # drops leading zero bytes (1 key in ~128), which the
+                # module rightly refuses.
+                size = (pub.curve.key_size + 7) // 8
+                n = pub.public_numbers()
+                k["x"] = b64(n.x.to_bytes(size, "big"))
+                k["y"] = b64(n.y.to_bytes(size, "big"))
             k["kid"] = kid
             keys.append(k)
         self.jwks = {"keys": keys}
