@@ -565,6 +565,18 @@ static void ngx_http_sse_cleanup(void *data) {
 // the request until it is freed.
 #define NGX_HTTP_SSE_LIMIT_CONN_PASSED 1
 
+// The large header buffers of a chain (hc->free, hc->busy), as
+// ngx_http_set_keepalive() frees them.
+static void ngx_http_sse_free_bufs(ngx_connection_t *c, ngx_chain_t **chain) {
+    for (ngx_chain_t *cl = *chain, *ln; cl != NULL; /* void */) {
+        ln = cl;
+        cl = cl->next;
+        ngx_pfree(c->pool, ln->buf->start);
+        ngx_free_chain(c->pool, ln);
+    }
+    *chain = NULL;
+}
+
 static void ngx_http_sse_free_request(ngx_http_sse_subscriber_t *sub) {
     ngx_http_request_t *r = sub->r;
     ngx_connection_t *c = sub->c;
@@ -617,20 +629,8 @@ static void ngx_http_sse_free_request(ngx_http_sse_subscriber_t *sub) {
         ngx_pfree(c->pool, b->start) == NGX_OK) {
         b->start = b->pos = b->last = b->end = NULL;
     }
-    for (ngx_chain_t *cl = hc->free, *ln; cl != NULL; /* void */) {
-        ln = cl;
-        cl = cl->next;
-        ngx_pfree(c->pool, ln->buf->start);
-        ngx_free_chain(c->pool, ln);
-    }
-    hc->free = NULL;
-    for (ngx_chain_t *cl = hc->busy, *ln; cl != NULL; /* void */) {
-        ln = cl;
-        cl = cl->next;
-        ngx_pfree(c->pool, ln->buf->start);
-        ngx_free_chain(c->pool, ln);
-    }
-    hc->busy = NULL;
+    ngx_http_sse_free_bufs(c, &hc->free);
+    ngx_http_sse_free_bufs(c, &hc->busy);
     hc->nbusy = 0;
 
     c->read->handler = ngx_http_sse_stream_read_handler;

@@ -120,16 +120,22 @@ async def test_stream_timeout_ends_a_freed_stream_cleanly(start_nginx):
     await wait_subscribers(n, "st", 0)
 
 
-async def test_deleted_channel_ends_a_freed_stream(start_nginx):
-    n = start(start_nginx)
-    c = await freed_stream(n, "gone")
-    other = await freed_stream(n, "stays")
-    r = await n.pub_http("DELETE", "/publish/gone")
+async def delete_ends(n, c, channel):
+    """DELETE of the channel ends the freed stream c cleanly, with its end
+    line in the error log."""
+    r = await n.pub_http("DELETE", f"/publish/{channel}")
     assert r.status in (200, 204), r
     blocks = await c.until_end(timeout=5)
     assert [b.fields for b in blocks[-2:]] == overload_end("deleted")
     assert c.ended.clean
-    await wait_end_line(n, "gone", "deleted")
+    await wait_end_line(n, channel, "deleted")
+
+
+async def test_deleted_channel_ends_a_freed_stream(start_nginx):
+    n = start(start_nginx)
+    c = await freed_stream(n, "gone")
+    other = await freed_stream(n, "stays")
+    await delete_ends(n, c, "gone")
     # The other stream is untouched.
     eid = await n.publish_ok("stays", "still")
     assert (await other.next_event()).id == eid
@@ -336,12 +342,7 @@ async def test_tls_stream_goes_request_free(start_nginx, tmp_path):
     ids += [await n.publish_ok("tls", "b" * 50000) for _ in range(20)]
     got = await c.events(30, timeout=20)
     assert [b.id for b in got] == ids
-    r = await n.pub_http("DELETE", "/publish/tls")
-    assert r.status in (200, 204), r
-    blocks = await c.until_end(timeout=5)
-    assert [b.fields for b in blocks[-2:]] == overload_end("deleted")
-    assert c.ended.clean
-    await wait_end_line(n, "tls", "deleted")
+    await delete_ends(n, c, "tls")
     # Another one, which the client closes.
     c = await tls_stream(port, "/events/tls2", cert)
     await wait_until(lambda: access_lines(n, "/events/tls2"), 5, 0.02,
