@@ -19,14 +19,14 @@ needs_redis = pytest.mark.skipif(
 def start_redis(tmp_path):
     started = []
 
-    def start(port=None, args=(), tls=None, sentinel_of=None):
+    def start(port=None, args=(), tls=None, sentinel_of=None, auth=None):
         d = tmp_path / f"redis{len(started)}"
         if sentinel_of is not None:
             # sentinel_of: the primary's port, and Sentinel's settings.
             master_port, opts = sentinel_of
             r = Sentinel(d, master_port, port=port, **opts)
         else:
-            r = Redis(d, port=port, args=args, tls=tls)
+            r = Redis(d, port=port, args=args, tls=tls, auth=auth)
         started.append(r)
         return r.start()
 
@@ -123,14 +123,22 @@ def node_of(nodes, key):
     raise AssertionError(f"no node holds slot {slot}")
 
 
-def start_sentinel_group(start_redis, n=3, name="mymaster", **opts):
+def start_sentinel_group(start_redis, n=3, name="mymaster", data_pass=None,
+                         **opts):
     """A primary, one replica and n sentinels watching them (failover
-    after a second down). Returns (primary, replica, sentinels)."""
-    primary = start_redis()
+    after a second down). data_pass: the data nodes' requirepass (and
+    masterauth); opts["auth"]: the sentinels' (user or None, password).
+    Returns (primary, replica, sentinels)."""
+    pw = ["--requirepass", data_pass, "--masterauth", data_pass] \
+        if data_pass else []
+    auth = (None, data_pass) if data_pass else None
+    primary = start_redis(args=pw, auth=auth)
     replica = start_redis(args=["--replicaof", "127.0.0.1",
-                                str(primary.port)])
+                                str(primary.port), *pw], auth=auth)
     sentinels = [start_redis(sentinel_of=(primary.port,
-                                          dict(name=name, **opts)))
+                                          dict(name=name,
+                                               master_pass=data_pass,
+                                               **opts)))
                  for _ in range(n)]
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
