@@ -96,8 +96,11 @@ struct ngx_http_sse_redis_conf_t {
     ngx_uint_t db;
     ngx_msec_t timeout;
     std::string *prefix;  // "{sse:NAME}"; freed with the cycle
-    ngx_ssl_t *ssl;       // rediss://; NULL: plain TCP
-    ngx_str_t host;       // the name its certificate must hold
+    // For a primary the sentinels name by hostname: the http level's
+    // "resolver" (read in the worker: the directive may come later).
+    ngx_http_core_loc_conf_t *clcf;
+    ngx_ssl_t *ssl;  // rediss://; NULL: plain TCP
+    ngx_str_t host;  // the name its certificate must hold
 };
 
 // The zone's keys and scripts, shared by every connection of the worker.
@@ -252,6 +255,11 @@ struct ngx_http_sse_redis_worker_t {
     bool moving;        // closing connections left on an old primary
     ngx_event_t discover_ev;
     ngx_event_t check_ev;
+    // A primary named by hostname being resolved (nginx's resolver).
+    ngx_resolver_ctx_t *resolving;
+    std::string resolve_who;   // "sentinel HOST:PORT"
+    std::string resolve_name;  // "NAME:PORT"
+    in_port_t resolve_port;
     std::string keys[6];  // epoch seq chans bus, the stream prefix, log
     ngx_http_sse_redis_conn_t cmd;
     ngx_http_sse_redis_conn_t bus;
@@ -375,6 +383,8 @@ char *ngx_http_sse_redis_parse(ngx_conf_t *cf, ngx_http_sse_zone_t *z,
         return (char *)NGX_CONF_ERROR;
     }
     conf->url = *url;
+    conf->clcf = static_cast<ngx_http_core_loc_conf_t *>(
+        ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module));
     conf->timeout = NGX_HTTP_SSE_REDIS_DEFAULT_TIMEOUT;
     if (timeout != NULL) {
         conf->timeout = ngx_parse_time(timeout, 0);
@@ -663,13 +673,15 @@ static void ngx_http_sse_redis_close(ngx_http_sse_redis_conn_t *rc,
     std::deque<ngx_http_sse_redis_cmd_t> failed;
     failed.swap(rc->pending);
     if (was && err != NULL && !ngx_exiting && !ngx_terminate) {
-        // Leaving an old primary is no fault.
-        ngx_uint_t level = rw->moving ? NGX_LOG_NOTICE : NGX_LOG_ERR;
+        // Leaving an old primary is no fault, nor a sentinel closing the
+        // connection kept open between questions.
+        bool benign = rw->moving || (rc == &rw->sentinel && failed.empty());
+        ngx_uint_t level = benign ? NGX_LOG_NOTICE : NGX_LOG_ERR;
         ngx_log_error(level, ngx_cycle->log, 0,
                       "sse: redis %s connection to \"%V\" for zone \"%V\": %s",
                       rc->role, &rc->rw->conf->url,
                       &rc->rw->zw->zone->shm_zone->shm.name, err);
-        if (!rw->moving) {
+        if (!benign) {
             ngx_http_sse_redis_set_error(rc->rw->zw->zone, err);
         }
     }
@@ -991,6 +1003,112 @@ static void ngx_http_sse_redis_follow(ngx_http_sse_redis_worker_t *rw) {
     }
 }
 
+static void ngx_http_sse_redis_sentinel_failed(ngx_http_sse_redis_worker_t *rw,
+                                               std::string why);
+
+// A sentinel (who) named node the primary.
+static void ngx_http_sse_redis_named(ngx_http_sse_redis_worker_t *rw,
+                                     const std::string &who,
+                                     const ngx_http_sse_redis_node_t &node) {
+    bool changed = rw->primary.name != node.name;
+    rw->primary = node;
+    rw->primary.str.data = (u_char *)&rw->primary.name[0];
+    if (changed) {
+        ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                      "sse: zone \"%V\": %s names %V the primary of \"%V\"",
+                      &rw->zw->zone->shm_zone->shm.name, who.c_str(),
+                      &rw->primary.str, &rw->conf->master);
+    }
+    rw->check_warned = false;
+    ngx_http_sse_redis_discovered(rw, NULL);
+    ngx_http_sse_redis_follow(rw);
+}
+
+static void ngx_http_sse_redis_resolved(ngx_resolver_ctx_t *ctx) {
+    auto *rw = static_cast<ngx_http_sse_redis_worker_t *>(ctx->data);
+    std::string why;
+    ngx_http_sse_redis_node_t node;
+    node.len = 0;
+    if (ctx->state == NGX_OK && ctx->naddrs > 0 &&
+        ctx->addrs[0].socklen <= sizeof(node.sa)) {
+        ngx_memcpy(&node.sa, ctx->addrs[0].sockaddr, ctx->addrs[0].socklen);
+        node.len = ctx->addrs[0].socklen;
+        ngx_inet_set_port(&node.sa.sockaddr, rw->resolve_port);
+        // Named as the sentinel names it: the same name is the same node.
+        node.name = rw->resolve_name;
+        node.str.data = (u_char *)&node.name[0];
+        node.str.len = node.name.size();
+    } else {
+        why = rw->resolve_who + " names the primary " + rw->resolve_name +
+              ", which does not resolve: " + ngx_resolver_strerror(ctx->state);
+    }
+    ngx_resolve_name_done(ctx);
+    rw->resolving = NULL;
+    if (!rw->discovering) {
+        return;
+    }
+    try {
+        if (node.len != 0) {
+            ngx_http_sse_redis_named(rw, rw->resolve_who, node);
+        } else {
+            ngx_http_sse_redis_sentinel_failed(rw, why);
+        }
+    } catch (const std::exception &e) {
+        ngx_http_sse_redis_discovered(rw, e.what());
+    }
+}
+
+// The sentinel names the primary by hostname: resolved with nginx's
+// resolver (non-blocking), then as for an address. False, with why, when
+// it cannot be.
+static bool ngx_http_sse_redis_resolve(ngx_http_sse_redis_worker_t *rw,
+                                       const std::string &who,
+                                       const std::string &host, int port,
+                                       std::string *why) {
+    std::string hp = host + ":" + std::to_string(port);
+    ngx_resolver_t *resolver = rw->conf->clcf->resolver;
+    if (port <= 0 || port > 65535 || host.empty()) {
+        *why = who + " names the primary " + hp + ", which is not an address";
+        return false;
+    }
+    ngx_resolver_ctx_t *ctx = (ngx_resolver_ctx_t *)NGX_NO_RESOLVER;
+    if (resolver != NULL) {
+        ctx = ngx_resolve_start(resolver, NULL);
+    }
+    if (ctx == (ngx_resolver_ctx_t *)NGX_NO_RESOLVER) {
+        *why = who + " names the primary " + hp +
+               ", a hostname: set a \"resolver\" at the http level to follow "
+               "it";
+        return false;
+    }
+    if (ctx == NULL) {
+        *why = "out of memory";
+        return false;
+    }
+    if (rw->resolving != NULL) {
+        // An older lookup nobody waits for: its name is overwritten.
+        ngx_resolve_name_done(rw->resolving);
+        rw->resolving = NULL;
+    }
+    rw->resolve_who = who;
+    rw->resolve_name = hp;
+    rw->resolve_port = (in_port_t)port;
+    // The name must outlive the lookup: rw->resolve_name holds it.
+    ctx->name.data = (u_char *)&rw->resolve_name[0];
+    ctx->name.len = host.size();
+    ctx->handler = ngx_http_sse_redis_resolved;
+    ctx->data = rw;
+    ngx_msec_t t = rw->conf->clcf->resolver_timeout;
+    ctx->timeout = t == NGX_CONF_UNSET_MSEC ? rw->conf->timeout : t;
+    rw->resolving = ctx;
+    if (ngx_resolve_name(ctx) != NGX_OK) {
+        rw->resolving = NULL;  // freed by nginx
+        *why = who + " names the primary " + hp + ": the resolver failed";
+        return false;
+    }
+    return true;
+}
+
 // SENTINEL get-master-addr-by-name: [host, port], or nil for a master the
 // sentinel does not monitor. Any failure: the next sentinel, once each.
 static void ngx_http_sse_redis_sentinel_reply(ngx_http_sse_redis_conn_t *rc,
@@ -1014,23 +1132,18 @@ static void ngx_http_sse_redis_sentinel_reply(ngx_http_sse_redis_conn_t *rc,
         hp += ":" + std::string(r->element[1]->str, r->element[1]->len);
         ngx_http_sse_redis_node_t node;
         if (ngx_http_sse_redis_parse_node(hp, node)) {
-            bool changed = rw->primary.name != node.name;
-            rw->primary = node;
-            rw->primary.str.data = (u_char *)&rw->primary.name[0];
-            if (changed) {
-                ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
-                              "sse: zone \"%V\": %s names %V the primary of "
-                              "\"%V\"",
-                              &rw->zw->zone->shm_zone->shm.name, who.c_str(),
-                              &rw->primary.str, &conf->master);
-            }
             // The sentinel's connection stays open for the next question.
-            rw->check_warned = false;
-            ngx_http_sse_redis_discovered(rw, NULL);
-            ngx_http_sse_redis_follow(rw);
+            ngx_http_sse_redis_named(rw, who, node);
             return;
         }
-        why = who + " names the primary " + hp + ", which is not an address";
+        // A hostname (resolve-hostnames, announce-hostnames).
+        int port =
+            atoi(std::string(r->element[1]->str, r->element[1]->len).c_str());
+        if (ngx_http_sse_redis_resolve(
+                rw, who, std::string(r->element[0]->str, r->element[0]->len),
+                port, &why)) {
+            return;  // goes on in ngx_http_sse_redis_resolved
+        }
     } else if (r != NULL && r->type == REDIS_REPLY_NIL) {
         why = who + " does not know the master \"" +
               ngx_http_sse_redis_str(conf->master) + "\"";
@@ -1041,7 +1154,15 @@ static void ngx_http_sse_redis_sentinel_reply(ngx_http_sse_redis_conn_t *rc,
     } else {
         why = who + ": " + (err ? err : "connection closed");
     }
-    ngx_http_sse_redis_close(rc, NULL);
+    ngx_http_sse_redis_sentinel_failed(rw, why);
+}
+
+// Asks the next sentinel, or fails the discovery with why when every one
+// was asked.
+static void ngx_http_sse_redis_sentinel_failed(ngx_http_sse_redis_worker_t *rw,
+                                               std::string why) {
+    ngx_http_sse_redis_conf_t *conf = rw->conf;
+    ngx_http_sse_redis_close(&rw->sentinel, NULL);
     rw->sentinel_i = (rw->sentinel_i + 1) % conf->sentinels->nelts;
     if (++rw->sentinel_tries < conf->sentinels->nelts) {
         ngx_http_sse_redis_ask_sentinel(rw);
@@ -2197,6 +2318,10 @@ void ngx_http_sse_redis_worker_exit(ngx_http_sse_zone_worker_t *zw) {
     }
     if (rw->check_ev.timer_set) {
         ngx_del_timer(&rw->check_ev);
+    }
+    if (rw->resolving != NULL) {
+        ngx_resolve_name_done(rw->resolving);
+        rw->resolving = NULL;
     }
     ngx_http_sse_redis_close(&rw->sentinel, NULL);
     ngx_http_sse_redis_close(&rw->ask, NULL);

@@ -157,3 +157,55 @@ def start_sentinel_group(start_redis, n=3, name="mymaster", data_pass=None,
 def sentinel_url(sentinels, name="mymaster", extra=""):
     hosts = ",".join(f"127.0.0.1:{s.port}" for s in sentinels)
     return f"redis+sentinel://{hosts}/{name}{extra}"
+
+
+class FakeDNS:
+    """A DNS server on a free loopback UDP port for nginx's resolver:
+    A records of `names` (name -> IPv4), NXDOMAIN for other names, no
+    answer for other types. Counts the questions asked."""
+
+    def __init__(self, names):
+        import threading
+        self.names = {k.lower(): v for k, v in names.items()}
+        self.asked = []
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.done = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        import struct
+        while not self.done:
+            try:
+                q, addr = self.sock.recvfrom(512)
+            except (socket.timeout, OSError):
+                continue
+            try:
+                qid, _, qd = struct.unpack(">HHH", q[:6])
+                i, labels = 12, []
+                while q[i]:
+                    labels.append(q[i + 1:i + 1 + q[i]].decode())
+                    i += 1 + q[i]
+                qtype, _ = struct.unpack(">HH", q[i + 1:i + 5])
+                question = q[12:i + 5]
+            except (struct.error, IndexError, UnicodeDecodeError):
+                continue
+            name = ".".join(labels).lower()
+            self.asked.append((name, qtype))
+            ip = self.names.get(name)
+            answers = b""
+            rcode = 0 if ip else 3
+            if ip and qtype == 1:
+                answers = struct.pack(">HHHIH", 0xC00C, 1, 1, 1, 4) + \
+                    socket.inet_aton(ip)
+            head = struct.pack(">HHHHHH", qid, 0x8180 | rcode, 1,
+                               1 if answers else 0, 0, 0)
+            self.sock.sendto(head + question + answers, addr)
+
+    def close(self):
+        self.done = True
+        self.thread.join(2)
+        self.sock.close()

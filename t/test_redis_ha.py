@@ -12,7 +12,7 @@ import pytest
 from conftest import free_ports, seq_of
 from redishelp import (zone_nginx_t, needs_redis, start_redis,  # noqa: F401
                        start_cluster, node_of, start_sentinel_group,
-                       sentinel_url, wait_in_sync)
+                       sentinel_url, wait_in_sync, FakeDNS)
 from sselib.client import StreamEnd
 
 pytestmark = needs_redis
@@ -373,6 +373,50 @@ async def test_the_bus_follows_the_primary(start_nginx, start_redis):
     assert len(bus_clients(replica)) == 2, replica.cli("CLIENT", "LIST")
     for m in ms:
         assert "the redis bus moves from" in m.log_text()
+
+
+@pytest.mark.timeout_s(90)
+async def test_a_primary_named_by_hostname_is_resolved(start_nginx,
+                                                       start_redis):
+    """Sentinels with resolve-hostnames and announce-hostnames name the
+    primary by hostname ("localhost" here): the machines look it up with
+    nginx's resolver (a DNS server of the test's; nginx's resolver does
+    not read /etc/hosts), without blocking, and work; with no resolver
+    the 503 and the [error] line say what to set."""
+    primary, _, sentinels = start_sentinel_group(start_redis, n=1,
+                                                 hostnames=True)
+    named = sentinels[0].cli("SENTINEL", "get-master-addr-by-name",
+                             "mymaster").split()
+    assert named == ["localhost", str(primary.port)], named
+    dns = FakeDNS({"localhost": "127.0.0.1"})
+    try:
+        m = start_nginx(zone=zone("sse", sentinel_url(sentinels)),
+                        http=f"resolver 127.0.0.1:{dns.port} ipv6=off "
+                             "valid=1s;",
+                        sub_locations=STATUS, allow_log=REDIS_ERRORS)
+        await wait_in_sync(m)
+        s = await m.stream("h")
+        i = await m.publish_ok("h", "x")
+        assert (await s.next_event(10)).id == i
+        assert ("localhost", 1) in dns.asked, dns.asked
+        assert f"names localhost:{primary.port} the primary" in m.log_text()
+        m2 = start_nginx(zone=zone("sse", sentinel_url(sentinels)),
+                         sub_locations=STATUS, allow_log=REDIS_ERRORS)
+        r = await m2.publish("h", "y")
+        assert r.status == 503, r
+        assert 'a hostname: set a "resolver"' in r.text, r
+        assert "[error]" in m2.log_text()
+        # A name the DNS does not know: the reason says so.
+        dns.names.pop("localhost")
+        m3 = start_nginx(zone=zone("sse", sentinel_url(sentinels)),
+                         http=f"resolver 127.0.0.1:{dns.port} ipv6=off "
+                              "valid=1s;",
+                         sub_locations=STATUS, allow_log=REDIS_ERRORS)
+        r = await m3.publish("h", "z")
+        assert r.status == 503, r
+        assert "does not resolve" in r.text, r
+    finally:
+        dns.close()
 
 
 @pytest.mark.timeout_s(60)

@@ -96,7 +96,7 @@ class Sentinel(Redis):
 
     def __init__(self, d, master_port, name="mymaster", quorum=2,
                  down_ms=1000, failover_ms=3000, port=None, auth=None,
-                 master_pass=None):
+                 master_pass=None, hostnames=False):
         # auth: (user or None, password) the sentinel wants (requirepass,
         # or an ACL user), which the sentinels use among themselves too;
         # master_pass: the data nodes' password.
@@ -107,6 +107,9 @@ class Sentinel(Redis):
         self.down_ms = down_ms
         self.failover_ms = failover_ms
         self.master_pass = master_pass
+        # Monitor the primary as "localhost" and announce nodes by name
+        # (resolve-hostnames, announce-hostnames).
+        self.hostnames = hostnames
 
     def _auth_conf(self, master_pass):
         conf = ""
@@ -128,8 +131,12 @@ class Sentinel(Redis):
         if not conf.exists():
             conf.write_text(
                 f"port {self.port}\nbind 127.0.0.1\n"
-                f"dir {self.dir}\nlogfile {self.dir / 'sentinel.log'}\n"
-                f"sentinel monitor {self.name} 127.0.0.1 "
+                f"dir {self.dir}\nlogfile {self.dir / 'sentinel.log'}\n" +
+                ("sentinel resolve-hostnames yes\n"
+                 "sentinel announce-hostnames yes\n" if self.hostnames
+                 else "") +
+                f"sentinel monitor {self.name} "
+                f"{'localhost' if self.hostnames else '127.0.0.1'} "
                 f"{self.master_port} {self.quorum}\n"
                 f"sentinel down-after-milliseconds {self.name} "
                 f"{self.down_ms}\n"
