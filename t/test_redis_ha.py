@@ -553,14 +553,14 @@ async def failover_under_load(start_nginx, start_redis, how, auth=None):
             assert st["redis"]["reconnects"] >= 1
         assert f"names 127.0.0.1:{replica.port} the primary" in \
             m.log_text()
-    # The buses moved to the new primary too (a demoted primary would
-    # relay its PUBLISHes, but one cut off from it would not).
+    # The buses are on the new primary too. (Sentinel's reconfiguration of
+    # a demoted primary kills its pub/sub clients as well, so this holds
+    # here whether or not the bus follows by itself: see
+    # test_the_bus_follows_the_primary for a partition, where it must.)
     assert len(bus_clients(replica)) == len(ms), \
         replica.cli("CLIENT", "LIST")
     if how == "manual":
         assert not bus_clients(primary), primary.cli("CLIENT", "LIST")
-        for m in ms:
-            assert "the redis bus moves from" in m.log_text()
 
 
 @pytest.mark.timeout_s(120)
