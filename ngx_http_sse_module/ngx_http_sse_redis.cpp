@@ -60,6 +60,10 @@ extern "C" {
 #define NGX_HTTP_SSE_REDIS_BACKOFF_MIN 100
 #define NGX_HTTP_SSE_REDIS_BACKOFF_MAX 1000
 #define NGX_HTTP_SSE_REDIS_PING_MS 1000
+// With Sentinel, each worker asks the sentinels this often which node is
+// the primary, so that connections left on an old one (a partition, a
+// failover that left it up) move.
+#define NGX_HTTP_SSE_REDIS_CHECK_MS 1000
 // Events committed per pair of sessions while repairing.
 #define NGX_HTTP_SSE_REDIS_BATCH 256
 // Channels remembered for repair (the newest by seq).
@@ -78,7 +82,7 @@ static const char *const ngx_http_sse_redis_state_text[] = {
     "down", "connecting", "syncing", "up"};
 
 struct ngx_http_sse_redis_conf_t {
-    ngx_str_t url;  // as written, for messages
+    ngx_str_t url;  // as written but for credentials (***), for messages
     ngx_addr_t addr;
     // redis+sentinel://: the sentinels asked for the primary of master;
     // NULL: addr is the server.
@@ -86,11 +90,17 @@ struct ngx_http_sse_redis_conf_t {
     ngx_str_t master;
     ngx_str_t user;
     ngx_str_t password;
+    // redis_sentinel_auth=: what the sentinels want (len 0: no AUTH).
+    ngx_str_t sentinel_user;
+    ngx_str_t sentinel_password;
     ngx_uint_t db;
     ngx_msec_t timeout;
     std::string *prefix;  // "{sse:NAME}"; freed with the cycle
-    ngx_ssl_t *ssl;       // rediss://; NULL: plain TCP
-    ngx_str_t host;       // the name its certificate must hold
+    // For a primary the sentinels name by hostname: the http level's
+    // "resolver" (read in the worker: the directive may come later).
+    ngx_http_core_loc_conf_t *clcf;
+    ngx_ssl_t *ssl;  // rediss://; NULL: plain TCP
+    ngx_str_t host;  // the name its certificate must hold
 };
 
 // The zone's keys and scripts, shared by every connection of the worker.
@@ -209,6 +219,7 @@ struct ngx_http_sse_redis_conn_t {
     bool connecting;
     bool connected;
     bool discovering;  // connecting, waiting for the sentinels' answer
+    std::string node;  // Sentinel: the primary it was connected to
     // Pub/sub messages (the bus connection only).
     void (*on_message)(ngx_http_sse_redis_worker_t *rw, redisReply *r);
     void (*on_close)(ngx_http_sse_redis_worker_t *rw, const char *err);
@@ -239,7 +250,16 @@ struct ngx_http_sse_redis_worker_t {
     ngx_uint_t sentinel_i;
     ngx_uint_t sentinel_tries;
     bool discovering;
+    bool checking;      // a periodic question, nobody waits for it
+    bool check_warned;  // a failed check was logged (once until one works)
+    bool moving;        // closing connections left on an old primary
     ngx_event_t discover_ev;
+    ngx_event_t check_ev;
+    // A primary named by hostname being resolved (nginx's resolver).
+    ngx_resolver_ctx_t *resolving;
+    std::string resolve_who;   // "sentinel HOST:PORT"
+    std::string resolve_name;  // "NAME:PORT"
+    in_port_t resolve_port;
     std::string keys[6];  // epoch seq chans bus, the stream prefix, log
     ngx_http_sse_redis_conn_t cmd;
     ngx_http_sse_redis_conn_t bus;
@@ -308,17 +328,63 @@ static bool ngx_http_sse_redis_parse_host(ngx_conf_t *cf, ngx_str_t *url,
     return true;
 }
 
+// redis_sentinel_auth=[USER:]PASSWORD: the sentinels' own credentials,
+// apart from the URL's (the primary's): in production the two often
+// differ. The first ":" ends the user (":PASSWORD" for a password with a
+// ":" and no user); %XX escapes are decoded, as in the URL.
+static char *ngx_http_sse_redis_parse_auth(ngx_conf_t *cf, ngx_str_t *v,
+                                           ngx_http_sse_redis_conf_t *conf) {
+    auto bad = [&](const char *why) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid redis_sentinel_auth in \"sse_zone\": %s",
+                           why);
+        return (char *)NGX_CONF_ERROR;
+    };
+    if (v->len == 0) {
+        return bad("expected redis_sentinel_auth=[USER:]PASSWORD");
+    }
+    for (size_t i = 0; i < v->len; i++) {
+        if (v->data[i] == '%' &&
+            (i + 2 >= v->len || !isxdigit(v->data[i + 1]) ||
+             !isxdigit(v->data[i + 2]))) {
+            return bad("\"%\" must start an escape %XX");
+        }
+    }
+    u_char *colon =
+        static_cast<u_char *>(ngx_strlchr(v->data, v->data + v->len, ':'));
+    ngx_str_t user{colon ? static_cast<size_t>(colon - v->data) : 0, v->data};
+    ngx_str_t pass{
+        colon ? static_cast<size_t>(v->data + v->len - colon - 1) : v->len,
+        colon ? colon + 1 : v->data};
+    if (pass.len == 0) {
+        return bad("no password after the user");
+    }
+    for (auto [in, out] : {std::pair{&user, &conf->sentinel_user},
+                           std::pair{&pass, &conf->sentinel_password}}) {
+        out->data = static_cast<u_char *>(ngx_pnalloc(cf->pool, in->len + 1));
+        if (out->data == NULL) {
+            return (char *)NGX_CONF_ERROR;
+        }
+        u_char *src = in->data, *dst = out->data;
+        ngx_unescape_uri(&dst, &src, in->len, 0);
+        out->len = dst - out->data;
+    }
+    return NGX_CONF_OK;
+}
+
 // redis=redis://[user:pass@]host[:port][/db], or
 // redis=redis+sentinel://[user:pass@]host[:port][,host[:port]...]/MASTER[/db]
 char *ngx_http_sse_redis_parse(ngx_conf_t *cf, ngx_http_sse_zone_t *z,
                                ngx_str_t *url, ngx_str_t *timeout,
-                               ngx_str_t *ca) {
+                               ngx_str_t *ca, ngx_str_t *sentinel_auth) {
     auto *conf = static_cast<ngx_http_sse_redis_conf_t *>(
         ngx_pcalloc(cf->pool, sizeof(ngx_http_sse_redis_conf_t)));
     if (conf == NULL) {
         return (char *)NGX_CONF_ERROR;
     }
     conf->url = *url;
+    conf->clcf = static_cast<ngx_http_core_loc_conf_t *>(
+        ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module));
     conf->timeout = NGX_HTTP_SSE_REDIS_DEFAULT_TIMEOUT;
     if (timeout != NULL) {
         conf->timeout = ngx_parse_time(timeout, 0);
@@ -352,6 +418,15 @@ char *ngx_http_sse_redis_parse(ngx_conf_t *cf, ngx_http_sse_zone_t *z,
     if (ca != NULL && !tls) {
         return bad("redis_ca= is for TLS (rediss://)");
     }
+    if (sentinel_auth != NULL) {
+        if (!sentinel) {
+            return bad("redis_sentinel_auth= is for redis+sentinel://");
+        }
+        if (ngx_http_sse_redis_parse_auth(cf, sentinel_auth, conf) !=
+            NGX_CONF_OK) {
+            return (char *)NGX_CONF_ERROR;
+        }
+    }
     p += sentinel ? 17 : tls ? 9 : 8;
     u_char *slash = static_cast<u_char *>(ngx_strlchr(p, end, '/'));
     u_char *hostend = slash ? slash : end;
@@ -383,6 +458,18 @@ char *ngx_http_sse_redis_parse(ngx_conf_t *cf, ngx_http_sse_zone_t *z,
             conf->password = conf->user;
             conf->user.len = 0;
         }
+        // Messages (error.log, nginx's own connect errors) name the URL
+        // without its credentials.
+        size_t scheme = p - url->data, rest = end - at;
+        conf->url.len = scheme + 3 + rest;
+        conf->url.data =
+            static_cast<u_char *>(ngx_pnalloc(cf->pool, conf->url.len));
+        if (conf->url.data == NULL) {
+            return (char *)NGX_CONF_ERROR;
+        }
+        ngx_memcpy(
+            ngx_cpymem(ngx_cpymem(conf->url.data, url->data, scheme), "***", 3),
+            at, rest);
         p = at + 1;
     }
     if (p == hostend) {
@@ -579,18 +666,24 @@ static void ngx_http_sse_redis_close(ngx_http_sse_redis_conn_t *rc,
         rw->moved.len = 0;
     }
     if ((rc == &rw->cmd || rc == &rw->bus) && err != NULL &&
-        rw->conf->sentinels != NULL) {
+        rw->conf->sentinels != NULL && !rw->moving) {
         // The primary may have failed over: ask the sentinels again.
         rw->primary.len = 0;
     }
     std::deque<ngx_http_sse_redis_cmd_t> failed;
     failed.swap(rc->pending);
     if (was && err != NULL && !ngx_exiting && !ngx_terminate) {
-        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+        // Leaving an old primary is no fault, nor a sentinel closing the
+        // connection kept open between questions.
+        bool benign = rw->moving || (rc == &rw->sentinel && failed.empty());
+        ngx_uint_t level = benign ? NGX_LOG_NOTICE : NGX_LOG_ERR;
+        ngx_log_error(level, ngx_cycle->log, 0,
                       "sse: redis %s connection to \"%V\" for zone \"%V\": %s",
                       rc->role, &rc->rw->conf->url,
                       &rc->rw->zw->zone->shm_zone->shm.name, err);
-        ngx_http_sse_redis_set_error(rc->rw->zw->zone, err);
+        if (!benign) {
+            ngx_http_sse_redis_set_error(rc->rw->zw->zone, err);
+        }
     }
     for (auto &cmd : failed) {
         cmd.handler(rc, cmd.data, NULL, err ? err : "connection closed");
@@ -712,6 +805,26 @@ static void ngx_http_sse_redis_handshake_reply(ngx_http_sse_redis_conn_t *rc,
 
 static void ngx_http_sse_redis_discover(ngx_http_sse_redis_worker_t *rw);
 
+// AUTH [user] password first on a fresh connection (nothing when there is
+// no password); a refusal closes it, naming Redis's reason.
+static void ngx_http_sse_redis_auth(ngx_http_sse_redis_conn_t *rc,
+                                    const ngx_str_t &user,
+                                    const ngx_str_t &password) {
+    if (password.len == 0) {
+        return;
+    }
+    std::string pass = ngx_http_sse_redis_str(password);
+    if (user.len != 0) {
+        ngx_http_sse_redis_push(
+            rc, {"AUTH", ngx_http_sse_redis_str(user), pass},
+            ngx_http_sse_redis_handshake_reply, (void *)"AUTH", true);
+    } else {
+        ngx_http_sse_redis_push(rc, {"AUTH", pass},
+                                ngx_http_sse_redis_handshake_reply,
+                                (void *)"AUTH", true);
+    }
+}
+
 static void ngx_http_sse_redis_connect_peer(ngx_http_sse_redis_conn_t *rc) {
     ngx_int_t rv = ngx_event_connect_peer(&rc->pc);
     if (rv == NGX_ERROR || rv == NGX_BUSY || rv == NGX_DECLINED) {
@@ -751,6 +864,7 @@ static void ngx_http_sse_redis_connect(ngx_http_sse_redis_conn_t *rc) {
         rc->pc.name = &rw->asked.str;
     } else if (conf->sentinels != NULL) {
         wait = rw->primary.len == 0;
+        rc->node = rw->primary.name;
         rc->pc.sockaddr = &rw->primary.sa.sockaddr;
         rc->pc.socklen = rw->primary.len;
         rc->pc.name = &rw->primary.str;
@@ -783,18 +897,11 @@ static void ngx_http_sse_redis_connect(ngx_http_sse_redis_conn_t *rc) {
                                     ngx_http_sse_redis_handshake_reply,
                                     (void *)"SELECT", true);
         }
-        if (conf->password.len != 0) {
-            std::string pass = ngx_http_sse_redis_str(conf->password);
-            if (conf->user.len != 0) {
-                ngx_http_sse_redis_push(
-                    rc, {"AUTH", ngx_http_sse_redis_str(conf->user), pass},
-                    ngx_http_sse_redis_handshake_reply, (void *)"AUTH", true);
-            } else {
-                ngx_http_sse_redis_push(rc, {"AUTH", pass},
-                                        ngx_http_sse_redis_handshake_reply,
-                                        (void *)"AUTH", true);
-            }
-        }
+        ngx_http_sse_redis_auth(rc, conf->user, conf->password);
+    } else {
+        // The sentinels' own credentials (redis_sentinel_auth=), if any.
+        ngx_http_sse_redis_auth(rc, conf->sentinel_user,
+                                conf->sentinel_password);
     }
     rc->connecting = true;
     if (wait) {
@@ -829,6 +936,7 @@ static bool ngx_http_sse_redis_parse_node(std::string_view v,
 static void ngx_http_sse_redis_discovered(ngx_http_sse_redis_worker_t *rw,
                                           const char *err) {
     rw->discovering = false;
+    rw->checking = false;
     for (ngx_http_sse_redis_conn_t *rc : {&rw->cmd, &rw->bus}) {
         if (!rc->discovering) {
             continue;  // closed meanwhile (timed out)
@@ -838,6 +946,7 @@ static void ngx_http_sse_redis_discovered(ngx_http_sse_redis_worker_t *rw,
             ngx_http_sse_redis_close(rc, err);
             continue;
         }
+        rc->node = rw->primary.name;
         rc->pc.sockaddr = &rw->primary.sa.sockaddr;
         rc->pc.socklen = rw->primary.len;
         rc->pc.name = &rw->primary.str;
@@ -850,6 +959,155 @@ static void ngx_http_sse_redis_discovered(ngx_http_sse_redis_worker_t *rw,
 }
 
 static void ngx_http_sse_redis_ask_sentinel(ngx_http_sse_redis_worker_t *rw);
+static void ngx_http_sse_redis_bus_down(ngx_http_sse_redis_worker_t *rw,
+                                        const char *err);
+static void ngx_http_sse_redis_bus_start(ngx_http_sse_redis_worker_t *rw);
+
+// The sentinels named rw->primary: connections still on another node (an
+// old primary left up, maybe cut off from the others) move to it. The
+// command connection's requests in flight fail (503: that node may or may
+// not have run them); the bus subscribes on the new primary and repairs
+// what it missed from the zone's log, as after any reconnect, so no live
+// subscriber misses what the new primary accepted.
+static void ngx_http_sse_redis_follow(ngx_http_sse_redis_worker_t *rw) {
+    ngx_http_sse_redis_conn_t *cmd = &rw->cmd, *bus = &rw->bus;
+    std::string why = "the sentinels name another primary, " + rw->primary.name;
+    bool bus_was_up = rw->bus_state != NGX_HTTP_SSE_REDIS_DOWN;
+    rw->moving = true;
+    if ((cmd->connected || cmd->connecting) && !cmd->discovering &&
+        cmd->node != rw->primary.name) {
+        ngx_http_sse_redis_close(cmd, why.c_str());
+    }
+    if (rw->leader && (bus->connected || bus->connecting) &&
+        !bus->discovering && bus->node != rw->primary.name) {
+        ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                      "sse: zone \"%V\": the redis bus moves from %s to %V, "
+                      "the primary the sentinels name; repairing what it "
+                      "missed from the zone's log",
+                      &rw->zw->zone->shm_zone->shm.name, bus->node.c_str(),
+                      &rw->primary.str);
+        ngx_http_sse_redis_bus_down(rw, NULL);
+    }
+    rw->moving = false;
+    if (rw->leader && bus_was_up && rw->bus_state == NGX_HTTP_SSE_REDIS_DOWN &&
+        !ngx_exiting && !ngx_terminate) {
+        // Now, not after the backoff: the primary is known.
+        if (rw->bus_timer.timer_set) {
+            ngx_del_timer(&rw->bus_timer);
+        }
+        try {
+            ngx_http_sse_redis_bus_start(rw);
+        } catch (const std::exception &e) {
+            ngx_http_sse_redis_bus_down(rw, e.what());
+        }
+    }
+}
+
+static void ngx_http_sse_redis_sentinel_failed(ngx_http_sse_redis_worker_t *rw,
+                                               std::string why);
+
+// A sentinel (who) named node the primary.
+static void ngx_http_sse_redis_named(ngx_http_sse_redis_worker_t *rw,
+                                     const std::string &who,
+                                     const ngx_http_sse_redis_node_t &node) {
+    bool changed = rw->primary.name != node.name;
+    rw->primary = node;
+    rw->primary.str.data = (u_char *)&rw->primary.name[0];
+    if (changed) {
+        ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                      "sse: zone \"%V\": %s names %V the primary of \"%V\"",
+                      &rw->zw->zone->shm_zone->shm.name, who.c_str(),
+                      &rw->primary.str, &rw->conf->master);
+    }
+    rw->check_warned = false;
+    ngx_http_sse_redis_discovered(rw, NULL);
+    ngx_http_sse_redis_follow(rw);
+}
+
+static void ngx_http_sse_redis_resolved(ngx_resolver_ctx_t *ctx) {
+    auto *rw = static_cast<ngx_http_sse_redis_worker_t *>(ctx->data);
+    std::string why;
+    ngx_http_sse_redis_node_t node;
+    node.len = 0;
+    if (ctx->state == NGX_OK && ctx->naddrs > 0 &&
+        ctx->addrs[0].socklen <= sizeof(node.sa)) {
+        ngx_memcpy(&node.sa, ctx->addrs[0].sockaddr, ctx->addrs[0].socklen);
+        node.len = ctx->addrs[0].socklen;
+        ngx_inet_set_port(&node.sa.sockaddr, rw->resolve_port);
+        // Named as the sentinel names it: the same name is the same node.
+        node.name = rw->resolve_name;
+        node.str.data = (u_char *)&node.name[0];
+        node.str.len = node.name.size();
+    } else {
+        why = rw->resolve_who + " names the primary " + rw->resolve_name +
+              ", which does not resolve: " + ngx_resolver_strerror(ctx->state);
+    }
+    ngx_resolve_name_done(ctx);
+    rw->resolving = NULL;
+    if (!rw->discovering) {
+        return;
+    }
+    try {
+        if (node.len != 0) {
+            ngx_http_sse_redis_named(rw, rw->resolve_who, node);
+        } else {
+            ngx_http_sse_redis_sentinel_failed(rw, why);
+        }
+    } catch (const std::exception &e) {
+        ngx_http_sse_redis_discovered(rw, e.what());
+    }
+}
+
+// The sentinel names the primary by hostname: resolved with nginx's
+// resolver (non-blocking), then as for an address. False, with why, when
+// it cannot be.
+static bool ngx_http_sse_redis_resolve(ngx_http_sse_redis_worker_t *rw,
+                                       const std::string &who,
+                                       const std::string &host, int port,
+                                       std::string *why) {
+    std::string hp = host + ":" + std::to_string(port);
+    ngx_resolver_t *resolver = rw->conf->clcf->resolver;
+    if (port <= 0 || port > 65535 || host.empty()) {
+        *why = who + " names the primary " + hp + ", which is not an address";
+        return false;
+    }
+    ngx_resolver_ctx_t *ctx = (ngx_resolver_ctx_t *)NGX_NO_RESOLVER;
+    if (resolver != NULL) {
+        ctx = ngx_resolve_start(resolver, NULL);
+    }
+    if (ctx == (ngx_resolver_ctx_t *)NGX_NO_RESOLVER) {
+        *why = who + " names the primary " + hp +
+               ", a hostname: set a \"resolver\" at the http level to follow "
+               "it";
+        return false;
+    }
+    if (ctx == NULL) {
+        *why = "out of memory";
+        return false;
+    }
+    if (rw->resolving != NULL) {
+        // An older lookup nobody waits for: its name is overwritten.
+        ngx_resolve_name_done(rw->resolving);
+        rw->resolving = NULL;
+    }
+    rw->resolve_who = who;
+    rw->resolve_name = hp;
+    rw->resolve_port = (in_port_t)port;
+    // The name must outlive the lookup: rw->resolve_name holds it.
+    ctx->name.data = (u_char *)&rw->resolve_name[0];
+    ctx->name.len = host.size();
+    ctx->handler = ngx_http_sse_redis_resolved;
+    ctx->data = rw;
+    ngx_msec_t t = rw->conf->clcf->resolver_timeout;
+    ctx->timeout = t == NGX_CONF_UNSET_MSEC ? rw->conf->timeout : t;
+    rw->resolving = ctx;
+    if (ngx_resolve_name(ctx) != NGX_OK) {
+        rw->resolving = NULL;  // freed by nginx
+        *why = who + " names the primary " + hp + ": the resolver failed";
+        return false;
+    }
+    return true;
+}
 
 // SENTINEL get-master-addr-by-name: [host, port], or nil for a master the
 // sentinel does not monitor. Any failure: the next sentinel, once each.
@@ -874,21 +1132,18 @@ static void ngx_http_sse_redis_sentinel_reply(ngx_http_sse_redis_conn_t *rc,
         hp += ":" + std::string(r->element[1]->str, r->element[1]->len);
         ngx_http_sse_redis_node_t node;
         if (ngx_http_sse_redis_parse_node(hp, node)) {
-            bool changed = rw->primary.name != node.name;
-            rw->primary = node;
-            rw->primary.str.data = (u_char *)&rw->primary.name[0];
-            if (changed) {
-                ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
-                              "sse: zone \"%V\": %s names %V the primary of "
-                              "\"%V\"",
-                              &rw->zw->zone->shm_zone->shm.name, who.c_str(),
-                              &rw->primary.str, &conf->master);
-            }
-            ngx_http_sse_redis_close(rc, NULL);
-            ngx_http_sse_redis_discovered(rw, NULL);
+            // The sentinel's connection stays open for the next question.
+            ngx_http_sse_redis_named(rw, who, node);
             return;
         }
-        why = who + " names the primary " + hp + ", which is not an address";
+        // A hostname (resolve-hostnames, announce-hostnames).
+        int port =
+            atoi(std::string(r->element[1]->str, r->element[1]->len).c_str());
+        if (ngx_http_sse_redis_resolve(
+                rw, who, std::string(r->element[0]->str, r->element[0]->len),
+                port, &why)) {
+            return;  // goes on in ngx_http_sse_redis_resolved
+        }
     } else if (r != NULL && r->type == REDIS_REPLY_NIL) {
         why = who + " does not know the master \"" +
               ngx_http_sse_redis_str(conf->master) + "\"";
@@ -899,16 +1154,33 @@ static void ngx_http_sse_redis_sentinel_reply(ngx_http_sse_redis_conn_t *rc,
     } else {
         why = who + ": " + (err ? err : "connection closed");
     }
-    ngx_http_sse_redis_close(rc, NULL);
+    ngx_http_sse_redis_sentinel_failed(rw, why);
+}
+
+// Asks the next sentinel, or fails the discovery with why when every one
+// was asked.
+static void ngx_http_sse_redis_sentinel_failed(ngx_http_sse_redis_worker_t *rw,
+                                               std::string why) {
+    ngx_http_sse_redis_conf_t *conf = rw->conf;
+    ngx_http_sse_redis_close(&rw->sentinel, NULL);
     rw->sentinel_i = (rw->sentinel_i + 1) % conf->sentinels->nelts;
     if (++rw->sentinel_tries < conf->sentinels->nelts) {
         ngx_http_sse_redis_ask_sentinel(rw);
         return;
     }
     why = "no sentinel named the primary: " + why;
-    ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "sse: zone \"%V\": %s",
-                  &rw->zw->zone->shm_zone->shm.name, why.c_str());
-    ngx_http_sse_redis_set_error(rw->zw->zone, why.c_str());
+    if (!rw->checking) {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "sse: zone \"%V\": %s",
+                      &rw->zw->zone->shm_zone->shm.name, why.c_str());
+        ngx_http_sse_redis_set_error(rw->zw->zone, why.c_str());
+    } else if (!rw->check_warned) {
+        // The primary itself still answers: a warning, once.
+        rw->check_warned = true;
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "sse: zone \"%V\": cannot check which node is the "
+                      "primary: %s",
+                      &rw->zw->zone->shm_zone->shm.name, why.c_str());
+    }
     ngx_http_sse_redis_discovered(rw, why.c_str());
 }
 
@@ -921,6 +1193,19 @@ static void ngx_http_sse_redis_ask_sentinel(ngx_http_sse_redis_worker_t *rw) {
     } catch (const std::exception &e) {
         ngx_http_sse_redis_discovered(rw, e.what());
     }
+}
+
+// Every NGX_HTTP_SSE_REDIS_CHECK_MS: which node is the primary now?
+static void ngx_http_sse_redis_check_handler(ngx_event_t *ev) {
+    auto *rw = static_cast<ngx_http_sse_redis_worker_t *>(ev->data);
+    if (ngx_exiting || ngx_terminate) {
+        return;
+    }
+    if (!rw->discovering && (rw->cmd.connected || rw->bus.connected)) {
+        rw->checking = true;
+        ngx_http_sse_redis_discover(rw);
+    }
+    ngx_add_timer(ev, NGX_HTTP_SSE_REDIS_CHECK_MS);
 }
 
 static void ngx_http_sse_redis_discover_handler(ngx_event_t *ev) {
@@ -1985,6 +2270,13 @@ void ngx_http_sse_redis_worker_init(ngx_http_sse_zone_worker_t *zw) {
     rw->discover_ev.handler = ngx_http_sse_redis_discover_handler;
     rw->discover_ev.data = rw;
     rw->discover_ev.log = ngx_cycle->log;
+    rw->check_ev.handler = ngx_http_sse_redis_check_handler;
+    rw->check_ev.data = rw;
+    rw->check_ev.log = ngx_cycle->log;
+    rw->check_ev.cancelable = 1;
+    if (rw->conf->sentinels != NULL) {
+        ngx_add_timer(&rw->check_ev, NGX_HTTP_SSE_REDIS_CHECK_MS);
+    }
     rw->bus.on_message = ngx_http_sse_redis_on_message;
     rw->bus.on_close = ngx_http_sse_redis_bus_close;
     rw->bus_timer.handler = ngx_http_sse_redis_bus_timer;
@@ -2023,6 +2315,13 @@ void ngx_http_sse_redis_worker_exit(ngx_http_sse_zone_worker_t *zw) {
     rw->discovering = false;
     if (rw->discover_ev.posted) {
         ngx_delete_posted_event(&rw->discover_ev);
+    }
+    if (rw->check_ev.timer_set) {
+        ngx_del_timer(&rw->check_ev);
+    }
+    if (rw->resolving != NULL) {
+        ngx_resolve_name_done(rw->resolving);
+        rw->resolving = NULL;
     }
     ngx_http_sse_redis_close(&rw->sentinel, NULL);
     ngx_http_sse_redis_close(&rw->ask, NULL);

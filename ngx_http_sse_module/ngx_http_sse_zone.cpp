@@ -51,6 +51,7 @@ sse::session ngx_http_sse_session(ngx_http_sse_zone_t *z) {
 }
 
 // sse_zone zone=NAME:SIZE [redis=URL] [redis_timeout=TIME] [redis_ca=FILE]
+//          [redis_sentinel_auth=[USER:]PASSWORD]
 char *ngx_http_sse_zone_directive(ngx_conf_t *cf, ngx_command_t *cmd,
                                   void *conf) {
     auto *value = static_cast<ngx_str_t *>(cf->args->elts);
@@ -114,6 +115,7 @@ char *ngx_http_sse_zone_directive(ngx_conf_t *cf, ngx_command_t *cmd,
     z->index = mcf->zones.nelts - 1;
 
     ngx_str_t *redis = NULL, *redis_timeout = NULL, *redis_ca = NULL;
+    ngx_str_t *sentinel_auth = NULL;
     for (ngx_uint_t i = 2; i < cf->args->nelts; i++) {
         if (value[i].len > 6 && ngx_strncmp(value[i].data, "redis=", 6) == 0 &&
             redis == NULL) {
@@ -132,23 +134,36 @@ char *ngx_http_sse_zone_directive(ngx_conf_t *cf, ngx_command_t *cmd,
             value[i].data += 9;
             value[i].len -= 9;
             redis_ca = &value[i];
+        } else if (value[i].len >= 20 &&
+                   ngx_strncmp(value[i].data, "redis_sentinel_auth=", 20) ==
+                       0 &&
+                   sentinel_auth == NULL) {
+            value[i].data += 20;
+            value[i].len -= 20;
+            sentinel_auth = &value[i];
         } else {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "invalid parameter \"%V\" in \"%V\" "
                                "directive, expected redis=URL, "
-                               "redis_timeout=TIME or redis_ca=FILE",
+                               "redis_timeout=TIME, redis_ca=FILE or "
+                               "redis_sentinel_auth=[USER:]PASSWORD",
                                &value[i], &cmd->name);
             return (char *)NGX_CONF_ERROR;
         }
     }
-    if ((redis_timeout != NULL || redis_ca != NULL) && redis == NULL) {
-        ngx_conf_log_error(
-            NGX_LOG_EMERG, cf, 0, "\"%s\" in \"%V\" needs \"redis=\"",
-            redis_ca ? "redis_ca=" : "redis_timeout=", &cmd->name);
+    if ((redis_timeout != NULL || redis_ca != NULL || sentinel_auth != NULL) &&
+        redis == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%s\" in \"%V\" needs \"redis=\"",
+                           sentinel_auth ? "redis_sentinel_auth="
+                           : redis_ca    ? "redis_ca="
+                                         : "redis_timeout=",
+                           &cmd->name);
         return (char *)NGX_CONF_ERROR;
     }
-    if (redis != NULL && ngx_http_sse_redis_parse(cf, z, redis, redis_timeout,
-                                                  redis_ca) != NGX_CONF_OK) {
+    if (redis != NULL &&
+        ngx_http_sse_redis_parse(cf, z, redis, redis_timeout, redis_ca,
+                                 sentinel_auth) != NGX_CONF_OK) {
         return (char *)NGX_CONF_ERROR;
     }
     *slot = z;

@@ -19,14 +19,14 @@ needs_redis = pytest.mark.skipif(
 def start_redis(tmp_path):
     started = []
 
-    def start(port=None, args=(), tls=None, sentinel_of=None):
+    def start(port=None, args=(), tls=None, sentinel_of=None, auth=None):
         d = tmp_path / f"redis{len(started)}"
         if sentinel_of is not None:
             # sentinel_of: the primary's port, and Sentinel's settings.
             master_port, opts = sentinel_of
             r = Sentinel(d, master_port, port=port, **opts)
         else:
-            r = Redis(d, port=port, args=args, tls=tls)
+            r = Redis(d, port=port, args=args, tls=tls, auth=auth)
         started.append(r)
         return r.start()
 
@@ -123,14 +123,22 @@ def node_of(nodes, key):
     raise AssertionError(f"no node holds slot {slot}")
 
 
-def start_sentinel_group(start_redis, n=3, name="mymaster", **opts):
+def start_sentinel_group(start_redis, n=3, name="mymaster", data_pass=None,
+                         **opts):
     """A primary, one replica and n sentinels watching them (failover
-    after a second down). Returns (primary, replica, sentinels)."""
-    primary = start_redis()
+    after a second down). data_pass: the data nodes' requirepass (and
+    masterauth); opts["auth"]: the sentinels' (user or None, password).
+    Returns (primary, replica, sentinels)."""
+    pw = ["--requirepass", data_pass, "--masterauth", data_pass] \
+        if data_pass else []
+    auth = (None, data_pass) if data_pass else None
+    primary = start_redis(args=pw, auth=auth)
     replica = start_redis(args=["--replicaof", "127.0.0.1",
-                                str(primary.port)])
+                                str(primary.port), *pw], auth=auth)
     sentinels = [start_redis(sentinel_of=(primary.port,
-                                          dict(name=name, **opts)))
+                                          dict(name=name,
+                                               master_pass=data_pass,
+                                               **opts)))
                  for _ in range(n)]
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -149,3 +157,55 @@ def start_sentinel_group(start_redis, n=3, name="mymaster", **opts):
 def sentinel_url(sentinels, name="mymaster", extra=""):
     hosts = ",".join(f"127.0.0.1:{s.port}" for s in sentinels)
     return f"redis+sentinel://{hosts}/{name}{extra}"
+
+
+class FakeDNS:
+    """A DNS server on a free loopback UDP port for nginx's resolver:
+    A records of `names` (name -> IPv4), NXDOMAIN for other names, no
+    answer for other types. Counts the questions asked."""
+
+    def __init__(self, names):
+        import threading
+        self.names = {k.lower(): v for k, v in names.items()}
+        self.asked = []
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.done = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        import struct
+        while not self.done:
+            try:
+                q, addr = self.sock.recvfrom(512)
+            except (socket.timeout, OSError):
+                continue
+            try:
+                qid, _, qd = struct.unpack(">HHH", q[:6])
+                i, labels = 12, []
+                while q[i]:
+                    labels.append(q[i + 1:i + 1 + q[i]].decode())
+                    i += 1 + q[i]
+                qtype, _ = struct.unpack(">HH", q[i + 1:i + 5])
+                question = q[12:i + 5]
+            except (struct.error, IndexError, UnicodeDecodeError):
+                continue
+            name = ".".join(labels).lower()
+            self.asked.append((name, qtype))
+            ip = self.names.get(name)
+            answers = b""
+            rcode = 0 if ip else 3
+            if ip and qtype == 1:
+                answers = struct.pack(">HHHIH", 0xC00C, 1, 1, 1, 4) + \
+                    socket.inet_aton(ip)
+            head = struct.pack(">HHHHHH", qid, 0x8180 | rcode, 1,
+                               1 if answers else 0, 0, 0)
+            self.sock.sendto(head + question + answers, addr)
+
+    def close(self):
+        self.done = True
+        self.thread.join(2)
+        self.sock.close()

@@ -12,7 +12,7 @@ import pytest
 from conftest import free_ports, seq_of
 from redishelp import (zone_nginx_t, needs_redis, start_redis,  # noqa: F401
                        start_cluster, node_of, start_sentinel_group,
-                       sentinel_url, wait_in_sync)
+                       sentinel_url, wait_in_sync, FakeDNS)
 from sselib.client import StreamEnd
 
 pytestmark = needs_redis
@@ -214,6 +214,20 @@ async def test_slot_migration_under_load_ask_tryagain_moved(start_nginx,
     ("redis=rediss+sentinel://127.0.0.1/m", "not supported"),
     ("redis=redis+sentinel://127.0.0.1/m redis_ca=/etc/hosts",
      "redis_ca= is for TLS"),
+    ("redis=redis+sentinel://127.0.0.1/m redis_sentinel_auth=",
+     "expected redis_sentinel_auth=[USER:]PASSWORD"),
+    ("redis=redis+sentinel://127.0.0.1/m redis_sentinel_auth=admin:",
+     "no password after the user"),
+    ("redis=redis+sentinel://127.0.0.1/m redis_sentinel_auth=pa%zzss",
+     "must start an escape %XX"),
+    ("redis=redis+sentinel://127.0.0.1/m redis_sentinel_auth=pass%4",
+     "must start an escape %XX"),
+    ("redis=redis://127.0.0.1 redis_sentinel_auth=s3cret",
+     "redis_sentinel_auth= is for redis+sentinel://"),
+    ("redis_sentinel_auth=s3cret", '"redis_sentinel_auth=" in "sse_zone" '
+     'needs "redis="'),
+    ("redis=redis+sentinel://127.0.0.1/m redis_sentinel_auth=a "
+     "redis_sentinel_auth=b", 'invalid parameter "redis_sentinel_auth=b"'),
 ])
 def test_bad_sentinel_urls_fail_nginx_t(tmp_path, param, why):
     ok, out = zone_nginx_t(tmp_path, param)
@@ -230,6 +244,12 @@ def test_bad_sentinel_urls_fail_nginx_t(tmp_path, param, why):
     # README's example
     "redis=redis+sentinel://:s3cret@10.0.0.7:26379,10.0.0.8:26379,"
     "10.0.0.9:26379/mymaster/0",
+    "redis=redis+sentinel://127.0.0.1/m redis_sentinel_auth=s3cret",
+    "redis=redis+sentinel://127.0.0.1/m redis_sentinel_auth=admin:p%40ss:w",
+    "redis=redis+sentinel://127.0.0.1/m redis_sentinel_auth=:pa:ss",
+    # README's example
+    "redis=redis+sentinel://:d4ta@10.0.0.7,10.0.0.8,10.0.0.9/mymaster/0 "
+    "redis_sentinel_auth=watcher:s3nt",
 ])
 def test_good_sentinel_urls_pass_nginx_t(tmp_path, param):
     ok, out = zone_nginx_t(tmp_path, param)
@@ -258,6 +278,145 @@ async def test_sentinel_unknown_master_gives_503_and_error(start_nginx,
                for b in blocks), blocks
     assert '[error]' in m.log_text()
     assert 'no sentinel named the primary' in m.log_text()
+
+
+@pytest.mark.timeout_s(90)
+async def test_sentinel_password_wrong_or_missing_gives_503_and_error(
+        start_nginx, start_redis):
+    """Sentinels with requirepass, data nodes with another password: a
+    wrong sentinel password, none, or the data nodes' password given to
+    the sentinels each give a 503 naming Redis's refusal and an [error]
+    line, at once (never a hang); the right pair works."""
+    _, _, sentinels = start_sentinel_group(start_redis, n=1,
+                                           data_pass="d4ta",
+                                           auth=(None, "s3nt"))
+    url = sentinel_url(sentinels)
+    good = url.replace("://", "://:d4ta@")
+    cases = [
+        (good, " redis_sentinel_auth=wrong", "WRONGPASS"),
+        (good, "", "NOAUTH"),
+        (good, " redis_sentinel_auth=d4ta", "WRONGPASS"),
+    ]
+    for u, extra, why in cases:
+        m = start_nginx(zone=zone("sse", u, extra + " redis_timeout=1s"),
+                        sub_locations=STATUS, allow_log=REDIS_ERRORS)
+        for _ in range(2):
+            t0 = time.monotonic()
+            r = await m.publish("c", "x")
+            assert r.status == 503, (extra, r)
+            assert r.header("Retry-After") == "1"
+            assert "no sentinel named the primary" in r.text, (extra, r)
+            assert why in r.text, (extra, r)
+            assert time.monotonic() - t0 < 5
+        st = (await m.sub_http("GET", "/sse-status")).json()["zones"][0]
+        assert why in st["redis"]["last_error"], st
+        log = m.log_text()
+        assert "[error]" in log and why in log, log[-2000:]
+        assert "s3nt" not in log and "d4ta" not in log
+        m.stop()
+    # The sentinels' password to the sentinels, the data nodes' to them.
+    m = start_nginx(zone=zone("sse", good, " redis_sentinel_auth=s3nt"),
+                    sub_locations=STATUS, allow_log=REDIS_ERRORS)
+    await wait_in_sync(m)
+    s = await m.stream("c")
+    i = await m.publish_ok("c", "x")
+    assert (await s.next_event(10)).id == i
+    # ... and a wrong data password is the primary's refusal.
+    m2 = start_nginx(zone=zone("sse", url.replace("://", "://:s3nt@"),
+                               " redis_sentinel_auth=s3nt"),
+                     sub_locations=STATUS, allow_log=REDIS_ERRORS)
+    r = await m2.publish("c", "x")
+    assert r.status == 503, r
+    assert "AUTH" in r.text and "no sentinel" not in r.text, r
+
+
+@pytest.mark.timeout_s(120)
+async def test_the_bus_follows_the_primary(start_nginx, start_redis):
+    """A partition, simulated: the replica becomes a primary on its own and
+    the sentinels name it, while the old primary stays up, a primary too,
+    holding the machines' buses (SUBSCRIBE) and relaying nothing of the
+    new one's. The command connections find the new primary; the buses
+    must follow them there (and repair what they missed from the zone's
+    log), or subscribers would silently miss the other machines'
+    events."""
+    primary, replica, sentinels = start_sentinel_group(start_redis, n=1)
+    url = sentinel_url(sentinels)
+    ms = [start_nginx(zone=zone("sse", url), sub_locations=STATUS,
+                      allow_log=REDIS_ERRORS) for _ in range(2)]
+    for m in ms:
+        await wait_in_sync(m)
+    subs = [(m, "bus", await m.stream("bus")) for m in ms for _ in range(3)]
+    before = [await m.publish_ok("bus", f"b{k}") for k, m in enumerate(ms)]
+    assert len(bus_clients(primary)) == 2, primary.cli("CLIENT", "LIST")
+    assert primary.cli("WAIT", "1", "2000").strip() == "1"
+    # The split: the replica stops following and is named the primary.
+    assert replica.cli("REPLICAOF", "NO", "ONE").strip() == "OK"
+    s = sentinels[0]
+    assert s.cli("SENTINEL", "REMOVE", "mymaster").strip() == "OK"
+    assert s.cli("SENTINEL", "MONITOR", "mymaster", "127.0.0.1",
+                 str(replica.port), "1").strip() == "OK"
+    # Command connections (not the buses, TYPE pubsub) lose the old one
+    # and ask the sentinel again.
+    primary.cli("CLIENT", "KILL", "TYPE", "normal")
+    load = Load(ms, "bus")
+    load.start()
+    await asyncio.sleep(3)
+    await load.finish()
+    assert len(load.accepted) > 20, load.refused[-3:]
+    last = load.last()
+    for m, p, c in subs:
+        got, gaps = await follow(m, c, p, last)
+        assert not gaps, gaps
+        assert [i for i, _ in got[:2]] == before
+        check_exactly_once(load, got[2:], gaps)
+    assert not bus_clients(primary), primary.cli("CLIENT", "LIST")
+    assert len(bus_clients(replica)) == 2, replica.cli("CLIENT", "LIST")
+    for m in ms:
+        assert "the redis bus moves from" in m.log_text()
+
+
+@pytest.mark.timeout_s(90)
+async def test_a_primary_named_by_hostname_is_resolved(start_nginx,
+                                                       start_redis):
+    """Sentinels with resolve-hostnames and announce-hostnames name the
+    primary by hostname ("localhost" here): the machines look it up with
+    nginx's resolver (a DNS server of the test's; nginx's resolver does
+    not read /etc/hosts), without blocking, and work; with no resolver
+    the 503 and the [error] line say what to set."""
+    primary, _, sentinels = start_sentinel_group(start_redis, n=1,
+                                                 hostnames=True)
+    named = sentinels[0].cli("SENTINEL", "get-master-addr-by-name",
+                             "mymaster").split()
+    assert named == ["localhost", str(primary.port)], named
+    dns = FakeDNS({"localhost": "127.0.0.1"})
+    try:
+        m = start_nginx(zone=zone("sse", sentinel_url(sentinels)),
+                        http=f"resolver 127.0.0.1:{dns.port} ipv6=off "
+                             "valid=1s;",
+                        sub_locations=STATUS, allow_log=REDIS_ERRORS)
+        await wait_in_sync(m)
+        s = await m.stream("h")
+        i = await m.publish_ok("h", "x")
+        assert (await s.next_event(10)).id == i
+        assert ("localhost", 1) in dns.asked, dns.asked
+        assert f"names localhost:{primary.port} the primary" in m.log_text()
+        m2 = start_nginx(zone=zone("sse", sentinel_url(sentinels)),
+                         sub_locations=STATUS, allow_log=REDIS_ERRORS)
+        r = await m2.publish("h", "y")
+        assert r.status == 503, r
+        assert 'a hostname: set a "resolver"' in r.text, r
+        assert "[error]" in m2.log_text()
+        # A name the DNS does not know: the reason says so.
+        dns.names.pop("localhost")
+        m3 = start_nginx(zone=zone("sse", sentinel_url(sentinels)),
+                         http=f"resolver 127.0.0.1:{dns.port} ipv6=off "
+                              "valid=1s;",
+                         sub_locations=STATUS, allow_log=REDIS_ERRORS)
+        r = await m3.publish("h", "z")
+        assert r.status == 503, r
+        assert "does not resolve" in r.text, r
+    finally:
+        dns.close()
 
 
 @pytest.mark.timeout_s(60)
@@ -298,6 +457,14 @@ async def test_sentinel_names_a_replica_is_refused(start_nginx,
     assert "not the master" in r.text, r
 
 
+def bus_clients(r):
+    """The machines' buses subscribed on r (pub/sub clients that are not
+    sentinels)."""
+    out = r.cli("CLIENT", "LIST", "TYPE", "pubsub")
+    return [ln for ln in out.splitlines()
+            if ln.strip() and "name=sentinel-" not in ln]
+
+
 @pytest.mark.timeout_s(240)
 @pytest.mark.parametrize("how", ["sigkill", "manual"])
 async def test_sentinel_failover_under_load(start_nginx, start_redis, how):
@@ -308,11 +475,37 @@ async def test_sentinel_failover_under_load(start_nginx, start_redis, how):
     accepted event once, in order (or, should the failover have lost
     acknowledged events, an sse-gap on its resume: never a silent
     hole)."""
-    primary, replica, sentinels = start_sentinel_group(start_redis)
+    await failover_under_load(start_nginx, start_redis, how)
+
+
+@pytest.mark.timeout_s(240)
+@pytest.mark.parametrize("how,auth", [
+    ("sigkill", (None, "s3nt")),          # requirepass on the sentinels
+    ("manual", ("watcher", "s3nt:pw")),   # an ACL user on the sentinels
+])
+async def test_sentinels_with_a_password_failover_under_load(
+        start_nginx, start_redis, how, auth):
+    """Sentinels that want a password (requirepass, or an ACL user), other
+    than the data nodes' (requirepass and masterauth): the machines AUTH
+    to the sentinels with redis_sentinel_auth= and to the primary with
+    the URL's password, through a failover under load."""
+    await failover_under_load(start_nginx, start_redis, how, auth=auth)
+
+
+async def failover_under_load(start_nginx, start_redis, how, auth=None):
+    data_pass = "d4ta" if auth else None
+    primary, replica, sentinels = start_sentinel_group(
+        start_redis, data_pass=data_pass, auth=auth)
     url = sentinel_url(sentinels)
+    extra = ""
+    if auth:
+        url = url.replace("://", f"://:{data_pass}@")
+        user, pw = auth
+        extra = " redis_sentinel_auth=" + \
+            (f"{user}:" if user else "") + pw.replace(":", "%3A")
     # A resume after an epoch change (sse-gap) starts with the new epoch's
     # events: all of them, here.
-    ms = [start_nginx(zone=zone("sse", url), sub_locations=STATUS,
+    ms = [start_nginx(zone=zone("sse", url, extra), sub_locations=STATUS,
                       sub="            sse_heartbeat 1s;\n"
                           "            sse_initial_events 100000;",
                       pub="            sse_buffer_length 100000;",
@@ -358,10 +551,16 @@ async def test_sentinel_failover_under_load(start_nginx, start_redis, how):
         st = await wait_in_sync(m)
         if how == "sigkill":
             assert st["redis"]["reconnects"] >= 1
-        # (A demoted primary keeps the bus: it relays what the new one
-        # publishes.) Publishes went to the new primary.
         assert f"names 127.0.0.1:{replica.port} the primary" in \
             m.log_text()
+    # The buses are on the new primary too. (Sentinel's reconfiguration of
+    # a demoted primary kills its pub/sub clients as well, so this holds
+    # here whether or not the bus follows by itself: see
+    # test_the_bus_follows_the_primary for a partition, where it must.)
+    assert len(bus_clients(replica)) == len(ms), \
+        replica.cli("CLIENT", "LIST")
+    if how == "manual":
+        assert not bus_clients(primary), primary.cli("CLIENT", "LIST")
 
 
 @pytest.mark.timeout_s(120)

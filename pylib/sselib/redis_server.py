@@ -14,13 +14,15 @@ REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
 
 
 class Redis:
-    def __init__(self, d, port=None, args=(), tls=None):
+    def __init__(self, d, port=None, args=(), tls=None, auth=None):
         self.dir = d
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.args = list(args)
         self.proc = None
         self.tls = tls  # (CA file, TLS port): redis-cli speaks TLS
+        # (user or None, password): what cli() authenticates with
+        self.auth = auth
 
     def start(self):
         self.proc = subprocess.Popen(
@@ -68,6 +70,11 @@ class Redis:
                    str(self.tls[0])]
         if password:
             cmd += ["--no-auth-warning", "-a", password]
+        elif self.auth:
+            user, pw = self.auth
+            cmd += ["--no-auth-warning", "-a", pw]
+            if user:
+                cmd += ["--user", user]
         p = subprocess.run(cmd + list(args), capture_output=True, text=True,
                            timeout=10)
         return p.stdout
@@ -88,26 +95,54 @@ class Sentinel(Redis):
     rewrites, lives in its own directory."""
 
     def __init__(self, d, master_port, name="mymaster", quorum=2,
-                 down_ms=1000, failover_ms=3000, port=None):
-        super().__init__(d, port=port)
+                 down_ms=1000, failover_ms=3000, port=None, auth=None,
+                 master_pass=None, hostnames=False):
+        # auth: (user or None, password) the sentinel wants (requirepass,
+        # or an ACL user), which the sentinels use among themselves too;
+        # master_pass: the data nodes' password.
+        super().__init__(d, port=port, auth=auth)
         self.master_port = master_port
         self.name = name
         self.quorum = quorum
         self.down_ms = down_ms
         self.failover_ms = failover_ms
+        self.master_pass = master_pass
+        # Monitor the primary as "localhost" and announce nodes by name
+        # (resolve-hostnames, announce-hostnames).
+        self.hostnames = hostnames
+
+    def _auth_conf(self, master_pass):
+        conf = ""
+        if master_pass:
+            conf += f"sentinel auth-pass {self.name} {master_pass}\n"
+        if self.auth:
+            user, pw = self.auth
+            if user:
+                conf += (f"user {user} on >{pw} ~* &* +@all\n"
+                         f"user default off\n"
+                         f"sentinel sentinel-user {user}\n")
+            else:
+                conf += f"requirepass {pw}\n"
+            conf += f"sentinel sentinel-pass {pw}\n"
+        return conf
 
     def start(self):
         conf = self.dir / "sentinel.conf"
         if not conf.exists():
             conf.write_text(
                 f"port {self.port}\nbind 127.0.0.1\n"
-                f"dir {self.dir}\nlogfile {self.dir / 'sentinel.log'}\n"
-                f"sentinel monitor {self.name} 127.0.0.1 "
+                f"dir {self.dir}\nlogfile {self.dir / 'sentinel.log'}\n" +
+                ("sentinel resolve-hostnames yes\n"
+                 "sentinel announce-hostnames yes\n" if self.hostnames
+                 else "") +
+                f"sentinel monitor {self.name} "
+                f"{'localhost' if self.hostnames else '127.0.0.1'} "
                 f"{self.master_port} {self.quorum}\n"
                 f"sentinel down-after-milliseconds {self.name} "
                 f"{self.down_ms}\n"
                 f"sentinel failover-timeout {self.name} {self.failover_ms}\n"
-                f"sentinel parallel-syncs {self.name} 1\n")
+                f"sentinel parallel-syncs {self.name} 1\n" +
+                self._auth_conf(self.master_pass))
         self.proc = subprocess.Popen(
             [REDIS_SERVER, str(conf), "--sentinel"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
