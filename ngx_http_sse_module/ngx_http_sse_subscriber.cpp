@@ -147,28 +147,38 @@ static void ngx_http_sse_reclaim(ngx_http_sse_subscriber_t *sub) {
     }
 }
 
+// Links the writes from `first` on into one chain, flushed as one write.
+static ngx_chain_t *ngx_http_sse_link(ngx_http_sse_out_t *first) {
+    for (ngx_http_sse_out_t *o = first; o != NULL; o = o->next) {
+        o->cl.next = o->next ? &o->next->cl : NULL;
+        o->buf.flush = o->next == NULL;
+    }
+    return &first->cl;
+}
+
 // A request-free stream: writes what is queued and not yet sent straight
-// to the socket (through TLS's buffer, if any); c->buffered says whether
-// some is left.
+// to the socket (through TLS's buffer, if any), the part of an earlier
+// write the socket did not take first; c->buffered says whether some is
+// left.
 static ngx_int_t ngx_http_sse_write_direct(ngx_http_sse_subscriber_t *sub) {
     ngx_connection_t *c = sub->c;
     ngx_http_sse_out_t *first = sub->out_head;
     while (first != NULL && first->buf.pos == first->buf.last) {
         first = first->next;
     }
-    sub->unsent = NULL;
+    if (sub->unsent != NULL) {
+        sub->unsent = NULL;
+        sub->last_write = ngx_current_msec;
+    }
     if (first == NULL && !(c->buffered & NGX_LOWLEVEL_BUFFERED)) {
         c->buffered = 0;
         return NGX_OK;
     }
-    for (ngx_http_sse_out_t *o = first; o != NULL; o = o->next) {
-        o->cl.next = o->next ? &o->next->cl : NULL;
-        o->buf.flush = o->next == NULL;
-    }
     if (c->error) {
         return NGX_ERROR;
     }
-    ngx_chain_t *rest = c->send_chain(c, first ? &first->cl : NULL, 0);
+    ngx_chain_t *rest =
+        c->send_chain(c, first ? ngx_http_sse_link(first) : NULL, 0);
     if (rest == NGX_CHAIN_ERROR) {
         c->error = 1;
         return NGX_ERROR;
@@ -186,13 +196,9 @@ static ngx_int_t ngx_http_sse_write_direct(ngx_http_sse_subscriber_t *sub) {
 }
 
 // Hands a chain to the output filters, or, pre-framed, straight to the
-// write filter (which keeps nginx's accounting, limits and send_timeout),
-// or, request-free, to the socket.
+// write filter (which keeps nginx's accounting, limits and send_timeout).
 static ngx_int_t ngx_http_sse_pass(ngx_http_sse_subscriber_t *sub,
                                    ngx_chain_t *cl) {
-    if (sub->r == NULL) {
-        return ngx_http_sse_write_direct(sub);
-    }
     if (!sub->framed) {
         return ngx_http_output_filter(sub->r, cl);
     }
@@ -210,13 +216,9 @@ static ngx_chain_t *ngx_http_sse_take_unsent(ngx_http_sse_subscriber_t *sub) {
     if (first == NULL) {
         return NULL;
     }
-    for (ngx_http_sse_out_t *o = first; o != NULL; o = o->next) {
-        o->cl.next = o->next ? &o->next->cl : NULL;
-        o->buf.flush = o->next == NULL;
-    }
     sub->unsent = NULL;
     sub->last_write = ngx_current_msec;
-    return &first->cl;
+    return ngx_http_sse_link(first);
 }
 
 // Waits for the client to read: send_timeout armed once and re-armed only
@@ -232,7 +234,11 @@ static bool ngx_http_sse_wait_writable(ngx_http_sse_subscriber_t *sub) {
 
 void ngx_http_sse_send(ngx_http_sse_subscriber_t *sub) {
     ngx_connection_t *c = sub->c;
-    ngx_int_t rc = ngx_http_sse_pass(sub, ngx_http_sse_take_unsent(sub));
+    // A request-free stream links what it sends itself (from the part of
+    // an earlier write the socket did not take).
+    ngx_int_t rc = sub->r == NULL
+                       ? ngx_http_sse_write_direct(sub)
+                       : ngx_http_sse_pass(sub, ngx_http_sse_take_unsent(sub));
     ngx_http_sse_reclaim(sub);
     if (rc == NGX_ERROR) {
         ngx_http_sse_end(sub, NGX_HTTP_SSE_END_CLOSE, NGX_HTTP_SSE_R_NONE);

@@ -44,6 +44,14 @@ def zone_nginx_t(tmp_path, param):
         tmp_path, sub, pub, zone=f"sse_zone zone=sse:16m {param};"))
 
 
+def assert_zone_refused(tmp_path, param, why):
+    """`nginx -t` refuses the zone's parameters with [emerg] and `why`."""
+    ok, out = zone_nginx_t(tmp_path, param)
+    assert not ok, out
+    assert why in out, out
+    assert "[emerg]" in out
+
+
 def redis_conf(url, size="16m", extra=""):
     return f"sse_zone zone=sse:{size} redis={url}{extra};"
 
