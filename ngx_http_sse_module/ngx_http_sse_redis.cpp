@@ -122,8 +122,10 @@ struct ngx_http_sse_redis_conf_t {
     "  redis.call('SET', KEYS[2], e)\n"                                 \
     "end\n"
 
-// KEYS: epoch seq stream chans bus log; ARGV: local epoch, local seq,
-// channel, body, maxlen, ttl ms. Returns {epoch, seq}.
+// KEYS: epoch seq stream chans bus log subs; ARGV: local epoch, local
+// seq, channel, body, maxlen, ttl ms, the liveness prefix, this machine's
+// id. Returns {epoch, seq, the channel's subscribers on the other live
+// machines}.
 static const char ngx_http_sse_redis_publish_lua[] = NGX_HTTP_SSE_REDIS_PROLOGUE
     "s = redis.call('INCR', KEYS[2])\n"
     "local sid = string.format('%.0f', s)\n"
@@ -143,10 +145,12 @@ static const char ngx_http_sse_redis_publish_lua[] = NGX_HTTP_SSE_REDIS_PROLOGUE
     "redis.call('PUBLISH', KEYS[5], e .. ' ' .. sid .. ' ' .. p .. ' ' ..\n"
     "           ARGV[5] .. ' ' .. ARGV[6] .. ' ' .. #ARGV[3] .. ' ' ..\n"
     "           ARGV[3] .. ARGV[4])\n"
-    "return {e, sid}\n";
+    "local ck, ak, me = KEYS[7], ARGV[7], ARGV[8]\n" NGX_HTTP_SSE_REDIS_COUNT_LUA
+    "return {e, sid, subs}\n";
 
-// KEYS: as for a publish; ARGV: local epoch, local seq, channel. Returns
-// {epoch, seq, 1 when the channel's stream existed}.
+// KEYS: as for a publish; ARGV: local epoch, local seq, channel, the
+// liveness prefix, this machine's id. Returns {epoch, seq, 1 when the
+// channel's stream existed, its subscribers on the other live machines}.
 static const char ngx_http_sse_redis_delete_lua[] = NGX_HTTP_SSE_REDIS_PROLOGUE
     "local existed = redis.call('EXISTS', KEYS[3])\n"
     "s = redis.call('INCR', KEYS[2])\n"
@@ -158,7 +162,8 @@ static const char ngx_http_sse_redis_delete_lua[] = NGX_HTTP_SSE_REDIS_PROLOGUE
     "redis.call('ZADD', KEYS[4], s, ARGV[3])\n"
     "redis.call('PUBLISH', KEYS[5], e .. ' ' .. sid .. ' 0 0 0 ' ..\n"
     "           #ARGV[3] .. ' ' .. ARGV[3])\n"
-    "return {e, sid, existed}\n";
+    "local ck, ak, me = KEYS[7], ARGV[4], ARGV[5]\n" NGX_HTTP_SSE_REDIS_COUNT_LUA
+    "return {e, sid, existed, subs}\n";
 
 // A machine found that Redis gave a seq it holds to another event (Redis
 // lost acknowledged events, then counted on): a new epoch, unless another
@@ -2288,6 +2293,7 @@ void ngx_http_sse_redis_worker_init(ngx_http_sse_zone_worker_t *zw) {
     rw->commit_ev.log = ngx_cycle->log;
     rw->backoff = NGX_HTTP_SSE_REDIS_BACKOFF_MIN;
     rw->sha = ngx_http_sse_redis_sha(ngx_http_sse_redis_publish_lua);
+    ngx_http_sse_redis_count_init(zw);
 }
 
 static void ngx_http_sse_redis_resign(ngx_http_sse_redis_worker_t *rw) {
@@ -2307,6 +2313,7 @@ void ngx_http_sse_redis_worker_exit(ngx_http_sse_zone_worker_t *zw) {
     if (rw == NULL) {
         return;
     }
+    ngx_http_sse_redis_count_exit(zw);
     ngx_http_sse_redis_resign(rw);
     rw->bus.on_close = NULL;
     ngx_http_sse_redis_close(&rw->bus, NULL);
@@ -2347,6 +2354,7 @@ void ngx_http_sse_redis_poll(ngx_http_sse_zone_worker_t *zw) {
         ngx_http_sse_redis_resign(rw);
         return;
     }
+    ngx_http_sse_redis_count_poll(zw);
     if (rw->leader) {
         return;
     }
@@ -2466,11 +2474,14 @@ static void ngx_http_sse_redis_publish_reply(ngx_http_sse_redis_conn_t *rc,
     std::string why;
     uint64_t epoch = 0, seq = 0;
     bool existed = true;
+    int64_t others = -1;
     if (r != NULL && r->type == REDIS_REPLY_ARRAY &&
-        r->elements == (p->remove ? 3 : 2)) {
+        r->elements == (p->remove ? 4 : 3)) {
         epoch = ngx_http_sse_redis_u64(r->element[0]);
         seq = ngx_http_sse_redis_u64(r->element[1]);
         existed = !p->remove || ngx_http_sse_redis_u64(r->element[2]) != 0;
+        redisReply *n = r->element[r->elements - 1];
+        others = n->type == REDIS_REPLY_INTEGER ? n->integer : -1;
     }
     if (seq == 0) {
         why = r != NULL && r->type == REDIS_REPLY_ERROR
@@ -2513,7 +2524,7 @@ static void ngx_http_sse_redis_publish_reply(ngx_http_sse_redis_conn_t *rc,
         }
     }
     if (p->data != NULL) {
-        p->done(p->data, seq != 0, epoch, existed ? seq : 0, why);
+        p->done(p->data, seq != 0, epoch, existed ? seq : 0, others, why);
     }
     delete p;
 }
@@ -2530,21 +2541,26 @@ static void ngx_http_sse_redis_publish_send(ngx_http_sse_redis_publish_t *p) {
     static const char *script = ngx_http_sse_redis_publish_lua;
     const std::string &sha = rw->sha;
     std::string stream = rw->keys[4] + p->channel;
+    // The channel's count key, for the subscribers of the answer.
+    std::string subs = *rw->conf->prefix + ":subs:" + p->channel;
+    std::string alive = *rw->conf->prefix + ":alive:";
+    const std::string &me = ngx_http_sse_redis_count_me(rw->zw);
     if (p->remove) {
         // Rare: sent whole, no script cache to keep.
         ngx_http_sse_redis_send(
             &rw->cmd,
-            {"EVAL", ngx_http_sse_redis_delete_lua, "6", rw->keys[0],
-             rw->keys[1], stream, rw->keys[2], rw->keys[3], rw->keys[5], epoch,
-             seq, p->channel},
+            {"EVAL", ngx_http_sse_redis_delete_lua, "7", rw->keys[0],
+             rw->keys[1], stream, rw->keys[2], rw->keys[3], rw->keys[5], subs,
+             epoch, seq, p->channel, alive, me},
             ngx_http_sse_redis_publish_reply, p);
         return;
     }
     ngx_http_sse_redis_send(
         &rw->cmd,
         {p->eval ? "EVAL" : "EVALSHA", p->eval ? std::string_view(script) : sha,
-         "6", rw->keys[0], rw->keys[1], stream, rw->keys[2], rw->keys[3],
-         rw->keys[5], epoch, seq, p->channel, p->body, p->maxlen, p->ttl},
+         "7", rw->keys[0], rw->keys[1], stream, rw->keys[2], rw->keys[3],
+         rw->keys[5], subs, epoch, seq, p->channel, p->body, p->maxlen, p->ttl,
+         alive, me},
         ngx_http_sse_redis_publish_reply, p);
 }
 
@@ -2568,7 +2584,7 @@ static void ngx_http_sse_redis_retry(ngx_event_t *ev) {
         ngx_http_sse_redis_publish_send(p);
     } catch (const std::exception &e) {
         std::string why = e.what();
-        p->done(p->data, false, 0, 0, why);
+        p->done(p->data, false, 0, 0, -1, why);
         delete p;
     }
 }
@@ -2703,4 +2719,41 @@ void ngx_http_sse_redis_figures(ngx_http_sse_zone_t *z,
     uint64_t total = __atomic_load_n(&x.rtt_us_total, __ATOMIC_RELAXED);
     f->rtt_avg_us = f->publishes ? total / f->publishes : 0;
     f->rtt_last_us = __atomic_load_n(&x.rtt_us_last, __ATOMIC_RELAXED);
+}
+
+// ------------------------------------------------------------- counts
+
+// The commands of ngx_http_sse_redis_count.cpp, on the command connection.
+struct ngx_http_sse_redis_command_t {
+    ngx_http_sse_redis_reply_fn handler;
+    void *data;
+};
+
+static void ngx_http_sse_redis_command_reply(ngx_http_sse_redis_conn_t *rc,
+                                             void *data, redisReply *r,
+                                             const char *err) {
+    std::unique_ptr<ngx_http_sse_redis_command_t> c(
+        static_cast<ngx_http_sse_redis_command_t *>(data));
+    c->handler(c->data, r, err);
+}
+
+bool ngx_http_sse_redis_command(ngx_http_sse_zone_worker_t *zw,
+                                const std::vector<std::string_view> &args,
+                                ngx_http_sse_redis_reply_fn handler,
+                                void *data) {
+    auto *rw = static_cast<ngx_http_sse_redis_worker_t *>(zw->redis);
+    if (rw == NULL || ((ngx_msec_int_t)(rw->cmd_down_until - ngx_current_msec) > 0 &&
+        !rw->cmd.connected)) {
+        return false;
+    }
+    // Owned by the command once sent (out of memory: lost, never freed
+    // twice).
+    auto *c = new ngx_http_sse_redis_command_t{handler, data};
+    ngx_http_sse_redis_send(&rw->cmd, args, ngx_http_sse_redis_command_reply,
+                            c);
+    return true;
+}
+
+const std::string &ngx_http_sse_redis_prefix(ngx_http_sse_zone_t *z) {
+    return *z->redis->prefix;
 }

@@ -153,6 +153,10 @@ struct external_stats {
     uint64_t rtt_us_total;  // of the publishes' round trips
     uint64_t rtt_us_last;
     char last_error[120];  // NUL-terminated
+    // The subscriber counts across machines (the glue's
+    // ngx_http_sse_redis_count.cpp): its record, an aux block made under
+    // the lock and never freed; nullptr until then.
+    void *count;
 };
 
 // The zone's root: private to the engine (src/store_layout.hpp); the glue
