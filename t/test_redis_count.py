@@ -1,0 +1,260 @@
+"""Subscriber counts across the machines of a Redis zone: a publish's 202,
+GET's channel info, DELETE's answer and presence's count are the sums over
+every live machine (within the push lag), a SIGKILLed machine leaves the
+sums once its liveness key expires, a reload keeps the machine's id."""
+
+import asyncio
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from redishelp import (assert_zone_refused, needs_redis,  # noqa: F401
+                       redis_conf, start_redis, wait_in_sync)
+
+pytestmark = needs_redis
+
+STATUS = "        location = /sse-status { sse_status; }\n"
+REDIS_ERRORS = [r"\[error\].*sse: redis", r"\[error\].*connect\(\) failed",
+                r"\[error\].*recv\(\) failed"]
+# Short enough for the tests that wait for a dead machine to expire.
+TTL = " redis_machine_ttl=2s"
+
+
+async def machines(start_nginx, redis, n, extra=TTL, sub="",
+                   allow_log=()):
+    out = [start_nginx(zone=redis_conf(redis.url, extra=extra),
+                       sub_locations=STATUS, sub=sub,
+                       allow_log=list(allow_log) + REDIS_ERRORS)
+           for _ in range(n)]
+    for m in out:
+        await wait_in_sync(m)
+    return out
+
+
+async def info_subscribers(m, channel):
+    r = await m.info(channel)
+    if r.status == 404:
+        return None
+    assert r.status == 200, r
+    return r.json()["subscribers"]
+
+
+async def until_count(m, channel, want, timeout=10):
+    """Polls GET's channel info on machine m until it says `want`
+    subscribers (the push lag is a fraction of a second)."""
+    deadline = time.monotonic() + timeout
+    got = None
+    while time.monotonic() < deadline:
+        got = await info_subscribers(m, channel)
+        if got == want:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{channel}: {got} subscribers, not {want}")
+
+
+async def status(m):
+    r = await m.sub_http("GET", "/sse-status")
+    assert r.status == 200, r
+    return r.json()["zones"][0]
+
+
+def fields(redis, channel):
+    """The channel's count hash in Redis: {machine id: count}."""
+    out = redis.cli("HGETALL", "{sse:sse}:subs:" + channel).split()
+    return {out[i]: int(out[i + 1]) for i in range(0, len(out), 2)}
+
+
+# ---------------------------------------------------------------- config
+
+@pytest.mark.parametrize("param,why", [
+    ("redis=redis://127.0.0.1 redis_machine_ttl=abc",
+     "invalid redis_machine_ttl \"abc\""),
+    ("redis=redis://127.0.0.1 redis_machine_ttl=500ms",
+     "at least 1s"),
+    ("redis_machine_ttl=5s", "needs \"redis=\""),
+])
+def test_bad_machine_ttl_fails_nginx_t(tmp_path, param, why):
+    assert_zone_refused(tmp_path, param, why)
+
+
+# ---------------------------------------------------------------- sums
+
+@pytest.mark.timeout_s(60)
+async def test_publish_and_info_count_every_machine(start_nginx,
+                                                    start_redis):
+    r = start_redis()
+    a, b, c = await machines(start_nginx, r, 3)
+    held = [await b.stream("room") for _ in range(2)]
+    held += [await c.stream("room") for _ in range(2)]
+    held.append(await c.stream("/multi?channels=other,room"))
+    # Machine A holds no subscriber and no event of the channel: its info
+    # is the other machines'.
+    await until_count(a, "room", 5)
+    resp = await a.publish("room", "hello")
+    assert resp.status == 202, resp
+    assert resp.json()["subscribers"] == 5
+    for m in (b, c):
+        await until_count(m, "room", 5)
+    # A subscriber of the publishing machine counts at once (its own
+    # count is exact, read from its zone).
+    mine = await a.stream("room")
+    resp = await a.publish("room", "again")
+    assert resp.json()["subscribers"] == 6
+    # Leaving on C: the sums drop everywhere.
+    for s in held[2:]:
+        s.close()
+    for m in (a, b, c):
+        await until_count(m, "room", 3)
+    assert (await a.publish("room", "x")).json()["subscribers"] == 3
+    # In Redis: one field per machine with subscribers.
+    ids = {m: (await status(m))["redis_counts"]["machine"] for m in (a, b, c)}
+    assert len(set(ids.values())) == 3
+    deadline = time.monotonic() + 10
+    while fields(r, "room") != {ids[a]: 1, ids[b]: 2}:
+        assert time.monotonic() < deadline, fields(r, "room")
+        await asyncio.sleep(0.05)
+    st = (await status(b))["redis_counts"]
+    assert st["pending"] == 0 and st["pushes"] >= 1, st
+    assert st["last_push_ms_ago"] is not None
+    for s in held[:2] + [mine]:
+        s.close()
+    for m in (a, b, c):
+        await until_count(m, "room", 0)
+
+
+@pytest.mark.timeout_s(60)
+async def test_delete_answers_every_machines_subscribers(start_nginx,
+                                                         start_redis):
+    r = start_redis()
+    a, b, c = await machines(start_nginx, r, 3)
+    subs = [await b.stream("gone") for _ in range(3)]
+    subs.append(await c.stream("gone"))
+    await until_count(a, "gone", 4)
+    resp = await a.pub_http("DELETE", "/publish/gone")
+    assert resp.status == 200, resp
+    assert resp.json() == {"channel": "gone", "deleted": True,
+                           "subscribers": 4}
+    for s in subs:
+        await s.until_end()
+    # Nobody left anywhere: gone.
+    for m in (a, b, c):
+        await until_count(m, "gone", None)
+    assert (await a.pub_http("DELETE", "/publish/gone")).status == 404
+
+
+@pytest.mark.timeout_s(60)
+async def test_a_killed_machine_leaves_the_sum_after_its_ttl(start_nginx,
+                                                             start_redis):
+    r = start_redis()
+    a, b = await machines(start_nginx, r, 2)
+    held = [await b.stream("k") for _ in range(3)]
+    await until_count(a, "k", 3)
+    b_id = (await status(b))["redis_counts"]["machine"]
+    # The whole machine dies at once: master and workers.
+    for pid in b.pids():
+        os.kill(pid, signal.SIGKILL)
+    for s in held:
+        s.close()
+    # Its liveness key expires (2 s): its count leaves the sum, and the
+    # sum that met its field dropped it.
+    await until_count(a, "k", None, timeout=15)
+    assert b_id not in fields(r, "k")
+    assert r.cli("EXISTS", "{sse:sse}:alive:" + b_id).strip() == "0"
+
+
+@pytest.mark.timeout_s(60)
+async def test_a_clean_stop_removes_the_machines_counts(start_nginx,
+                                                        start_redis):
+    r = start_redis()
+    # The default TTL (10 s): only the stop itself can remove them soon.
+    a, b = await machines(start_nginx, r, 2, extra="")
+    held = [await b.stream("bye") for _ in range(2)]
+    await until_count(a, "bye", 2)
+    b_id = (await status(b))["redis_counts"]["machine"]
+    assert r.cli("EXISTS", "{sse:sse}:alive:" + b_id).strip() == "1"
+    assert b.stop()
+    for s in held:
+        s.close()
+    assert b_id not in fields(r, "bye")
+    assert r.cli("EXISTS", "{sse:sse}:alive:" + b_id).strip() == "0"
+    assert r.cli("SISMEMBER", "{sse:sse}:machines", b_id).strip() == "0"
+    assert await info_subscribers(a, "bye") is None
+
+
+@pytest.mark.timeout_s(60)
+async def test_a_reload_keeps_the_machine_id_and_counts(start_nginx,
+                                                        start_redis):
+    r = start_redis()
+    a, b = await machines(start_nginx, r, 2)
+    held = [await b.stream("rl") for _ in range(2)]
+    await until_count(a, "rl", 2)
+    before = (await status(b))["redis_counts"]["machine"]
+    b.reload()
+    # The old workers end their streams; the clients come back.
+    for s in held:
+        await s.until_end()
+    await wait_in_sync(b)
+    held = [await b.stream("rl") for _ in range(2)]
+    assert (await status(b))["redis_counts"]["machine"] == before
+    await until_count(a, "rl", 2)
+    # One machine, one field: the reload's workers did not count it twice
+    # nor drop the machine.
+    assert fields(r, "rl") == {before: 2}
+    assert r.cli("EXISTS", "{sse:sse}:alive:" + before).strip() == "1"
+    # Still pushed after the reload.
+    held.append(await b.stream("rl"))
+    await until_count(a, "rl", 3)
+    for s in held:
+        s.close()
+    await until_count(a, "rl", None)
+
+
+@pytest.mark.timeout_s(60)
+async def test_redis_down_answers_what_the_machine_knows(start_nginx,
+                                                         start_redis):
+    r = start_redis()
+    a, b = await machines(start_nginx, r, 2)
+    held = [await b.stream("dn") for _ in range(2)]
+    held.append(await a.stream("dn"))
+    await until_count(a, "dn", 3)
+    r.kill()
+    # Nothing waits on the dead Redis: the local count, promptly.
+    t = time.monotonic()
+    await until_count(a, "dn", 1)
+    await until_count(b, "dn", 2)
+    assert time.monotonic() - t < 8
+    assert (await a.publish("dn", "x")).status == 503
+
+
+# ---------------------------------------------------------------- presence
+
+@pytest.mark.timeout_s(60)
+async def test_presence_counts_every_machine(start_nginx, start_redis):
+    r = start_redis()
+    a, b = await machines(
+        start_nginx, r, 2,
+        sub="            sse_presence_channel $ch:presence;")
+    w = await a.stream("room:presence")
+
+    async def next_presence():
+        e = await w.next_event(5)
+        return e.event, json.loads(e.data)
+
+    on_b = await b.stream("room")
+    assert await next_presence() == \
+        ("join", {"sub": None, "channel": "room", "count": 1})
+    await until_count(a, "room", 1)
+    on_a = await a.stream("room")
+    assert await next_presence() == \
+        ("join", {"sub": None, "channel": "room", "count": 2})
+    await until_count(b, "room", 2)
+    on_b.close()
+    assert await next_presence() == \
+        ("leave", {"sub": None, "channel": "room", "count": 1})
+    await until_count(a, "room", 1)
+    on_a.close()
+    assert await next_presence() == \
+        ("leave", {"sub": None, "channel": "room", "count": 0})
