@@ -204,8 +204,7 @@ static void ngx_http_sse_presence_counted(void *data, bool run,
 // them, asked first on the connection the event then goes by, so that a
 // worker's events keep their order. False when not sent.
 static bool ngx_http_sse_presence_send(ngx_http_sse_zone_t *z,
-                                       std::string_view pres,
-                                       const char *event,
+                                       std::string_view pres, const char *event,
                                        const std::string *who,
                                        std::string_view chan, uint32_t count,
                                        ngx_uint_t buffer_length,

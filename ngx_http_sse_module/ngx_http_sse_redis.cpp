@@ -145,7 +145,9 @@ static const char ngx_http_sse_redis_publish_lua[] = NGX_HTTP_SSE_REDIS_PROLOGUE
     "redis.call('PUBLISH', KEYS[5], e .. ' ' .. sid .. ' ' .. p .. ' ' ..\n"
     "           ARGV[5] .. ' ' .. ARGV[6] .. ' ' .. #ARGV[3] .. ' ' ..\n"
     "           ARGV[3] .. ARGV[4])\n"
-    "local ck, ak, me = KEYS[7], ARGV[7], ARGV[8]\n" NGX_HTTP_SSE_REDIS_COUNT_LUA
+    // The channel's subscribers on the other live machines.
+    "local ck, ak, me = KEYS[7], ARGV[7], ARGV[8]\n"  //
+    NGX_HTTP_SSE_REDIS_COUNT_LUA                      //
     "return {e, sid, subs}\n";
 
 // KEYS: as for a publish; ARGV: local epoch, local seq, channel, the
@@ -162,7 +164,8 @@ static const char ngx_http_sse_redis_delete_lua[] = NGX_HTTP_SSE_REDIS_PROLOGUE
     "redis.call('ZADD', KEYS[4], s, ARGV[3])\n"
     "redis.call('PUBLISH', KEYS[5], e .. ' ' .. sid .. ' 0 0 0 ' ..\n"
     "           #ARGV[3] .. ' ' .. ARGV[3])\n"
-    "local ck, ak, me = KEYS[7], ARGV[4], ARGV[5]\n" NGX_HTTP_SSE_REDIS_COUNT_LUA
+    "local ck, ak, me = KEYS[7], ARGV[4], ARGV[5]\n"  //
+    NGX_HTTP_SSE_REDIS_COUNT_LUA                      //
     "return {e, sid, existed, subs}\n";
 
 // A machine found that Redis gave a seq it holds to another event (Redis
@@ -2742,8 +2745,9 @@ bool ngx_http_sse_redis_command(ngx_http_sse_zone_worker_t *zw,
                                 ngx_http_sse_redis_reply_fn handler,
                                 void *data) {
     auto *rw = static_cast<ngx_http_sse_redis_worker_t *>(zw->redis);
-    if (rw == NULL || ((ngx_msec_int_t)(rw->cmd_down_until - ngx_current_msec) > 0 &&
-        !rw->cmd.connected)) {
+    if (rw == NULL ||
+        ((ngx_msec_int_t)(rw->cmd_down_until - ngx_current_msec) > 0 &&
+         !rw->cmd.connected)) {
         return false;
     }
     // Owned by the command once sent (out of memory: lost, never freed

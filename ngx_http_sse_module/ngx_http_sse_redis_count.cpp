@@ -46,8 +46,8 @@ extern "C" {
 // and the channels whose counts changed since the last push. Written
 // under the zone's lock; the figures for sse_status with relaxed atomics.
 struct ngx_http_sse_count_shm_t {
-    char machine[20];  // 16 hex digits, NUL-terminated
-    uint64_t cycle;    // the newest workers' cycle: a reload or a stop?
+    char machine[20];   // 16 hex digits, NUL-terminated
+    uint64_t cycle;     // the newest workers' cycle: a reload or a stop?
     int64_t last_push;  // ms since the epoch, 0: never
     uint64_t pushes;    // script calls that stored counts
     uint64_t push_errors;
@@ -83,7 +83,7 @@ enum ngx_http_sse_count_phase_e {
     NGX_HTTP_SSE_COUNT_IDLE = 0,  // not the pusher
     NGX_HTTP_SSE_COUNT_SYNC,      // ask Redis what this machine has there
     NGX_HTTP_SSE_COUNT_SYNCING,
-    NGX_HTTP_SSE_COUNT_FULL,  // read every membership, push the differences
+    NGX_HTTP_SSE_COUNT_FULL,   // read every membership, push the differences
     NGX_HTTP_SSE_COUNT_READY,  // push what changed
 };
 
@@ -108,8 +108,8 @@ struct ngx_http_sse_count_worker_t {
 // The Lua read of a channel's count: KEYS[1] its count key; ARGV: the
 // liveness prefix, this machine's id.
 static const char ngx_http_sse_count_read_lua[] =
-    "local ck, ak, me = KEYS[1], ARGV[1], ARGV[2]\n" NGX_HTTP_SSE_REDIS_COUNT_LUA
-    "return subs\n";
+    "local ck, ak, me = KEYS[1], ARGV[1], "
+    "ARGV[2]\n" NGX_HTTP_SSE_REDIS_COUNT_LUA "return subs\n";
 
 // KEYS: this machine's channel set; ARGV: its id, the count key prefix,
 // then (channel, count) pairs; a count of 0 removes the field.
@@ -216,7 +216,8 @@ void ngx_http_sse_redis_count_touch(ngx_http_sse_zone_t *z, sse::store &s,
             return;
         }
     }
-    if (c->n == NGX_HTTP_SSE_COUNT_DIRTY || id.size() > sse::max_channel_id_len) {
+    if (c->n == NGX_HTTP_SSE_COUNT_DIRTY ||
+        id.size() > sse::max_channel_id_len) {
         c->overflow = 1;
         return;
     }
@@ -226,16 +227,15 @@ void ngx_http_sse_redis_count_touch(ngx_http_sse_zone_t *z, sse::store &s,
     c->n++;
 }
 
-void ngx_http_sse_redis_count_touch_all(ngx_http_sse_zone_t *z,
-                                        sse::store &s,
+void ngx_http_sse_redis_count_touch_all(ngx_http_sse_zone_t *z, sse::store &s,
                                         sse::channel *const *chans, size_t n) {
     for (size_t i = 0; i < n; i++) {
         ngx_http_sse_redis_count_touch(z, s, chans[i]->id());
     }
 }
 
-void ngx_http_sse_redis_count_touch_slot(ngx_http_sse_zone_t *z,
-                                         sse::store &s, uint32_t slot) {
+void ngx_http_sse_redis_count_touch_slot(ngx_http_sse_zone_t *z, sse::store &s,
+                                         uint32_t slot) {
     if (z->redis == NULL) {
         return;
     }
@@ -271,7 +271,8 @@ static void ngx_http_sse_count_reply(void *data, redisReply *r,
 
 // False when nothing was sent (Redis known to be down).
 static bool ngx_http_sse_count_send(
-    ngx_http_sse_count_worker_t *cw, std::unique_ptr<ngx_http_sse_count_cmd_t> cmd,
+    ngx_http_sse_count_worker_t *cw,
+    std::unique_ptr<ngx_http_sse_count_cmd_t> cmd,
     const std::vector<std::string_view> &args) {
     cmd->cw = cw;
     cw->cmds.insert(cmd.get());
@@ -311,8 +312,8 @@ void *ngx_http_sse_redis_count_read(ngx_http_sse_zone_t *z,
                                     ngx_http_sse_count_done_pt done,
                                     void *data) {
     ngx_http_sse_zone_worker_t *zw = ngx_http_sse_zone_worker(z);
-    auto *cw = zw ? static_cast<ngx_http_sse_count_worker_t *>(zw->count)
-                  : NULL;
+    auto *cw =
+        zw ? static_cast<ngx_http_sse_count_worker_t *>(zw->count) : NULL;
     if (cw == NULL) {
         return NULL;
     }
@@ -337,8 +338,7 @@ void ngx_http_sse_redis_count_cancel(void *handle) {
                     redisReply *, const char *) {};
 }
 
-const std::string &ngx_http_sse_redis_count_me(
-    ngx_http_sse_zone_worker_t *zw) {
+const std::string &ngx_http_sse_redis_count_me(ngx_http_sse_zone_worker_t *zw) {
     static const std::string none;
     auto *cw = static_cast<ngx_http_sse_count_worker_t *>(zw->count);
     return cw != NULL ? cw->me : none;
@@ -410,8 +410,8 @@ static void ngx_http_sse_count_push(
         std::vector<std::string> nums;
         nums.reserve(cmd->batch.size());
         std::string mk = cw->machine + cw->me;
-        std::vector<std::string_view> args{"EVAL", ngx_http_sse_count_push_lua,
-                                           "1", mk, cw->me, cw->subs};
+        std::vector<std::string_view> args{
+            "EVAL", ngx_http_sse_count_push_lua, "1", mk, cw->me, cw->subs};
         for (auto &[id, n] : cmd->batch) {
             nums.push_back(std::to_string(n));
             args.push_back(id);
@@ -583,8 +583,7 @@ static void ngx_http_sse_count_tick(ngx_http_sse_count_worker_t *cw) {
             auto cmd = std::make_unique<ngx_http_sse_count_cmd_t>();
             cmd->reply = ngx_http_sse_count_sync_reply;
             std::string mk = cw->machine + cw->me;
-            if (ngx_http_sse_count_send(cw, std::move(cmd),
-                                        {"SMEMBERS", mk})) {
+            if (ngx_http_sse_count_send(cw, std::move(cmd), {"SMEMBERS", mk})) {
                 cw->in_flight++;
                 cw->phase = NGX_HTTP_SSE_COUNT_SYNCING;
             }
@@ -699,15 +698,13 @@ static ngx_int_t ngx_http_sse_count_info_answer(ngx_http_sse_count_info_t *in,
                                                 int64_t others) {
     uint64_t total = in->local + (others > 0 ? (uint64_t)others : 0);
     if (!in->found && total == 0) {
-        return ngx_http_sse_error(in->r, NGX_HTTP_NOT_FOUND,
-                                  "no such channel");
+        return ngx_http_sse_error(in->r, NGX_HTTP_NOT_FOUND, "no such channel");
     }
     return ngx_http_sse_send_text(in->r, NGX_HTTP_OK, "application/json",
                                   in->pre + std::to_string(total) + in->post);
 }
 
-static void ngx_http_sse_count_info_done(void *data, bool run,
-                                         int64_t others) {
+static void ngx_http_sse_count_info_done(void *data, bool run, int64_t others) {
     auto *in = static_cast<ngx_http_sse_count_info_t *>(data);
     in->handle = NULL;
     if (!run) {
@@ -796,20 +793,20 @@ std::string ngx_http_sse_redis_count_json(ngx_http_sse_zone_t *z) {
     id[sizeof(id) - 1] = '\0';
     ngx_http_sse_json_string(j, id);
     int64_t last = __atomic_load_n(&c->last_push, __ATOMIC_RELAXED);
-    j += ",\"pusher_pid\":" +
-         std::to_string(sse::store::peek_bus_pid(z->root)) +
-         ",\"last_push_ms_ago\":" +
-         (last ? std::to_string(std::max<int64_t>(
-                     0, ngx_http_sse_count_now_ms() - last))
-               : std::string("null")) +
-         ",\"pending\":" +
-         std::to_string(__atomic_load_n(&c->pending, __ATOMIC_RELAXED) +
-                        __atomic_load_n(&c->n, __ATOMIC_RELAXED)) +
-         ",\"pushes\":" +
-         std::to_string(__atomic_load_n(&c->pushes, __ATOMIC_RELAXED)) +
-         ",\"push_errors\":" +
-         std::to_string(__atomic_load_n(&c->push_errors, __ATOMIC_RELAXED)) +
-         ",\"machine_ttl_ms\":" + std::to_string(ngx_http_sse_count_ttl(z)) +
-         "}";
+    j +=
+        ",\"pusher_pid\":" + std::to_string(sse::store::peek_bus_pid(z->root)) +
+        ",\"last_push_ms_ago\":" +
+        (last ? std::to_string(
+                    std::max<int64_t>(0, ngx_http_sse_count_now_ms() - last))
+              : std::string("null")) +
+        ",\"pending\":" +
+        std::to_string(__atomic_load_n(&c->pending, __ATOMIC_RELAXED) +
+                       __atomic_load_n(&c->n, __ATOMIC_RELAXED)) +
+        ",\"pushes\":" +
+        std::to_string(__atomic_load_n(&c->pushes, __ATOMIC_RELAXED)) +
+        ",\"push_errors\":" +
+        std::to_string(__atomic_load_n(&c->push_errors, __ATOMIC_RELAXED)) +
+        ",\"machine_ttl_ms\":" + std::to_string(ngx_http_sse_count_ttl(z)) +
+        "}";
     return j;
 }

@@ -182,8 +182,7 @@ char *ngx_http_sse_zone_directive(ngx_conf_t *cf, ngx_command_t *cmd,
                                &cmd->name);
             return (char *)NGX_CONF_ERROR;
         }
-        if (ngx_http_sse_redis_count_parse(cf, z, machine_ttl) !=
-            NGX_CONF_OK) {
+        if (ngx_http_sse_redis_count_parse(cf, z, machine_ttl) != NGX_CONF_OK) {
             return (char *)NGX_CONF_ERROR;
         }
     }
