@@ -166,6 +166,8 @@ static const char ngx_http_sse_redis_delete_lua[] = NGX_HTTP_SSE_REDIS_PROLOGUE
     "           #ARGV[3] .. ' ' .. ARGV[3])\n"
     "local ck, ak, me = KEYS[7], ARGV[4], ARGV[5]\n"  //
     NGX_HTTP_SSE_REDIS_COUNT_LUA                      //
+    // Every subscriber's stream ends: nobody is counted any more.
+    "redis.call('DEL', ck)\n"
     "return {e, sid, existed, subs}\n";
 
 // A machine found that Redis gave a seq it holds to another event (Redis

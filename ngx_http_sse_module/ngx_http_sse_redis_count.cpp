@@ -37,7 +37,13 @@ extern "C" {
 
 #define NGX_HTTP_SSE_COUNT_PUSH_MS 250
 #define NGX_HTTP_SSE_COUNT_BATCH 256
-#define NGX_HTTP_SSE_COUNT_DIRTY 32
+// Channels noted between two pushes: one per 64k of the zone, from 32
+// to 1024 (260 bytes each); more, and the pusher reads every membership.
+#define NGX_HTTP_SSE_COUNT_DIRTY_MIN 32
+#define NGX_HTTP_SSE_COUNT_DIRTY_MAX 1024
+// Everything is pushed again this often, whatever the pusher thinks
+// Redis holds (writes a failover lost, say).
+#define NGX_HTTP_SSE_COUNT_RESYNC_MS 60000
 #define NGX_HTTP_SSE_COUNT_DEFAULT_TTL 10000
 // A count not known (what Redis holds after a takeover).
 #define NGX_HTTP_SSE_COUNT_UNKNOWN UINT32_MAX
@@ -53,12 +59,14 @@ struct ngx_http_sse_count_shm_t {
     uint64_t push_errors;
     uint32_t pending;   // channels being pushed
     uint32_t overflow;  // changes were not all noted: read them all
-    uint32_t n;         // dirty[0..n) are noted (n is the commit point)
-    uint32_t reserved;
-    struct {
+    uint32_t n;         // dirty()[0..n) are noted (n is the commit point)
+    uint32_t cap;       // entries of dirty()
+    struct entry {
+        uint32_t hash;
         uint32_t len;
         char id[sse::max_channel_id_len];
-    } dirty[NGX_HTTP_SSE_COUNT_DIRTY];
+    };
+    entry *dirty() { return reinterpret_cast<entry *>(this + 1); }
 };
 
 static_assert(std::is_standard_layout_v<ngx_http_sse_count_shm_t> &&
@@ -99,6 +107,7 @@ struct ngx_http_sse_count_worker_t {
     ngx_uint_t in_flight;  // pushes and the sync
     ngx_msec_t last_tick;
     ngx_msec_t next_refresh;
+    ngx_msec_t last_sync;
     bool refreshing;
     // What Redis holds of this machine's counts, as far as it knows.
     std::unordered_map<std::string, uint32_t> pushed;
@@ -172,19 +181,26 @@ static int64_t ngx_http_sse_count_now_ms() {
 
 // Call inside a session. The zone's record, made (with the machine's id)
 // when absent; NULL when the zone cannot hold it.
-static ngx_http_sse_count_shm_t *ngx_http_sse_count_shm(sse::store &s,
+static ngx_http_sse_count_shm_t *ngx_http_sse_count_shm(ngx_http_sse_zone_t *z,
+                                                        sse::store &s,
                                                         bool create) {
     sse::external_stats &x = sse::store::ext(s.root());
     auto *c = static_cast<ngx_http_sse_count_shm_t *>(x.count);
     if (c != NULL || !create) {
         return c;
     }
+    size_t cap = z->shm_zone->shm.size / 65536;
+    cap = ngx_max(cap, (size_t)NGX_HTTP_SSE_COUNT_DIRTY_MIN);
+    cap = ngx_min(cap, (size_t)NGX_HTTP_SSE_COUNT_DIRTY_MAX);
+    size_t size = sizeof(ngx_http_sse_count_shm_t) +
+                  cap * sizeof(ngx_http_sse_count_shm_t::entry);
     c = static_cast<ngx_http_sse_count_shm_t *>(
-        s.aux_alloc(sizeof(ngx_http_sse_count_shm_t), ngx_current_msec));
+        s.aux_alloc(size, ngx_current_msec));
     if (c == NULL) {
         return NULL;
     }
     ngx_memzero(c, sizeof(ngx_http_sse_count_shm_t));
+    c->cap = cap;
     unsigned char b[8];
     if (RAND_bytes(b, sizeof(b)) != 1) {
         // Unique enough: the master's pid and the time.
@@ -206,23 +222,25 @@ void ngx_http_sse_redis_count_touch(ngx_http_sse_zone_t *z, sse::store &s,
     if (z->redis == NULL) {
         return;
     }
-    ngx_http_sse_count_shm_t *c = ngx_http_sse_count_shm(s, false);
+    ngx_http_sse_count_shm_t *c = ngx_http_sse_count_shm(z, s, false);
     if (c == NULL || c->overflow) {
         return;
     }
+    uint32_t h = sse::hash_channel_id(id);
+    ngx_http_sse_count_shm_t::entry *d = c->dirty();
     for (uint32_t i = 0; i < c->n; i++) {
-        if (c->dirty[i].len == id.size() &&
-            ngx_memcmp(c->dirty[i].id, id.data(), id.size()) == 0) {
+        if (d[i].hash == h && d[i].len == id.size() &&
+            ngx_memcmp(d[i].id, id.data(), id.size()) == 0) {
             return;
         }
     }
-    if (c->n == NGX_HTTP_SSE_COUNT_DIRTY ||
-        id.size() > sse::max_channel_id_len) {
+    if (c->n == c->cap || id.size() > sse::max_channel_id_len) {
         c->overflow = 1;
         return;
     }
-    c->dirty[c->n].len = id.size();
-    ngx_memcpy(c->dirty[c->n].id, id.data(), id.size());
+    d[c->n].hash = h;
+    d[c->n].len = id.size();
+    ngx_memcpy(d[c->n].id, id.data(), id.size());
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
     c->n++;
 }
@@ -244,7 +262,7 @@ void ngx_http_sse_redis_count_touch_slot(ngx_http_sse_zone_t *z, sse::store &s,
             ngx_http_sse_redis_count_touch(z, s, chan->id());
         }
     } catch (const std::bad_alloc &) {
-        ngx_http_sse_count_shm_t *c = ngx_http_sse_count_shm(s, false);
+        ngx_http_sse_count_shm_t *c = ngx_http_sse_count_shm(z, s, false);
         if (c != NULL) {
             c->overflow = 1;
         }
@@ -441,7 +459,7 @@ static void ngx_http_sse_count_full(ngx_http_sse_count_worker_t *cw) {
     {
         auto s = ngx_http_sse_session(z);
         // Changes from here on are noted again.
-        ngx_http_sse_count_shm_t *c = ngx_http_sse_count_shm(*s, true);
+        ngx_http_sse_count_shm_t *c = ngx_http_sse_count_shm(z, *s, true);
         if (c != NULL) {
             c->n = 0;
             c->overflow = 0;
@@ -464,12 +482,21 @@ static void ngx_http_sse_count_full(ngx_http_sse_count_worker_t *cw) {
 
 // The channels noted since the last push.
 static void ngx_http_sse_count_changed(ngx_http_sse_count_worker_t *cw) {
-    std::vector<std::string> ids;
-    ids.reserve(NGX_HTTP_SSE_COUNT_DIRTY);
-    std::unordered_map<std::string, uint32_t> now;
+    // Reserved before the lock: nothing allocates under it.
+    std::string bytes;
+    struct noted {
+        size_t at, len;
+        uint32_t count;
+    };
+    std::vector<noted> ids;
+    if (cw->shm != NULL) {
+        bytes.reserve(cw->shm->cap * sse::max_channel_id_len);
+        ids.reserve(cw->shm->cap);
+    }
     {
         auto s = ngx_http_sse_session(cw->zw->zone);
-        ngx_http_sse_count_shm_t *c = ngx_http_sse_count_shm(*s, true);
+        ngx_http_sse_count_shm_t *c =
+            ngx_http_sse_count_shm(cw->zw->zone, *s, true);
         cw->shm = c;
         if (c == NULL) {
             return;
@@ -478,14 +505,23 @@ static void ngx_http_sse_count_changed(ngx_http_sse_count_worker_t *cw) {
             cw->phase = NGX_HTTP_SSE_COUNT_FULL;
             return;
         }
-        for (uint32_t i = 0; i < c->n; i++) {
-            ids.emplace_back(c->dirty[i].id, c->dirty[i].len);
+        uint32_t n = ngx_min(c->n, (uint32_t)ids.capacity());
+        for (uint32_t i = 0; i < n; i++) {
+            const auto &d = c->dirty()[i];
+            std::string_view id(d.id, d.len);
+            sse::channel *ch = s->find(id);
+            ids.push_back({bytes.size(), id.size(),
+                           ch ? sse::store::subscribers(ch) : 0});
+            bytes.append(id);
+        }
+        if (n < c->n) {
+            c->overflow = 1;  // first seen by this worker: not all copied
         }
         c->n = 0;
-        for (auto &id : ids) {
-            sse::channel *ch = s->find(id);
-            now.emplace(std::move(id), ch ? sse::store::subscribers(ch) : 0);
-        }
+    }
+    std::unordered_map<std::string, uint32_t> now;
+    for (const auto &k : ids) {
+        now.emplace(bytes.substr(k.at, k.len), k.count);
     }
     ngx_http_sse_count_push(cw, now);
 }
@@ -565,7 +601,7 @@ static void ngx_http_sse_count_tick(ngx_http_sse_count_worker_t *cw) {
     cw->last_tick = ngx_current_msec;
     if (cw->me.empty()) {
         auto s = ngx_http_sse_session(zw->zone);
-        cw->shm = ngx_http_sse_count_shm(*s, true);
+        cw->shm = ngx_http_sse_count_shm(zw->zone, *s, true);
         if (cw->shm == NULL) {
             return;  // the zone is full: again later
         }
@@ -578,12 +614,18 @@ static void ngx_http_sse_count_tick(ngx_http_sse_count_worker_t *cw) {
     if (cw->in_flight != 0) {
         return;  // one push at a time: replies come in order
     }
+    if (cw->phase == NGX_HTTP_SSE_COUNT_READY &&
+        (ngx_msec_int_t)(ngx_current_msec - cw->last_sync) >=
+            NGX_HTTP_SSE_COUNT_RESYNC_MS) {
+        cw->phase = NGX_HTTP_SSE_COUNT_SYNC;
+    }
     switch (cw->phase) {
         case NGX_HTTP_SSE_COUNT_SYNC: {
             auto cmd = std::make_unique<ngx_http_sse_count_cmd_t>();
             cmd->reply = ngx_http_sse_count_sync_reply;
             std::string mk = cw->machine + cw->me;
             if (ngx_http_sse_count_send(cw, std::move(cmd), {"SMEMBERS", mk})) {
+                cw->last_sync = ngx_current_msec;
                 cw->in_flight++;
                 cw->phase = NGX_HTTP_SSE_COUNT_SYNCING;
             }
@@ -621,7 +663,7 @@ void ngx_http_sse_redis_count_init(ngx_http_sse_zone_worker_t *zw) {
     cw->machine = p + ":machine:";
     cw->machines = p + ":machines";
     auto s = ngx_http_sse_session(z);
-    cw->shm = ngx_http_sse_count_shm(*s, true);
+    cw->shm = ngx_http_sse_count_shm(z, *s, true);
     if (cw->shm != NULL) {
         cw->me = cw->shm->machine;
         // The newest workers' cycle: an older worker that exits is being
