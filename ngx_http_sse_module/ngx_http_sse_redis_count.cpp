@@ -593,6 +593,10 @@ static void ngx_http_sse_count_tick(ngx_http_sse_count_worker_t *cw) {
         // Taken over (or first): learn what Redis holds of this machine.
         cw->phase = NGX_HTTP_SSE_COUNT_SYNC;
         cw->next_refresh = ngx_current_msec;
+        if (cw->shm != NULL) {
+            // What a dead pusher had in flight is not coming back.
+            __atomic_store_n(&cw->shm->pending, 0, __ATOMIC_RELAXED);
+        }
     }
     if ((ngx_msec_int_t)(ngx_current_msec - cw->last_tick) <
         NGX_HTTP_SSE_COUNT_PUSH_MS) {
