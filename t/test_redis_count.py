@@ -24,8 +24,8 @@ TTL = " redis_machine_ttl=2s"
 
 
 async def machines(start_nginx, redis, n, extra=TTL, sub="",
-                   allow_log=()):
-    out = [start_nginx(zone=redis_conf(redis.url, extra=extra),
+                   allow_log=(), size="16m"):
+    out = [start_nginx(zone=redis_conf(redis.url, size=size, extra=extra),
                        sub_locations=STATUS, sub=sub,
                        allow_log=list(allow_log) + REDIS_ERRORS)
            for _ in range(n)]
@@ -123,6 +123,45 @@ async def test_publish_and_info_count_every_machine(start_nginx,
         s.close()
     for m in (a, b, c):
         await until_count(m, "room", 0)
+
+
+@pytest.mark.timeout_s(60)
+async def test_more_changes_than_the_zone_notes_are_all_pushed(
+        start_nginx, start_redis):
+    r = start_redis()
+    # A 2m zone notes 32 changed channels between two pushes: one stream
+    # joins 64 at once, and the pusher reads every subscription instead.
+    a, b = await machines(start_nginx, r, 2, size="2m")
+    names = [f"m{i}" for i in range(64)]
+    s = await b.stream("/multi?channels=" + ",".join(names))
+    for n in names:
+        await until_count(a, n, 1)
+    s.close()
+    for n in names:
+        await until_count(a, n, None)
+
+
+@pytest.mark.timeout_s(60)
+async def test_a_killed_pusher_is_replaced_and_its_streams_leave(
+        start_nginx, start_redis):
+    r = start_redis()
+    a, b = await machines(start_nginx, r, 2,
+                          allow_log=[r"exited on signal 9"])
+    held = [await b.stream("pk") for _ in range(8)]
+    await until_count(a, "pk", 8)
+    st = await status(b)
+    pusher = st["redis_counts"]["pusher_pid"]
+    on_pusher = {w["pid"]: w["subscribers"] for w in st["workers"]}[pusher]
+    os.kill(pusher, signal.SIGKILL)
+    # The dead worker's streams leave (its slot reaped), counted by the
+    # worker that takes the pushing over.
+    await until_count(a, "pk", 8 - on_pusher, timeout=15)
+    more = [await b.stream("pk") for _ in range(2)]
+    await until_count(a, "pk", 10 - on_pusher)
+    assert (await status(b))["redis_counts"]["pusher_pid"] != pusher
+    for s in held + more:
+        s.close()
+    await until_count(a, "pk", None)
 
 
 @pytest.mark.timeout_s(60)
