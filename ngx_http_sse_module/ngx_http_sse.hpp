@@ -489,27 +489,29 @@ char *ngx_http_sse_presence_channel(ngx_conf_t *cf, ngx_command_t *cmd,
 // machine's id, whose own count the caller adds from its zone (exact).
 // Output: the local subs, the channel's subscribers on the other live
 // machines. Fields of machines whose liveness key expired are dropped.
-#define NGX_HTTP_SSE_REDIS_COUNT_LUA                        \
-    "local subs = 0\n"                                      \
-    "do\n"                                                  \
-    "  local h = redis.call('HGETALL', ck)\n"               \
-    "  local at, ks = {}, {}\n"                             \
-    "  for j = 1, #h, 2 do\n"                               \
-    "    if h[j] ~= me then\n"                              \
-    "      at[#at + 1] = j\n"                               \
-    "      ks[#ks + 1] = ak .. h[j]\n"                      \
-    "    end\n"                                             \
-    "  end\n"                                               \
-    "  if #ks > 0 then\n"                                   \
-    "    local a = redis.call('MGET', unpack(ks))\n"        \
-    "    for j = 1, #ks do\n"                               \
-    "      if a[j] then\n"                                  \
-    "        subs = subs + (tonumber(h[at[j] + 1]) or 0)\n" \
-    "      else\n"                                          \
-    "        redis.call('HDEL', ck, h[at[j]])\n"            \
-    "      end\n"                                           \
-    "    end\n"                                             \
-    "  end\n"                                               \
+#define NGX_HTTP_SSE_REDIS_COUNT_LUA                          \
+    "local subs = 0\n"                                        \
+    "do\n"                                                    \
+    "  local h = redis.call('HGETALL', ck)\n"                 \
+    "  if #h > 0 then\n"                                      \
+    "    local at, ks = {}, {}\n"                             \
+    "    for j = 1, #h, 2 do\n"                               \
+    "      if h[j] ~= me then\n"                              \
+    "        at[#at + 1] = j\n"                               \
+    "        ks[#ks + 1] = ak .. h[j]\n"                      \
+    "      end\n"                                             \
+    "    end\n"                                               \
+    "    if #ks > 0 then\n"                                   \
+    "      local a = redis.call('MGET', unpack(ks))\n"        \
+    "      for j = 1, #ks do\n"                               \
+    "        if a[j] then\n"                                  \
+    "          subs = subs + (tonumber(h[at[j] + 1]) or 0)\n" \
+    "        else\n"                                          \
+    "          redis.call('HDEL', ck, h[at[j]])\n"            \
+    "        end\n"                                           \
+    "      end\n"                                             \
+    "    end\n"                                               \
+    "  end\n"                                                 \
     "end\n"
 struct redisReply;
 // Sends one command on the worker's command connection of zone zw

@@ -155,7 +155,7 @@ async def test_a_killed_pusher_is_replaced_and_its_streams_leave(
     os.kill(pusher, signal.SIGKILL)
     # The dead worker's streams leave (its slot reaped), counted by the
     # worker that takes the pushing over.
-    await until_count(a, "pk", 8 - on_pusher, timeout=15)
+    await until_count(a, "pk", 8 - on_pusher or None, timeout=15)
     more = [await b.stream("pk") for _ in range(2)]
     await until_count(a, "pk", 10 - on_pusher)
     assert (await status(b))["redis_counts"]["pusher_pid"] != pusher
