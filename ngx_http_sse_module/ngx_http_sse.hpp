@@ -483,31 +483,36 @@ char *ngx_http_sse_presence_channel(ngx_conf_t *cf, ngx_command_t *cmd,
 // (ngx_http_sse_redis_count.cpp).
 //
 // The Lua snippet every script that answers with a count runs. Inputs,
-// Lua locals set before it: ck, the channel's count key
-// ("{sse:NAME}:subs:ID", a hash: machine id -> its subscribers); ak, the
-// prefix of the machines' liveness keys ("{sse:NAME}:alive:"); me, this
+// Lua locals set before it, both keys named in the script's KEYS (a
+// Cluster then moves or retries the script whole): ck, the channel's
+// count key ("{sse:NAME}:subs:ID", a hash: machine id -> its
+// subscribers); ak, the machines' liveness hash ("{sse:NAME}:alive":
+// machine id -> until when it counts, ms of Redis's clock); and me, this
 // machine's id, whose own count the caller adds from its zone (exact).
 // Output: the local subs, the channel's subscribers on the other live
-// machines. Fields of machines whose liveness key expired are dropped.
+// machines. Fields of machines whose time ran out are dropped.
 #define NGX_HTTP_SSE_REDIS_COUNT_LUA                          \
     "local subs = 0\n"                                        \
     "do\n"                                                    \
     "  local h = redis.call('HGETALL', ck)\n"                 \
     "  if #h > 0 then\n"                                      \
-    "    local at, ks = {}, {}\n"                             \
+    "    local at, ids = {}, {}\n"                            \
     "    for j = 1, #h, 2 do\n"                               \
     "      if h[j] ~= me then\n"                              \
     "        at[#at + 1] = j\n"                               \
-    "        ks[#ks + 1] = ak .. h[j]\n"                      \
+    "        ids[#ids + 1] = h[j]\n"                          \
     "      end\n"                                             \
     "    end\n"                                               \
-    "    if #ks > 0 then\n"                                   \
-    "      local a = redis.call('MGET', unpack(ks))\n"        \
-    "      for j = 1, #ks do\n"                               \
-    "        if a[j] then\n"                                  \
+    "    if #ids > 0 then\n"                                  \
+    "      local t = redis.call('TIME')\n"                    \
+    "      local now = tonumber(t[1]) * 1000 + "              \
+    "math.floor(tonumber(t[2]) / 1000)\n"                     \
+    "      local a = redis.call('HMGET', ak, unpack(ids))\n"  \
+    "      for j = 1, #ids do\n"                              \
+    "        if (tonumber(a[j]) or 0) > now then\n"           \
     "          subs = subs + (tonumber(h[at[j] + 1]) or 0)\n" \
     "        else\n"                                          \
-    "          redis.call('HDEL', ck, h[at[j]])\n"            \
+    "          redis.call('HDEL', ck, ids[j])\n"              \
     "        end\n"                                           \
     "      end\n"                                             \
     "    end\n"                                               \

@@ -122,10 +122,9 @@ struct ngx_http_sse_redis_conf_t {
     "  redis.call('SET', KEYS[2], e)\n"                                 \
     "end\n"
 
-// KEYS: epoch seq stream chans bus log subs; ARGV: local epoch, local
-// seq, channel, body, maxlen, ttl ms, the liveness prefix, this machine's
-// id. Returns {epoch, seq, the channel's subscribers on the other live
-// machines}.
+// KEYS: epoch seq stream chans bus log subs alive; ARGV: local epoch,
+// local seq, channel, body, maxlen, ttl ms, this machine's id. Returns
+// {epoch, seq, the channel's subscribers on the other live machines}.
 static const char ngx_http_sse_redis_publish_lua[] = NGX_HTTP_SSE_REDIS_PROLOGUE
     "s = redis.call('INCR', KEYS[2])\n"
     "local sid = string.format('%.0f', s)\n"
@@ -146,13 +145,13 @@ static const char ngx_http_sse_redis_publish_lua[] = NGX_HTTP_SSE_REDIS_PROLOGUE
     "           ARGV[5] .. ' ' .. ARGV[6] .. ' ' .. #ARGV[3] .. ' ' ..\n"
     "           ARGV[3] .. ARGV[4])\n"
     // The channel's subscribers on the other live machines.
-    "local ck, ak, me = KEYS[7], ARGV[7], ARGV[8]\n"  //
+    "local ck, ak, me = KEYS[7], KEYS[8], ARGV[7]\n"  //
     NGX_HTTP_SSE_REDIS_COUNT_LUA                      //
     "return {e, sid, subs}\n";
 
-// KEYS: as for a publish; ARGV: local epoch, local seq, channel, the
-// liveness prefix, this machine's id. Returns {epoch, seq, 1 when the
-// channel's stream existed, its subscribers on the other live machines}.
+// KEYS: as for a publish; ARGV: local epoch, local seq, channel, this
+// machine's id. Returns {epoch, seq, 1 when the channel's stream existed,
+// its subscribers on the other live machines}.
 static const char ngx_http_sse_redis_delete_lua[] = NGX_HTTP_SSE_REDIS_PROLOGUE
     "local existed = redis.call('EXISTS', KEYS[3])\n"
     "s = redis.call('INCR', KEYS[2])\n"
@@ -164,7 +163,7 @@ static const char ngx_http_sse_redis_delete_lua[] = NGX_HTTP_SSE_REDIS_PROLOGUE
     "redis.call('ZADD', KEYS[4], s, ARGV[3])\n"
     "redis.call('PUBLISH', KEYS[5], e .. ' ' .. sid .. ' 0 0 0 ' ..\n"
     "           #ARGV[3] .. ' ' .. ARGV[3])\n"
-    "local ck, ak, me = KEYS[7], ARGV[4], ARGV[5]\n"  //
+    "local ck, ak, me = KEYS[7], KEYS[8], ARGV[4]\n"  //
     NGX_HTTP_SSE_REDIS_COUNT_LUA                      //
     // Every subscriber's stream ends: nobody is counted any more.
     "redis.call('DEL', ck)\n"
@@ -2548,24 +2547,24 @@ static void ngx_http_sse_redis_publish_send(ngx_http_sse_redis_publish_t *p) {
     std::string stream = rw->keys[4] + p->channel;
     // The channel's count key, for the subscribers of the answer.
     std::string subs = *rw->conf->prefix + ":subs:" + p->channel;
-    std::string alive = *rw->conf->prefix + ":alive:";
+    std::string alive = *rw->conf->prefix + ":alive";
     const std::string &me = ngx_http_sse_redis_count_me(rw->zw);
     if (p->remove) {
         // Rare: sent whole, no script cache to keep.
         ngx_http_sse_redis_send(
             &rw->cmd,
-            {"EVAL", ngx_http_sse_redis_delete_lua, "7", rw->keys[0],
+            {"EVAL", ngx_http_sse_redis_delete_lua, "8", rw->keys[0],
              rw->keys[1], stream, rw->keys[2], rw->keys[3], rw->keys[5], subs,
-             epoch, seq, p->channel, alive, me},
+             alive, epoch, seq, p->channel, me},
             ngx_http_sse_redis_publish_reply, p);
         return;
     }
     ngx_http_sse_redis_send(
         &rw->cmd,
         {p->eval ? "EVAL" : "EVALSHA", p->eval ? std::string_view(script) : sha,
-         "7", rw->keys[0], rw->keys[1], stream, rw->keys[2], rw->keys[3],
-         rw->keys[5], subs, epoch, seq, p->channel, p->body, p->maxlen, p->ttl,
-         alive, me},
+         "8", rw->keys[0], rw->keys[1], stream, rw->keys[2], rw->keys[3],
+         rw->keys[5], subs, alive, epoch, seq, p->channel, p->body, p->maxlen,
+         p->ttl, me},
         ngx_http_sse_redis_publish_reply, p);
 }
 

@@ -5,24 +5,26 @@
 //
 // Each machine publishes its own counts to Redis, and each answer adds
 // the others' (as Redis holds them) to this machine's own (exact, from the
-// zone). Keys, under the zone's hash tag (one Cluster slot):
+// zone). Keys, under the zone's hash tag (one Cluster slot), and every
+// script names each key it touches (KEYS), so that a slot migration
+// redirects or retries it whole:
 //   {sse:NAME}:subs:ID       hash per channel: machine id -> its count
-//   {sse:NAME}:alive:MID     the machine's liveness (PX redis_machine_ttl)
+//   {sse:NAME}:alive         hash: machine id -> until when it counts (ms,
+//                            Redis's clock), refreshed every third of
+//                            redis_machine_ttl
 //   {sse:NAME}:machine:MID   set: the channels it has a count in
-//   {sse:NAME}:machines      set: the machines that pushed counts
 //
 // A machine's id is made once per life of its shared-memory zone (a
 // master start; reloads and worker crashes keep it) and kept there. One
 // worker, the holder of the machine's Redis bus, pushes the counts that
 // changed at most every NGX_HTTP_SSE_COUNT_PUSH_MS, pipelined, one script
 // call per NGX_HTTP_SSE_COUNT_BATCH channels; the workers note which
-// channels changed in the zone (a small table: when it overflows, the
-// pusher reads every membership instead). It refreshes the liveness key
-// every third of the TTL; a machine whose key expired (SIGKILLed, cut off)
-// drops out of every sum, and its fields are dropped lazily: by the sums
-// that meet them, and a few channels at a time by the others' refreshes.
-// A clean stop removes the machine's fields (best effort); a reload keeps
-// them.
+// channels changed in the zone (a table: when it overflows, the pusher
+// reads every membership instead). A machine whose time ran out
+// (SIGKILLed, cut off) drops out of every sum; its fields are dropped
+// lazily: by the sums that meet them, and a hundred channels at a time by
+// the others' refreshes. A clean stop removes the machine at once (best
+// effort); a reload keeps it.
 #include "ngx_http_sse.hpp"
 
 extern "C" {
@@ -99,10 +101,10 @@ struct ngx_http_sse_count_worker_t {
     ngx_http_sse_zone_worker_t *zw;
     ngx_http_sse_count_shm_t *shm;  // NULL until the zone could hold it
     std::string me;
-    std::string subs;      // "{sse:NAME}:subs:"
-    std::string alive;     // "{sse:NAME}:alive:"
-    std::string machine;   // "{sse:NAME}:machine:"
-    std::string machines;  // "{sse:NAME}:machines"
+    std::string subs;     // "{sse:NAME}:subs:"
+    std::string alive;    // "{sse:NAME}:alive"
+    std::string machine;  // "{sse:NAME}:machine:"
+    bool collecting;      // dropping a dead machine's fields
     ngx_uint_t phase;
     ngx_uint_t in_flight;  // pushes and the sync
     ngx_msec_t last_tick;
@@ -114,58 +116,46 @@ struct ngx_http_sse_count_worker_t {
     std::unordered_set<ngx_http_sse_count_cmd_t *> cmds;
 };
 
-// The Lua read of a channel's count: KEYS[1] its count key; ARGV: the
-// liveness prefix, this machine's id.
+// The Lua read of a channel's count: KEYS: its count key, the liveness
+// hash; ARGV: this machine's id.
 static const char ngx_http_sse_count_read_lua[] =
-    "local ck, ak, me = KEYS[1], ARGV[1], "
-    "ARGV[2]\n" NGX_HTTP_SSE_REDIS_COUNT_LUA "return subs\n";
+    "local ck, ak, me = KEYS[1], KEYS[2], ARGV[1]\n"  //
+    NGX_HTTP_SSE_REDIS_COUNT_LUA                      //
+    "return subs\n";
 
-// KEYS: this machine's channel set; ARGV: its id, the count key prefix,
-// then (channel, count) pairs; a count of 0 removes the field.
+// KEYS: this machine's channel set, then the count key of each channel;
+// ARGV: its id, then (channel, count) per count key; a count of 0 removes
+// the field.
 static const char ngx_http_sse_count_push_lua[] =
-    "for i = 3, #ARGV, 2 do\n"
-    "  local k = ARGV[2] .. ARGV[i]\n"
-    "  if ARGV[i + 1] == '0' then\n"
-    "    redis.call('HDEL', k, ARGV[1])\n"
-    "    redis.call('SREM', KEYS[1], ARGV[i])\n"
+    "for i = 2, #KEYS do\n"
+    "  local c, n = ARGV[2 * i - 2], ARGV[2 * i - 1]\n"
+    "  if n == '0' then\n"
+    "    redis.call('HDEL', KEYS[i], ARGV[1])\n"
+    "    redis.call('SREM', KEYS[1], c)\n"
     "  else\n"
-    "    redis.call('HSET', k, ARGV[1], ARGV[i + 1])\n"
-    "    redis.call('SADD', KEYS[1], ARGV[i])\n"
+    "    redis.call('HSET', KEYS[i], ARGV[1], n)\n"
+    "    redis.call('SADD', KEYS[1], c)\n"
     "  end\n"
     "end\n"
     "return 1\n";
 
-// The machine is alive for ARGV[1] ms more; returns 0 when it was not
-// (expired, or Redis lost its data): the caller pushes everything again.
-// Then a few fields of up to 3 dead machines are dropped, so that channels
-// nobody reads again do not keep them forever.
-// KEYS: alive:ME, machines, machine:ME; ARGV: ttl, me, the alive prefix,
-// the machine prefix, the count key prefix.
+// The machine counts for ARGV[1] ms more (Redis's clock). Returns {1 when
+// it was counting already (else Redis had forgotten it or let it expire:
+// the caller pushes everything again), then up to 3 machines whose time
+// ran out}. KEYS: the liveness hash; ARGV: ttl, me.
 static const char ngx_http_sse_count_refresh_lua[] =
-    "local was = redis.call('EXISTS', KEYS[1])\n"
-    "redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])\n"
-    "redis.call('SADD', KEYS[2], ARGV[2])\n"
-    "for _, m in ipairs(redis.call('SRANDMEMBER', KEYS[2], 3)) do\n"
-    "  if m ~= ARGV[2] and redis.call('EXISTS', ARGV[3] .. m) == 0 then\n"
-    "    local mk = ARGV[4] .. m\n"
-    "    for _, c in ipairs(redis.call('SPOP', mk, 100)) do\n"
-    "      redis.call('HDEL', ARGV[5] .. c, m)\n"
-    "    end\n"
-    "    if redis.call('SCARD', mk) == 0 then\n"
-    "      redis.call('SREM', KEYS[2], m)\n"
-    "    end\n"
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "local was = tonumber(redis.call('HGET', KEYS[1], ARGV[2]) or '0')\n"
+    "redis.call('HSET', KEYS[1], ARGV[2], now + tonumber(ARGV[1]))\n"
+    "local out = {was > now and 1 or 0}\n"
+    "local h = redis.call('HGETALL', KEYS[1])\n"
+    "for j = 1, #h, 2 do\n"
+    "  if #out < 4 and (tonumber(h[j + 1]) or 0) <= now then\n"
+    "    out[#out + 1] = h[j]\n"
     "  end\n"
     "end\n"
-    "return was\n";
-
-// A clean stop: the machine's fields, its set and liveness go.
-// KEYS: alive:ME, machines, machine:ME; ARGV: me, the count key prefix.
-static const char ngx_http_sse_count_clean_lua[] =
-    "local cs = redis.call('SMEMBERS', KEYS[3])\n"
-    "for _, c in ipairs(cs) do redis.call('HDEL', ARGV[2] .. c, ARGV[1]) end\n"
-    "redis.call('DEL', KEYS[3], KEYS[1])\n"
-    "redis.call('SREM', KEYS[2], ARGV[1])\n"
-    "return #cs\n";
+    "return out\n";
 
 static ngx_msec_t ngx_http_sse_count_ttl(ngx_http_sse_zone_t *z) {
     return z->redis_machine_ttl ? z->redis_machine_ttl
@@ -342,7 +332,7 @@ void *ngx_http_sse_redis_count_read(ngx_http_sse_zone_t *z,
     ngx_http_sse_count_cmd_t *handle = cmd.get();
     std::string key = cw->subs + std::string(channel);
     if (!ngx_http_sse_count_send(cw, std::move(cmd),
-                                 {"EVAL", ngx_http_sse_count_read_lua, "1", key,
+                                 {"EVAL", ngx_http_sse_count_read_lua, "2", key,
                                   cw->alive, cw->me})) {
         return NULL;
     }
@@ -425,11 +415,18 @@ static void ngx_http_sse_count_push(
         cmd->reply = ngx_http_sse_count_push_reply;
         size_t end = ngx_min(todo.size(), at + NGX_HTTP_SSE_COUNT_BATCH);
         cmd->batch.assign(todo.begin() + at, todo.begin() + end);
-        std::vector<std::string> nums;
+        std::vector<std::string> nums, keys;
         nums.reserve(cmd->batch.size());
+        keys.reserve(cmd->batch.size());
         std::string mk = cw->machine + cw->me;
-        std::vector<std::string_view> args{
-            "EVAL", ngx_http_sse_count_push_lua, "1", mk, cw->me, cw->subs};
+        std::string nkeys = std::to_string(cmd->batch.size() + 1);
+        std::vector<std::string_view> args{"EVAL", ngx_http_sse_count_push_lua,
+                                           nkeys, mk};
+        for (auto &[id, n] : cmd->batch) {
+            keys.push_back(cw->subs + id);
+            args.push_back(keys.back());
+        }
+        args.push_back(cw->me);
         for (auto &[id, n] : cmd->batch) {
             nums.push_back(std::to_string(n));
             args.push_back(id);
@@ -549,18 +546,68 @@ static void ngx_http_sse_count_sync_reply(ngx_http_sse_count_worker_t *cw,
     }
 }
 
+static void ngx_http_sse_count_ignore(ngx_http_sse_count_worker_t *cw,
+                                      ngx_http_sse_count_cmd_t *cmd,
+                                      redisReply *r, const char *err) {}
+
+// A dead machine's fields: a hundred of its channels at a time, each
+// command on one key (a Cluster routes each).
+static void ngx_http_sse_count_collect_reply(ngx_http_sse_count_worker_t *cw,
+                                             ngx_http_sse_count_cmd_t *cmd,
+                                             redisReply *r, const char *err) {
+    cw->collecting = false;
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || cmd->batch.empty()) {
+        return;
+    }
+    const std::string &dead = cmd->batch[0].first;
+    for (size_t i = 0; i < r->elements; i++) {
+        if (r->element[i]->type != REDIS_REPLY_STRING) {
+            continue;
+        }
+        std::string key =
+            cw->subs + std::string(r->element[i]->str, r->element[i]->len);
+        auto c = std::make_unique<ngx_http_sse_count_cmd_t>();
+        c->reply = ngx_http_sse_count_ignore;
+        if (!ngx_http_sse_count_send(cw, std::move(c), {"HDEL", key, dead})) {
+            return;
+        }
+    }
+    if (r->elements < 100) {
+        // Its set is empty (SPOP took the last): it is forgotten.
+        auto c = std::make_unique<ngx_http_sse_count_cmd_t>();
+        c->reply = ngx_http_sse_count_ignore;
+        (void)ngx_http_sse_count_send(cw, std::move(c),
+                                      {"HDEL", cw->alive, dead});
+    }
+}
+
 static void ngx_http_sse_count_refresh_reply(ngx_http_sse_count_worker_t *cw,
                                              ngx_http_sse_count_cmd_t *cmd,
                                              redisReply *r, const char *err) {
     cw->refreshing = false;
-    if (r == NULL || r->type != REDIS_REPLY_INTEGER) {
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements == 0 ||
+        r->element[0]->type != REDIS_REPLY_INTEGER) {
         ngx_http_sse_count_failed(cw, "liveness", r, err);
         cw->next_refresh = ngx_current_msec;  // as soon as it can
         return;
     }
-    if (r->integer == 0 && cw->phase != NGX_HTTP_SSE_COUNT_IDLE) {
+    if (r->element[0]->integer == 0 && cw->phase != NGX_HTTP_SSE_COUNT_IDLE) {
         // Redis had forgotten this machine: its counts go again.
         cw->phase = NGX_HTTP_SSE_COUNT_SYNC;
+    }
+    for (size_t i = 1; i < r->elements && !cw->collecting; i++) {
+        redisReply *e = r->element[i];
+        if (e->type != REDIS_REPLY_STRING ||
+            std::string_view(e->str, e->len) == cw->me) {
+            continue;
+        }
+        auto c = std::make_unique<ngx_http_sse_count_cmd_t>();
+        c->reply = ngx_http_sse_count_collect_reply;
+        c->batch.emplace_back(std::string(e->str, e->len), 0);
+        std::string mk = cw->machine + c->batch[0].first;
+        if (ngx_http_sse_count_send(cw, std::move(c), {"SPOP", mk, "100"})) {
+            cw->collecting = true;
+        }
     }
 }
 
@@ -570,12 +617,10 @@ static void ngx_http_sse_count_refresh(ngx_http_sse_count_worker_t *cw) {
     auto cmd = std::make_unique<ngx_http_sse_count_cmd_t>();
     cmd->reply = ngx_http_sse_count_refresh_reply;
     std::string t = std::to_string(ttl);
-    std::string ak = cw->alive + cw->me, mk = cw->machine + cw->me;
     cw->next_refresh = ngx_current_msec + ngx_max(ttl / 3, (ngx_msec_t)1);
-    if (ngx_http_sse_count_send(
-            cw, std::move(cmd),
-            {"EVAL", ngx_http_sse_count_refresh_lua, "3", ak, cw->machines, mk,
-             t, cw->me, cw->alive, cw->machine, cw->subs})) {
+    if (ngx_http_sse_count_send(cw, std::move(cmd),
+                                {"EVAL", ngx_http_sse_count_refresh_lua, "1",
+                                 cw->alive, t, cw->me})) {
         cw->refreshing = true;
     }
 }
@@ -663,9 +708,8 @@ void ngx_http_sse_redis_count_init(ngx_http_sse_zone_worker_t *zw) {
     cw->zw = zw;
     const std::string &p = ngx_http_sse_redis_prefix(z);
     cw->subs = p + ":subs:";
-    cw->alive = p + ":alive:";
+    cw->alive = p + ":alive";
     cw->machine = p + ":machine:";
-    cw->machines = p + ":machines";
     auto s = ngx_http_sse_session(z);
     cw->shm = ngx_http_sse_count_shm(z, *s, true);
     if (cw->shm != NULL) {
@@ -696,24 +740,34 @@ void ngx_http_sse_redis_count_exit(ngx_http_sse_zone_worker_t *zw) {
     if (cw == NULL) {
         return;
     }
-    bool pusher = cw->phase != NGX_HTTP_SSE_COUNT_IDLE ||
-                  sse::store::peek_bus_pid(zw->zone->root) == ngx_pid ||
-                  sse::store::peek_bus_pid(zw->zone->root) == 0;
-    if (pusher && cw->shm != NULL && !cw->me.empty() &&
+    if (cw->shm != NULL && !cw->me.empty() &&
         __atomic_load_n(&cw->shm->cycle, __ATOMIC_RELAXED) ==
             (uint64_t)(uintptr_t)ngx_cycle) {
+        // Out of every sum at once; then its fields, as far as this worker
+        // pushed them (a worker that never pushed has none), and its set.
         try {
-            auto cmd = std::make_unique<ngx_http_sse_count_cmd_t>();
-            cmd->reply = [](ngx_http_sse_count_worker_t *,
-                            ngx_http_sse_count_cmd_t *, redisReply *,
-                            const char *) {};
-            std::string ak = cw->alive + cw->me, mk = cw->machine + cw->me;
-            (void)ngx_http_sse_count_send(
-                cw, std::move(cmd),
-                {"EVAL", ngx_http_sse_count_clean_lua, "3", ak, cw->machines,
-                 mk, cw->me, cw->subs});
+            std::vector<std::string> keys;
+            keys.reserve(cw->pushed.size() + 2);
+            keys.push_back(cw->alive);
+            std::vector<std::vector<std::string_view>> cmds{
+                {"HDEL", keys[0], cw->me}};
+            for (auto &[id, n] : cw->pushed) {
+                keys.push_back(cw->subs + id);
+                cmds.push_back({"HDEL", keys.back(), cw->me});
+            }
+            if (!cw->pushed.empty()) {
+                keys.push_back(cw->machine + cw->me);
+                cmds.push_back({"DEL", keys.back()});
+            }
+            for (auto &args : cmds) {
+                auto cmd = std::make_unique<ngx_http_sse_count_cmd_t>();
+                cmd->reply = ngx_http_sse_count_ignore;
+                if (!ngx_http_sse_count_send(cw, std::move(cmd), args)) {
+                    break;
+                }
+            }
         } catch (const std::exception &) {
-            // The TTL takes the machine out.
+            // Its time runs out: the others stop counting it.
         }
     }
     for (ngx_http_sse_count_cmd_t *cmd : cw->cmds) {
