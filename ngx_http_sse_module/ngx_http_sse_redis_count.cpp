@@ -87,6 +87,10 @@ struct ngx_http_sse_count_cmd_t {
     ngx_http_sse_count_done_pt done;
     void *data;
     std::vector<std::pair<std::string, uint32_t>> batch;  // a push's
+    // Being sent: a connection that fails at once answers from inside
+    // the send; then it counts as not sent.
+    bool sending;
+    bool failed;
 };
 
 enum ngx_http_sse_count_phase_e {
@@ -264,6 +268,10 @@ void ngx_http_sse_redis_count_touch_slot(ngx_http_sse_zone_t *z, sse::store &s,
 static void ngx_http_sse_count_reply(void *data, redisReply *r,
                                      const char *err) {
     auto *cmd = static_cast<ngx_http_sse_count_cmd_t *>(data);
+    if (cmd->sending) {
+        cmd->failed = true;  // ngx_http_sse_count_send says so
+        return;
+    }
     if (cmd->cw != NULL) {
         cmd->cw->cmds.erase(cmd);
         try {
@@ -283,9 +291,12 @@ static bool ngx_http_sse_count_send(
     std::unique_ptr<ngx_http_sse_count_cmd_t> cmd,
     const std::vector<std::string_view> &args) {
     cmd->cw = cw;
+    cmd->sending = true;
     cw->cmds.insert(cmd.get());
-    if (!ngx_http_sse_redis_command(cw->zw, args, ngx_http_sse_count_reply,
-                                    cmd.get())) {
+    bool sent = ngx_http_sse_redis_command(cw->zw, args,
+                                           ngx_http_sse_count_reply, cmd.get());
+    cmd->sending = false;
+    if (!sent || cmd->failed) {
         cw->cmds.erase(cmd.get());
         return false;
     }
