@@ -2060,6 +2060,11 @@ static void ngx_http_sse_redis_hole(ngx_http_sse_redis_worker_t *rw,
 // Everything the log had is committed: then what the bus held meanwhile,
 // as far as it follows; the bus goes on from there.
 static void ngx_http_sse_redis_finish(ngx_http_sse_redis_worker_t *rw) {
+    if (rw->check_newest) {
+        // The log is empty: nothing to compare our newest with.
+        rw->check_newest = false;
+        rw->fetch_next = rw->fetch_from + 1;
+    }
     if (rw->fetch_next <= rw->sync_seq) {
         // The log ends short of what Redis had given when we synced.
         ngx_http_sse_redis_hole(rw, rw->sync_seq, rw->sync_seq + 1);
