@@ -28,8 +28,8 @@
 // L = 0, which no event has: every machine removes the channel at that
 // point of the order, ending its streams with sse-error "deleted". The
 // channel's stream is deleted; :chans keeps the channel with the delete's
-// seq, so a machine repairing per channel finds nothing left and ends
-// those streams with a gap.
+// seq, so a machine whose repair the log no longer covers ends those
+// streams with a gap.
 //
 // Only one worker per machine (the bus leader, claimed in the zone) holds
 // the SUBSCRIBE connection and commits what it hears, in seq order. The
@@ -1778,6 +1778,10 @@ static void ngx_http_sse_redis_on_message(ngx_http_sse_redis_worker_t *rw,
          rw->heard_bytes > NGX_HTTP_SSE_REDIS_HEARD_BYTES)) {
         // Past the bound while repairing: dropped; the repair reads on in
         // the log until it meets what the bus holds.
+        ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                      "sse: zone \"%V\": the redis bus heard more than the "
+                      "repair keeps; read from the zone's log instead",
+                      &rw->zw->zone->shm_zone->shm.name);
         rw->heard.clear();
         rw->heard_bytes = 0;
     }
@@ -1956,11 +1960,11 @@ static void ngx_http_sse_redis_commit_handler(ngx_event_t *ev) {
         ngx_http_sse_redis_commit_heard(rw, n);
         if (hole) {
             ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
-                          "sse: zone \"%V\": the redis bus skipped to seq "
-                          "%uL past seq %uL; repairing from the zone's log",
+                          "sse: zone \"%V\": the redis bus skipped from seq "
+                          "%uL to %uL; repairing from the zone's log",
                           &rw->zw->zone->shm_zone->shm.name,
-                          rw->heard.front().seq,
-                          sse::store::peek_seq(rw->zw->zone->root));
+                          sse::store::peek_seq(rw->zw->zone->root),
+                          rw->heard.front().seq);
             ngx_http_sse_redis_resync(rw);  // the rest is kept for after
         }
     } catch (const std::exception &e) {
@@ -1977,7 +1981,9 @@ static void ngx_http_sse_redis_bus_close(ngx_http_sse_redis_worker_t *rw,
 // log no longer has): every channel held here that changed since the hole
 // began loses its history up to the hole's end (its subscribers that had
 // not read it end, and resume with sse-gap), as a channel's events do
-// when the zone's memory runs out. Bounded: pages of channels, no events.
+// when the zone's memory runs out; a channel deleted in the hole (and
+// maybe made again) so never serves its old history with the new. Bounded:
+// pages of channels, no events.
 static void ngx_http_sse_redis_chans_page(ngx_http_sse_redis_worker_t *rw);
 
 static void ngx_http_sse_redis_chans_reply(ngx_http_sse_redis_conn_t *rc,
@@ -2004,7 +2010,7 @@ static void ngx_http_sse_redis_chans_reply(ngx_http_sse_redis_conn_t *rc,
             sse::channel *ch = s->find(std::string_view(c->str, c->len));
             if (ch != NULL) {
                 uint64_t newest = (uint64_t)strtod(sc->str, NULL);
-                s->mark_gone(ch, ngx_min(newest, rw->hole_to));
+                s->drop_through(ch, ngx_min(newest, rw->hole_to));
             }
             rw->hole_min = "(" + std::string(sc->str, sc->len);
         }

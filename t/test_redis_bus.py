@@ -20,7 +20,7 @@ async def status(m):
     return (await m.sub_http("GET", "/sse-status")).json()["zones"][0]
 
 
-async def load(m, channels, per, size, conns=8, window=64):
+async def load(m, channels, per, size, conns=8, window=64, prefix="c"):
     """Publishes `per` events of `size` bytes to each of `channels`
     channels through machine m: one streaming publish per channel,
     pipelined on a few keep-alive connections."""
@@ -28,7 +28,7 @@ async def load(m, channels, per, size, conns=8, window=64):
     body = "".join(f"data: {data}\n\n" for _ in range(per)).encode()
 
     def request(i):
-        return (f"POST /publish/c{i} HTTP/1.1\r\nHost: t\r\n"
+        return (f"POST /publish/{prefix}{i} HTTP/1.1\r\nHost: t\r\n"
                 f"Content-Type: text/event-stream\r\n"
                 f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
@@ -161,8 +161,11 @@ async def test_new_machine_syncs_in_pages_and_serves_history(start_nginx,
             during.append((await a.publish_ok("live", f"l{len(during)}"),
                            f"l{len(during)}"))
     pub = asyncio.ensure_future(publish_meanwhile())
+    # And a flood, more than the bus may hold while repairing.
+    flood = asyncio.ensure_future(load(a, 3000, 3, 1000, prefix="m"))
     st = await wait_in_sync(b, timeout=60)
     await pub
+    await flood
     assert st["redis"]["reconnects"] == 0, st
     assert st["epoch"] == sent[0][0].split("-")[0]
     # History from Redis: resume and initial events.
@@ -177,6 +180,10 @@ async def test_new_machine_syncs_in_pages_and_serves_history(start_nginx,
                             headers={"Last-Event-ID": during[-k - 1][0]})
         assert await read_events(s1, k, 10) == during[-k:]
         await no_event(s1, 0.2)
+    # The flood: every channel's newest the same on both machines.
+    for i in range(0, 3000, 97):
+        want = (await a.info(f"m{i}")).json()["last_id"]
+        assert (await b.info(f"m{i}")).json()["last_id"] == want, i
     # New events: exactly once, in order, on both machines.
     sa = await a.stream("probe", headers={"Last-Event-ID": sent[-1][0]})
     new = []
@@ -281,7 +288,8 @@ async def test_hole_past_the_log_ends_changed_channels_with_a_gap(
     # history followed by the new one); a channel that did not change
     # goes on.
     r = start_redis()
-    a, b = await machines(start_nginx, r, 2)
+    sub = "            sse_initial_events 5;"
+    a, b = await machines(start_nginx, r, 2, sub=sub)
     subs = {ch: await b.stream(ch) for ch in ("h", "d", "u")}
     for ch in ("h", "d", "u"):
         await a.publish_ok(ch, f"{ch}0")
@@ -302,6 +310,13 @@ async def test_hole_past_the_log_ends_changed_channels_with_a_gap(
         gap = await s.next_event()
         assert gap.event == "sse-gap", (ch, gap)
     await wait_in_sync(b)
+    # Nothing of "d" from before the delete is served any more, nor what
+    # came before the hole in "h" as if nothing were missing after it.
+    for ch in ("d", "h"):
+        s = await b.stream(ch)
+        await no_event(s, 0.3)
+        nd = await a.publish_ok(ch, f"{ch}2")
+        assert await read_events(s, 1, 10) == [(nd, f"{ch}2")]
     live = await a.publish_ok("u", "u1")
     assert (await subs["u"].next_event()).id == live
     await no_event(subs["u"], 0.2)
