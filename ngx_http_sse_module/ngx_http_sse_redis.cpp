@@ -276,17 +276,17 @@ struct ngx_http_sse_redis_worker_t {
     ngx_event_t bus_timer;  // reconnects and pings
     uint64_t sync_gen;
     std::vector<ngx_http_sse_redis_event_t> heard;  // held while repairing
-    size_t heard_bytes;  // of heard's bodies: bounded while repairing
+    size_t heard_bytes;   // of heard's bodies: bounded while repairing
     uint64_t fetch_from;  // the zone's seq when the repair started
     uint64_t fetch_next;  // the seq the next page of the log starts at
     uint64_t sync_epoch;
-    uint64_t sync_seq;  // Redis's newest when we subscribed
-    bool check_newest;  // the log's first entry is our newest: compare
-    bool fresh;         // nothing held of sync_epoch: a trimmed log is no
-                        // hole, only where this machine's history starts
-    uint64_t hole_to;      // a hole in the log being marked gone, up to
-    std::string hole_min;  // where its next page of :chans starts
-    uint64_t stall_seq;    // the zone's seq when the bus last had a hole
+    uint64_t sync_seq;      // Redis's newest when we subscribed
+    bool check_newest;      // the log's first entry is our newest: compare
+    bool fresh;             // nothing held of sync_epoch: a trimmed log is no
+                            // hole, only where this machine's history starts
+    uint64_t hole_to;       // a hole in the log being marked gone, up to
+    std::string hole_min;   // where its next page of :chans starts
+    uint64_t stall_seq;     // the zone's seq when the bus last had a hole
     ngx_event_t commit_ev;  // commits what the bus said, once per burst
     std::string sha;        // of the publish script
 };
@@ -2093,7 +2093,8 @@ static void ngx_http_sse_redis_finish(ngx_http_sse_redis_worker_t *rw) {
         // lost, or seqs it lost with a failed primary). Not committed; a
         // seq given again shows as a divergence.
         for (size_t i = n; i < rw->heard.size(); i++) {
-            rw->heard_bytes -= ngx_min(rw->heard_bytes, rw->heard[i].body.size());
+            rw->heard_bytes -=
+                ngx_min(rw->heard_bytes, rw->heard[i].body.size());
         }
         rw->heard.erase(rw->heard.begin() + n, rw->heard.end());
     }
@@ -2121,10 +2122,10 @@ static void ngx_http_sse_redis_log_reply(ngx_http_sse_redis_conn_t *rc,
     }
     if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
         r->element[1]->type != REDIS_REPLY_ARRAY) {
-        std::string why = r != NULL && r->type == REDIS_REPLY_ERROR
-                              ? "reading the log: " + std::string(r->str, r->len)
-                              : std::string(err ? err
-                                                : "XRANGE of the log failed");
+        std::string why =
+            r != NULL && r->type == REDIS_REPLY_ERROR
+                ? "reading the log: " + std::string(r->str, r->len)
+                : std::string(err ? err : "XRANGE of the log failed");
         ngx_http_sse_redis_bus_down(rw, why.c_str());
         return;
     }
@@ -2266,13 +2267,11 @@ static void ngx_http_sse_redis_sync_reply(ngx_http_sse_redis_conn_t *rc,
         ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
                       "sse: zone \"%V\": redis \"%V\" holds the older epoch "
                       "%uL: it lost the zone's data; starting a new epoch",
-                      &rw->zw->zone->shm_zone->shm.name, &rw->conf->url,
-                      epoch);
+                      &rw->zw->zone->shm_zone->shm.name, &rw->conf->url, epoch);
         ngx_http_sse_redis_send(
             &rw->cmd,
-            {"EVAL", ngx_http_sse_redis_fork_lua, "3", rw->keys[0],
-             rw->keys[1], rw->keys[3], std::to_string(epoch),
-             std::to_string(seq)},
+            {"EVAL", ngx_http_sse_redis_fork_lua, "3", rw->keys[0], rw->keys[1],
+             rw->keys[3], std::to_string(epoch), std::to_string(seq)},
             ngx_http_sse_redis_fork_reply, NULL);
         ngx_http_sse_redis_bus_down(rw, "redis holds an older epoch");
         return;
