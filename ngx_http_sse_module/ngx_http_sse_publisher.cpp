@@ -737,6 +737,13 @@ static void ngx_http_sse_stream_step(ngx_http_request_t *r, bool read) {
                 break;
             }
             if (read) {
+                if (!r->reading_body) {
+                    // The body is all read (maybe with the head: nginx then
+                    // has no body buffer, and reading on would crash); a
+                    // Redis reply answers the request.
+                    rc = NGX_AGAIN;
+                    break;
+                }
                 rc = ngx_http_read_unbuffered_request_body(r);
                 if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
                     break;

@@ -215,6 +215,10 @@ struct ngx_http_sse_redis_conn_t {
     std::string out;
     std::deque<ngx_http_sse_redis_cmd_t> pending;
     ngx_event_t timer;
+    // connect() or send() failed inside the call that queued a command:
+    // the close runs from this posted event (see ngx_http_sse_redis_break).
+    ngx_event_t broken;
+    const char *broken_err;
     uint64_t life;  // bumped by each close: stale callers notice
     bool connecting;
     bool connected;
@@ -395,10 +399,18 @@ char *ngx_http_sse_redis_parse(ngx_conf_t *cf, ngx_http_sse_zone_t *z,
             return (char *)NGX_CONF_ERROR;
         }
     }
+    // What `nginx -t` prints of a URL it refuses: no password either.
+    std::string shown(reinterpret_cast<char *>(url->data), url->len);
+    size_t scheme_end = shown.find("://");
+    size_t last_at = shown.rfind('@');
+    if (scheme_end != std::string::npos && last_at != std::string::npos &&
+        last_at > scheme_end) {
+        shown.replace(scheme_end + 3, last_at - scheme_end - 3, "***");
+    }
     auto bad = [&](const char *why) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid redis URL \"%V\" in \"sse_zone\": %s", url,
-                           why);
+                           "invalid redis URL \"%s\" in \"sse_zone\": %s",
+                           shown.c_str(), why);
         return (char *)NGX_CONF_ERROR;
     };
     u_char *p = url->data, *end = url->data + url->len;
@@ -620,6 +632,29 @@ static void ngx_http_sse_redis_timer(ngx_event_t *ev);
 static void ngx_http_sse_redis_flush(ngx_http_sse_redis_conn_t *rc);
 static bool ngx_http_sse_redis_connected(ngx_http_sse_redis_conn_t *rc);
 
+static void ngx_http_sse_redis_close(ngx_http_sse_redis_conn_t *rc,
+                                     const char *err);
+
+static void ngx_http_sse_redis_broken(ngx_event_t *ev) {
+    auto *rc = static_cast<ngx_http_sse_redis_conn_t *>(ev->data);
+    ngx_http_sse_redis_close(rc, rc->broken_err);
+}
+
+// connect() or send() failed at once, inside a call that queues a
+// command: its callers (a publish being sent, a request handler) expect no
+// reply before it returns, so the close and the commands' failure handlers
+// wait for a posted event of this turn. Meanwhile the connection counts
+// as connecting: further commands queue behind it and fail with it.
+static void ngx_http_sse_redis_break(ngx_http_sse_redis_conn_t *rc,
+                                     const char *err) {
+    rc->connected = false;
+    rc->connecting = true;
+    rc->broken_err = err;
+    if (!rc->broken.posted) {
+        ngx_post_event(&rc->broken, &ngx_posted_events);
+    }
+}
+
 static void ngx_http_sse_redis_conn_init(ngx_http_sse_redis_conn_t *rc,
                                          ngx_http_sse_redis_worker_t *rw,
                                          const char *role) {
@@ -629,6 +664,9 @@ static void ngx_http_sse_redis_conn_init(ngx_http_sse_redis_conn_t *rc,
     rc->timer.data = rc;
     rc->timer.log = ngx_cycle->log;
     rc->timer.cancelable = 1;
+    rc->broken.handler = ngx_http_sse_redis_broken;
+    rc->broken.data = rc;
+    rc->broken.log = ngx_cycle->log;
 }
 
 // Fails every pending command with err and closes the socket; callers may
@@ -637,10 +675,16 @@ static void ngx_http_sse_redis_close(ngx_http_sse_redis_conn_t *rc,
                                      const char *err) {
     bool was = rc->connecting || rc->connected || !rc->pending.empty();
     rc->life++;
+    if (rc->broken.posted) {
+        ngx_delete_posted_event(&rc->broken);
+    }
     if (rc->pc.connection != NULL) {
         ngx_connection_t *c = rc->pc.connection;
         if (c->ssl != NULL) {
+            // Quiet: a close_notify that cannot be sent at once would keep
+            // the TLS state past this close (and leak it).
             c->ssl->no_wait_shutdown = 1;
+            c->ssl->no_send_shutdown = 1;
             (void)ngx_ssl_shutdown(c);
         }
         ngx_pool_t *pool = c->pool;
@@ -829,7 +873,8 @@ static void ngx_http_sse_redis_connect_peer(ngx_http_sse_redis_conn_t *rc) {
     ngx_int_t rv = ngx_event_connect_peer(&rc->pc);
     if (rv == NGX_ERROR || rv == NGX_BUSY || rv == NGX_DECLINED) {
         // nginx closed the socket and logged why.
-        ngx_http_sse_redis_close(rc, "connect() failed");
+        rc->pc.connection = NULL;
+        ngx_http_sse_redis_break(rc, "connect() failed");
         return;
     }
     ngx_connection_t *c = rc->pc.connection;
@@ -839,8 +884,10 @@ static void ngx_http_sse_redis_connect_peer(ngx_http_sse_redis_conn_t *rc) {
     c->log = ngx_cycle->log;
     c->read->log = c->log;
     c->write->log = c->log;
-    if (rv == NGX_OK && ngx_http_sse_redis_connected(rc)) {
-        ngx_http_sse_redis_flush(rc);
+    if (rv == NGX_OK) {
+        // Connected at once: the write handler goes on from here, on this
+        // turn but not inside this call (see ngx_http_sse_redis_break).
+        ngx_post_event(c->write, &ngx_posted_events);
     }
     // NGX_AGAIN: the write event says when the connect is done.
 }
@@ -1235,13 +1282,13 @@ static void ngx_http_sse_redis_flush(ngx_http_sse_redis_conn_t *rc) {
             break;
         }
         if (n == NGX_ERROR) {
-            ngx_http_sse_redis_close(rc, "send() failed");
+            ngx_http_sse_redis_break(rc, "send() failed");
             return;
         }
         rc->out.erase(0, n);
     }
     if (ngx_handle_write_event(c->write, 0) != NGX_OK) {
-        ngx_http_sse_redis_close(rc, "cannot watch the socket");
+        ngx_http_sse_redis_break(rc, "cannot watch the socket");
     }
 }
 
@@ -2266,6 +2313,10 @@ void ngx_http_sse_redis_worker_init(ngx_http_sse_zone_worker_t *zw) {
     ngx_http_sse_redis_conn_init(&rw->cmd, rw, "command");
     ngx_http_sse_redis_conn_init(&rw->bus, rw, "bus");
     ngx_http_sse_redis_conn_init(&rw->ask, rw, "ASK");
+    // Their commands carry publishers waiting for an answer: a graceful
+    // exit (reload, quit) waits for it, within redis_timeout.
+    rw->cmd.timer.cancelable = 0;
+    rw->ask.timer.cancelable = 0;
     ngx_http_sse_redis_conn_init(&rw->sentinel, rw, "sentinel");
     rw->discover_ev.handler = ngx_http_sse_redis_discover_handler;
     rw->discover_ev.data = rw;
@@ -2429,7 +2480,8 @@ static void ngx_http_sse_redis_publish_reply(ngx_http_sse_redis_conn_t *rc,
                 p->retry.handler = ngx_http_sse_redis_retry;
                 p->retry.data = p;
                 p->retry.log = ngx_cycle->log;
-                p->retry.cancelable = 1;
+                // Not cancelable: a graceful exit waits for the answer.
+                p->retry.cancelable = 0;
                 ngx_add_timer(&p->retry, delay);
                 return;
             } catch (const std::exception &) {
