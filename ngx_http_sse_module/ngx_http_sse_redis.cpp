@@ -143,36 +143,40 @@ static const char ngx_http_sse_redis_publish_lua[] =
     "end\n" NGX_HTTP_SSE_REDIS_PROLOGUE
     "local n = #KEYS - 5\n"
     "local first = redis.call('INCRBY', KEYS[2], n) - n\n"
-    // A stream written by this call: its newest seq, not read again.
-    "local prev = {}\n"
+    // The streams this call wrote: {newest sid, its seq, channel, ttl}.
+    // Their expiry and place in chans are set once, after the loop, to
+    // what they would be after the last event (no one sees in between).
+    "local seen = {}\n"
     "local out = {}\n"
     "for i = 1, n do\n"
     "  local k, a = KEYS[5 + i], 4 * i\n"
     "  local c, d, l, t = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]\n"
     // ---- one event
     "  local sid = string.format('%.0f', first + i)\n"
-    "  local p = prev[k]\n"
+    "  local p = seen[k] and seen[k][1]\n"
     "  if not p then\n"
     "    local last = redis.call('XREVRANGE', k, '+', '-', 'COUNT', 1)\n"
     "    p = '0'\n"
     "    if #last > 0 then p = string.match(last[1][1], '^(%d+)') end\n"
     "  end\n"
-    "  prev[k] = sid\n"
+    "  seen[k] = {sid, first + i, c, t}\n"
     "  redis.call('XADD', k, 'MAXLEN', l, sid .. '-1',\n"
     "             'p', p, 'l', l, 't', t, 'd', d)\n"
-    "  redis.call('PEXPIRE', k, t)\n"
     "  redis.call('XADD', KEYS[5], 'MAXLEN', "
     "'~', " NGX_HTTP_SSE_REDIS_LOG_LENGTH
     ",\n"
     "             sid .. '-1', 'c', c, 'l', l, 't', t, 'd', d)\n"
-    "  redis.call('ZADD', KEYS[3], first + i, c)\n"
     "  redis.call('PUBLISH', KEYS[4], e .. ' ' .. sid .. ' ' .. p .. ' ' ..\n"
     "             l .. ' ' .. t .. ' ' .. #c .. ' ' .. c .. d)\n"
     "  out[i] = {e, sid}\n"
     // ---- end of one event
     "end\n"
-    // Once for all: the newest seqs are this call's, so the same channels
-    // stay as when trimmed after each.
+    "for k, v in pairs(seen) do\n"
+    "  redis.call('PEXPIRE', k, v[4])\n"
+    "  redis.call('ZADD', KEYS[3], v[2], v[3])\n"
+    "end\n"
+    // The newest seqs are this call's: the same channels stay as when
+    // trimmed after each event.
     "redis.call('ZREMRANGEBYRANK', KEYS[3], 0, "
     "-" NGX_HTTP_SSE_REDIS_MAX_CHANNELS
     " - 1)\n"
