@@ -2645,8 +2645,8 @@ static void ngx_http_sse_redis_publish_reply(ngx_http_sse_redis_conn_t *rc,
 // the deadline of the oldest command on the connection (a timeout fails
 // all that follow), less a tenth of redis_timeout for the reply's way
 // back. Our monotonic clock is ngx_current_msec's; the offset to Redis's
-// is an upper bound (the probe's reply came after Redis read its clock),
-// so the cut-off errs early. "0": no cut-off (the clock is not known).
+// is at most the true one (the probe's reply came after Redis read its
+// clock), so the cut-off errs early. "0": no cut-off (no clock known).
 static std::string ngx_http_sse_redis_fence(ngx_http_sse_redis_worker_t *rw) {
     if (!rw->clock_fence) {
         return "0";
