@@ -49,6 +49,8 @@ extern "C" {
 #include <deque>
 #include <memory>
 
+// How long a measured offset to Redis's clock is used (ms).
+#define NGX_HTTP_SSE_REDIS_CLOCK_AGE 60000
 #define NGX_HTTP_SSE_REDIS_DEFAULT_PORT 6379
 #define NGX_HTTP_SSE_REDIS_SENTINEL_PORT 26379
 // A script that met a slot half migrated (TRYAGAIN) is sent again after
@@ -332,9 +334,11 @@ struct ngx_http_sse_redis_worker_t {
     ngx_event_t flush_ev;
     // Redis's clock (TIME, us) minus our monotonic one, at most: asked on
     // the first command connection (publishes wait for it) and again on
-    // each new one (life clock_life).
+    // each new one (life clock_life), and every minute (clock_at): two
+    // hosts' clocks drift apart by up to tens of ppm, seconds in a week.
     int64_t clock_off_us;
     uint64_t clock_life;
+    ngx_msec_t clock_at;
     bool clock_known;
     bool clock_probing;
     bool clock_fence;  // the cut-off can be worked out (see fence)
@@ -2741,6 +2745,7 @@ static void ngx_http_sse_redis_time_reply(ngx_http_sse_redis_conn_t *rc,
     }
     rw->clock_known = true;
     rw->clock_life = rc->life;
+    rw->clock_at = ngx_current_msec;
     if (!rw->calls.empty() && !rw->flush_ev.posted) {
         ngx_post_event(&rw->flush_ev, &ngx_posted_events);
     }
@@ -2824,7 +2829,8 @@ static void ngx_http_sse_redis_retry(ngx_event_t *ev) {
 static void ngx_http_sse_redis_flush_handler(ngx_event_t *ev) {
     auto *rw = static_cast<ngx_http_sse_redis_worker_t *>(ev->data);
     if (!rw->clock_probing &&
-        (!rw->clock_known || rw->clock_life != rw->cmd.life)) {
+        (!rw->clock_known || rw->clock_life != rw->cmd.life ||
+         ngx_current_msec - rw->clock_at > NGX_HTTP_SSE_REDIS_CLOCK_AGE)) {
         try {
             if (!rw->cmd.connected && !rw->cmd.connecting) {
                 // A fresh connection loads the script first.
