@@ -28,8 +28,8 @@
 // L = 0, which no event has: every machine removes the channel at that
 // point of the order, ending its streams with sse-error "deleted". The
 // channel's stream is deleted; :chans keeps the channel with the delete's
-// seq, so a machine repairing per channel finds nothing left and ends
-// those streams with a gap.
+// seq, so a machine whose repair the log no longer covers ends those
+// streams with a gap.
 //
 // Only one worker per machine (the bus leader, claimed in the zone) holds
 // the SUBSCRIBE connection and commits what it hears, in seq order. The
@@ -319,12 +319,17 @@ struct ngx_http_sse_redis_worker_t {
     ngx_event_t bus_timer;  // reconnects and pings
     uint64_t sync_gen;
     std::vector<ngx_http_sse_redis_event_t> heard;  // held while repairing
-    std::vector<ngx_http_sse_redis_event_t> fetched;
-    uint64_t fetch_from;
+    size_t heard_bytes;   // of heard's bodies: bounded while repairing
+    uint64_t fetch_from;  // the zone's seq when the repair started
+    uint64_t fetch_next;  // the seq the next page of the log starts at
     uint64_t sync_epoch;
-    uint64_t sync_seq;  // Redis's newest when we subscribed
-    bool check_newest;  // the log's first entry is our newest: compare
-    ngx_uint_t fetch_left;
+    uint64_t sync_seq;      // Redis's newest when we subscribed
+    bool check_newest;      // the log's first entry is our newest: compare
+    bool fresh;             // nothing held of sync_epoch: a trimmed log is no
+                            // hole, only where this machine's history starts
+    uint64_t hole_to;       // a hole in the log being marked gone, up to
+    std::string hole_min;   // where its next page of :chans starts
+    uint64_t stall_seq;     // the zone's seq when the bus last had a hole
     ngx_event_t commit_ev;  // commits what the bus said, once per burst
     std::string sha;        // of the publish script
     // Script calls not sent yet, in order: publishes gathered in this turn
@@ -1703,8 +1708,10 @@ static void ngx_http_sse_redis_commit(
             uint64_t seq = s->seq();
             for (size_t i = 0; i < n; i++) {
                 auto &ev = evs[at + i];
+                // Epochs only grow: an older one's event is stale.
                 if (ev.buffer_length != 0 &&
-                    (ev.seq > seq || ev.epoch != s->epoch())) {
+                    (ev.epoch == s->epoch() ? ev.seq > seq
+                                            : ev.epoch > s->epoch())) {
                     ms[i] =
                         s->prepare(zw->slot, ev.body.size(), ngx_current_msec);
                 }
@@ -1721,6 +1728,12 @@ static void ngx_http_sse_redis_commit(
         for (size_t i = 0; i < n; i++) {
             auto &ev = evs[at + i];
             bool remove = ev.buffer_length == 0;
+            if (ev.epoch < s->epoch()) {
+                if (ms[i] != nullptr) {
+                    s->abandon(zw->slot, ms[i]);
+                }
+                continue;  // stale: never switch the zone back
+            }
             if (remove && ev.seq <= s->seq() && ev.epoch == s->epoch()) {
                 continue;  // held already
             }
@@ -1731,11 +1744,17 @@ static void ngx_http_sse_redis_commit(
                     sse::channel *ch = s->find(ev.channel);
                     if (ch != NULL) {
                         s->mark_gone(ch, ev.seq);
+                    } else {
+                        s->mark_gone_unheld(ev.seq);
                     }
+                    // Passed, so that the bus goes on after it.
+                    s->skip_to(ev.seq);
                 }
                 continue;
             }
-            if (ev.epoch != s->epoch() && s->adopt_epoch(ev.epoch)) {
+            if (ev.epoch > s->epoch() && s->adopt_epoch(ev.epoch)) {
+                // The epoch's first seq is past its value.
+                s->skip_to(ev.epoch);
                 ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
                               "sse: zone \"%V\" takes Redis's new epoch %uL: "
                               "Redis lost the zone's data; streams end and "
@@ -1799,6 +1818,20 @@ static void ngx_http_sse_redis_bus_start(ngx_http_sse_redis_worker_t *rw);
 static void ngx_http_sse_redis_forget_requests(ngx_http_sse_redis_worker_t *rw);
 static void ngx_http_sse_redis_flush_handler(ngx_event_t *ev);
 
+// Events per page of the zone's log while repairing. Each page is its own
+// command (its own redis_timeout) and is committed as it arrives, so a
+// repair holds one page (at most 256 events of up to 64 KB) at a time,
+// commits at most that much in one turn, and a publish of the leader's
+// waits behind one page at most.
+#define NGX_HTTP_SSE_REDIS_PAGE 256
+// Channels per page of :chans when a hole in the log is marked gone.
+#define NGX_HTTP_SSE_REDIS_CHANS_PAGE 1000
+// What the bus may hold while a repair runs. Past it, what it holds is
+// dropped: the repair reads on in the log until it meets what the bus
+// holds, so nothing is lost, and the memory stays bounded.
+#define NGX_HTTP_SSE_REDIS_HEARD_MAX 4096
+#define NGX_HTTP_SSE_REDIS_HEARD_BYTES (16 * 1024 * 1024)
+
 static bool ngx_http_sse_redis_parse_message(const char *p, size_t len,
                                              ngx_http_sse_redis_event_t &ev) {
     // "EPOCH SEQ PREV L T LEN ID" BODY
@@ -1840,7 +1873,20 @@ static void ngx_http_sse_redis_on_message(ngx_http_sse_redis_worker_t *rw,
                       &rw->zw->zone->shm_zone->shm.name);
         return;
     }
+    rw->heard_bytes += ev.body.size();
     rw->heard.push_back(std::move(ev));
+    if (rw->bus_state != NGX_HTTP_SSE_REDIS_UP &&
+        (rw->heard.size() > NGX_HTTP_SSE_REDIS_HEARD_MAX ||
+         rw->heard_bytes > NGX_HTTP_SSE_REDIS_HEARD_BYTES)) {
+        // Past the bound while repairing: dropped; the repair reads on in
+        // the log until it meets what the bus holds.
+        ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                      "sse: zone \"%V\": the redis bus heard more than the "
+                      "repair keeps; read from the zone's log instead",
+                      &rw->zw->zone->shm_zone->shm.name);
+        rw->heard.clear();
+        rw->heard_bytes = 0;
+    }
     if (rw->bus_state == NGX_HTTP_SSE_REDIS_UP && !rw->commit_ev.posted) {
         // Messages come in bursts: committed once the burst is read.
         ngx_post_event(&rw->commit_ev, &ngx_posted_events);
@@ -1907,36 +1953,82 @@ static void ngx_http_sse_redis_fork(ngx_http_sse_redis_worker_t *rw,
                             ngx_http_sse_redis_fork_reply, NULL);
 }
 
+// One page of the zone's log with the zone's epoch, read together (one
+// script: atomic). Entries of that epoch are the ones past its value (a
+// new epoch's seqs start at it), and a fork between two pages shows.
+// KEYS: epoch log; ARGV: first entry id, count.
+static const char ngx_http_sse_redis_page_lua[] =
+    "return {redis.call('GET', KEYS[1]) or '',\n"
+    "        redis.call('XRANGE', KEYS[2], ARGV[1], '+', 'COUNT', "
+    "ARGV[2])}\n";
+
+static void ngx_http_sse_redis_log_page(ngx_http_sse_redis_worker_t *rw);
+static void ngx_http_sse_redis_finish(ngx_http_sse_redis_worker_t *rw);
+
+// How many of heard (sorted first) follow the zone without a hole, so can
+// be committed now. Older epochs' events are stale and pass (epochs only
+// grow: committing one would switch the zone back); a new epoch's first
+// event must be its announcement (seq = the epoch: a fork) or its first
+// seq (the epoch + 1), or events before it were missed. *hole: the event
+// after the run is past the next seq, and waits for a repair.
+static size_t ngx_http_sse_redis_runnable(ngx_http_sse_redis_worker_t *rw,
+                                          bool *hole) {
+    auto &h = rw->heard;
+    // One node's bus says its seqs in order; two nodes' (a slot moving)
+    // may overtake each other within a burst.
+    std::stable_sort(h.begin(), h.end(), [](const auto &a, const auto &b) {
+        return a.epoch != b.epoch ? a.epoch < b.epoch : a.seq < b.seq;
+    });
+    uint64_t epoch, next;
+    {
+        auto s = ngx_http_sse_session(rw->zw->zone);
+        epoch = s->epoch();
+        next = s->seq() + 1;
+    }
+    *hole = false;
+    size_t i = 0;
+    for (; i < h.size(); i++) {
+        const auto &e = h[i];
+        if (e.epoch < epoch) {
+            continue;
+        }
+        if (e.epoch > epoch) {
+            if (e.seq != e.epoch && e.seq != e.epoch + 1) {
+                *hole = true;
+                break;
+            }
+            epoch = e.epoch;
+            next = e.seq + 1;
+        } else if (e.seq > next) {
+            *hole = true;
+            break;
+        } else if (e.seq == next) {
+            next++;
+        }
+    }
+    return i;
+}
+
+// Commits the first n events of heard and forgets them.
+static void ngx_http_sse_redis_commit_heard(ngx_http_sse_redis_worker_t *rw,
+                                            size_t n) {
+    if (n == 0) {
+        return;
+    }
+    std::vector<ngx_http_sse_redis_event_t> run(
+        std::make_move_iterator(rw->heard.begin()),
+        std::make_move_iterator(rw->heard.begin() + n));
+    rw->heard.erase(rw->heard.begin(), rw->heard.begin() + n);
+    for (const auto &e : run) {
+        rw->heard_bytes -= ngx_min(rw->heard_bytes, e.body.size());
+    }
+    ngx_http_sse_redis_commit(rw, run, 0);
+}
+
 static void ngx_http_sse_redis_commit_handler(ngx_event_t *ev) {
     auto *rw = static_cast<ngx_http_sse_redis_worker_t *>(ev->data);
     if (rw->bus_state != NGX_HTTP_SSE_REDIS_UP) {
         return;
-    }
-    // Seqs of one epoch have no holes, and one node's bus says them in
-    // order. A seq heard past the next one is another node's (a slot that
-    // moved: migration, failover) overtaking, or lost with a failed
-    // primary: read what lies between from the zone's log, never commit
-    // past it.
-    uint64_t epoch = sse::store::peek_epoch(rw->zw->zone->root);
-    uint64_t next = sse::store::peek_seq(rw->zw->zone->root) + 1;
-    for (const auto &e : rw->heard) {
-        if (e.epoch != epoch) {
-            epoch = e.epoch;  // a new epoch starts anew
-            next = e.seq + 1;
-        } else if (e.seq > next) {
-            ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
-                          "sse: zone \"%V\": the redis bus skipped from seq "
-                          "%uL to %uL; repairing from the zone's log",
-                          &rw->zw->zone->shm_zone->shm.name, next - 1, e.seq);
-            try {
-                ngx_http_sse_redis_resync(rw);
-            } catch (const std::exception &x) {
-                ngx_http_sse_redis_bus_down(rw, x.what());
-            }
-            return;  // heard is kept for after the repair
-        } else if (e.seq == next) {
-            next++;
-        }
     }
     try {
         const ngx_http_sse_redis_event_t *diverged = NULL;
@@ -1954,14 +2046,32 @@ static void ngx_http_sse_redis_commit_handler(ngx_event_t *ev) {
         }
         if (diverged != NULL) {
             ngx_http_sse_redis_fork(rw, *diverged);
-            rw->heard.clear();
+            // What the bus holds is kept (a new epoch another machine
+            // started may be in it); the sync after the fork takes
+            // Redis's epoch and repairs up to what the bus holds.
+            ngx_http_sse_redis_resync(rw);
             return;
         }
-        ngx_http_sse_redis_commit(rw, rw->heard, 0);
+        // Seqs of one epoch have no holes. A seq heard past the next one
+        // is another node's (a slot that moved: migration, failover)
+        // overtaking, or lost with a failed primary: what follows the
+        // zone is committed, what lies between is read from the zone's
+        // log, never committed past.
+        bool hole;
+        size_t n = ngx_http_sse_redis_runnable(rw, &hole);
+        ngx_http_sse_redis_commit_heard(rw, n);
+        if (hole) {
+            ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                          "sse: zone \"%V\": the redis bus skipped from seq "
+                          "%uL to %uL; repairing from the zone's log",
+                          &rw->zw->zone->shm_zone->shm.name,
+                          sse::store::peek_seq(rw->zw->zone->root),
+                          rw->heard.front().seq);
+            ngx_http_sse_redis_resync(rw);  // the rest is kept for after
+        }
     } catch (const std::exception &e) {
         ngx_http_sse_redis_bus_down(rw, e.what());
     }
-    rw->heard.clear();
 }
 
 static void ngx_http_sse_redis_bus_close(ngx_http_sse_redis_worker_t *rw,
@@ -1969,103 +2079,14 @@ static void ngx_http_sse_redis_bus_close(ngx_http_sse_redis_worker_t *rw,
     ngx_http_sse_redis_bus_down(rw, err);
 }
 
-static void ngx_http_sse_redis_fetch_done(ngx_http_sse_redis_worker_t *rw) {
-    // Repaired in seq order, then what the bus said meanwhile.
-    std::sort(rw->fetched.begin(), rw->fetched.end(),
-              [](const auto &a, const auto &b) { return a.seq < b.seq; });
-    ngx_http_sse_redis_commit(rw, rw->fetched, 0);
-    rw->fetched.clear();
-    ngx_http_sse_redis_commit(rw, rw->heard, 0);
-    rw->heard.clear();
-    {
-        auto s = ngx_http_sse_session(rw->zw->zone);
-        if (s->epoch() == rw->sync_epoch) {
-            // What was not read up to Redis's newest when we synced is gone
-            // (trimmed, expired, a delete): the bus goes on from there.
-            s->skip_to(rw->sync_seq);
-        }
-        s->set_external(2);  // subscribers welcome
-    }
-    rw->backoff = NGX_HTTP_SSE_REDIS_BACKOFF_MIN;
-    ngx_http_sse_redis_set_state(rw, NGX_HTTP_SSE_REDIS_UP);
-    ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
-                  "sse: zone \"%V\" is in sync with redis \"%V\"",
-                  &rw->zw->zone->shm_zone->shm.name, &rw->conf->url);
-}
-
-struct ngx_http_sse_redis_fetch_t {
-    ngx_http_sse_redis_worker_t *rw;
-    uint64_t gen;
-    uint64_t newest;  // the channel's newest seq by the sorted set
-    std::string channel;
-};
-
-static void ngx_http_sse_redis_xrange_reply(ngx_http_sse_redis_conn_t *rc,
-                                            void *data, redisReply *r,
-                                            const char *err) {
-    std::unique_ptr<ngx_http_sse_redis_fetch_t> f(
-        static_cast<ngx_http_sse_redis_fetch_t *>(data));
-    ngx_http_sse_redis_worker_t *rw = f->rw;
-    if (f->gen != rw->sync_gen) {
-        return;
-    }
-    if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
-        ngx_http_sse_redis_bus_down(rw, err ? err : "XRANGE failed");
-        return;
-    }
-    uint64_t prev_expected = rw->fetch_from;
-    for (size_t i = 0; i < r->elements; i++) {
-        redisReply *e = r->element[i];
-        if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 ||
-            e->element[1]->type != REDIS_REPLY_ARRAY) {
-            continue;
-        }
-        ngx_http_sse_redis_event_t ev;
-        ev.epoch = rw->sync_epoch;
-        ev.buffer_length = 100;
-        ev.ttl = 3600000;
-        ev.seq = ngx_http_sse_redis_u64(e->element[0]->str,
-                                        strcspn(e->element[0]->str, "-"));
-        ev.lost = 0;
-        uint64_t prev = 0;
-        redisReply *kv = e->element[1];
-        for (size_t k = 0; k + 1 < kv->elements; k += 2) {
-            std::string_view key(kv->element[k]->str, kv->element[k]->len);
-            if (key == "p") {
-                prev = ngx_http_sse_redis_u64(kv->element[k + 1]);
-            } else if (key == "l") {
-                ev.buffer_length =
-                    (uint32_t)ngx_http_sse_redis_u64(kv->element[k + 1]);
-            } else if (key == "t") {
-                ev.ttl = (ngx_msec_t)ngx_http_sse_redis_u64(kv->element[k + 1]);
-            } else if (key == "d") {
-                ev.body.assign(kv->element[k + 1]->str,
-                               kv->element[k + 1]->len);
-            }
-        }
-        if (i == 0 && prev > prev_expected) {
-            // Trimmed or expired before this machine read it.
-            ev.lost = prev;
-        }
-        ev.channel = f->channel;
-        rw->fetched.push_back(std::move(ev));
-    }
-    if (r->elements == 0 && f->newest > rw->fetch_from) {
-        // Published meanwhile and gone already (expired, or deleted).
-        auto s = ngx_http_sse_session(rw->zw->zone);
-        sse::channel *ch = s->find(f->channel);
-        if (ch != NULL) {
-            s->mark_gone(ch, f->newest);
-        } else {
-            // As for a channel freed here: a channel of that name made
-            // later reports a gap for resume points before it.
-            s->mark_gone_unheld(f->newest);
-        }
-    }
-    if (--rw->fetch_left == 0) {
-        ngx_http_sse_redis_fetch_done(rw);
-    }
-}
+// :chans pages of a hole in the log (what this machine missed and Redis's
+// log no longer has): every channel held here that changed since the hole
+// began loses its history up to the hole's end (its subscribers that had
+// not read it end, and resume with sse-gap), as a channel's events do
+// when the zone's memory runs out; a channel deleted in the hole (and
+// maybe made again) so never serves its old history with the new. Bounded:
+// pages of channels, no events.
+static void ngx_http_sse_redis_chans_page(ngx_http_sse_redis_worker_t *rw);
 
 static void ngx_http_sse_redis_chans_reply(ngx_http_sse_redis_conn_t *rc,
                                            void *data, redisReply *r,
@@ -2080,31 +2101,117 @@ static void ngx_http_sse_redis_chans_reply(ngx_http_sse_redis_conn_t *rc,
         return;
     }
     // WITHSCORES: channel, newest seq, ...
-    rw->fetch_left = r->elements / 2;
-    if (rw->fetch_left == 0) {
-        ngx_http_sse_redis_fetch_done(rw);
+    {
+        auto s = ngx_http_sse_session(rw->zw->zone);
+        for (size_t i = 0; i + 1 < r->elements; i += 2) {
+            redisReply *c = r->element[i], *sc = r->element[i + 1];
+            if (c->type != REDIS_REPLY_STRING ||
+                sc->type != REDIS_REPLY_STRING) {
+                continue;
+            }
+            sse::channel *ch = s->find(std::string_view(c->str, c->len));
+            if (ch != NULL) {
+                uint64_t newest = (uint64_t)strtod(sc->str, NULL);
+                s->drop_through(ch, ngx_min(newest, rw->hole_to));
+            }
+            rw->hole_min = "(" + std::string(sc->str, sc->len);
+        }
+    }
+    if (r->elements / 2 == NGX_HTTP_SSE_REDIS_CHANS_PAGE) {
+        ngx_http_sse_redis_chans_page(rw);
         return;
     }
-    std::string start = std::to_string(rw->fetch_from + 1) + "-0";
-    for (size_t i = 0; i + 1 < r->elements; i += 2) {
-        auto *f = new ngx_http_sse_redis_fetch_t{
-            rw, gen, ngx_http_sse_redis_u64(r->element[i + 1]),
-            std::string(r->element[i]->str, r->element[i]->len)};
-        std::string key = rw->keys[4] + f->channel;
-        ngx_http_sse_redis_send(&rw->cmd, {"XRANGE", key, start, "+"},
-                                ngx_http_sse_redis_xrange_reply, f);
+    {
+        auto s = ngx_http_sse_session(rw->zw->zone);
+        s->mark_gone_unheld(rw->hole_to);
+        s->skip_to(rw->hole_to);
     }
+    ngx_http_sse_redis_log_page(rw);
 }
 
-// From the channels' streams: a fresh machine's history, or a repair the
-// zone's log no longer covers.
-static void ngx_http_sse_redis_fetch_channels(ngx_http_sse_redis_worker_t *rw,
-                                              void *data) {
-    // Which channels had events after ours, with their newest seq.
-    std::string min = "(" + std::to_string(rw->fetch_from);
+static void ngx_http_sse_redis_chans_page(ngx_http_sse_redis_worker_t *rw) {
     ngx_http_sse_redis_send(
-        &rw->cmd, {"ZRANGEBYSCORE", rw->keys[2], min, "+inf", "WITHSCORES"},
-        ngx_http_sse_redis_chans_reply, data);
+        &rw->cmd,
+        {"ZRANGEBYSCORE", rw->keys[2], rw->hole_min, "+inf", "WITHSCORES",
+         "LIMIT", "0", std::to_string(NGX_HTTP_SSE_REDIS_CHANS_PAGE)},
+        ngx_http_sse_redis_chans_reply, (void *)(uintptr_t)rw->sync_gen);
+}
+
+// The log has nothing between the zone's seq and `to` (trimmed before this
+// machine read it, or lost); the repair goes on at `at`. A fresh machine
+// (nothing held of this epoch) only starts its history there; otherwise
+// the channels that changed meanwhile are marked gone first.
+static void ngx_http_sse_redis_hole(ngx_http_sse_redis_worker_t *rw,
+                                    uint64_t to, uint64_t at) {
+    uint64_t from = rw->fetch_next - 1;
+    rw->fetch_next = at;
+    if (rw->fresh) {
+        {
+            auto s = ngx_http_sse_session(rw->zw->zone);
+            // A channel made later reports a gap for resume points before.
+            s->mark_gone_unheld(to);
+            s->skip_to(to);
+        }
+        ngx_http_sse_redis_log_page(rw);
+        return;
+    }
+    ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                  "sse: zone \"%V\": redis's log no longer holds seqs %uL to "
+                  "%uL that this machine missed: the channels changed "
+                  "meanwhile resume with an sse-gap",
+                  &rw->zw->zone->shm_zone->shm.name, from + 1, to);
+    rw->hole_to = to;
+    rw->hole_min = "(" + std::to_string(from);
+    ngx_http_sse_redis_chans_page(rw);
+}
+
+// Everything the log had is committed: then what the bus held meanwhile,
+// as far as it follows; the bus goes on from there.
+static void ngx_http_sse_redis_finish(ngx_http_sse_redis_worker_t *rw) {
+    if (rw->check_newest) {
+        // The log is empty: nothing to compare our newest with.
+        rw->check_newest = false;
+        rw->fetch_next = rw->fetch_from + 1;
+    }
+    if (rw->fetch_next <= rw->sync_seq) {
+        // The log ends short of what Redis had given when we synced.
+        ngx_http_sse_redis_hole(rw, rw->sync_seq, rw->sync_seq + 1);
+        return;
+    }
+    bool hole;
+    size_t n = ngx_http_sse_redis_runnable(rw, &hole);
+    ngx_http_sse_redis_commit_heard(rw, n);
+    uint64_t seq = sse::store::peek_seq(rw->zw->zone->root);
+    if (hole && rw->stall_seq != seq + 1) {
+        // The bus is past what the log gave (published meanwhile, or
+        // dropped past its bound): read on from the zone.
+        rw->stall_seq = seq + 1;
+        rw->fetch_next = seq + 1;
+        ngx_http_sse_redis_log_page(rw);
+        return;
+    }
+    if (hole) {
+        // Twice at the same seq: Redis has no such events (of an epoch it
+        // lost, or seqs it lost with a failed primary). Not committed; a
+        // seq given again shows as a divergence.
+        for (size_t i = n; i < rw->heard.size(); i++) {
+            rw->heard_bytes -=
+                ngx_min(rw->heard_bytes, rw->heard[i].body.size());
+        }
+        rw->heard.erase(rw->heard.begin() + n, rw->heard.end());
+    }
+    {
+        auto s = ngx_http_sse_session(rw->zw->zone);
+        s->set_external(2);  // subscribers welcome
+    }
+    rw->backoff = NGX_HTTP_SSE_REDIS_BACKOFF_MIN;
+    ngx_http_sse_redis_set_state(rw, NGX_HTTP_SSE_REDIS_UP);
+    ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                  "sse: zone \"%V\" is in sync with redis \"%V\"",
+                  &rw->zw->zone->shm_zone->shm.name, &rw->conf->url);
+    if (!rw->heard.empty() && !rw->commit_ev.posted) {
+        ngx_post_event(&rw->commit_ev, &ngx_posted_events);
+    }
 }
 
 static void ngx_http_sse_redis_log_reply(ngx_http_sse_redis_conn_t *rc,
@@ -2115,14 +2222,28 @@ static void ngx_http_sse_redis_log_reply(ngx_http_sse_redis_conn_t *rc,
     if (gen != rw->sync_gen) {
         return;
     }
-    if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
-        ngx_http_sse_redis_bus_down(rw, err ? err : "XRANGE of the log failed");
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+        r->element[1]->type != REDIS_REPLY_ARRAY) {
+        std::string why =
+            r != NULL && r->type == REDIS_REPLY_ERROR
+                ? "reading the log: " + std::string(r->str, r->len)
+                : std::string(err ? err : "XRANGE of the log failed");
+        ngx_http_sse_redis_bus_down(rw, why.c_str());
         return;
     }
-    uint64_t expect = rw->fetch_from + 1;
-    for (size_t i = 0; i < r->elements; i++) {
-        redisReply *e = r->element[i];
+    if (ngx_http_sse_redis_u64(r->element[0]) != rw->sync_epoch) {
+        // Redis started a new epoch meanwhile: sync again, which takes it
+        // (what follows in the log is the new epoch's).
+        ngx_http_sse_redis_resync(rw);
+        return;
+    }
+    redisReply *page = r->element[1];
+    std::vector<ngx_http_sse_redis_event_t> evs;
+    evs.reserve(page->elements);
+    for (size_t i = 0; i < page->elements; i++) {
+        redisReply *e = page->element[i];
         if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 ||
+            e->element[0]->type != REDIS_REPLY_STRING ||
             e->element[1]->type != REDIS_REPLY_ARRAY) {
             continue;
         }
@@ -2133,16 +2254,8 @@ static void ngx_http_sse_redis_log_reply(ngx_http_sse_redis_conn_t *rc,
         ev.lost = 0;
         ev.buffer_length = 100;
         ev.ttl = 3600000;
-        bool newest_held =
-            rw->check_newest && i == 0 && ev.seq == rw->fetch_from;
-        if (ev.seq != expect && !newest_held) {
-            // The log was trimmed past what we need: per channel instead.
-            rw->fetched.clear();
-            ngx_http_sse_redis_fetch_channels(rw, data);
-            return;
-        }
-        if (!newest_held) {
-            expect++;
+        if (ev.seq <= rw->sync_epoch) {
+            continue;  // an older epoch's: never under this epoch's ids
         }
         redisReply *kv = e->element[1];
         for (size_t k = 0; k + 1 < kv->elements; k += 2) {
@@ -2158,34 +2271,56 @@ static void ngx_http_sse_redis_log_reply(ngx_http_sse_redis_conn_t *rc,
                 ev.body.assign(val->str, val->len);
             }
         }
-        if (newest_held) {
-            // The newest event this machine holds must be Redis's too.
-            bool differs;
-            {
-                auto s = ngx_http_sse_session(rw->zw->zone);
-                differs = s->epoch() == ev.epoch &&
-                          ngx_http_sse_redis_differs(s.operator->(), ev);
+        if (rw->check_newest) {
+            rw->check_newest = false;
+            rw->fetch_next = rw->fetch_from + 1;
+            if (ev.seq == rw->fetch_from) {
+                // The newest event this machine holds must be Redis's too.
+                bool differs;
+                {
+                    auto s = ngx_http_sse_session(rw->zw->zone);
+                    differs = s->epoch() == ev.epoch &&
+                              ngx_http_sse_redis_differs(s.operator->(), ev);
+                }
+                if (differs) {
+                    ngx_http_sse_redis_fork(rw, ev);
+                    // The new epoch arrives on the bus; sync again after.
+                    ngx_http_sse_redis_bus_down(rw,
+                                                "redis lost acknowledged "
+                                                "events: a new epoch");
+                    return;
+                }
+                continue;
             }
-            if (differs) {
-                rw->fetched.clear();
-                ngx_http_sse_redis_fork(rw, ev);
-                // The new epoch arrives on the bus; sync again after it.
-                ngx_http_sse_redis_bus_down(rw,
-                                            "redis lost acknowledged "
-                                            "events: a new epoch");
-                return;
-            }
+        }
+        if (ev.seq > rw->fetch_next) {
+            // Trimmed before this machine read it: what came before is
+            // committed, the hole handled, and the log read on from here.
+            ngx_http_sse_redis_commit(rw, evs, 0);
+            ngx_http_sse_redis_hole(rw, ev.seq - 1, ev.seq);
+            return;
+        }
+        if (ev.seq < rw->fetch_next) {
             continue;
         }
-        rw->fetched.push_back(std::move(ev));
+        rw->fetch_next = ev.seq + 1;
+        evs.push_back(std::move(ev));
     }
-    if (expect <= rw->sync_seq) {
-        // Short of what Redis had assigned when we synced.
-        rw->fetched.clear();
-        ngx_http_sse_redis_fetch_channels(rw, data);
+    ngx_http_sse_redis_commit(rw, evs, 0);
+    if (page->elements == NGX_HTTP_SSE_REDIS_PAGE) {
+        ngx_http_sse_redis_log_page(rw);
         return;
     }
-    ngx_http_sse_redis_fetch_done(rw);
+    ngx_http_sse_redis_finish(rw);
+}
+
+static void ngx_http_sse_redis_log_page(ngx_http_sse_redis_worker_t *rw) {
+    std::string start = std::to_string(rw->fetch_next) + "-0";
+    ngx_http_sse_redis_send(
+        &rw->cmd,
+        {"EVAL", ngx_http_sse_redis_page_lua, "2", rw->keys[0], rw->keys[5],
+         start, std::to_string(NGX_HTTP_SSE_REDIS_PAGE)},
+        ngx_http_sse_redis_log_reply, (void *)(uintptr_t)rw->sync_gen);
 }
 
 static void ngx_http_sse_redis_sync_reply(ngx_http_sse_redis_conn_t *rc,
@@ -2204,43 +2339,63 @@ static void ngx_http_sse_redis_sync_reply(ngx_http_sse_redis_conn_t *rc,
         return;
     }
     uint64_t epoch = ngx_http_sse_redis_u64(r->element[0]);
+    uint64_t seq = 0;
+    bool older = false;
     {
         auto s = ngx_http_sse_session(rw->zw->zone);
-        bool adopted = s->adopt_epoch(epoch);
+        // A zone that never synced has an epoch of its own making: any of
+        // Redis's goes. Once synced, epochs only grow.
+        older = s->external() == 2 && epoch < s->epoch();
+        bool adopted = !older && s->adopt_epoch(epoch);
         if (adopted) {
+            // The epoch's first seq is past its value.
+            s->skip_to(epoch);
             ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
                           "sse: zone \"%V\" takes the epoch %uL of redis "
                           "\"%V\"",
                           &rw->zw->zone->shm_zone->shm.name, epoch,
                           &rw->conf->url);
         }
-        rw->fetch_from = s->seq();
+        seq = s->seq();
+        rw->fetch_from = seq;
+        rw->fresh = adopted || s->external() != 2;
         // Same epoch: the newest event we hold must be Redis's too.
-        rw->check_newest = !adopted && rw->fetch_from != 0;
+        rw->check_newest = !adopted && !older && seq > epoch;
+    }
+    if (older) {
+        // Redis holds an older copy of the zone than this machine had (a
+        // replica promoted before the newer epoch reached it): it lost
+        // data, so a new epoch, past this machine's seqs.
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "sse: zone \"%V\": redis \"%V\" holds the older epoch "
+                      "%uL: it lost the zone's data; starting a new epoch",
+                      &rw->zw->zone->shm_zone->shm.name, &rw->conf->url, epoch);
+        ngx_http_sse_redis_send(
+            &rw->cmd,
+            {"EVAL", ngx_http_sse_redis_fork_lua, "3", rw->keys[0], rw->keys[1],
+             rw->keys[3], std::to_string(epoch), std::to_string(seq)},
+            ngx_http_sse_redis_fork_reply, NULL);
+        ngx_http_sse_redis_bus_down(rw, "redis holds an older epoch");
+        return;
     }
     rw->sync_epoch = epoch;
     rw->sync_seq = ngx_http_sse_redis_u64(r->element[1]);
+    rw->stall_seq = 0;
     // Every process: old streams end if the epoch changed.
     sse::slot_set all;
     for (auto &b : all.bits) {
         b = ~uint64_t{0};
     }
     ngx_http_sse_notify(rw->zw->zone, all);
-    if (rw->fetch_from > rw->sync_seq ||
-        (rw->fetch_from == rw->sync_seq && !rw->check_newest)) {
-        ngx_http_sse_redis_fetch_done(rw);  // nothing missed
+    // Missed some (or a fresh machine: its history): the zone's log has
+    // them, in seq order, read a page at a time; it starts with our
+    // newest, which must be the same event there.
+    rw->fetch_next = rw->fetch_from + (rw->check_newest ? 0 : 1);
+    if (rw->fetch_from >= rw->sync_seq && !rw->check_newest) {
+        ngx_http_sse_redis_finish(rw);  // nothing missed
         return;
     }
-    if (rw->fetch_from != 0) {
-        // Missed a few: the zone's log has them all, if it reaches back.
-        // It starts with our newest, which must be the same event there.
-        std::string start =
-            std::to_string(rw->fetch_from + (rw->check_newest ? 0 : 1)) + "-0";
-        ngx_http_sse_redis_send(&rw->cmd, {"XRANGE", rw->keys[5], start, "+"},
-                                ngx_http_sse_redis_log_reply, data);
-        return;
-    }
-    ngx_http_sse_redis_fetch_channels(rw, data);
+    ngx_http_sse_redis_log_page(rw);
 }
 
 static void ngx_http_sse_redis_subscribed(ngx_http_sse_redis_conn_t *rc,
@@ -2308,7 +2463,7 @@ static void ngx_http_sse_redis_bus_timer(ngx_event_t *ev) {
 static void ngx_http_sse_redis_bus_start(ngx_http_sse_redis_worker_t *rw) {
     ngx_http_sse_redis_set_state(rw, NGX_HTTP_SSE_REDIS_CONNECTING);
     rw->heard.clear();
-    rw->fetched.clear();
+    rw->heard_bytes = 0;
     rw->sync_gen++;
     ngx_http_sse_redis_send(&rw->bus, {"SUBSCRIBE", rw->keys[3]},
                             ngx_http_sse_redis_subscribed, NULL);
@@ -2326,7 +2481,7 @@ static void ngx_http_sse_redis_bus_down(ngx_http_sse_redis_worker_t *rw,
     ngx_http_sse_redis_set_state(rw, NGX_HTTP_SSE_REDIS_DOWN);
     rw->sync_gen++;
     rw->heard.clear();
-    rw->fetched.clear();
+    rw->heard_bytes = 0;
     if (rw->bus.connected || rw->bus.connecting) {
         rw->bus.on_close = NULL;
         ngx_http_sse_redis_close(&rw->bus, err);

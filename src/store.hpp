@@ -315,6 +315,11 @@ public:
     // them): resumes before it see a gap, and subscribers that had not
     // read up to it are ended (lost_seq), as with memory exhaustion.
     void mark_gone(channel *c, uint64_t seq);
+    // mark_gone, and c's events up to `seq` leave its history (kept for
+    // the processes still delivering them, as evicted ones are): neither
+    // resumed nor served as initial events, so that what is served never
+    // skips the missing ones silently.
+    void drop_through(channel *c, uint64_t seq);
     // The same for a channel not held here: one of any name made later
     // reports a gap for resume points before seq (as for a freed channel).
     void mark_gone_unheld(uint64_t seq);
