@@ -228,6 +228,7 @@ struct ngx_http_sse_redis_lookup_t {
 // Bits of external_stats::told: lines a machine logs once per zone.
 #define NGX_HTTP_SSE_REDIS_TOLD_NO_RESOLVER 1
 #define NGX_HTTP_SSE_REDIS_TOLD_NO_SENTINEL 2
+#define NGX_HTTP_SSE_REDIS_TOLD_NOREPLICAS 4
 
 struct ngx_http_sse_redis_worker_t;
 
@@ -2783,6 +2784,44 @@ struct ngx_http_sse_redis_publish_t {
 
 static void ngx_http_sse_redis_publish_send(ngx_http_sse_redis_publish_t *p);
 static void ngx_http_sse_redis_retry(ngx_event_t *ev);
+
+// A primary that refuses writes because fewer replicas than its
+// min-replicas-to-write are in sync (NOREPLICAS): nothing of the script
+// ran (its first write was refused). The 503 and last_error say it
+// plainly; the machine logs it once until a publish goes through again.
+static void ngx_http_sse_redis_refused(ngx_http_sse_redis_worker_t *rw,
+                                       redisReply *r, std::string &why) {
+    if (r == NULL || !ngx_http_sse_redis_is_error(r, "NOREPLICAS")) {
+        return;
+    }
+    why =
+        "the primary refuses writes (NOREPLICAS): fewer replicas in sync "
+        "than its min-replicas-to-write";
+    ngx_http_sse_redis_set_error(rw->zw->zone, why.c_str());
+    sse::external_stats &x = sse::store::ext(rw->zw->zone->root);
+    if (!(__atomic_fetch_or(&x.told, (uint32_t)NGX_HTTP_SSE_REDIS_TOLD_NOREPLICAS,
+                            __ATOMIC_RELAXED) &
+          NGX_HTTP_SSE_REDIS_TOLD_NOREPLICAS)) {
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "sse: zone \"%V\": %s; publishes get 503 until its "
+                      "replicas are back",
+                      &rw->zw->zone->shm_zone->shm.name, why.c_str());
+    }
+}
+
+// Redis stored a publish: a refusal told before is over.
+static void ngx_http_sse_redis_accepted(ngx_http_sse_redis_worker_t *rw) {
+    sse::external_stats &x = sse::store::ext(rw->zw->zone->root);
+    if ((__atomic_load_n(&x.told, __ATOMIC_RELAXED) &
+         NGX_HTTP_SSE_REDIS_TOLD_NOREPLICAS) &&
+        (__atomic_fetch_and(&x.told, ~(uint32_t)NGX_HTTP_SSE_REDIS_TOLD_NOREPLICAS,
+                            __ATOMIC_RELAXED) &
+         NGX_HTTP_SSE_REDIS_TOLD_NOREPLICAS)) {
+        ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                      "sse: zone \"%V\": the primary accepts writes again",
+                      &rw->zw->zone->shm_zone->shm.name);
+    }
+}
 static void ngx_http_sse_redis_load_reply(ngx_http_sse_redis_conn_t *rc,
                                           void *data, redisReply *r,
                                           const char *err);
@@ -2869,6 +2908,7 @@ static void ngx_http_sse_redis_publish_reply(ngx_http_sse_redis_conn_t *rc,
                   ? std::string(r->str, r->len)
                   : std::string(err ? err : "unexpected reply");
         __atomic_fetch_add(&x.publish_errors, 1, __ATOMIC_RELAXED);
+        ngx_http_sse_redis_refused(rw, r, why);
         if (r == NULL) {
             // Connection trouble: publishes fail fast for a moment rather
             // than each waiting for its own timeout.
@@ -2878,6 +2918,7 @@ static void ngx_http_sse_redis_publish_reply(ngx_http_sse_redis_conn_t *rc,
         }
     } else {
         uint64_t rtt_us = ngx_http_sse_redis_now_us() - p->start_us;
+        ngx_http_sse_redis_accepted(rw);
         if (!p->remove) {
             __atomic_fetch_add(&x.publishes, 1, __ATOMIC_RELAXED);
             __atomic_fetch_add(&x.rtt_us_total, rtt_us, __ATOMIC_RELAXED);

@@ -229,3 +229,183 @@ async def test_cluster_by_hostname_without_resolver_says_to_set_one(
         assert NO_RESOLVER in st["redis"]["last_error"], st
     finally:
         dns.close()
+
+
+# ---------------------------------------------------------------- sentinel
+
+def sentinel_zone(sentinels):
+    return f"sse_zone zone=sse:16m redis={sentinel_url(sentinels)};"
+
+
+async def redis_status(m):
+    r = await m.sub_http("GET", "/sse-status")
+    assert r.status == 200, r
+    return r.json()["zones"][0]["redis"]
+
+
+async def wait_status(m, pred, timeout=15):
+    deadline = time.monotonic() + timeout
+    st = None
+    while time.monotonic() < deadline:
+        st = await redis_status(m)
+        if pred(st):
+            return st
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"status never matched: {st}")
+
+
+def prometheus_value(text, name):
+    m = re.search(rf'^{name}{{zone="sse"}} (\S+)$', text, re.M)
+    return float(m.group(1)) if m else None
+
+
+NO_SENTINEL = re.compile(r"\[warn\].*no sentinel of \"mymaster\" has "
+                         r"answered for \d+s")
+AGAIN = re.compile(r"\[notice\].*sentinel 127\.0\.0\.1:\d+ answers again")
+
+
+@pytest.mark.timeout_s(150)
+async def test_cut_off_from_every_sentinel_publishing_goes_on(start_nginx,
+                                                              start_redis):
+    """Every sentinel killed: publishes on both machines keep getting 202
+    and every subscriber gets every event once, in order; sse_status
+    shows 0 sentinels answering and the age of the last confirmation; one
+    [warn] line per machine, not one per check; a sentinel restarted: one
+    [notice] line, and the status counts it again."""
+    _, _, sentinels = start_sentinel_group(start_redis, n=3)
+    ms = [start_nginx(zone=sentinel_zone(sentinels), sub_locations=STATUS,
+                      allow_log=REDIS_ERRORS) for _ in range(2)]
+    for m in ms:
+        await wait_in_sync(m)
+        st = await wait_status(m, lambda s: s["sentinels_answered"] == 3)
+        assert st["sentinels"] == 3
+        assert 0 <= st["sentinel_confirmed_ago_ms"] < 5000, st
+    subs = [await m.stream("c") for m in ms for _ in range(2)]
+    sent = []
+    for i in range(10):
+        sent.append((await ms[i % 2].publish_ok("c", f"before-{i}"),
+                     f"before-{i}"))
+    for s in sentinels:
+        s.kill()
+    t0 = time.monotonic()
+    i = 0
+    # Well past the few checks after which the warning is due.
+    while time.monotonic() - t0 < 6:
+        sent.append((await ms[i % 2].publish_ok("c", f"cut-{i}"),
+                     f"cut-{i}"))
+        i += 1
+        await asyncio.sleep(0.05)
+    for m in ms:
+        st = await wait_status(m, lambda s: s["sentinels_answered"] == 0)
+        assert st["sentinel_confirmed_ago_ms"] >= 3000, st
+        assert st["state"] == "up", st
+        prom = (await m.sub_http("GET", "/sse-status?format=prometheus")).text
+        assert prometheus_value(prom, "sse_redis_sentinels_answered") == 0, \
+            prom
+        assert prometheus_value(
+            prom, "sse_redis_sentinel_confirmed_age_seconds") >= 3, prom
+        log = m.log_text().splitlines()
+        warned = [ln for ln in log if NO_SENTINEL.search(ln)]
+        # The checks' failures are not told once a second either.
+        errors = [ln for ln in log if "[error]" in ln]
+        assert len(errors) < 5, errors
+        assert len(warned) == 1, warned
+        assert "publishing goes on with the primary they named last" \
+            in warned[0]
+    for s in subs:
+        got = await s.events(len(sent), timeout=15)
+        assert [(b.id, b.data) for b in got] == sent
+    # One sentinel back.
+    sentinels[0].start()
+    for m in ms:
+        st = await wait_status(m, lambda s: s["sentinels_answered"] == 1)
+        assert st["sentinel_confirmed_ago_ms"] < 3000, st
+    await asyncio.sleep(1.5)
+    more = [(await ms[i % 2].publish_ok("c", f"after-{i}"), f"after-{i}")
+            for i in range(5)]
+    for s in subs:
+        got = await s.events(5, timeout=10)
+        assert [(b.id, b.data) for b in got] == more
+    for m in ms:
+        log = m.log_text().splitlines()
+        assert len([ln for ln in log if AGAIN.search(ln)]) == 1, \
+            [ln for ln in log if "sentinel" in ln][-10:]
+        assert len([ln for ln in log if NO_SENTINEL.search(ln)]) == 1
+
+
+NOREPLICAS = "the primary refuses writes (NOREPLICAS)"
+
+
+@pytest.mark.timeout_s(120)
+async def test_primary_without_its_replica_refuses_with_503(start_nginx,
+                                                            start_redis):
+    """A primary with min-replicas-to-write 1 whose replica stops answers
+    NOREPLICAS: publishes get 503 with Retry-After and a reason naming it,
+    nothing of them reaches any subscriber; with the replica back,
+    publishing resumes by itself."""
+    primary = start_redis(args=["--min-replicas-to-write", "1",
+                                "--min-replicas-max-lag", "2"])
+    replica = start_redis(args=["--replicaof", "127.0.0.1",
+                                str(primary.port)])
+
+    def synced():
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if "master_link_status:up" in replica.cli("INFO", "replication") \
+                    and "min_slaves_good_slaves:1" in \
+                    primary.cli("INFO", "replication"):
+                return
+            time.sleep(0.1)
+        raise AssertionError("the replica never synced")
+
+    synced()
+    zone = f"sse_zone zone=sse:16m redis={primary.url};"
+    ms = [start_nginx(zone=zone, sub_locations=STATUS,
+                      allow_log=REDIS_ERRORS) for _ in range(2)]
+    for m in ms:
+        await wait_in_sync(m)
+    subs = [await m.stream("c") for m in ms]
+    sent = [(await ms[i % 2].publish_ok("c", f"ok-{i}"), f"ok-{i}")
+            for i in range(4)]
+    replica.stop()
+    refused = []
+    deadline = time.monotonic() + 20
+    while len(refused) < 6:
+        assert time.monotonic() < deadline, "never refused"
+        k = len(sent) + len(refused)
+        r = await ms[k % 2].publish("c", f"try-{k}")
+        if r.status == 202:
+            sent.append((r.json()["id"], f"try-{k}"))
+            await asyncio.sleep(0.2)
+            continue
+        assert r.status == 503, r
+        assert r.header("Retry-After") == "1", r
+        assert NOREPLICAS in r.text, r
+        refused.append(f"try-{k}")
+    errors = [(await redis_status(m))["last_error"] for m in ms]
+    assert any(NOREPLICAS in e for e in errors), errors
+    replica.start()
+    deadline = time.monotonic() + 30
+    while True:
+        assert time.monotonic() < deadline, "publishing never resumed"
+        r = await ms[0].publish("c", "back")
+        if r.status == 202:
+            sent.append((r.json()["id"], "back"))
+            break
+        assert NOREPLICAS in r.text, r
+        await asyncio.sleep(0.2)
+    sent.append((await ms[1].publish_ok("c", "back-2"), "back-2"))
+    for s in subs:
+        got = await s.events(len(sent), timeout=10)
+        assert [(b.id, b.data) for b in got] == sent
+    for m in ms:
+        # Nothing refused was stored: a late reader gets the same.
+        c = await m.stream("c", headers={"Last-Event-ID": sent[0][0]})
+        got = await c.events(len(sent) - 1, timeout=10)
+        assert [b.data for b in got] == [d for _, d in sent[1:]]
+        c.close()
+    for m in ms:
+        # Said once per machine, not per refusal.
+        log = m.log_text()
+        assert len(re.findall(r"\[warn\].*NOREPLICAS", log)) == 1, log
+        assert "the primary accepts writes again" in log
