@@ -280,6 +280,11 @@ struct ngx_http_sse_redis_worker_t {
     // Sentinel: the primary they named (len 0: ask them), which of them is
     // asked, how many were asked this round.
     ngx_http_sse_redis_node_t primary;
+    // The primary a sentinel named last, and whether any sentinel
+    // answered (anything) in this discovery: with none reachable, the
+    // connections go back to it.
+    ngx_http_sse_redis_node_t last_primary;
+    bool sentinel_heard;
     ngx_uint_t sentinel_i;
     ngx_uint_t sentinel_tries;
     bool discovering;
@@ -1128,6 +1133,8 @@ static void ngx_http_sse_redis_named(ngx_http_sse_redis_worker_t *rw,
                       &rw->primary.str, &rw->conf->master);
     }
     ngx_http_sse_redis_sentinel_answered(rw, who, true);
+    rw->last_primary = rw->primary;
+    rw->last_primary.str.data = (u_char *)&rw->last_primary.name[0];
     ngx_http_sse_redis_discovered(rw, NULL);
     ngx_http_sse_redis_follow(rw);
 }
@@ -1257,6 +1264,9 @@ static void ngx_http_sse_redis_sentinel_reply(ngx_http_sse_redis_conn_t *rc,
     auto *a = static_cast<ngx_addr_t *>(conf->sentinels->elts) + rw->sentinel_i;
     std::string who = "sentinel " + ngx_http_sse_redis_str(a->name);
     std::string why;
+    if (r != NULL) {
+        rw->sentinel_heard = true;
+    }
     if (r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
         r->element[0]->type == REDIS_REPLY_STRING &&
         r->element[1]->type == REDIS_REPLY_STRING) {
@@ -1366,6 +1376,13 @@ static void ngx_http_sse_redis_census_reply(ngx_http_sse_redis_conn_t *rc,
         rw->census_answered++;
         ngx_http_sse_redis_sentinel_answered(
             rw, who, rw->primary.len != 0 && hp == rw->primary.name);
+        ngx_http_sse_redis_node_t node;
+        if (ngx_http_sse_redis_parse_node(hp, node)) {
+            // What to go back to should every sentinel become unreachable
+            // (a worker that never connected has no primary of its own).
+            rw->last_primary = node;
+            rw->last_primary.str.data = (u_char *)&rw->last_primary.name[0];
+        }
     } else if (r != NULL && r->type == REDIS_REPLY_NIL) {
         rw->census_why = who + " does not know the master";
     } else if (r != NULL && r->type == REDIS_REPLY_ERROR) {
@@ -1406,6 +1423,21 @@ static void ngx_http_sse_redis_sentinel_failed(ngx_http_sse_redis_worker_t *rw,
     rw->sentinel_i = (rw->sentinel_i + 1) % conf->sentinels->nelts;
     if (++rw->sentinel_tries < conf->sentinels->nelts) {
         ngx_http_sse_redis_ask_sentinel(rw);
+        return;
+    }
+    if (!rw->checking && !rw->sentinel_heard && rw->last_primary.len != 0) {
+        // Cut off from every sentinel: no failover can happen through
+        // them either. Back to the primary they named last; its ROLE is
+        // checked on connecting, as always.
+        rw->primary = rw->last_primary;
+        rw->primary.str.data = (u_char *)&rw->primary.name[0];
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "sse: zone \"%V\": no sentinel answers (%s); "
+                      "connecting to %V, the primary they named last",
+                      &rw->zw->zone->shm_zone->shm.name, why.c_str(),
+                      &rw->primary.str);
+        ngx_http_sse_redis_discovered(rw, NULL);
+        ngx_http_sse_redis_follow(rw);
         return;
     }
     why = "no sentinel named the primary: " + why;
@@ -1464,6 +1496,7 @@ static void ngx_http_sse_redis_discover(ngx_http_sse_redis_worker_t *rw) {
     }
     rw->discovering = true;
     rw->sentinel_tries = 0;
+    rw->sentinel_heard = false;
     ngx_post_event(&rw->discover_ev, &ngx_posted_events);
 }
 

@@ -272,7 +272,7 @@ async def test_cut_off_from_every_sentinel_publishing_goes_on(start_nginx,
     shows 0 sentinels answering and the age of the last confirmation; one
     [warn] line per machine, not one per check; a sentinel restarted: one
     [notice] line, and the status counts it again."""
-    _, _, sentinels = start_sentinel_group(start_redis, n=3)
+    primary, _, sentinels = start_sentinel_group(start_redis, n=3)
     ms = [start_nginx(zone=sentinel_zone(sentinels), sub_locations=STATUS,
                       allow_log=REDIS_ERRORS) for _ in range(2)]
     for m in ms:
@@ -312,6 +312,22 @@ async def test_cut_off_from_every_sentinel_publishing_goes_on(start_nginx,
         assert len(warned) == 1, warned
         assert "publishing goes on with the primary they named last" \
             in warned[0]
+    # The connections to the primary drop meanwhile: with no sentinel to
+    # ask, the machines go back to the primary they named last.
+    primary.cli("CLIENT", "KILL", "TYPE", "normal")
+    primary.cli("CLIENT", "KILL", "TYPE", "pubsub")
+    for k, m in enumerate(ms):
+        deadline = time.monotonic() + 15
+        while True:
+            assert time.monotonic() < deadline, "never published again"
+            r = await m.publish("c", f"reconnected-{k}")
+            if r.status == 202:
+                sent.append((r.json()["id"], f"reconnected-{k}"))
+                break
+            assert r.status == 503, r
+            await asyncio.sleep(0.1)
+        await wait_in_sync(m)
+        assert "connecting to 127.0.0.1:" in m.log_text()
     for s in subs:
         got = await s.events(len(sent), timeout=15)
         assert [(b.id, b.data) for b in got] == sent
