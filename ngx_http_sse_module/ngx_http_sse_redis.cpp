@@ -3174,6 +3174,8 @@ void ngx_http_sse_redis_figures(ngx_http_sse_zone_t *z,
         __atomic_load_n(&x.sentinels_answered, __ATOMIC_RELAXED);
     uint64_t confirmed =
         __atomic_load_n(&x.sentinel_confirmed_ms, __ATOMIC_RELAXED);
+    // Another process may have stored a time a little ahead of ours.
+    uint64_t now = ngx_current_msec;
     f->sentinel_confirmed_ago_ms =
-        confirmed == 0 ? -1 : (int64_t)(ngx_current_msec - confirmed);
+        confirmed == 0 ? -1 : confirmed > now ? 0 : (int64_t)(now - confirmed);
 }
