@@ -288,8 +288,8 @@ struct ngx_http_sse_redis_worker_t {
     ngx_uint_t sentinel_i;
     ngx_uint_t sentinel_tries;
     bool discovering;
-    bool checking;      // a periodic question, nobody waits for it
-    bool moving;        // closing connections left on an old primary
+    bool checking;  // a periodic question, nobody waits for it
+    bool moving;    // closing connections left on an old primary
     ngx_event_t discover_ev;
     ngx_event_t check_ev;
     // Hostnames being resolved (nginx's resolver): a primary the
@@ -306,7 +306,7 @@ struct ngx_http_sse_redis_worker_t {
     std::string census_why;  // why the last one failed
     ngx_log_t quiet_log;     // nginx's own connect errors of probes
     std::string told;        // an error logged once: not again on close
-    std::string keys[6];  // epoch seq chans bus, the stream prefix, log
+    std::string keys[6];     // epoch seq chans bus, the stream prefix, log
     ngx_http_sse_redis_conn_t cmd;
     ngx_http_sse_redis_conn_t bus;
     ngx_http_sse_redis_conn_t ask;       // to the node of an ASK
@@ -1169,8 +1169,8 @@ static void ngx_http_sse_redis_resolved(ngx_resolver_ctx_t *ctx) {
         node.str.data = (u_char *)&node.name[0];
         node.str.len = node.name.size();
     } else {
-        why = lk.what + " " + lk.name + ", which does not resolve: " +
-              ngx_resolver_strerror(ctx->state);
+        why = lk.what + " " + lk.name +
+              ", which does not resolve: " + ngx_resolver_strerror(ctx->state);
     }
     ngx_resolve_name_done(ctx);
     lk.ctx = NULL;
@@ -1285,7 +1285,8 @@ static void ngx_http_sse_redis_sentinel_reply(ngx_http_sse_redis_conn_t *rc,
         int port =
             atoi(std::string(r->element[1]->str, r->element[1]->len).c_str());
         if (ngx_http_sse_redis_resolve(
-                rw, NGX_HTTP_SSE_REDIS_LOOKUP_PRIMARY, who + " names the primary",
+                rw, NGX_HTTP_SSE_REDIS_LOOKUP_PRIMARY,
+                who + " names the primary",
                 std::string(r->element[0]->str, r->element[0]->len), port,
                 &why)) {
             rw->lookups[NGX_HTTP_SSE_REDIS_LOOKUP_PRIMARY].by = who;
@@ -1321,7 +1322,8 @@ static void ngx_http_sse_redis_sentinel_answered(
     }
     uint32_t told = __atomic_load_n(&x.told, __ATOMIC_RELAXED);
     if ((told & NGX_HTTP_SSE_REDIS_TOLD_NO_SENTINEL) &&
-        (__atomic_fetch_and(&x.told, ~(uint32_t)NGX_HTTP_SSE_REDIS_TOLD_NO_SENTINEL,
+        (__atomic_fetch_and(&x.told,
+                            ~(uint32_t)NGX_HTTP_SSE_REDIS_TOLD_NO_SENTINEL,
                             __ATOMIC_RELAXED) &
          NGX_HTTP_SSE_REDIS_TOLD_NO_SENTINEL)) {
         ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
@@ -1344,8 +1346,10 @@ static void ngx_http_sse_redis_census_watch(ngx_http_sse_redis_worker_t *rw) {
         return;
     }
     uint64_t silent = ngx_current_msec - last;
-    if (silent <= NGX_HTTP_SSE_REDIS_SILENT_CHECKS * NGX_HTTP_SSE_REDIS_CHECK_MS ||
-        (__atomic_fetch_or(&x.told, (uint32_t)NGX_HTTP_SSE_REDIS_TOLD_NO_SENTINEL,
+    if (silent <=
+            NGX_HTTP_SSE_REDIS_SILENT_CHECKS * NGX_HTTP_SSE_REDIS_CHECK_MS ||
+        (__atomic_fetch_or(&x.told,
+                           (uint32_t)NGX_HTTP_SSE_REDIS_TOLD_NO_SENTINEL,
                            __ATOMIC_RELAXED) &
          NGX_HTTP_SSE_REDIS_TOLD_NO_SENTINEL)) {
         return;
@@ -1391,8 +1395,9 @@ static void ngx_http_sse_redis_census_reply(ngx_http_sse_redis_conn_t *rc,
         rw->census_why = who + ": " + (err ? err : "unexpected reply");
     }
     if (rw->census_left > 0 && --rw->census_left == 0) {
-        __atomic_store_n(&sse::store::ext(rw->zw->zone->root).sentinels_answered,
-                         (uint32_t)rw->census_answered, __ATOMIC_RELAXED);
+        __atomic_store_n(
+            &sse::store::ext(rw->zw->zone->root).sentinels_answered,
+            (uint32_t)rw->census_answered, __ATOMIC_RELAXED);
     }
 }
 
@@ -1677,9 +1682,9 @@ static bool ngx_http_sse_redis_parse_node(std::string_view v,
     return true;
 }
 
-static bool ngx_http_sse_redis_parse_host_node(
-    ngx_http_sse_redis_worker_t *rw, std::string_view v,
-    ngx_http_sse_redis_node_t &node);
+static bool ngx_http_sse_redis_parse_host_node(ngx_http_sse_redis_worker_t *rw,
+                                               std::string_view v,
+                                               ngx_http_sse_redis_node_t &node);
 
 // "MOVED SLOT HOST:PORT": a Redis Cluster says the zone's slot lives on
 // another node. The command connection reconnects there (what was in
@@ -1891,9 +1896,10 @@ static void ngx_http_sse_redis_lookup_handler(ngx_event_t *ev) {
             continue;  // under way already
         }
         std::string why;
-        std::string what = "the redis cluster redirects zone \"" +
-                           ngx_http_sse_redis_str(rw->zw->zone->shm_zone->shm.name) +
-                           "\" (" + (moved ? "MOVED" : "ASK") + ") to";
+        std::string what =
+            "the redis cluster redirects zone \"" +
+            ngx_http_sse_redis_str(rw->zw->zone->shm_zone->shm.name) + "\" (" +
+            (moved ? "MOVED" : "ASK") + ") to";
         try {
             if (ngx_http_sse_redis_resolve(rw, which, what, target.host,
                                            target.port, &why)) {
@@ -1904,9 +1910,9 @@ static void ngx_http_sse_redis_lookup_handler(ngx_event_t *ev) {
         }
         if (ngx_http_sse_redis_no_resolver(rw->conf)) {
             sse::external_stats &x = sse::store::ext(rw->zw->zone->root);
-            if (!(__atomic_fetch_or(&x.told,
-                                    (uint32_t)NGX_HTTP_SSE_REDIS_TOLD_NO_RESOLVER,
-                                    __ATOMIC_RELAXED) &
+            if (!(__atomic_fetch_or(
+                      &x.told, (uint32_t)NGX_HTTP_SSE_REDIS_TOLD_NO_RESOLVER,
+                      __ATOMIC_RELAXED) &
                   NGX_HTTP_SSE_REDIS_TOLD_NO_RESOLVER)) {
                 ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
                               "sse: zone \"%V\": %s",
@@ -2832,7 +2838,8 @@ static void ngx_http_sse_redis_refused(ngx_http_sse_redis_worker_t *rw,
         "than its min-replicas-to-write";
     ngx_http_sse_redis_set_error(rw->zw->zone, why.c_str());
     sse::external_stats &x = sse::store::ext(rw->zw->zone->root);
-    if (!(__atomic_fetch_or(&x.told, (uint32_t)NGX_HTTP_SSE_REDIS_TOLD_NOREPLICAS,
+    if (!(__atomic_fetch_or(&x.told,
+                            (uint32_t)NGX_HTTP_SSE_REDIS_TOLD_NOREPLICAS,
                             __ATOMIC_RELAXED) &
           NGX_HTTP_SSE_REDIS_TOLD_NOREPLICAS)) {
         ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
@@ -2847,7 +2854,8 @@ static void ngx_http_sse_redis_accepted(ngx_http_sse_redis_worker_t *rw) {
     sse::external_stats &x = sse::store::ext(rw->zw->zone->root);
     if ((__atomic_load_n(&x.told, __ATOMIC_RELAXED) &
          NGX_HTTP_SSE_REDIS_TOLD_NOREPLICAS) &&
-        (__atomic_fetch_and(&x.told, ~(uint32_t)NGX_HTTP_SSE_REDIS_TOLD_NOREPLICAS,
+        (__atomic_fetch_and(&x.told,
+                            ~(uint32_t)NGX_HTTP_SSE_REDIS_TOLD_NOREPLICAS,
                             __ATOMIC_RELAXED) &
          NGX_HTTP_SSE_REDIS_TOLD_NOREPLICAS)) {
         ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
@@ -3176,6 +3184,8 @@ void ngx_http_sse_redis_figures(ngx_http_sse_zone_t *z,
         __atomic_load_n(&x.sentinel_confirmed_ms, __ATOMIC_RELAXED);
     // Another process may have stored a time a little ahead of ours.
     uint64_t now = ngx_current_msec;
-    f->sentinel_confirmed_ago_ms =
-        confirmed == 0 ? -1 : confirmed > now ? 0 : (int64_t)(now - confirmed);
+    f->sentinel_confirmed_ago_ms = confirmed == 0 ? -1
+                                   : confirmed > now
+                                       ? 0
+                                       : (int64_t)(now - confirmed);
 }

@@ -210,8 +210,7 @@ static std::string ngx_http_sse_status_prometheus(
     redis_metric("sse_redis_publish_rtt_avg_seconds", "gauge",
                  "Mean round trip of a publish to Redis.",
                  [](const fig &f) { return f.redis.rtt_avg_us / 1e6; });
-    auto sentinel_metric = [&](const char *name, const char *help,
-                               auto value) {
+    auto sentinel_metric = [&](const char *name, const char *help, auto value) {
         t += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name +
              " gauge\n";
         for (const auto &f : zones) {
@@ -221,9 +220,10 @@ static std::string ngx_http_sse_status_prometheus(
             }
         }
     };
-    sentinel_metric("sse_redis_sentinels_answered",
-                    "Sentinels that answered the last check.",
-                    [](const fig &f) { return (double)f.redis.sentinels_answered; });
+    sentinel_metric(
+        "sse_redis_sentinels_answered",
+        "Sentinels that answered the last check.",
+        [](const fig &f) { return (double)f.redis.sentinels_answered; });
     sentinel_metric(
         "sse_redis_sentinel_confirmed_age_seconds",
         "Time since a sentinel last named the primary in use.",
