@@ -172,7 +172,9 @@ async def test_slot_migration_by_hostname_ask_tryagain_moved(
                                  "", "0", "5000", "KEYS", *keys)
                 assert out.strip() in ("OK", "NOKEY"), out
             time.sleep(0.7)  # the keys are on the target, the slot not: ASK
-            for n in nodes:
+            # The target first, as redis-cli --cluster does: a node told
+            # before it would redirect to a target that sends back.
+            for n in (target, source, nodes[0]):
                 assert n.cli("CLUSTER", "SETSLOT", slot, "NODE",
                              tid).strip() == "OK"
             time.sleep(1)
