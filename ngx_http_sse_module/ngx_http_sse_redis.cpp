@@ -50,6 +50,8 @@ extern "C" {
 #include <map>
 #include <memory>
 
+// How long a measured offset to Redis's clock is used (ms).
+#define NGX_HTTP_SSE_REDIS_CLOCK_AGE 60000
 #define NGX_HTTP_SSE_REDIS_DEFAULT_PORT 6379
 #define NGX_HTTP_SSE_REDIS_SENTINEL_PORT 26379
 // A script that met a slot half migrated (TRYAGAIN) is sent again after
@@ -123,31 +125,68 @@ struct ngx_http_sse_redis_conf_t {
     "  redis.call('SET', KEYS[2], e)\n"                                 \
     "end\n"
 
-// KEYS: epoch seq stream chans bus log; ARGV: local epoch, local seq,
-// channel, body, maxlen, ttl ms. Returns {epoch, seq}.
-static const char ngx_http_sse_redis_publish_lua[] = NGX_HTTP_SSE_REDIS_PROLOGUE
-    "s = redis.call('INCR', KEYS[2])\n"
-    "local sid = string.format('%.0f', s)\n"
-    "local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)\n"
-    "local p = '0'\n"
-    "if #last > 0 then p = string.match(last[1][1], '^(%d+)') end\n"
-    "redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[5], sid .. '-1',\n"
-    "           'p', p, 'l', ARGV[5], 't', ARGV[6], 'd', ARGV[4])\n"
-    "redis.call('PEXPIRE', KEYS[3], ARGV[6])\n"
-    "redis.call('XADD', KEYS[6], 'MAXLEN', '~', " NGX_HTTP_SSE_REDIS_LOG_LENGTH
-    ", sid .. '-1',\n"
-    "           'c', ARGV[3], 'l', ARGV[5], 't', ARGV[6], 'd', ARGV[4])\n"
-    "redis.call('ZADD', KEYS[4], s, ARGV[3])\n"
-    "redis.call('ZREMRANGEBYRANK', KEYS[4], 0, "
+// A group commit: the publishes one worker had ready in one turn of its
+// event loop, in one call, all stored or none. KEYS: epoch seq chans bus
+// log, then each event's stream; ARGV: local epoch, local seq, cut-off,
+// then four per event: channel, body, maxlen, ttl ms. Each event gets the
+// next seq, in the order given, and the same effects as a publish alone:
+// stream and log entries, the channel's place in chans, a notification on
+// the bus. Returns one result per event, {epoch, seq}. The cut-off (0:
+// none) is when, by Redis's clock, the worker gives up waiting
+// (ngx_http_sse_redis_fence): a call that reaches Redis later does
+// nothing, its publishers having had their 503.
+static const char ngx_http_sse_redis_publish_lua[] =
+    "if ARGV[3] ~= '0' then\n"
+    "  local t = redis.call('TIME')\n"
+    "  if tonumber(t[1]) * 1000000 + tonumber(t[2]) >= tonumber(ARGV[3])\n"
+    "  then\n"
+    "    return redis.error_reply('TIMEOUT reached Redis after "
+    "redis_timeout')\n"
+    "  end\n"
+    "end\n" NGX_HTTP_SSE_REDIS_PROLOGUE
+    "local n = #KEYS - 5\n"
+    "local first = redis.call('INCRBY', KEYS[2], n) - n\n"
+    // The streams this call wrote: {newest sid, its seq, channel, ttl}.
+    // Their expiry and place in chans are set once, after the loop, to
+    // what they would be after the last event (no one sees in between).
+    "local seen = {}\n"
+    "local out = {}\n"
+    "for i = 1, n do\n"
+    "  local k, a = KEYS[5 + i], 4 * i\n"
+    "  local c, d, l, t = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]\n"
+    // ---- one event
+    "  local sid = string.format('%.0f', first + i)\n"
+    "  local p = seen[k] and seen[k][1]\n"
+    "  if not p then\n"
+    "    local last = redis.call('XREVRANGE', k, '+', '-', 'COUNT', 1)\n"
+    "    p = '0'\n"
+    "    if #last > 0 then p = string.match(last[1][1], '^(%d+)') end\n"
+    "  end\n"
+    "  seen[k] = {sid, first + i, c, t}\n"
+    "  redis.call('XADD', k, 'MAXLEN', l, sid .. '-1',\n"
+    "             'p', p, 'l', l, 't', t, 'd', d)\n"
+    "  redis.call('XADD', KEYS[5], 'MAXLEN', "
+    "'~', " NGX_HTTP_SSE_REDIS_LOG_LENGTH
+    ",\n"
+    "             sid .. '-1', 'c', c, 'l', l, 't', t, 'd', d)\n"
+    "  redis.call('PUBLISH', KEYS[4], e .. ' ' .. sid .. ' ' .. p .. ' ' ..\n"
+    "             l .. ' ' .. t .. ' ' .. #c .. ' ' .. c .. d)\n"
+    "  out[i] = {e, sid}\n"
+    // ---- end of one event
+    "end\n"
+    "for k, v in pairs(seen) do\n"
+    "  redis.call('PEXPIRE', k, v[4])\n"
+    "  redis.call('ZADD', KEYS[3], v[2], v[3])\n"
+    "end\n"
+    // The newest seqs are this call's: the same channels stay as when
+    // trimmed after each event.
+    "redis.call('ZREMRANGEBYRANK', KEYS[3], 0, "
     "-" NGX_HTTP_SSE_REDIS_MAX_CHANNELS
     " - 1)\n"
-    "redis.call('PUBLISH', KEYS[5], e .. ' ' .. sid .. ' ' .. p .. ' ' ..\n"
-    "           ARGV[5] .. ' ' .. ARGV[6] .. ' ' .. #ARGV[3] .. ' ' ..\n"
-    "           ARGV[3] .. ARGV[4])\n"
-    "return {e, sid}\n";
+    "return out\n";
 
-// KEYS: as for a publish; ARGV: local epoch, local seq, channel. Returns
-// {epoch, seq, 1 when the channel's stream existed}.
+// KEYS: epoch seq stream chans bus log; ARGV: local epoch, local seq,
+// channel. Returns {epoch, seq, 1 when the channel's stream existed}.
 static const char ngx_http_sse_redis_delete_lua[] = NGX_HTTP_SSE_REDIS_PROLOGUE
     "local existed = redis.call('EXISTS', KEYS[3])\n"
     "s = redis.call('INCR', KEYS[2])\n"
@@ -241,6 +280,10 @@ struct ngx_http_sse_redis_conn_t {
     std::string out;
     std::deque<ngx_http_sse_redis_cmd_t> pending;
     ngx_event_t timer;
+    // connect() or send() failed inside the call that queued a command:
+    // the close runs from this posted event (see ngx_http_sse_redis_break).
+    ngx_event_t broken;
+    const char *broken_err;
     uint64_t life;  // bumped by each close: stale callers notice
     bool connecting;
     bool connected;
@@ -330,6 +373,21 @@ struct ngx_http_sse_redis_worker_t {
     ngx_uint_t fetch_left;
     ngx_event_t commit_ev;  // commits what the bus said, once per burst
     std::string sha;        // of the publish script
+    // Script calls not sent yet, in order: publishes gathered in this turn
+    // of the event loop (a group commit; the last may take more), deletes.
+    // flush_ev (posted) sends them at the end of the turn.
+    std::vector<struct ngx_http_sse_redis_publish_t *> calls;
+    ngx_event_t flush_ev;
+    // Redis's clock (TIME, us) minus our monotonic one, at most: asked on
+    // the first command connection (publishes wait for it) and again on
+    // each new one (life clock_life), and every minute (clock_at): two
+    // hosts' clocks drift apart by up to tens of ppm, seconds in a week.
+    int64_t clock_off_us;
+    uint64_t clock_life;
+    ngx_msec_t clock_at;
+    bool clock_known;
+    bool clock_probing;
+    bool clock_fence;  // the cut-off can be worked out (see fence)
 };
 
 static uint64_t ngx_http_sse_redis_now_us() {
@@ -441,10 +499,18 @@ char *ngx_http_sse_redis_parse(ngx_conf_t *cf, ngx_http_sse_zone_t *z,
             return (char *)NGX_CONF_ERROR;
         }
     }
+    // What `nginx -t` prints of a URL it refuses: no password either.
+    std::string shown(reinterpret_cast<char *>(url->data), url->len);
+    size_t scheme_end = shown.find("://");
+    size_t last_at = shown.rfind('@');
+    if (scheme_end != std::string::npos && last_at != std::string::npos &&
+        last_at > scheme_end) {
+        shown.replace(scheme_end + 3, last_at - scheme_end - 3, "***");
+    }
     auto bad = [&](const char *why) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid redis URL \"%V\" in \"sse_zone\": %s", url,
-                           why);
+                           "invalid redis URL \"%s\" in \"sse_zone\": %s",
+                           shown.c_str(), why);
         return (char *)NGX_CONF_ERROR;
     };
     u_char *p = url->data, *end = url->data + url->len;
@@ -666,6 +732,29 @@ static void ngx_http_sse_redis_timer(ngx_event_t *ev);
 static void ngx_http_sse_redis_flush(ngx_http_sse_redis_conn_t *rc);
 static bool ngx_http_sse_redis_connected(ngx_http_sse_redis_conn_t *rc);
 
+static void ngx_http_sse_redis_close(ngx_http_sse_redis_conn_t *rc,
+                                     const char *err);
+
+static void ngx_http_sse_redis_broken(ngx_event_t *ev) {
+    auto *rc = static_cast<ngx_http_sse_redis_conn_t *>(ev->data);
+    ngx_http_sse_redis_close(rc, rc->broken_err);
+}
+
+// connect() or send() failed at once, inside a call that queues a
+// command: its callers (a publish being sent, a request handler) expect no
+// reply before it returns, so the close and the commands' failure handlers
+// wait for a posted event of this turn. Meanwhile the connection counts
+// as connecting: further commands queue behind it and fail with it.
+static void ngx_http_sse_redis_break(ngx_http_sse_redis_conn_t *rc,
+                                     const char *err) {
+    rc->connected = false;
+    rc->connecting = true;
+    rc->broken_err = err;
+    if (!rc->broken.posted) {
+        ngx_post_event(&rc->broken, &ngx_posted_events);
+    }
+}
+
 static void ngx_http_sse_redis_conn_init(ngx_http_sse_redis_conn_t *rc,
                                          ngx_http_sse_redis_worker_t *rw,
                                          const char *role) {
@@ -675,6 +764,9 @@ static void ngx_http_sse_redis_conn_init(ngx_http_sse_redis_conn_t *rc,
     rc->timer.data = rc;
     rc->timer.log = ngx_cycle->log;
     rc->timer.cancelable = 1;
+    rc->broken.handler = ngx_http_sse_redis_broken;
+    rc->broken.data = rc;
+    rc->broken.log = ngx_cycle->log;
 }
 
 static void ngx_http_sse_redis_node_clear(ngx_http_sse_redis_node_t &node) {
@@ -703,10 +795,16 @@ static void ngx_http_sse_redis_close(ngx_http_sse_redis_conn_t *rc,
                                      const char *err) {
     bool was = rc->connecting || rc->connected || !rc->pending.empty();
     rc->life++;
+    if (rc->broken.posted) {
+        ngx_delete_posted_event(&rc->broken);
+    }
     if (rc->pc.connection != NULL) {
         ngx_connection_t *c = rc->pc.connection;
         if (c->ssl != NULL) {
+            // Quiet: a close_notify that cannot be sent at once would keep
+            // the TLS state past this close (and leak it).
             c->ssl->no_wait_shutdown = 1;
+            c->ssl->no_send_shutdown = 1;
             (void)ngx_ssl_shutdown(c);
         }
         ngx_pool_t *pool = c->pool;
@@ -908,7 +1006,8 @@ static void ngx_http_sse_redis_connect_peer(ngx_http_sse_redis_conn_t *rc) {
     ngx_int_t rv = ngx_event_connect_peer(&rc->pc);
     if (rv == NGX_ERROR || rv == NGX_BUSY || rv == NGX_DECLINED) {
         // nginx closed the socket and logged why.
-        ngx_http_sse_redis_close(rc, "connect() failed");
+        rc->pc.connection = NULL;
+        ngx_http_sse_redis_break(rc, "connect() failed");
         return;
     }
     ngx_connection_t *c = rc->pc.connection;
@@ -918,8 +1017,10 @@ static void ngx_http_sse_redis_connect_peer(ngx_http_sse_redis_conn_t *rc) {
     c->log = ngx_cycle->log;
     c->read->log = c->log;
     c->write->log = c->log;
-    if (rv == NGX_OK && ngx_http_sse_redis_connected(rc)) {
-        ngx_http_sse_redis_flush(rc);
+    if (rv == NGX_OK) {
+        // Connected at once: the write handler goes on from here, on this
+        // turn but not inside this call (see ngx_http_sse_redis_break).
+        ngx_post_event(c->write, &ngx_posted_events);
     }
     // NGX_AGAIN: the write event says when the connect is done.
 }
@@ -1514,13 +1615,13 @@ static void ngx_http_sse_redis_flush(ngx_http_sse_redis_conn_t *rc) {
             break;
         }
         if (n == NGX_ERROR) {
-            ngx_http_sse_redis_close(rc, "send() failed");
+            ngx_http_sse_redis_break(rc, "send() failed");
             return;
         }
         rc->out.erase(0, n);
     }
     if (ngx_handle_write_event(c->write, 0) != NGX_OK) {
-        ngx_http_sse_redis_close(rc, "cannot watch the socket");
+        ngx_http_sse_redis_break(rc, "cannot watch the socket");
     }
 }
 
@@ -2130,6 +2231,7 @@ static void ngx_http_sse_redis_bus_down(ngx_http_sse_redis_worker_t *rw,
                                         const char *err);
 static void ngx_http_sse_redis_bus_start(ngx_http_sse_redis_worker_t *rw);
 static void ngx_http_sse_redis_forget_requests(ngx_http_sse_redis_worker_t *rw);
+static void ngx_http_sse_redis_flush_handler(ngx_event_t *ev);
 
 static bool ngx_http_sse_redis_parse_message(const char *p, size_t len,
                                              ngx_http_sse_redis_event_t &ev) {
@@ -2700,6 +2802,10 @@ void ngx_http_sse_redis_worker_init(ngx_http_sse_zone_worker_t *zw) {
     ngx_http_sse_redis_conn_init(&rw->cmd, rw, "command");
     ngx_http_sse_redis_conn_init(&rw->bus, rw, "bus");
     ngx_http_sse_redis_conn_init(&rw->ask, rw, "ASK");
+    // Their commands carry publishers waiting for an answer: a graceful
+    // exit (reload, quit) waits for it, within redis_timeout.
+    rw->cmd.timer.cancelable = 0;
+    rw->ask.timer.cancelable = 0;
     ngx_http_sse_redis_conn_init(&rw->sentinel, rw, "sentinel");
     ngx_http_sse_redis_hosts_init(rw);
     rw->discover_ev.handler = ngx_http_sse_redis_discover_handler;
@@ -2723,6 +2829,9 @@ void ngx_http_sse_redis_worker_init(ngx_http_sse_zone_worker_t *zw) {
     rw->commit_ev.log = ngx_cycle->log;
     rw->backoff = NGX_HTTP_SSE_REDIS_BACKOFF_MIN;
     rw->sha = ngx_http_sse_redis_sha(ngx_http_sse_redis_publish_lua);
+    rw->flush_ev.handler = ngx_http_sse_redis_flush_handler;
+    rw->flush_ev.data = rw;
+    rw->flush_ev.log = ngx_cycle->log;
 }
 
 static void ngx_http_sse_redis_resign(ngx_http_sse_redis_worker_t *rw) {
@@ -2803,20 +2912,30 @@ void ngx_http_sse_redis_poll(ngx_http_sse_zone_worker_t *zw) {
 
 // ------------------------------------------------------------- publishing
 
-struct ngx_http_sse_redis_publish_t {
-    ngx_http_sse_redis_worker_t *rw;
+// One request's events in a script call (a POST's event, a streaming
+// publish's group, a DELETE): what its caller holds.
+struct ngx_http_sse_redis_item_t {
     ngx_http_sse_redis_done_pt done;
-    void *data;         // nullptr: cancelled
-    uint64_t start_us;  // monotonic
-    bool eval;          // sent as EVAL after NOSCRIPT
-    bool redirected;    // sent again after MOVED or READONLY
-    bool remove;        // a DELETE of the channel (no body)
+    void *data;  // nullptr: cancelled, or nobody waits
     std::string channel;
-    std::string body;
+    std::vector<std::string> bodies;  // encoded; none for a delete
     std::string maxlen;
     std::string ttl;
     uint32_t buffer_length;
     ngx_msec_t ttl_ms;
+};
+
+// One script call: a DELETE, or the group commit of publishes. It goes
+// (and goes again: ASK, TRYAGAIN, MOVED, NOSCRIPT) as a whole.
+struct ngx_http_sse_redis_publish_t {
+    ngx_http_sse_redis_worker_t *rw;
+    uint64_t start_us;  // monotonic
+    bool eval;          // sent as EVAL after NOSCRIPT
+    bool redirected;    // sent again after MOVED or READONLY
+    bool remove;        // a DELETE of the channel (one item, no body)
+    std::vector<std::unique_ptr<ngx_http_sse_redis_item_t>> items;
+    size_t events;
+    size_t bytes;       // of the bodies
     ngx_event_t retry;  // TRYAGAIN: sent again when it fires
     ngx_msec_t retry_delay;
 };
@@ -2867,6 +2986,28 @@ static void ngx_http_sse_redis_load_reply(ngx_http_sse_redis_conn_t *rc,
                                           void *data, redisReply *r,
                                           const char *err);
 
+// Someone still waits for the call's outcome.
+static bool ngx_http_sse_redis_waited(ngx_http_sse_redis_publish_t *p) {
+    for (auto &it : p->items) {
+        if (it->data != NULL) {
+            return true;
+        }
+    }
+    return false;
+}
+
+// One event's result in the publish script's reply ({epoch, seq}): false
+// when it is not one.
+static bool ngx_http_sse_redis_event_result(redisReply *e, uint64_t *epoch,
+                                            uint64_t *seq) {
+    if (e->type != REDIS_REPLY_ARRAY || e->elements < 2) {
+        return false;
+    }
+    *epoch = ngx_http_sse_redis_u64(e->element[0]);
+    *seq = ngx_http_sse_redis_u64(e->element[1]);
+    return *seq != 0;
+}
+
 static void ngx_http_sse_redis_publish_reply(ngx_http_sse_redis_conn_t *rc,
                                              void *data, redisReply *r,
                                              const char *err) {
@@ -2894,14 +3035,15 @@ static void ngx_http_sse_redis_publish_reply(ngx_http_sse_redis_conn_t *rc,
                 ? NGX_HTTP_SSE_REDIS_TRYAGAIN_MIN
                 : ngx_min(p->retry_delay * 2,
                           (ngx_msec_t)NGX_HTTP_SSE_REDIS_TRYAGAIN_MAX);
-        if (p->data != NULL && spent + delay < rw->conf->timeout) {
+        if (ngx_http_sse_redis_waited(p) && spent + delay < rw->conf->timeout) {
             try {
                 rw->waiting.push_back(p);
                 p->retry_delay = delay;
                 p->retry.handler = ngx_http_sse_redis_retry;
                 p->retry.data = p;
                 p->retry.log = ngx_cycle->log;
-                p->retry.cancelable = 1;
+                // Not cancelable: a graceful exit waits for the answer.
+                p->retry.cancelable = 0;
                 ngx_add_timer(&p->retry, delay);
                 return;
             } catch (const std::exception &) {
@@ -2936,19 +3078,33 @@ static void ngx_http_sse_redis_publish_reply(ngx_http_sse_redis_conn_t *rc,
         }
     }
     std::string why;
-    uint64_t epoch = 0, seq = 0;
+    uint64_t epoch = 0;
+    std::vector<uint64_t> seqs;  // per event
     bool existed = true;
-    if (r != NULL && r->type == REDIS_REPLY_ARRAY &&
-        r->elements == (p->remove ? 3 : 2)) {
+    if (r != NULL && p->remove && r->type == REDIS_REPLY_ARRAY &&
+        r->elements == 3) {
         epoch = ngx_http_sse_redis_u64(r->element[0]);
-        seq = ngx_http_sse_redis_u64(r->element[1]);
-        existed = !p->remove || ngx_http_sse_redis_u64(r->element[2]) != 0;
+        seqs.push_back(ngx_http_sse_redis_u64(r->element[1]));
+        existed = ngx_http_sse_redis_u64(r->element[2]) != 0;
+        if (seqs[0] == 0) {
+            seqs.clear();
+        }
+    } else if (r != NULL && !p->remove && r->type == REDIS_REPLY_ARRAY &&
+               r->elements == p->events) {
+        seqs.resize(p->events);
+        for (size_t i = 0; i < p->events; i++) {
+            if (!ngx_http_sse_redis_event_result(r->element[i], &epoch,
+                                                 &seqs[i])) {
+                seqs.clear();
+                break;
+            }
+        }
     }
-    if (seq == 0) {
+    if (seqs.empty()) {
         why = r != NULL && r->type == REDIS_REPLY_ERROR
                   ? std::string(r->str, r->len)
                   : std::string(err ? err : "unexpected reply");
-        __atomic_fetch_add(&x.publish_errors, 1, __ATOMIC_RELAXED);
+        __atomic_fetch_add(&x.publish_errors, p->events, __ATOMIC_RELAXED);
         ngx_http_sse_redis_refused(rw, r, why);
         if (r == NULL) {
             // Connection trouble: publishes fail fast for a moment rather
@@ -2961,35 +3117,112 @@ static void ngx_http_sse_redis_publish_reply(ngx_http_sse_redis_conn_t *rc,
         uint64_t rtt_us = ngx_http_sse_redis_now_us() - p->start_us;
         ngx_http_sse_redis_accepted(rw);
         if (!p->remove) {
-            __atomic_fetch_add(&x.publishes, 1, __ATOMIC_RELAXED);
-            __atomic_fetch_add(&x.rtt_us_total, rtt_us, __ATOMIC_RELAXED);
+            __atomic_fetch_add(&x.publishes, p->events, __ATOMIC_RELAXED);
+            __atomic_fetch_add(&x.rtt_us_total, rtt_us * p->events,
+                               __ATOMIC_RELAXED);
             __atomic_store_n(&x.rtt_us_last, rtt_us, __ATOMIC_RELAXED);
         }
-        // The next seq the zone expects: nothing can be missing before it,
-        // so deliver it now rather than after the bus's round trip.
+        // The first is the next seq the zone expects: nothing can be
+        // missing before the call's events (one script: consecutive
+        // seqs), so deliver them now rather than after the bus's round
+        // trip.
         ngx_http_sse_zone_t *z = rw->zw->zone;
-        if (sse::store::peek_seq(z->root) + 1 == seq &&
+        if (sse::store::peek_seq(z->root) + 1 == seqs[0] &&
             sse::store::peek_epoch(z->root) == epoch &&
             sse::store::peek_external(z->root) == 2) {
-            std::vector<ngx_http_sse_redis_event_t> one(1);
-            one[0].epoch = epoch;
-            one[0].seq = seq;
-            one[0].lost = 0;
-            one[0].buffer_length = p->remove ? 0 : p->buffer_length;
-            one[0].ttl = p->ttl_ms;
-            one[0].channel = std::move(p->channel);
-            one[0].body = std::move(p->body);
             try {
-                ngx_http_sse_redis_commit(rw, one, 0);
+                std::vector<ngx_http_sse_redis_event_t> evs(seqs.size());
+                size_t i = 0;
+                for (auto &it : p->items) {
+                    size_t n = p->remove ? 1 : it->bodies.size();
+                    for (size_t j = 0; j < n; j++, i++) {
+                        evs[i].epoch = epoch;
+                        evs[i].seq = seqs[i];
+                        evs[i].lost = 0;
+                        evs[i].buffer_length =
+                            p->remove ? 0 : it->buffer_length;
+                        evs[i].ttl = it->ttl_ms;
+                        evs[i].channel = it->channel;
+                        if (!p->remove) {
+                            evs[i].body = std::move(it->bodies[j]);
+                        }
+                    }
+                }
+                ngx_http_sse_redis_commit(rw, evs, 0);
             } catch (const std::exception &) {
-                // The bus brings it.
+                // The bus brings them.
             }
         }
     }
-    if (p->data != NULL) {
-        p->done(p->data, seq != 0, epoch, existed ? seq : 0, why);
+    // Each request gets its own answer: its last event's seq.
+    size_t i = 0;
+    for (auto &it : p->items) {
+        i += p->remove ? 1 : it->bodies.size();
+        if (it->data != NULL && it->done != NULL) {
+            void *cbdata = it->data;
+            it->data = NULL;
+            it->done(cbdata, !seqs.empty(), epoch,
+                     seqs.empty() || !existed ? 0 : seqs[i - 1], why);
+        }
     }
     delete p;
+}
+
+// A publish that timed out got 503, yet its call may still sit in the
+// socket of a Redis that stalled (SIGSTOP, a long command) and run once it
+// wakes: it must then do nothing. So each call carries a cut-off by
+// Redis's clock, before the earliest moment this worker can give it up:
+// the deadline of the oldest command on the connection (a timeout fails
+// all that follow), less a tenth of redis_timeout for the reply's way
+// back. Our monotonic clock is ngx_current_msec's; the offset to Redis's
+// is at most the true one (the probe's reply came after Redis read its
+// clock), so the cut-off errs early. "0": no cut-off (no clock known).
+static std::string ngx_http_sse_redis_fence(ngx_http_sse_redis_worker_t *rw) {
+    if (!rw->clock_fence) {
+        return "0";
+    }
+    ngx_msec_t due = rw->cmd.pending.empty()
+                         ? ngx_current_msec + rw->conf->timeout
+                         : rw->cmd.pending.front().deadline;
+    due -= rw->conf->timeout / 10;
+    return std::to_string((int64_t)due * 1000 + rw->clock_off_us);
+}
+
+static void ngx_http_sse_redis_time_reply(ngx_http_sse_redis_conn_t *rc,
+                                          void *data, redisReply *r,
+                                          const char *err) {
+    ngx_http_sse_redis_worker_t *rw = rc->rw;
+    rw->clock_probing = false;
+    if (r == NULL) {
+        if (!rw->clock_known) {
+            // The calls that waited for it would have failed alike.
+            std::vector<ngx_http_sse_redis_publish_t *> calls;
+            calls.swap(rw->calls);
+            for (ngx_http_sse_redis_publish_t *p : calls) {
+                ngx_http_sse_redis_publish_reply(rc, p, NULL, err);
+            }
+        }
+        return;
+    }
+    uint64_t now = ngx_http_sse_redis_now_us();
+    // ngx_current_msec is CLOCK_MONOTONIC's, truncated to ms, in the
+    // nginx we build with: checked, so that one where it is not goes
+    // without a cut-off rather than with a wrong one.
+    int64_t lag = (int64_t)(now / 1000) - (int64_t)ngx_current_msec;
+    rw->clock_fence = false;
+    if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 && lag >= 0 &&
+        lag < 60000) {
+        uint64_t t = ngx_http_sse_redis_u64(r->element[0]) * 1000000 +
+                     ngx_http_sse_redis_u64(r->element[1]);
+        rw->clock_off_us = (int64_t)(t - now);
+        rw->clock_fence = t != 0;
+    }
+    rw->clock_known = true;
+    rw->clock_life = rc->life;
+    rw->clock_at = ngx_current_msec;
+    if (!rw->calls.empty() && !rw->flush_ev.posted) {
+        ngx_post_event(&rw->flush_ev, &ngx_posted_events);
+    }
 }
 
 static void ngx_http_sse_redis_publish_send(ngx_http_sse_redis_publish_t *p) {
@@ -3001,32 +3234,53 @@ static void ngx_http_sse_redis_publish_send(ngx_http_sse_redis_publish_t *p) {
         epoch = std::to_string(sse::store::peek_epoch(root));
         seq = std::to_string(sse::store::peek_seq(root));
     }
-    static const char *script = ngx_http_sse_redis_publish_lua;
-    const std::string &sha = rw->sha;
-    std::string stream = rw->keys[4] + p->channel;
     if (p->remove) {
         // Rare: sent whole, no script cache to keep.
+        ngx_http_sse_redis_item_t *it = p->items[0].get();
+        std::string stream = rw->keys[4] + it->channel;
         ngx_http_sse_redis_send(
             &rw->cmd,
             {"EVAL", ngx_http_sse_redis_delete_lua, "6", rw->keys[0],
              rw->keys[1], stream, rw->keys[2], rw->keys[3], rw->keys[5], epoch,
-             seq, p->channel},
+             seq, it->channel},
             ngx_http_sse_redis_publish_reply, p);
         return;
     }
-    ngx_http_sse_redis_send(
-        &rw->cmd,
-        {p->eval ? "EVAL" : "EVALSHA", p->eval ? std::string_view(script) : sha,
-         "6", rw->keys[0], rw->keys[1], stream, rw->keys[2], rw->keys[3],
-         rw->keys[5], epoch, seq, p->channel, p->body, p->maxlen, p->ttl},
-        ngx_http_sse_redis_publish_reply, p);
+    std::vector<std::string> streams;
+    streams.reserve(p->items.size());
+    for (auto &it : p->items) {
+        streams.push_back(rw->keys[4] + it->channel);
+    }
+    std::string numkeys = std::to_string(5 + p->events);
+    std::vector<std::string_view> args;
+    args.reserve(3 + 5 + p->events + 3 + 4 * p->events);
+    args.insert(args.end(),
+                {p->eval ? "EVAL" : "EVALSHA",
+                 p->eval ? std::string_view(ngx_http_sse_redis_publish_lua)
+                         : std::string_view(rw->sha),
+                 numkeys, rw->keys[0], rw->keys[1], rw->keys[2], rw->keys[3],
+                 rw->keys[5]});
+    for (size_t k = 0; k < p->items.size(); k++) {
+        args.insert(args.end(), p->items[k]->bodies.size(), streams[k]);
+    }
+    std::string cutoff = ngx_http_sse_redis_fence(rw);
+    args.push_back(epoch);
+    args.push_back(seq);
+    args.push_back(cutoff);
+    for (auto &it : p->items) {
+        for (const std::string &body : it->bodies) {
+            args.insert(args.end(), {it->channel, body, it->maxlen, it->ttl});
+        }
+    }
+    ngx_http_sse_redis_send(&rw->cmd, args, ngx_http_sse_redis_publish_reply,
+                            p);
 }
 
 static void ngx_http_sse_redis_load_reply(ngx_http_sse_redis_conn_t *rc,
                                           void *data, redisReply *r,
                                           const char *err) {}
 
-// A publish that met TRYAGAIN goes again (or is dropped, cancelled).
+// A call that met TRYAGAIN goes again (or is dropped: nobody waits).
 static void ngx_http_sse_redis_retry(ngx_event_t *ev) {
     auto *p = static_cast<ngx_http_sse_redis_publish_t *>(ev->data);
     ngx_http_sse_redis_worker_t *rw = p->rw;
@@ -3034,91 +3288,136 @@ static void ngx_http_sse_redis_retry(ngx_event_t *ev) {
     if (it != rw->waiting.end()) {
         rw->waiting.erase(it);
     }
-    if (p->data == NULL) {
+    if (!ngx_http_sse_redis_waited(p)) {
         delete p;
         return;
     }
     try {
         ngx_http_sse_redis_publish_send(p);
     } catch (const std::exception &e) {
-        std::string why = e.what();
-        p->done(p->data, false, 0, 0, why);
-        delete p;
+        ngx_http_sse_redis_publish_reply(&rw->cmd, p, NULL, e.what());
     }
 }
 
-// A publish or delete for channel, not sent yet; NULL (and *err) while
-// Redis is known to be unreachable: it fails fast.
-static ngx_http_sse_redis_publish_t *ngx_http_sse_redis_request(
-    ngx_http_sse_zone_worker_t *zw, std::string_view channel,
-    ngx_http_sse_redis_done_pt done, void *cbdata, std::string *err) {
-    auto *rw = static_cast<ngx_http_sse_redis_worker_t *>(zw->redis);
+// End of the event loop's turn: the calls gathered go, in order.
+static void ngx_http_sse_redis_flush_handler(ngx_event_t *ev) {
+    auto *rw = static_cast<ngx_http_sse_redis_worker_t *>(ev->data);
+    if (!rw->clock_probing &&
+        (!rw->clock_known || rw->clock_life != rw->cmd.life ||
+         ngx_current_msec - rw->clock_at > NGX_HTTP_SSE_REDIS_CLOCK_AGE)) {
+        try {
+            if (!rw->cmd.connected && !rw->cmd.connecting) {
+                // A fresh connection loads the script first.
+                ngx_http_sse_redis_send(
+                    &rw->cmd,
+                    {"SCRIPT", "LOAD", ngx_http_sse_redis_publish_lua},
+                    ngx_http_sse_redis_load_reply, NULL);
+            }
+            rw->clock_probing = true;  // its reply may come from inside
+            ngx_http_sse_redis_send(&rw->cmd, {"TIME"},
+                                    ngx_http_sse_redis_time_reply, NULL);
+        } catch (const std::exception &) {
+            rw->clock_probing = false;  // sent without a cut-off meanwhile
+        }
+    }
+    if (!rw->clock_known && rw->clock_probing) {
+        return;  // the first cut-off needs Redis's clock: sent from there
+    }
+    std::vector<ngx_http_sse_redis_publish_t *> calls;
+    calls.swap(rw->calls);
+    for (ngx_http_sse_redis_publish_t *p : calls) {
+        try {
+            if (!p->remove && !rw->cmd.connected && !rw->cmd.connecting) {
+                // A fresh connection loads the script first.
+                ngx_http_sse_redis_send(
+                    &rw->cmd,
+                    {"SCRIPT", "LOAD", ngx_http_sse_redis_publish_lua},
+                    ngx_http_sse_redis_load_reply, NULL);
+            }
+            ngx_http_sse_redis_publish_send(p);
+        } catch (const std::exception &e) {
+            // Answered here, never from inside the call that queued it.
+            ngx_http_sse_redis_publish_reply(&rw->cmd, p, NULL, e.what());
+        }
+    }
+}
+
+// Queues item (events for one channel, or a delete) for the end of this
+// turn of the event loop: publishes join the call being gathered while it
+// has room, so that they all take one script call; a delete, and a call
+// that is full, end it. The item's events stay together, in one call.
+// The handle for the caller, or NULL (and *err) while Redis is known to be
+// unreachable: it fails fast.
+static ngx_http_sse_redis_item_t *ngx_http_sse_redis_queue(
+    ngx_http_sse_redis_worker_t *rw,
+    std::unique_ptr<ngx_http_sse_redis_item_t> item, bool remove,
+    std::string *err) {
     if ((ngx_msec_int_t)(rw->cmd_down_until - ngx_current_msec) > 0 &&
         !rw->cmd.connected) {
         *err = rw->cmd_error;
-        __atomic_fetch_add(&sse::store::ext(zw->zone->root).publish_errors, 1,
-                           __ATOMIC_RELAXED);
+        __atomic_fetch_add(&sse::store::ext(rw->zw->zone->root).publish_errors,
+                           1, __ATOMIC_RELAXED);
         return NULL;
     }
-    auto *p = new ngx_http_sse_redis_publish_t();
-    p->rw = rw;
-    p->done = done;
-    p->data = cbdata;
-    p->start_us = ngx_http_sse_redis_now_us();
-    p->channel.assign(channel);
-    return p;
+    size_t events = remove ? 1 : item->bodies.size();
+    size_t bytes = 0;
+    for (const std::string &b : item->bodies) {
+        bytes += b.size();
+    }
+    ngx_http_sse_redis_publish_t *p =
+        rw->calls.empty() ? NULL : rw->calls.back();
+    if (p == NULL || remove || p->remove ||
+        p->events + events > NGX_HTTP_SSE_REDIS_GROUP_EVENTS ||
+        p->bytes + bytes > NGX_HTTP_SSE_REDIS_GROUP_BYTES) {
+        auto call = std::make_unique<ngx_http_sse_redis_publish_t>();
+        call->rw = rw;
+        call->remove = remove;
+        call->start_us = ngx_http_sse_redis_now_us();
+        rw->calls.push_back(call.get());
+        p = call.release();
+    }
+    p->items.push_back(std::move(item));
+    p->events += events;
+    p->bytes += bytes;
+    if (!rw->flush_ev.posted) {
+        ngx_post_event(&rw->flush_ev, &ngx_posted_events);
+    }
+    return p->items.back().get();
 }
 
 void *ngx_http_sse_redis_delete(ngx_http_sse_zone_worker_t *zw,
                                 std::string_view channel,
                                 ngx_http_sse_redis_done_pt done, void *cbdata,
                                 std::string *err) {
-    ngx_http_sse_redis_publish_t *p =
-        ngx_http_sse_redis_request(zw, channel, done, cbdata, err);
-    if (p == NULL) {
-        return NULL;
-    }
-    p->remove = true;
-    try {
-        ngx_http_sse_redis_publish_send(p);
-    } catch (...) {
-        delete p;
-        throw;
-    }
-    return p;
+    auto *rw = static_cast<ngx_http_sse_redis_worker_t *>(zw->redis);
+    auto item = std::make_unique<ngx_http_sse_redis_item_t>();
+    item->done = done;
+    item->data = cbdata;
+    item->channel.assign(channel);
+    return ngx_http_sse_redis_queue(rw, std::move(item), true, err);
 }
 
 void *ngx_http_sse_redis_publish(ngx_http_sse_zone_worker_t *zw,
                                  std::string_view channel,
-                                 std::string_view event, std::string_view data,
+                                 const ngx_http_sse_event_list &events,
                                  uint32_t buffer_length, ngx_msec_t ttl,
                                  ngx_http_sse_redis_done_pt done, void *cbdata,
                                  std::string *err) {
     auto *rw = static_cast<ngx_http_sse_redis_worker_t *>(zw->redis);
-    ngx_http_sse_redis_publish_t *p =
-        ngx_http_sse_redis_request(zw, channel, done, cbdata, err);
-    if (p == NULL) {
-        return NULL;
+    auto item = std::make_unique<ngx_http_sse_redis_item_t>();
+    item->done = done;
+    item->data = cbdata;
+    item->channel.assign(channel);
+    item->bodies.reserve(events.size());
+    for (auto &[event, data] : events) {
+        item->bodies.emplace_back(sse::encoded_body_size(event, data), '\0');
+        sse::encode_body(&item->bodies.back()[0], event, data);
     }
-    try {
-        p->body.resize(sse::encoded_body_size(event, data));
-        sse::encode_body(&p->body[0], event, data);
-        p->buffer_length = std::max<uint32_t>(buffer_length, 1);
-        p->ttl_ms = ttl ? ttl : 1;
-        p->maxlen = std::to_string(p->buffer_length);
-        p->ttl = std::to_string(p->ttl_ms);
-        if (!rw->cmd.connected && !rw->cmd.connecting) {
-            // A fresh connection loads the script first.
-            ngx_http_sse_redis_send(
-                &rw->cmd, {"SCRIPT", "LOAD", ngx_http_sse_redis_publish_lua},
-                ngx_http_sse_redis_load_reply, NULL);
-        }
-        ngx_http_sse_redis_publish_send(p);
-    } catch (...) {
-        delete p;
-        throw;
-    }
-    return p;
+    item->buffer_length = std::max<uint32_t>(buffer_length, 1);
+    item->ttl_ms = ttl ? ttl : 1;
+    item->maxlen = std::to_string(item->buffer_length);
+    item->ttl = std::to_string(item->ttl_ms);
+    return ngx_http_sse_redis_queue(rw, std::move(item), false, err);
 }
 
 static void ngx_http_sse_redis_forget_requests(
@@ -3126,8 +3425,11 @@ static void ngx_http_sse_redis_forget_requests(
     for (ngx_http_sse_redis_conn_t *rc : {&rw->cmd, &rw->ask}) {
         for (auto &cmd : rc->pending) {
             if (cmd.handler == ngx_http_sse_redis_publish_reply) {
-                static_cast<ngx_http_sse_redis_publish_t *>(cmd.data)->data =
-                    NULL;
+                for (auto &it :
+                     static_cast<ngx_http_sse_redis_publish_t *>(cmd.data)
+                         ->items) {
+                    it->data = NULL;
+                }
             }
         }
     }
@@ -3138,10 +3440,17 @@ static void ngx_http_sse_redis_forget_requests(
         delete p;
     }
     rw->waiting.clear();
+    for (ngx_http_sse_redis_publish_t *p : rw->calls) {
+        delete p;
+    }
+    rw->calls.clear();
+    if (rw->flush_ev.posted) {
+        ngx_delete_posted_event(&rw->flush_ev);
+    }
 }
 
 void ngx_http_sse_redis_cancel(void *handle) {
-    static_cast<ngx_http_sse_redis_publish_t *>(handle)->data = NULL;
+    static_cast<ngx_http_sse_redis_item_t *>(handle)->data = NULL;
 }
 
 bool ngx_http_sse_redis_ready(ngx_http_sse_zone_t *z) {

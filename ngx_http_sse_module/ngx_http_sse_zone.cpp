@@ -141,6 +141,18 @@ char *ngx_http_sse_zone_directive(ngx_conf_t *cf, ngx_command_t *cmd,
             value[i].data += 20;
             value[i].len -= 20;
             sentinel_auth = &value[i];
+        } else if ((redis != NULL && value[i].len >= 6 &&
+                    ngx_strncmp(value[i].data, "redis=", 6) == 0) ||
+                   (sentinel_auth != NULL && value[i].len >= 20 &&
+                    ngx_strncmp(value[i].data, "redis_sentinel_auth=", 20) ==
+                        0)) {
+            // Not echoed: it may hold a password.
+            ngx_conf_log_error(
+                NGX_LOG_EMERG, cf, 0,
+                "duplicate \"%s\" parameter in \"%V\" directive",
+                value[i].data[5] == '=' ? "redis=" : "redis_sentinel_auth=",
+                &cmd->name);
+            return (char *)NGX_CONF_ERROR;
         } else {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "invalid parameter \"%V\" in \"%V\" "
