@@ -402,6 +402,11 @@ struct ngx_http_sse_redis_figures_t {
     uint64_t publish_errors;
     uint64_t rtt_avg_us;
     uint64_t rtt_last_us;
+    // Redis Sentinel (sentinels 0: none): how many answered the last
+    // check; ms since one last named the primary in use (-1: never).
+    uint32_t sentinels;
+    uint32_t sentinels_answered;
+    int64_t sentinel_confirmed_ago_ms;
 };
 void ngx_http_sse_redis_figures(ngx_http_sse_zone_t *z,
                                 ngx_http_sse_redis_figures_t *f);

@@ -47,6 +47,7 @@ extern "C" {
 
 #include <algorithm>
 #include <deque>
+#include <map>
 #include <memory>
 
 // How long a measured offset to Redis's clock is used (ms).
@@ -238,10 +239,35 @@ struct ngx_http_sse_redis_cmd_t {
 // A Redis node by address (MOVED, ASK, a sentinel's answer).
 struct ngx_http_sse_redis_node_t {
     ngx_sockaddr_t sa;
-    socklen_t len;  // 0: none
+    socklen_t len;  // 0: none, or a hostname not resolved yet
     std::string name;
     ngx_str_t str;
+    // A Redis Cluster node announced by hostname (empty: by address).
+    std::string host;
+    in_port_t port;
 };
+
+// What a lookup with nginx's resolver is for.
+enum ngx_http_sse_redis_lookup_e {
+    NGX_HTTP_SSE_REDIS_LOOKUP_PRIMARY = 0,  // the sentinels' primary
+    NGX_HTTP_SSE_REDIS_LOOKUP_MOVED,        // rw->moved, for rw->cmd
+    NGX_HTTP_SSE_REDIS_LOOKUP_ASK,          // rw->asked, for rw->ask
+    NGX_HTTP_SSE_REDIS_LOOKUPS
+};
+
+// A hostname being resolved.
+struct ngx_http_sse_redis_lookup_t {
+    ngx_resolver_ctx_t *ctx;  // NULL: none under way
+    std::string what;         // "sentinel HOST:PORT names the primary"...
+    std::string by;           // the sentinel: "sentinel HOST:PORT"
+    std::string name;         // "NAME:PORT"
+    in_port_t port;
+};
+
+// Bits of external_stats::told: lines a machine logs once per zone.
+#define NGX_HTTP_SSE_REDIS_TOLD_NO_RESOLVER 1
+#define NGX_HTTP_SSE_REDIS_TOLD_NO_SENTINEL 2
+#define NGX_HTTP_SSE_REDIS_TOLD_NOREPLICAS 4
 
 struct ngx_http_sse_redis_worker_t;
 
@@ -262,7 +288,14 @@ struct ngx_http_sse_redis_conn_t {
     bool connecting;
     bool connected;
     bool discovering;  // connecting, waiting for the sentinels' answer
+                       // (or for a cluster node's hostname to resolve)
     std::string node;  // Sentinel: the primary it was connected to
+    // A node named by hostname (its address is cached): forgotten when
+    // the connection fails, so that the name is looked up again.
+    bool by_host;
+    // A sentinel probe: asks that sentinel only, and fails quietly (the
+    // census counts it).
+    ngx_addr_t *probe;
     // Pub/sub messages (the bus connection only).
     void (*on_message)(ngx_http_sse_redis_worker_t *rw, redisReply *r);
     void (*on_close)(ngx_http_sse_redis_worker_t *rw, const char *err);
@@ -290,20 +323,33 @@ struct ngx_http_sse_redis_worker_t {
     // Sentinel: the primary they named (len 0: ask them), which of them is
     // asked, how many were asked this round.
     ngx_http_sse_redis_node_t primary;
+    // The primary a sentinel named last, and whether any sentinel
+    // answered (anything) in this discovery: with none reachable, the
+    // connections go back to it.
+    ngx_http_sse_redis_node_t last_primary;
+    bool sentinel_heard;
     ngx_uint_t sentinel_i;
     ngx_uint_t sentinel_tries;
     bool discovering;
-    bool checking;      // a periodic question, nobody waits for it
-    bool check_warned;  // a failed check was logged (once until one works)
-    bool moving;        // closing connections left on an old primary
+    bool checking;  // a periodic question, nobody waits for it
+    bool moving;    // closing connections left on an old primary
     ngx_event_t discover_ev;
     ngx_event_t check_ev;
-    // A primary named by hostname being resolved (nginx's resolver).
-    ngx_resolver_ctx_t *resolving;
-    std::string resolve_who;   // "sentinel HOST:PORT"
-    std::string resolve_name;  // "NAME:PORT"
-    in_port_t resolve_port;
-    std::string keys[6];  // epoch seq chans bus, the stream prefix, log
+    // Hostnames being resolved (nginx's resolver): a primary the
+    // sentinels name, a cluster node of a MOVED or an ASK.
+    ngx_http_sse_redis_lookup_t lookups[NGX_HTTP_SSE_REDIS_LOOKUPS];
+    ngx_event_t lookup_ev;  // starts the lookups connections wait for
+    // Cluster nodes named by hostname, as resolved ("NAME:PORT").
+    std::map<std::string, std::pair<ngx_sockaddr_t, socklen_t>> hosts;
+    // The census: every check asks each sentinel on a connection of its
+    // own (probes), to show how many answer.
+    std::vector<std::unique_ptr<struct ngx_http_sse_redis_conn_t>> probes;
+    ngx_uint_t census_left;  // replies still awaited this round
+    ngx_uint_t census_answered;
+    std::string census_why;  // why the last one failed
+    ngx_log_t quiet_log;     // nginx's own connect errors of probes
+    std::string told;        // an error logged once: not again on close
+    std::string keys[6];     // epoch seq chans bus, the stream prefix, log
     ngx_http_sse_redis_conn_t cmd;
     ngx_http_sse_redis_conn_t bus;
     ngx_http_sse_redis_conn_t ask;       // to the node of an ASK
@@ -728,6 +774,26 @@ static void ngx_http_sse_redis_conn_init(ngx_http_sse_redis_conn_t *rc,
     rc->broken.log = ngx_cycle->log;
 }
 
+static void ngx_http_sse_redis_node_clear(ngx_http_sse_redis_node_t &node) {
+    node.len = 0;
+    node.name.clear();
+    node.host.clear();
+    node.str.len = 0;
+}
+
+// nginx's resolver has no server ("resolver" not set).
+static bool ngx_http_sse_redis_no_resolver(ngx_http_sse_redis_conf_t *conf) {
+    ngx_resolver_t *r = conf->clcf->resolver;
+    return r == NULL || r->connections.nelts == 0;
+}
+
+// The cluster redirects to a node named by hostname and there is no
+// resolver: the redirection is kept (going back to the configured node
+// would only be told the same, and log it, again and again).
+static bool ngx_http_sse_redis_stuck(ngx_http_sse_redis_worker_t *rw) {
+    return !rw->moved.host.empty() && ngx_http_sse_redis_no_resolver(rw->conf);
+}
+
 // Fails every pending command with err and closes the socket; callers may
 // reconnect from the handlers.
 static void ngx_http_sse_redis_close(ngx_http_sse_redis_conn_t *rc,
@@ -763,10 +829,19 @@ static void ngx_http_sse_redis_close(ngx_http_sse_redis_conn_t *rc,
     rc->connecting = rc->connected = rc->discovering = false;
     rc->out.clear();
     ngx_http_sse_redis_worker_t *rw = rc->rw;
-    if (rc == &rw->cmd && err != NULL && ngx_strncmp(err, "MOVED ", 6)) {
+    if (rc->by_host && err != NULL && ngx_strncmp(err, "MOVED ", 6)) {
+        // The name may point elsewhere now: looked up again.
+        rw->hosts.erase(rc->node);
+        if (rc == &rw->ask) {
+            rw->asked.len = 0;
+        }
+    }
+    rc->by_host = false;
+    if (rc == &rw->cmd && err != NULL && ngx_strncmp(err, "MOVED ", 6) &&
+        !ngx_http_sse_redis_stuck(rw)) {
         // A node we were redirected to may be gone (cluster failover): ask
         // the configured one again, which redirects us to the new primary.
-        rw->moved.len = 0;
+        ngx_http_sse_redis_node_clear(rw->moved);
     }
     if ((rc == &rw->cmd || rc == &rw->bus) && err != NULL &&
         rw->conf->sentinels != NULL && !rw->moving) {
@@ -775,7 +850,11 @@ static void ngx_http_sse_redis_close(ngx_http_sse_redis_conn_t *rc,
     }
     std::deque<ngx_http_sse_redis_cmd_t> failed;
     failed.swap(rc->pending);
-    if (was && err != NULL && !ngx_exiting && !ngx_terminate) {
+    // Probes and periodic checks fail quietly: the census says when no
+    // sentinel answers. An error told once is not told again.
+    bool quiet = rc->probe != NULL || (rc == &rw->sentinel && rw->checking) ||
+                 (err != NULL && !rw->told.empty() && rw->told == err);
+    if (was && err != NULL && !quiet && !ngx_exiting && !ngx_terminate) {
         // Leaving an old primary is no fault, nor a sentinel closing the
         // connection kept open between questions.
         bool benign = rw->moving || (rc == &rw->sentinel && failed.empty());
@@ -951,6 +1030,26 @@ static void ngx_http_sse_redis_connect_peer(ngx_http_sse_redis_conn_t *rc) {
     // NGX_AGAIN: the write event says when the connect is done.
 }
 
+// Points rc at a cluster node (MOVED, ASK); false when it is named by a
+// hostname not resolved yet.
+static bool ngx_http_sse_redis_node_addr(ngx_http_sse_redis_conn_t *rc,
+                                         ngx_http_sse_redis_node_t &node) {
+    ngx_http_sse_redis_worker_t *rw = rc->rw;
+    if (!node.host.empty()) {
+        rc->node = node.name;
+        rc->by_host = true;
+        auto it = rw->hosts.find(node.name);
+        if (node.len == 0 && it != rw->hosts.end()) {
+            node.sa = it->second.first;
+            node.len = it->second.second;
+        }
+    }
+    rc->pc.sockaddr = &node.sa.sockaddr;
+    rc->pc.socklen = node.len;
+    rc->pc.name = &node.str;
+    return node.len != 0;
+}
+
 static void ngx_http_sse_redis_connect(ngx_http_sse_redis_conn_t *rc) {
     ngx_http_sse_redis_conf_t *conf = rc->rw->conf;
     ngx_memzero(&rc->pc, sizeof(ngx_peer_connection_t));
@@ -958,33 +1057,38 @@ static void ngx_http_sse_redis_connect(ngx_http_sse_redis_conn_t *rc) {
     bool wait = false;
     // The bus stays on the configured node: a cluster's PUBLISH reaches
     // every node. With Sentinel, both go to the primary they name.
+    bool sentinel = rc == &rw->sentinel || rc->probe != NULL;
     if (rc == &rw->sentinel) {
         auto *a =
             static_cast<ngx_addr_t *>(conf->sentinels->elts) + rw->sentinel_i;
         rc->pc.sockaddr = a->sockaddr;
         rc->pc.socklen = a->socklen;
         rc->pc.name = &a->name;
+    } else if (rc->probe != NULL) {
+        rc->pc.sockaddr = rc->probe->sockaddr;
+        rc->pc.socklen = rc->probe->socklen;
+        rc->pc.name = &rc->probe->name;
     } else if (rc == &rw->ask) {
-        rc->pc.sockaddr = &rw->asked.sa.sockaddr;
-        rc->pc.socklen = rw->asked.len;
-        rc->pc.name = &rw->asked.str;
+        wait = !ngx_http_sse_redis_node_addr(rc, rw->asked);
     } else if (conf->sentinels != NULL) {
         wait = rw->primary.len == 0;
         rc->node = rw->primary.name;
         rc->pc.sockaddr = &rw->primary.sa.sockaddr;
         rc->pc.socklen = rw->primary.len;
         rc->pc.name = &rw->primary.str;
-    } else if (rc == &rw->cmd && rw->moved.len != 0) {
-        rc->pc.sockaddr = &rw->moved.sa.sockaddr;
-        rc->pc.socklen = rw->moved.len;
-        rc->pc.name = &rw->moved.str;
+    } else if (rc == &rw->cmd &&
+               (rw->moved.len != 0 || !rw->moved.host.empty())) {
+        wait = !ngx_http_sse_redis_node_addr(rc, rw->moved);
     } else {
         rc->pc.sockaddr = conf->addr.sockaddr;
         rc->pc.socklen = conf->addr.socklen;
         rc->pc.name = &conf->url;
     }
     rc->pc.get = ngx_event_get_peer;
-    rc->pc.log = ngx_cycle->log;
+    // A sentinel that is down says so once a second: the census tells it.
+    rc->pc.log = rc->probe != NULL || (rc == &rw->sentinel && rw->checking)
+                     ? &rw->quiet_log
+                     : ngx_cycle->log;
     rc->pc.log_error = NGX_ERROR_ERR;
     rc->reader = redisReaderCreate();
     if (rc->reader == NULL) {
@@ -992,7 +1096,7 @@ static void ngx_http_sse_redis_connect(ngx_http_sse_redis_conn_t *rc) {
     }
     // The handshake goes before whatever is queued: AUTH, SELECT, and
     // with Sentinel a check that the node named is the primary.
-    if (rc != &rw->sentinel) {
+    if (!sentinel) {
         if (conf->sentinels != NULL) {
             ngx_http_sse_redis_push(rc, {"ROLE"}, ngx_http_sse_redis_role_reply,
                                     NULL, true);
@@ -1011,10 +1115,16 @@ static void ngx_http_sse_redis_connect(ngx_http_sse_redis_conn_t *rc) {
     }
     rc->connecting = true;
     if (wait) {
-        // Connects when the sentinels answered (never from inside this
-        // call: callers expect no reply before it returns).
+        // Connects when the sentinels answered, or the node's hostname
+        // resolved (never from inside this call: callers expect no reply
+        // before it returns).
         rc->discovering = true;
-        ngx_http_sse_redis_discover(rw);
+        if (conf->sentinels != NULL) {
+            rw->checking = false;  // someone waits: failures are errors
+            ngx_http_sse_redis_discover(rw);
+        } else if (!rw->lookup_ev.posted) {
+            ngx_post_event(&rw->lookup_ev, &ngx_posted_events);
+        }
         return;
     }
     ngx_http_sse_redis_connect_peer(rc);
@@ -1111,6 +1221,9 @@ static void ngx_http_sse_redis_follow(ngx_http_sse_redis_worker_t *rw) {
 
 static void ngx_http_sse_redis_sentinel_failed(ngx_http_sse_redis_worker_t *rw,
                                                std::string why);
+static void ngx_http_sse_redis_sentinel_answered(
+    ngx_http_sse_redis_worker_t *rw, const std::string &who, bool confirms);
+static void ngx_http_sse_redis_census(ngx_http_sse_redis_worker_t *rw);
 
 // A sentinel (who) named node the primary.
 static void ngx_http_sse_redis_named(ngx_http_sse_redis_worker_t *rw,
@@ -1125,13 +1238,30 @@ static void ngx_http_sse_redis_named(ngx_http_sse_redis_worker_t *rw,
                       &rw->zw->zone->shm_zone->shm.name, who.c_str(),
                       &rw->primary.str, &rw->conf->master);
     }
-    rw->check_warned = false;
+    ngx_http_sse_redis_sentinel_answered(rw, who, true);
+    rw->last_primary = rw->primary;
+    rw->last_primary.str.data = (u_char *)&rw->last_primary.name[0];
     ngx_http_sse_redis_discovered(rw, NULL);
     ngx_http_sse_redis_follow(rw);
 }
 
+static void ngx_http_sse_redis_node_resolved(
+    ngx_http_sse_redis_worker_t *rw, ngx_uint_t which,
+    const ngx_http_sse_redis_node_t &node, const std::string &why);
+
+// A lookup ended: the sentinels' primary, or a cluster node.
 static void ngx_http_sse_redis_resolved(ngx_resolver_ctx_t *ctx) {
     auto *rw = static_cast<ngx_http_sse_redis_worker_t *>(ctx->data);
+    ngx_uint_t which = 0;
+    while (which < NGX_HTTP_SSE_REDIS_LOOKUPS &&
+           rw->lookups[which].ctx != ctx) {
+        which++;
+    }
+    if (which == NGX_HTTP_SSE_REDIS_LOOKUPS) {
+        ngx_resolve_name_done(ctx);  // cannot be: nobody waits for it
+        return;
+    }
+    ngx_http_sse_redis_lookup_t &lk = rw->lookups[which];
     std::string why;
     ngx_http_sse_redis_node_t node;
     node.len = 0;
@@ -1139,23 +1269,32 @@ static void ngx_http_sse_redis_resolved(ngx_resolver_ctx_t *ctx) {
         ctx->addrs[0].socklen <= sizeof(node.sa)) {
         ngx_memcpy(&node.sa, ctx->addrs[0].sockaddr, ctx->addrs[0].socklen);
         node.len = ctx->addrs[0].socklen;
-        ngx_inet_set_port(&node.sa.sockaddr, rw->resolve_port);
+        ngx_inet_set_port(&node.sa.sockaddr, lk.port);
         // Named as the sentinel names it: the same name is the same node.
-        node.name = rw->resolve_name;
+        node.name = lk.name;
         node.str.data = (u_char *)&node.name[0];
         node.str.len = node.name.size();
     } else {
-        why = rw->resolve_who + " names the primary " + rw->resolve_name +
+        why = lk.what + " " + lk.name +
               ", which does not resolve: " + ngx_resolver_strerror(ctx->state);
     }
     ngx_resolve_name_done(ctx);
-    rw->resolving = NULL;
+    lk.ctx = NULL;
+    if (which != NGX_HTTP_SSE_REDIS_LOOKUP_PRIMARY) {
+        try {
+            ngx_http_sse_redis_node_resolved(rw, which, node, why);
+        } catch (const std::exception &e) {
+            ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "sse: redis: %s",
+                          e.what());
+        }
+        return;
+    }
     if (!rw->discovering) {
         return;
     }
     try {
         if (node.len != 0) {
-            ngx_http_sse_redis_named(rw, rw->resolve_who, node);
+            ngx_http_sse_redis_named(rw, lk.by, node);
         } else {
             ngx_http_sse_redis_sentinel_failed(rw, why);
         }
@@ -1164,17 +1303,19 @@ static void ngx_http_sse_redis_resolved(ngx_resolver_ctx_t *ctx) {
     }
 }
 
-// The sentinel names the primary by hostname: resolved with nginx's
-// resolver (non-blocking), then as for an address. False, with why, when
-// it cannot be.
+// A node named by hostname (what: "sentinel H:P names the primary", or
+// "the cluster redirects to"): resolved with nginx's resolver
+// (non-blocking), then as for an address. False, with why, when it cannot
+// be.
 static bool ngx_http_sse_redis_resolve(ngx_http_sse_redis_worker_t *rw,
-                                       const std::string &who,
+                                       ngx_uint_t which,
+                                       const std::string &what,
                                        const std::string &host, int port,
                                        std::string *why) {
     std::string hp = host + ":" + std::to_string(port);
     ngx_resolver_t *resolver = rw->conf->clcf->resolver;
     if (port <= 0 || port > 65535 || host.empty()) {
-        *why = who + " names the primary " + hp + ", which is not an address";
+        *why = what + " " + hp + ", which is not an address";
         return false;
     }
     ngx_resolver_ctx_t *ctx = (ngx_resolver_ctx_t *)NGX_NO_RESOLVER;
@@ -1182,7 +1323,7 @@ static bool ngx_http_sse_redis_resolve(ngx_http_sse_redis_worker_t *rw,
         ctx = ngx_resolve_start(resolver, NULL);
     }
     if (ctx == (ngx_resolver_ctx_t *)NGX_NO_RESOLVER) {
-        *why = who + " names the primary " + hp +
+        *why = what + " " + hp +
                ", a hostname: set a \"resolver\" at the http level to follow "
                "it";
         return false;
@@ -1191,25 +1332,26 @@ static bool ngx_http_sse_redis_resolve(ngx_http_sse_redis_worker_t *rw,
         *why = "out of memory";
         return false;
     }
-    if (rw->resolving != NULL) {
+    ngx_http_sse_redis_lookup_t &lk = rw->lookups[which];
+    if (lk.ctx != NULL) {
         // An older lookup nobody waits for: its name is overwritten.
-        ngx_resolve_name_done(rw->resolving);
-        rw->resolving = NULL;
+        ngx_resolve_name_done(lk.ctx);
+        lk.ctx = NULL;
     }
-    rw->resolve_who = who;
-    rw->resolve_name = hp;
-    rw->resolve_port = (in_port_t)port;
-    // The name must outlive the lookup: rw->resolve_name holds it.
-    ctx->name.data = (u_char *)&rw->resolve_name[0];
+    lk.what = what;
+    lk.name = hp;
+    lk.port = (in_port_t)port;
+    // The name must outlive the lookup: lk.name holds it.
+    ctx->name.data = (u_char *)&lk.name[0];
     ctx->name.len = host.size();
     ctx->handler = ngx_http_sse_redis_resolved;
     ctx->data = rw;
     ngx_msec_t t = rw->conf->clcf->resolver_timeout;
     ctx->timeout = t == NGX_CONF_UNSET_MSEC ? rw->conf->timeout : t;
-    rw->resolving = ctx;
+    lk.ctx = ctx;
     if (ngx_resolve_name(ctx) != NGX_OK) {
-        rw->resolving = NULL;  // freed by nginx
-        *why = who + " names the primary " + hp + ": the resolver failed";
+        lk.ctx = NULL;  // freed by nginx
+        *why = what + " " + hp + ": the resolver failed";
         return false;
     }
     return true;
@@ -1228,6 +1370,9 @@ static void ngx_http_sse_redis_sentinel_reply(ngx_http_sse_redis_conn_t *rc,
     auto *a = static_cast<ngx_addr_t *>(conf->sentinels->elts) + rw->sentinel_i;
     std::string who = "sentinel " + ngx_http_sse_redis_str(a->name);
     std::string why;
+    if (r != NULL) {
+        rw->sentinel_heard = true;
+    }
     if (r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
         r->element[0]->type == REDIS_REPLY_STRING &&
         r->element[1]->type == REDIS_REPLY_STRING) {
@@ -1246,8 +1391,11 @@ static void ngx_http_sse_redis_sentinel_reply(ngx_http_sse_redis_conn_t *rc,
         int port =
             atoi(std::string(r->element[1]->str, r->element[1]->len).c_str());
         if (ngx_http_sse_redis_resolve(
-                rw, who, std::string(r->element[0]->str, r->element[0]->len),
-                port, &why)) {
+                rw, NGX_HTTP_SSE_REDIS_LOOKUP_PRIMARY,
+                who + " names the primary",
+                std::string(r->element[0]->str, r->element[0]->len), port,
+                &why)) {
+            rw->lookups[NGX_HTTP_SSE_REDIS_LOOKUP_PRIMARY].by = who;
             return;  // goes on in ngx_http_sse_redis_resolved
         }
     } else if (r != NULL && r->type == REDIS_REPLY_NIL) {
@@ -1263,6 +1411,120 @@ static void ngx_http_sse_redis_sentinel_reply(ngx_http_sse_redis_conn_t *rc,
     ngx_http_sse_redis_sentinel_failed(rw, why);
 }
 
+// ------------------------------------------------------------- census
+
+// After this many checks without any sentinel answering, a warning.
+#define NGX_HTTP_SSE_REDIS_SILENT_CHECKS 3
+
+// A sentinel (who) answered; confirms: it named the primary in use. The
+// first answer after the warning says so, once per machine.
+static void ngx_http_sse_redis_sentinel_answered(
+    ngx_http_sse_redis_worker_t *rw, const std::string &who, bool confirms) {
+    sse::external_stats &x = sse::store::ext(rw->zw->zone->root);
+    uint64_t now = ngx_current_msec;
+    __atomic_store_n(&x.sentinel_answered_ms, now, __ATOMIC_RELAXED);
+    if (confirms) {
+        __atomic_store_n(&x.sentinel_confirmed_ms, now, __ATOMIC_RELAXED);
+    }
+    uint32_t told = __atomic_load_n(&x.told, __ATOMIC_RELAXED);
+    if ((told & NGX_HTTP_SSE_REDIS_TOLD_NO_SENTINEL) &&
+        (__atomic_fetch_and(&x.told,
+                            ~(uint32_t)NGX_HTTP_SSE_REDIS_TOLD_NO_SENTINEL,
+                            __ATOMIC_RELAXED) &
+         NGX_HTTP_SSE_REDIS_TOLD_NO_SENTINEL)) {
+        ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                      "sse: zone \"%V\": %s answers again",
+                      &rw->zw->zone->shm_zone->shm.name, who.c_str());
+    }
+}
+
+// No sentinel answered for NGX_HTTP_SSE_REDIS_SILENT_CHECKS checks: one
+// warning per machine. Publishing goes on with the primary they named
+// last: no failover can happen through sentinels nobody reaches either.
+static void ngx_http_sse_redis_census_watch(ngx_http_sse_redis_worker_t *rw) {
+    sse::external_stats &x = sse::store::ext(rw->zw->zone->root);
+    uint64_t last = __atomic_load_n(&x.sentinel_answered_ms, __ATOMIC_RELAXED);
+    if (last == 0) {
+        // None ever answered on this machine: counted from now.
+        __atomic_compare_exchange_n(&x.sentinel_answered_ms, &last,
+                                    (uint64_t)ngx_current_msec, false,
+                                    __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+        return;
+    }
+    uint64_t silent = ngx_current_msec - last;
+    if (silent <=
+            NGX_HTTP_SSE_REDIS_SILENT_CHECKS * NGX_HTTP_SSE_REDIS_CHECK_MS ||
+        (__atomic_fetch_or(&x.told,
+                           (uint32_t)NGX_HTTP_SSE_REDIS_TOLD_NO_SENTINEL,
+                           __ATOMIC_RELAXED) &
+         NGX_HTTP_SSE_REDIS_TOLD_NO_SENTINEL)) {
+        return;
+    }
+    std::string primary = rw->primary.len != 0 ? rw->primary.name : "none yet";
+    ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                  "sse: zone \"%V\": no sentinel of \"%V\" has answered for "
+                  "%uLs (%s); publishing goes on with the primary they "
+                  "named last, %s",
+                  &rw->zw->zone->shm_zone->shm.name, &rw->conf->master,
+                  (uint64_t)(silent / 1000), rw->census_why.c_str(),
+                  primary.c_str());
+}
+
+static void ngx_http_sse_redis_census_reply(ngx_http_sse_redis_conn_t *rc,
+                                            void *data, redisReply *r,
+                                            const char *err) {
+    ngx_http_sse_redis_worker_t *rw = rc->rw;
+    std::string who = "sentinel " + ngx_http_sse_redis_str(rc->probe->name);
+    if (r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+        r->element[0]->type == REDIS_REPLY_STRING &&
+        r->element[1]->type == REDIS_REPLY_STRING) {
+        std::string hp(r->element[0]->str, r->element[0]->len);
+        if (hp.find(':') != std::string::npos) {
+            hp = "[" + hp + "]";
+        }
+        hp += ":" + std::string(r->element[1]->str, r->element[1]->len);
+        rw->census_answered++;
+        ngx_http_sse_redis_sentinel_answered(
+            rw, who, rw->primary.len != 0 && hp == rw->primary.name);
+        ngx_http_sse_redis_node_t node;
+        if (ngx_http_sse_redis_parse_node(hp, node)) {
+            // What to go back to should every sentinel become unreachable
+            // (a worker that never connected has no primary of its own).
+            rw->last_primary = node;
+            rw->last_primary.str.data = (u_char *)&rw->last_primary.name[0];
+        }
+    } else if (r != NULL && r->type == REDIS_REPLY_NIL) {
+        rw->census_why = who + " does not know the master";
+    } else if (r != NULL && r->type == REDIS_REPLY_ERROR) {
+        rw->census_why = who + ": " + std::string(r->str, r->len);
+    } else {
+        rw->census_why = who + ": " + (err ? err : "unexpected reply");
+    }
+    if (rw->census_left > 0 && --rw->census_left == 0) {
+        __atomic_store_n(
+            &sse::store::ext(rw->zw->zone->root).sentinels_answered,
+            (uint32_t)rw->census_answered, __ATOMIC_RELAXED);
+    }
+}
+
+// Each check asks every sentinel which node is the primary, on a
+// connection of its own, in parallel: sse_status shows how many answer.
+// A round waits for the last reply (redis_timeout bounds it).
+static void ngx_http_sse_redis_census(ngx_http_sse_redis_worker_t *rw) {
+    ngx_http_sse_redis_census_watch(rw);
+    if (rw->census_left != 0) {
+        return;
+    }
+    rw->census_left = rw->probes.size();
+    rw->census_answered = 0;
+    for (auto &probe : rw->probes) {
+        ngx_http_sse_redis_send(probe.get(),
+                                {"SENTINEL", "get-master-addr-by-name",
+                                 ngx_http_sse_redis_str(rw->conf->master)},
+                                ngx_http_sse_redis_census_reply, NULL);
+    }
+}
+
 // Asks the next sentinel, or fails the discovery with why when every one
 // was asked.
 static void ngx_http_sse_redis_sentinel_failed(ngx_http_sse_redis_worker_t *rw,
@@ -1274,19 +1536,29 @@ static void ngx_http_sse_redis_sentinel_failed(ngx_http_sse_redis_worker_t *rw,
         ngx_http_sse_redis_ask_sentinel(rw);
         return;
     }
+    if (!rw->checking && !rw->sentinel_heard && rw->last_primary.len != 0) {
+        // Cut off from every sentinel: no failover can happen through
+        // them either. Back to the primary they named last; its ROLE is
+        // checked on connecting, as always.
+        rw->primary = rw->last_primary;
+        rw->primary.str.data = (u_char *)&rw->primary.name[0];
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "sse: zone \"%V\": no sentinel answers (%s); "
+                      "connecting to %V, the primary they named last",
+                      &rw->zw->zone->shm_zone->shm.name, why.c_str(),
+                      &rw->primary.str);
+        ngx_http_sse_redis_discovered(rw, NULL);
+        ngx_http_sse_redis_follow(rw);
+        return;
+    }
     why = "no sentinel named the primary: " + why;
     if (!rw->checking) {
         ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "sse: zone \"%V\": %s",
                       &rw->zw->zone->shm_zone->shm.name, why.c_str());
         ngx_http_sse_redis_set_error(rw->zw->zone, why.c_str());
-    } else if (!rw->check_warned) {
-        // The primary itself still answers: a warning, once.
-        rw->check_warned = true;
-        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
-                      "sse: zone \"%V\": cannot check which node is the "
-                      "primary: %s",
-                      &rw->zw->zone->shm_zone->shm.name, why.c_str());
     }
+    // A periodic check: the primary itself still answers, and the census
+    // warns once when no sentinel does.
     ngx_http_sse_redis_discovered(rw, why.c_str());
 }
 
@@ -1311,6 +1583,12 @@ static void ngx_http_sse_redis_check_handler(ngx_event_t *ev) {
         rw->checking = true;
         ngx_http_sse_redis_discover(rw);
     }
+    try {
+        ngx_http_sse_redis_census(rw);
+    } catch (const std::exception &e) {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "sse: redis: %s",
+                      e.what());
+    }
     ngx_add_timer(ev, NGX_HTTP_SSE_REDIS_CHECK_MS);
 }
 
@@ -1329,6 +1607,7 @@ static void ngx_http_sse_redis_discover(ngx_http_sse_redis_worker_t *rw) {
     }
     rw->discovering = true;
     rw->sentinel_tries = 0;
+    rw->sentinel_heard = false;
     ngx_post_event(&rw->discover_ev, &ngx_posted_events);
 }
 
@@ -1509,6 +1788,10 @@ static bool ngx_http_sse_redis_parse_node(std::string_view v,
     return true;
 }
 
+static bool ngx_http_sse_redis_parse_host_node(ngx_http_sse_redis_worker_t *rw,
+                                               std::string_view v,
+                                               ngx_http_sse_redis_node_t &node);
+
 // "MOVED SLOT HOST:PORT": a Redis Cluster says the zone's slot lives on
 // another node. The command connection reconnects there (what was in
 // flight fails with "MOVED", and publishes are sent again once); the bus
@@ -1518,8 +1801,12 @@ static void ngx_http_sse_redis_moved(ngx_http_sse_redis_conn_t *rc,
     ngx_http_sse_redis_worker_t *rw = rc->rw;
     std::string_view v(r->str, r->len);
     size_t sp = v.rfind(' ');
-    if (sp == std::string_view::npos ||
-        !ngx_http_sse_redis_parse_node(v.substr(sp + 1), rw->moved)) {
+    if (sp == std::string_view::npos) {
+        return;
+    }
+    ngx_http_sse_redis_node_clear(rw->moved);
+    if (!ngx_http_sse_redis_parse_node(v.substr(sp + 1), rw->moved) &&
+        !ngx_http_sse_redis_parse_host_node(rw, v.substr(sp + 1), rw->moved)) {
         return;
     }
     ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
@@ -1543,13 +1830,14 @@ static bool ngx_http_sse_redis_ask(ngx_http_sse_redis_conn_t *rc,
     std::string_view v(r->str, r->len);
     size_t sp = v.rfind(' ');
     ngx_http_sse_redis_node_t node;
+    node.len = 0;
     if (rc != &rw->cmd || cmd.wire.empty() || sp == std::string_view::npos ||
-        !ngx_http_sse_redis_parse_node(v.substr(sp + 1), node)) {
+        (!ngx_http_sse_redis_parse_node(v.substr(sp + 1), node) &&
+         !ngx_http_sse_redis_parse_host_node(rw, v.substr(sp + 1), node))) {
         return false;
     }
     ngx_http_sse_redis_conn_t *ask = &rw->ask;
-    if (rw->asked.len != node.len ||
-        ngx_memcmp(&rw->asked.sa, &node.sa, node.len) != 0) {
+    if (rw->asked.name != node.name) {
         if (ask->connected || ask->connecting) {
             ngx_http_sse_redis_close(ask, "ASK: the slot moves elsewhere");
         }
@@ -1659,6 +1947,152 @@ static void ngx_http_sse_redis_read(ngx_event_t *ev) {
         if (rc->life == life) {
             ngx_http_sse_redis_close(rc, e.what());
         }
+    }
+}
+
+// ------------------------------------------------------------- by hostname
+
+// A lookup a connection waits for ended: a cluster node's address (node
+// len != 0, kept per name), or why not. Connections waiting connect or
+// fail (their publishes get 503 with why).
+static void ngx_http_sse_redis_node_resolved(
+    ngx_http_sse_redis_worker_t *rw, ngx_uint_t which,
+    const ngx_http_sse_redis_node_t &node, const std::string &why) {
+    bool moved = which == NGX_HTTP_SSE_REDIS_LOOKUP_MOVED;
+    ngx_http_sse_redis_node_t &target = moved ? rw->moved : rw->asked;
+    ngx_http_sse_redis_conn_t *rc = moved ? &rw->cmd : &rw->ask;
+    const std::string &name = rw->lookups[which].name;
+    if (node.len != 0) {
+        rw->hosts[name] = {node.sa, node.len};
+    }
+    if (target.name != name || !rc->discovering) {
+        return;  // redirected elsewhere meanwhile, or closed
+    }
+    rc->discovering = false;
+    if (node.len == 0) {
+        ngx_http_sse_redis_close(rc, why.c_str());
+        return;
+    }
+    target.sa = node.sa;
+    target.len = node.len;
+    rc->pc.sockaddr = &target.sa.sockaddr;
+    rc->pc.socklen = target.len;
+    try {
+        ngx_http_sse_redis_connect_peer(rc);
+    } catch (const std::exception &e) {
+        ngx_http_sse_redis_close(rc, e.what());
+    }
+}
+
+// Posted by a connection that waits for a cluster node's hostname: looks
+// it up, or fails the connection at once when it cannot be (no
+// "resolver": said once per machine at [error], then quietly).
+static void ngx_http_sse_redis_lookup_handler(ngx_event_t *ev) {
+    auto *rw = static_cast<ngx_http_sse_redis_worker_t *>(ev->data);
+    for (ngx_uint_t which :
+         {NGX_HTTP_SSE_REDIS_LOOKUP_MOVED, NGX_HTTP_SSE_REDIS_LOOKUP_ASK}) {
+        bool moved = which == NGX_HTTP_SSE_REDIS_LOOKUP_MOVED;
+        ngx_http_sse_redis_node_t &target = moved ? rw->moved : rw->asked;
+        ngx_http_sse_redis_conn_t *rc = moved ? &rw->cmd : &rw->ask;
+        if (!rc->discovering || ngx_exiting || ngx_terminate) {
+            continue;
+        }
+        ngx_http_sse_redis_lookup_t &lk = rw->lookups[which];
+        if (lk.ctx != NULL && lk.name == target.name) {
+            continue;  // under way already
+        }
+        std::string why;
+        std::string what =
+            "the redis cluster redirects zone \"" +
+            ngx_http_sse_redis_str(rw->zw->zone->shm_zone->shm.name) + "\" (" +
+            (moved ? "MOVED" : "ASK") + ") to";
+        try {
+            if (ngx_http_sse_redis_resolve(rw, which, what, target.host,
+                                           target.port, &why)) {
+                continue;
+            }
+        } catch (const std::exception &e) {
+            why = e.what();
+        }
+        if (ngx_http_sse_redis_no_resolver(rw->conf)) {
+            sse::external_stats &x = sse::store::ext(rw->zw->zone->root);
+            if (!(__atomic_fetch_or(
+                      &x.told, (uint32_t)NGX_HTTP_SSE_REDIS_TOLD_NO_RESOLVER,
+                      __ATOMIC_RELAXED) &
+                  NGX_HTTP_SSE_REDIS_TOLD_NO_RESOLVER)) {
+                ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                              "sse: zone \"%V\": %s",
+                              &rw->zw->zone->shm_zone->shm.name, why.c_str());
+            }
+            rw->told = why;  // its connections close without saying it
+        }
+        rc->discovering = false;
+        ngx_http_sse_redis_close(rc, why.c_str());
+    }
+}
+
+// "HOST:PORT" of a node named by hostname into node (not resolved yet,
+// unless this worker resolved that name before); false when it is not
+// one.
+static bool ngx_http_sse_redis_parse_host_node(
+    ngx_http_sse_redis_worker_t *rw, std::string_view v,
+    ngx_http_sse_redis_node_t &node) {
+    size_t colon = v.rfind(':');
+    if (colon == std::string_view::npos || colon == 0) {
+        return false;
+    }
+    int port = atoi(std::string(v.substr(colon + 1)).c_str());
+    std::string_view host = v.substr(0, colon);
+    if (port <= 0 || port > 65535 || host == "?" ||
+        host.find_first_of(" []") != std::string_view::npos) {
+        return false;
+    }
+    node.len = 0;
+    node.host = std::string(host);
+    node.port = (in_port_t)port;
+    node.name = std::string(v);
+    node.str.data = (u_char *)&node.name[0];
+    node.str.len = node.name.size();
+    auto it = rw->hosts.find(node.name);
+    if (it != rw->hosts.end()) {
+        node.sa = it->second.first;
+        node.len = it->second.second;
+    }
+    return true;
+}
+
+static void ngx_http_sse_redis_hosts_init(ngx_http_sse_redis_worker_t *rw) {
+    rw->lookup_ev.handler = ngx_http_sse_redis_lookup_handler;
+    rw->lookup_ev.data = rw;
+    rw->lookup_ev.log = ngx_cycle->log;
+    // nginx's own lines about probes that cannot connect: left out.
+    rw->quiet_log = *ngx_cycle->log;
+    rw->quiet_log.log_level = NGX_LOG_CRIT;
+    ngx_http_sse_redis_conf_t *conf = rw->conf;
+    if (conf->sentinels == NULL) {
+        return;
+    }
+    auto *a = static_cast<ngx_addr_t *>(conf->sentinels->elts);
+    for (ngx_uint_t i = 0; i < conf->sentinels->nelts; i++) {
+        rw->probes.emplace_back(new ngx_http_sse_redis_conn_t());
+        ngx_http_sse_redis_conn_init(rw->probes.back().get(), rw,
+                                     "sentinel probe");
+        rw->probes.back()->probe = &a[i];
+    }
+}
+
+static void ngx_http_sse_redis_hosts_exit(ngx_http_sse_redis_worker_t *rw) {
+    if (rw->lookup_ev.posted) {
+        ngx_delete_posted_event(&rw->lookup_ev);
+    }
+    for (auto &lk : rw->lookups) {
+        if (lk.ctx != NULL) {
+            ngx_resolve_name_done(lk.ctx);
+            lk.ctx = NULL;
+        }
+    }
+    for (auto &probe : rw->probes) {
+        ngx_http_sse_redis_close(probe.get(), NULL);
     }
 }
 
@@ -2528,6 +2962,7 @@ void ngx_http_sse_redis_worker_init(ngx_http_sse_zone_worker_t *zw) {
     rw->cmd.timer.cancelable = 0;
     rw->ask.timer.cancelable = 0;
     ngx_http_sse_redis_conn_init(&rw->sentinel, rw, "sentinel");
+    ngx_http_sse_redis_hosts_init(rw);
     rw->discover_ev.handler = ngx_http_sse_redis_discover_handler;
     rw->discover_ev.data = rw;
     rw->discover_ev.log = ngx_cycle->log;
@@ -2583,10 +3018,7 @@ void ngx_http_sse_redis_worker_exit(ngx_http_sse_zone_worker_t *zw) {
     if (rw->check_ev.timer_set) {
         ngx_del_timer(&rw->check_ev);
     }
-    if (rw->resolving != NULL) {
-        ngx_resolve_name_done(rw->resolving);
-        rw->resolving = NULL;
-    }
+    ngx_http_sse_redis_hosts_exit(rw);
     ngx_http_sse_redis_close(&rw->sentinel, NULL);
     ngx_http_sse_redis_close(&rw->ask, NULL);
     ngx_http_sse_redis_close(&rw->cmd, NULL);
@@ -2665,6 +3097,46 @@ struct ngx_http_sse_redis_publish_t {
 
 static void ngx_http_sse_redis_publish_send(ngx_http_sse_redis_publish_t *p);
 static void ngx_http_sse_redis_retry(ngx_event_t *ev);
+
+// A primary that refuses writes because fewer replicas than its
+// min-replicas-to-write are in sync (NOREPLICAS): nothing of the script
+// ran (its first write was refused). The 503 and last_error say it
+// plainly; the machine logs it once until a publish goes through again.
+static void ngx_http_sse_redis_refused(ngx_http_sse_redis_worker_t *rw,
+                                       redisReply *r, std::string &why) {
+    if (r == NULL || !ngx_http_sse_redis_is_error(r, "NOREPLICAS")) {
+        return;
+    }
+    why =
+        "the primary refuses writes (NOREPLICAS): fewer replicas in sync "
+        "than its min-replicas-to-write";
+    ngx_http_sse_redis_set_error(rw->zw->zone, why.c_str());
+    sse::external_stats &x = sse::store::ext(rw->zw->zone->root);
+    if (!(__atomic_fetch_or(&x.told,
+                            (uint32_t)NGX_HTTP_SSE_REDIS_TOLD_NOREPLICAS,
+                            __ATOMIC_RELAXED) &
+          NGX_HTTP_SSE_REDIS_TOLD_NOREPLICAS)) {
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "sse: zone \"%V\": %s; publishes get 503 until its "
+                      "replicas are back",
+                      &rw->zw->zone->shm_zone->shm.name, why.c_str());
+    }
+}
+
+// Redis stored a publish: a refusal told before is over.
+static void ngx_http_sse_redis_accepted(ngx_http_sse_redis_worker_t *rw) {
+    sse::external_stats &x = sse::store::ext(rw->zw->zone->root);
+    if ((__atomic_load_n(&x.told, __ATOMIC_RELAXED) &
+         NGX_HTTP_SSE_REDIS_TOLD_NOREPLICAS) &&
+        (__atomic_fetch_and(&x.told,
+                            ~(uint32_t)NGX_HTTP_SSE_REDIS_TOLD_NOREPLICAS,
+                            __ATOMIC_RELAXED) &
+         NGX_HTTP_SSE_REDIS_TOLD_NOREPLICAS)) {
+        ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                      "sse: zone \"%V\": the primary accepts writes again",
+                      &rw->zw->zone->shm_zone->shm.name);
+    }
+}
 static void ngx_http_sse_redis_load_reply(ngx_http_sse_redis_conn_t *rc,
                                           void *data, redisReply *r,
                                           const char *err);
@@ -2788,6 +3260,7 @@ static void ngx_http_sse_redis_publish_reply(ngx_http_sse_redis_conn_t *rc,
                   ? std::string(r->str, r->len)
                   : std::string(err ? err : "unexpected reply");
         __atomic_fetch_add(&x.publish_errors, p->events, __ATOMIC_RELAXED);
+        ngx_http_sse_redis_refused(rw, r, why);
         if (r == NULL) {
             // Connection trouble: publishes fail fast for a moment rather
             // than each waiting for its own timeout.
@@ -2797,6 +3270,7 @@ static void ngx_http_sse_redis_publish_reply(ngx_http_sse_redis_conn_t *rc,
         }
     } else {
         uint64_t rtt_us = ngx_http_sse_redis_now_us() - p->start_us;
+        ngx_http_sse_redis_accepted(rw);
         if (!p->remove) {
             __atomic_fetch_add(&x.publishes, p->events, __ATOMIC_RELAXED);
             __atomic_fetch_add(&x.rtt_us_total, rtt_us * p->events,
@@ -3167,4 +3641,15 @@ void ngx_http_sse_redis_figures(ngx_http_sse_zone_t *z,
     uint64_t total = __atomic_load_n(&x.rtt_us_total, __ATOMIC_RELAXED);
     f->rtt_avg_us = f->publishes ? total / f->publishes : 0;
     f->rtt_last_us = __atomic_load_n(&x.rtt_us_last, __ATOMIC_RELAXED);
+    f->sentinels = z->redis->sentinels ? z->redis->sentinels->nelts : 0;
+    f->sentinels_answered =
+        __atomic_load_n(&x.sentinels_answered, __ATOMIC_RELAXED);
+    uint64_t confirmed =
+        __atomic_load_n(&x.sentinel_confirmed_ms, __ATOMIC_RELAXED);
+    // Another process may have stored a time a little ahead of ours.
+    uint64_t now = ngx_current_msec;
+    f->sentinel_confirmed_ago_ms = confirmed == 0 ? -1
+                                   : confirmed > now
+                                       ? 0
+                                       : (int64_t)(now - confirmed);
 }

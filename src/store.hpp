@@ -153,6 +153,13 @@ struct external_stats {
     uint64_t rtt_us_total;  // of the publishes' round trips
     uint64_t rtt_us_last;
     char last_error[120];  // NUL-terminated
+    // Redis Sentinel: how many sentinels answered the last check, when
+    // one last answered and when one last named the primary in use
+    // (ngx_current_msec, 0: never), and which one-time lines are out.
+    uint32_t sentinels_answered;
+    uint32_t told;  // bits, see the glue
+    uint64_t sentinel_answered_ms;
+    uint64_t sentinel_confirmed_ms;
 };
 
 // The zone's root: private to the engine (src/store_layout.hpp); the glue
