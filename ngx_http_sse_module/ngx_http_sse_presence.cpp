@@ -23,7 +23,7 @@ bool ngx_http_sse_publish_internal(ngx_http_sse_zone_t *z,
         // wait for), never committed here with a seq of our own.
         std::string err;
         try {
-            return ngx_http_sse_redis_publish(zw, channel, event, data,
+            return ngx_http_sse_redis_publish(zw, channel, {{event, data}},
                                               buffer_length, ttl, NULL, NULL,
                                               &err) != NULL;
         } catch (const std::exception &) {

@@ -23,11 +23,14 @@ struct ngx_http_sse_publish_ctx_t {
 };
 
 // A publish into a Redis zone: answered once Redis has stored the event
-// (or could not). A stream's events go one at a time, so that it stops at
-// the first one that cannot be stored. Freed by r->pool's cleanup.
+// (or could not). A stream's events go in groups, one group at a time
+// (what was queued, up to NGX_HTTP_SSE_REDIS_GROUP_*), each stored whole
+// or not at all, so that it stops at the first group that cannot be
+// stored and knows how many were. Freed by r->pool's cleanup.
 struct ngx_http_sse_redis_wait_t {
     ngx_http_request_t *r;
     void *inflight;  // the Redis command's handle
+    size_t sending;  // events in flight
     std::deque<std::pair<std::string, std::string>> queue;  // event, data
     std::string error;     // Redis failed: 503 once nothing is in flight
     std::string fault;     // malformed stream: 400 once the queue drains
@@ -485,13 +488,24 @@ static ngx_int_t ngx_http_sse_redis_pump(ngx_http_request_t *r) {
         "; " + std::to_string(ctx->published) + " published before it";
     if (w->error.empty() && !w->queue.empty()) {
         ngx_http_sse_zone_t *z = ngx_http_sse_loc_zone(r, lcf);
-        auto &[event, data] = w->queue.front();
+        ngx_http_sse_event_list group;
+        size_t bytes = 0;
+        for (auto &[event, data] : w->queue) {
+            bytes += event.size() + data.size();
+            if (!group.empty() &&
+                (group.size() == NGX_HTTP_SSE_REDIS_GROUP_EVENTS ||
+                 bytes > NGX_HTTP_SSE_REDIS_GROUP_BYTES)) {
+                break;
+            }
+            group.emplace_back(event, data);
+        }
         w->inflight = ngx_http_sse_redis_publish(
             ngx_http_sse_zone_worker(z),
             {reinterpret_cast<char *>(ctx->channel.data), ctx->channel.len},
-            event, data, lcf->buffer_length, lcf->message_ttl,
+            group, lcf->buffer_length, lcf->message_ttl,
             ngx_http_sse_redis_done, w, &w->error);
-        w->queue.pop_front();
+        w->sending = group.size();
+        w->queue.erase(w->queue.begin(), w->queue.begin() + group.size());
         if (w->inflight != NULL) {
             return NGX_AGAIN;
         }
@@ -537,7 +551,7 @@ static void ngx_http_sse_redis_done(void *data, bool ok, uint64_t epoch,
             if (ok) {
                 ctx->epoch = epoch;
                 ctx->last_seq = seq;
-                ctx->published++;
+                ctx->published += w->sending;
                 auto *lcf = static_cast<ngx_http_sse_loc_conf_t *>(
                     ngx_http_get_module_loc_conf(r, ngx_http_sse_module));
                 auto s = ngx_http_sse_session(ngx_http_sse_loc_zone(r, lcf));
@@ -763,6 +777,13 @@ static void ngx_http_sse_stream_step(ngx_http_request_t *r, bool read) {
                 break;
             }
             if (read) {
+                if (!r->reading_body) {
+                    // The body is all read (maybe with the head: nginx then
+                    // has no body buffer, and reading on would crash); a
+                    // Redis reply answers the request.
+                    rc = NGX_AGAIN;
+                    break;
+                }
                 rc = ngx_http_read_unbuffered_request_body(r);
                 if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
                     break;

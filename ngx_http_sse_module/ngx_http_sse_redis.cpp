@@ -28,8 +28,8 @@
 // L = 0, which no event has: every machine removes the channel at that
 // point of the order, ending its streams with sse-error "deleted". The
 // channel's stream is deleted; :chans keeps the channel with the delete's
-// seq, so a machine repairing per channel finds nothing left and ends
-// those streams with a gap.
+// seq, so a machine whose repair the log no longer covers ends those
+// streams with a gap.
 //
 // Only one worker per machine (the bus leader, claimed in the zone) holds
 // the SUBSCRIBE connection and commits what it hears, in seq order. The
@@ -47,8 +47,11 @@ extern "C" {
 
 #include <algorithm>
 #include <deque>
+#include <map>
 #include <memory>
 
+// How long a measured offset to Redis's clock is used (ms).
+#define NGX_HTTP_SSE_REDIS_CLOCK_AGE 60000
 #define NGX_HTTP_SSE_REDIS_DEFAULT_PORT 6379
 #define NGX_HTTP_SSE_REDIS_SENTINEL_PORT 26379
 // A script that met a slot half migrated (TRYAGAIN) is sent again after
@@ -122,36 +125,86 @@ struct ngx_http_sse_redis_conf_t {
     "  redis.call('SET', KEYS[2], e)\n"                                 \
     "end\n"
 
-// KEYS: epoch seq stream chans bus log subs alive; ARGV: local epoch,
-// local seq, channel, body, maxlen, ttl ms, this machine's id. Returns
-// {epoch, seq, the channel's subscribers on the other live machines}.
-static const char ngx_http_sse_redis_publish_lua[] = NGX_HTTP_SSE_REDIS_PROLOGUE
-    "s = redis.call('INCR', KEYS[2])\n"
-    "local sid = string.format('%.0f', s)\n"
-    "local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)\n"
-    "local p = '0'\n"
-    "if #last > 0 then p = string.match(last[1][1], '^(%d+)') end\n"
-    "redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[5], sid .. '-1',\n"
-    "           'p', p, 'l', ARGV[5], 't', ARGV[6], 'd', ARGV[4])\n"
-    "redis.call('PEXPIRE', KEYS[3], ARGV[6])\n"
-    "redis.call('XADD', KEYS[6], 'MAXLEN', '~', " NGX_HTTP_SSE_REDIS_LOG_LENGTH
-    ", sid .. '-1',\n"
-    "           'c', ARGV[3], 'l', ARGV[5], 't', ARGV[6], 'd', ARGV[4])\n"
-    "redis.call('ZADD', KEYS[4], s, ARGV[3])\n"
-    "redis.call('ZREMRANGEBYRANK', KEYS[4], 0, "
+// A group commit: the publishes one worker had ready in one turn of its
+// event loop, in one call, all stored or none. KEYS: epoch seq chans bus
+// log alive (the machines' liveness hash), then each event's stream, then
+// the count keys of the events counted; ARGV: local epoch, local seq,
+// cut-off, this machine's id, then five per event: channel, body, maxlen,
+// ttl ms, and the index in KEYS of its channel's count key ('0': not
+// counted; the caller marks the last event of each request that waits
+// for an answer). Each event gets the next seq, in the order given, and
+// the same effects as a publish alone: stream and log entries, the
+// channel's place in chans, a notification on the bus. Returns one result
+// per event, {epoch, seq}, with a third element for a counted event: the
+// channel's subscribers on the other live machines (each count key read
+// once per call). The cut-off (0: none) is when, by Redis's clock, the
+// worker gives up waiting (ngx_http_sse_redis_fence): a call that reaches
+// Redis later does nothing, its publishers having had their 503.
+static const char ngx_http_sse_redis_publish_lua[] =
+    "if ARGV[3] ~= '0' then\n"
+    "  local t = redis.call('TIME')\n"
+    "  if tonumber(t[1]) * 1000000 + tonumber(t[2]) >= tonumber(ARGV[3])\n"
+    "  then\n"
+    "    return redis.error_reply('TIMEOUT reached Redis after "
+    "redis_timeout')\n"
+    "  end\n"
+    "end\n" NGX_HTTP_SSE_REDIS_PROLOGUE
+    "local n = (#ARGV - 4) / 5\n"
+    "local first = redis.call('INCRBY', KEYS[2], n) - n\n"
+    // The streams this call wrote: {newest sid, its seq, channel, ttl}.
+    // Their expiry and place in chans are set once, after the loop, to
+    // what they would be after the last event (no one sees in between).
+    "local seen = {}\n"
+    "local out = {}\n"
+    "local counted, me, ak = {}, ARGV[4], KEYS[6]\n"
+    "for i = 1, n do\n"
+    "  local k, a = KEYS[6 + i], 5 * i\n"
+    "  local c, d, l, t = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]\n"
+    // ---- one event
+    "  local sid = string.format('%.0f', first + i)\n"
+    "  local p = seen[k] and seen[k][1]\n"
+    "  if not p then\n"
+    "    local last = redis.call('XREVRANGE', k, '+', '-', 'COUNT', 1)\n"
+    "    p = '0'\n"
+    "    if #last > 0 then p = string.match(last[1][1], '^(%d+)') end\n"
+    "  end\n"
+    "  seen[k] = {sid, first + i, c, t}\n"
+    "  redis.call('XADD', k, 'MAXLEN', l, sid .. '-1',\n"
+    "             'p', p, 'l', l, 't', t, 'd', d)\n"
+    "  redis.call('XADD', KEYS[5], 'MAXLEN', "
+    "'~', " NGX_HTTP_SSE_REDIS_LOG_LENGTH
+    ",\n"
+    "             sid .. '-1', 'c', c, 'l', l, 't', t, 'd', d)\n"
+    "  redis.call('PUBLISH', KEYS[4], e .. ' ' .. sid .. ' ' .. p .. ' ' ..\n"
+    "             l .. ' ' .. t .. ' ' .. #c .. ' ' .. c .. d)\n"
+    // The channel's subscribers on the other live machines, once per
+    // count key.
+    "  local ck, o = KEYS[tonumber(ARGV[a + 4])], nil\n"
+    "  if ck then\n"
+    "    o = counted[ck]\n"
+    "    if not o then\n"         //
+    NGX_HTTP_SSE_REDIS_COUNT_LUA  //
+    "      o = subs\n"
+    "      counted[ck] = o\n"
+    "    end\n"
+    "  end\n"
+    "  out[i] = {e, sid, o}\n"
+    // ---- end of one event
+    "end\n"
+    "for k, v in pairs(seen) do\n"
+    "  redis.call('PEXPIRE', k, v[4])\n"
+    "  redis.call('ZADD', KEYS[3], v[2], v[3])\n"
+    "end\n"
+    // The newest seqs are this call's: the same channels stay as when
+    // trimmed after each event.
+    "redis.call('ZREMRANGEBYRANK', KEYS[3], 0, "
     "-" NGX_HTTP_SSE_REDIS_MAX_CHANNELS
     " - 1)\n"
-    "redis.call('PUBLISH', KEYS[5], e .. ' ' .. sid .. ' ' .. p .. ' ' ..\n"
-    "           ARGV[5] .. ' ' .. ARGV[6] .. ' ' .. #ARGV[3] .. ' ' ..\n"
-    "           ARGV[3] .. ARGV[4])\n"
-    // The channel's subscribers on the other live machines.
-    "local ck, ak, me = KEYS[7], KEYS[8], ARGV[7]\n"  //
-    NGX_HTTP_SSE_REDIS_COUNT_LUA                      //
-    "return {e, sid, subs}\n";
+    "return out\n";
 
-// KEYS: as for a publish; ARGV: local epoch, local seq, channel, this
-// machine's id. Returns {epoch, seq, 1 when the channel's stream existed,
-// its subscribers on the other live machines}.
+// KEYS: epoch seq stream chans bus log subs alive; ARGV: local epoch,
+// local seq, channel, this machine's id. Returns {epoch, seq, 1 when the
+// channel's stream existed, its subscribers on the other live machines}.
 static const char ngx_http_sse_redis_delete_lua[] = NGX_HTTP_SSE_REDIS_PROLOGUE
     "local existed = redis.call('EXISTS', KEYS[3])\n"
     "s = redis.call('INCR', KEYS[2])\n"
@@ -208,10 +261,35 @@ struct ngx_http_sse_redis_cmd_t {
 // A Redis node by address (MOVED, ASK, a sentinel's answer).
 struct ngx_http_sse_redis_node_t {
     ngx_sockaddr_t sa;
-    socklen_t len;  // 0: none
+    socklen_t len;  // 0: none, or a hostname not resolved yet
     std::string name;
     ngx_str_t str;
+    // A Redis Cluster node announced by hostname (empty: by address).
+    std::string host;
+    in_port_t port;
 };
+
+// What a lookup with nginx's resolver is for.
+enum ngx_http_sse_redis_lookup_e {
+    NGX_HTTP_SSE_REDIS_LOOKUP_PRIMARY = 0,  // the sentinels' primary
+    NGX_HTTP_SSE_REDIS_LOOKUP_MOVED,        // rw->moved, for rw->cmd
+    NGX_HTTP_SSE_REDIS_LOOKUP_ASK,          // rw->asked, for rw->ask
+    NGX_HTTP_SSE_REDIS_LOOKUPS
+};
+
+// A hostname being resolved.
+struct ngx_http_sse_redis_lookup_t {
+    ngx_resolver_ctx_t *ctx;  // NULL: none under way
+    std::string what;         // "sentinel HOST:PORT names the primary"...
+    std::string by;           // the sentinel: "sentinel HOST:PORT"
+    std::string name;         // "NAME:PORT"
+    in_port_t port;
+};
+
+// Bits of external_stats::told: lines a machine logs once per zone.
+#define NGX_HTTP_SSE_REDIS_TOLD_NO_RESOLVER 1
+#define NGX_HTTP_SSE_REDIS_TOLD_NO_SENTINEL 2
+#define NGX_HTTP_SSE_REDIS_TOLD_NOREPLICAS 4
 
 struct ngx_http_sse_redis_worker_t;
 
@@ -224,11 +302,22 @@ struct ngx_http_sse_redis_conn_t {
     std::string out;
     std::deque<ngx_http_sse_redis_cmd_t> pending;
     ngx_event_t timer;
+    // connect() or send() failed inside the call that queued a command:
+    // the close runs from this posted event (see ngx_http_sse_redis_break).
+    ngx_event_t broken;
+    const char *broken_err;
     uint64_t life;  // bumped by each close: stale callers notice
     bool connecting;
     bool connected;
     bool discovering;  // connecting, waiting for the sentinels' answer
+                       // (or for a cluster node's hostname to resolve)
     std::string node;  // Sentinel: the primary it was connected to
+    // A node named by hostname (its address is cached): forgotten when
+    // the connection fails, so that the name is looked up again.
+    bool by_host;
+    // A sentinel probe: asks that sentinel only, and fails quietly (the
+    // census counts it).
+    ngx_addr_t *probe;
     // Pub/sub messages (the bus connection only).
     void (*on_message)(ngx_http_sse_redis_worker_t *rw, redisReply *r);
     void (*on_close)(ngx_http_sse_redis_worker_t *rw, const char *err);
@@ -256,20 +345,33 @@ struct ngx_http_sse_redis_worker_t {
     // Sentinel: the primary they named (len 0: ask them), which of them is
     // asked, how many were asked this round.
     ngx_http_sse_redis_node_t primary;
+    // The primary a sentinel named last, and whether any sentinel
+    // answered (anything) in this discovery: with none reachable, the
+    // connections go back to it.
+    ngx_http_sse_redis_node_t last_primary;
+    bool sentinel_heard;
     ngx_uint_t sentinel_i;
     ngx_uint_t sentinel_tries;
     bool discovering;
-    bool checking;      // a periodic question, nobody waits for it
-    bool check_warned;  // a failed check was logged (once until one works)
-    bool moving;        // closing connections left on an old primary
+    bool checking;  // a periodic question, nobody waits for it
+    bool moving;    // closing connections left on an old primary
     ngx_event_t discover_ev;
     ngx_event_t check_ev;
-    // A primary named by hostname being resolved (nginx's resolver).
-    ngx_resolver_ctx_t *resolving;
-    std::string resolve_who;   // "sentinel HOST:PORT"
-    std::string resolve_name;  // "NAME:PORT"
-    in_port_t resolve_port;
-    std::string keys[6];  // epoch seq chans bus, the stream prefix, log
+    // Hostnames being resolved (nginx's resolver): a primary the
+    // sentinels name, a cluster node of a MOVED or an ASK.
+    ngx_http_sse_redis_lookup_t lookups[NGX_HTTP_SSE_REDIS_LOOKUPS];
+    ngx_event_t lookup_ev;  // starts the lookups connections wait for
+    // Cluster nodes named by hostname, as resolved ("NAME:PORT").
+    std::map<std::string, std::pair<ngx_sockaddr_t, socklen_t>> hosts;
+    // The census: every check asks each sentinel on a connection of its
+    // own (probes), to show how many answer.
+    std::vector<std::unique_ptr<struct ngx_http_sse_redis_conn_t>> probes;
+    ngx_uint_t census_left;  // replies still awaited this round
+    ngx_uint_t census_answered;
+    std::string census_why;  // why the last one failed
+    ngx_log_t quiet_log;     // nginx's own connect errors of probes
+    std::string told;        // an error logged once: not again on close
+    std::string keys[6];     // epoch seq chans bus, the stream prefix, log
     ngx_http_sse_redis_conn_t cmd;
     ngx_http_sse_redis_conn_t bus;
     ngx_http_sse_redis_conn_t ask;       // to the node of an ASK
@@ -285,14 +387,34 @@ struct ngx_http_sse_redis_worker_t {
     ngx_event_t bus_timer;  // reconnects and pings
     uint64_t sync_gen;
     std::vector<ngx_http_sse_redis_event_t> heard;  // held while repairing
-    std::vector<ngx_http_sse_redis_event_t> fetched;
-    uint64_t fetch_from;
+    size_t heard_bytes;   // of heard's bodies: bounded while repairing
+    uint64_t fetch_from;  // the zone's seq when the repair started
+    uint64_t fetch_next;  // the seq the next page of the log starts at
     uint64_t sync_epoch;
-    uint64_t sync_seq;  // Redis's newest when we subscribed
-    bool check_newest;  // the log's first entry is our newest: compare
-    ngx_uint_t fetch_left;
+    uint64_t sync_seq;      // Redis's newest when we subscribed
+    bool check_newest;      // the log's first entry is our newest: compare
+    bool fresh;             // nothing held of sync_epoch: a trimmed log is no
+                            // hole, only where this machine's history starts
+    uint64_t hole_to;       // a hole in the log being marked gone, up to
+    std::string hole_min;   // where its next page of :chans starts
+    uint64_t stall_seq;     // the zone's seq when the bus last had a hole
     ngx_event_t commit_ev;  // commits what the bus said, once per burst
     std::string sha;        // of the publish script
+    // Script calls not sent yet, in order: publishes gathered in this turn
+    // of the event loop (a group commit; the last may take more), deletes.
+    // flush_ev (posted) sends them at the end of the turn.
+    std::vector<struct ngx_http_sse_redis_publish_t *> calls;
+    ngx_event_t flush_ev;
+    // Redis's clock (TIME, us) minus our monotonic one, at most: asked on
+    // the first command connection (publishes wait for it) and again on
+    // each new one (life clock_life), and every minute (clock_at): two
+    // hosts' clocks drift apart by up to tens of ppm, seconds in a week.
+    int64_t clock_off_us;
+    uint64_t clock_life;
+    ngx_msec_t clock_at;
+    bool clock_known;
+    bool clock_probing;
+    bool clock_fence;  // the cut-off can be worked out (see fence)
 };
 
 static uint64_t ngx_http_sse_redis_now_us() {
@@ -404,10 +526,18 @@ char *ngx_http_sse_redis_parse(ngx_conf_t *cf, ngx_http_sse_zone_t *z,
             return (char *)NGX_CONF_ERROR;
         }
     }
+    // What `nginx -t` prints of a URL it refuses: no password either.
+    std::string shown(reinterpret_cast<char *>(url->data), url->len);
+    size_t scheme_end = shown.find("://");
+    size_t last_at = shown.rfind('@');
+    if (scheme_end != std::string::npos && last_at != std::string::npos &&
+        last_at > scheme_end) {
+        shown.replace(scheme_end + 3, last_at - scheme_end - 3, "***");
+    }
     auto bad = [&](const char *why) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid redis URL \"%V\" in \"sse_zone\": %s", url,
-                           why);
+                           "invalid redis URL \"%s\" in \"sse_zone\": %s",
+                           shown.c_str(), why);
         return (char *)NGX_CONF_ERROR;
     };
     u_char *p = url->data, *end = url->data + url->len;
@@ -629,6 +759,29 @@ static void ngx_http_sse_redis_timer(ngx_event_t *ev);
 static void ngx_http_sse_redis_flush(ngx_http_sse_redis_conn_t *rc);
 static bool ngx_http_sse_redis_connected(ngx_http_sse_redis_conn_t *rc);
 
+static void ngx_http_sse_redis_close(ngx_http_sse_redis_conn_t *rc,
+                                     const char *err);
+
+static void ngx_http_sse_redis_broken(ngx_event_t *ev) {
+    auto *rc = static_cast<ngx_http_sse_redis_conn_t *>(ev->data);
+    ngx_http_sse_redis_close(rc, rc->broken_err);
+}
+
+// connect() or send() failed at once, inside a call that queues a
+// command: its callers (a publish being sent, a request handler) expect no
+// reply before it returns, so the close and the commands' failure handlers
+// wait for a posted event of this turn. Meanwhile the connection counts
+// as connecting: further commands queue behind it and fail with it.
+static void ngx_http_sse_redis_break(ngx_http_sse_redis_conn_t *rc,
+                                     const char *err) {
+    rc->connected = false;
+    rc->connecting = true;
+    rc->broken_err = err;
+    if (!rc->broken.posted) {
+        ngx_post_event(&rc->broken, &ngx_posted_events);
+    }
+}
+
 static void ngx_http_sse_redis_conn_init(ngx_http_sse_redis_conn_t *rc,
                                          ngx_http_sse_redis_worker_t *rw,
                                          const char *role) {
@@ -638,6 +791,29 @@ static void ngx_http_sse_redis_conn_init(ngx_http_sse_redis_conn_t *rc,
     rc->timer.data = rc;
     rc->timer.log = ngx_cycle->log;
     rc->timer.cancelable = 1;
+    rc->broken.handler = ngx_http_sse_redis_broken;
+    rc->broken.data = rc;
+    rc->broken.log = ngx_cycle->log;
+}
+
+static void ngx_http_sse_redis_node_clear(ngx_http_sse_redis_node_t &node) {
+    node.len = 0;
+    node.name.clear();
+    node.host.clear();
+    node.str.len = 0;
+}
+
+// nginx's resolver has no server ("resolver" not set).
+static bool ngx_http_sse_redis_no_resolver(ngx_http_sse_redis_conf_t *conf) {
+    ngx_resolver_t *r = conf->clcf->resolver;
+    return r == NULL || r->connections.nelts == 0;
+}
+
+// The cluster redirects to a node named by hostname and there is no
+// resolver: the redirection is kept (going back to the configured node
+// would only be told the same, and log it, again and again).
+static bool ngx_http_sse_redis_stuck(ngx_http_sse_redis_worker_t *rw) {
+    return !rw->moved.host.empty() && ngx_http_sse_redis_no_resolver(rw->conf);
 }
 
 // Fails every pending command with err and closes the socket; callers may
@@ -646,10 +822,16 @@ static void ngx_http_sse_redis_close(ngx_http_sse_redis_conn_t *rc,
                                      const char *err) {
     bool was = rc->connecting || rc->connected || !rc->pending.empty();
     rc->life++;
+    if (rc->broken.posted) {
+        ngx_delete_posted_event(&rc->broken);
+    }
     if (rc->pc.connection != NULL) {
         ngx_connection_t *c = rc->pc.connection;
         if (c->ssl != NULL) {
+            // Quiet: a close_notify that cannot be sent at once would keep
+            // the TLS state past this close (and leak it).
             c->ssl->no_wait_shutdown = 1;
+            c->ssl->no_send_shutdown = 1;
             (void)ngx_ssl_shutdown(c);
         }
         ngx_pool_t *pool = c->pool;
@@ -669,10 +851,19 @@ static void ngx_http_sse_redis_close(ngx_http_sse_redis_conn_t *rc,
     rc->connecting = rc->connected = rc->discovering = false;
     rc->out.clear();
     ngx_http_sse_redis_worker_t *rw = rc->rw;
-    if (rc == &rw->cmd && err != NULL && ngx_strncmp(err, "MOVED ", 6)) {
+    if (rc->by_host && err != NULL && ngx_strncmp(err, "MOVED ", 6)) {
+        // The name may point elsewhere now: looked up again.
+        rw->hosts.erase(rc->node);
+        if (rc == &rw->ask) {
+            rw->asked.len = 0;
+        }
+    }
+    rc->by_host = false;
+    if (rc == &rw->cmd && err != NULL && ngx_strncmp(err, "MOVED ", 6) &&
+        !ngx_http_sse_redis_stuck(rw)) {
         // A node we were redirected to may be gone (cluster failover): ask
         // the configured one again, which redirects us to the new primary.
-        rw->moved.len = 0;
+        ngx_http_sse_redis_node_clear(rw->moved);
     }
     if ((rc == &rw->cmd || rc == &rw->bus) && err != NULL &&
         rw->conf->sentinels != NULL && !rw->moving) {
@@ -681,7 +872,11 @@ static void ngx_http_sse_redis_close(ngx_http_sse_redis_conn_t *rc,
     }
     std::deque<ngx_http_sse_redis_cmd_t> failed;
     failed.swap(rc->pending);
-    if (was && err != NULL && !ngx_exiting && !ngx_terminate) {
+    // Probes and periodic checks fail quietly: the census says when no
+    // sentinel answers. An error told once is not told again.
+    bool quiet = rc->probe != NULL || (rc == &rw->sentinel && rw->checking) ||
+                 (err != NULL && !rw->told.empty() && rw->told == err);
+    if (was && err != NULL && !quiet && !ngx_exiting && !ngx_terminate) {
         // Leaving an old primary is no fault, nor a sentinel closing the
         // connection kept open between questions.
         bool benign = rw->moving || (rc == &rw->sentinel && failed.empty());
@@ -838,7 +1033,8 @@ static void ngx_http_sse_redis_connect_peer(ngx_http_sse_redis_conn_t *rc) {
     ngx_int_t rv = ngx_event_connect_peer(&rc->pc);
     if (rv == NGX_ERROR || rv == NGX_BUSY || rv == NGX_DECLINED) {
         // nginx closed the socket and logged why.
-        ngx_http_sse_redis_close(rc, "connect() failed");
+        rc->pc.connection = NULL;
+        ngx_http_sse_redis_break(rc, "connect() failed");
         return;
     }
     ngx_connection_t *c = rc->pc.connection;
@@ -848,10 +1044,32 @@ static void ngx_http_sse_redis_connect_peer(ngx_http_sse_redis_conn_t *rc) {
     c->log = ngx_cycle->log;
     c->read->log = c->log;
     c->write->log = c->log;
-    if (rv == NGX_OK && ngx_http_sse_redis_connected(rc)) {
-        ngx_http_sse_redis_flush(rc);
+    if (rv == NGX_OK) {
+        // Connected at once: the write handler goes on from here, on this
+        // turn but not inside this call (see ngx_http_sse_redis_break).
+        ngx_post_event(c->write, &ngx_posted_events);
     }
     // NGX_AGAIN: the write event says when the connect is done.
+}
+
+// Points rc at a cluster node (MOVED, ASK); false when it is named by a
+// hostname not resolved yet.
+static bool ngx_http_sse_redis_node_addr(ngx_http_sse_redis_conn_t *rc,
+                                         ngx_http_sse_redis_node_t &node) {
+    ngx_http_sse_redis_worker_t *rw = rc->rw;
+    if (!node.host.empty()) {
+        rc->node = node.name;
+        rc->by_host = true;
+        auto it = rw->hosts.find(node.name);
+        if (node.len == 0 && it != rw->hosts.end()) {
+            node.sa = it->second.first;
+            node.len = it->second.second;
+        }
+    }
+    rc->pc.sockaddr = &node.sa.sockaddr;
+    rc->pc.socklen = node.len;
+    rc->pc.name = &node.str;
+    return node.len != 0;
 }
 
 static void ngx_http_sse_redis_connect(ngx_http_sse_redis_conn_t *rc) {
@@ -861,33 +1079,38 @@ static void ngx_http_sse_redis_connect(ngx_http_sse_redis_conn_t *rc) {
     bool wait = false;
     // The bus stays on the configured node: a cluster's PUBLISH reaches
     // every node. With Sentinel, both go to the primary they name.
+    bool sentinel = rc == &rw->sentinel || rc->probe != NULL;
     if (rc == &rw->sentinel) {
         auto *a =
             static_cast<ngx_addr_t *>(conf->sentinels->elts) + rw->sentinel_i;
         rc->pc.sockaddr = a->sockaddr;
         rc->pc.socklen = a->socklen;
         rc->pc.name = &a->name;
+    } else if (rc->probe != NULL) {
+        rc->pc.sockaddr = rc->probe->sockaddr;
+        rc->pc.socklen = rc->probe->socklen;
+        rc->pc.name = &rc->probe->name;
     } else if (rc == &rw->ask) {
-        rc->pc.sockaddr = &rw->asked.sa.sockaddr;
-        rc->pc.socklen = rw->asked.len;
-        rc->pc.name = &rw->asked.str;
+        wait = !ngx_http_sse_redis_node_addr(rc, rw->asked);
     } else if (conf->sentinels != NULL) {
         wait = rw->primary.len == 0;
         rc->node = rw->primary.name;
         rc->pc.sockaddr = &rw->primary.sa.sockaddr;
         rc->pc.socklen = rw->primary.len;
         rc->pc.name = &rw->primary.str;
-    } else if (rc == &rw->cmd && rw->moved.len != 0) {
-        rc->pc.sockaddr = &rw->moved.sa.sockaddr;
-        rc->pc.socklen = rw->moved.len;
-        rc->pc.name = &rw->moved.str;
+    } else if (rc == &rw->cmd &&
+               (rw->moved.len != 0 || !rw->moved.host.empty())) {
+        wait = !ngx_http_sse_redis_node_addr(rc, rw->moved);
     } else {
         rc->pc.sockaddr = conf->addr.sockaddr;
         rc->pc.socklen = conf->addr.socklen;
         rc->pc.name = &conf->url;
     }
     rc->pc.get = ngx_event_get_peer;
-    rc->pc.log = ngx_cycle->log;
+    // A sentinel that is down says so once a second: the census tells it.
+    rc->pc.log = rc->probe != NULL || (rc == &rw->sentinel && rw->checking)
+                     ? &rw->quiet_log
+                     : ngx_cycle->log;
     rc->pc.log_error = NGX_ERROR_ERR;
     rc->reader = redisReaderCreate();
     if (rc->reader == NULL) {
@@ -895,7 +1118,7 @@ static void ngx_http_sse_redis_connect(ngx_http_sse_redis_conn_t *rc) {
     }
     // The handshake goes before whatever is queued: AUTH, SELECT, and
     // with Sentinel a check that the node named is the primary.
-    if (rc != &rw->sentinel) {
+    if (!sentinel) {
         if (conf->sentinels != NULL) {
             ngx_http_sse_redis_push(rc, {"ROLE"}, ngx_http_sse_redis_role_reply,
                                     NULL, true);
@@ -914,10 +1137,16 @@ static void ngx_http_sse_redis_connect(ngx_http_sse_redis_conn_t *rc) {
     }
     rc->connecting = true;
     if (wait) {
-        // Connects when the sentinels answered (never from inside this
-        // call: callers expect no reply before it returns).
+        // Connects when the sentinels answered, or the node's hostname
+        // resolved (never from inside this call: callers expect no reply
+        // before it returns).
         rc->discovering = true;
-        ngx_http_sse_redis_discover(rw);
+        if (conf->sentinels != NULL) {
+            rw->checking = false;  // someone waits: failures are errors
+            ngx_http_sse_redis_discover(rw);
+        } else if (!rw->lookup_ev.posted) {
+            ngx_post_event(&rw->lookup_ev, &ngx_posted_events);
+        }
         return;
     }
     ngx_http_sse_redis_connect_peer(rc);
@@ -1014,6 +1243,9 @@ static void ngx_http_sse_redis_follow(ngx_http_sse_redis_worker_t *rw) {
 
 static void ngx_http_sse_redis_sentinel_failed(ngx_http_sse_redis_worker_t *rw,
                                                std::string why);
+static void ngx_http_sse_redis_sentinel_answered(
+    ngx_http_sse_redis_worker_t *rw, const std::string &who, bool confirms);
+static void ngx_http_sse_redis_census(ngx_http_sse_redis_worker_t *rw);
 
 // A sentinel (who) named node the primary.
 static void ngx_http_sse_redis_named(ngx_http_sse_redis_worker_t *rw,
@@ -1028,13 +1260,30 @@ static void ngx_http_sse_redis_named(ngx_http_sse_redis_worker_t *rw,
                       &rw->zw->zone->shm_zone->shm.name, who.c_str(),
                       &rw->primary.str, &rw->conf->master);
     }
-    rw->check_warned = false;
+    ngx_http_sse_redis_sentinel_answered(rw, who, true);
+    rw->last_primary = rw->primary;
+    rw->last_primary.str.data = (u_char *)&rw->last_primary.name[0];
     ngx_http_sse_redis_discovered(rw, NULL);
     ngx_http_sse_redis_follow(rw);
 }
 
+static void ngx_http_sse_redis_node_resolved(
+    ngx_http_sse_redis_worker_t *rw, ngx_uint_t which,
+    const ngx_http_sse_redis_node_t &node, const std::string &why);
+
+// A lookup ended: the sentinels' primary, or a cluster node.
 static void ngx_http_sse_redis_resolved(ngx_resolver_ctx_t *ctx) {
     auto *rw = static_cast<ngx_http_sse_redis_worker_t *>(ctx->data);
+    ngx_uint_t which = 0;
+    while (which < NGX_HTTP_SSE_REDIS_LOOKUPS &&
+           rw->lookups[which].ctx != ctx) {
+        which++;
+    }
+    if (which == NGX_HTTP_SSE_REDIS_LOOKUPS) {
+        ngx_resolve_name_done(ctx);  // cannot be: nobody waits for it
+        return;
+    }
+    ngx_http_sse_redis_lookup_t &lk = rw->lookups[which];
     std::string why;
     ngx_http_sse_redis_node_t node;
     node.len = 0;
@@ -1042,23 +1291,32 @@ static void ngx_http_sse_redis_resolved(ngx_resolver_ctx_t *ctx) {
         ctx->addrs[0].socklen <= sizeof(node.sa)) {
         ngx_memcpy(&node.sa, ctx->addrs[0].sockaddr, ctx->addrs[0].socklen);
         node.len = ctx->addrs[0].socklen;
-        ngx_inet_set_port(&node.sa.sockaddr, rw->resolve_port);
+        ngx_inet_set_port(&node.sa.sockaddr, lk.port);
         // Named as the sentinel names it: the same name is the same node.
-        node.name = rw->resolve_name;
+        node.name = lk.name;
         node.str.data = (u_char *)&node.name[0];
         node.str.len = node.name.size();
     } else {
-        why = rw->resolve_who + " names the primary " + rw->resolve_name +
+        why = lk.what + " " + lk.name +
               ", which does not resolve: " + ngx_resolver_strerror(ctx->state);
     }
     ngx_resolve_name_done(ctx);
-    rw->resolving = NULL;
+    lk.ctx = NULL;
+    if (which != NGX_HTTP_SSE_REDIS_LOOKUP_PRIMARY) {
+        try {
+            ngx_http_sse_redis_node_resolved(rw, which, node, why);
+        } catch (const std::exception &e) {
+            ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "sse: redis: %s",
+                          e.what());
+        }
+        return;
+    }
     if (!rw->discovering) {
         return;
     }
     try {
         if (node.len != 0) {
-            ngx_http_sse_redis_named(rw, rw->resolve_who, node);
+            ngx_http_sse_redis_named(rw, lk.by, node);
         } else {
             ngx_http_sse_redis_sentinel_failed(rw, why);
         }
@@ -1067,17 +1325,19 @@ static void ngx_http_sse_redis_resolved(ngx_resolver_ctx_t *ctx) {
     }
 }
 
-// The sentinel names the primary by hostname: resolved with nginx's
-// resolver (non-blocking), then as for an address. False, with why, when
-// it cannot be.
+// A node named by hostname (what: "sentinel H:P names the primary", or
+// "the cluster redirects to"): resolved with nginx's resolver
+// (non-blocking), then as for an address. False, with why, when it cannot
+// be.
 static bool ngx_http_sse_redis_resolve(ngx_http_sse_redis_worker_t *rw,
-                                       const std::string &who,
+                                       ngx_uint_t which,
+                                       const std::string &what,
                                        const std::string &host, int port,
                                        std::string *why) {
     std::string hp = host + ":" + std::to_string(port);
     ngx_resolver_t *resolver = rw->conf->clcf->resolver;
     if (port <= 0 || port > 65535 || host.empty()) {
-        *why = who + " names the primary " + hp + ", which is not an address";
+        *why = what + " " + hp + ", which is not an address";
         return false;
     }
     ngx_resolver_ctx_t *ctx = (ngx_resolver_ctx_t *)NGX_NO_RESOLVER;
@@ -1085,7 +1345,7 @@ static bool ngx_http_sse_redis_resolve(ngx_http_sse_redis_worker_t *rw,
         ctx = ngx_resolve_start(resolver, NULL);
     }
     if (ctx == (ngx_resolver_ctx_t *)NGX_NO_RESOLVER) {
-        *why = who + " names the primary " + hp +
+        *why = what + " " + hp +
                ", a hostname: set a \"resolver\" at the http level to follow "
                "it";
         return false;
@@ -1094,25 +1354,26 @@ static bool ngx_http_sse_redis_resolve(ngx_http_sse_redis_worker_t *rw,
         *why = "out of memory";
         return false;
     }
-    if (rw->resolving != NULL) {
+    ngx_http_sse_redis_lookup_t &lk = rw->lookups[which];
+    if (lk.ctx != NULL) {
         // An older lookup nobody waits for: its name is overwritten.
-        ngx_resolve_name_done(rw->resolving);
-        rw->resolving = NULL;
+        ngx_resolve_name_done(lk.ctx);
+        lk.ctx = NULL;
     }
-    rw->resolve_who = who;
-    rw->resolve_name = hp;
-    rw->resolve_port = (in_port_t)port;
-    // The name must outlive the lookup: rw->resolve_name holds it.
-    ctx->name.data = (u_char *)&rw->resolve_name[0];
+    lk.what = what;
+    lk.name = hp;
+    lk.port = (in_port_t)port;
+    // The name must outlive the lookup: lk.name holds it.
+    ctx->name.data = (u_char *)&lk.name[0];
     ctx->name.len = host.size();
     ctx->handler = ngx_http_sse_redis_resolved;
     ctx->data = rw;
     ngx_msec_t t = rw->conf->clcf->resolver_timeout;
     ctx->timeout = t == NGX_CONF_UNSET_MSEC ? rw->conf->timeout : t;
-    rw->resolving = ctx;
+    lk.ctx = ctx;
     if (ngx_resolve_name(ctx) != NGX_OK) {
-        rw->resolving = NULL;  // freed by nginx
-        *why = who + " names the primary " + hp + ": the resolver failed";
+        lk.ctx = NULL;  // freed by nginx
+        *why = what + " " + hp + ": the resolver failed";
         return false;
     }
     return true;
@@ -1131,6 +1392,9 @@ static void ngx_http_sse_redis_sentinel_reply(ngx_http_sse_redis_conn_t *rc,
     auto *a = static_cast<ngx_addr_t *>(conf->sentinels->elts) + rw->sentinel_i;
     std::string who = "sentinel " + ngx_http_sse_redis_str(a->name);
     std::string why;
+    if (r != NULL) {
+        rw->sentinel_heard = true;
+    }
     if (r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
         r->element[0]->type == REDIS_REPLY_STRING &&
         r->element[1]->type == REDIS_REPLY_STRING) {
@@ -1149,8 +1413,11 @@ static void ngx_http_sse_redis_sentinel_reply(ngx_http_sse_redis_conn_t *rc,
         int port =
             atoi(std::string(r->element[1]->str, r->element[1]->len).c_str());
         if (ngx_http_sse_redis_resolve(
-                rw, who, std::string(r->element[0]->str, r->element[0]->len),
-                port, &why)) {
+                rw, NGX_HTTP_SSE_REDIS_LOOKUP_PRIMARY,
+                who + " names the primary",
+                std::string(r->element[0]->str, r->element[0]->len), port,
+                &why)) {
+            rw->lookups[NGX_HTTP_SSE_REDIS_LOOKUP_PRIMARY].by = who;
             return;  // goes on in ngx_http_sse_redis_resolved
         }
     } else if (r != NULL && r->type == REDIS_REPLY_NIL) {
@@ -1166,6 +1433,120 @@ static void ngx_http_sse_redis_sentinel_reply(ngx_http_sse_redis_conn_t *rc,
     ngx_http_sse_redis_sentinel_failed(rw, why);
 }
 
+// ------------------------------------------------------------- census
+
+// After this many checks without any sentinel answering, a warning.
+#define NGX_HTTP_SSE_REDIS_SILENT_CHECKS 3
+
+// A sentinel (who) answered; confirms: it named the primary in use. The
+// first answer after the warning says so, once per machine.
+static void ngx_http_sse_redis_sentinel_answered(
+    ngx_http_sse_redis_worker_t *rw, const std::string &who, bool confirms) {
+    sse::external_stats &x = sse::store::ext(rw->zw->zone->root);
+    uint64_t now = ngx_current_msec;
+    __atomic_store_n(&x.sentinel_answered_ms, now, __ATOMIC_RELAXED);
+    if (confirms) {
+        __atomic_store_n(&x.sentinel_confirmed_ms, now, __ATOMIC_RELAXED);
+    }
+    uint32_t told = __atomic_load_n(&x.told, __ATOMIC_RELAXED);
+    if ((told & NGX_HTTP_SSE_REDIS_TOLD_NO_SENTINEL) &&
+        (__atomic_fetch_and(&x.told,
+                            ~(uint32_t)NGX_HTTP_SSE_REDIS_TOLD_NO_SENTINEL,
+                            __ATOMIC_RELAXED) &
+         NGX_HTTP_SSE_REDIS_TOLD_NO_SENTINEL)) {
+        ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                      "sse: zone \"%V\": %s answers again",
+                      &rw->zw->zone->shm_zone->shm.name, who.c_str());
+    }
+}
+
+// No sentinel answered for NGX_HTTP_SSE_REDIS_SILENT_CHECKS checks: one
+// warning per machine. Publishing goes on with the primary they named
+// last: no failover can happen through sentinels nobody reaches either.
+static void ngx_http_sse_redis_census_watch(ngx_http_sse_redis_worker_t *rw) {
+    sse::external_stats &x = sse::store::ext(rw->zw->zone->root);
+    uint64_t last = __atomic_load_n(&x.sentinel_answered_ms, __ATOMIC_RELAXED);
+    if (last == 0) {
+        // None ever answered on this machine: counted from now.
+        __atomic_compare_exchange_n(&x.sentinel_answered_ms, &last,
+                                    (uint64_t)ngx_current_msec, false,
+                                    __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+        return;
+    }
+    uint64_t silent = ngx_current_msec - last;
+    if (silent <=
+            NGX_HTTP_SSE_REDIS_SILENT_CHECKS * NGX_HTTP_SSE_REDIS_CHECK_MS ||
+        (__atomic_fetch_or(&x.told,
+                           (uint32_t)NGX_HTTP_SSE_REDIS_TOLD_NO_SENTINEL,
+                           __ATOMIC_RELAXED) &
+         NGX_HTTP_SSE_REDIS_TOLD_NO_SENTINEL)) {
+        return;
+    }
+    std::string primary = rw->primary.len != 0 ? rw->primary.name : "none yet";
+    ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                  "sse: zone \"%V\": no sentinel of \"%V\" has answered for "
+                  "%uLs (%s); publishing goes on with the primary they "
+                  "named last, %s",
+                  &rw->zw->zone->shm_zone->shm.name, &rw->conf->master,
+                  (uint64_t)(silent / 1000), rw->census_why.c_str(),
+                  primary.c_str());
+}
+
+static void ngx_http_sse_redis_census_reply(ngx_http_sse_redis_conn_t *rc,
+                                            void *data, redisReply *r,
+                                            const char *err) {
+    ngx_http_sse_redis_worker_t *rw = rc->rw;
+    std::string who = "sentinel " + ngx_http_sse_redis_str(rc->probe->name);
+    if (r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+        r->element[0]->type == REDIS_REPLY_STRING &&
+        r->element[1]->type == REDIS_REPLY_STRING) {
+        std::string hp(r->element[0]->str, r->element[0]->len);
+        if (hp.find(':') != std::string::npos) {
+            hp = "[" + hp + "]";
+        }
+        hp += ":" + std::string(r->element[1]->str, r->element[1]->len);
+        rw->census_answered++;
+        ngx_http_sse_redis_sentinel_answered(
+            rw, who, rw->primary.len != 0 && hp == rw->primary.name);
+        ngx_http_sse_redis_node_t node;
+        if (ngx_http_sse_redis_parse_node(hp, node)) {
+            // What to go back to should every sentinel become unreachable
+            // (a worker that never connected has no primary of its own).
+            rw->last_primary = node;
+            rw->last_primary.str.data = (u_char *)&rw->last_primary.name[0];
+        }
+    } else if (r != NULL && r->type == REDIS_REPLY_NIL) {
+        rw->census_why = who + " does not know the master";
+    } else if (r != NULL && r->type == REDIS_REPLY_ERROR) {
+        rw->census_why = who + ": " + std::string(r->str, r->len);
+    } else {
+        rw->census_why = who + ": " + (err ? err : "unexpected reply");
+    }
+    if (rw->census_left > 0 && --rw->census_left == 0) {
+        __atomic_store_n(
+            &sse::store::ext(rw->zw->zone->root).sentinels_answered,
+            (uint32_t)rw->census_answered, __ATOMIC_RELAXED);
+    }
+}
+
+// Each check asks every sentinel which node is the primary, on a
+// connection of its own, in parallel: sse_status shows how many answer.
+// A round waits for the last reply (redis_timeout bounds it).
+static void ngx_http_sse_redis_census(ngx_http_sse_redis_worker_t *rw) {
+    ngx_http_sse_redis_census_watch(rw);
+    if (rw->census_left != 0) {
+        return;
+    }
+    rw->census_left = rw->probes.size();
+    rw->census_answered = 0;
+    for (auto &probe : rw->probes) {
+        ngx_http_sse_redis_send(probe.get(),
+                                {"SENTINEL", "get-master-addr-by-name",
+                                 ngx_http_sse_redis_str(rw->conf->master)},
+                                ngx_http_sse_redis_census_reply, NULL);
+    }
+}
+
 // Asks the next sentinel, or fails the discovery with why when every one
 // was asked.
 static void ngx_http_sse_redis_sentinel_failed(ngx_http_sse_redis_worker_t *rw,
@@ -1177,19 +1558,29 @@ static void ngx_http_sse_redis_sentinel_failed(ngx_http_sse_redis_worker_t *rw,
         ngx_http_sse_redis_ask_sentinel(rw);
         return;
     }
+    if (!rw->checking && !rw->sentinel_heard && rw->last_primary.len != 0) {
+        // Cut off from every sentinel: no failover can happen through
+        // them either. Back to the primary they named last; its ROLE is
+        // checked on connecting, as always.
+        rw->primary = rw->last_primary;
+        rw->primary.str.data = (u_char *)&rw->primary.name[0];
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "sse: zone \"%V\": no sentinel answers (%s); "
+                      "connecting to %V, the primary they named last",
+                      &rw->zw->zone->shm_zone->shm.name, why.c_str(),
+                      &rw->primary.str);
+        ngx_http_sse_redis_discovered(rw, NULL);
+        ngx_http_sse_redis_follow(rw);
+        return;
+    }
     why = "no sentinel named the primary: " + why;
     if (!rw->checking) {
         ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "sse: zone \"%V\": %s",
                       &rw->zw->zone->shm_zone->shm.name, why.c_str());
         ngx_http_sse_redis_set_error(rw->zw->zone, why.c_str());
-    } else if (!rw->check_warned) {
-        // The primary itself still answers: a warning, once.
-        rw->check_warned = true;
-        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
-                      "sse: zone \"%V\": cannot check which node is the "
-                      "primary: %s",
-                      &rw->zw->zone->shm_zone->shm.name, why.c_str());
     }
+    // A periodic check: the primary itself still answers, and the census
+    // warns once when no sentinel does.
     ngx_http_sse_redis_discovered(rw, why.c_str());
 }
 
@@ -1214,6 +1605,12 @@ static void ngx_http_sse_redis_check_handler(ngx_event_t *ev) {
         rw->checking = true;
         ngx_http_sse_redis_discover(rw);
     }
+    try {
+        ngx_http_sse_redis_census(rw);
+    } catch (const std::exception &e) {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "sse: redis: %s",
+                      e.what());
+    }
     ngx_add_timer(ev, NGX_HTTP_SSE_REDIS_CHECK_MS);
 }
 
@@ -1232,6 +1629,7 @@ static void ngx_http_sse_redis_discover(ngx_http_sse_redis_worker_t *rw) {
     }
     rw->discovering = true;
     rw->sentinel_tries = 0;
+    rw->sentinel_heard = false;
     ngx_post_event(&rw->discover_ev, &ngx_posted_events);
 }
 
@@ -1244,13 +1642,13 @@ static void ngx_http_sse_redis_flush(ngx_http_sse_redis_conn_t *rc) {
             break;
         }
         if (n == NGX_ERROR) {
-            ngx_http_sse_redis_close(rc, "send() failed");
+            ngx_http_sse_redis_break(rc, "send() failed");
             return;
         }
         rc->out.erase(0, n);
     }
     if (ngx_handle_write_event(c->write, 0) != NGX_OK) {
-        ngx_http_sse_redis_close(rc, "cannot watch the socket");
+        ngx_http_sse_redis_break(rc, "cannot watch the socket");
     }
 }
 
@@ -1412,6 +1810,10 @@ static bool ngx_http_sse_redis_parse_node(std::string_view v,
     return true;
 }
 
+static bool ngx_http_sse_redis_parse_host_node(ngx_http_sse_redis_worker_t *rw,
+                                               std::string_view v,
+                                               ngx_http_sse_redis_node_t &node);
+
 // "MOVED SLOT HOST:PORT": a Redis Cluster says the zone's slot lives on
 // another node. The command connection reconnects there (what was in
 // flight fails with "MOVED", and publishes are sent again once); the bus
@@ -1421,8 +1823,12 @@ static void ngx_http_sse_redis_moved(ngx_http_sse_redis_conn_t *rc,
     ngx_http_sse_redis_worker_t *rw = rc->rw;
     std::string_view v(r->str, r->len);
     size_t sp = v.rfind(' ');
-    if (sp == std::string_view::npos ||
-        !ngx_http_sse_redis_parse_node(v.substr(sp + 1), rw->moved)) {
+    if (sp == std::string_view::npos) {
+        return;
+    }
+    ngx_http_sse_redis_node_clear(rw->moved);
+    if (!ngx_http_sse_redis_parse_node(v.substr(sp + 1), rw->moved) &&
+        !ngx_http_sse_redis_parse_host_node(rw, v.substr(sp + 1), rw->moved)) {
         return;
     }
     ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
@@ -1446,13 +1852,14 @@ static bool ngx_http_sse_redis_ask(ngx_http_sse_redis_conn_t *rc,
     std::string_view v(r->str, r->len);
     size_t sp = v.rfind(' ');
     ngx_http_sse_redis_node_t node;
+    node.len = 0;
     if (rc != &rw->cmd || cmd.wire.empty() || sp == std::string_view::npos ||
-        !ngx_http_sse_redis_parse_node(v.substr(sp + 1), node)) {
+        (!ngx_http_sse_redis_parse_node(v.substr(sp + 1), node) &&
+         !ngx_http_sse_redis_parse_host_node(rw, v.substr(sp + 1), node))) {
         return false;
     }
     ngx_http_sse_redis_conn_t *ask = &rw->ask;
-    if (rw->asked.len != node.len ||
-        ngx_memcmp(&rw->asked.sa, &node.sa, node.len) != 0) {
+    if (rw->asked.name != node.name) {
         if (ask->connected || ask->connecting) {
             ngx_http_sse_redis_close(ask, "ASK: the slot moves elsewhere");
         }
@@ -1565,6 +1972,152 @@ static void ngx_http_sse_redis_read(ngx_event_t *ev) {
     }
 }
 
+// ------------------------------------------------------------- by hostname
+
+// A lookup a connection waits for ended: a cluster node's address (node
+// len != 0, kept per name), or why not. Connections waiting connect or
+// fail (their publishes get 503 with why).
+static void ngx_http_sse_redis_node_resolved(
+    ngx_http_sse_redis_worker_t *rw, ngx_uint_t which,
+    const ngx_http_sse_redis_node_t &node, const std::string &why) {
+    bool moved = which == NGX_HTTP_SSE_REDIS_LOOKUP_MOVED;
+    ngx_http_sse_redis_node_t &target = moved ? rw->moved : rw->asked;
+    ngx_http_sse_redis_conn_t *rc = moved ? &rw->cmd : &rw->ask;
+    const std::string &name = rw->lookups[which].name;
+    if (node.len != 0) {
+        rw->hosts[name] = {node.sa, node.len};
+    }
+    if (target.name != name || !rc->discovering) {
+        return;  // redirected elsewhere meanwhile, or closed
+    }
+    rc->discovering = false;
+    if (node.len == 0) {
+        ngx_http_sse_redis_close(rc, why.c_str());
+        return;
+    }
+    target.sa = node.sa;
+    target.len = node.len;
+    rc->pc.sockaddr = &target.sa.sockaddr;
+    rc->pc.socklen = target.len;
+    try {
+        ngx_http_sse_redis_connect_peer(rc);
+    } catch (const std::exception &e) {
+        ngx_http_sse_redis_close(rc, e.what());
+    }
+}
+
+// Posted by a connection that waits for a cluster node's hostname: looks
+// it up, or fails the connection at once when it cannot be (no
+// "resolver": said once per machine at [error], then quietly).
+static void ngx_http_sse_redis_lookup_handler(ngx_event_t *ev) {
+    auto *rw = static_cast<ngx_http_sse_redis_worker_t *>(ev->data);
+    for (ngx_uint_t which :
+         {NGX_HTTP_SSE_REDIS_LOOKUP_MOVED, NGX_HTTP_SSE_REDIS_LOOKUP_ASK}) {
+        bool moved = which == NGX_HTTP_SSE_REDIS_LOOKUP_MOVED;
+        ngx_http_sse_redis_node_t &target = moved ? rw->moved : rw->asked;
+        ngx_http_sse_redis_conn_t *rc = moved ? &rw->cmd : &rw->ask;
+        if (!rc->discovering || ngx_exiting || ngx_terminate) {
+            continue;
+        }
+        ngx_http_sse_redis_lookup_t &lk = rw->lookups[which];
+        if (lk.ctx != NULL && lk.name == target.name) {
+            continue;  // under way already
+        }
+        std::string why;
+        std::string what =
+            "the redis cluster redirects zone \"" +
+            ngx_http_sse_redis_str(rw->zw->zone->shm_zone->shm.name) + "\" (" +
+            (moved ? "MOVED" : "ASK") + ") to";
+        try {
+            if (ngx_http_sse_redis_resolve(rw, which, what, target.host,
+                                           target.port, &why)) {
+                continue;
+            }
+        } catch (const std::exception &e) {
+            why = e.what();
+        }
+        if (ngx_http_sse_redis_no_resolver(rw->conf)) {
+            sse::external_stats &x = sse::store::ext(rw->zw->zone->root);
+            if (!(__atomic_fetch_or(
+                      &x.told, (uint32_t)NGX_HTTP_SSE_REDIS_TOLD_NO_RESOLVER,
+                      __ATOMIC_RELAXED) &
+                  NGX_HTTP_SSE_REDIS_TOLD_NO_RESOLVER)) {
+                ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                              "sse: zone \"%V\": %s",
+                              &rw->zw->zone->shm_zone->shm.name, why.c_str());
+            }
+            rw->told = why;  // its connections close without saying it
+        }
+        rc->discovering = false;
+        ngx_http_sse_redis_close(rc, why.c_str());
+    }
+}
+
+// "HOST:PORT" of a node named by hostname into node (not resolved yet,
+// unless this worker resolved that name before); false when it is not
+// one.
+static bool ngx_http_sse_redis_parse_host_node(
+    ngx_http_sse_redis_worker_t *rw, std::string_view v,
+    ngx_http_sse_redis_node_t &node) {
+    size_t colon = v.rfind(':');
+    if (colon == std::string_view::npos || colon == 0) {
+        return false;
+    }
+    int port = atoi(std::string(v.substr(colon + 1)).c_str());
+    std::string_view host = v.substr(0, colon);
+    if (port <= 0 || port > 65535 || host == "?" ||
+        host.find_first_of(" []") != std::string_view::npos) {
+        return false;
+    }
+    node.len = 0;
+    node.host = std::string(host);
+    node.port = (in_port_t)port;
+    node.name = std::string(v);
+    node.str.data = (u_char *)&node.name[0];
+    node.str.len = node.name.size();
+    auto it = rw->hosts.find(node.name);
+    if (it != rw->hosts.end()) {
+        node.sa = it->second.first;
+        node.len = it->second.second;
+    }
+    return true;
+}
+
+static void ngx_http_sse_redis_hosts_init(ngx_http_sse_redis_worker_t *rw) {
+    rw->lookup_ev.handler = ngx_http_sse_redis_lookup_handler;
+    rw->lookup_ev.data = rw;
+    rw->lookup_ev.log = ngx_cycle->log;
+    // nginx's own lines about probes that cannot connect: left out.
+    rw->quiet_log = *ngx_cycle->log;
+    rw->quiet_log.log_level = NGX_LOG_CRIT;
+    ngx_http_sse_redis_conf_t *conf = rw->conf;
+    if (conf->sentinels == NULL) {
+        return;
+    }
+    auto *a = static_cast<ngx_addr_t *>(conf->sentinels->elts);
+    for (ngx_uint_t i = 0; i < conf->sentinels->nelts; i++) {
+        rw->probes.emplace_back(new ngx_http_sse_redis_conn_t());
+        ngx_http_sse_redis_conn_init(rw->probes.back().get(), rw,
+                                     "sentinel probe");
+        rw->probes.back()->probe = &a[i];
+    }
+}
+
+static void ngx_http_sse_redis_hosts_exit(ngx_http_sse_redis_worker_t *rw) {
+    if (rw->lookup_ev.posted) {
+        ngx_delete_posted_event(&rw->lookup_ev);
+    }
+    for (auto &lk : rw->lookups) {
+        if (lk.ctx != NULL) {
+            ngx_resolve_name_done(lk.ctx);
+            lk.ctx = NULL;
+        }
+    }
+    for (auto &probe : rw->probes) {
+        ngx_http_sse_redis_close(probe.get(), NULL);
+    }
+}
+
 // ------------------------------------------------------------- committing
 
 static uint64_t ngx_http_sse_redis_u64(const char *p, size_t len) {
@@ -1611,8 +2164,10 @@ static void ngx_http_sse_redis_commit(
             uint64_t seq = s->seq();
             for (size_t i = 0; i < n; i++) {
                 auto &ev = evs[at + i];
+                // Epochs only grow: an older one's event is stale.
                 if (ev.buffer_length != 0 &&
-                    (ev.seq > seq || ev.epoch != s->epoch())) {
+                    (ev.epoch == s->epoch() ? ev.seq > seq
+                                            : ev.epoch > s->epoch())) {
                     ms[i] =
                         s->prepare(zw->slot, ev.body.size(), ngx_current_msec);
                 }
@@ -1629,6 +2184,12 @@ static void ngx_http_sse_redis_commit(
         for (size_t i = 0; i < n; i++) {
             auto &ev = evs[at + i];
             bool remove = ev.buffer_length == 0;
+            if (ev.epoch < s->epoch()) {
+                if (ms[i] != nullptr) {
+                    s->abandon(zw->slot, ms[i]);
+                }
+                continue;  // stale: never switch the zone back
+            }
             if (remove && ev.seq <= s->seq() && ev.epoch == s->epoch()) {
                 continue;  // held already
             }
@@ -1639,11 +2200,17 @@ static void ngx_http_sse_redis_commit(
                     sse::channel *ch = s->find(ev.channel);
                     if (ch != NULL) {
                         s->mark_gone(ch, ev.seq);
+                    } else {
+                        s->mark_gone_unheld(ev.seq);
                     }
+                    // Passed, so that the bus goes on after it.
+                    s->skip_to(ev.seq);
                 }
                 continue;
             }
-            if (ev.epoch != s->epoch() && s->adopt_epoch(ev.epoch)) {
+            if (ev.epoch > s->epoch() && s->adopt_epoch(ev.epoch)) {
+                // The epoch's first seq is past its value.
+                s->skip_to(ev.epoch);
                 ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
                               "sse: zone \"%V\" takes Redis's new epoch %uL: "
                               "Redis lost the zone's data; streams end and "
@@ -1705,6 +2272,21 @@ static void ngx_http_sse_redis_bus_down(ngx_http_sse_redis_worker_t *rw,
                                         const char *err);
 static void ngx_http_sse_redis_bus_start(ngx_http_sse_redis_worker_t *rw);
 static void ngx_http_sse_redis_forget_requests(ngx_http_sse_redis_worker_t *rw);
+static void ngx_http_sse_redis_flush_handler(ngx_event_t *ev);
+
+// Events per page of the zone's log while repairing. Each page is its own
+// command (its own redis_timeout) and is committed as it arrives, so a
+// repair holds one page (at most 256 events of up to 64 KB) at a time,
+// commits at most that much in one turn, and a publish of the leader's
+// waits behind one page at most.
+#define NGX_HTTP_SSE_REDIS_PAGE 256
+// Channels per page of :chans when a hole in the log is marked gone.
+#define NGX_HTTP_SSE_REDIS_CHANS_PAGE 1000
+// What the bus may hold while a repair runs. Past it, what it holds is
+// dropped: the repair reads on in the log until it meets what the bus
+// holds, so nothing is lost, and the memory stays bounded.
+#define NGX_HTTP_SSE_REDIS_HEARD_MAX 4096
+#define NGX_HTTP_SSE_REDIS_HEARD_BYTES (16 * 1024 * 1024)
 
 static bool ngx_http_sse_redis_parse_message(const char *p, size_t len,
                                              ngx_http_sse_redis_event_t &ev) {
@@ -1747,7 +2329,20 @@ static void ngx_http_sse_redis_on_message(ngx_http_sse_redis_worker_t *rw,
                       &rw->zw->zone->shm_zone->shm.name);
         return;
     }
+    rw->heard_bytes += ev.body.size();
     rw->heard.push_back(std::move(ev));
+    if (rw->bus_state != NGX_HTTP_SSE_REDIS_UP &&
+        (rw->heard.size() > NGX_HTTP_SSE_REDIS_HEARD_MAX ||
+         rw->heard_bytes > NGX_HTTP_SSE_REDIS_HEARD_BYTES)) {
+        // Past the bound while repairing: dropped; the repair reads on in
+        // the log until it meets what the bus holds.
+        ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                      "sse: zone \"%V\": the redis bus heard more than the "
+                      "repair keeps; read from the zone's log instead",
+                      &rw->zw->zone->shm_zone->shm.name);
+        rw->heard.clear();
+        rw->heard_bytes = 0;
+    }
     if (rw->bus_state == NGX_HTTP_SSE_REDIS_UP && !rw->commit_ev.posted) {
         // Messages come in bursts: committed once the burst is read.
         ngx_post_event(&rw->commit_ev, &ngx_posted_events);
@@ -1814,36 +2409,82 @@ static void ngx_http_sse_redis_fork(ngx_http_sse_redis_worker_t *rw,
                             ngx_http_sse_redis_fork_reply, NULL);
 }
 
+// One page of the zone's log with the zone's epoch, read together (one
+// script: atomic). Entries of that epoch are the ones past its value (a
+// new epoch's seqs start at it), and a fork between two pages shows.
+// KEYS: epoch log; ARGV: first entry id, count.
+static const char ngx_http_sse_redis_page_lua[] =
+    "return {redis.call('GET', KEYS[1]) or '',\n"
+    "        redis.call('XRANGE', KEYS[2], ARGV[1], '+', 'COUNT', "
+    "ARGV[2])}\n";
+
+static void ngx_http_sse_redis_log_page(ngx_http_sse_redis_worker_t *rw);
+static void ngx_http_sse_redis_finish(ngx_http_sse_redis_worker_t *rw);
+
+// How many of heard (sorted first) follow the zone without a hole, so can
+// be committed now. Older epochs' events are stale and pass (epochs only
+// grow: committing one would switch the zone back); a new epoch's first
+// event must be its announcement (seq = the epoch: a fork) or its first
+// seq (the epoch + 1), or events before it were missed. *hole: the event
+// after the run is past the next seq, and waits for a repair.
+static size_t ngx_http_sse_redis_runnable(ngx_http_sse_redis_worker_t *rw,
+                                          bool *hole) {
+    auto &h = rw->heard;
+    // One node's bus says its seqs in order; two nodes' (a slot moving)
+    // may overtake each other within a burst.
+    std::stable_sort(h.begin(), h.end(), [](const auto &a, const auto &b) {
+        return a.epoch != b.epoch ? a.epoch < b.epoch : a.seq < b.seq;
+    });
+    uint64_t epoch, next;
+    {
+        auto s = ngx_http_sse_session(rw->zw->zone);
+        epoch = s->epoch();
+        next = s->seq() + 1;
+    }
+    *hole = false;
+    size_t i = 0;
+    for (; i < h.size(); i++) {
+        const auto &e = h[i];
+        if (e.epoch < epoch) {
+            continue;
+        }
+        if (e.epoch > epoch) {
+            if (e.seq != e.epoch && e.seq != e.epoch + 1) {
+                *hole = true;
+                break;
+            }
+            epoch = e.epoch;
+            next = e.seq + 1;
+        } else if (e.seq > next) {
+            *hole = true;
+            break;
+        } else if (e.seq == next) {
+            next++;
+        }
+    }
+    return i;
+}
+
+// Commits the first n events of heard and forgets them.
+static void ngx_http_sse_redis_commit_heard(ngx_http_sse_redis_worker_t *rw,
+                                            size_t n) {
+    if (n == 0) {
+        return;
+    }
+    std::vector<ngx_http_sse_redis_event_t> run(
+        std::make_move_iterator(rw->heard.begin()),
+        std::make_move_iterator(rw->heard.begin() + n));
+    rw->heard.erase(rw->heard.begin(), rw->heard.begin() + n);
+    for (const auto &e : run) {
+        rw->heard_bytes -= ngx_min(rw->heard_bytes, e.body.size());
+    }
+    ngx_http_sse_redis_commit(rw, run, 0);
+}
+
 static void ngx_http_sse_redis_commit_handler(ngx_event_t *ev) {
     auto *rw = static_cast<ngx_http_sse_redis_worker_t *>(ev->data);
     if (rw->bus_state != NGX_HTTP_SSE_REDIS_UP) {
         return;
-    }
-    // Seqs of one epoch have no holes, and one node's bus says them in
-    // order. A seq heard past the next one is another node's (a slot that
-    // moved: migration, failover) overtaking, or lost with a failed
-    // primary: read what lies between from the zone's log, never commit
-    // past it.
-    uint64_t epoch = sse::store::peek_epoch(rw->zw->zone->root);
-    uint64_t next = sse::store::peek_seq(rw->zw->zone->root) + 1;
-    for (const auto &e : rw->heard) {
-        if (e.epoch != epoch) {
-            epoch = e.epoch;  // a new epoch starts anew
-            next = e.seq + 1;
-        } else if (e.seq > next) {
-            ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
-                          "sse: zone \"%V\": the redis bus skipped from seq "
-                          "%uL to %uL; repairing from the zone's log",
-                          &rw->zw->zone->shm_zone->shm.name, next - 1, e.seq);
-            try {
-                ngx_http_sse_redis_resync(rw);
-            } catch (const std::exception &x) {
-                ngx_http_sse_redis_bus_down(rw, x.what());
-            }
-            return;  // heard is kept for after the repair
-        } else if (e.seq == next) {
-            next++;
-        }
     }
     try {
         const ngx_http_sse_redis_event_t *diverged = NULL;
@@ -1861,14 +2502,32 @@ static void ngx_http_sse_redis_commit_handler(ngx_event_t *ev) {
         }
         if (diverged != NULL) {
             ngx_http_sse_redis_fork(rw, *diverged);
-            rw->heard.clear();
+            // What the bus holds is kept (a new epoch another machine
+            // started may be in it); the sync after the fork takes
+            // Redis's epoch and repairs up to what the bus holds.
+            ngx_http_sse_redis_resync(rw);
             return;
         }
-        ngx_http_sse_redis_commit(rw, rw->heard, 0);
+        // Seqs of one epoch have no holes. A seq heard past the next one
+        // is another node's (a slot that moved: migration, failover)
+        // overtaking, or lost with a failed primary: what follows the
+        // zone is committed, what lies between is read from the zone's
+        // log, never committed past.
+        bool hole;
+        size_t n = ngx_http_sse_redis_runnable(rw, &hole);
+        ngx_http_sse_redis_commit_heard(rw, n);
+        if (hole) {
+            ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                          "sse: zone \"%V\": the redis bus skipped from seq "
+                          "%uL to %uL; repairing from the zone's log",
+                          &rw->zw->zone->shm_zone->shm.name,
+                          sse::store::peek_seq(rw->zw->zone->root),
+                          rw->heard.front().seq);
+            ngx_http_sse_redis_resync(rw);  // the rest is kept for after
+        }
     } catch (const std::exception &e) {
         ngx_http_sse_redis_bus_down(rw, e.what());
     }
-    rw->heard.clear();
 }
 
 static void ngx_http_sse_redis_bus_close(ngx_http_sse_redis_worker_t *rw,
@@ -1876,103 +2535,14 @@ static void ngx_http_sse_redis_bus_close(ngx_http_sse_redis_worker_t *rw,
     ngx_http_sse_redis_bus_down(rw, err);
 }
 
-static void ngx_http_sse_redis_fetch_done(ngx_http_sse_redis_worker_t *rw) {
-    // Repaired in seq order, then what the bus said meanwhile.
-    std::sort(rw->fetched.begin(), rw->fetched.end(),
-              [](const auto &a, const auto &b) { return a.seq < b.seq; });
-    ngx_http_sse_redis_commit(rw, rw->fetched, 0);
-    rw->fetched.clear();
-    ngx_http_sse_redis_commit(rw, rw->heard, 0);
-    rw->heard.clear();
-    {
-        auto s = ngx_http_sse_session(rw->zw->zone);
-        if (s->epoch() == rw->sync_epoch) {
-            // What was not read up to Redis's newest when we synced is gone
-            // (trimmed, expired, a delete): the bus goes on from there.
-            s->skip_to(rw->sync_seq);
-        }
-        s->set_external(2);  // subscribers welcome
-    }
-    rw->backoff = NGX_HTTP_SSE_REDIS_BACKOFF_MIN;
-    ngx_http_sse_redis_set_state(rw, NGX_HTTP_SSE_REDIS_UP);
-    ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
-                  "sse: zone \"%V\" is in sync with redis \"%V\"",
-                  &rw->zw->zone->shm_zone->shm.name, &rw->conf->url);
-}
-
-struct ngx_http_sse_redis_fetch_t {
-    ngx_http_sse_redis_worker_t *rw;
-    uint64_t gen;
-    uint64_t newest;  // the channel's newest seq by the sorted set
-    std::string channel;
-};
-
-static void ngx_http_sse_redis_xrange_reply(ngx_http_sse_redis_conn_t *rc,
-                                            void *data, redisReply *r,
-                                            const char *err) {
-    std::unique_ptr<ngx_http_sse_redis_fetch_t> f(
-        static_cast<ngx_http_sse_redis_fetch_t *>(data));
-    ngx_http_sse_redis_worker_t *rw = f->rw;
-    if (f->gen != rw->sync_gen) {
-        return;
-    }
-    if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
-        ngx_http_sse_redis_bus_down(rw, err ? err : "XRANGE failed");
-        return;
-    }
-    uint64_t prev_expected = rw->fetch_from;
-    for (size_t i = 0; i < r->elements; i++) {
-        redisReply *e = r->element[i];
-        if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 ||
-            e->element[1]->type != REDIS_REPLY_ARRAY) {
-            continue;
-        }
-        ngx_http_sse_redis_event_t ev;
-        ev.epoch = rw->sync_epoch;
-        ev.buffer_length = 100;
-        ev.ttl = 3600000;
-        ev.seq = ngx_http_sse_redis_u64(e->element[0]->str,
-                                        strcspn(e->element[0]->str, "-"));
-        ev.lost = 0;
-        uint64_t prev = 0;
-        redisReply *kv = e->element[1];
-        for (size_t k = 0; k + 1 < kv->elements; k += 2) {
-            std::string_view key(kv->element[k]->str, kv->element[k]->len);
-            if (key == "p") {
-                prev = ngx_http_sse_redis_u64(kv->element[k + 1]);
-            } else if (key == "l") {
-                ev.buffer_length =
-                    (uint32_t)ngx_http_sse_redis_u64(kv->element[k + 1]);
-            } else if (key == "t") {
-                ev.ttl = (ngx_msec_t)ngx_http_sse_redis_u64(kv->element[k + 1]);
-            } else if (key == "d") {
-                ev.body.assign(kv->element[k + 1]->str,
-                               kv->element[k + 1]->len);
-            }
-        }
-        if (i == 0 && prev > prev_expected) {
-            // Trimmed or expired before this machine read it.
-            ev.lost = prev;
-        }
-        ev.channel = f->channel;
-        rw->fetched.push_back(std::move(ev));
-    }
-    if (r->elements == 0 && f->newest > rw->fetch_from) {
-        // Published meanwhile and gone already (expired, or deleted).
-        auto s = ngx_http_sse_session(rw->zw->zone);
-        sse::channel *ch = s->find(f->channel);
-        if (ch != NULL) {
-            s->mark_gone(ch, f->newest);
-        } else {
-            // As for a channel freed here: a channel of that name made
-            // later reports a gap for resume points before it.
-            s->mark_gone_unheld(f->newest);
-        }
-    }
-    if (--rw->fetch_left == 0) {
-        ngx_http_sse_redis_fetch_done(rw);
-    }
-}
+// :chans pages of a hole in the log (what this machine missed and Redis's
+// log no longer has): every channel held here that changed since the hole
+// began loses its history up to the hole's end (its subscribers that had
+// not read it end, and resume with sse-gap), as a channel's events do
+// when the zone's memory runs out; a channel deleted in the hole (and
+// maybe made again) so never serves its old history with the new. Bounded:
+// pages of channels, no events.
+static void ngx_http_sse_redis_chans_page(ngx_http_sse_redis_worker_t *rw);
 
 static void ngx_http_sse_redis_chans_reply(ngx_http_sse_redis_conn_t *rc,
                                            void *data, redisReply *r,
@@ -1987,31 +2557,117 @@ static void ngx_http_sse_redis_chans_reply(ngx_http_sse_redis_conn_t *rc,
         return;
     }
     // WITHSCORES: channel, newest seq, ...
-    rw->fetch_left = r->elements / 2;
-    if (rw->fetch_left == 0) {
-        ngx_http_sse_redis_fetch_done(rw);
+    {
+        auto s = ngx_http_sse_session(rw->zw->zone);
+        for (size_t i = 0; i + 1 < r->elements; i += 2) {
+            redisReply *c = r->element[i], *sc = r->element[i + 1];
+            if (c->type != REDIS_REPLY_STRING ||
+                sc->type != REDIS_REPLY_STRING) {
+                continue;
+            }
+            sse::channel *ch = s->find(std::string_view(c->str, c->len));
+            if (ch != NULL) {
+                uint64_t newest = (uint64_t)strtod(sc->str, NULL);
+                s->drop_through(ch, ngx_min(newest, rw->hole_to));
+            }
+            rw->hole_min = "(" + std::string(sc->str, sc->len);
+        }
+    }
+    if (r->elements / 2 == NGX_HTTP_SSE_REDIS_CHANS_PAGE) {
+        ngx_http_sse_redis_chans_page(rw);
         return;
     }
-    std::string start = std::to_string(rw->fetch_from + 1) + "-0";
-    for (size_t i = 0; i + 1 < r->elements; i += 2) {
-        auto *f = new ngx_http_sse_redis_fetch_t{
-            rw, gen, ngx_http_sse_redis_u64(r->element[i + 1]),
-            std::string(r->element[i]->str, r->element[i]->len)};
-        std::string key = rw->keys[4] + f->channel;
-        ngx_http_sse_redis_send(&rw->cmd, {"XRANGE", key, start, "+"},
-                                ngx_http_sse_redis_xrange_reply, f);
+    {
+        auto s = ngx_http_sse_session(rw->zw->zone);
+        s->mark_gone_unheld(rw->hole_to);
+        s->skip_to(rw->hole_to);
     }
+    ngx_http_sse_redis_log_page(rw);
 }
 
-// From the channels' streams: a fresh machine's history, or a repair the
-// zone's log no longer covers.
-static void ngx_http_sse_redis_fetch_channels(ngx_http_sse_redis_worker_t *rw,
-                                              void *data) {
-    // Which channels had events after ours, with their newest seq.
-    std::string min = "(" + std::to_string(rw->fetch_from);
+static void ngx_http_sse_redis_chans_page(ngx_http_sse_redis_worker_t *rw) {
     ngx_http_sse_redis_send(
-        &rw->cmd, {"ZRANGEBYSCORE", rw->keys[2], min, "+inf", "WITHSCORES"},
-        ngx_http_sse_redis_chans_reply, data);
+        &rw->cmd,
+        {"ZRANGEBYSCORE", rw->keys[2], rw->hole_min, "+inf", "WITHSCORES",
+         "LIMIT", "0", std::to_string(NGX_HTTP_SSE_REDIS_CHANS_PAGE)},
+        ngx_http_sse_redis_chans_reply, (void *)(uintptr_t)rw->sync_gen);
+}
+
+// The log has nothing between the zone's seq and `to` (trimmed before this
+// machine read it, or lost); the repair goes on at `at`. A fresh machine
+// (nothing held of this epoch) only starts its history there; otherwise
+// the channels that changed meanwhile are marked gone first.
+static void ngx_http_sse_redis_hole(ngx_http_sse_redis_worker_t *rw,
+                                    uint64_t to, uint64_t at) {
+    uint64_t from = rw->fetch_next - 1;
+    rw->fetch_next = at;
+    if (rw->fresh) {
+        {
+            auto s = ngx_http_sse_session(rw->zw->zone);
+            // A channel made later reports a gap for resume points before.
+            s->mark_gone_unheld(to);
+            s->skip_to(to);
+        }
+        ngx_http_sse_redis_log_page(rw);
+        return;
+    }
+    ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                  "sse: zone \"%V\": redis's log no longer holds seqs %uL to "
+                  "%uL that this machine missed: the channels changed "
+                  "meanwhile resume with an sse-gap",
+                  &rw->zw->zone->shm_zone->shm.name, from + 1, to);
+    rw->hole_to = to;
+    rw->hole_min = "(" + std::to_string(from);
+    ngx_http_sse_redis_chans_page(rw);
+}
+
+// Everything the log had is committed: then what the bus held meanwhile,
+// as far as it follows; the bus goes on from there.
+static void ngx_http_sse_redis_finish(ngx_http_sse_redis_worker_t *rw) {
+    if (rw->check_newest) {
+        // The log is empty: nothing to compare our newest with.
+        rw->check_newest = false;
+        rw->fetch_next = rw->fetch_from + 1;
+    }
+    if (rw->fetch_next <= rw->sync_seq) {
+        // The log ends short of what Redis had given when we synced.
+        ngx_http_sse_redis_hole(rw, rw->sync_seq, rw->sync_seq + 1);
+        return;
+    }
+    bool hole;
+    size_t n = ngx_http_sse_redis_runnable(rw, &hole);
+    ngx_http_sse_redis_commit_heard(rw, n);
+    uint64_t seq = sse::store::peek_seq(rw->zw->zone->root);
+    if (hole && rw->stall_seq != seq + 1) {
+        // The bus is past what the log gave (published meanwhile, or
+        // dropped past its bound): read on from the zone.
+        rw->stall_seq = seq + 1;
+        rw->fetch_next = seq + 1;
+        ngx_http_sse_redis_log_page(rw);
+        return;
+    }
+    if (hole) {
+        // Twice at the same seq: Redis has no such events (of an epoch it
+        // lost, or seqs it lost with a failed primary). Not committed; a
+        // seq given again shows as a divergence.
+        for (size_t i = n; i < rw->heard.size(); i++) {
+            rw->heard_bytes -=
+                ngx_min(rw->heard_bytes, rw->heard[i].body.size());
+        }
+        rw->heard.erase(rw->heard.begin() + n, rw->heard.end());
+    }
+    {
+        auto s = ngx_http_sse_session(rw->zw->zone);
+        s->set_external(2);  // subscribers welcome
+    }
+    rw->backoff = NGX_HTTP_SSE_REDIS_BACKOFF_MIN;
+    ngx_http_sse_redis_set_state(rw, NGX_HTTP_SSE_REDIS_UP);
+    ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                  "sse: zone \"%V\" is in sync with redis \"%V\"",
+                  &rw->zw->zone->shm_zone->shm.name, &rw->conf->url);
+    if (!rw->heard.empty() && !rw->commit_ev.posted) {
+        ngx_post_event(&rw->commit_ev, &ngx_posted_events);
+    }
 }
 
 static void ngx_http_sse_redis_log_reply(ngx_http_sse_redis_conn_t *rc,
@@ -2022,14 +2678,28 @@ static void ngx_http_sse_redis_log_reply(ngx_http_sse_redis_conn_t *rc,
     if (gen != rw->sync_gen) {
         return;
     }
-    if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
-        ngx_http_sse_redis_bus_down(rw, err ? err : "XRANGE of the log failed");
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+        r->element[1]->type != REDIS_REPLY_ARRAY) {
+        std::string why =
+            r != NULL && r->type == REDIS_REPLY_ERROR
+                ? "reading the log: " + std::string(r->str, r->len)
+                : std::string(err ? err : "XRANGE of the log failed");
+        ngx_http_sse_redis_bus_down(rw, why.c_str());
         return;
     }
-    uint64_t expect = rw->fetch_from + 1;
-    for (size_t i = 0; i < r->elements; i++) {
-        redisReply *e = r->element[i];
+    if (ngx_http_sse_redis_u64(r->element[0]) != rw->sync_epoch) {
+        // Redis started a new epoch meanwhile: sync again, which takes it
+        // (what follows in the log is the new epoch's).
+        ngx_http_sse_redis_resync(rw);
+        return;
+    }
+    redisReply *page = r->element[1];
+    std::vector<ngx_http_sse_redis_event_t> evs;
+    evs.reserve(page->elements);
+    for (size_t i = 0; i < page->elements; i++) {
+        redisReply *e = page->element[i];
         if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 ||
+            e->element[0]->type != REDIS_REPLY_STRING ||
             e->element[1]->type != REDIS_REPLY_ARRAY) {
             continue;
         }
@@ -2040,16 +2710,8 @@ static void ngx_http_sse_redis_log_reply(ngx_http_sse_redis_conn_t *rc,
         ev.lost = 0;
         ev.buffer_length = 100;
         ev.ttl = 3600000;
-        bool newest_held =
-            rw->check_newest && i == 0 && ev.seq == rw->fetch_from;
-        if (ev.seq != expect && !newest_held) {
-            // The log was trimmed past what we need: per channel instead.
-            rw->fetched.clear();
-            ngx_http_sse_redis_fetch_channels(rw, data);
-            return;
-        }
-        if (!newest_held) {
-            expect++;
+        if (ev.seq <= rw->sync_epoch) {
+            continue;  // an older epoch's: never under this epoch's ids
         }
         redisReply *kv = e->element[1];
         for (size_t k = 0; k + 1 < kv->elements; k += 2) {
@@ -2065,34 +2727,56 @@ static void ngx_http_sse_redis_log_reply(ngx_http_sse_redis_conn_t *rc,
                 ev.body.assign(val->str, val->len);
             }
         }
-        if (newest_held) {
-            // The newest event this machine holds must be Redis's too.
-            bool differs;
-            {
-                auto s = ngx_http_sse_session(rw->zw->zone);
-                differs = s->epoch() == ev.epoch &&
-                          ngx_http_sse_redis_differs(s.operator->(), ev);
+        if (rw->check_newest) {
+            rw->check_newest = false;
+            rw->fetch_next = rw->fetch_from + 1;
+            if (ev.seq == rw->fetch_from) {
+                // The newest event this machine holds must be Redis's too.
+                bool differs;
+                {
+                    auto s = ngx_http_sse_session(rw->zw->zone);
+                    differs = s->epoch() == ev.epoch &&
+                              ngx_http_sse_redis_differs(s.operator->(), ev);
+                }
+                if (differs) {
+                    ngx_http_sse_redis_fork(rw, ev);
+                    // The new epoch arrives on the bus; sync again after.
+                    ngx_http_sse_redis_bus_down(rw,
+                                                "redis lost acknowledged "
+                                                "events: a new epoch");
+                    return;
+                }
+                continue;
             }
-            if (differs) {
-                rw->fetched.clear();
-                ngx_http_sse_redis_fork(rw, ev);
-                // The new epoch arrives on the bus; sync again after it.
-                ngx_http_sse_redis_bus_down(rw,
-                                            "redis lost acknowledged "
-                                            "events: a new epoch");
-                return;
-            }
+        }
+        if (ev.seq > rw->fetch_next) {
+            // Trimmed before this machine read it: what came before is
+            // committed, the hole handled, and the log read on from here.
+            ngx_http_sse_redis_commit(rw, evs, 0);
+            ngx_http_sse_redis_hole(rw, ev.seq - 1, ev.seq);
+            return;
+        }
+        if (ev.seq < rw->fetch_next) {
             continue;
         }
-        rw->fetched.push_back(std::move(ev));
+        rw->fetch_next = ev.seq + 1;
+        evs.push_back(std::move(ev));
     }
-    if (expect <= rw->sync_seq) {
-        // Short of what Redis had assigned when we synced.
-        rw->fetched.clear();
-        ngx_http_sse_redis_fetch_channels(rw, data);
+    ngx_http_sse_redis_commit(rw, evs, 0);
+    if (page->elements == NGX_HTTP_SSE_REDIS_PAGE) {
+        ngx_http_sse_redis_log_page(rw);
         return;
     }
-    ngx_http_sse_redis_fetch_done(rw);
+    ngx_http_sse_redis_finish(rw);
+}
+
+static void ngx_http_sse_redis_log_page(ngx_http_sse_redis_worker_t *rw) {
+    std::string start = std::to_string(rw->fetch_next) + "-0";
+    ngx_http_sse_redis_send(
+        &rw->cmd,
+        {"EVAL", ngx_http_sse_redis_page_lua, "2", rw->keys[0], rw->keys[5],
+         start, std::to_string(NGX_HTTP_SSE_REDIS_PAGE)},
+        ngx_http_sse_redis_log_reply, (void *)(uintptr_t)rw->sync_gen);
 }
 
 static void ngx_http_sse_redis_sync_reply(ngx_http_sse_redis_conn_t *rc,
@@ -2111,43 +2795,63 @@ static void ngx_http_sse_redis_sync_reply(ngx_http_sse_redis_conn_t *rc,
         return;
     }
     uint64_t epoch = ngx_http_sse_redis_u64(r->element[0]);
+    uint64_t seq = 0;
+    bool older = false;
     {
         auto s = ngx_http_sse_session(rw->zw->zone);
-        bool adopted = s->adopt_epoch(epoch);
+        // A zone that never synced has an epoch of its own making: any of
+        // Redis's goes. Once synced, epochs only grow.
+        older = s->external() == 2 && epoch < s->epoch();
+        bool adopted = !older && s->adopt_epoch(epoch);
         if (adopted) {
+            // The epoch's first seq is past its value.
+            s->skip_to(epoch);
             ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
                           "sse: zone \"%V\" takes the epoch %uL of redis "
                           "\"%V\"",
                           &rw->zw->zone->shm_zone->shm.name, epoch,
                           &rw->conf->url);
         }
-        rw->fetch_from = s->seq();
+        seq = s->seq();
+        rw->fetch_from = seq;
+        rw->fresh = adopted || s->external() != 2;
         // Same epoch: the newest event we hold must be Redis's too.
-        rw->check_newest = !adopted && rw->fetch_from != 0;
+        rw->check_newest = !adopted && !older && seq > epoch;
+    }
+    if (older) {
+        // Redis holds an older copy of the zone than this machine had (a
+        // replica promoted before the newer epoch reached it): it lost
+        // data, so a new epoch, past this machine's seqs.
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "sse: zone \"%V\": redis \"%V\" holds the older epoch "
+                      "%uL: it lost the zone's data; starting a new epoch",
+                      &rw->zw->zone->shm_zone->shm.name, &rw->conf->url, epoch);
+        ngx_http_sse_redis_send(
+            &rw->cmd,
+            {"EVAL", ngx_http_sse_redis_fork_lua, "3", rw->keys[0], rw->keys[1],
+             rw->keys[3], std::to_string(epoch), std::to_string(seq)},
+            ngx_http_sse_redis_fork_reply, NULL);
+        ngx_http_sse_redis_bus_down(rw, "redis holds an older epoch");
+        return;
     }
     rw->sync_epoch = epoch;
     rw->sync_seq = ngx_http_sse_redis_u64(r->element[1]);
+    rw->stall_seq = 0;
     // Every process: old streams end if the epoch changed.
     sse::slot_set all;
     for (auto &b : all.bits) {
         b = ~uint64_t{0};
     }
     ngx_http_sse_notify(rw->zw->zone, all);
-    if (rw->fetch_from > rw->sync_seq ||
-        (rw->fetch_from == rw->sync_seq && !rw->check_newest)) {
-        ngx_http_sse_redis_fetch_done(rw);  // nothing missed
+    // Missed some (or a fresh machine: its history): the zone's log has
+    // them, in seq order, read a page at a time; it starts with our
+    // newest, which must be the same event there.
+    rw->fetch_next = rw->fetch_from + (rw->check_newest ? 0 : 1);
+    if (rw->fetch_from >= rw->sync_seq && !rw->check_newest) {
+        ngx_http_sse_redis_finish(rw);  // nothing missed
         return;
     }
-    if (rw->fetch_from != 0) {
-        // Missed a few: the zone's log has them all, if it reaches back.
-        // It starts with our newest, which must be the same event there.
-        std::string start =
-            std::to_string(rw->fetch_from + (rw->check_newest ? 0 : 1)) + "-0";
-        ngx_http_sse_redis_send(&rw->cmd, {"XRANGE", rw->keys[5], start, "+"},
-                                ngx_http_sse_redis_log_reply, data);
-        return;
-    }
-    ngx_http_sse_redis_fetch_channels(rw, data);
+    ngx_http_sse_redis_log_page(rw);
 }
 
 static void ngx_http_sse_redis_subscribed(ngx_http_sse_redis_conn_t *rc,
@@ -2215,7 +2919,7 @@ static void ngx_http_sse_redis_bus_timer(ngx_event_t *ev) {
 static void ngx_http_sse_redis_bus_start(ngx_http_sse_redis_worker_t *rw) {
     ngx_http_sse_redis_set_state(rw, NGX_HTTP_SSE_REDIS_CONNECTING);
     rw->heard.clear();
-    rw->fetched.clear();
+    rw->heard_bytes = 0;
     rw->sync_gen++;
     ngx_http_sse_redis_send(&rw->bus, {"SUBSCRIBE", rw->keys[3]},
                             ngx_http_sse_redis_subscribed, NULL);
@@ -2233,7 +2937,7 @@ static void ngx_http_sse_redis_bus_down(ngx_http_sse_redis_worker_t *rw,
     ngx_http_sse_redis_set_state(rw, NGX_HTTP_SSE_REDIS_DOWN);
     rw->sync_gen++;
     rw->heard.clear();
-    rw->fetched.clear();
+    rw->heard_bytes = 0;
     if (rw->bus.connected || rw->bus.connecting) {
         rw->bus.on_close = NULL;
         ngx_http_sse_redis_close(&rw->bus, err);
@@ -2275,7 +2979,12 @@ void ngx_http_sse_redis_worker_init(ngx_http_sse_zone_worker_t *zw) {
     ngx_http_sse_redis_conn_init(&rw->cmd, rw, "command");
     ngx_http_sse_redis_conn_init(&rw->bus, rw, "bus");
     ngx_http_sse_redis_conn_init(&rw->ask, rw, "ASK");
+    // Their commands carry publishers waiting for an answer: a graceful
+    // exit (reload, quit) waits for it, within redis_timeout.
+    rw->cmd.timer.cancelable = 0;
+    rw->ask.timer.cancelable = 0;
     ngx_http_sse_redis_conn_init(&rw->sentinel, rw, "sentinel");
+    ngx_http_sse_redis_hosts_init(rw);
     rw->discover_ev.handler = ngx_http_sse_redis_discover_handler;
     rw->discover_ev.data = rw;
     rw->discover_ev.log = ngx_cycle->log;
@@ -2297,6 +3006,9 @@ void ngx_http_sse_redis_worker_init(ngx_http_sse_zone_worker_t *zw) {
     rw->commit_ev.log = ngx_cycle->log;
     rw->backoff = NGX_HTTP_SSE_REDIS_BACKOFF_MIN;
     rw->sha = ngx_http_sse_redis_sha(ngx_http_sse_redis_publish_lua);
+    rw->flush_ev.handler = ngx_http_sse_redis_flush_handler;
+    rw->flush_ev.data = rw;
+    rw->flush_ev.log = ngx_cycle->log;
     ngx_http_sse_redis_count_init(zw);
 }
 
@@ -2330,10 +3042,7 @@ void ngx_http_sse_redis_worker_exit(ngx_http_sse_zone_worker_t *zw) {
     if (rw->check_ev.timer_set) {
         ngx_del_timer(&rw->check_ev);
     }
-    if (rw->resolving != NULL) {
-        ngx_resolve_name_done(rw->resolving);
-        rw->resolving = NULL;
-    }
+    ngx_http_sse_redis_hosts_exit(rw);
     ngx_http_sse_redis_close(&rw->sentinel, NULL);
     ngx_http_sse_redis_close(&rw->ask, NULL);
     ngx_http_sse_redis_close(&rw->cmd, NULL);
@@ -2383,29 +3092,106 @@ void ngx_http_sse_redis_poll(ngx_http_sse_zone_worker_t *zw) {
 
 // ------------------------------------------------------------- publishing
 
-struct ngx_http_sse_redis_publish_t {
-    ngx_http_sse_redis_worker_t *rw;
+// One request's events in a script call (a POST's event, a streaming
+// publish's group, a DELETE): what its caller holds.
+struct ngx_http_sse_redis_item_t {
     ngx_http_sse_redis_done_pt done;
-    void *data;         // nullptr: cancelled
-    uint64_t start_us;  // monotonic
-    bool eval;          // sent as EVAL after NOSCRIPT
-    bool redirected;    // sent again after MOVED or READONLY
-    bool remove;        // a DELETE of the channel (no body)
+    void *data;  // nullptr: cancelled, or nobody waits
     std::string channel;
-    std::string body;
+    std::vector<std::string> bodies;  // encoded; none for a delete
     std::string maxlen;
     std::string ttl;
     uint32_t buffer_length;
     ngx_msec_t ttl_ms;
+};
+
+// One script call: a DELETE, or the group commit of publishes. It goes
+// (and goes again: ASK, TRYAGAIN, MOVED, NOSCRIPT) as a whole.
+struct ngx_http_sse_redis_publish_t {
+    ngx_http_sse_redis_worker_t *rw;
+    uint64_t start_us;  // monotonic
+    bool eval;          // sent as EVAL after NOSCRIPT
+    bool redirected;    // sent again after MOVED or READONLY
+    bool remove;        // a DELETE of the channel (one item, no body)
+    std::vector<std::unique_ptr<ngx_http_sse_redis_item_t>> items;
+    size_t events;
+    size_t bytes;       // of the bodies
     ngx_event_t retry;  // TRYAGAIN: sent again when it fires
     ngx_msec_t retry_delay;
 };
 
 static void ngx_http_sse_redis_publish_send(ngx_http_sse_redis_publish_t *p);
 static void ngx_http_sse_redis_retry(ngx_event_t *ev);
+
+// A primary that refuses writes because fewer replicas than its
+// min-replicas-to-write are in sync (NOREPLICAS): nothing of the script
+// ran (its first write was refused). The 503 and last_error say it
+// plainly; the machine logs it once until a publish goes through again.
+static void ngx_http_sse_redis_refused(ngx_http_sse_redis_worker_t *rw,
+                                       redisReply *r, std::string &why) {
+    if (r == NULL || !ngx_http_sse_redis_is_error(r, "NOREPLICAS")) {
+        return;
+    }
+    why =
+        "the primary refuses writes (NOREPLICAS): fewer replicas in sync "
+        "than its min-replicas-to-write";
+    ngx_http_sse_redis_set_error(rw->zw->zone, why.c_str());
+    sse::external_stats &x = sse::store::ext(rw->zw->zone->root);
+    if (!(__atomic_fetch_or(&x.told,
+                            (uint32_t)NGX_HTTP_SSE_REDIS_TOLD_NOREPLICAS,
+                            __ATOMIC_RELAXED) &
+          NGX_HTTP_SSE_REDIS_TOLD_NOREPLICAS)) {
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "sse: zone \"%V\": %s; publishes get 503 until its "
+                      "replicas are back",
+                      &rw->zw->zone->shm_zone->shm.name, why.c_str());
+    }
+}
+
+// Redis stored a publish: a refusal told before is over.
+static void ngx_http_sse_redis_accepted(ngx_http_sse_redis_worker_t *rw) {
+    sse::external_stats &x = sse::store::ext(rw->zw->zone->root);
+    if ((__atomic_load_n(&x.told, __ATOMIC_RELAXED) &
+         NGX_HTTP_SSE_REDIS_TOLD_NOREPLICAS) &&
+        (__atomic_fetch_and(&x.told,
+                            ~(uint32_t)NGX_HTTP_SSE_REDIS_TOLD_NOREPLICAS,
+                            __ATOMIC_RELAXED) &
+         NGX_HTTP_SSE_REDIS_TOLD_NOREPLICAS)) {
+        ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                      "sse: zone \"%V\": the primary accepts writes again",
+                      &rw->zw->zone->shm_zone->shm.name);
+    }
+}
 static void ngx_http_sse_redis_load_reply(ngx_http_sse_redis_conn_t *rc,
                                           void *data, redisReply *r,
                                           const char *err);
+
+// Someone still waits for the call's outcome.
+static bool ngx_http_sse_redis_waited(ngx_http_sse_redis_publish_t *p) {
+    for (auto &it : p->items) {
+        if (it->data != NULL) {
+            return true;
+        }
+    }
+    return false;
+}
+
+// One event's result in the publish script's reply ({epoch, seq[,
+// others]}): false
+// when it is not one.
+static bool ngx_http_sse_redis_event_result(redisReply *e, uint64_t *epoch,
+                                            uint64_t *seq, int64_t *others) {
+    if (e->type != REDIS_REPLY_ARRAY || e->elements < 2) {
+        return false;
+    }
+    *epoch = ngx_http_sse_redis_u64(e->element[0]);
+    *seq = ngx_http_sse_redis_u64(e->element[1]);
+    // A counted event's third element: the other machines' subscribers.
+    *others = e->elements > 2 && e->element[2]->type == REDIS_REPLY_INTEGER
+                  ? e->element[2]->integer
+                  : -1;
+    return *seq != 0;
+}
 
 static void ngx_http_sse_redis_publish_reply(ngx_http_sse_redis_conn_t *rc,
                                              void *data, redisReply *r,
@@ -2434,14 +3220,15 @@ static void ngx_http_sse_redis_publish_reply(ngx_http_sse_redis_conn_t *rc,
                 ? NGX_HTTP_SSE_REDIS_TRYAGAIN_MIN
                 : ngx_min(p->retry_delay * 2,
                           (ngx_msec_t)NGX_HTTP_SSE_REDIS_TRYAGAIN_MAX);
-        if (p->data != NULL && spent + delay < rw->conf->timeout) {
+        if (ngx_http_sse_redis_waited(p) && spent + delay < rw->conf->timeout) {
             try {
                 rw->waiting.push_back(p);
                 p->retry_delay = delay;
                 p->retry.handler = ngx_http_sse_redis_retry;
                 p->retry.data = p;
                 p->retry.log = ngx_cycle->log;
-                p->retry.cancelable = 1;
+                // Not cancelable: a graceful exit waits for the answer.
+                p->retry.cancelable = 0;
                 ngx_add_timer(&p->retry, delay);
                 return;
             } catch (const std::exception &) {
@@ -2476,22 +3263,39 @@ static void ngx_http_sse_redis_publish_reply(ngx_http_sse_redis_conn_t *rc,
         }
     }
     std::string why;
-    uint64_t epoch = 0, seq = 0;
+    uint64_t epoch = 0;
+    std::vector<uint64_t> seqs;  // per event
     bool existed = true;
-    int64_t others = -1;
-    if (r != NULL && r->type == REDIS_REPLY_ARRAY &&
-        r->elements == (p->remove ? 4 : 3)) {
+    std::vector<int64_t> others;  // per event, -1: not counted
+    if (r != NULL && p->remove && r->type == REDIS_REPLY_ARRAY &&
+        r->elements == 4) {
         epoch = ngx_http_sse_redis_u64(r->element[0]);
-        seq = ngx_http_sse_redis_u64(r->element[1]);
-        existed = !p->remove || ngx_http_sse_redis_u64(r->element[2]) != 0;
-        redisReply *n = r->element[r->elements - 1];
-        others = n->type == REDIS_REPLY_INTEGER ? n->integer : -1;
+        seqs.push_back(ngx_http_sse_redis_u64(r->element[1]));
+        existed = ngx_http_sse_redis_u64(r->element[2]) != 0;
+        others.push_back(r->element[3]->type == REDIS_REPLY_INTEGER
+                             ? r->element[3]->integer
+                             : -1);
+        if (seqs[0] == 0) {
+            seqs.clear();
+        }
+    } else if (r != NULL && !p->remove && r->type == REDIS_REPLY_ARRAY &&
+               r->elements == p->events) {
+        seqs.resize(p->events);
+        others.resize(p->events);
+        for (size_t i = 0; i < p->events; i++) {
+            if (!ngx_http_sse_redis_event_result(r->element[i], &epoch,
+                                                 &seqs[i], &others[i])) {
+                seqs.clear();
+                break;
+            }
+        }
     }
-    if (seq == 0) {
+    if (seqs.empty()) {
         why = r != NULL && r->type == REDIS_REPLY_ERROR
                   ? std::string(r->str, r->len)
                   : std::string(err ? err : "unexpected reply");
-        __atomic_fetch_add(&x.publish_errors, 1, __ATOMIC_RELAXED);
+        __atomic_fetch_add(&x.publish_errors, p->events, __ATOMIC_RELAXED);
+        ngx_http_sse_redis_refused(rw, r, why);
         if (r == NULL) {
             // Connection trouble: publishes fail fast for a moment rather
             // than each waiting for its own timeout.
@@ -2501,36 +3305,115 @@ static void ngx_http_sse_redis_publish_reply(ngx_http_sse_redis_conn_t *rc,
         }
     } else {
         uint64_t rtt_us = ngx_http_sse_redis_now_us() - p->start_us;
+        ngx_http_sse_redis_accepted(rw);
         if (!p->remove) {
-            __atomic_fetch_add(&x.publishes, 1, __ATOMIC_RELAXED);
-            __atomic_fetch_add(&x.rtt_us_total, rtt_us, __ATOMIC_RELAXED);
+            __atomic_fetch_add(&x.publishes, p->events, __ATOMIC_RELAXED);
+            __atomic_fetch_add(&x.rtt_us_total, rtt_us * p->events,
+                               __ATOMIC_RELAXED);
             __atomic_store_n(&x.rtt_us_last, rtt_us, __ATOMIC_RELAXED);
         }
-        // The next seq the zone expects: nothing can be missing before it,
-        // so deliver it now rather than after the bus's round trip.
+        // The first is the next seq the zone expects: nothing can be
+        // missing before the call's events (one script: consecutive
+        // seqs), so deliver them now rather than after the bus's round
+        // trip.
         ngx_http_sse_zone_t *z = rw->zw->zone;
-        if (sse::store::peek_seq(z->root) + 1 == seq &&
+        if (sse::store::peek_seq(z->root) + 1 == seqs[0] &&
             sse::store::peek_epoch(z->root) == epoch &&
             sse::store::peek_external(z->root) == 2) {
-            std::vector<ngx_http_sse_redis_event_t> one(1);
-            one[0].epoch = epoch;
-            one[0].seq = seq;
-            one[0].lost = 0;
-            one[0].buffer_length = p->remove ? 0 : p->buffer_length;
-            one[0].ttl = p->ttl_ms;
-            one[0].channel = std::move(p->channel);
-            one[0].body = std::move(p->body);
             try {
-                ngx_http_sse_redis_commit(rw, one, 0);
+                std::vector<ngx_http_sse_redis_event_t> evs(seqs.size());
+                size_t i = 0;
+                for (auto &it : p->items) {
+                    size_t n = p->remove ? 1 : it->bodies.size();
+                    for (size_t j = 0; j < n; j++, i++) {
+                        evs[i].epoch = epoch;
+                        evs[i].seq = seqs[i];
+                        evs[i].lost = 0;
+                        evs[i].buffer_length =
+                            p->remove ? 0 : it->buffer_length;
+                        evs[i].ttl = it->ttl_ms;
+                        evs[i].channel = it->channel;
+                        if (!p->remove) {
+                            evs[i].body = std::move(it->bodies[j]);
+                        }
+                    }
+                }
+                ngx_http_sse_redis_commit(rw, evs, 0);
             } catch (const std::exception &) {
-                // The bus brings it.
+                // The bus brings them.
             }
         }
     }
-    if (p->data != NULL) {
-        p->done(p->data, seq != 0, epoch, existed ? seq : 0, others, why);
+    // Each request gets its own answer: its last event's seq.
+    size_t i = 0;
+    for (auto &it : p->items) {
+        i += p->remove ? 1 : it->bodies.size();
+        if (it->data != NULL && it->done != NULL) {
+            void *cbdata = it->data;
+            it->data = NULL;
+            it->done(cbdata, !seqs.empty(), epoch,
+                     seqs.empty() || !existed ? 0 : seqs[i - 1],
+                     seqs.empty() ? -1 : others[i - 1], why);
+        }
     }
     delete p;
+}
+
+// A publish that timed out got 503, yet its call may still sit in the
+// socket of a Redis that stalled (SIGSTOP, a long command) and run once it
+// wakes: it must then do nothing. So each call carries a cut-off by
+// Redis's clock, before the earliest moment this worker can give it up:
+// the deadline of the oldest command on the connection (a timeout fails
+// all that follow), less a tenth of redis_timeout for the reply's way
+// back. Our monotonic clock is ngx_current_msec's; the offset to Redis's
+// is at most the true one (the probe's reply came after Redis read its
+// clock), so the cut-off errs early. "0": no cut-off (no clock known).
+static std::string ngx_http_sse_redis_fence(ngx_http_sse_redis_worker_t *rw) {
+    if (!rw->clock_fence) {
+        return "0";
+    }
+    ngx_msec_t due = rw->cmd.pending.empty()
+                         ? ngx_current_msec + rw->conf->timeout
+                         : rw->cmd.pending.front().deadline;
+    due -= rw->conf->timeout / 10;
+    return std::to_string((int64_t)due * 1000 + rw->clock_off_us);
+}
+
+static void ngx_http_sse_redis_time_reply(ngx_http_sse_redis_conn_t *rc,
+                                          void *data, redisReply *r,
+                                          const char *err) {
+    ngx_http_sse_redis_worker_t *rw = rc->rw;
+    rw->clock_probing = false;
+    if (r == NULL) {
+        if (!rw->clock_known) {
+            // The calls that waited for it would have failed alike.
+            std::vector<ngx_http_sse_redis_publish_t *> calls;
+            calls.swap(rw->calls);
+            for (ngx_http_sse_redis_publish_t *p : calls) {
+                ngx_http_sse_redis_publish_reply(rc, p, NULL, err);
+            }
+        }
+        return;
+    }
+    uint64_t now = ngx_http_sse_redis_now_us();
+    // ngx_current_msec is CLOCK_MONOTONIC's, truncated to ms, in the
+    // nginx we build with: checked, so that one where it is not goes
+    // without a cut-off rather than with a wrong one.
+    int64_t lag = (int64_t)(now / 1000) - (int64_t)ngx_current_msec;
+    rw->clock_fence = false;
+    if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 && lag >= 0 &&
+        lag < 60000) {
+        uint64_t t = ngx_http_sse_redis_u64(r->element[0]) * 1000000 +
+                     ngx_http_sse_redis_u64(r->element[1]);
+        rw->clock_off_us = (int64_t)(t - now);
+        rw->clock_fence = t != 0;
+    }
+    rw->clock_known = true;
+    rw->clock_life = rc->life;
+    rw->clock_at = ngx_current_msec;
+    if (!rw->calls.empty() && !rw->flush_ev.posted) {
+        ngx_post_event(&rw->flush_ev, &ngx_posted_events);
+    }
 }
 
 static void ngx_http_sse_redis_publish_send(ngx_http_sse_redis_publish_t *p) {
@@ -2542,37 +3425,71 @@ static void ngx_http_sse_redis_publish_send(ngx_http_sse_redis_publish_t *p) {
         epoch = std::to_string(sse::store::peek_epoch(root));
         seq = std::to_string(sse::store::peek_seq(root));
     }
-    static const char *script = ngx_http_sse_redis_publish_lua;
-    const std::string &sha = rw->sha;
-    std::string stream = rw->keys[4] + p->channel;
-    // The channel's count key, for the subscribers of the answer.
-    std::string subs = *rw->conf->prefix + ":subs:" + p->channel;
+    // The zone's liveness hash and this machine's id, for the counts of
+    // the answers (NGX_HTTP_SSE_REDIS_COUNT_LUA).
     std::string alive = *rw->conf->prefix + ":alive";
     const std::string &me = ngx_http_sse_redis_count_me(rw->zw);
     if (p->remove) {
         // Rare: sent whole, no script cache to keep.
+        ngx_http_sse_redis_item_t *it = p->items[0].get();
+        std::string stream = rw->keys[4] + it->channel;
+        std::string subs = *rw->conf->prefix + ":subs:" + it->channel;
         ngx_http_sse_redis_send(
             &rw->cmd,
             {"EVAL", ngx_http_sse_redis_delete_lua, "8", rw->keys[0],
              rw->keys[1], stream, rw->keys[2], rw->keys[3], rw->keys[5], subs,
-             alive, epoch, seq, p->channel, me},
+             alive, epoch, seq, it->channel, me},
             ngx_http_sse_redis_publish_reply, p);
         return;
     }
-    ngx_http_sse_redis_send(
-        &rw->cmd,
-        {p->eval ? "EVAL" : "EVALSHA", p->eval ? std::string_view(script) : sha,
-         "8", rw->keys[0], rw->keys[1], stream, rw->keys[2], rw->keys[3],
-         rw->keys[5], subs, alive, epoch, seq, p->channel, p->body, p->maxlen,
-         p->ttl, me},
-        ngx_http_sse_redis_publish_reply, p);
+    std::vector<std::string> streams, counts, at;
+    streams.reserve(p->items.size());
+    counts.reserve(p->items.size());
+    at.reserve(p->items.size());
+    for (auto &it : p->items) {
+        streams.push_back(rw->keys[4] + it->channel);
+        // Counted: the last event of a request whose answer waits for it
+        // (nobody waits on the module's own publishes).
+        if (it->done != NULL && !it->bodies.empty()) {
+            counts.push_back(*rw->conf->prefix + ":subs:" + it->channel);
+            at.push_back(std::to_string(6 + p->events + counts.size()));
+        } else {
+            at.emplace_back("0");
+        }
+    }
+    std::string numkeys = std::to_string(6 + p->events + counts.size());
+    std::vector<std::string_view> args;
+    args.reserve(3 + 6 + p->events + counts.size() + 4 + 5 * p->events);
+    args.insert(args.end(),
+                {p->eval ? "EVAL" : "EVALSHA",
+                 p->eval ? std::string_view(ngx_http_sse_redis_publish_lua)
+                         : std::string_view(rw->sha),
+                 numkeys, rw->keys[0], rw->keys[1], rw->keys[2], rw->keys[3],
+                 rw->keys[5], alive});
+    for (size_t k = 0; k < p->items.size(); k++) {
+        args.insert(args.end(), p->items[k]->bodies.size(), streams[k]);
+    }
+    args.insert(args.end(), counts.begin(), counts.end());
+    std::string cutoff = ngx_http_sse_redis_fence(rw);
+    args.insert(args.end(), {epoch, seq, cutoff, me});
+    for (size_t k = 0; k < p->items.size(); k++) {
+        auto &it = p->items[k];
+        for (size_t j = 0; j < it->bodies.size(); j++) {
+            args.insert(args.end(),
+                        {it->channel, it->bodies[j], it->maxlen, it->ttl,
+                         j + 1 == it->bodies.size() ? std::string_view(at[k])
+                                                    : std::string_view("0")});
+        }
+    }
+    ngx_http_sse_redis_send(&rw->cmd, args, ngx_http_sse_redis_publish_reply,
+                            p);
 }
 
 static void ngx_http_sse_redis_load_reply(ngx_http_sse_redis_conn_t *rc,
                                           void *data, redisReply *r,
                                           const char *err) {}
 
-// A publish that met TRYAGAIN goes again (or is dropped, cancelled).
+// A call that met TRYAGAIN goes again (or is dropped: nobody waits).
 static void ngx_http_sse_redis_retry(ngx_event_t *ev) {
     auto *p = static_cast<ngx_http_sse_redis_publish_t *>(ev->data);
     ngx_http_sse_redis_worker_t *rw = p->rw;
@@ -2580,91 +3497,136 @@ static void ngx_http_sse_redis_retry(ngx_event_t *ev) {
     if (it != rw->waiting.end()) {
         rw->waiting.erase(it);
     }
-    if (p->data == NULL) {
+    if (!ngx_http_sse_redis_waited(p)) {
         delete p;
         return;
     }
     try {
         ngx_http_sse_redis_publish_send(p);
     } catch (const std::exception &e) {
-        std::string why = e.what();
-        p->done(p->data, false, 0, 0, -1, why);
-        delete p;
+        ngx_http_sse_redis_publish_reply(&rw->cmd, p, NULL, e.what());
     }
 }
 
-// A publish or delete for channel, not sent yet; NULL (and *err) while
-// Redis is known to be unreachable: it fails fast.
-static ngx_http_sse_redis_publish_t *ngx_http_sse_redis_request(
-    ngx_http_sse_zone_worker_t *zw, std::string_view channel,
-    ngx_http_sse_redis_done_pt done, void *cbdata, std::string *err) {
-    auto *rw = static_cast<ngx_http_sse_redis_worker_t *>(zw->redis);
+// End of the event loop's turn: the calls gathered go, in order.
+static void ngx_http_sse_redis_flush_handler(ngx_event_t *ev) {
+    auto *rw = static_cast<ngx_http_sse_redis_worker_t *>(ev->data);
+    if (!rw->clock_probing &&
+        (!rw->clock_known || rw->clock_life != rw->cmd.life ||
+         ngx_current_msec - rw->clock_at > NGX_HTTP_SSE_REDIS_CLOCK_AGE)) {
+        try {
+            if (!rw->cmd.connected && !rw->cmd.connecting) {
+                // A fresh connection loads the script first.
+                ngx_http_sse_redis_send(
+                    &rw->cmd,
+                    {"SCRIPT", "LOAD", ngx_http_sse_redis_publish_lua},
+                    ngx_http_sse_redis_load_reply, NULL);
+            }
+            rw->clock_probing = true;  // its reply may come from inside
+            ngx_http_sse_redis_send(&rw->cmd, {"TIME"},
+                                    ngx_http_sse_redis_time_reply, NULL);
+        } catch (const std::exception &) {
+            rw->clock_probing = false;  // sent without a cut-off meanwhile
+        }
+    }
+    if (!rw->clock_known && rw->clock_probing) {
+        return;  // the first cut-off needs Redis's clock: sent from there
+    }
+    std::vector<ngx_http_sse_redis_publish_t *> calls;
+    calls.swap(rw->calls);
+    for (ngx_http_sse_redis_publish_t *p : calls) {
+        try {
+            if (!p->remove && !rw->cmd.connected && !rw->cmd.connecting) {
+                // A fresh connection loads the script first.
+                ngx_http_sse_redis_send(
+                    &rw->cmd,
+                    {"SCRIPT", "LOAD", ngx_http_sse_redis_publish_lua},
+                    ngx_http_sse_redis_load_reply, NULL);
+            }
+            ngx_http_sse_redis_publish_send(p);
+        } catch (const std::exception &e) {
+            // Answered here, never from inside the call that queued it.
+            ngx_http_sse_redis_publish_reply(&rw->cmd, p, NULL, e.what());
+        }
+    }
+}
+
+// Queues item (events for one channel, or a delete) for the end of this
+// turn of the event loop: publishes join the call being gathered while it
+// has room, so that they all take one script call; a delete, and a call
+// that is full, end it. The item's events stay together, in one call.
+// The handle for the caller, or NULL (and *err) while Redis is known to be
+// unreachable: it fails fast.
+static ngx_http_sse_redis_item_t *ngx_http_sse_redis_queue(
+    ngx_http_sse_redis_worker_t *rw,
+    std::unique_ptr<ngx_http_sse_redis_item_t> item, bool remove,
+    std::string *err) {
     if ((ngx_msec_int_t)(rw->cmd_down_until - ngx_current_msec) > 0 &&
         !rw->cmd.connected) {
         *err = rw->cmd_error;
-        __atomic_fetch_add(&sse::store::ext(zw->zone->root).publish_errors, 1,
-                           __ATOMIC_RELAXED);
+        __atomic_fetch_add(&sse::store::ext(rw->zw->zone->root).publish_errors,
+                           1, __ATOMIC_RELAXED);
         return NULL;
     }
-    auto *p = new ngx_http_sse_redis_publish_t();
-    p->rw = rw;
-    p->done = done;
-    p->data = cbdata;
-    p->start_us = ngx_http_sse_redis_now_us();
-    p->channel.assign(channel);
-    return p;
+    size_t events = remove ? 1 : item->bodies.size();
+    size_t bytes = 0;
+    for (const std::string &b : item->bodies) {
+        bytes += b.size();
+    }
+    ngx_http_sse_redis_publish_t *p =
+        rw->calls.empty() ? NULL : rw->calls.back();
+    if (p == NULL || remove || p->remove ||
+        p->events + events > NGX_HTTP_SSE_REDIS_GROUP_EVENTS ||
+        p->bytes + bytes > NGX_HTTP_SSE_REDIS_GROUP_BYTES) {
+        auto call = std::make_unique<ngx_http_sse_redis_publish_t>();
+        call->rw = rw;
+        call->remove = remove;
+        call->start_us = ngx_http_sse_redis_now_us();
+        rw->calls.push_back(call.get());
+        p = call.release();
+    }
+    p->items.push_back(std::move(item));
+    p->events += events;
+    p->bytes += bytes;
+    if (!rw->flush_ev.posted) {
+        ngx_post_event(&rw->flush_ev, &ngx_posted_events);
+    }
+    return p->items.back().get();
 }
 
 void *ngx_http_sse_redis_delete(ngx_http_sse_zone_worker_t *zw,
                                 std::string_view channel,
                                 ngx_http_sse_redis_done_pt done, void *cbdata,
                                 std::string *err) {
-    ngx_http_sse_redis_publish_t *p =
-        ngx_http_sse_redis_request(zw, channel, done, cbdata, err);
-    if (p == NULL) {
-        return NULL;
-    }
-    p->remove = true;
-    try {
-        ngx_http_sse_redis_publish_send(p);
-    } catch (...) {
-        delete p;
-        throw;
-    }
-    return p;
+    auto *rw = static_cast<ngx_http_sse_redis_worker_t *>(zw->redis);
+    auto item = std::make_unique<ngx_http_sse_redis_item_t>();
+    item->done = done;
+    item->data = cbdata;
+    item->channel.assign(channel);
+    return ngx_http_sse_redis_queue(rw, std::move(item), true, err);
 }
 
 void *ngx_http_sse_redis_publish(ngx_http_sse_zone_worker_t *zw,
                                  std::string_view channel,
-                                 std::string_view event, std::string_view data,
+                                 const ngx_http_sse_event_list &events,
                                  uint32_t buffer_length, ngx_msec_t ttl,
                                  ngx_http_sse_redis_done_pt done, void *cbdata,
                                  std::string *err) {
     auto *rw = static_cast<ngx_http_sse_redis_worker_t *>(zw->redis);
-    ngx_http_sse_redis_publish_t *p =
-        ngx_http_sse_redis_request(zw, channel, done, cbdata, err);
-    if (p == NULL) {
-        return NULL;
+    auto item = std::make_unique<ngx_http_sse_redis_item_t>();
+    item->done = done;
+    item->data = cbdata;
+    item->channel.assign(channel);
+    item->bodies.reserve(events.size());
+    for (auto &[event, data] : events) {
+        item->bodies.emplace_back(sse::encoded_body_size(event, data), '\0');
+        sse::encode_body(&item->bodies.back()[0], event, data);
     }
-    try {
-        p->body.resize(sse::encoded_body_size(event, data));
-        sse::encode_body(&p->body[0], event, data);
-        p->buffer_length = std::max<uint32_t>(buffer_length, 1);
-        p->ttl_ms = ttl ? ttl : 1;
-        p->maxlen = std::to_string(p->buffer_length);
-        p->ttl = std::to_string(p->ttl_ms);
-        if (!rw->cmd.connected && !rw->cmd.connecting) {
-            // A fresh connection loads the script first.
-            ngx_http_sse_redis_send(
-                &rw->cmd, {"SCRIPT", "LOAD", ngx_http_sse_redis_publish_lua},
-                ngx_http_sse_redis_load_reply, NULL);
-        }
-        ngx_http_sse_redis_publish_send(p);
-    } catch (...) {
-        delete p;
-        throw;
-    }
-    return p;
+    item->buffer_length = std::max<uint32_t>(buffer_length, 1);
+    item->ttl_ms = ttl ? ttl : 1;
+    item->maxlen = std::to_string(item->buffer_length);
+    item->ttl = std::to_string(item->ttl_ms);
+    return ngx_http_sse_redis_queue(rw, std::move(item), false, err);
 }
 
 static void ngx_http_sse_redis_forget_requests(
@@ -2672,8 +3634,11 @@ static void ngx_http_sse_redis_forget_requests(
     for (ngx_http_sse_redis_conn_t *rc : {&rw->cmd, &rw->ask}) {
         for (auto &cmd : rc->pending) {
             if (cmd.handler == ngx_http_sse_redis_publish_reply) {
-                static_cast<ngx_http_sse_redis_publish_t *>(cmd.data)->data =
-                    NULL;
+                for (auto &it :
+                     static_cast<ngx_http_sse_redis_publish_t *>(cmd.data)
+                         ->items) {
+                    it->data = NULL;
+                }
             }
         }
     }
@@ -2684,10 +3649,17 @@ static void ngx_http_sse_redis_forget_requests(
         delete p;
     }
     rw->waiting.clear();
+    for (ngx_http_sse_redis_publish_t *p : rw->calls) {
+        delete p;
+    }
+    rw->calls.clear();
+    if (rw->flush_ev.posted) {
+        ngx_delete_posted_event(&rw->flush_ev);
+    }
 }
 
 void ngx_http_sse_redis_cancel(void *handle) {
-    static_cast<ngx_http_sse_redis_publish_t *>(handle)->data = NULL;
+    static_cast<ngx_http_sse_redis_item_t *>(handle)->data = NULL;
 }
 
 bool ngx_http_sse_redis_ready(ngx_http_sse_zone_t *z) {
@@ -2723,6 +3695,17 @@ void ngx_http_sse_redis_figures(ngx_http_sse_zone_t *z,
     uint64_t total = __atomic_load_n(&x.rtt_us_total, __ATOMIC_RELAXED);
     f->rtt_avg_us = f->publishes ? total / f->publishes : 0;
     f->rtt_last_us = __atomic_load_n(&x.rtt_us_last, __ATOMIC_RELAXED);
+    f->sentinels = z->redis->sentinels ? z->redis->sentinels->nelts : 0;
+    f->sentinels_answered =
+        __atomic_load_n(&x.sentinels_answered, __ATOMIC_RELAXED);
+    uint64_t confirmed =
+        __atomic_load_n(&x.sentinel_confirmed_ms, __ATOMIC_RELAXED);
+    // Another process may have stored a time a little ahead of ours.
+    uint64_t now = ngx_current_msec;
+    f->sentinel_confirmed_ago_ms = confirmed == 0 ? -1
+                                   : confirmed > now
+                                       ? 0
+                                       : (int64_t)(now - confirmed);
 }
 
 // ------------------------------------------------------------- counts

@@ -95,7 +95,17 @@ static std::string ngx_http_sse_status_json(
                  ",\"publish_rtt_avg_us\":" +
                  std::to_string(f.redis.rtt_avg_us) +
                  ",\"publish_rtt_last_us\":" +
-                 std::to_string(f.redis.rtt_last_us) + "}";
+                 std::to_string(f.redis.rtt_last_us);
+            if (f.redis.sentinels != 0) {
+                j += ",\"sentinels\":" + std::to_string(f.redis.sentinels) +
+                     ",\"sentinels_answered\":" +
+                     std::to_string(f.redis.sentinels_answered) +
+                     ",\"sentinel_confirmed_ago_ms\":" +
+                     (f.redis.sentinel_confirmed_ago_ms < 0
+                          ? std::string("null")
+                          : std::to_string(f.redis.sentinel_confirmed_ago_ms));
+            }
+            j += "}";
         }
         if (!f.redis_counts.empty()) {
             j += ",\"redis_counts\":" + f.redis_counts;
@@ -205,6 +215,24 @@ static std::string ngx_http_sse_status_prometheus(
     redis_metric("sse_redis_publish_rtt_avg_seconds", "gauge",
                  "Mean round trip of a publish to Redis.",
                  [](const fig &f) { return f.redis.rtt_avg_us / 1e6; });
+    auto sentinel_metric = [&](const char *name, const char *help, auto value) {
+        t += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name +
+             " gauge\n";
+        for (const auto &f : zones) {
+            if (f.redis.sentinels != 0 && value(f) >= 0) {
+                t += std::string(name) + "{zone=\"" + f.name + "\"} " +
+                     std::to_string(value(f)) + "\n";
+            }
+        }
+    };
+    sentinel_metric(
+        "sse_redis_sentinels_answered",
+        "Sentinels that answered the last check.",
+        [](const fig &f) { return (double)f.redis.sentinels_answered; });
+    sentinel_metric(
+        "sse_redis_sentinel_confirmed_age_seconds",
+        "Time since a sentinel last named the primary in use.",
+        [](const fig &f) { return f.redis.sentinel_confirmed_ago_ms / 1e3; });
     t += "# HELP sse_worker_subscribers Channel subscriptions per worker.\n"
          "# TYPE sse_worker_subscribers gauge\n";
     for (const auto &f : zones) {

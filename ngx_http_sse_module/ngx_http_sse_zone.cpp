@@ -148,6 +148,25 @@ char *ngx_http_sse_zone_directive(ngx_conf_t *cf, ngx_command_t *cmd,
             value[i].data += 18;
             value[i].len -= 18;
             machine_ttl = &value[i];
+        } else if (machine_ttl != NULL && value[i].len >= 18 &&
+                   ngx_strncmp(value[i].data, "redis_machine_ttl=", 18) == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "duplicate \"redis_machine_ttl=\" parameter "
+                               "in \"%V\" directive",
+                               &cmd->name);
+            return (char *)NGX_CONF_ERROR;
+        } else if ((redis != NULL && value[i].len >= 6 &&
+                    ngx_strncmp(value[i].data, "redis=", 6) == 0) ||
+                   (sentinel_auth != NULL && value[i].len >= 20 &&
+                    ngx_strncmp(value[i].data, "redis_sentinel_auth=", 20) ==
+                        0)) {
+            // Not echoed: it may hold a password.
+            ngx_conf_log_error(
+                NGX_LOG_EMERG, cf, 0,
+                "duplicate \"%s\" parameter in \"%V\" directive",
+                value[i].data[5] == '=' ? "redis=" : "redis_sentinel_auth=",
+                &cmd->name);
+            return (char *)NGX_CONF_ERROR;
         } else {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "invalid parameter \"%V\" in \"%V\" "

@@ -690,6 +690,13 @@ void store::mark_gone(channel *c, uint64_t seq) {
     }
 }
 
+void store::drop_through(channel *c, uint64_t seq) {
+    mark_gone(c, seq);
+    while (c->retired < c->count && c->at(c->retired)->seq <= seq) {
+        retire_oldest(c);
+    }
+}
+
 void store::skip_to(uint64_t seq) {
     root_->seq = std::max(root_->seq, seq);
 }

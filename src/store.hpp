@@ -153,6 +153,13 @@ struct external_stats {
     uint64_t rtt_us_total;  // of the publishes' round trips
     uint64_t rtt_us_last;
     char last_error[120];  // NUL-terminated
+    // Redis Sentinel: how many sentinels answered the last check, when
+    // one last answered and when one last named the primary in use
+    // (ngx_current_msec, 0: never), and which one-time lines are out.
+    uint32_t sentinels_answered;
+    uint32_t told;  // bits, see the glue
+    uint64_t sentinel_answered_ms;
+    uint64_t sentinel_confirmed_ms;
     // The subscriber counts across machines (the glue's
     // ngx_http_sse_redis_count.cpp): its record, an aux block made under
     // the lock and never freed; nullptr until then.
@@ -319,6 +326,11 @@ public:
     // them): resumes before it see a gap, and subscribers that had not
     // read up to it are ended (lost_seq), as with memory exhaustion.
     void mark_gone(channel *c, uint64_t seq);
+    // mark_gone, and c's events up to `seq` leave its history (kept for
+    // the processes still delivering them, as evicted ones are): neither
+    // resumed nor served as initial events, so that what is served never
+    // skips the missing ones silently.
+    void drop_through(channel *c, uint64_t seq);
     // The same for a channel not held here: one of any name made later
     // reports a gap for resume points before seq (as for a freed channel).
     void mark_gone_unheld(uint64_t seq);

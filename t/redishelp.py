@@ -217,3 +217,54 @@ class FakeDNS:
         self.done = True
         self.thread.join(2)
         self.sock.close()
+
+
+# ---- rhost: a Redis Cluster whose nodes announce hostnames
+
+def start_host_cluster(start_redis, dns, n=3, replicas=0):
+    """A Redis Cluster (start_cluster) whose nodes announce themselves as
+    nodeN.sse.test (cluster-announce-hostname, preferred endpoint type
+    hostname: MOVED and ASK name them so), names that `dns` (a FakeDNS)
+    resolves to 127.0.0.1. Returns the nodes, each with .host set."""
+    made = []
+
+    def start(port=None, args=()):
+        host = f"node{len(made)}.sse.test"
+        dns.names[host] = "127.0.0.1"
+        r = start_redis(port=port, args=[
+            *args, "--cluster-announce-hostname", host,
+            "--cluster-preferred-endpoint-type", "hostname"])
+        r.host = host
+        made.append(r)
+        return r
+
+    return start_cluster(start, n=n, replicas=replicas)
+
+
+def multi_zone_conf(render_conf, names):
+    """A render_conf for machines serving several zones: locations
+    /e/ZONE/CHANNEL (subscribe) and /p/ZONE/CHANNEL (publish) per zone,
+    the template's zone-less locations dropped (several zones need
+    zone=NAME)."""
+    import re
+
+    def render(*a, **kw):
+        kw["sub_locations"] = kw.get("sub_locations", "") + "".join(
+            f"\n        location ~ ^/e/{z}/(?<zch>.+)$ "
+            f"{{ sse_subscribe zone={z}; sse_channel $zch; sse_retry 3000; }}"
+            for z in names)
+        kw["pub_locations"] = kw.get("pub_locations", "") + "".join(
+            f"\n        location ~ ^/p/{z}/(?<zch>.+)$ "
+            f"{{ sse_publish zone={z}; sse_channel $zch; }}"
+            for z in names)
+        text = render_conf(*a, **kw)
+        text = re.sub(r"\n        # /events/CHANNEL.*?\n        }\n", "\n",
+                      text, flags=re.S)
+        text = re.sub(r"\n        # several channels.*?\n        }\n", "\n",
+                      text, flags=re.S)
+        text = re.sub(r"\n        location ~ \(\?s\)\^/publish/.*?\n        }\n",
+                      "\n", text, flags=re.S)
+        text = re.sub(r"\n        # /pub\?channel=ID.*?\n        }\n", "\n",
+                      text, flags=re.S)
+        return text
+    return render

@@ -6,6 +6,7 @@ sums once its liveness key expires, a reload keeps the machine's id."""
 import asyncio
 import json
 import os
+import re
 import signal
 import time
 
@@ -13,6 +14,7 @@ import pytest
 
 from redishelp import (assert_zone_refused, needs_redis,  # noqa: F401
                        redis_conf, start_redis, wait_in_sync)
+from sselib.client import KeepAlive
 
 pytestmark = needs_redis
 
@@ -86,6 +88,8 @@ def fields(redis, channel):
     ("redis=redis://127.0.0.1 redis_machine_ttl=500ms",
      "at least 1s"),
     ("redis_machine_ttl=5s", "needs \"redis=\""),
+    ("redis=redis://127.0.0.1 redis_machine_ttl=5s redis_machine_ttl=6s",
+     "duplicate \"redis_machine_ttl=\" parameter"),
 ])
 def test_bad_machine_ttl_fails_nginx_t(tmp_path, param, why):
     assert_zone_refused(tmp_path, param, why)
@@ -134,6 +138,58 @@ async def test_publish_and_info_count_every_machine(start_nginx,
         s.close()
     for m in (a, b, c):
         await until_count(m, "room", 0)
+
+
+def script_calls(redis):
+    """How many times Redis ran the publish script (EVALSHA) so far."""
+    m = re.search(r"cmdstat_evalsha:calls=(\d+)",
+                  redis.cli("INFO", "commandstats"))
+    return int(m.group(1)) if m else 0
+
+
+@pytest.mark.timeout_s(120)
+async def test_posts_sharing_a_script_call_each_count_their_channel(
+        start_nginx, start_redis):
+    r = start_redis()
+    a, b = await machines(start_nginx, r, 2)
+    # Channel gK has K subscribers on B, and one more on A for g2.
+    want = {f"g{k}": k for k in range(1, 5)}
+    held = [await b.stream(ch) for ch, k in want.items() for _ in range(k)]
+    held.append(await a.stream("g2"))
+    want["g2"] += 1
+    want["g0"] = 0
+    for ch, k in want.items():
+        await until_count(a, ch, k or None)
+    await a.publish_ok("warm", "x")  # the script is loaded, the clock known
+    before = script_calls(r)
+    conns, per = 20, 10
+
+    async def publisher(k):
+        # Each connection POSTs to one channel in turn; the 20 connections
+        # run at once, so a worker's call holds POSTs to several channels.
+        c = await KeepAlive.open(a.pub_port)
+        ch = f"g{k % 5}"
+        try:
+            for i in range(per):
+                resp = await c.request("POST", "/publish/" + ch,
+                                       body=f"{k}-{i}".encode(), timeout=30)
+                assert resp.status == 202, resp
+                assert resp.json()["subscribers"] == want[ch], (ch, resp)
+        finally:
+            c.close()
+
+    await asyncio.gather(*(publisher(k) for k in range(conns)))
+    calls = script_calls(r) - before
+    assert calls < conns * per, f"{calls} script calls: nothing shared"
+    # A streaming publish's answer: its channel's count.
+    body = "".join(f"data: {i}\n\n" for i in range(150))
+    resp = await a.publish("g3", body.encode(),
+                           headers={"Content-Type": "text/event-stream"})
+    assert resp.status == 202, resp
+    assert resp.json()["published"] == 150
+    assert resp.json()["subscribers"] == 3
+    for s in held:
+        s.close()
 
 
 @pytest.mark.timeout_s(60)

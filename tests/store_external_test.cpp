@@ -207,4 +207,28 @@ TEST(StoreExternal, MarkGoneOnAChannelWithoutMembersOnlyDropsIt) {
     EXPECT_EQ(res.gap, sse::gap_reason::evicted);
 }
 
+TEST(StoreExternal, DropThroughTakesEventsOutOfHistory) {
+    ext_zone z;
+    z.at("a", 100);
+    z.at("a", 101);
+    z.at("a", 104);
+    {
+        sse::session s = z.open();
+        // Events up to 103 are missing here: 100 and 101 are not served
+        // as if nothing were missing after them; 104 stays.
+        s->drop_through(s->find("a"), 103);
+    }
+    z.at("a", 105);
+    sse::catch_up_result res;
+    auto seqs = z.resume("a", "", &res);
+    EXPECT_EQ(seqs, (std::vector<uint64_t>{104, 105}));
+    z.resume("a", "7-101", &res);
+    EXPECT_EQ(res.gap, sse::gap_reason::evicted);
+    seqs = z.resume("a", "7-103", &res);
+    EXPECT_EQ(res.gap, sse::gap_reason::none);
+    EXPECT_EQ(seqs, (std::vector<uint64_t>{104, 105}));
+    sse::session s = z.open();
+    EXPECT_EQ(s->check(), "");
+}
+
 }  // namespace

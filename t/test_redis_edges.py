@@ -1,0 +1,118 @@
+"""Edges of the publish path to Redis that once crashed a worker: a
+command that fails inside the call that sends it (connect() refused at
+once, ENETUNREACH; send() failing on a dead socket) is answered like any
+other failure, 503 with Retry-After; a streaming publish whose body came
+in with its head is answered from Redis's reply."""
+
+import asyncio
+import time
+
+import pytest
+
+from redishelp import (needs_redis, redis_conf, start_redis,  # noqa: F401
+                       zone_nginx_t)
+
+pytestmark = needs_redis
+
+STATUS = "        location = /sse-status { sse_status; }\n"
+# 224.0.0.1 is multicast: connect() fails at once (ENETUNREACH), inside
+# the call that queued the command, rather than later on the event loop.
+UNREACHABLE = "redis://224.0.0.1:6379"
+ALLOW = [r"\[error\].*sse: redis", r"\[error\].*connect\(\) .*failed"]
+
+
+async def publishes_after_backoff(n, make, count):
+    """Sends `count` requests at once, again and again for 3 s, so that
+    some of them come when the fail-fast window after a failure is over
+    and their send() connects: every answer is a 503 with Retry-After."""
+    deadline = time.monotonic() + 3
+    seen = 0
+    while time.monotonic() < deadline:
+        for resp in await asyncio.gather(*(make(i) for i in range(count))):
+            assert resp.status == 503, resp
+            assert resp.header("Retry-After") == "1", resp
+            seen += 1
+        await asyncio.sleep(0.02)
+    return seen
+
+
+@pytest.mark.timeout_s(60)
+@pytest.mark.parametrize("kind", ["post", "stream", "delete"])
+async def test_connect_failing_at_once_answers_503(start_nginx, kind):
+    n = start_nginx(zone=redis_conf(UNREACHABLE, extra=" redis_timeout=300ms"),
+                    sub_locations=STATUS, allow_log=ALLOW)
+    body = "".join(f"data: {i}\n\n" for i in range(5)).encode()
+
+    def make(i):
+        if kind == "post":
+            return n.publish(f"c{i % 3}", f"x{i}")
+        if kind == "stream":
+            return n.publish(f"c{i % 3}", body,
+                             headers={"Content-Type": "text/event-stream"})
+        return n.pub_http("DELETE", f"/publish/c{i % 3}")
+
+    assert await publishes_after_backoff(n, make, 8) > 0
+    # Every worker is still the one that started: none crashed.
+    st = (await n.sub_http("GET", "/sse-status")).json()
+    assert st["zones"][0]["redis"]["state"] != "up"
+    assert "crashed" not in n.log_text() and "signal" not in n.log_text()
+
+
+async def test_small_streaming_publish_read_with_its_head(start_nginx,
+                                                          start_redis):
+    """A streaming publish whose whole body came in with its head: nginx
+    has read it all before the module starts, and the events wait for
+    Redis; the answer comes from Redis's reply."""
+    from test_redis import machines
+    r = start_redis()
+    a, b = await machines(start_nginx, r, 2)
+    s = await b.stream("small")
+    body = "".join(f"data: {i}\n\n" for i in range(3)).encode()
+    resp = await a.publish("small", body,
+                           headers={"Content-Type": "text/event-stream"})
+    assert resp.status == 202, resp
+    assert resp.json()["published"] == 3
+    assert [e.data for e in await s.events(3, 5)] == ["0", "1", "2"]
+
+
+@pytest.mark.timeout_s(60)
+async def test_reload_answers_publishes_waiting_for_redis(start_nginx,
+                                                         start_redis):
+    """A reload while publishes wait for a slow Redis: the old workers stay
+    until Redis answered them (within redis_timeout), so each publisher
+    gets its answer rather than a closed connection."""
+    import redis as pyredis
+    from test_redis import machines
+    r = start_redis()
+    (a,) = await machines(start_nginx, r, 1, extra=" redis_timeout=5s")
+    first = await a.publish_ok("slow", "before")
+    pyredis.Redis(port=r.port).execute_command("CLIENT", "PAUSE", "1500",
+                                               "WRITE")
+    pending = [asyncio.ensure_future(a.publish("slow", f"p{i}"))
+               for i in range(6)]
+    await asyncio.sleep(0.3)  # they are waiting for Redis now
+    a.reload()
+    answers = await asyncio.gather(*pending)
+    assert [x.status for x in answers] == [202] * 6, answers
+    # Stored, once each: a resume from "before" gets exactly them.
+    s = await a.stream("slow", headers={"Last-Event-ID": first})
+    got = [e.data for e in await s.events(6, 10)]
+    assert sorted(got) == [f"p{i}" for i in range(6)]
+    assert "open socket" not in a.log_text()
+
+
+@pytest.mark.parametrize("param,why", [
+    ("redis=redis://u:hunter2@127.0.0.1:6379/x", "must be a number"),
+    ("redis=rediss+sentinel://u:hunter2@127.0.0.1/m",
+     "TLS (rediss://) with Sentinel is not supported"),
+    ("redis=redis://a:hunter2@127.0.0.1 redis=redis://b:hunter2@127.0.0.1",
+     'duplicate "redis=" parameter'),
+    ("redis=redis+sentinel://127.0.0.1/m redis_sentinel_auth=x:hunter2 "
+     "redis_sentinel_auth=y:hunter2", 'duplicate "redis_sentinel_auth="'),
+])
+def test_refused_redis_parameters_keep_the_password_out(tmp_path, param,
+                                                        why):
+    """`nginx -t` says what is wrong without printing the password."""
+    ok, out = zone_nginx_t(tmp_path, param)
+    assert not ok and "[emerg]" in out and why in out, out
+    assert "hunter2" not in out, out
