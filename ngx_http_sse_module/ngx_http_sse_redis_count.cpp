@@ -115,6 +115,7 @@ struct ngx_http_sse_count_worker_t {
     ngx_msec_t next_refresh;
     ngx_msec_t last_sync;
     bool refreshing;
+    bool told;  // a push's failure logged, none went through since
     // What Redis holds of this machine's counts, as far as it knows.
     std::unordered_map<std::string, uint32_t> pushed;
     std::unordered_set<ngx_http_sse_count_cmd_t *> cmds;
@@ -306,6 +307,15 @@ static bool ngx_http_sse_count_send(
 
 // ------------------------------------------------------------- reading
 
+// Why a count command failed, for a log line: Redis's own error; a
+// connection's failure is logged by the Redis engine already (once, where
+// it repeats), so it is not said again here.
+static const char *ngx_http_sse_count_why(redisReply *r) {
+    return r != NULL && r->type == REDIS_REPLY_ERROR ? r->str
+           : r != NULL                               ? "unexpected reply"
+                       : "no reply from Redis (see the zone's redis errors)";
+}
+
 static void ngx_http_sse_count_read_reply(ngx_http_sse_count_worker_t *cw,
                                           ngx_http_sse_count_cmd_t *cmd,
                                           redisReply *r, const char *err) {
@@ -317,9 +327,7 @@ static void ngx_http_sse_count_read_reply(ngx_http_sse_count_worker_t *cw,
                       "sse: zone \"%V\": the other machines' subscribers "
                       "are not known: %s",
                       &cw->zw->zone->shm_zone->shm.name,
-                      r != NULL && r->type == REDIS_REPLY_ERROR
-                          ? r->str
-                          : (err ? err : "unexpected reply"));
+                      ngx_http_sse_count_why(r));
     }
     ngx_http_sse_count_done_pt done = cmd->done;
     cmd->done = NULL;
@@ -368,12 +376,15 @@ const std::string &ngx_http_sse_redis_count_me(ngx_http_sse_zone_worker_t *zw) {
 static void ngx_http_sse_count_failed(ngx_http_sse_count_worker_t *cw,
                                       const char *what, redisReply *r,
                                       const char *err) {
-    ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
-                  "sse: zone \"%V\": subscriber counts not pushed (%s): %s",
-                  &cw->zw->zone->shm_zone->shm.name, what,
-                  r != NULL && r->type == REDIS_REPLY_ERROR
-                      ? r->str
-                      : (err ? err : "unexpected reply"));
+    // Once until a push goes through again: a pusher retries every 250 ms.
+    if (!cw->told) {
+        cw->told = true;
+        ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                      "sse: zone \"%V\": subscriber counts not pushed "
+                      "(%s): %s",
+                      &cw->zw->zone->shm_zone->shm.name, what,
+                      ngx_http_sse_count_why(r));
+    }
     if (cw->shm != NULL) {
         __atomic_fetch_add(&cw->shm->push_errors, 1, __ATOMIC_RELAXED);
     }
@@ -402,6 +413,7 @@ static void ngx_http_sse_count_push_reply(ngx_http_sse_count_worker_t *cw,
             cw->pushed[id] = n;
         }
     }
+    cw->told = false;
     if (cw->shm != NULL) {
         __atomic_fetch_add(&cw->shm->pushes, 1, __ATOMIC_RELAXED);
         __atomic_store_n(&cw->shm->last_push, ngx_http_sse_count_now_ms(),
@@ -602,6 +614,7 @@ static void ngx_http_sse_count_refresh_reply(ngx_http_sse_count_worker_t *cw,
         cw->next_refresh = ngx_current_msec;  // as soon as it can
         return;
     }
+    cw->told = false;
     if (r->element[0]->integer == 0 && cw->phase != NGX_HTTP_SSE_COUNT_IDLE) {
         // Redis had forgotten this machine: its counts go again.
         cw->phase = NGX_HTTP_SSE_COUNT_SYNC;
