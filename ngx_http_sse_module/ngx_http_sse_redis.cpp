@@ -1348,6 +1348,8 @@ static bool ngx_http_sse_redis_resolve(ngx_http_sse_redis_worker_t *rw,
     ctx->data = rw;
     ngx_msec_t t = rw->conf->clcf->resolver_timeout;
     ctx->timeout = t == NGX_CONF_UNSET_MSEC ? rw->conf->timeout : t;
+    // A graceful exit does not wait for it (the command timers do that).
+    ctx->cancelable = 1;
     lk.ctx = ctx;
     if (ngx_resolve_name(ctx) != NGX_OK) {
         lk.ctx = NULL;  // freed by nginx
