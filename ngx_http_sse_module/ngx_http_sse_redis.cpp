@@ -87,6 +87,10 @@ static const char *const ngx_http_sse_redis_state_text[] = {
 struct ngx_http_sse_redis_conf_t {
     ngx_str_t url;  // as written but for credentials (***), for messages
     ngx_addr_t addr;
+    // redis://host[:port],host[:port]...: a Redis Cluster's nodes, any of
+    // which redirects to a zone's node; a connection that fails moves on
+    // to the next (addr is the first).
+    ngx_array_t *seeds;  // of ngx_addr_t; NULL with Sentinel
     // redis+sentinel://: the sentinels asked for the primary of master;
     // NULL: addr is the server.
     ngx_array_t *sentinels;  // of ngx_addr_t
@@ -293,6 +297,7 @@ struct ngx_http_sse_redis_conn_t {
     // A node named by hostname (its address is cached): forgotten when
     // the connection fails, so that the name is looked up again.
     bool by_host;
+    bool on_seed;  // connected to conf->seeds[rw->seed_i[its role]]
     // A sentinel probe: asks that sentinel only, and fails quietly (the
     // census counts it).
     ngx_addr_t *probe;
@@ -329,6 +334,8 @@ struct ngx_http_sse_redis_worker_t {
     ngx_http_sse_redis_node_t last_primary;
     bool sentinel_heard;
     ngx_uint_t sentinel_i;
+    // Which of conf->seeds the command connection [0] and the bus [1] use.
+    ngx_uint_t seed_i[2];
     ngx_uint_t sentinel_tries;
     bool discovering;
     bool checking;  // a periodic question, nobody waits for it
@@ -653,11 +660,33 @@ char *ngx_http_sse_redis_parse(ngx_conf_t *cf, ngx_http_sse_zone_t *z,
     ngx_url_t u;
     ngx_memzero(&u, sizeof(ngx_url_t));
     if (!sentinel) {
-        if (!ngx_http_sse_redis_parse_host(
-                cf, url, p, hostend, NGX_HTTP_SSE_REDIS_DEFAULT_PORT, &u)) {
+        conf->seeds = ngx_array_create(cf->pool, 1, sizeof(ngx_addr_t));
+        if (conf->seeds == NULL) {
             return (char *)NGX_CONF_ERROR;
         }
-        conf->addr = u.addrs[0];
+        for (u_char *h = p; h <= hostend;) {
+            u_char *comma = static_cast<u_char *>(ngx_strlchr(h, hostend, ','));
+            u_char *he = comma ? comma : hostend;
+            if (h == he) {
+                return bad("an empty address in the list");
+            }
+            ngx_url_t hu;
+            ngx_memzero(&hu, sizeof(ngx_url_t));
+            if (!ngx_http_sse_redis_parse_host(
+                    cf, url, h, he, NGX_HTTP_SSE_REDIS_DEFAULT_PORT, &hu)) {
+                return (char *)NGX_CONF_ERROR;
+            }
+            auto *a = static_cast<ngx_addr_t *>(ngx_array_push(conf->seeds));
+            if (a == NULL) {
+                return (char *)NGX_CONF_ERROR;
+            }
+            *a = hu.addrs[0];
+            if (h == p) {
+                u = hu;  // TLS checks the first host's name
+            }
+            h = he + 1;
+        }
+        conf->addr = static_cast<ngx_addr_t *>(conf->seeds->elts)[0];
     }
     if (tls) {
         // The server's certificate is verified, and its name: against
@@ -837,6 +866,13 @@ static void ngx_http_sse_redis_close(ngx_http_sse_redis_conn_t *rc,
         }
     }
     rc->by_host = false;
+    if (rc->on_seed && err != NULL && ngx_strncmp(err, "MOVED ", 6) &&
+        (rc == &rw->cmd || rc == &rw->bus)) {
+        // That node may be down for good (its replica took over at another
+        // address): the next one of the list is tried.
+        rw->seed_i[rc == &rw->bus]++;
+    }
+    rc->on_seed = false;
     if (rc == &rw->cmd && err != NULL && ngx_strncmp(err, "MOVED ", 6) &&
         !ngx_http_sse_redis_stuck(rw)) {
         // A node we were redirected to may be gone (cluster failover): ask
@@ -1080,9 +1116,12 @@ static void ngx_http_sse_redis_connect(ngx_http_sse_redis_conn_t *rc) {
                (rw->moved.len != 0 || !rw->moved.host.empty())) {
         wait = !ngx_http_sse_redis_node_addr(rc, rw->moved);
     } else {
-        rc->pc.sockaddr = conf->addr.sockaddr;
-        rc->pc.socklen = conf->addr.socklen;
-        rc->pc.name = &conf->url;
+        ngx_uint_t i = rw->seed_i[rc == &rw->bus] % conf->seeds->nelts;
+        auto *a = static_cast<ngx_addr_t *>(conf->seeds->elts) + i;
+        rc->pc.sockaddr = a->sockaddr;
+        rc->pc.socklen = a->socklen;
+        rc->pc.name = conf->seeds->nelts > 1 ? &a->name : &conf->url;
+        rc->on_seed = true;
     }
     rc->pc.get = ngx_event_get_peer;
     // A sentinel that is down says so once a second: the census tells it.

@@ -116,3 +116,52 @@ def test_refused_redis_parameters_keep_the_password_out(tmp_path, param,
     ok, out = zone_nginx_t(tmp_path, param)
     assert not ok and "[emerg]" in out and why in out, out
     assert "hunter2" not in out, out
+
+
+@pytest.mark.timeout_s(120)
+async def test_cluster_seed_list_outlives_its_first_node(start_nginx,
+                                                         start_redis):
+    """`redis=redis://A,B,C`: the node a machine first reached (its bus
+    and its way in) dies for good, its replica taking over at another
+    address; the machines move on to the next node of the list, and every
+    accepted event still reaches every subscriber once, in order."""
+    from redishelp import node_of, start_cluster, wait_in_sync
+    from test_redis import REDIS_ERRORS, STATUS, read_events
+    nodes = start_cluster(start_redis, n=6, replicas=1)
+    primaries = [r for r in nodes
+                 if "role:master" in r.cli("INFO", "replication")]
+    first = primaries[0]
+    name = next(f"z{i}" for i in range(200)
+                if node_of(nodes, f"{{sse:z{i}}}") is not first)
+    seeds = ",".join(f"127.0.0.1:{r.port}" for r in primaries)
+    zone = f"sse_zone zone={name}:16m redis=redis://{seeds};"
+    a, b = (start_nginx(zone=zone, sub_locations=STATUS,
+                        allow_log=REDIS_ERRORS) for _ in range(2))
+    await wait_in_sync(a)
+    await wait_in_sync(b)
+    s = await b.stream("f")
+    before = [(await a.publish_ok("f", f"b{i}"), f"b{i}") for i in range(5)]
+    assert await read_events(s, 5, 10) == before
+    first.kill()
+    deadline = time.monotonic() + 30
+    after = []
+    while len(after) < 10:
+        resp = await a.publish("f", f"a{len(after)}")
+        assert resp.status in (202, 503), resp
+        if resp.status == 202:
+            after.append((resp.json()["id"], f"a{len(after)}"))
+        else:
+            assert time.monotonic() < deadline, resp
+            await asyncio.sleep(0.1)
+    assert await read_events(s, 10, 30) == after
+    await wait_in_sync(b)
+
+
+@pytest.mark.parametrize("param,why", [
+    ("redis=redis://127.0.0.1:7000,,127.0.0.1:7001",
+     "an empty address in the list"),
+    ("redis=redis://127.0.0.1:7000,no-such-host.invalid", "host not found"),
+])
+def test_bad_seed_lists_fail_nginx_t(tmp_path, param, why):
+    ok, out = zone_nginx_t(tmp_path, param)
+    assert not ok and "[emerg]" in out and why in out, out
