@@ -298,6 +298,10 @@ struct ngx_http_sse_redis_conn_t {
     // the connection fails, so that the name is looked up again.
     bool by_host;
     bool on_seed;  // connected to conf->seeds[rw->seed_i[its role]]
+    // TLS without redis_cert=: the server asked for a client certificate
+    // (tls-auth-clients), and no reply came yet; see cert_asked().
+    bool cert_asked;
+    bool replied;
     // A sentinel probe: asks that sentinel only, and fails quietly (the
     // census counts it).
     ngx_addr_t *probe;
@@ -355,6 +359,7 @@ struct ngx_http_sse_redis_worker_t {
     ngx_uint_t census_answered;
     std::string census_why;  // why the last one failed
     ngx_log_t quiet_log;     // nginx's own connect errors of probes
+    ngx_log_t cert_log;      // nginx's [crit] of a refused client (cert_asked)
     std::string told;        // an error logged once: not again on close
     std::string keys[6];     // epoch seq chans bus, the stream prefix, log
     ngx_http_sse_redis_conn_t cmd;
@@ -490,9 +495,13 @@ static char *ngx_http_sse_redis_parse_auth(ngx_conf_t *cf, ngx_str_t *v,
 
 // redis=redis://[user:pass@]host[:port][/db], or
 // redis=redis+sentinel://[user:pass@]host[:port][,host[:port]...]/MASTER[/db]
+static int ngx_http_sse_redis_cert_asked(SSL *ssl, X509 **x509,
+                                         EVP_PKEY **pkey);
+
 char *ngx_http_sse_redis_parse(ngx_conf_t *cf, ngx_http_sse_zone_t *z,
                                ngx_str_t *url, ngx_str_t *timeout,
-                               ngx_str_t *ca, ngx_str_t *sentinel_auth) {
+                               ngx_str_t *ca, ngx_str_t *sentinel_auth,
+                               ngx_str_t *cert, ngx_str_t *key) {
     auto *conf = static_cast<ngx_http_sse_redis_conf_t *>(
         ngx_pcalloc(cf->pool, sizeof(ngx_http_sse_redis_conf_t)));
     if (conf == NULL) {
@@ -541,6 +550,12 @@ char *ngx_http_sse_redis_parse(ngx_conf_t *cf, ngx_http_sse_zone_t *z,
     }
     if (ca != NULL && !tls) {
         return bad("redis_ca= is for TLS (rediss://)");
+    }
+    if ((cert != NULL || key != NULL) && !tls) {
+        return bad("redis_cert= and redis_key= are for TLS (rediss://)");
+    }
+    if ((cert == NULL) != (key == NULL)) {
+        return bad("redis_cert= and redis_key= go together");
     }
     if (sentinel_auth != NULL) {
         if (!sentinel) {
@@ -722,6 +737,15 @@ char *ngx_http_sse_redis_parse(ngx_conf_t *cf, ngx_http_sse_zone_t *z,
             return (char *)NGX_CONF_ERROR;
         }
         conf->host = u.host;
+        if (cert != NULL) {
+            // A client certificate, for a Redis with tls-auth-clients.
+            if (ngx_ssl_certificate(cf, conf->ssl, cert, key, NULL) != NGX_OK) {
+                return (char *)NGX_CONF_ERROR;
+            }
+        } else {
+            SSL_CTX_set_client_cert_cb(conf->ssl->ctx,
+                                       ngx_http_sse_redis_cert_asked);
+        }
     }
     try {
         conf->prefix = new std::string(
@@ -1124,6 +1148,7 @@ static void ngx_http_sse_redis_connect(ngx_http_sse_redis_conn_t *rc) {
         rc->on_seed = true;
     }
     rc->pc.get = ngx_event_get_peer;
+    rc->cert_asked = rc->replied = false;
     // A sentinel that is down says so once a second: the census tells it.
     rc->pc.log = rc->probe != NULL || (rc == &rw->sentinel && rw->checking)
                      ? &rw->quiet_log
@@ -1671,6 +1696,22 @@ static void ngx_http_sse_redis_flush(ngx_http_sse_redis_conn_t *rc) {
     }
 }
 
+// TLS without redis_cert=: the server asks for a client certificate. It
+// may take none (tls-auth-clients optional) or refuse the connection on
+// our first read, which nginx logs as [crit] (TLS 1.3's alert 116 is not
+// among the errors it knows a peer causes): quiet until the first reply,
+// and the close names what to set.
+static int ngx_http_sse_redis_cert_asked(SSL *ssl, X509 **x509,
+                                         EVP_PKEY **pkey) {
+    auto *c = static_cast<ngx_connection_t *>(ngx_ssl_get_connection(ssl));
+    if (c != NULL && c->data != NULL) {
+        auto *rc = static_cast<ngx_http_sse_redis_conn_t *>(c->data);
+        rc->cert_asked = true;
+        c->log = &rc->rw->cert_log;
+    }
+    return 0;  // no certificate
+}
+
 static void ngx_http_sse_redis_tls_done(ngx_connection_t *c) {
     auto *rc = static_cast<ngx_http_sse_redis_conn_t *>(c->data);
     ngx_http_sse_redis_conf_t *conf = rc->rw->conf;
@@ -1926,9 +1967,14 @@ static void ngx_http_sse_redis_read(ngx_event_t *ev) {
                 return;
             }
             if (n == 0 || n == NGX_ERROR) {
-                std::string why = n == 0 ? "connection closed by Redis"
-                                         : std::string("recv() failed: ") +
-                                               strerror(ngx_socket_errno);
+                std::string why =
+                    rc->cert_asked && !rc->replied
+                        ? "Redis refused the TLS connection after asking for "
+                          "a client certificate: set redis_cert= and "
+                          "redis_key= (or tls-auth-clients no)"
+                    : n == 0 ? "connection closed by Redis"
+                             : std::string("recv() failed: ") +
+                                   strerror(ngx_socket_errno);
                 ngx_http_sse_redis_close(rc, why.c_str());
                 return;
             }
@@ -1948,6 +1994,12 @@ static void ngx_http_sse_redis_read(ngx_event_t *ev) {
                 }
                 std::unique_ptr<redisReply, void (*)(void *)> r(
                     static_cast<redisReply *>(reply), freeReplyObject);
+                if (!rc->replied) {
+                    // Redis took us without a certificate (optional):
+                    // nginx's own TLS errors are logged again.
+                    rc->replied = true;
+                    c->log = ngx_cycle->log;
+                }
                 if (rc->on_message != NULL &&
                     ngx_http_sse_redis_is_message(r.get())) {
                     rc->on_message(rc->rw, r.get());
@@ -2109,6 +2161,8 @@ static void ngx_http_sse_redis_hosts_init(ngx_http_sse_redis_worker_t *rw) {
     // nginx's own lines about probes that cannot connect: left out.
     rw->quiet_log = *ngx_cycle->log;
     rw->quiet_log.log_level = NGX_LOG_CRIT;
+    rw->cert_log = *ngx_cycle->log;
+    rw->cert_log.log_level = NGX_LOG_ALERT;
     ngx_http_sse_redis_conf_t *conf = rw->conf;
     if (conf->sentinels == NULL) {
         return;
