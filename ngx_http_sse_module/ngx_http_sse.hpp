@@ -347,11 +347,12 @@ void ngx_http_sse_json_string(std::string &out, std::string_view s);
 ngx_int_t ngx_http_sse_unescape(ngx_http_request_t *r, ngx_str_t *v);
 
 // The Redis engine (ngx_http_sse_redis.cpp).
-// sse_zone's redis=, redis_timeout=, redis_ca= and redis_sentinel_auth=
-// (all but the URL may be NULL).
+// sse_zone's redis=, redis_timeout=, redis_ca=, redis_sentinel_auth=,
+// redis_cert= and redis_key= (all but the URL may be NULL).
 char *ngx_http_sse_redis_parse(ngx_conf_t *cf, ngx_http_sse_zone_t *z,
                                ngx_str_t *url, ngx_str_t *timeout,
-                               ngx_str_t *ca, ngx_str_t *sentinel_auth);
+                               ngx_str_t *ca, ngx_str_t *sentinel_auth,
+                               ngx_str_t *cert, ngx_str_t *key);
 void ngx_http_sse_redis_worker_init(ngx_http_sse_zone_worker_t *zw);
 void ngx_http_sse_redis_worker_exit(ngx_http_sse_zone_worker_t *zw);
 // From the worker's poll: takes the machine's Redis bus when free.

@@ -62,7 +62,7 @@ static ngx_http_sse_bounds_t ngx_http_sse_retry_bounds = {
 
 static ngx_command_t ngx_http_sse_commands[] = {
 
-    {ngx_string("sse_zone"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1234,
+    {ngx_string("sse_zone"), NGX_HTTP_MAIN_CONF | NGX_CONF_1MORE,
      ngx_http_sse_zone_directive, 0, 0, NULL},
 
     {ngx_string("sse_subscribe"),

@@ -87,6 +87,10 @@ static const char *const ngx_http_sse_redis_state_text[] = {
 struct ngx_http_sse_redis_conf_t {
     ngx_str_t url;  // as written but for credentials (***), for messages
     ngx_addr_t addr;
+    // redis://host[:port],host[:port]...: a Redis Cluster's nodes, any of
+    // which redirects to a zone's node; a connection that fails moves on
+    // to the next (addr is the first).
+    ngx_array_t *seeds;  // of ngx_addr_t; NULL with Sentinel
     // redis+sentinel://: the sentinels asked for the primary of master;
     // NULL: addr is the server.
     ngx_array_t *sentinels;  // of ngx_addr_t
@@ -315,6 +319,11 @@ struct ngx_http_sse_redis_conn_t {
     // A node named by hostname (its address is cached): forgotten when
     // the connection fails, so that the name is looked up again.
     bool by_host;
+    bool on_seed;  // connected to conf->seeds[rw->seed_i[its role]]
+    // TLS without redis_cert=: the server asked for a client certificate
+    // (tls-auth-clients), and no reply came yet; see cert_asked().
+    bool cert_asked;
+    bool replied;
     // A sentinel probe: asks that sentinel only, and fails quietly (the
     // census counts it).
     ngx_addr_t *probe;
@@ -351,6 +360,8 @@ struct ngx_http_sse_redis_worker_t {
     ngx_http_sse_redis_node_t last_primary;
     bool sentinel_heard;
     ngx_uint_t sentinel_i;
+    // Which of conf->seeds the command connection [0] and the bus [1] use.
+    ngx_uint_t seed_i[2];
     ngx_uint_t sentinel_tries;
     bool discovering;
     bool checking;  // a periodic question, nobody waits for it
@@ -370,6 +381,7 @@ struct ngx_http_sse_redis_worker_t {
     ngx_uint_t census_answered;
     std::string census_why;  // why the last one failed
     ngx_log_t quiet_log;     // nginx's own connect errors of probes
+    ngx_log_t cert_log;      // nginx's [crit] of a refused client (cert_asked)
     std::string told;        // an error logged once: not again on close
     std::string keys[6];     // epoch seq chans bus, the stream prefix, log
     ngx_http_sse_redis_conn_t cmd;
@@ -505,9 +517,13 @@ static char *ngx_http_sse_redis_parse_auth(ngx_conf_t *cf, ngx_str_t *v,
 
 // redis=redis://[user:pass@]host[:port][/db], or
 // redis=redis+sentinel://[user:pass@]host[:port][,host[:port]...]/MASTER[/db]
+static int ngx_http_sse_redis_cert_asked(SSL *ssl, X509 **x509,
+                                         EVP_PKEY **pkey);
+
 char *ngx_http_sse_redis_parse(ngx_conf_t *cf, ngx_http_sse_zone_t *z,
                                ngx_str_t *url, ngx_str_t *timeout,
-                               ngx_str_t *ca, ngx_str_t *sentinel_auth) {
+                               ngx_str_t *ca, ngx_str_t *sentinel_auth,
+                               ngx_str_t *cert, ngx_str_t *key) {
     auto *conf = static_cast<ngx_http_sse_redis_conf_t *>(
         ngx_pcalloc(cf->pool, sizeof(ngx_http_sse_redis_conf_t)));
     if (conf == NULL) {
@@ -556,6 +572,12 @@ char *ngx_http_sse_redis_parse(ngx_conf_t *cf, ngx_http_sse_zone_t *z,
     }
     if (ca != NULL && !tls) {
         return bad("redis_ca= is for TLS (rediss://)");
+    }
+    if ((cert != NULL || key != NULL) && !tls) {
+        return bad("redis_cert= and redis_key= are for TLS (rediss://)");
+    }
+    if ((cert == NULL) != (key == NULL)) {
+        return bad("redis_cert= and redis_key= go together");
     }
     if (sentinel_auth != NULL) {
         if (!sentinel) {
@@ -675,11 +697,33 @@ char *ngx_http_sse_redis_parse(ngx_conf_t *cf, ngx_http_sse_zone_t *z,
     ngx_url_t u;
     ngx_memzero(&u, sizeof(ngx_url_t));
     if (!sentinel) {
-        if (!ngx_http_sse_redis_parse_host(
-                cf, url, p, hostend, NGX_HTTP_SSE_REDIS_DEFAULT_PORT, &u)) {
+        conf->seeds = ngx_array_create(cf->pool, 1, sizeof(ngx_addr_t));
+        if (conf->seeds == NULL) {
             return (char *)NGX_CONF_ERROR;
         }
-        conf->addr = u.addrs[0];
+        for (u_char *h = p; h <= hostend;) {
+            u_char *comma = static_cast<u_char *>(ngx_strlchr(h, hostend, ','));
+            u_char *he = comma ? comma : hostend;
+            if (h == he) {
+                return bad("an empty address in the list");
+            }
+            ngx_url_t hu;
+            ngx_memzero(&hu, sizeof(ngx_url_t));
+            if (!ngx_http_sse_redis_parse_host(
+                    cf, url, h, he, NGX_HTTP_SSE_REDIS_DEFAULT_PORT, &hu)) {
+                return (char *)NGX_CONF_ERROR;
+            }
+            auto *a = static_cast<ngx_addr_t *>(ngx_array_push(conf->seeds));
+            if (a == NULL) {
+                return (char *)NGX_CONF_ERROR;
+            }
+            *a = hu.addrs[0];
+            if (h == p) {
+                u = hu;  // TLS checks the first host's name
+            }
+            h = he + 1;
+        }
+        conf->addr = static_cast<ngx_addr_t *>(conf->seeds->elts)[0];
     }
     if (tls) {
         // The server's certificate is verified, and its name: against
@@ -715,6 +759,15 @@ char *ngx_http_sse_redis_parse(ngx_conf_t *cf, ngx_http_sse_zone_t *z,
             return (char *)NGX_CONF_ERROR;
         }
         conf->host = u.host;
+        if (cert != NULL) {
+            // A client certificate, for a Redis with tls-auth-clients.
+            if (ngx_ssl_certificate(cf, conf->ssl, cert, key, NULL) != NGX_OK) {
+                return (char *)NGX_CONF_ERROR;
+            }
+        } else {
+            SSL_CTX_set_client_cert_cb(conf->ssl->ctx,
+                                       ngx_http_sse_redis_cert_asked);
+        }
     }
     try {
         conf->prefix = new std::string(
@@ -859,6 +912,13 @@ static void ngx_http_sse_redis_close(ngx_http_sse_redis_conn_t *rc,
         }
     }
     rc->by_host = false;
+    if (rc->on_seed && err != NULL && ngx_strncmp(err, "MOVED ", 6) &&
+        (rc == &rw->cmd || rc == &rw->bus)) {
+        // That node may be down for good (its replica took over at another
+        // address): the next one of the list is tried.
+        rw->seed_i[rc == &rw->bus]++;
+    }
+    rc->on_seed = false;
     if (rc == &rw->cmd && err != NULL && ngx_strncmp(err, "MOVED ", 6) &&
         !ngx_http_sse_redis_stuck(rw)) {
         // A node we were redirected to may be gone (cluster failover): ask
@@ -1102,11 +1162,15 @@ static void ngx_http_sse_redis_connect(ngx_http_sse_redis_conn_t *rc) {
                (rw->moved.len != 0 || !rw->moved.host.empty())) {
         wait = !ngx_http_sse_redis_node_addr(rc, rw->moved);
     } else {
-        rc->pc.sockaddr = conf->addr.sockaddr;
-        rc->pc.socklen = conf->addr.socklen;
-        rc->pc.name = &conf->url;
+        ngx_uint_t i = rw->seed_i[rc == &rw->bus] % conf->seeds->nelts;
+        auto *a = static_cast<ngx_addr_t *>(conf->seeds->elts) + i;
+        rc->pc.sockaddr = a->sockaddr;
+        rc->pc.socklen = a->socklen;
+        rc->pc.name = conf->seeds->nelts > 1 ? &a->name : &conf->url;
+        rc->on_seed = true;
     }
     rc->pc.get = ngx_event_get_peer;
+    rc->cert_asked = rc->replied = false;
     // A sentinel that is down says so once a second: the census tells it.
     rc->pc.log = rc->probe != NULL || (rc == &rw->sentinel && rw->checking)
                      ? &rw->quiet_log
@@ -1370,6 +1434,8 @@ static bool ngx_http_sse_redis_resolve(ngx_http_sse_redis_worker_t *rw,
     ctx->data = rw;
     ngx_msec_t t = rw->conf->clcf->resolver_timeout;
     ctx->timeout = t == NGX_CONF_UNSET_MSEC ? rw->conf->timeout : t;
+    // A graceful exit does not wait for it (the command timers do that).
+    ctx->cancelable = 1;
     lk.ctx = ctx;
     if (ngx_resolve_name(ctx) != NGX_OK) {
         lk.ctx = NULL;  // freed by nginx
@@ -1652,6 +1718,22 @@ static void ngx_http_sse_redis_flush(ngx_http_sse_redis_conn_t *rc) {
     }
 }
 
+// TLS without redis_cert=: the server asks for a client certificate. It
+// may take none (tls-auth-clients optional) or refuse the connection on
+// our first read, which nginx logs as [crit] (TLS 1.3's alert 116 is not
+// among the errors it knows a peer causes): quiet until the first reply,
+// and the close names what to set.
+static int ngx_http_sse_redis_cert_asked(SSL *ssl, X509 **x509,
+                                         EVP_PKEY **pkey) {
+    auto *c = static_cast<ngx_connection_t *>(ngx_ssl_get_connection(ssl));
+    if (c != NULL && c->data != NULL) {
+        auto *rc = static_cast<ngx_http_sse_redis_conn_t *>(c->data);
+        rc->cert_asked = true;
+        c->log = &rc->rw->cert_log;
+    }
+    return 0;  // no certificate
+}
+
 static void ngx_http_sse_redis_tls_done(ngx_connection_t *c) {
     auto *rc = static_cast<ngx_http_sse_redis_conn_t *>(c->data);
     ngx_http_sse_redis_conf_t *conf = rc->rw->conf;
@@ -1907,9 +1989,14 @@ static void ngx_http_sse_redis_read(ngx_event_t *ev) {
                 return;
             }
             if (n == 0 || n == NGX_ERROR) {
-                std::string why = n == 0 ? "connection closed by Redis"
-                                         : std::string("recv() failed: ") +
-                                               strerror(ngx_socket_errno);
+                std::string why =
+                    rc->cert_asked && !rc->replied
+                        ? "Redis refused the TLS connection after asking for "
+                          "a client certificate: set redis_cert= and "
+                          "redis_key= (or tls-auth-clients no)"
+                    : n == 0 ? "connection closed by Redis"
+                             : std::string("recv() failed: ") +
+                                   strerror(ngx_socket_errno);
                 ngx_http_sse_redis_close(rc, why.c_str());
                 return;
             }
@@ -1929,6 +2016,12 @@ static void ngx_http_sse_redis_read(ngx_event_t *ev) {
                 }
                 std::unique_ptr<redisReply, void (*)(void *)> r(
                     static_cast<redisReply *>(reply), freeReplyObject);
+                if (!rc->replied) {
+                    // Redis took us without a certificate (optional):
+                    // nginx's own TLS errors are logged again.
+                    rc->replied = true;
+                    c->log = ngx_cycle->log;
+                }
                 if (rc->on_message != NULL &&
                     ngx_http_sse_redis_is_message(r.get())) {
                     rc->on_message(rc->rw, r.get());
@@ -2090,6 +2183,8 @@ static void ngx_http_sse_redis_hosts_init(ngx_http_sse_redis_worker_t *rw) {
     // nginx's own lines about probes that cannot connect: left out.
     rw->quiet_log = *ngx_cycle->log;
     rw->quiet_log.log_level = NGX_LOG_CRIT;
+    rw->cert_log = *ngx_cycle->log;
+    rw->cert_log.log_level = NGX_LOG_ALERT;
     ngx_http_sse_redis_conf_t *conf = rw->conf;
     if (conf->sentinels == NULL) {
         return;

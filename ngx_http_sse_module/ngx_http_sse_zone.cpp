@@ -115,7 +115,7 @@ char *ngx_http_sse_zone_directive(ngx_conf_t *cf, ngx_command_t *cmd,
     z->index = mcf->zones.nelts - 1;
 
     ngx_str_t *redis = NULL, *redis_timeout = NULL, *redis_ca = NULL;
-    ngx_str_t *sentinel_auth = NULL;
+    ngx_str_t *sentinel_auth = NULL, *redis_cert = NULL, *redis_key = NULL;
     ngx_str_t *machine_ttl = NULL;
     for (ngx_uint_t i = 2; i < cf->args->nelts; i++) {
         if (value[i].len > 6 && ngx_strncmp(value[i].data, "redis=", 6) == 0 &&
@@ -155,6 +155,18 @@ char *ngx_http_sse_zone_directive(ngx_conf_t *cf, ngx_command_t *cmd,
                                "in \"%V\" directive",
                                &cmd->name);
             return (char *)NGX_CONF_ERROR;
+        } else if (value[i].len > 11 &&
+                   ngx_strncmp(value[i].data, "redis_cert=", 11) == 0 &&
+                   redis_cert == NULL) {
+            value[i].data += 11;
+            value[i].len -= 11;
+            redis_cert = &value[i];
+        } else if (value[i].len > 10 &&
+                   ngx_strncmp(value[i].data, "redis_key=", 10) == 0 &&
+                   redis_key == NULL) {
+            value[i].data += 10;
+            value[i].len -= 10;
+            redis_key = &value[i];
         } else if ((redis != NULL && value[i].len >= 6 &&
                     ngx_strncmp(value[i].data, "redis=", 6) == 0) ||
                    (sentinel_auth != NULL && value[i].len >= 20 &&
@@ -172,25 +184,30 @@ char *ngx_http_sse_zone_directive(ngx_conf_t *cf, ngx_command_t *cmd,
                                "invalid parameter \"%V\" in \"%V\" "
                                "directive, expected redis=URL, "
                                "redis_timeout=TIME, redis_ca=FILE, "
-                               "redis_sentinel_auth=[USER:]PASSWORD or "
+                               "redis_sentinel_auth=[USER:]PASSWORD, "
+                               "redis_cert=FILE, redis_key=FILE or "
                                "redis_machine_ttl=TIME",
                                &value[i], &cmd->name);
             return (char *)NGX_CONF_ERROR;
         }
     }
-    if ((redis_timeout != NULL || redis_ca != NULL || sentinel_auth != NULL) &&
+    if ((redis_timeout != NULL || redis_ca != NULL || sentinel_auth != NULL ||
+         redis_cert != NULL || redis_key != NULL) &&
         redis == NULL) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"%s\" in \"%V\" needs \"redis=\"",
                            sentinel_auth ? "redis_sentinel_auth="
                            : redis_ca    ? "redis_ca="
+                           : redis_cert  ? "redis_cert="
+                           : redis_key   ? "redis_key="
                                          : "redis_timeout=",
                            &cmd->name);
         return (char *)NGX_CONF_ERROR;
     }
     if (redis != NULL &&
         ngx_http_sse_redis_parse(cf, z, redis, redis_timeout, redis_ca,
-                                 sentinel_auth) != NGX_CONF_OK) {
+                                 sentinel_auth, redis_cert,
+                                 redis_key) != NGX_CONF_OK) {
         return (char *)NGX_CONF_ERROR;
     }
     if (machine_ttl != NULL) {

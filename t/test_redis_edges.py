@@ -116,3 +116,104 @@ def test_refused_redis_parameters_keep_the_password_out(tmp_path, param,
     ok, out = zone_nginx_t(tmp_path, param)
     assert not ok and "[emerg]" in out and why in out, out
     assert "hunter2" not in out, out
+
+
+@pytest.mark.timeout_s(120)
+async def test_cluster_seed_list_outlives_its_first_node(start_nginx,
+                                                         start_redis):
+    """`redis=redis://A,B,C`: the node a machine first reached (its bus
+    and its way in) dies for good, its replica taking over at another
+    address; the machines move on to the next node of the list, and every
+    accepted event still reaches every subscriber once, in order."""
+    from redishelp import node_of, start_cluster, wait_in_sync
+    from test_redis import REDIS_ERRORS, STATUS, read_events
+    nodes = start_cluster(start_redis, n=6, replicas=1)
+    primaries = [r for r in nodes
+                 if "role:master" in r.cli("INFO", "replication")]
+    first = primaries[0]
+    name = next(f"z{i}" for i in range(200)
+                if node_of(nodes, f"{{sse:z{i}}}") is not first)
+    seeds = ",".join(f"127.0.0.1:{r.port}" for r in primaries)
+    zone = f"sse_zone zone={name}:16m redis=redis://{seeds};"
+    a, b = (start_nginx(zone=zone, sub_locations=STATUS,
+                        allow_log=REDIS_ERRORS) for _ in range(2))
+    await wait_in_sync(a)
+    await wait_in_sync(b)
+    s = await b.stream("f")
+    before = [(await a.publish_ok("f", f"b{i}"), f"b{i}") for i in range(5)]
+    assert await read_events(s, 5, 10) == before
+    first.kill()
+    deadline = time.monotonic() + 30
+    after = []
+    while len(after) < 10:
+        resp = await a.publish("f", f"a{len(after)}")
+        assert resp.status in (202, 503), resp
+        if resp.status == 202:
+            after.append((resp.json()["id"], f"a{len(after)}"))
+        else:
+            assert time.monotonic() < deadline, resp
+            await asyncio.sleep(0.1)
+    assert await read_events(s, 10, 30) == after
+    await wait_in_sync(b)
+
+
+@pytest.mark.parametrize("param,why", [
+    ("redis=redis://127.0.0.1:7000,,127.0.0.1:7001",
+     "an empty address in the list"),
+    ("redis=redis://127.0.0.1:7000,no-such-host.invalid", "host not found"),
+])
+def test_bad_seed_lists_fail_nginx_t(tmp_path, param, why):
+    ok, out = zone_nginx_t(tmp_path, param)
+    assert not ok and "[emerg]" in out and why in out, out
+
+
+@pytest.mark.timeout_s(60)
+async def test_tls_client_certificate(start_nginx, start_redis, tmp_path):
+    """A Redis with tls-auth-clients (its default with TLS) takes a machine
+    that presents redis_cert=/redis_key=; one without them gets a 503 that
+    says what to set (and nginx's own [crit] of the refused read is not
+    logged: the conftest fails on it)."""
+    from conftest import free_port
+    from test_redis import REDIS_ERRORS, STATUS, machines, make_cert, \
+        read_events
+    cert, key = make_cert(tmp_path / "tls")
+    port = free_port()
+    r = start_redis(args=["--port", "0", "--tls-port", str(port),
+                          "--tls-cert-file", str(cert),
+                          "--tls-key-file", str(key),
+                          "--tls-ca-cert-file", str(cert),
+                          "--tls-auth-clients", "yes"],
+                    tls=(cert, port, cert, key))
+    url = f"rediss://localhost:{port}"
+    a, b = await machines(start_nginx, r, 2, url=url,
+                          extra=f" redis_ca={cert} redis_cert={cert} "
+                                f"redis_key={key}")
+    s = await b.stream("t")
+    sent = [(await a.publish_ok("t", f"s{i}"), f"s{i}") for i in range(5)]
+    assert await read_events(s, 5, 10) == sent
+    bare = start_nginx(zone=redis_conf(url, extra=f" redis_ca={cert}"),
+                       sub_locations=STATUS, allow_log=REDIS_ERRORS)
+    deadline = time.monotonic() + 10
+    while True:
+        resp = await bare.publish("t", "x")
+        assert resp.status == 503, resp
+        if "client certificate" in resp.text:
+            break
+        assert time.monotonic() < deadline, resp
+        await asyncio.sleep(0.2)
+    assert "redis_cert=" in resp.text, resp
+
+
+@pytest.mark.parametrize("param,why", [
+    ("redis=redis://127.0.0.1 redis_cert=/etc/ssl/x.pem "
+     "redis_key=/etc/ssl/x.key", "are for TLS"),
+    ("redis=rediss://127.0.0.1 redis_cert=/etc/ssl/x.pem",
+     "go together"),
+    ("redis_key=/etc/ssl/x.key", "needs \"redis=\""),
+    ("redis=rediss://127.0.0.1 redis_cert=/no/such/cert.pem "
+     "redis_key=/no/such/key.pem", "/no/such/cert.pem"),
+])
+def test_bad_client_certificate_parameters_fail_nginx_t(tmp_path, param,
+                                                        why):
+    ok, out = zone_nginx_t(tmp_path, param)
+    assert not ok and "[emerg]" in out and why in out, out

@@ -20,7 +20,8 @@ class Redis:
         self.port = port or free_port()
         self.args = list(args)
         self.proc = None
-        self.tls = tls  # (CA file, TLS port): redis-cli speaks TLS
+        # (CA file, TLS port[, client cert, key]): redis-cli speaks TLS
+        self.tls = tls
         # (user or None, password): what cli() authenticates with
         self.auth = auth
 
@@ -68,6 +69,8 @@ class Redis:
         if self.tls:
             cmd = [REDIS_CLI, "-p", str(self.tls[1]), "--tls", "--cacert",
                    str(self.tls[0])]
+            if len(self.tls) > 2:
+                cmd += ["--cert", str(self.tls[2]), "--key", str(self.tls[3])]
         if password:
             cmd += ["--no-auth-warning", "-a", password]
         elif self.auth:
