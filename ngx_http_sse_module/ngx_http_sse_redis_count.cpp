@@ -768,21 +768,31 @@ void ngx_http_sse_redis_count_exit(ngx_http_sse_zone_worker_t *zw) {
         __atomic_load_n(&cw->shm->cycle, __ATOMIC_RELAXED) ==
             (uint64_t)(uintptr_t)ngx_cycle) {
         // Out of every sum at once; then its fields, as far as this worker
-        // pushed them (a worker that never pushed has none), and its set.
+        // pushed them or has pushes in flight (sent before these, on the
+        // same connection), and its set. Every worker removes the set: one
+        // that took the pushing over while the others stopped may have
+        // made it again.
         try {
+            std::unordered_set<std::string> ids;
+            for (auto &[id, n] : cw->pushed) {
+                ids.insert(id);
+            }
+            for (ngx_http_sse_count_cmd_t *cmd : cw->cmds) {
+                for (auto &[id, n] : cmd->batch) {
+                    ids.insert(id);
+                }
+            }
             std::vector<std::string> keys;
-            keys.reserve(cw->pushed.size() + 2);
+            keys.reserve(ids.size() + 2);
             keys.push_back(cw->alive);
             std::vector<std::vector<std::string_view>> cmds{
                 {"HDEL", keys[0], cw->me}};
-            for (auto &[id, n] : cw->pushed) {
+            for (const std::string &id : ids) {
                 keys.push_back(cw->subs + id);
                 cmds.push_back({"HDEL", keys.back(), cw->me});
             }
-            if (!cw->pushed.empty()) {
-                keys.push_back(cw->machine + cw->me);
-                cmds.push_back({"DEL", keys.back()});
-            }
+            keys.push_back(cw->machine + cw->me);
+            cmds.push_back({"DEL", keys.back()});
             for (auto &args : cmds) {
                 auto cmd = std::make_unique<ngx_http_sse_count_cmd_t>();
                 cmd->reply = ngx_http_sse_count_ignore;
