@@ -43,6 +43,7 @@ struct ngx_http_sse_zone_t {
     sse::zone_root *root;
     ngx_uint_t index;                  // in main conf's zones
     ngx_http_sse_redis_conf_t *redis;  // NULL: the shared-memory engine
+    ngx_msec_t redis_machine_ttl;      // redis_machine_ttl=; 0: the default
 };
 
 struct ngx_http_sse_main_conf_t {
@@ -254,6 +255,7 @@ struct ngx_http_sse_zone_worker_t {
     std::vector<sse::channel *> touched;
     std::vector<const sse::message *> owed;
     void *redis;  // the Redis engine's state in this worker, or NULL
+    void *count;  // ngx_http_sse_redis_count.cpp's, or NULL
 };
 
 ngx_int_t ngx_http_sse_worker_init(ngx_cycle_t *cycle);
@@ -358,16 +360,20 @@ void ngx_http_sse_redis_poll(ngx_http_sse_zone_worker_t *zw);
 // False while a Redis zone has not yet taken Redis's epoch and history:
 // subscribers are refused (sse-error unavailable) until then.
 bool ngx_http_sse_redis_ready(ngx_http_sse_zone_t *z);
-// A publish's outcome: stored in Redis with (epoch, seq), or why not.
+// A publish's outcome: stored in Redis with (epoch, seq), or why not;
+// others: the channel's subscribers on the other live machines (Redis's
+// figure, NGX_HTTP_SSE_REDIS_COUNT_LUA), -1 when not known.
 using ngx_http_sse_redis_done_pt = void (*)(void *data, bool ok, uint64_t epoch,
-                                            uint64_t seq, std::string_view err);
+                                            uint64_t seq, int64_t others,
+                                            std::string_view err);
 // Sends events for one channel to Redis at the end of this turn of the
 // event loop, in one script call with whatever else the worker publishes
 // in the zone meanwhile (a group commit, up to the figures below; events
 // given together always share a call): consecutive seqs, all stored or
 // none. done(data, ...) runs later, once, unless cancelled, with the seq
-// of the last event. NULL (and *err) when Redis is known to be
-// unreachable.
+// of the last event and the channel's subscribers on the other machines
+// (summed only when done is given). NULL (and *err) when Redis is known
+// to be unreachable.
 void *ngx_http_sse_redis_publish(
     ngx_http_sse_zone_worker_t *zw, std::string_view channel,
     // (event name, data): ngx_http_sse_event_list
@@ -491,3 +497,96 @@ const char *ngx_http_sse_leave_reason(ngx_http_request_t *r);
 char *ngx_http_sse_hook_uri(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 char *ngx_http_sse_presence_channel(ngx_conf_t *cf, ngx_command_t *cmd,
                                     void *conf);
+
+// Subscriber counts across the machines of a Redis zone
+// (ngx_http_sse_redis_count.cpp).
+//
+// The Lua snippet every script that answers with a count runs. Inputs,
+// Lua locals set before it, both keys named in the script's KEYS (a
+// Cluster then moves or retries the script whole): ck, the channel's
+// count key ("{sse:NAME}:subs:ID", a hash: machine id -> its
+// subscribers); ak, the machines' liveness hash ("{sse:NAME}:alive":
+// machine id -> until when it counts, ms of Redis's clock); and me, this
+// machine's id, whose own count the caller adds from its zone (exact).
+// Output: the local subs, the channel's subscribers on the other live
+// machines. Fields of machines whose time ran out are dropped.
+#define NGX_HTTP_SSE_REDIS_COUNT_LUA                          \
+    "local subs = 0\n"                                        \
+    "do\n"                                                    \
+    "  local h = redis.call('HGETALL', ck)\n"                 \
+    "  if #h > 0 then\n"                                      \
+    "    local at, ids = {}, {}\n"                            \
+    "    for j = 1, #h, 2 do\n"                               \
+    "      if h[j] ~= me then\n"                              \
+    "        at[#at + 1] = j\n"                               \
+    "        ids[#ids + 1] = h[j]\n"                          \
+    "      end\n"                                             \
+    "    end\n"                                               \
+    "    if #ids > 0 then\n"                                  \
+    "      local t = redis.call('TIME')\n"                    \
+    "      local now = tonumber(t[1]) * 1000 + "              \
+    "math.floor(tonumber(t[2]) / 1000)\n"                     \
+    "      local a = redis.call('HMGET', ak, unpack(ids))\n"  \
+    "      for j = 1, #ids do\n"                              \
+    "        if (tonumber(a[j]) or 0) > now then\n"           \
+    "          subs = subs + (tonumber(h[at[j] + 1]) or 0)\n" \
+    "        else\n"                                          \
+    "          redis.call('HDEL', ck, ids[j])\n"              \
+    "        end\n"                                           \
+    "      end\n"                                             \
+    "    end\n"                                               \
+    "  end\n"                                                 \
+    "end\n"
+struct redisReply;
+// Sends one command on the worker's command connection of zone zw
+// (pipelined with publishes): handler(data, reply or NULL, err) runs
+// later, once (also when the worker exits). False, nothing sent, while
+// Redis is known to be unreachable.
+using ngx_http_sse_redis_reply_fn = void (*)(void *data, redisReply *r,
+                                             const char *err);
+bool ngx_http_sse_redis_command(ngx_http_sse_zone_worker_t *zw,
+                                const std::vector<std::string_view> &args,
+                                ngx_http_sse_redis_reply_fn handler,
+                                void *data);
+// "{sse:NAME}": the hash tag of every key of the zone.
+const std::string &ngx_http_sse_redis_prefix(ngx_http_sse_zone_t *z);
+// sse_zone's redis_machine_ttl=TIME.
+char *ngx_http_sse_redis_count_parse(ngx_conf_t *cf, ngx_http_sse_zone_t *z,
+                                     ngx_str_t *ttl);
+void ngx_http_sse_redis_count_init(ngx_http_sse_zone_worker_t *zw);
+// From the worker's poll: the machine's pusher pushes what changed.
+void ngx_http_sse_redis_count_poll(ngx_http_sse_zone_worker_t *zw);
+void ngx_http_sse_redis_count_exit(ngx_http_sse_zone_worker_t *zw);
+// This machine's id ("" while the zone holds none yet).
+const std::string &ngx_http_sse_redis_count_me(ngx_http_sse_zone_worker_t *zw);
+// Notes, inside a session, that channels' subscribers on this machine
+// changed (joins, leaves, a slot cleared), for the next push. Nothing for
+// a shared-memory zone.
+void ngx_http_sse_redis_count_touch(ngx_http_sse_zone_t *z, sse::store &s,
+                                    std::string_view id);
+void ngx_http_sse_redis_count_touch_all(ngx_http_sse_zone_t *z, sse::store &s,
+                                        sse::channel *const *chans, size_t n);
+void ngx_http_sse_redis_count_touch_slot(ngx_http_sse_zone_t *z, sse::store &s,
+                                         uint32_t slot);
+// run false: the worker exits, nothing is to be done but freeing data.
+// others: as for ngx_http_sse_redis_done_pt.
+using ngx_http_sse_count_done_pt = void (*)(void *data, bool run,
+                                            int64_t others);
+// Asks Redis for the channel's subscribers on the other live machines;
+// done() runs later, once, unless cancelled. NULL (nothing asked) when
+// Redis is known to be unreachable or the zone is not a Redis one.
+void *ngx_http_sse_redis_count_read(ngx_http_sse_zone_t *z,
+                                    std::string_view channel,
+                                    ngx_http_sse_count_done_pt done,
+                                    void *data);
+void ngx_http_sse_redis_count_cancel(void *handle);
+// GET's channel info in a Redis zone: json_pre + the count + json_post,
+// the count being local plus the other machines' (local alone when Redis
+// cannot say); found false: 404 unless other machines have subscribers.
+ngx_int_t ngx_http_sse_redis_count_info(ngx_http_request_t *r,
+                                        ngx_http_sse_zone_t *z,
+                                        std::string_view channel, bool found,
+                                        uint32_t local, std::string json_pre,
+                                        std::string json_post);
+// sse_status's "redis_counts" object of a Redis zone ("" for others).
+std::string ngx_http_sse_redis_count_json(ngx_http_sse_zone_t *z);

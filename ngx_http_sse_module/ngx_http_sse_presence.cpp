@@ -4,6 +4,7 @@
 // kept right when a worker dies).
 #include "ngx_http_sse.hpp"
 
+#include <memory>
 #include <new>
 
 // ---------------------------------------------------------------- publish
@@ -164,6 +165,79 @@ static std::string ngx_http_sse_presence_json(const std::string *who,
     return json;
 }
 
+// An event whose count waits for the other machines' (a Redis zone).
+struct ngx_http_sse_presence_pending_t {
+    ngx_http_sse_zone_t *z;
+    std::string pres, event, chan, who;
+    bool anonymous;
+    uint32_t count;  // this machine's
+    ngx_uint_t buffer_length;
+    ngx_msec_t ttl;
+};
+
+static void ngx_http_sse_presence_counted(void *data, bool run,
+                                          int64_t others) {
+    std::unique_ptr<ngx_http_sse_presence_pending_t> p(
+        static_cast<ngx_http_sse_presence_pending_t *>(data));
+    if (!run) {
+        return;  // the worker exits
+    }
+    try {
+        if (!ngx_http_sse_publish_internal(
+                p->z, p->pres, p->event,
+                ngx_http_sse_presence_json(
+                    p->anonymous ? NULL : &p->who, p->chan,
+                    p->count + (uint32_t)ngx_max(others, 0)),
+                p->buffer_length, p->ttl)) {
+            ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                          "sse: presence %s event not published",
+                          p->event.c_str());
+        }
+    } catch (const std::exception &) {
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "sse: presence event not published");
+    }
+}
+
+// One join or leave. In a Redis zone its count is the channel's on every
+// live machine: this machine's (exact) and the others' as Redis holds
+// them, asked first on the connection the event then goes by, so that a
+// worker's events keep their order. False when not sent.
+static bool ngx_http_sse_presence_send(ngx_http_sse_zone_t *z,
+                                       std::string_view pres, const char *event,
+                                       const std::string *who,
+                                       std::string_view chan, uint32_t count,
+                                       ngx_uint_t buffer_length,
+                                       ngx_msec_t ttl) {
+    if (z->redis != NULL) {
+        try {
+            auto p = std::make_unique<ngx_http_sse_presence_pending_t>();
+            p->z = z;
+            p->pres.assign(pres);
+            p->event = event;
+            p->chan.assign(chan);
+            p->anonymous = who == NULL;
+            if (who != NULL) {
+                p->who = *who;
+            }
+            p->count = count;
+            p->buffer_length = buffer_length;
+            p->ttl = ttl;
+            if (ngx_http_sse_redis_count_read(
+                    z, chan, ngx_http_sse_presence_counted, p.get()) != NULL) {
+                p.release();
+                return true;
+            }
+        } catch (const std::exception &) {
+            return false;
+        }
+        // Redis is known to be down: the publish says so.
+    }
+    return ngx_http_sse_publish_internal(
+        z, pres, event, ngx_http_sse_presence_json(who, chan, count),
+        buffer_length, ttl);
+}
+
 bool ngx_http_sse_presence_prepare(ngx_http_request_t *r,
                                    ngx_http_sse_subscriber_t *sub,
                                    ngx_int_t *answer) {
@@ -207,10 +281,9 @@ static void ngx_http_sse_presence_publish(
         if (chan.empty() || chan == pres) {
             continue;
         }
-        if (!ngx_http_sse_publish_internal(
-                sub->zw->zone, pres, event,
-                ngx_http_sse_presence_json(who, chan, count),
-                sub->lcf->buffer_length, sub->lcf->message_ttl)) {
+        if (!ngx_http_sse_presence_send(sub->zw->zone, pres, event, who, chan,
+                                        count, sub->lcf->buffer_length,
+                                        sub->lcf->message_ttl)) {
             ngx_log_error(NGX_LOG_WARN, sub->c->log, 0,
                           "sse: presence %s event not published", event);
         }
@@ -259,6 +332,8 @@ void ngx_http_sse_presence_leave(ngx_http_sse_subscriber_t *sub,
     }
     if (counts.empty()) {
         auto s = ngx_http_sse_session(zw->zone);
+        ngx_http_sse_redis_count_touch_all(zw->zone, *s, sub->chans,
+                                           sub->nlinks);
         s->leave(zw->slot, sub->chans, sub->nlinks, ngx_current_msec);
         return;
     }
@@ -274,6 +349,8 @@ void ngx_http_sse_presence_leave(ngx_http_sse_subscriber_t *sub,
                 ngx_http_sse_presence_forget(*s, ch->id());
             }
         }
+        ngx_http_sse_redis_count_touch_all(zw->zone, *s, sub->chans,
+                                           sub->nlinks);
         s->leave(zw->slot, sub->chans, sub->nlinks, ngx_current_msec);
     }
     ngx_http_sse_presence_publish(sub, "leave", counts);
@@ -296,10 +373,8 @@ static void ngx_http_sse_presence_publish_lost(
     std::vector<ngx_http_sse_presence_lost_t> &left) {
     // Who they were died with the process: "sub" is null.
     for (const auto &l : left) {
-        if (!ngx_http_sse_publish_internal(
-                l.z, l.pres, "leave",
-                ngx_http_sse_presence_json(NULL, l.chan, l.count),
-                l.buffer_length, l.ttl)) {
+        if (!ngx_http_sse_presence_send(l.z, l.pres, "leave", NULL, l.chan,
+                                        l.count, l.buffer_length, l.ttl)) {
             ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
                           "sse: presence leave event not published");
         }
@@ -353,6 +428,7 @@ void ngx_http_sse_presence_clear_slot(ngx_http_sse_zone_t *z, uint32_t slot,
                           "sse: clearing the slot of process %P, gone", pid);
             *cleared = true;
         }
+        ngx_http_sse_redis_count_touch_slot(z, *s, slot);
         s->clear_slot(slot, ngx_current_msec);
     }
     if (ngx_http_sse_presence_ready) {

@@ -111,6 +111,10 @@ static ngx_int_t ngx_http_sse_channel_request(ngx_http_request_t *r,
                                               bool remove) {
     std::string json;
     json.reserve(512);
+    // A Redis zone's count: this machine's, and the others' from Redis.
+    std::string post;
+    uint32_t local = 0;
+    bool found = false;
     {
         auto s = ngx_http_sse_session(z);
         sse::channel *ch = s->find(id);
@@ -124,15 +128,30 @@ static ngx_int_t ngx_http_sse_channel_request(ngx_http_request_t *r,
             std::string subs = std::to_string(sse::store::subscribers(ch));
             s->expire(ch, ngx_current_msec);
             const sse::message *first = sse::store::first(ch);
-            json +=
-                ",\"messages\":" + std::to_string(ch->buffered()) +
-                ",\"subscribers\":" + subs +
-                ",\"published\":" + std::to_string(ch->published) +
-                ",\"first_id\":" +
-                ngx_http_sse_id_json(epoch, first ? first->seq : 0) +
-                ",\"last_id\":" + ngx_http_sse_id_json(epoch, ch->last_seq) +
-                "}\n";
+            json += ",\"messages\":" + std::to_string(ch->buffered()) +
+                    ",\"subscribers\":";
+            post = ",\"published\":" + std::to_string(ch->published) +
+                   ",\"first_id\":" +
+                   ngx_http_sse_id_json(epoch, first ? first->seq : 0) +
+                   ",\"last_id\":" + ngx_http_sse_id_json(epoch, ch->last_seq) +
+                   "}\n";
+            found = true;
+            local = sse::store::subscribers(ch);
+            if (z->redis == NULL) {
+                json += subs + post;
+            }
         }
+    }
+    if (z->redis != NULL && !remove) {
+        if (!found) {
+            // No event here, but other machines may hold subscribers.
+            json = "{\"channel\":";
+            ngx_http_sse_json_string(json, id);
+            json += ",\"messages\":0,\"subscribers\":";
+            post = ",\"published\":0,\"first_id\":null,\"last_id\":null}\n";
+        }
+        return ngx_http_sse_redis_count_info(r, z, id, found, local,
+                                             std::move(json), std::move(post));
     }
     if (json.empty()) {
         return ngx_http_sse_refused(r, NGX_HTTP_NOT_FOUND, "no such channel");
@@ -253,13 +272,15 @@ static std::string ngx_http_sse_publish_json(ngx_http_request_t *r,
 static ngx_http_sse_redis_wait_t *ngx_http_sse_redis_wait(
     ngx_http_request_t *r, ngx_http_sse_publish_ctx_t *ctx);
 static void ngx_http_sse_redis_done(void *data, bool ok, uint64_t epoch,
-                                    uint64_t seq, std::string_view err);
+                                    uint64_t seq, int64_t others,
+                                    std::string_view err);
 
 // A DELETE in a Redis zone has been through Redis (or could not be): its
 // answer.
 static ngx_int_t ngx_http_sse_redis_deleted(ngx_http_request_t *r,
                                             ngx_http_sse_redis_wait_t *w,
                                             bool ok, uint64_t seq,
+                                            int64_t others,
                                             std::string_view err) {
     auto *ctx = static_cast<ngx_http_sse_publish_ctx_t *>(
         ngx_http_get_module_ctx(r, ngx_http_sse_module));
@@ -271,14 +292,16 @@ static ngx_int_t ngx_http_sse_redis_deleted(ngx_http_request_t *r,
             r, NGX_HTTP_SERVICE_UNAVAILABLE,
             "redis could not delete the channel: " + std::string(err));
     }
-    if (seq == 0 && !w->found) {
+    // The subscribers whose streams end, on every live machine.
+    uint32_t subscribers = w->subscribers + (uint32_t)ngx_max(others, 0);
+    if (seq == 0 && !w->found && subscribers == 0) {
         return ngx_http_sse_refused(r, NGX_HTTP_NOT_FOUND, "no such channel");
     }
     return ngx_http_sse_send_text(
         r, NGX_HTTP_OK, "application/json",
         ngx_http_sse_deleted_json(
             {reinterpret_cast<char *>(ctx->channel.data), ctx->channel.len},
-            w->subscribers));
+            subscribers));
 }
 
 // DELETE in a Redis zone: Redis removes the channel's history and tells
@@ -302,7 +325,7 @@ static ngx_int_t ngx_http_sse_redis_delete_request(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
     {
-        // This machine's subscribers: the others are not known here.
+        // This machine's subscribers; Redis adds the others'.
         auto s = ngx_http_sse_session(z);
         sse::channel *ch = s->find(id);
         w->found = ch != NULL;
@@ -512,7 +535,8 @@ static ngx_int_t ngx_http_sse_redis_pump(ngx_http_request_t *r) {
 static void ngx_http_sse_stream_step(ngx_http_request_t *r, bool read);
 
 static void ngx_http_sse_redis_done(void *data, bool ok, uint64_t epoch,
-                                    uint64_t seq, std::string_view err) {
+                                    uint64_t seq, int64_t others,
+                                    std::string_view err) {
     auto *w = static_cast<ngx_http_sse_redis_wait_t *>(data);
     ngx_http_request_t *r = w->r;
     ngx_connection_t *c = r->connection;
@@ -522,7 +546,7 @@ static void ngx_http_sse_redis_done(void *data, bool ok, uint64_t epoch,
     ngx_int_t rc;
     try {
         if (w->remove) {
-            rc = ngx_http_sse_redis_deleted(r, w, ok, seq, err);
+            rc = ngx_http_sse_redis_deleted(r, w, ok, seq, others, err);
         } else {
             if (ok) {
                 ctx->epoch = epoch;
@@ -534,8 +558,10 @@ static void ngx_http_sse_redis_done(void *data, bool ok, uint64_t epoch,
                 sse::channel *ch =
                     s->find({reinterpret_cast<char *>(ctx->channel.data),
                              ctx->channel.len});
-                // This machine's subscribers: the others are not known here.
-                ctx->subscribers = ch ? sse::store::subscribers(ch) : 0;
+                // This machine's subscribers (exact), and the other
+                // machines' as Redis holds them.
+                ctx->subscribers = (ch ? sse::store::subscribers(ch) : 0) +
+                                   (uint32_t)ngx_max(others, 0);
             } else {
                 w->error.assign(err);
             }

@@ -131,14 +131,19 @@ struct ngx_http_sse_redis_conf_t {
 
 // A group commit: the publishes one worker had ready in one turn of its
 // event loop, in one call, all stored or none. KEYS: epoch seq chans bus
-// log, then each event's stream; ARGV: local epoch, local seq, cut-off,
-// then four per event: channel, body, maxlen, ttl ms. Each event gets the
-// next seq, in the order given, and the same effects as a publish alone:
-// stream and log entries, the channel's place in chans, a notification on
-// the bus. Returns one result per event, {epoch, seq}. The cut-off (0:
-// none) is when, by Redis's clock, the worker gives up waiting
-// (ngx_http_sse_redis_fence): a call that reaches Redis later does
-// nothing, its publishers having had their 503.
+// log alive (the machines' liveness hash), then each event's stream, then
+// the count keys of the events counted; ARGV: local epoch, local seq,
+// cut-off, this machine's id, then five per event: channel, body, maxlen,
+// ttl ms, and the index in KEYS of its channel's count key ('0': not
+// counted; the caller marks the last event of each request that waits
+// for an answer). Each event gets the next seq, in the order given, and
+// the same effects as a publish alone: stream and log entries, the
+// channel's place in chans, a notification on the bus. Returns one result
+// per event, {epoch, seq}, with a third element for a counted event: the
+// channel's subscribers on the other live machines (each count key read
+// once per call). The cut-off (0: none) is when, by Redis's clock, the
+// worker gives up waiting (ngx_http_sse_redis_fence): a call that reaches
+// Redis later does nothing, its publishers having had their 503.
 static const char ngx_http_sse_redis_publish_lua[] =
     "if ARGV[3] ~= '0' then\n"
     "  local t = redis.call('TIME')\n"
@@ -148,15 +153,16 @@ static const char ngx_http_sse_redis_publish_lua[] =
     "redis_timeout')\n"
     "  end\n"
     "end\n" NGX_HTTP_SSE_REDIS_PROLOGUE
-    "local n = #KEYS - 5\n"
+    "local n = (#ARGV - 4) / 5\n"
     "local first = redis.call('INCRBY', KEYS[2], n) - n\n"
     // The streams this call wrote: {newest sid, its seq, channel, ttl}.
     // Their expiry and place in chans are set once, after the loop, to
     // what they would be after the last event (no one sees in between).
     "local seen = {}\n"
     "local out = {}\n"
+    "local counted, me, ak = {}, ARGV[4], KEYS[6]\n"
     "for i = 1, n do\n"
-    "  local k, a = KEYS[5 + i], 4 * i\n"
+    "  local k, a = KEYS[6 + i], 5 * i\n"
     "  local c, d, l, t = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]\n"
     // ---- one event
     "  local sid = string.format('%.0f', first + i)\n"
@@ -175,7 +181,18 @@ static const char ngx_http_sse_redis_publish_lua[] =
     "             sid .. '-1', 'c', c, 'l', l, 't', t, 'd', d)\n"
     "  redis.call('PUBLISH', KEYS[4], e .. ' ' .. sid .. ' ' .. p .. ' ' ..\n"
     "             l .. ' ' .. t .. ' ' .. #c .. ' ' .. c .. d)\n"
-    "  out[i] = {e, sid}\n"
+    // The channel's subscribers on the other live machines, once per
+    // count key.
+    "  local ck, o = KEYS[tonumber(ARGV[a + 4])], nil\n"
+    "  if ck then\n"
+    "    o = counted[ck]\n"
+    "    if not o then\n"         //
+    NGX_HTTP_SSE_REDIS_COUNT_LUA  //
+    "      o = subs\n"
+    "      counted[ck] = o\n"
+    "    end\n"
+    "  end\n"
+    "  out[i] = {e, sid, o}\n"
     // ---- end of one event
     "end\n"
     "for k, v in pairs(seen) do\n"
@@ -189,8 +206,9 @@ static const char ngx_http_sse_redis_publish_lua[] =
     " - 1)\n"
     "return out\n";
 
-// KEYS: epoch seq stream chans bus log; ARGV: local epoch, local seq,
-// channel. Returns {epoch, seq, 1 when the channel's stream existed}.
+// KEYS: epoch seq stream chans bus log subs alive; ARGV: local epoch,
+// local seq, channel, this machine's id. Returns {epoch, seq, 1 when the
+// channel's stream existed, its subscribers on the other live machines}.
 static const char ngx_http_sse_redis_delete_lua[] = NGX_HTTP_SSE_REDIS_PROLOGUE
     "local existed = redis.call('EXISTS', KEYS[3])\n"
     "s = redis.call('INCR', KEYS[2])\n"
@@ -202,7 +220,11 @@ static const char ngx_http_sse_redis_delete_lua[] = NGX_HTTP_SSE_REDIS_PROLOGUE
     "redis.call('ZADD', KEYS[4], s, ARGV[3])\n"
     "redis.call('PUBLISH', KEYS[5], e .. ' ' .. sid .. ' 0 0 0 ' ..\n"
     "           #ARGV[3] .. ' ' .. ARGV[3])\n"
-    "return {e, sid, existed}\n";
+    "local ck, ak, me = KEYS[7], KEYS[8], ARGV[4]\n"  //
+    NGX_HTTP_SSE_REDIS_COUNT_LUA                      //
+    // Every subscriber's stream ends: nobody is counted any more.
+    "redis.call('DEL', ck)\n"
+    "return {e, sid, existed, subs}\n";
 
 // A machine found that Redis gave a seq it holds to another event (Redis
 // lost acknowledged events, then counted on): a new epoch, unless another
@@ -3082,6 +3104,7 @@ void ngx_http_sse_redis_worker_init(ngx_http_sse_zone_worker_t *zw) {
     rw->flush_ev.handler = ngx_http_sse_redis_flush_handler;
     rw->flush_ev.data = rw;
     rw->flush_ev.log = ngx_cycle->log;
+    ngx_http_sse_redis_count_init(zw);
 }
 
 static void ngx_http_sse_redis_resign(ngx_http_sse_redis_worker_t *rw) {
@@ -3101,6 +3124,7 @@ void ngx_http_sse_redis_worker_exit(ngx_http_sse_zone_worker_t *zw) {
     if (rw == NULL) {
         return;
     }
+    ngx_http_sse_redis_count_exit(zw);
     ngx_http_sse_redis_resign(rw);
     rw->bus.on_close = NULL;
     ngx_http_sse_redis_close(&rw->bus, NULL);
@@ -3138,6 +3162,7 @@ void ngx_http_sse_redis_poll(ngx_http_sse_zone_worker_t *zw) {
         ngx_http_sse_redis_resign(rw);
         return;
     }
+    ngx_http_sse_redis_count_poll(zw);
     if (rw->leader) {
         return;
     }
@@ -3246,15 +3271,20 @@ static bool ngx_http_sse_redis_waited(ngx_http_sse_redis_publish_t *p) {
     return false;
 }
 
-// One event's result in the publish script's reply ({epoch, seq}): false
+// One event's result in the publish script's reply ({epoch, seq[,
+// others]}): false
 // when it is not one.
 static bool ngx_http_sse_redis_event_result(redisReply *e, uint64_t *epoch,
-                                            uint64_t *seq) {
+                                            uint64_t *seq, int64_t *others) {
     if (e->type != REDIS_REPLY_ARRAY || e->elements < 2) {
         return false;
     }
     *epoch = ngx_http_sse_redis_u64(e->element[0]);
     *seq = ngx_http_sse_redis_u64(e->element[1]);
+    // A counted event's third element: the other machines' subscribers.
+    *others = e->elements > 2 && e->element[2]->type == REDIS_REPLY_INTEGER
+                  ? e->element[2]->integer
+                  : -1;
     return *seq != 0;
 }
 
@@ -3331,20 +3361,25 @@ static void ngx_http_sse_redis_publish_reply(ngx_http_sse_redis_conn_t *rc,
     uint64_t epoch = 0;
     std::vector<uint64_t> seqs;  // per event
     bool existed = true;
+    std::vector<int64_t> others;  // per event, -1: not counted
     if (r != NULL && p->remove && r->type == REDIS_REPLY_ARRAY &&
-        r->elements == 3) {
+        r->elements == 4) {
         epoch = ngx_http_sse_redis_u64(r->element[0]);
         seqs.push_back(ngx_http_sse_redis_u64(r->element[1]));
         existed = ngx_http_sse_redis_u64(r->element[2]) != 0;
+        others.push_back(r->element[3]->type == REDIS_REPLY_INTEGER
+                             ? r->element[3]->integer
+                             : -1);
         if (seqs[0] == 0) {
             seqs.clear();
         }
     } else if (r != NULL && !p->remove && r->type == REDIS_REPLY_ARRAY &&
                r->elements == p->events) {
         seqs.resize(p->events);
+        others.resize(p->events);
         for (size_t i = 0; i < p->events; i++) {
             if (!ngx_http_sse_redis_event_result(r->element[i], &epoch,
-                                                 &seqs[i])) {
+                                                 &seqs[i], &others[i])) {
                 seqs.clear();
                 break;
             }
@@ -3412,7 +3447,8 @@ static void ngx_http_sse_redis_publish_reply(ngx_http_sse_redis_conn_t *rc,
             void *cbdata = it->data;
             it->data = NULL;
             it->done(cbdata, !seqs.empty(), epoch,
-                     seqs.empty() || !existed ? 0 : seqs[i - 1], why);
+                     seqs.empty() || !existed ? 0 : seqs[i - 1],
+                     seqs.empty() ? -1 : others[i - 1], why);
         }
     }
     delete p;
@@ -3484,42 +3520,60 @@ static void ngx_http_sse_redis_publish_send(ngx_http_sse_redis_publish_t *p) {
         epoch = std::to_string(sse::store::peek_epoch(root));
         seq = std::to_string(sse::store::peek_seq(root));
     }
+    // The zone's liveness hash and this machine's id, for the counts of
+    // the answers (NGX_HTTP_SSE_REDIS_COUNT_LUA).
+    std::string alive = *rw->conf->prefix + ":alive";
+    const std::string &me = ngx_http_sse_redis_count_me(rw->zw);
     if (p->remove) {
         // Rare: sent whole, no script cache to keep.
         ngx_http_sse_redis_item_t *it = p->items[0].get();
         std::string stream = rw->keys[4] + it->channel;
+        std::string subs = *rw->conf->prefix + ":subs:" + it->channel;
         ngx_http_sse_redis_send(
             &rw->cmd,
-            {"EVAL", ngx_http_sse_redis_delete_lua, "6", rw->keys[0],
-             rw->keys[1], stream, rw->keys[2], rw->keys[3], rw->keys[5], epoch,
-             seq, it->channel},
+            {"EVAL", ngx_http_sse_redis_delete_lua, "8", rw->keys[0],
+             rw->keys[1], stream, rw->keys[2], rw->keys[3], rw->keys[5], subs,
+             alive, epoch, seq, it->channel, me},
             ngx_http_sse_redis_publish_reply, p);
         return;
     }
-    std::vector<std::string> streams;
+    std::vector<std::string> streams, counts, at;
     streams.reserve(p->items.size());
+    counts.reserve(p->items.size());
+    at.reserve(p->items.size());
     for (auto &it : p->items) {
         streams.push_back(rw->keys[4] + it->channel);
+        // Counted: the last event of a request whose answer waits for it
+        // (nobody waits on the module's own publishes).
+        if (it->done != NULL && !it->bodies.empty()) {
+            counts.push_back(*rw->conf->prefix + ":subs:" + it->channel);
+            at.push_back(std::to_string(6 + p->events + counts.size()));
+        } else {
+            at.emplace_back("0");
+        }
     }
-    std::string numkeys = std::to_string(5 + p->events);
+    std::string numkeys = std::to_string(6 + p->events + counts.size());
     std::vector<std::string_view> args;
-    args.reserve(3 + 5 + p->events + 3 + 4 * p->events);
+    args.reserve(3 + 6 + p->events + counts.size() + 4 + 5 * p->events);
     args.insert(args.end(),
                 {p->eval ? "EVAL" : "EVALSHA",
                  p->eval ? std::string_view(ngx_http_sse_redis_publish_lua)
                          : std::string_view(rw->sha),
                  numkeys, rw->keys[0], rw->keys[1], rw->keys[2], rw->keys[3],
-                 rw->keys[5]});
+                 rw->keys[5], alive});
     for (size_t k = 0; k < p->items.size(); k++) {
         args.insert(args.end(), p->items[k]->bodies.size(), streams[k]);
     }
+    args.insert(args.end(), counts.begin(), counts.end());
     std::string cutoff = ngx_http_sse_redis_fence(rw);
-    args.push_back(epoch);
-    args.push_back(seq);
-    args.push_back(cutoff);
-    for (auto &it : p->items) {
-        for (const std::string &body : it->bodies) {
-            args.insert(args.end(), {it->channel, body, it->maxlen, it->ttl});
+    args.insert(args.end(), {epoch, seq, cutoff, me});
+    for (size_t k = 0; k < p->items.size(); k++) {
+        auto &it = p->items[k];
+        for (size_t j = 0; j < it->bodies.size(); j++) {
+            args.insert(args.end(),
+                        {it->channel, it->bodies[j], it->maxlen, it->ttl,
+                         j + 1 == it->bodies.size() ? std::string_view(at[k])
+                                                    : std::string_view("0")});
         }
     }
     ngx_http_sse_redis_send(&rw->cmd, args, ngx_http_sse_redis_publish_reply,
@@ -3747,4 +3801,42 @@ void ngx_http_sse_redis_figures(ngx_http_sse_zone_t *z,
                                    : confirmed > now
                                        ? 0
                                        : (int64_t)(now - confirmed);
+}
+
+// ------------------------------------------------------------- counts
+
+// The commands of ngx_http_sse_redis_count.cpp, on the command connection.
+struct ngx_http_sse_redis_command_t {
+    ngx_http_sse_redis_reply_fn handler;
+    void *data;
+};
+
+static void ngx_http_sse_redis_command_reply(ngx_http_sse_redis_conn_t *rc,
+                                             void *data, redisReply *r,
+                                             const char *err) {
+    std::unique_ptr<ngx_http_sse_redis_command_t> c(
+        static_cast<ngx_http_sse_redis_command_t *>(data));
+    c->handler(c->data, r, err);
+}
+
+bool ngx_http_sse_redis_command(ngx_http_sse_zone_worker_t *zw,
+                                const std::vector<std::string_view> &args,
+                                ngx_http_sse_redis_reply_fn handler,
+                                void *data) {
+    auto *rw = static_cast<ngx_http_sse_redis_worker_t *>(zw->redis);
+    if (rw == NULL ||
+        ((ngx_msec_int_t)(rw->cmd_down_until - ngx_current_msec) > 0 &&
+         !rw->cmd.connected)) {
+        return false;
+    }
+    // Owned by the command once sent (out of memory: lost, never freed
+    // twice).
+    auto *c = new ngx_http_sse_redis_command_t{handler, data};
+    ngx_http_sse_redis_send(&rw->cmd, args, ngx_http_sse_redis_command_reply,
+                            c);
+    return true;
+}
+
+const std::string &ngx_http_sse_redis_prefix(ngx_http_sse_zone_t *z) {
+    return *z->redis->prefix;
 }

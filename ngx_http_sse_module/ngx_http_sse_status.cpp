@@ -19,6 +19,7 @@ struct ngx_http_sse_zone_figures_t {
     bool checked;
     std::string check;  // "" when the zone is consistent
     ngx_http_sse_redis_figures_t redis;
+    std::string redis_counts;  // JSON; "" for a shared-memory zone
 };
 
 static ngx_http_sse_zone_figures_t ngx_http_sse_figures(ngx_http_sse_zone_t *z,
@@ -28,6 +29,7 @@ static ngx_http_sse_zone_figures_t ngx_http_sse_figures(ngx_http_sse_zone_t *z,
                   z->shm_zone->shm.name.len);
     f.bytes_total = z->shm_zone->shm.size;
     ngx_http_sse_redis_figures(z, &f.redis);
+    f.redis_counts = ngx_http_sse_redis_count_json(z);
     auto s = ngx_http_sse_session(z);
     sse::store::figures zf = s->get_figures();
     f.epoch = s->epoch();
@@ -104,6 +106,9 @@ static std::string ngx_http_sse_status_json(
                           : std::to_string(f.redis.sentinel_confirmed_ago_ms));
             }
             j += "}";
+        }
+        if (!f.redis_counts.empty()) {
+            j += ",\"redis_counts\":" + f.redis_counts;
         }
         num("bytes_total", f.bytes_total);
         num("bytes_used", f.bytes_total - f.bytes_free);

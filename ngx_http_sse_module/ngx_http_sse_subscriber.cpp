@@ -1048,6 +1048,8 @@ static ngx_int_t ngx_http_sse_subscribe(ngx_http_request_t *r) {
         js = s->join(zw->slot, ids, lcf->max_subscribers, ngx_current_msec,
                      joined);
         if (js == sse::join_status::ok) {
+            ngx_http_sse_redis_count_touch_all(z, *s, joined.data(),
+                                               joined.size());
             sub->joined = 1;
             sub->nlinks = joined.size();
             ngx_memcpy(sub->chans, joined.data(),

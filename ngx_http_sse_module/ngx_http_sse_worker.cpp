@@ -736,6 +736,7 @@ void ngx_http_sse_worker_exit(ngx_cycle_t *cycle) {
         ngx_http_sse_redis_worker_exit(zw);
         if (zw->slot != sse::no_slot) {
             auto s = ngx_http_sse_session(zw->zone);
+            ngx_http_sse_redis_count_touch_slot(zw->zone, *s, zw->slot);
             s->clear_slot(zw->slot, ngx_current_msec);
         }
         for (auto &[ch, lc] : zw->channels) {

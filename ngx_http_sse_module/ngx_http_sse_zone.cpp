@@ -116,6 +116,7 @@ char *ngx_http_sse_zone_directive(ngx_conf_t *cf, ngx_command_t *cmd,
 
     ngx_str_t *redis = NULL, *redis_timeout = NULL, *redis_ca = NULL;
     ngx_str_t *sentinel_auth = NULL, *redis_cert = NULL, *redis_key = NULL;
+    ngx_str_t *machine_ttl = NULL;
     for (ngx_uint_t i = 2; i < cf->args->nelts; i++) {
         if (value[i].len > 6 && ngx_strncmp(value[i].data, "redis=", 6) == 0 &&
             redis == NULL) {
@@ -141,6 +142,19 @@ char *ngx_http_sse_zone_directive(ngx_conf_t *cf, ngx_command_t *cmd,
             value[i].data += 20;
             value[i].len -= 20;
             sentinel_auth = &value[i];
+        } else if (value[i].len > 18 &&
+                   ngx_strncmp(value[i].data, "redis_machine_ttl=", 18) == 0 &&
+                   machine_ttl == NULL) {
+            value[i].data += 18;
+            value[i].len -= 18;
+            machine_ttl = &value[i];
+        } else if (machine_ttl != NULL && value[i].len >= 18 &&
+                   ngx_strncmp(value[i].data, "redis_machine_ttl=", 18) == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "duplicate \"redis_machine_ttl=\" parameter "
+                               "in \"%V\" directive",
+                               &cmd->name);
+            return (char *)NGX_CONF_ERROR;
         } else if (value[i].len > 11 &&
                    ngx_strncmp(value[i].data, "redis_cert=", 11) == 0 &&
                    redis_cert == NULL) {
@@ -171,7 +185,8 @@ char *ngx_http_sse_zone_directive(ngx_conf_t *cf, ngx_command_t *cmd,
                                "directive, expected redis=URL, "
                                "redis_timeout=TIME, redis_ca=FILE, "
                                "redis_sentinel_auth=[USER:]PASSWORD, "
-                               "redis_cert=FILE or redis_key=FILE",
+                               "redis_cert=FILE, redis_key=FILE or "
+                               "redis_machine_ttl=TIME",
                                &value[i], &cmd->name);
             return (char *)NGX_CONF_ERROR;
         }
@@ -194,6 +209,18 @@ char *ngx_http_sse_zone_directive(ngx_conf_t *cf, ngx_command_t *cmd,
                                  sentinel_auth, redis_cert,
                                  redis_key) != NGX_CONF_OK) {
         return (char *)NGX_CONF_ERROR;
+    }
+    if (machine_ttl != NULL) {
+        if (redis == NULL) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"redis_machine_ttl=\" in \"%V\" needs "
+                               "\"redis=\"",
+                               &cmd->name);
+            return (char *)NGX_CONF_ERROR;
+        }
+        if (ngx_http_sse_redis_count_parse(cf, z, machine_ttl) != NGX_CONF_OK) {
+            return (char *)NGX_CONF_ERROR;
+        }
     }
     *slot = z;
     shm_zone->init = ngx_http_sse_init_zone;

@@ -160,6 +160,10 @@ struct external_stats {
     uint32_t told;  // bits, see the glue
     uint64_t sentinel_answered_ms;
     uint64_t sentinel_confirmed_ms;
+    // The subscriber counts across machines (the glue's
+    // ngx_http_sse_redis_count.cpp): its record, an aux block made under
+    // the lock and never freed; nullptr until then.
+    void *count;
 };
 
 // The zone's root: private to the engine (src/store_layout.hpp); the glue

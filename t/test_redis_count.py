@@ -1,0 +1,372 @@
+"""Subscriber counts across the machines of a Redis zone: a publish's 202,
+GET's channel info, DELETE's answer and presence's count are the sums over
+every live machine (within the push lag), a SIGKILLed machine leaves the
+sums once its liveness key expires, a reload keeps the machine's id."""
+
+import asyncio
+import json
+import os
+import re
+import signal
+import time
+
+import pytest
+
+from redishelp import (assert_zone_refused, needs_redis,  # noqa: F401
+                       redis_conf, start_redis, wait_in_sync)
+from sselib.client import KeepAlive
+
+pytestmark = needs_redis
+
+STATUS = "        location = /sse-status { sse_status; }\n"
+REDIS_ERRORS = [r"\[error\].*sse: redis", r"\[error\].*connect\(\) failed",
+                r"\[error\].*recv\(\) failed"]
+# Short enough for the tests that wait for a dead machine to expire.
+TTL = " redis_machine_ttl=2s"
+
+
+async def machines(start_nginx, redis, n, extra=TTL, sub="",
+                   allow_log=(), size="16m"):
+    out = [start_nginx(zone=redis_conf(redis.url, size=size, extra=extra),
+                       sub_locations=STATUS, sub=sub,
+                       allow_log=list(allow_log) + REDIS_ERRORS)
+           for _ in range(n)]
+    for m in out:
+        await wait_in_sync(m)
+    return out
+
+
+async def info_subscribers(m, channel):
+    r = await m.info(channel)
+    if r.status == 404:
+        return None
+    assert r.status == 200, r
+    return r.json()["subscribers"]
+
+
+async def until_count(m, channel, want, timeout=10):
+    """Polls GET's channel info on machine m until it says `want`
+    subscribers (the push lag is a fraction of a second)."""
+    deadline = time.monotonic() + timeout
+    got = None
+    while time.monotonic() < deadline:
+        got = await info_subscribers(m, channel)
+        if got == want:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{channel}: {got} subscribers, not {want}")
+
+
+async def status(m):
+    r = await m.sub_http("GET", "/sse-status")
+    assert r.status == 200, r
+    return r.json()["zones"][0]
+
+
+def counted_until(redis, machine):
+    """Until when (ms, Redis's clock) Redis counts the machine, or 0."""
+    v = redis.cli("HGET", "{sse:sse}:alive", machine).strip()
+    return int(v) if v else 0
+
+
+def redis_ms(redis):
+    sec, usec = redis.cli("TIME").split()
+    return int(sec) * 1000 + int(usec) // 1000
+
+
+def fields(redis, channel):
+    """The channel's count hash in Redis: {machine id: count}."""
+    out = redis.cli("HGETALL", "{sse:sse}:subs:" + channel).split()
+    return {out[i]: int(out[i + 1]) for i in range(0, len(out), 2)}
+
+
+# ---------------------------------------------------------------- config
+
+@pytest.mark.parametrize("param,why", [
+    ("redis=redis://127.0.0.1 redis_machine_ttl=abc",
+     "invalid redis_machine_ttl \"abc\""),
+    ("redis=redis://127.0.0.1 redis_machine_ttl=500ms",
+     "at least 1s"),
+    ("redis_machine_ttl=5s", "needs \"redis=\""),
+    ("redis=redis://127.0.0.1 redis_machine_ttl=5s redis_machine_ttl=6s",
+     "duplicate \"redis_machine_ttl=\" parameter"),
+])
+def test_bad_machine_ttl_fails_nginx_t(tmp_path, param, why):
+    assert_zone_refused(tmp_path, param, why)
+
+
+# ---------------------------------------------------------------- sums
+
+@pytest.mark.timeout_s(60)
+async def test_publish_and_info_count_every_machine(start_nginx,
+                                                    start_redis):
+    r = start_redis()
+    a, b, c = await machines(start_nginx, r, 3)
+    held = [await b.stream("room") for _ in range(2)]
+    held += [await c.stream("room") for _ in range(2)]
+    held.append(await c.stream("/multi?channels=other,room"))
+    # Machine A holds no subscriber and no event of the channel: its info
+    # is the other machines'.
+    await until_count(a, "room", 5)
+    resp = await a.publish("room", "hello")
+    assert resp.status == 202, resp
+    assert resp.json()["subscribers"] == 5
+    for m in (b, c):
+        await until_count(m, "room", 5)
+    # A subscriber of the publishing machine counts at once (its own
+    # count is exact, read from its zone).
+    mine = await a.stream("room")
+    resp = await a.publish("room", "again")
+    assert resp.json()["subscribers"] == 6
+    # Leaving on C: the sums drop everywhere.
+    for s in held[2:]:
+        s.close()
+    for m in (a, b, c):
+        await until_count(m, "room", 3)
+    assert (await a.publish("room", "x")).json()["subscribers"] == 3
+    # In Redis: one field per machine with subscribers.
+    ids = {m: (await status(m))["redis_counts"]["machine"] for m in (a, b, c)}
+    assert len(set(ids.values())) == 3
+    deadline = time.monotonic() + 10
+    while fields(r, "room") != {ids[a]: 1, ids[b]: 2}:
+        assert time.monotonic() < deadline, fields(r, "room")
+        await asyncio.sleep(0.05)
+    st = (await status(b))["redis_counts"]
+    assert st["pending"] == 0 and st["pushes"] >= 1, st
+    assert st["last_push_ms_ago"] is not None
+    for s in held[:2] + [mine]:
+        s.close()
+    for m in (a, b, c):
+        await until_count(m, "room", 0)
+
+
+def script_calls(redis):
+    """How many times Redis ran the publish script (EVALSHA) so far."""
+    m = re.search(r"cmdstat_evalsha:calls=(\d+)",
+                  redis.cli("INFO", "commandstats"))
+    return int(m.group(1)) if m else 0
+
+
+@pytest.mark.timeout_s(120)
+async def test_posts_sharing_a_script_call_each_count_their_channel(
+        start_nginx, start_redis):
+    r = start_redis()
+    a, b = await machines(start_nginx, r, 2)
+    # Channel gK has K subscribers on B, and one more on A for g2.
+    want = {f"g{k}": k for k in range(1, 5)}
+    held = [await b.stream(ch) for ch, k in want.items() for _ in range(k)]
+    held.append(await a.stream("g2"))
+    want["g2"] += 1
+    want["g0"] = 0
+    for ch, k in want.items():
+        await until_count(a, ch, k or None)
+    await a.publish_ok("warm", "x")  # the script is loaded, the clock known
+    before = script_calls(r)
+    conns, per = 20, 10
+
+    async def publisher(k):
+        # Each connection POSTs to one channel in turn; the 20 connections
+        # run at once, so a worker's call holds POSTs to several channels.
+        c = await KeepAlive.open(a.pub_port)
+        ch = f"g{k % 5}"
+        try:
+            for i in range(per):
+                resp = await c.request("POST", "/publish/" + ch,
+                                       body=f"{k}-{i}".encode(), timeout=30)
+                assert resp.status == 202, resp
+                assert resp.json()["subscribers"] == want[ch], (ch, resp)
+        finally:
+            c.close()
+
+    await asyncio.gather(*(publisher(k) for k in range(conns)))
+    calls = script_calls(r) - before
+    assert calls < conns * per, f"{calls} script calls: nothing shared"
+    # A streaming publish's answer: its channel's count.
+    body = "".join(f"data: {i}\n\n" for i in range(150))
+    resp = await a.publish("g3", body.encode(),
+                           headers={"Content-Type": "text/event-stream"})
+    assert resp.status == 202, resp
+    assert resp.json()["published"] == 150
+    assert resp.json()["subscribers"] == 3
+    for s in held:
+        s.close()
+
+
+@pytest.mark.timeout_s(60)
+async def test_more_changes_than_the_zone_notes_are_all_pushed(
+        start_nginx, start_redis):
+    r = start_redis()
+    # A 2m zone notes 32 changed channels between two pushes: one stream
+    # joins 64 at once, and the pusher reads every subscription instead.
+    a, b = await machines(start_nginx, r, 2, size="2m")
+    names = [f"m{i}" for i in range(64)]
+    s = await b.stream("/multi?channels=" + ",".join(names))
+    for n in names:
+        await until_count(a, n, 1)
+    s.close()
+    for n in names:
+        await until_count(a, n, None)
+
+
+@pytest.mark.timeout_s(60)
+async def test_a_killed_pusher_is_replaced_and_its_streams_leave(
+        start_nginx, start_redis):
+    r = start_redis()
+    a, b = await machines(start_nginx, r, 2,
+                          allow_log=[r"exited on signal 9"])
+    held = [await b.stream("pk") for _ in range(8)]
+    await until_count(a, "pk", 8)
+    st = await status(b)
+    pusher = st["redis_counts"]["pusher_pid"]
+    on_pusher = {w["pid"]: w["subscribers"] for w in st["workers"]}[pusher]
+    os.kill(pusher, signal.SIGKILL)
+    # The dead worker's streams leave (its slot reaped), counted by the
+    # worker that takes the pushing over.
+    await until_count(a, "pk", 8 - on_pusher or None, timeout=15)
+    more = [await b.stream("pk") for _ in range(2)]
+    await until_count(a, "pk", 10 - on_pusher)
+    assert (await status(b))["redis_counts"]["pusher_pid"] != pusher
+    for s in held + more:
+        s.close()
+    await until_count(a, "pk", None)
+
+
+@pytest.mark.timeout_s(60)
+async def test_delete_answers_every_machines_subscribers(start_nginx,
+                                                         start_redis):
+    r = start_redis()
+    a, b, c = await machines(start_nginx, r, 3)
+    subs = [await b.stream("gone") for _ in range(3)]
+    subs.append(await c.stream("gone"))
+    await until_count(a, "gone", 4)
+    resp = await a.pub_http("DELETE", "/publish/gone")
+    assert resp.status == 200, resp
+    assert resp.json() == {"channel": "gone", "deleted": True,
+                           "subscribers": 4}
+    for s in subs:
+        await s.until_end()
+    # Nobody left anywhere: gone.
+    for m in (a, b, c):
+        await until_count(m, "gone", None)
+    assert (await a.pub_http("DELETE", "/publish/gone")).status == 404
+
+
+@pytest.mark.timeout_s(60)
+async def test_a_killed_machine_leaves_the_sum_after_its_ttl(start_nginx,
+                                                             start_redis):
+    r = start_redis()
+    a, b = await machines(start_nginx, r, 2)
+    held = [await b.stream("k") for _ in range(3)]
+    await until_count(a, "k", 3)
+    b_id = (await status(b))["redis_counts"]["machine"]
+    # The whole machine dies at once: master and workers.
+    for pid in b.pids():
+        os.kill(pid, signal.SIGKILL)
+    for s in held:
+        s.close()
+    # Its time runs out (2 s): its count leaves the sum, and the sum that
+    # met its field dropped it.
+    await until_count(a, "k", None, timeout=15)
+    assert b_id not in fields(r, "k")
+    assert counted_until(r, b_id) <= redis_ms(r)
+    # A's refreshes forget it (its set of channels emptied).
+    deadline = time.monotonic() + 15
+    while counted_until(r, b_id):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    assert r.cli("EXISTS", "{sse:sse}:machine:" + b_id).strip() == "0"
+
+
+@pytest.mark.timeout_s(60)
+async def test_a_clean_stop_removes_the_machines_counts(start_nginx,
+                                                        start_redis):
+    r = start_redis()
+    # The default TTL (10 s): only the stop itself can remove them soon.
+    a, b = await machines(start_nginx, r, 2, extra="")
+    held = [await b.stream("bye") for _ in range(2)]
+    await until_count(a, "bye", 2)
+    b_id = (await status(b))["redis_counts"]["machine"]
+    assert counted_until(r, b_id) > redis_ms(r)
+    assert b.stop()
+    for s in held:
+        s.close()
+    assert b_id not in fields(r, "bye")
+    assert counted_until(r, b_id) == 0
+    assert r.cli("EXISTS", "{sse:sse}:machine:" + b_id).strip() == "0"
+    assert await info_subscribers(a, "bye") is None
+
+
+@pytest.mark.timeout_s(60)
+async def test_a_reload_keeps_the_machine_id_and_counts(start_nginx,
+                                                        start_redis):
+    r = start_redis()
+    a, b = await machines(start_nginx, r, 2)
+    held = [await b.stream("rl") for _ in range(2)]
+    await until_count(a, "rl", 2)
+    before = (await status(b))["redis_counts"]["machine"]
+    b.reload()
+    # The old workers end their streams; the clients come back.
+    for s in held:
+        await s.until_end()
+    await wait_in_sync(b)
+    held = [await b.stream("rl") for _ in range(2)]
+    assert (await status(b))["redis_counts"]["machine"] == before
+    await until_count(a, "rl", 2)
+    # One machine, one field: the reload's workers did not count it twice
+    # nor drop the machine.
+    assert fields(r, "rl") == {before: 2}
+    assert counted_until(r, before) > redis_ms(r)
+    # Still pushed after the reload.
+    held.append(await b.stream("rl"))
+    await until_count(a, "rl", 3)
+    for s in held:
+        s.close()
+    await until_count(a, "rl", None)
+
+
+@pytest.mark.timeout_s(60)
+async def test_redis_down_answers_what_the_machine_knows(start_nginx,
+                                                         start_redis):
+    r = start_redis()
+    a, b = await machines(start_nginx, r, 2)
+    held = [await b.stream("dn") for _ in range(2)]
+    held.append(await a.stream("dn"))
+    await until_count(a, "dn", 3)
+    r.kill()
+    # Nothing waits on the dead Redis: the local count, promptly.
+    t = time.monotonic()
+    await until_count(a, "dn", 1)
+    await until_count(b, "dn", 2)
+    assert time.monotonic() - t < 8
+    assert (await a.publish("dn", "x")).status == 503
+
+
+# ---------------------------------------------------------------- presence
+
+@pytest.mark.timeout_s(60)
+async def test_presence_counts_every_machine(start_nginx, start_redis):
+    r = start_redis()
+    a, b = await machines(
+        start_nginx, r, 2,
+        sub="            sse_presence_channel $ch:presence;")
+    w = await a.stream("room:presence")
+
+    async def next_presence():
+        e = await w.next_event(5)
+        return e.event, json.loads(e.data)
+
+    on_b = await b.stream("room")
+    assert await next_presence() == \
+        ("join", {"sub": None, "channel": "room", "count": 1})
+    await until_count(a, "room", 1)
+    on_a = await a.stream("room")
+    assert await next_presence() == \
+        ("join", {"sub": None, "channel": "room", "count": 2})
+    await until_count(b, "room", 2)
+    on_b.close()
+    assert await next_presence() == \
+        ("leave", {"sub": None, "channel": "room", "count": 1})
+    await until_count(a, "room", 1)
+    on_a.close()
+    assert await next_presence() == \
+        ("leave", {"sub": None, "channel": "room", "count": 0})
