@@ -1445,6 +1445,22 @@ static bool ngx_http_sse_redis_resolve(ngx_http_sse_redis_worker_t *rw,
     return true;
 }
 
+// A sentinel's answer to get-master-addr-by-name, [host, port], as
+// "host:port" ("[v6]:port"); false for anything else (nil: not known).
+static bool ngx_http_sse_redis_master_addr(redisReply *r, std::string &hp) {
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+        r->element[0]->type != REDIS_REPLY_STRING ||
+        r->element[1]->type != REDIS_REPLY_STRING) {
+        return false;
+    }
+    hp.assign(r->element[0]->str, r->element[0]->len);
+    if (hp.find(':') != std::string::npos) {
+        hp = "[" + hp + "]";
+    }
+    hp += ":" + std::string(r->element[1]->str, r->element[1]->len);
+    return true;
+}
+
 // SENTINEL get-master-addr-by-name: [host, port], or nil for a master the
 // sentinel does not monitor. Any failure: the next sentinel, once each.
 static void ngx_http_sse_redis_sentinel_reply(ngx_http_sse_redis_conn_t *rc,
@@ -1461,14 +1477,8 @@ static void ngx_http_sse_redis_sentinel_reply(ngx_http_sse_redis_conn_t *rc,
     if (r != NULL) {
         rw->sentinel_heard = true;
     }
-    if (r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
-        r->element[0]->type == REDIS_REPLY_STRING &&
-        r->element[1]->type == REDIS_REPLY_STRING) {
-        std::string hp(r->element[0]->str, r->element[0]->len);
-        if (hp.find(':') != std::string::npos) {
-            hp = "[" + hp + "]";
-        }
-        hp += ":" + std::string(r->element[1]->str, r->element[1]->len);
+    std::string hp;
+    if (ngx_http_sse_redis_master_addr(r, hp)) {
         ngx_http_sse_redis_node_t node;
         if (ngx_http_sse_redis_parse_node(hp, node)) {
             // The sentinel's connection stays open for the next question.
@@ -1563,14 +1573,8 @@ static void ngx_http_sse_redis_census_reply(ngx_http_sse_redis_conn_t *rc,
                                             const char *err) {
     ngx_http_sse_redis_worker_t *rw = rc->rw;
     std::string who = "sentinel " + ngx_http_sse_redis_str(rc->probe->name);
-    if (r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
-        r->element[0]->type == REDIS_REPLY_STRING &&
-        r->element[1]->type == REDIS_REPLY_STRING) {
-        std::string hp(r->element[0]->str, r->element[0]->len);
-        if (hp.find(':') != std::string::npos) {
-            hp = "[" + hp + "]";
-        }
-        hp += ":" + std::string(r->element[1]->str, r->element[1]->len);
+    std::string hp;
+    if (ngx_http_sse_redis_master_addr(r, hp)) {
         rw->census_answered++;
         ngx_http_sse_redis_sentinel_answered(
             rw, who, rw->primary.len != 0 && hp == rw->primary.name);

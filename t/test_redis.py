@@ -51,6 +51,23 @@ async def no_event(c, wait):
         assert not b.is_event, b
 
 
+async def publish_through_failover(m, ch, n=10, within=30):
+    """Publishes "a0".."a{n-1}" on machine m while a Redis node fails
+    over: each answer a 202 or a 503 (then sent again), all accepted
+    within `within` seconds; their (id, data)."""
+    deadline = time.monotonic() + within
+    after = []
+    while len(after) < n:
+        resp = await m.publish(ch, f"a{len(after)}")
+        assert resp.status in (202, 503), resp
+        if resp.status == 202:
+            after.append((resp.json()["id"], f"a{len(after)}"))
+        else:
+            assert time.monotonic() < deadline, resp
+            await asyncio.sleep(0.1)
+    return after
+
+
 async def read_events(c, n, timeout):
     got = await c.events(n, timeout=timeout)
     return [(b.id, b.data) for b in got]
@@ -747,16 +764,7 @@ async def test_redis_cluster_primary_failover(start_nginx, start_redis):
     assert primary.cli("WAIT", "1", "2000").strip() == "1"
     primary.kill()
     # The replica takes over; publishes succeed again by themselves.
-    deadline = time.monotonic() + 30
-    after = []
-    while len(after) < 10:
-        resp = await a.publish("f", f"a{len(after)}")
-        assert resp.status in (202, 503), resp
-        if resp.status == 202:
-            after.append((resp.json()["id"], f"a{len(after)}"))
-        else:
-            assert time.monotonic() < deadline, resp
-            await asyncio.sleep(0.1)
+    after = await publish_through_failover(a, "f")
     got = await read_events(s, 10, 20)
     assert got == after
     assert node_of(nodes, f"{{sse:{name}}}") is not primary

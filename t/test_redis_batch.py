@@ -16,6 +16,7 @@ from conftest import seq_of
 from redishelp import needs_redis, redis_conf, start_redis  # noqa: F401
 from redishelp import wait_in_sync
 from sselib.client import KeepAlive
+from test_redis import no_event, read_events
 
 pytestmark = needs_redis
 
@@ -38,24 +39,6 @@ def script_calls(r):
     m = re.search(r"cmdstat_evalsha:calls=(\d+)", r.cli("INFO",
                                                          "commandstats"))
     return int(m.group(1)) if m else 0
-
-
-async def read_all(c, n, timeout):
-    return [(b.id, b.data) for b in await c.events(n, timeout=timeout)]
-
-
-async def no_event(c, wait):
-    """Nothing but heartbeats arrives within `wait` seconds."""
-    deadline = time.monotonic() + wait
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return
-        try:
-            b = await c.next_block(left)
-        except asyncio.TimeoutError:
-            return
-        assert not b.is_event, b
 
 
 def assert_one_order(got, ids):
@@ -86,7 +69,7 @@ async def test_streaming_publish_of_200_events_takes_few_script_calls(
     calls = script_calls(r) - before
     # Groups of up to 64, as the body's reads allow: far fewer than 200.
     assert calls <= 20, f"{calls} script calls for 200 events"
-    got = await asyncio.gather(*(read_all(c, 200, 30) for c in subs))
+    got = await asyncio.gather(*(read_events(c, 200, 30) for c in subs))
     for g in got:
         assert [d for _, d in g] == [str(i) for i in range(200)]
         seqs = [seq_of(i) for i, _ in g]
@@ -110,7 +93,7 @@ async def test_concurrent_posts_on_two_machines_share_script_calls(
     before = script_calls(r)
     conns, per = 32, 100
     total = conns * per
-    readers = [asyncio.ensure_future(read_all(c, total, 200)) for c in subs]
+    readers = [asyncio.ensure_future(read_events(c, total, 200)) for c in subs]
 
     async def publisher(k):
         # Half the connections to each machine, each POSTing in turn.
@@ -146,9 +129,9 @@ async def test_failed_call_fails_every_publish_and_never_shows(
     sub_b, sub_a = await b.stream("f"), await a.stream("f")
     pub = await StreamPublisher.open(a.pub_port, "/publish/f")
     await pub.send("".join(f"data: s{i}\n\n" for i in range(10)))
-    first = await read_all(sub_b, 10, 10)
+    first = await read_events(sub_b, 10, 10)
     assert [d for _, d in first] == [f"s{i}" for i in range(10)]
-    await read_all(sub_a, 10, 10)
+    await read_events(sub_a, 10, 10)
 
     os.kill(r.proc.pid, signal.SIGSTOP)
     try:
@@ -181,7 +164,7 @@ async def test_failed_call_fails_every_publish_and_never_shows(
             assert time.monotonic() < deadline, resp
             await asyncio.sleep(0.05)
     for c in (sub_a, sub_b):
-        got = await read_all(c, 2, 15)
+        got = await read_events(c, 2, 15)
         assert sorted(d for _, d in got) == ["after-a", "after-b"], got
         await no_event(c, 0.5)
     for key in ("{sse:sse}:ch:f", "{sse:sse}:log"):
@@ -190,7 +173,7 @@ async def test_failed_call_fails_every_publish_and_never_shows(
     assert r.cli("XLEN", "{sse:sse}:ch:f").strip() == "12"
     # A new subscriber reads the channel's history from the start.
     c = await b.stream("f", headers={"Last-Event-ID": first[0][0]})
-    got = await read_all(c, 11, 10)
+    got = await read_events(c, 11, 10)
     assert [d for _, d in got][:9] == [f"s{i}" for i in range(1, 10)]
     assert sorted(d for _, d in got[9:]) == ["after-a", "after-b"]
     await no_event(c, 0.3)

@@ -116,6 +116,23 @@ def check_exactly_once(load, got, gaps):
     assert not missing, f"accepted events missing: {sorted(missing)[:10]}"
 
 
+async def assert_migration_lost_nothing(load, subs):
+    """After a slot migration under `load`: nothing refused, and every
+    subscriber of `subs` ((machine, path, connection)) got every accepted
+    event once, all in one order, with no gap."""
+    assert not load.refused, load.refused[:5]
+    assert len(load.accepted) > 30
+    last = load.last()
+    results = await asyncio.gather(*(follow(m, c, p, last)
+                                     for m, p, c in subs))
+    for got, gaps in results:
+        assert not gaps, gaps
+        check_exactly_once(load, got, gaps)
+    first = [i for i, _ in results[0][0]]
+    for got, _ in results:
+        assert [i for i, _ in got] == first
+
+
 # ---------------------------------------------------------------- cluster
 
 @pytest.mark.timeout_s(240)
@@ -179,17 +196,7 @@ async def test_slot_migration_under_load_ask_tryagain_moved(start_nginx,
     await load.finish()
     assert node_of(nodes, f"{{sse:{name}}}") is target
     # Nothing refused: TRYAGAIN is retried, ASK and MOVED followed.
-    assert not load.refused, load.refused[:5]
-    assert len(load.accepted) > 30
-    last = load.last()
-    results = await asyncio.gather(*(follow(m, c, p, last)
-                                     for m, p, c in subs))
-    for got, gaps in results:
-        assert not gaps, gaps
-        check_exactly_once(load, got, gaps)
-    first = [i for i, _ in results[0][0]]
-    for got, _ in results:
-        assert [i for i, _ in got] == first
+    await assert_migration_lost_nothing(load, subs)
     logs = "".join(m.log_text() for m in ms)
     assert "(ASK)" in logs
     keys = target.cli("KEYS", "*").split()
