@@ -113,7 +113,11 @@ def run(cmd, sub, pub, background=False):
         .replace("127.0.0.1:8081", f"127.0.0.1:{pub}")
     args = ["bash", "-c", cmd]
     if background:
-        return subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+        # stop() sends Ctrl-C: a harness started in the background (nohup,
+        # `cmd &` in a script) hands SIGINT down ignored, so reset it.
+        return subprocess.Popen(
+            args, stdout=subprocess.PIPE, text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     return subprocess.run(args, capture_output=True, text=True, timeout=10,
                           check=True).stdout
 
