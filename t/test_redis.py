@@ -719,8 +719,9 @@ def make_cert(d):
     return d / "cert.pem", d / "key.pem"
 
 
-@pytest.mark.timeout_s(60)
-async def test_tls_to_redis(start_nginx, start_redis, tmp_path):
+def start_tls_redis(start_redis, tmp_path, auth_clients):
+    """A Redis speaking TLS only, its self-signed certificate its own CA
+    (and the client certificate it accepts): (redis, url, cert, key)."""
     from conftest import free_port
     cert, key = make_cert(tmp_path / "tls")
     port = free_port()
@@ -728,9 +729,14 @@ async def test_tls_to_redis(start_nginx, start_redis, tmp_path):
                           "--tls-cert-file", str(cert),
                           "--tls-key-file", str(key),
                           "--tls-ca-cert-file", str(cert),
-                          "--tls-auth-clients", "no"],
-                    tls=(cert, port))
-    url = f"rediss://localhost:{port}"
+                          "--tls-auth-clients", auth_clients],
+                    tls=(cert, port, cert, key))
+    return r, f"rediss://localhost:{port}", cert, key
+
+
+@pytest.mark.timeout_s(60)
+async def test_tls_to_redis(start_nginx, start_redis, tmp_path):
+    r, url, cert, key = start_tls_redis(start_redis, tmp_path, "no")
     a, b = await machines(start_nginx, r, 2, url=url,
                           extra=f" redis_ca={cert}")
     s = await b.stream("t")

@@ -165,18 +165,9 @@ async def test_tls_client_certificate(start_nginx, start_redis, tmp_path):
     that presents redis_cert=/redis_key=; one without them gets a 503 that
     says what to set (and nginx's own [crit] of the refused read is not
     logged: the conftest fails on it)."""
-    from conftest import free_port
-    from test_redis import REDIS_ERRORS, STATUS, machines, make_cert, \
-        read_events
-    cert, key = make_cert(tmp_path / "tls")
-    port = free_port()
-    r = start_redis(args=["--port", "0", "--tls-port", str(port),
-                          "--tls-cert-file", str(cert),
-                          "--tls-key-file", str(key),
-                          "--tls-ca-cert-file", str(cert),
-                          "--tls-auth-clients", "yes"],
-                    tls=(cert, port, cert, key))
-    url = f"rediss://localhost:{port}"
+    from test_redis import (REDIS_ERRORS, STATUS, machines, read_events,
+                            start_tls_redis)
+    r, url, cert, key = start_tls_redis(start_redis, tmp_path, "yes")
     a, b = await machines(start_nginx, r, 2, url=url,
                           extra=f" redis_ca={cert} redis_cert={cert} "
                                 f"redis_key={key}")
