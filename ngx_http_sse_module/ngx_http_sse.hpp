@@ -588,5 +588,18 @@ ngx_int_t ngx_http_sse_redis_count_info(ngx_http_request_t *r,
                                         std::string_view channel, bool found,
                                         uint32_t local, std::string json_pre,
                                         std::string json_post);
+// The counts' figures of a Redis zone (on false: none yet, or not Redis).
+struct ngx_http_sse_redis_count_figures_t {
+    bool on;
+    std::string machine;
+    int32_t pusher_pid;
+    int64_t last_push_ms_ago;  // -1: never pushed
+    uint64_t pending;
+    uint64_t pushes;
+    uint64_t push_errors;
+    uint64_t machine_ttl_ms;
+};
+void ngx_http_sse_redis_count_figures(ngx_http_sse_zone_t *z,
+                                      ngx_http_sse_redis_count_figures_t *f);
 // sse_status's "redis_counts" object of a Redis zone ("" for others).
 std::string ngx_http_sse_redis_count_json(ngx_http_sse_zone_t *z);

@@ -912,35 +912,53 @@ char *ngx_http_sse_redis_count_parse(ngx_conf_t *cf, ngx_http_sse_zone_t *z,
 
 // ------------------------------------------------------------- status
 
+void ngx_http_sse_redis_count_figures(ngx_http_sse_zone_t *z,
+                                      ngx_http_sse_redis_count_figures_t *f) {
+    *f = ngx_http_sse_redis_count_figures_t{};
+    f->last_push_ms_ago = -1;
+    if (z->redis == NULL) {
+        return;
+    }
+    auto *c = static_cast<ngx_http_sse_count_shm_t *>(
+        __atomic_load_n(&sse::store::ext(z->root).count, __ATOMIC_RELAXED));
+    if (c == NULL) {
+        return;
+    }
+    f->on = true;
+    char id[sizeof(c->machine)];
+    ngx_memcpy(id, c->machine, sizeof(id));
+    id[sizeof(id) - 1] = '\0';
+    f->machine = id;
+    f->pusher_pid = sse::store::peek_bus_pid(z->root);
+    int64_t last = __atomic_load_n(&c->last_push, __ATOMIC_RELAXED);
+    if (last != 0) {
+        f->last_push_ms_ago =
+            std::max<int64_t>(0, ngx_http_sse_count_now_ms() - last);
+    }
+    f->pending = __atomic_load_n(&c->pending, __ATOMIC_RELAXED) +
+                 __atomic_load_n(&c->n, __ATOMIC_RELAXED);
+    f->pushes = __atomic_load_n(&c->pushes, __ATOMIC_RELAXED);
+    f->push_errors = __atomic_load_n(&c->push_errors, __ATOMIC_RELAXED);
+    f->machine_ttl_ms = ngx_http_sse_count_ttl(z);
+}
+
 std::string ngx_http_sse_redis_count_json(ngx_http_sse_zone_t *z) {
     if (z->redis == NULL) {
         return "";
     }
-    auto *c = static_cast<ngx_http_sse_count_shm_t *>(
-        __atomic_load_n(&sse::store::ext(z->root).count, __ATOMIC_RELAXED));
+    ngx_http_sse_redis_count_figures_t f;
+    ngx_http_sse_redis_count_figures(z, &f);
     std::string j = "{\"machine\":";
-    if (c == NULL) {
+    if (!f.on) {
         return j + "null}";
     }
-    char id[sizeof(c->machine)];
-    ngx_memcpy(id, c->machine, sizeof(id));
-    id[sizeof(id) - 1] = '\0';
-    ngx_http_sse_json_string(j, id);
-    int64_t last = __atomic_load_n(&c->last_push, __ATOMIC_RELAXED);
-    j +=
-        ",\"pusher_pid\":" + std::to_string(sse::store::peek_bus_pid(z->root)) +
-        ",\"last_push_ms_ago\":" +
-        (last ? std::to_string(
-                    std::max<int64_t>(0, ngx_http_sse_count_now_ms() - last))
-              : std::string("null")) +
-        ",\"pending\":" +
-        std::to_string(__atomic_load_n(&c->pending, __ATOMIC_RELAXED) +
-                       __atomic_load_n(&c->n, __ATOMIC_RELAXED)) +
-        ",\"pushes\":" +
-        std::to_string(__atomic_load_n(&c->pushes, __ATOMIC_RELAXED)) +
-        ",\"push_errors\":" +
-        std::to_string(__atomic_load_n(&c->push_errors, __ATOMIC_RELAXED)) +
-        ",\"machine_ttl_ms\":" + std::to_string(ngx_http_sse_count_ttl(z)) +
-        "}";
-    return j;
+    ngx_http_sse_json_string(j, f.machine.c_str());
+    return j + ",\"pusher_pid\":" + std::to_string(f.pusher_pid) +
+           ",\"last_push_ms_ago\":" +
+           (f.last_push_ms_ago >= 0 ? std::to_string(f.last_push_ms_ago)
+                                    : std::string("null")) +
+           ",\"pending\":" + std::to_string(f.pending) +
+           ",\"pushes\":" + std::to_string(f.pushes) +
+           ",\"push_errors\":" + std::to_string(f.push_errors) +
+           ",\"machine_ttl_ms\":" + std::to_string(f.machine_ttl_ms) + "}";
 }

@@ -20,6 +20,7 @@ struct ngx_http_sse_zone_figures_t {
     std::string check;  // "" when the zone is consistent
     ngx_http_sse_redis_figures_t redis;
     std::string redis_counts;  // JSON; "" for a shared-memory zone
+    ngx_http_sse_redis_count_figures_t counts;
 };
 
 static ngx_http_sse_zone_figures_t ngx_http_sse_figures(ngx_http_sse_zone_t *z,
@@ -30,6 +31,7 @@ static ngx_http_sse_zone_figures_t ngx_http_sse_figures(ngx_http_sse_zone_t *z,
     f.bytes_total = z->shm_zone->shm.size;
     ngx_http_sse_redis_figures(z, &f.redis);
     f.redis_counts = ngx_http_sse_redis_count_json(z);
+    ngx_http_sse_redis_count_figures(z, &f.counts);
     auto s = ngx_http_sse_session(z);
     sse::store::figures zf = s->get_figures();
     f.epoch = s->epoch();
@@ -215,6 +217,35 @@ static std::string ngx_http_sse_status_prometheus(
     redis_metric("sse_redis_publish_rtt_avg_seconds", "gauge",
                  "Mean round trip of a publish to Redis.",
                  [](const fig &f) { return f.redis.rtt_avg_us / 1e6; });
+    // Subscriber counts across machines (only once the zone has them).
+    auto count_metric = [&](const char *name, const char *type,
+                            const char *help, auto value) {
+        t += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name +
+             " " + type + "\n";
+        for (const auto &f : zones) {
+            if (f.counts.on && value(f) != "") {
+                t += std::string(name) + "{zone=\"" + f.name + "\"} " +
+                     value(f) + "\n";
+            }
+        }
+    };
+    count_metric("sse_redis_count_pushes_total", "counter",
+                 "Pushes of this machine's subscriber counts to Redis.",
+                 [](const fig &f) { return std::to_string(f.counts.pushes); });
+    count_metric(
+        "sse_redis_count_push_errors_total", "counter",
+        "Pushes of subscriber counts that failed (retried).",
+        [](const fig &f) { return std::to_string(f.counts.push_errors); });
+    count_metric("sse_redis_count_pending", "gauge",
+                 "Channels whose count changed and is not in Redis yet.",
+                 [](const fig &f) { return std::to_string(f.counts.pending); });
+    count_metric(
+        "sse_redis_count_push_age_seconds", "gauge",
+        "Time since the counts were last pushed to Redis.", [](const fig &f) {
+            return f.counts.last_push_ms_ago < 0
+                       ? std::string()
+                       : std::to_string(f.counts.last_push_ms_ago / 1e3);
+        });
     auto sentinel_metric = [&](const char *name, const char *help, auto value) {
         t += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name +
              " gauge\n";

@@ -134,6 +134,15 @@ async def test_publish_and_info_count_every_machine(start_nginx,
     st = (await status(b))["redis_counts"]
     assert st["pending"] == 0 and st["pushes"] >= 1, st
     assert st["last_push_ms_ago"] is not None
+    # The same figures for Prometheus.
+    prom = (await b.sub_http("GET", "/sse-status?format=prometheus")).text
+    pushes = re.search(r'^sse_redis_count_pushes_total\{zone="sse"\} (\d+)$',
+                       prom, re.M)
+    assert pushes and int(pushes.group(1)) >= st["pushes"], prom
+    assert re.search(r'^sse_redis_count_pending\{zone="sse"\} 0$', prom, re.M)
+    assert re.search(r'^sse_redis_count_push_age_seconds\{zone="sse"\} '
+                     r'[0-9.]+$', prom, re.M)
+    assert "# TYPE sse_redis_count_push_errors_total counter" in prom
     for s in held[:2] + [mine]:
         s.close()
     for m in (a, b, c):
