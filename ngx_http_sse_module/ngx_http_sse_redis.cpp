@@ -144,15 +144,21 @@ struct ngx_http_sse_redis_conf_t {
 // once per call). The cut-off (0: none) is when, by Redis's clock, the
 // worker gives up waiting (ngx_http_sse_redis_fence): a call that reaches
 // Redis later does nothing, its publishers having had their 503.
+// The cut-off's check, first thing in a script (before any write); CUT is
+// the ARGV that holds it.
+#define NGX_HTTP_SSE_REDIS_CUTOFF_LUA(CUT)                            \
+    "if " CUT                                                         \
+    " ~= '0' then\n"                                                  \
+    "  local t = redis.call('TIME')\n"                                \
+    "  if tonumber(t[1]) * 1000000 + tonumber(t[2]) >= tonumber(" CUT \
+    ")\n"                                                             \
+    "  then\n"                                                        \
+    "    return redis.error_reply('TIMEOUT reached Redis after "      \
+    "redis_timeout')\n"                                               \
+    "  end\n"                                                         \
+    "end\n"
 static const char ngx_http_sse_redis_publish_lua[] =
-    "if ARGV[3] ~= '0' then\n"
-    "  local t = redis.call('TIME')\n"
-    "  if tonumber(t[1]) * 1000000 + tonumber(t[2]) >= tonumber(ARGV[3])\n"
-    "  then\n"
-    "    return redis.error_reply('TIMEOUT reached Redis after "
-    "redis_timeout')\n"
-    "  end\n"
-    "end\n" NGX_HTTP_SSE_REDIS_PROLOGUE
+    NGX_HTTP_SSE_REDIS_CUTOFF_LUA("ARGV[3]") NGX_HTTP_SSE_REDIS_PROLOGUE
     "local n = (#ARGV - 4) / 5\n"
     "local first = redis.call('INCRBY', KEYS[2], n) - n\n"
     // The streams this call wrote: {newest sid, its seq, channel, ttl}.
@@ -207,9 +213,12 @@ static const char ngx_http_sse_redis_publish_lua[] =
     "return out\n";
 
 // KEYS: epoch seq stream chans bus log subs alive; ARGV: local epoch,
-// local seq, channel, this machine's id. Returns {epoch, seq, 1 when the
-// channel's stream existed, its subscribers on the other live machines}.
-static const char ngx_http_sse_redis_delete_lua[] = NGX_HTTP_SSE_REDIS_PROLOGUE
+// local seq, channel, this machine's id, cut-off (as the publish's: a
+// DELETE that got its 503 must not run later). Returns {epoch, seq, 1 when
+// the channel's stream existed, its subscribers on the other live
+// machines}.
+static const char ngx_http_sse_redis_delete_lua[] =
+    NGX_HTTP_SSE_REDIS_CUTOFF_LUA("ARGV[5]") NGX_HTTP_SSE_REDIS_PROLOGUE
     "local existed = redis.call('EXISTS', KEYS[3])\n"
     "s = redis.call('INCR', KEYS[2])\n"
     "local sid = string.format('%.0f', s)\n"
@@ -3537,7 +3546,7 @@ static void ngx_http_sse_redis_publish_send(ngx_http_sse_redis_publish_t *p) {
             &rw->cmd,
             {"EVAL", ngx_http_sse_redis_delete_lua, "8", rw->keys[0],
              rw->keys[1], stream, rw->keys[2], rw->keys[3], rw->keys[5], subs,
-             alive, epoch, seq, it->channel, me},
+             alive, epoch, seq, it->channel, me, ngx_http_sse_redis_fence(rw)},
             ngx_http_sse_redis_publish_reply, p);
         return;
     }

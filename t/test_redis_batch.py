@@ -177,3 +177,48 @@ async def test_failed_call_fails_every_publish_and_never_shows(
     assert [d for _, d in got][:9] == [f"s{i}" for i in range(1, 10)]
     assert sorted(d for _, d in got[9:]) == ["after-a", "after-b"]
     await no_event(c, 0.3)
+
+
+@pytest.mark.timeout_s(90)
+async def test_timed_out_delete_never_runs_later(start_nginx, start_redis):
+    """A DELETE that got its 503 (Redis stalled past redis_timeout) is not
+    run when Redis wakes with it in its socket: the channel, its history
+    and its subscribers stay, as the 503 said."""
+    r = start_redis()
+    a, b = await machines(start_nginx, r, 2, extra=" redis_timeout=1000ms")
+    sub_b = await b.stream("f")
+    first = await a.publish_ok("f", "kept")
+    assert [d for _, d in await read_events(sub_b, 1, 10)] == ["kept"]
+    # Both workers of A connected to Redis, each knowing Redis's clock (a
+    # worker's first call waits for it, so a cold worker would not even
+    # send its DELETE to a stopped Redis).
+    for i in range(12):
+        await a.publish_ok("warm", f"w{i}")
+    await asyncio.sleep(0.5)
+
+    os.kill(r.proc.pid, signal.SIGSTOP)
+    try:
+        answers = await asyncio.gather(
+            *(a.pub_http("DELETE", "/publish/f") for _ in range(4)))
+    finally:
+        os.kill(r.proc.pid, signal.SIGCONT)
+    for resp in answers:
+        assert resp.status == 503, resp
+        assert resp.header("Retry-After") == "1", resp
+        assert "timed out" in resp.text, resp
+
+    for m in (a, b):
+        await wait_in_sync(m, timeout=20)
+    deadline = time.monotonic() + 10
+    while (resp := await a.publish("f", "after")).status != 202:
+        assert time.monotonic() < deadline, resp
+        await asyncio.sleep(0.05)
+    # The subscriber was not ended (no sse-error deleted): the next event
+    # is the one published after.
+    assert [d for _, d in await read_events(sub_b, 1, 10)] == ["after"]
+    await no_event(sub_b, 0.5)
+    out = r.cli("XRANGE", "{sse:sse}:ch:f", "-", "+")
+    assert "kept" in out and "after" in out, out
+    # Its history on a new subscriber of the other machine, from the start.
+    c = await b.stream("f", headers={"Last-Event-ID": first})
+    assert [d for _, d in await read_events(c, 1, 10)] == ["after"]
