@@ -2778,6 +2778,25 @@ static void ngx_http_sse_redis_finish(ngx_http_sse_redis_worker_t *rw) {
     }
 }
 
+// The log is read past what Redis had when the bus subscribed, and what
+// the bus heard since goes on from where the log stops (it is contiguous
+// from its first event: a drop past its bound clears it all): the rest is
+// the bus's. Reading on instead would chase a log that grows as fast as
+// it is read (a busy zone over a slow link fills every page) forever.
+static bool ngx_http_sse_redis_bus_covers(ngx_http_sse_redis_worker_t *rw) {
+    if (rw->fetch_next <= rw->sync_seq || rw->heard.empty()) {
+        return false;
+    }
+    uint64_t first = UINT64_MAX;
+    for (const auto &e : rw->heard) {
+        if (e.epoch != rw->sync_epoch) {
+            return false;  // a new epoch: the log's pages say where
+        }
+        first = ngx_min(first, e.seq);
+    }
+    return first <= rw->fetch_next;
+}
+
 static void ngx_http_sse_redis_log_reply(ngx_http_sse_redis_conn_t *rc,
                                          void *data, redisReply *r,
                                          const char *err) {
@@ -2871,7 +2890,8 @@ static void ngx_http_sse_redis_log_reply(ngx_http_sse_redis_conn_t *rc,
         evs.push_back(std::move(ev));
     }
     ngx_http_sse_redis_commit(rw, evs, 0);
-    if (page->elements == NGX_HTTP_SSE_REDIS_PAGE) {
+    if (page->elements == NGX_HTTP_SSE_REDIS_PAGE &&
+        !ngx_http_sse_redis_bus_covers(rw)) {
         ngx_http_sse_redis_log_page(rw);
         return;
     }

@@ -320,3 +320,116 @@ async def test_hole_past_the_log_ends_changed_channels_with_a_gap(
     live = await a.publish_ok("u", "u1")
     assert (await subs["u"].next_event()).id == live
     await no_event(subs["u"], 0.2)
+
+
+class DelayProxy:
+    """A TCP proxy to Redis that hands on what Redis sends `delay` seconds
+    late, in order: a slow link, each round trip at least that long."""
+
+    def __init__(self, target, delay):
+        self.target, self.delay, self.tasks = target, delay, []
+
+    async def start(self):
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def handle(self, cr, cw):
+        rr, rw = await asyncio.open_connection("127.0.0.1", self.target)
+        late = asyncio.Queue()
+
+        async def up():
+            while data := await cr.read(65536):
+                rw.write(data)
+                await rw.drain()
+            rw.close()
+
+        async def down():
+            while data := await rr.read(65536):
+                late.put_nowait((time.monotonic() + self.delay, data))
+            late.put_nowait((time.monotonic() + self.delay, b""))
+
+        async def out():
+            while True:
+                due, data = await late.get()
+                await asyncio.sleep(max(0, due - time.monotonic()))
+                if not data:
+                    break
+                cw.write(data)
+                await cw.drain()
+            cw.close()
+
+        self.tasks += [asyncio.ensure_future(f()) for f in (up, down, out)]
+
+    def close(self):
+        self.server.close()
+        for t in self.tasks:
+            t.cancel()
+
+
+@pytest.mark.timeout_s(120)
+async def test_repair_ends_while_the_zone_outpaces_its_log_pages(
+        start_nginx, start_redis):
+    """A machine whose link to Redis is slow (0.25 s each round trip)
+    repairs after its bus was cut while another machine publishes faster
+    than one page of the log (256 events) per round trip: every page comes
+    back full. The repair still ends once it has read what Redis had when
+    the bus subscribed again (the bus has the rest); before, it read on
+    after a log that grew as fast, and the machine stayed out of sync
+    while the load lasted."""
+    r = start_redis()
+    (a,) = await machines(start_nginx, r, 1)
+    proxy = await DelayProxy(r.port, 0.25).start()
+    try:
+        stop = asyncio.Event()
+        sent = 0
+
+        async def pump():
+            # About 2,000 events/s: past the pages' 1,024/s, and little enough
+            # that the bus keeps what it hears during the repair (4,096).
+            nonlocal sent
+            i = 0
+            while not stop.is_set():
+                t = time.monotonic()
+                await load(a, 8, 25, 16, conns=4, prefix=f"p{i}-")
+                sent += 200
+                i += 1
+                await asyncio.sleep(max(0, 0.1 - (time.monotonic() - t)))
+
+        try:
+            b = start_nginx(zone=redis_conf(f"redis://127.0.0.1:{proxy.port}",
+                                            extra=" redis_timeout=5s"),
+                            sub_locations=STATUS, allow_log=REDIS_ERRORS)
+            await wait_in_sync(b)
+            task = asyncio.ensure_future(pump())
+            await asyncio.sleep(1)
+            t0, sent0 = time.monotonic(), sent
+            r.cli("CLIENT", "KILL", "TYPE", "pubsub")
+            await wait_status(b, lambda st: st["redis"]["state"] != "up")
+            await wait_in_sync(b, timeout=15)
+            rate = (sent - sent0) / (time.monotonic() - t0)
+        finally:
+            stop.set()
+            if "task" in locals():
+                await task
+        # The load outran the pages, or the test shows nothing.
+        assert rate > 1100, rate
+        # And b holds what a published: a resume from a channel's first event
+        # gets the rest of it exactly, the first channel and the last.
+        e = (await status(b))["epoch"]
+        for ch in ("p0-0", f"p{sent // 200 - 1}-7"):
+            # The link's delay: the last events are on their way to b.
+            deadline = time.monotonic() + 10
+            while (info := await b.info(ch)).status != 200 or \
+                    info.json()["messages"] != 25:
+                assert time.monotonic() < deadline, info
+                await asyncio.sleep(0.05)
+            first = r.cli("XRANGE", f"{KEY}:ch:{ch}", "-", "+", "COUNT", "1")
+            seq = first.split()[0].split("-")[0]
+            c = await b.stream(ch, headers={"Last-Event-ID": f"{e}-{seq}"})
+            got = await c.events(24, timeout=15)
+            assert len({blk.id for blk in got}) == 24, got
+            assert all(seq_of(blk.id) > int(seq) for blk in got), got
+            await no_event(c, 0.3)
+    finally:
+        proxy.close()
