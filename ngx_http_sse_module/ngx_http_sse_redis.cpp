@@ -2047,18 +2047,30 @@ static void ngx_http_sse_redis_read(ngx_event_t *ev) {
                         ngx_http_sse_redis_ask(rc, cmd, r.get())) {
                         // Its reply comes from the ASK's connection.
                     } else {
-                        if (ngx_http_sse_redis_is_moved(r.get())) {
-                            // Before the handler, so that what it sends
-                            // again goes to the new node.
-                            ngx_http_sse_redis_moved(rc, r.get());
-                        } else if (rc->rw->conf->sentinels != NULL &&
-                                   rc != &rc->rw->sentinel &&
-                                   ngx_http_sse_redis_is_error(r.get(),
-                                                               "READONLY")) {
-                            // The primary became a replica: the sentinels
-                            // name the new one.
+                        bool moved = ngx_http_sse_redis_is_moved(r.get());
+                        if (moved || (rc->rw->conf->sentinels != NULL &&
+                                      rc != &rc->rw->sentinel &&
+                                      ngx_http_sse_redis_is_error(
+                                          r.get(), "READONLY"))) {
+                            // The connection goes where the slot or the
+                            // primary now is. The command fails first,
+                            // with those behind it, in their order, so
+                            // that they go again in it (a worker's
+                            // pipelined presence events keep theirs).
+                            rc->pending.push_front(std::move(cmd));
                             std::string why(r->str, r->len);
-                            ngx_http_sse_redis_close(rc, why.c_str());
+                            if (moved) {
+                                ngx_http_sse_redis_moved(rc, r.get());
+                            } else {
+                                ngx_http_sse_redis_close(rc, why.c_str());
+                            }
+                            if (rc->life != life) {
+                                return;  // closed: all failed, in order
+                            }
+                            // Not closed (a MOVED we cannot follow, or on
+                            // another connection than the command one).
+                            cmd = std::move(rc->pending.front());
+                            rc->pending.pop_front();
                         }
                         cmd.handler(rc, cmd.data, r.get(), NULL);
                     }
