@@ -42,6 +42,7 @@ extern "C" {
 #include <hiredis/hiredis.h>
 }
 #include <openssl/sha.h>
+#include <openssl/x509v3.h>
 #include <signal.h>
 #include <sys/time.h>
 
@@ -295,7 +296,8 @@ struct ngx_http_sse_redis_lookup_t {
     ngx_resolver_ctx_t *ctx;  // NULL: none under way
     std::string what;         // "sentinel HOST:PORT names the primary"...
     std::string by;           // the sentinel: "sentinel HOST:PORT"
-    std::string name;         // "NAME:PORT"
+    std::string name;         // "NAME:PORT", as the node was named
+    std::string host;         // NAME for the resolver, which lowercases it
     in_port_t port;
 };
 
@@ -687,12 +689,16 @@ char *ngx_http_sse_redis_parse(ngx_conf_t *cf, ngx_http_sse_zone_t *z,
                     cf, url, h, he, NGX_HTTP_SSE_REDIS_SENTINEL_PORT, &u)) {
                 return (char *)NGX_CONF_ERROR;
             }
-            auto *a =
-                static_cast<ngx_addr_t *>(ngx_array_push(conf->sentinels));
-            if (a == NULL) {
-                return (char *)NGX_CONF_ERROR;
+            // A name with several addresses (a headless service listing
+            // the sentinels) is each of them, as for an upstream.
+            for (ngx_uint_t i = 0; i < u.naddrs; i++) {
+                auto *a =
+                    static_cast<ngx_addr_t *>(ngx_array_push(conf->sentinels));
+                if (a == NULL) {
+                    return (char *)NGX_CONF_ERROR;
+                }
+                *a = u.addrs[i];
             }
-            *a = u.addrs[0];
             h = he + 1;
         }
         conf->addr = static_cast<ngx_addr_t *>(conf->sentinels->elts)[0];
@@ -722,11 +728,14 @@ char *ngx_http_sse_redis_parse(ngx_conf_t *cf, ngx_http_sse_zone_t *z,
                     cf, url, h, he, NGX_HTTP_SSE_REDIS_DEFAULT_PORT, &hu)) {
                 return (char *)NGX_CONF_ERROR;
             }
-            auto *a = static_cast<ngx_addr_t *>(ngx_array_push(conf->seeds));
-            if (a == NULL) {
-                return (char *)NGX_CONF_ERROR;
+            for (ngx_uint_t i = 0; i < hu.naddrs; i++) {
+                auto *a =
+                    static_cast<ngx_addr_t *>(ngx_array_push(conf->seeds));
+                if (a == NULL) {
+                    return (char *)NGX_CONF_ERROR;
+                }
+                *a = hu.addrs[i];
             }
-            *a = hu.addrs[0];
             if (h == p) {
                 u = hu;  // TLS checks the first host's name
             }
@@ -1360,10 +1369,21 @@ static void ngx_http_sse_redis_resolved(ngx_resolver_ctx_t *ctx) {
     std::string why;
     ngx_http_sse_redis_node_t node;
     node.len = 0;
+    // IPv4 first when the name has both: nginx's resolver hands out a
+    // cached answer's addresses from a random one on, so taking the first
+    // would switch families from one lookup to the next (and reach a Redis
+    // bound to one of them half of the time).
+    ngx_uint_t at = 0;
+    for (ngx_uint_t i = 0; ctx->state == NGX_OK && i < ctx->naddrs; i++) {
+        if (ctx->addrs[i].sockaddr->sa_family == AF_INET) {
+            at = i;
+            break;
+        }
+    }
     if (ctx->state == NGX_OK && ctx->naddrs > 0 &&
-        ctx->addrs[0].socklen <= sizeof(node.sa)) {
-        ngx_memcpy(&node.sa, ctx->addrs[0].sockaddr, ctx->addrs[0].socklen);
-        node.len = ctx->addrs[0].socklen;
+        ctx->addrs[at].socklen <= sizeof(node.sa)) {
+        ngx_memcpy(&node.sa, ctx->addrs[at].sockaddr, ctx->addrs[at].socklen);
+        node.len = ctx->addrs[at].socklen;
         ngx_inet_set_port(&node.sa.sockaddr, lk.port);
         // Named as the sentinel names it: the same name is the same node.
         node.name = lk.name;
@@ -1435,10 +1455,13 @@ static bool ngx_http_sse_redis_resolve(ngx_http_sse_redis_worker_t *rw,
     }
     lk.what = what;
     lk.name = hp;
+    lk.host = host;
     lk.port = (in_port_t)port;
-    // The name must outlive the lookup: lk.name holds it.
-    ctx->name.data = (u_char *)&lk.name[0];
-    ctx->name.len = host.size();
+    // The name must outlive the lookup: lk.host holds it. A copy: the
+    // resolver lowercases it in place, and lk.name must stay the name the
+    // node was given (MOVED's, the sentinels'), which answers match.
+    ctx->name.data = (u_char *)&lk.host[0];
+    ctx->name.len = lk.host.size();
     ctx->handler = ngx_http_sse_redis_resolved;
     ctx->data = rw;
     ngx_msec_t t = rw->conf->clcf->resolver_timeout;
@@ -1747,6 +1770,36 @@ static int ngx_http_sse_redis_cert_asked(SSL *ssl, X509 **x509,
     return 0;  // no certificate
 }
 
+// An address in the URL is an IP address, which certificates name in
+// their IP entries: nginx's check (X509_check_host) reads DNS names only,
+// so a certificate naming the IP and a DNS name would be refused.
+static bool ngx_http_sse_redis_ip_literal(ngx_str_t host) {
+    if (ngx_inet_addr(host.data, host.len) != INADDR_NONE) {
+        return true;
+    }
+#if (NGX_HAVE_INET6)
+    u_char a6[16];
+    return ngx_inet6_addr(host.data, host.len, a6) == NGX_OK;
+#else
+    return false;
+#endif
+}
+
+static bool ngx_http_sse_redis_tls_matches(ngx_connection_t *c,
+                                           ngx_str_t host) {
+    if (!ngx_http_sse_redis_ip_literal(host)) {
+        return ngx_ssl_check_host(c, &host) == NGX_OK;
+    }
+    X509 *cert = SSL_get_peer_certificate(c->ssl->connection);
+    if (cert == NULL) {
+        return false;
+    }
+    std::string ip = ngx_http_sse_redis_str(host);
+    bool ok = X509_check_ip_asc(cert, ip.c_str(), 0) == 1;
+    X509_free(cert);
+    return ok;
+}
+
 static void ngx_http_sse_redis_tls_done(ngx_connection_t *c) {
     auto *rc = static_cast<ngx_http_sse_redis_conn_t *>(c->data);
     ngx_http_sse_redis_conf_t *conf = rc->rw->conf;
@@ -1761,7 +1814,7 @@ static void ngx_http_sse_redis_tls_done(ngx_connection_t *c) {
         ngx_http_sse_redis_close(rc, why.c_str());
         return;
     }
-    if (ngx_ssl_check_host(c, &conf->host) != NGX_OK) {
+    if (!ngx_http_sse_redis_tls_matches(c, conf->host)) {
         ngx_http_sse_redis_close(rc, "TLS certificate does not match the host");
         return;
     }
@@ -1798,8 +1851,11 @@ static bool ngx_http_sse_redis_tls(ngx_http_sse_redis_conn_t *rc) {
         ngx_http_sse_redis_close(rc, "TLS setup failed");
         return false;
     }
-    std::string host = ngx_http_sse_redis_str(conf->host);
-    SSL_set_tlsext_host_name(c->ssl->connection, host.c_str());
+    if (!ngx_http_sse_redis_ip_literal(conf->host)) {
+        // SNI names hosts, never addresses (RFC 6066).
+        std::string host = ngx_http_sse_redis_str(conf->host);
+        SSL_set_tlsext_host_name(c->ssl->connection, host.c_str());
+    }
     ngx_int_t rv = ngx_ssl_handshake(c);
     if (rv == NGX_AGAIN) {
         c->ssl->handler = ngx_http_sse_redis_tls_done;

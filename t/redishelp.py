@@ -221,16 +221,18 @@ class FakeDNS:
 
 # ---- rhost: a Redis Cluster whose nodes announce hostnames
 
-def start_host_cluster(start_redis, dns, n=3, replicas=0):
+def start_host_cluster(start_redis, dns, n=3, replicas=0, capitals=False):
     """A Redis Cluster (start_cluster) whose nodes announce themselves as
-    nodeN.sse.test (cluster-announce-hostname, preferred endpoint type
-    hostname: MOVED and ASK name them so), names that `dns` (a FakeDNS)
-    resolves to 127.0.0.1. Returns the nodes, each with .host set."""
+    nodeN.sse.test (NodeN.SSE.test with capitals; cluster-announce-hostname,
+    preferred endpoint type hostname: MOVED and ASK name them so), names
+    that `dns` (a FakeDNS) resolves to 127.0.0.1. Returns the nodes, each
+    with .host set."""
     made = []
 
     def start(port=None, args=()):
-        host = f"node{len(made)}.sse.test"
-        dns.names[host] = "127.0.0.1"
+        host = f"Node{len(made)}.SSE.test" if capitals \
+            else f"node{len(made)}.sse.test"
+        dns.names[host.lower()] = "127.0.0.1"
         r = start_redis(port=port, args=[
             *args, "--cluster-announce-hostname", host,
             "--cluster-preferred-endpoint-type", "hostname"])

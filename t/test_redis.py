@@ -806,3 +806,17 @@ async def test_presence_events_go_through_redis(start_nginx, start_redis):
     assert await read_events(sa, 10, 10) == sent
     ids = [seq_of(i) for i, _ in sent] + [seq_of(joined.id)]
     assert len(set(ids)) == len(ids)
+
+
+@pytest.mark.timeout_s(60)
+async def test_tls_to_redis_by_ip_address(start_nginx, start_redis, tmp_path):
+    """rediss://127.0.0.1: the certificate names that address in an IP
+    entry (and a DNS name too), which is what is checked; nginx's own
+    check reads DNS names only and refused it."""
+    r, url, cert, key = start_tls_redis(start_redis, tmp_path, "no")
+    url = url.replace("localhost", "127.0.0.1")
+    a, b = await machines(start_nginx, r, 2, url=url,
+                          extra=f" redis_ca={cert}")
+    s = await b.stream("t")
+    sent = [(await a.publish_ok("t", f"s{i}"), f"s{i}") for i in range(3)]
+    assert await read_events(s, 3, 10) == sent
