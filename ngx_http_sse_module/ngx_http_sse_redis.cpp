@@ -91,7 +91,8 @@ struct ngx_http_sse_redis_conf_t {
     // redis://host[:port],host[:port]...: a Redis Cluster's nodes, any of
     // which redirects to a zone's node; a connection that fails moves on
     // to the next (addr is the first).
-    ngx_array_t *seeds;  // of ngx_addr_t; NULL with Sentinel
+    ngx_array_t *seeds;       // of ngx_addr_t; NULL with Sentinel
+    ngx_array_t *seed_hosts;  // of ngx_str_t: each seed's host as written
     // redis+sentinel://: the sentinels asked for the primary of master;
     // NULL: addr is the server.
     ngx_array_t *sentinels;  // of ngx_addr_t
@@ -331,6 +332,9 @@ struct ngx_http_sse_redis_conn_t {
     // the connection fails, so that the name is looked up again.
     bool by_host;
     bool on_seed;  // connected to conf->seeds[rw->seed_i[its role]]
+    // The name TLS checks the node's certificate against (and sends as
+    // SNI): the node's own when it has one, else the URL's host.
+    std::string tls_host;
     // TLS without redis_cert=: the server asked for a client certificate
     // (tls-auth-clients), and no reply came yet; see cert_asked().
     bool cert_asked;
@@ -713,7 +717,8 @@ char *ngx_http_sse_redis_parse(ngx_conf_t *cf, ngx_http_sse_zone_t *z,
     ngx_memzero(&u, sizeof(ngx_url_t));
     if (!sentinel) {
         conf->seeds = ngx_array_create(cf->pool, 1, sizeof(ngx_addr_t));
-        if (conf->seeds == NULL) {
+        conf->seed_hosts = ngx_array_create(cf->pool, 1, sizeof(ngx_str_t));
+        if (conf->seeds == NULL || conf->seed_hosts == NULL) {
             return (char *)NGX_CONF_ERROR;
         }
         for (u_char *h = p; h <= hostend;) {
@@ -735,6 +740,12 @@ char *ngx_http_sse_redis_parse(ngx_conf_t *cf, ngx_http_sse_zone_t *z,
                     return (char *)NGX_CONF_ERROR;
                 }
                 *a = hu.addrs[i];
+                auto *n =
+                    static_cast<ngx_str_t *>(ngx_array_push(conf->seed_hosts));
+                if (n == NULL) {
+                    return (char *)NGX_CONF_ERROR;
+                }
+                *n = hu.host;  // the addresses' names are their numbers
             }
             if (h == p) {
                 u = hu;  // TLS checks the first host's name
@@ -1150,6 +1161,28 @@ static bool ngx_http_sse_redis_node_addr(ngx_http_sse_redis_conn_t *rc,
     return node.len != 0;
 }
 
+// Which name the node rc is about to connect to must show in its
+// certificate: a seed of a list, a node MOVED/ASK named by hostname go by
+// their own names (each node's certificate names itself); one named by
+// address goes by the URL's host, as configured (clusters whose nodes
+// share a wildcard certificate redirect by address). TLS with Sentinel is
+// refused by nginx -t.
+static std::string ngx_http_sse_redis_tls_host(ngx_http_sse_redis_conn_t *rc) {
+    ngx_http_sse_redis_worker_t *rw = rc->rw;
+    ngx_http_sse_redis_conf_t *conf = rw->conf;
+    std::string own;
+    if (rc->on_seed && conf->seeds->nelts > 1) {
+        ngx_uint_t i = rw->seed_i[rc == &rw->bus] % conf->seeds->nelts;
+        own = ngx_http_sse_redis_str(
+            static_cast<ngx_str_t *>(conf->seed_hosts->elts)[i]);
+    } else if (rc == &rw->ask && !rw->asked.host.empty()) {
+        own = rw->asked.host;
+    } else if (rc == &rw->cmd && rc->by_host && !rw->moved.host.empty()) {
+        own = rw->moved.host;
+    }
+    return own.empty() ? ngx_http_sse_redis_str(conf->host) : own;
+}
+
 static void ngx_http_sse_redis_connect(ngx_http_sse_redis_conn_t *rc) {
     ngx_http_sse_redis_conf_t *conf = rc->rw->conf;
     ngx_memzero(&rc->pc, sizeof(ngx_peer_connection_t));
@@ -1187,6 +1220,7 @@ static void ngx_http_sse_redis_connect(ngx_http_sse_redis_conn_t *rc) {
         rc->pc.name = conf->seeds->nelts > 1 ? &a->name : &conf->url;
         rc->on_seed = true;
     }
+    rc->tls_host = ngx_http_sse_redis_tls_host(rc);
     rc->pc.get = ngx_event_get_peer;
     rc->cert_asked = rc->replied = false;
     // A sentinel that is down says so once a second: the census tells it.
@@ -1802,7 +1836,6 @@ static bool ngx_http_sse_redis_tls_matches(ngx_connection_t *c,
 
 static void ngx_http_sse_redis_tls_done(ngx_connection_t *c) {
     auto *rc = static_cast<ngx_http_sse_redis_conn_t *>(c->data);
-    ngx_http_sse_redis_conf_t *conf = rc->rw->conf;
     if (!c->ssl->handshaked) {
         ngx_http_sse_redis_close(rc, "TLS handshake failed");
         return;
@@ -1814,7 +1847,8 @@ static void ngx_http_sse_redis_tls_done(ngx_connection_t *c) {
         ngx_http_sse_redis_close(rc, why.c_str());
         return;
     }
-    if (!ngx_http_sse_redis_tls_matches(c, conf->host)) {
+    ngx_str_t host = {rc->tls_host.size(), (u_char *)&rc->tls_host[0]};
+    if (!ngx_http_sse_redis_tls_matches(c, host)) {
         ngx_http_sse_redis_close(rc, "TLS certificate does not match the host");
         return;
     }
@@ -1851,10 +1885,10 @@ static bool ngx_http_sse_redis_tls(ngx_http_sse_redis_conn_t *rc) {
         ngx_http_sse_redis_close(rc, "TLS setup failed");
         return false;
     }
-    if (!ngx_http_sse_redis_ip_literal(conf->host)) {
+    ngx_str_t host = {rc->tls_host.size(), (u_char *)&rc->tls_host[0]};
+    if (!ngx_http_sse_redis_ip_literal(host)) {
         // SNI names hosts, never addresses (RFC 6066).
-        std::string host = ngx_http_sse_redis_str(conf->host);
-        SSL_set_tlsext_host_name(c->ssl->connection, host.c_str());
+        SSL_set_tlsext_host_name(c->ssl->connection, rc->tls_host.c_str());
     }
     ngx_int_t rv = ngx_ssl_handshake(c);
     if (rv == NGX_AGAIN) {

@@ -706,24 +706,26 @@ async def test_redis_cluster_zones_on_different_shards(start_nginx,
         assert "MOVED" in a.log_text()
 
 
-def make_cert(d):
-    """A self-signed certificate for 127.0.0.1 and localhost."""
+def make_cert(d, cn="localhost", san="IP:127.0.0.1,DNS:localhost"):
+    """A self-signed certificate for 127.0.0.1 and localhost (or cn and
+    san)."""
     import subprocess
     d.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
          "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem"),
-         "-days", "2", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+         "-days", "2", "-subj", f"/CN={cn}",
+         "-addext", f"subjectAltName={san}"],
         check=True, capture_output=True)
     return d / "cert.pem", d / "key.pem"
 
 
-def start_tls_redis(start_redis, tmp_path, auth_clients):
+def start_tls_redis(start_redis, tmp_path, auth_clients, **names):
     """A Redis speaking TLS only, its self-signed certificate its own CA
-    (and the client certificate it accepts): (redis, url, cert, key)."""
+    (and the client certificate it accepts): (redis, url, cert, key).
+    names: make_cert's cn and san."""
     from conftest import free_port
-    cert, key = make_cert(tmp_path / "tls")
+    cert, key = make_cert(tmp_path / "tls", **names)
     port = free_port()
     r = start_redis(args=["--port", "0", "--tls-port", str(port),
                           "--tls-cert-file", str(cert),
@@ -820,3 +822,28 @@ async def test_tls_to_redis_by_ip_address(start_nginx, start_redis, tmp_path):
     s = await b.stream("t")
     sent = [(await a.publish_ok("t", f"s{i}"), f"s{i}") for i in range(3)]
     assert await read_events(s, 3, 10) == sent
+
+
+@pytest.mark.timeout_s(90)
+async def test_tls_seed_list_checks_each_node_by_its_own_name(
+        start_nginx, start_redis, tmp_path):
+    """rediss://localhost:P1,127.0.0.1:P2: each node's certificate names
+    itself only. When the first node dies the machine goes on on the
+    second, whose certificate is checked against 127.0.0.1, its own name
+    in the list; it was checked against localhost, the first node's, and
+    refused."""
+    r1, url1, cert1, _ = start_tls_redis(start_redis, tmp_path / "n1", "no",
+                                         san="DNS:localhost")
+    r2, url2, cert2, _ = start_tls_redis(start_redis, tmp_path / "n2", "no",
+                                         cn="node2", san="IP:127.0.0.1")
+    ca = tmp_path / "ca.pem"
+    ca.write_text(cert1.read_text() + cert2.read_text())
+    url = url1 + "," + url2.replace("rediss://localhost", "127.0.0.1")
+    (a,) = await machines(start_nginx, r1, 1, url=url,
+                          extra=f" redis_ca={ca}")
+    await a.publish_ok("t", "on-1")
+    r1.kill()
+    # The second node is another Redis here (a cluster's would hold the
+    # slot): publishes go on there once the machine has moved.
+    await publish_through_failover(a, "t", n=3)
+    assert "does not match the host" not in a.log_text()
