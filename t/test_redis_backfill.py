@@ -1,0 +1,188 @@
+"""A new machine's history older than the zone's log: each channel's
+older events come from its own stream in Redis (the back-fill), so a
+quiet channel in a busy zone answers the same on every machine. The log
+is trimmed with XTRIM here, which leaves Redis as 100,000 newer events
+of other channels would (the publish script trims it the same way)."""
+
+import asyncio
+import re
+import time
+
+import pytest
+
+from conftest import seq_of
+from redishelp import needs_redis, redis_conf, start_redis, wait_in_sync  # noqa: F401
+from test_redis import STATUS, REDIS_ERRORS, machines, no_event, read_events
+
+pytestmark = needs_redis
+
+KEY = "{sse:sse}"
+SUB = "            sse_initial_events 3;"
+
+
+def trim_log_before(r, event_id):
+    """The zone's log keeps only the entries from this event on."""
+    r.cli("XTRIM", f"{KEY}:log", "MINID", f"{seq_of(event_id)}-0")
+    first = r.cli("XRANGE", f"{KEY}:log", "-", "+", "COUNT", "1")
+    assert first.split()[0] == f"{seq_of(event_id)}-1", first
+
+
+def new_machine(start_nginx, r, size="16m", allow_log=()):
+    return start_nginx(zone=redis_conf(r.url, size=size),
+                       sub_locations=STATUS, sub=SUB,
+                       allow_log=list(allow_log) + REDIS_ERRORS)
+
+
+async def assert_gap(m, ch, last_id):
+    s = await m.stream(ch, headers={"Last-Event-ID": last_id})
+    gap = await s.next_event()
+    assert gap.event == "sse-gap" and '"evicted"' in gap.data, (ch, gap)
+
+
+@pytest.mark.timeout_s(60)
+async def test_quiet_channel_history_on_a_new_machine(start_nginx,
+                                                      start_redis):
+    # "quiet" had its say before the log's first entry; "busy" goes on.
+    # A machine up all along and a new one answer alike: initial events
+    # and exact resumes (no sse-gap), single and multiplexed.
+    r = start_redis()
+    (a,) = await machines(start_nginx, r, 1, sub=SUB)
+    quiet = [(await a.publish_ok("quiet", f"q{i}"), f"q{i}")
+             for i in range(6)]
+    busy = [(await a.publish_ok("busy", f"b{i}"), f"b{i}")
+            for i in range(20)]
+    trim_log_before(r, busy[10][0])
+    b = new_machine(start_nginx, r)
+    await wait_in_sync(b)
+    for m in (a, b):
+        s = await m.stream("quiet")
+        assert await read_events(s, 3, 10) == quiet[3:]
+        s = await m.stream("quiet", headers={"Last-Event-ID": quiet[1][0]})
+        assert await read_events(s, 4, 10) == quiet[2:]
+        await no_event(s, 0.2)
+        # Busy's events before the log's first come from its stream too.
+        s = await m.stream("busy", headers={"Last-Event-ID": busy[2][0]})
+        assert await read_events(s, 17, 10) == busy[3:]
+        # Multiplexed, from inside quiet's history: both channels, in
+        # the zone's order, back-filled and logged alike.
+        s = await m.stream("/multi?channels=busy,quiet",
+                           headers={"Last-Event-ID": quiet[4][0]})
+        assert await read_events(s, 21, 10) == quiet[5:] + busy
+        await no_event(s, 0.2)
+    # Live events go on after the back-filled ones, on both machines.
+    sb = await b.stream("quiet", headers={"Last-Event-ID": quiet[-1][0]})
+    new = await a.publish_ok("quiet", "live")
+    assert await read_events(sb, 1, 10) == [(new, "live")]
+    assert "reading the channels' older events" in b.log_text()
+
+
+@pytest.mark.timeout_s(60)
+async def test_trimmed_stream_and_remade_channel_gap_where_redis_has_none(
+        start_nginx, start_redis):
+    # What a channel's stream no longer holds is a gap on the new machine
+    # as on the old one: before a stream trimmed to sse_buffer_length, and
+    # before a channel deleted and made again (its stream starts anew).
+    r = start_redis()
+    pub = "            sse_buffer_length 3;"
+    (a,) = await machines(start_nginx, r, 1, sub=SUB, pub=pub)
+    tr = [(await a.publish_ok("tr", f"t{i}"), f"t{i}") for i in range(6)]
+    old = await a.publish_ok("remade", "old")
+    assert (await a.pub_http("DELETE", "/publish/remade")).status == 200
+    remade = [(await a.publish_ok("remade", f"r{i}"), f"r{i}")
+              for i in range(2)]
+    last = await a.publish_ok("other", "o")
+    trim_log_before(r, last)
+    b = start_nginx(zone=redis_conf(r.url), sub_locations=STATUS, sub=SUB,
+                    pub=pub, allow_log=REDIS_ERRORS)
+    await wait_in_sync(b)
+    await assert_gap(b, "tr", tr[1][0])
+    s = await b.stream("tr", headers={"Last-Event-ID": tr[2][0]})
+    assert await read_events(s, 3, 10) == tr[3:]
+    await assert_gap(b, "remade", old)
+    s = await b.stream("remade", headers={"Last-Event-ID": remade[0][0]})
+    assert await read_events(s, 1, 10) == remade[1:]
+    s = await b.stream("remade")
+    assert await read_events(s, 2, 10) == remade
+    await no_event(s, 0.2)
+
+
+def worker_hwm_kb(m):
+    """The largest peak resident size of m's workers."""
+    out = 0
+    for p in m.workers():
+        with open(f"/proc/{p}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    out = max(out, int(line.split()[1]))
+    return out
+
+
+@pytest.mark.timeout_s(90)
+async def test_back_fill_bounded_coldest_channels_start_at_the_log(
+        start_nginx, start_redis):
+    # Redis holds 100 channels x 4 events of 16 KB (6.4 MB) older than the
+    # log; the new machine's zone is 1 MB: it holds at most 512 KB of them
+    # at once, the newest channels', exact; the coldest resume with an
+    # sse-gap (as before the back-fill). Its workers' memory stays small.
+    r = start_redis()
+    (a,) = await machines(start_nginx, r, 1, sub=SUB)
+    body = "x" * 16384
+    first = {}
+    for i in range(100):
+        sent = [await a.publish_ok(f"c{i}", body) for _ in range(4)]
+        first[i] = sent
+    last = await a.publish_ok("tail", "t")
+    trim_log_before(r, last)
+    b = new_machine(start_nginx, r, size="1m")
+    await wait_in_sync(b)
+    # The newest channels: exact from inside their history.
+    for i in (99, 98, 97):
+        s = await b.stream(f"c{i}", headers={"Last-Event-ID": first[i][0]})
+        assert [e for e, _ in await read_events(s, 3, 10)] == first[i][1:]
+    # The coldest: a gap.
+    for i in (0, 1, 2):
+        await assert_gap(b, f"c{i}", first[i][0])
+    log = b.log_text()
+    m = re.search(r"(\d+) events of (\d+) channels read from their streams "
+                  r"\((\d+) of (\d+) bytes\); the colder channels start at "
+                  r"the log", log)
+    assert m, log
+    assert int(m.group(4)) == 512 * 1024
+    assert 3 <= int(m.group(2)) < 100, m.group(0)
+    # Read at once, 6.4 MB would show; the bound is a quarter of that,
+    # over an nginx worker's own few MB.
+    assert worker_hwm_kb(b) < 24 * 1024, worker_hwm_kb(b)
+
+
+@pytest.mark.timeout_s(90)
+async def test_redis_fails_mid_back_fill_then_machine_comes_up_right(
+        start_nginx, start_redis):
+    # The new machine's stream reads fail (Redis refuses XREVRANGE, as a
+    # Redis failing mid-way), then Redis is killed and restarted from its
+    # append-only file: the machine retries, and once Redis is back comes
+    # up with the exact history. No crash, nothing half-committed.
+    r = start_redis(args=["--appendonly", "yes", "--appendfsync", "always"])
+    (a,) = await machines(start_nginx, r, 1, sub=SUB)
+    quiet = [(await a.publish_ok(f"q{i % 50}", f"v{i}"), f"v{i}")
+             for i in range(200)]
+    last = await a.publish_ok("tail", "t")
+    trim_log_before(r, last)
+    assert r.cli("ACL", "SETUSER", "default", "-xrevrange").strip() == "OK"
+    b = new_machine(start_nginx, r, allow_log=[r"NOPERM", r"\[error\]"])
+    deadline = time.monotonic() + 20
+    while "reading a channel's stream" not in b.log_text():
+        assert time.monotonic() < deadline, b.log_text()
+        await asyncio.sleep(0.05)
+    st = (await b.sub_http("GET", "/sse-status")).json()["zones"][0]
+    assert st["redis"]["state"] != "up", st
+    r.kill()
+    await asyncio.sleep(0.3)
+    r.start()  # the ACL is not kept: the reads work again
+    await wait_in_sync(b, timeout=30)
+    for i in (0, 1, 49):
+        mine = [x for k, x in enumerate(quiet) if k % 50 == i]
+        s = await b.stream(f"q{i}", headers={"Last-Event-ID": mine[0][0]})
+        assert await read_events(s, 3, 10) == mine[1:]
+        await no_event(s, 0.1)
+    # Both workers alive, the one that read Redis included.
+    assert len(b.workers()) == 2
