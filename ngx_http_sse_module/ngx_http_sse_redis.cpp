@@ -13,16 +13,26 @@
 //   {sse:NAME}:seq     the zone-wide counter (INCR); starts at the epoch
 //                      value, so seqs of a new epoch pass every old one
 //   {sse:NAME}:ch:ID   a stream per channel, entry id SEQ-1, fields
-//                      p (the channel's previous seq), l and t (the
+//                      p (the channel's previous seq: with no stream left,
+//                      its delete's or its newest before the stream
+//                      expired, from chans; 0: none known), l and t (the
 //                      publisher's sse_buffer_length and sse_message_ttl,
 //                      which every machine's cache keeps too) and d (the
 //                      encoded body)
-//   {sse:NAME}:chans   sorted set: channel -> its newest seq (for repair)
+//   {sse:NAME}:chans   sorted set: channel -> its newest seq (for repair
+//                      and a new machine's back-fill)
 //   {sse:NAME}:bus     the pub/sub channel: "EPOCH SEQ PREV L T LEN ID" BODY
 //   {sse:NAME}:log     a stream of the zone's newest events, all channels
 //                      (entry id SEQ-1, fields c, l, t, d): a machine that
 //                      missed some (outage, bus worker restarted) repairs
 //                      from it exactly, however short the channels' streams
+//
+// A new machine (fresh shared memory) takes its history from the log; the
+// channels' events older than the log's first entry (a quiet channel in a
+// busy zone) it reads first from their streams, newest channels first,
+// within a bound, and commits them in seq order before the log (see
+// "back-fill" below): what does not fit (the coldest channels) starts at
+// the log, and a resume from before it reports a gap.
 //
 // A DELETE takes a seq too and travels the same way (bus and log) with
 // L = 0, which no event has: every machine removes the channel at that
@@ -420,10 +430,6 @@ struct ngx_http_sse_redis_worker_t {
     uint64_t hole_to;       // a hole in the log being marked gone, up to
     std::string hole_min;   // where its next page of :chans starts
     uint64_t stall_seq;     // the zone's seq when the bus last had a hole
-    // A fresh machine's history older than the log, from the channels'
-    // streams (NULL: none under way); backfill_gen: the sync it ran in.
-    ngx_http_sse_redis_backfill_t *backfill;
-    uint64_t backfill_gen;
     ngx_event_t commit_ev;  // commits what the bus said, once per burst
     std::string sha;        // of the publish script
     // Script calls not sent yet, in order: publishes gathered in this turn
@@ -441,6 +447,10 @@ struct ngx_http_sse_redis_worker_t {
     bool clock_known;
     bool clock_probing;
     bool clock_fence;  // the cut-off can be worked out (see fence)
+    // A fresh machine's history older than the log, from the channels'
+    // streams (NULL: none under way); backfill_gen: the sync it ran in.
+    ngx_http_sse_redis_backfill_t *backfill;
+    uint64_t backfill_gen;
 };
 
 static uint64_t ngx_http_sse_redis_now_us() {
@@ -2884,8 +2894,7 @@ static void ngx_http_sse_redis_backfill_take(ngx_http_sse_redis_backfill_t *b,
 }
 
 static void ngx_http_sse_redis_backfill_chans_reply(
-    ngx_http_sse_redis_conn_t *rc, void *data, redisReply *r,
-    const char *err) {
+    ngx_http_sse_redis_conn_t *rc, void *data, redisReply *r, const char *err) {
     auto *rw = rc->rw;
     if (!ngx_http_sse_redis_backfill_current(rw, (uint64_t)(uintptr_t)data)) {
         return;
@@ -2954,8 +2963,7 @@ static void ngx_http_sse_redis_backfill_reply(ngx_http_sse_redis_conn_t *rc,
         ev.epoch = rw->sync_epoch;
         ev.seq = ngx_http_sse_redis_u64(e->element[0]->str,
                                         strcspn(e->element[0]->str, "-"));
-        if (ev.seq <= b->from || ev.seq >= oldest ||
-            ev.seq <= rw->sync_epoch) {
+        if (ev.seq <= b->from || ev.seq >= oldest || ev.seq <= rw->sync_epoch) {
             continue;  // out of the range asked (or an older epoch's)
         }
         ev.lost = 0;
@@ -2989,8 +2997,7 @@ static void ngx_http_sse_redis_backfill_reply(ngx_http_sse_redis_conn_t *rc,
     }
     // Over budget: the coldest channels read go first; then this one
     // reads no further, and nothing colder is read.
-    while (b->held > b->budget && b->chans.size() - 1 > k &&
-           b->last_rank > k) {
+    while (b->held > b->budget && b->chans.size() - 1 > k && b->last_rank > k) {
         size_t last = ngx_min(b->last_rank, b->chans.size() - 1);
         auto &cold = b->chans[last];
         b->held -= cold.bytes;
@@ -3062,12 +3069,11 @@ static void ngx_http_sse_redis_backfill_pump(ngx_http_sse_redis_worker_t *rw) {
             {"ZREVRANGEBYSCORE", rw->keys[2], b->max,
              "(" + std::to_string(b->from), "WITHSCORES", "LIMIT", "0",
              std::to_string(NGX_HTTP_SSE_REDIS_BACKFILL_CHANS)},
-            ngx_http_sse_redis_backfill_chans_reply,
-            (void *)(uintptr_t)b->gen);
+            ngx_http_sse_redis_backfill_chans_reply, (void *)(uintptr_t)b->gen);
         return;
     }
-    if (!b->chans_done || !b->heard_done || b->chans_sent ||
-        b->inflight != 0 || !b->queue.empty()) {
+    if (!b->chans_done || !b->heard_done || b->chans_sent || b->inflight != 0 ||
+        !b->queue.empty()) {
         return;
     }
     // All read: in seq order, committed a part per turn.

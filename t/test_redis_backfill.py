@@ -120,38 +120,38 @@ def worker_hwm_kb(m):
 @pytest.mark.timeout_s(90)
 async def test_back_fill_bounded_coldest_channels_start_at_the_log(
         start_nginx, start_redis):
-    # Redis holds 100 channels x 4 events of 16 KB (6.4 MB) older than the
-    # log; the new machine's zone is 1 MB: it holds at most 512 KB of them
+    # Redis holds 100 channels x 4 events of 60 KB (24 MB) older than the
+    # log; the new machine's zone is 2 MB: it holds at most 1 MB of them
     # at once, the newest channels', exact; the coldest resume with an
     # sse-gap (as before the back-fill). Its workers' memory stays small.
     r = start_redis()
     (a,) = await machines(start_nginx, r, 1, sub=SUB)
-    body = "x" * 16384
+    body = "x" * 60000
     first = {}
     for i in range(100):
-        sent = [await a.publish_ok(f"c{i}", body) for _ in range(4)]
-        first[i] = sent
+        first[i] = [await a.publish_ok(f"c{i}", body) for _ in range(4)]
     last = await a.publish_ok("tail", "t")
     trim_log_before(r, last)
-    b = new_machine(start_nginx, r, size="1m")
+    b = new_machine(start_nginx, r, size="2m")
     await wait_in_sync(b)
     # The newest channels: exact from inside their history.
     for i in (99, 98, 97):
         s = await b.stream(f"c{i}", headers={"Last-Event-ID": first[i][0]})
         assert [e for e, _ in await read_events(s, 3, 10)] == first[i][1:]
-    # The coldest: a gap.
-    for i in (0, 1, 2):
+        await no_event(s, 0.1)
+    # The coldest: a gap, as without the back-fill.
+    for i in (0, 1, 50):
         await assert_gap(b, f"c{i}", first[i][0])
     log = b.log_text()
     m = re.search(r"(\d+) events of (\d+) channels read from their streams "
                   r"\((\d+) of (\d+) bytes\); the colder channels start at "
                   r"the log", log)
     assert m, log
-    assert int(m.group(4)) == 512 * 1024
-    assert 3 <= int(m.group(2)) < 100, m.group(0)
-    # Read at once, 6.4 MB would show; the bound is a quarter of that,
-    # over an nginx worker's own few MB.
-    assert worker_hwm_kb(b) < 24 * 1024, worker_hwm_kb(b)
+    assert int(m.group(4)) == 1024 * 1024
+    assert 3 <= int(m.group(2)) < 10, m.group(0)
+    # Read whole, 24 MB would show (more than once: reply and copies);
+    # the bound keeps a worker near its own few MB and the 2 MB zone.
+    assert worker_hwm_kb(b) < 20 * 1024, worker_hwm_kb(b)
 
 
 @pytest.mark.timeout_s(90)
