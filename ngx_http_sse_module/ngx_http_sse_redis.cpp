@@ -2883,14 +2883,21 @@ static bool ngx_http_sse_redis_backfill(ngx_http_sse_redis_worker_t *rw,
     return true;
 }
 
-// Takes a channel (once), ranked after those taken before.
+// Takes a channel (once), ranked after those taken before. What it costs
+// to remember (twice its name) counts too: a zone of many channels whose
+// streams hold nothing old stays within the bound as well.
 static void ngx_http_sse_redis_backfill_take(ngx_http_sse_redis_backfill_t *b,
                                              std::string name) {
-    if (b->chans.size() > b->last_rank || !b->taken.insert(name).second) {
+    if (b->chans.size() > b->last_rank || b->held >= b->budget ||
+        !b->taken.insert(name).second) {
         return;
     }
+    b->held += 2 * (name.size() + NGX_HTTP_SSE_REDIS_BACKFILL_OVERHEAD);
     b->queue.push_back({b->chans.size(), b->to});
     b->chans.push_back({std::move(name), {}, 0, 0});
+    if (b->held >= b->budget) {
+        b->last_rank = b->chans.size() - 1;
+    }
 }
 
 static void ngx_http_sse_redis_backfill_chans_reply(

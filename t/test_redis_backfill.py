@@ -13,6 +13,7 @@ import pytest
 from conftest import seq_of
 from redishelp import needs_redis, redis_conf, start_redis, wait_in_sync  # noqa: F401
 from test_redis import STATUS, REDIS_ERRORS, machines, no_event, read_events
+from test_redis_bus import new_epoch_unheard
 
 pytestmark = needs_redis
 
@@ -175,6 +176,8 @@ async def test_redis_fails_mid_back_fill_then_machine_comes_up_right(
         await asyncio.sleep(0.05)
     st = (await b.sub_http("GET", "/sse-status")).json()["zones"][0]
     assert st["redis"]["state"] != "up", st
+    # A channel deleted meanwhile (its stream goes; :chans keeps it).
+    assert (await a.pub_http("DELETE", "/publish/q2")).status == 200
     r.kill()
     await asyncio.sleep(0.3)
     r.start()  # the ACL is not kept: the reads work again
@@ -184,5 +187,47 @@ async def test_redis_fails_mid_back_fill_then_machine_comes_up_right(
         s = await b.stream(f"q{i}", headers={"Last-Event-ID": mine[0][0]})
         assert await read_events(s, 3, 10) == mine[1:]
         await no_event(s, 0.1)
+    # The deleted channel: nothing of it, and a resume into it a gap, on
+    # both machines.
+    gone = [x for k, x in enumerate(quiet) if k % 50 == 2]
+    for m in (a, b):
+        await assert_gap(m, "q2", gone[0][0])
+        await no_event(await m.stream("q2"), 0.2)
     # Both workers alive, the one that read Redis included.
     assert len(b.workers()) == 2
+
+
+@pytest.mark.timeout_s(60)
+async def test_new_epoch_while_back_fill_fails_serves_nothing_old(
+        start_nginx, start_redis):
+    # Redis starts a new epoch while the new machine's back-fill fails:
+    # once the reads work again, the machine takes the new epoch and
+    # serves nothing of the old one's streams as if it were the new's.
+    r = start_redis()
+    (a,) = await machines(start_nginx, r, 1, sub=SUB)
+    old = [(await a.publish_ok("q", f"o{i}"), f"o{i}") for i in range(3)]
+    last = await a.publish_ok("tail", "t")
+    trim_log_before(r, last)
+    assert r.cli("ACL", "SETUSER", "default", "-xrevrange").strip() == "OK"
+    b = new_machine(start_nginx, r, allow_log=[r"NOPERM", r"\[error\]"])
+    deadline = time.monotonic() + 20
+    while "reading a channel's stream" not in b.log_text():
+        assert time.monotonic() < deadline, b.log_text()
+        await asyncio.sleep(0.05)
+    epoch = new_epoch_unheard(r)
+    assert r.cli("ACL", "SETUSER", "default", "+xrevrange").strip() == "OK"
+    deadline = time.monotonic() + 20
+    while True:
+        st = await wait_in_sync(b, timeout=20)
+        if st["epoch"] == str(epoch):
+            break
+        assert time.monotonic() < deadline, st
+        await asyncio.sleep(0.05)
+    s = await b.stream("q", headers={"Last-Event-ID": old[0][0]})
+    gap = await s.next_event()
+    assert gap.event == "sse-gap" and '"epoch"' in gap.data, gap
+    await no_event(s, 0.2)
+    await no_event(await b.stream("q"), 0.2)
+    new = await a.publish_ok("q", "new")
+    assert new.startswith(f"{epoch}-"), new
+    assert await read_events(s, 1, 10) == [(new, "new")]
