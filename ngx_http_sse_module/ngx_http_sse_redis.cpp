@@ -2750,7 +2750,9 @@ static void ngx_http_sse_redis_chans_page(ngx_http_sse_redis_worker_t *rw) {
 // newest first, up to a count and about a number of body bytes (at least
 // one entry), with the zone's epoch read together. KEYS: epoch stream;
 // ARGV: end id, start id, count, bytes. Returns {epoch, entries, 1 when
-// the stream may hold older ones in the range}.
+// the stream may hold older ones in the range, and when it holds none in
+// the range: the id, p and t of its first entry (all past the range: the
+// channel's history starts after p), or ''}.
 static const char ngx_http_sse_redis_backfill_lua[] =
     "local e = redis.call('GET', KEYS[1]) or ''\n"
     "local t = redis.call('XREVRANGE', KEYS[2], ARGV[1], ARGV[2], 'COUNT',\n"
@@ -2767,7 +2769,18 @@ static const char ngx_http_sse_redis_backfill_lua[] =
     "local more = 0\n"
     "if n < #t or #t == tonumber(ARGV[3]) then more = 1 end\n"
     "for i = #t, n + 1, -1 do t[i] = nil end\n"
-    "return {e, t, more}\n";
+    "local fid, fp, ft = '', '0', '0'\n"
+    "if #t == 0 then\n"
+    "  local f = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)\n"
+    "  if #f > 0 then\n"
+    "    fid = f[1][1]\n"
+    "    for k = 1, #f[1][2] - 1, 2 do\n"
+    "      if f[1][2][k] == 'p' then fp = f[1][2][k + 1] end\n"
+    "      if f[1][2][k] == 't' then ft = f[1][2][k + 1] end\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "return {e, t, more, fid, fp, ft}\n";
 
 struct ngx_http_sse_redis_backfill_t {
     uint64_t gen;   // the sync it belongs to
@@ -2788,6 +2801,11 @@ struct ngx_http_sse_redis_backfill_t {
         std::vector<ngx_http_sse_redis_event_t> evs;
         size_t bytes;
         uint64_t oldest_p;
+        // Nothing read but its stream holds newer events: its history
+        // starts after first_p (made known to the zone, see make_known).
+        bool first_known;
+        uint64_t first_p;
+        ngx_msec_t first_ttl;
     };
     std::deque<chan_t> chans;
     std::set<std::string> taken;
@@ -2894,7 +2912,7 @@ static void ngx_http_sse_redis_backfill_take(ngx_http_sse_redis_backfill_t *b,
     }
     b->held += 2 * (name.size() + NGX_HTTP_SSE_REDIS_BACKFILL_OVERHEAD);
     b->queue.push_back({b->chans.size(), b->to});
-    b->chans.push_back({std::move(name), {}, 0, 0});
+    b->chans.push_back({std::move(name), {}, 0, 0, false, 0, 0});
     if (b->held >= b->budget) {
         b->last_rank = b->chans.size() - 1;
     }
@@ -2939,8 +2957,9 @@ static void ngx_http_sse_redis_backfill_reply(ngx_http_sse_redis_conn_t *rc,
     }
     auto *b = rw->backfill;
     b->inflight--;
-    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 3 ||
-        r->element[1]->type != REDIS_REPLY_ARRAY) {
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 6 ||
+        r->element[1]->type != REDIS_REPLY_ARRAY ||
+        r->element[3]->type != REDIS_REPLY_STRING) {
         ngx_http_sse_redis_backfill_failed(rw, r, err,
                                            "reading a channel's stream");
         return;
@@ -3001,6 +3020,14 @@ static void ngx_http_sse_redis_backfill_reply(ngx_http_sse_redis_conn_t *rc,
         oldest = ev.seq;
         ch.oldest_p = p;
         ch.evs.push_back(std::move(ev));
+    }
+    uint64_t first = ngx_http_sse_redis_u64(r->element[3]->str,
+                                            strcspn(r->element[3]->str, "-"));
+    if (ch.evs.empty() && first > b->to) {
+        // Its events are all in the log: where its history starts.
+        ch.first_known = true;
+        ch.first_p = ngx_http_sse_redis_u64(r->element[4]);
+        ch.first_ttl = (ngx_msec_t)ngx_http_sse_redis_u64(r->element[5]);
     }
     // Over budget: the coldest channels read go first; then this one
     // reads no further, and nothing colder is read.
@@ -3110,9 +3137,18 @@ static void ngx_http_sse_redis_backfill_pump(ngx_http_sse_redis_worker_t *rw) {
     std::sort(b->evs.begin(), b->evs.end(),
               [](const auto &x, const auto &y) { return x.seq < y.seq; });
     {
+        auto s = ngx_http_sse_session(rw->zw->zone);
+        // A channel whose events are all in the log: made now, before the
+        // log's first page, with its own start, where a channel made later
+        // would take the log's (mark_gone_unheld in hole()).
+        for (const auto &ch : b->chans) {
+            if (ch.first_known && ch.first_p <= b->to) {
+                s->make_known(ch.name, ngx_current_msec, ch.first_p,
+                              ch.first_ttl ? ch.first_ttl : 3600000);
+            }
+        }
         // A channel this zone holds up to the event before (an earlier
         // sync of this machine got that far) has lost nothing.
-        auto s = ngx_http_sse_session(rw->zw->zone);
         for (auto &e : b->evs) {
             if (e.lost != 0 && e.lost <= b->from) {
                 const sse::channel *c = s->find(e.channel);

@@ -52,6 +52,8 @@ async def test_quiet_channel_history_on_a_new_machine(start_nginx,
              for i in range(6)]
     busy = [(await a.publish_ok("busy", f"b{i}"), f"b{i}")
             for i in range(20)]
+    # "late" begins after the log's first entry: all of it is in the log.
+    late = [(await a.publish_ok("late", f"l{i}"), f"l{i}") for i in range(2)]
     trim_log_before(r, busy[10][0])
     b = new_machine(start_nginx, r)
     await wait_in_sync(b)
@@ -64,11 +66,12 @@ async def test_quiet_channel_history_on_a_new_machine(start_nginx,
         # Busy's events before the log's first come from its stream too.
         s = await m.stream("busy", headers={"Last-Event-ID": busy[2][0]})
         assert await read_events(s, 17, 10) == busy[3:]
-        # Multiplexed, from inside quiet's history: both channels, in
-        # the zone's order, back-filled and logged alike.
-        s = await m.stream("/multi?channels=busy,quiet",
+        # Multiplexed, from inside quiet's history: every channel, in the
+        # zone's order, back-filled and logged alike; "late" had nothing
+        # before, so nothing is missing of it either.
+        s = await m.stream("/multi?channels=busy,late,quiet",
                            headers={"Last-Event-ID": quiet[4][0]})
-        assert await read_events(s, 21, 10) == quiet[5:] + busy
+        assert await read_events(s, 23, 10) == quiet[5:] + busy + late
         await no_event(s, 0.2)
     # Live events go on after the back-filled ones, on both machines.
     sb = await b.stream("quiet", headers={"Last-Event-ID": quiet[-1][0]})
