@@ -234,3 +234,32 @@ async def test_new_epoch_while_back_fill_fails_serves_nothing_old(
     new = await a.publish_ok("q", "new")
     assert new.startswith(f"{epoch}-"), new
     assert await read_events(s, 1, 10) == [(new, "new")]
+
+
+@pytest.mark.timeout_s(120)
+async def test_quiet_channel_after_more_than_the_log_keeps(start_nginx,
+                                                           start_redis):
+    # The real thing, no XTRIM: a quiet room, then more than 100,000 events
+    # of a busy one (one streaming publish), which the publish script's
+    # trimming pushes the room's events out of the zone's log with. A
+    # restarted machine serves the room's history; before the back-fill
+    # it had none there, and a resume into it was an sse-gap.
+    r = start_redis()
+    (a,) = await machines(start_nginx, r, 1, sub=SUB)
+    quiet = [(await a.publish_ok("room", f"r{i}"), f"r{i}")
+             for i in range(4)]
+    body = b"data: x\n\n" * 101000
+    resp = await a.pub_http("POST", "/publish/busy", body=body,
+                            headers={"Content-Type": "text/event-stream"},
+                            timeout=60)
+    assert resp.status == 202, resp
+    assert resp.json()["published"] == 101000
+    first = r.cli("XRANGE", f"{KEY}:log", "-", "+", "COUNT", "1").split()[0]
+    assert int(first.split("-")[0]) > seq_of(quiet[-1][0]), first
+    assert a.stop()
+    (a2,) = await machines(start_nginx, r, 1, sub=SUB)
+    s = await a2.stream("room")
+    assert await read_events(s, 3, 10) == quiet[1:]
+    s = await a2.stream("room", headers={"Last-Event-ID": quiet[0][0]})
+    assert await read_events(s, 3, 10) == quiet[1:]
+    await no_event(s, 0.2)
