@@ -13,7 +13,7 @@ import pytest
 from conftest import seq_of
 from redishelp import needs_redis, redis_conf, start_redis, wait_in_sync  # noqa: F401
 from test_redis import STATUS, REDIS_ERRORS, machines, no_event, read_events
-from test_redis_bus import new_epoch_unheard
+from test_redis_bus import load, new_epoch_unheard, status
 
 pytestmark = needs_redis
 
@@ -263,3 +263,39 @@ async def test_quiet_channel_after_more_than_the_log_keeps(start_nginx,
     s = await a2.stream("room", headers={"Last-Event-ID": quiet[0][0]})
     assert await read_events(s, 3, 10) == quiet[1:]
     await no_event(s, 0.2)
+
+
+@pytest.mark.timeout_s(120)
+async def test_publishes_during_the_back_fill_keep_every_history_exact(
+        start_nginx, start_redis):
+    # 1,000 channels older than the log (several :chans pages), and while
+    # the new machine reads them, publishes to them, coldest first (each
+    # moves its channel to the top of :chans, past the pages read): every
+    # channel's history is the same on both machines, exact from its
+    # first event.
+    r = start_redis()
+    (a,) = await machines(start_nginx, r, 1, sub=SUB)
+    await load(a, 1000, 2, 20, prefix="c")
+    last = await a.publish_ok("tail", "t")
+    trim_log_before(r, last)
+    b = new_machine(start_nginx, r)
+    during = []
+
+    async def publish_meanwhile():
+        while (await status(b))["redis"]["state"] != "up" and \
+                len(during) < 1000:
+            ch = f"c{len(during)}"
+            during.append(ch)
+            await a.publish_ok(ch, "n")
+    await publish_meanwhile()
+    await wait_in_sync(b)
+    for i in list(range(0, 1000, 50)) + list(range(min(len(during), 10))):
+        info = (await a.info(f"c{i}")).json()
+        n = info["published"] - 1
+        got = {}
+        for m in (a, b):
+            s = await m.stream(f"c{i}",
+                               headers={"Last-Event-ID": info["first_id"]})
+            got[m] = await read_events(s, n, 10)
+        assert got[b] == got[a], i
+        assert got[a][-1][0] == info["last_id"], i
