@@ -94,8 +94,10 @@ async def test_trimmed_stream_and_remade_channel_gap_where_redis_has_none(
     assert (await a.pub_http("DELETE", "/publish/remade")).status == 200
     remade = [(await a.publish_ok("remade", f"r{i}"), f"r{i}")
               for i in range(2)]
-    last = await a.publish_ok("other", "o")
-    trim_log_before(r, last)
+    await a.publish_ok("other", "o")
+    # The log emptied altogether: the new machine finds the hole at its
+    # end (Redis's seq past the log), not at its first entry.
+    r.cli("XTRIM", f"{KEY}:log", "MAXLEN", "0")
     b = start_nginx(zone=redis_conf(r.url), sub_locations=STATUS, sub=SUB,
                     pub=pub, allow_log=REDIS_ERRORS)
     await wait_in_sync(b)
