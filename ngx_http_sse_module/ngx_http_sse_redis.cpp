@@ -3112,8 +3112,26 @@ static void ngx_http_sse_redis_backfill_pump(ngx_http_sse_redis_worker_t *rw) {
     }
     // All read: in seq order, committed a part per turn.
     size_t n = 0, channels = 0;
-    for (const auto &ch : b->chans) {
-        n += ch.evs.size();
+    {
+        auto s = ngx_http_sse_session(rw->zw->zone);
+        for (auto &ch : b->chans) {
+            n += ch.evs.size();
+            if (ch.first_known && ch.first_p <= b->to) {
+                // Its events are all in the log: made now, before the
+                // log's first page, with its own start, where a channel
+                // made later takes the log's (mark_gone_unheld in hole()).
+                s->make_known(ch.name, ngx_current_msec, ch.first_p,
+                              ch.first_ttl ? ch.first_ttl : 3600000);
+            }
+            if (!ch.evs.empty() && ch.oldest_p != 0 && ch.oldest_p <= b->from) {
+                // Held here up to the event before (an earlier sync of
+                // this machine got that far): nothing lost.
+                const sse::channel *c = s->find(ch.name);
+                if (c != NULL && c->last_seq == ch.oldest_p) {
+                    ch.oldest_p = 0;
+                }
+            }
+        }
     }
     b->evs.reserve(n);
     for (auto &ch : b->chans) {
@@ -3136,28 +3154,6 @@ static void ngx_http_sse_redis_backfill_pump(ngx_http_sse_redis_worker_t *rw) {
     }
     std::sort(b->evs.begin(), b->evs.end(),
               [](const auto &x, const auto &y) { return x.seq < y.seq; });
-    {
-        auto s = ngx_http_sse_session(rw->zw->zone);
-        // A channel whose events are all in the log: made now, before the
-        // log's first page, with its own start, where a channel made later
-        // would take the log's (mark_gone_unheld in hole()).
-        for (const auto &ch : b->chans) {
-            if (ch.first_known && ch.first_p <= b->to) {
-                s->make_known(ch.name, ngx_current_msec, ch.first_p,
-                              ch.first_ttl ? ch.first_ttl : 3600000);
-            }
-        }
-        // A channel this zone holds up to the event before (an earlier
-        // sync of this machine got that far) has lost nothing.
-        for (auto &e : b->evs) {
-            if (e.lost != 0 && e.lost <= b->from) {
-                const sse::channel *c = s->find(e.channel);
-                if (c != NULL && c->last_seq == e.lost) {
-                    e.lost = 0;
-                }
-            }
-        }
-    }
     ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
                   "sse: zone \"%V\": %uz events of %uz channels read from "
                   "their streams (%uz of %uz bytes)%s",
