@@ -13,16 +13,26 @@
 //   {sse:NAME}:seq     the zone-wide counter (INCR); starts at the epoch
 //                      value, so seqs of a new epoch pass every old one
 //   {sse:NAME}:ch:ID   a stream per channel, entry id SEQ-1, fields
-//                      p (the channel's previous seq), l and t (the
+//                      p (the channel's previous seq: with no stream left,
+//                      its delete's or its newest before the stream
+//                      expired, from chans; 0: none known), l and t (the
 //                      publisher's sse_buffer_length and sse_message_ttl,
 //                      which every machine's cache keeps too) and d (the
 //                      encoded body)
-//   {sse:NAME}:chans   sorted set: channel -> its newest seq (for repair)
+//   {sse:NAME}:chans   sorted set: channel -> its newest seq (for repair
+//                      and a new machine's back-fill)
 //   {sse:NAME}:bus     the pub/sub channel: "EPOCH SEQ PREV L T LEN ID" BODY
 //   {sse:NAME}:log     a stream of the zone's newest events, all channels
 //                      (entry id SEQ-1, fields c, l, t, d): a machine that
 //                      missed some (outage, bus worker restarted) repairs
 //                      from it exactly, however short the channels' streams
+//
+// A new machine (fresh shared memory) takes its history from the log; the
+// channels' events older than the log's first entry (a quiet channel in a
+// busy zone) it reads first from their streams, newest channels first,
+// within a bound, and commits them in seq order before the log (see
+// "back-fill" below): what does not fit (the coldest channels) starts at
+// the log, and a resume from before it reports a gap.
 //
 // A DELETE takes a seq too and travels the same way (bus and log) with
 // L = 0, which no event has: every machine removes the channel at that
@@ -50,6 +60,7 @@ extern "C" {
 #include <deque>
 #include <map>
 #include <memory>
+#include <set>
 
 // How long a measured offset to Redis's clock is used (ms).
 #define NGX_HTTP_SSE_REDIS_CLOCK_AGE 60000
@@ -178,7 +189,14 @@ static const char ngx_http_sse_redis_publish_lua[] =
     "  if not p then\n"
     "    local last = redis.call('XREVRANGE', k, '+', '-', 'COUNT', 1)\n"
     "    p = '0'\n"
-    "    if #last > 0 then p = string.match(last[1][1], '^(%d+)') end\n"
+    "    if #last > 0 then p = string.match(last[1][1], '^(%d+)')\n"
+    // No stream: the channel's previous seq is its delete's, or its
+    // newest before the stream expired (a new machine's back-fill tells
+    // resumes from before it that they missed something).
+    "    else\n"
+    "      local z = redis.call('ZSCORE', KEYS[3], c)\n"
+    "      if z then p = string.format('%.0f', tonumber(z)) end\n"
+    "    end\n"
     "  end\n"
     "  seen[k] = {sid, first + i, c, t}\n"
     "  redis.call('XADD', k, 'MAXLEN', l, sid .. '-1',\n"
@@ -358,6 +376,8 @@ struct ngx_http_sse_redis_event_t {
     std::string body;
 };
 
+struct ngx_http_sse_redis_backfill_t;
+
 struct ngx_http_sse_redis_worker_t {
     ngx_http_sse_zone_worker_t *zw;
     ngx_http_sse_redis_conf_t *conf;
@@ -442,6 +462,10 @@ struct ngx_http_sse_redis_worker_t {
     bool clock_known;
     bool clock_probing;
     bool clock_fence;  // the cut-off can be worked out (see fence)
+    // A fresh machine's history older than the log, from the channels'
+    // streams (NULL: none under way); backfill_gen: the sync it ran in.
+    ngx_http_sse_redis_backfill_t *backfill;
+    uint64_t backfill_gen;
 };
 
 static uint64_t ngx_http_sse_redis_now_us() {
@@ -2803,6 +2827,486 @@ static void ngx_http_sse_redis_chans_page(ngx_http_sse_redis_worker_t *rw) {
         ngx_http_sse_redis_chans_reply, (void *)(uintptr_t)rw->sync_gen);
 }
 
+// ------------------------------------------------------------- back-fill
+//
+// A fresh machine (nothing held of the epoch) whose log does not reach
+// back to its zone's seq reads, before the log, each channel's older
+// events from the channel's own stream (trimmed to its sse_buffer_length,
+// so its history): a quiet channel whose events all came before the log's
+// first entry gets the same history as on a machine that was up all
+// along. The zone takes events in seq order only, so everything read is
+// held, then sorted and committed before the log's first page. Bounded:
+// bodies held up to min(zone size / 2, 64 MB), the channels newest first
+// (:chans by score, a page at a time; when over the bound, the coldest
+// channel read goes first), each stream in pieces of a command each (its
+// own redis_timeout), a few commands in flight, the commit spread over
+// turns of the event loop. What does not fit is the coldest channels:
+// they start their history at the log (resumes before it: sse-gap).
+// Redis failing, a new epoch or a new sync drops what was read (sync_gen);
+// the next sync starts over.
+
+// Bodies held at most (and at most half the zone).
+#define NGX_HTTP_SSE_REDIS_BACKFILL_BYTES (64 * 1024 * 1024)
+// Stream reads in flight; entries per read.
+#define NGX_HTTP_SSE_REDIS_BACKFILL_INFLIGHT 16
+#define NGX_HTTP_SSE_REDIS_BACKFILL_COUNT 256
+// Channels per page of :chans.
+#define NGX_HTTP_SSE_REDIS_BACKFILL_CHANS 256
+// Events committed per turn of the event loop.
+#define NGX_HTTP_SSE_REDIS_BACKFILL_COMMIT 4096
+// What an event held costs beside its body and channel.
+#define NGX_HTTP_SSE_REDIS_BACKFILL_OVERHEAD 96
+
+// A piece of one channel's stream: its entries with seqs in (from, end],
+// newest first, up to a count and about a number of body bytes (at least
+// one entry), with the zone's epoch read together. KEYS: epoch stream;
+// ARGV: end id, start id, count, bytes. Returns {epoch, entries, 1 when
+// the stream may hold older ones in the range, and when it holds none in
+// the range: the id, p and t of its first entry (all past the range: the
+// channel's history starts after p), or ''}.
+static const char ngx_http_sse_redis_backfill_lua[] =
+    "local e = redis.call('GET', KEYS[1]) or ''\n"
+    "local t = redis.call('XREVRANGE', KEYS[2], ARGV[1], ARGV[2], 'COUNT',\n"
+    "                     ARGV[3])\n"
+    "local n, b, max = 0, 0, tonumber(ARGV[4])\n"
+    "for i = 1, #t do\n"
+    "  local f = t[i][2]\n"
+    "  for k = 1, #f - 1, 2 do\n"
+    "    if f[k] == 'd' then b = b + #f[k + 1] end\n"
+    "  end\n"
+    "  n = i\n"
+    "  if b >= max then break end\n"
+    "end\n"
+    "local more = 0\n"
+    "if n < #t or #t == tonumber(ARGV[3]) then more = 1 end\n"
+    "for i = #t, n + 1, -1 do t[i] = nil end\n"
+    "local fid, fp, ft = '', '0', '0'\n"
+    "if #t == 0 then\n"
+    "  local f = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)\n"
+    "  if #f > 0 then\n"
+    "    fid = f[1][1]\n"
+    "    for k = 1, #f[1][2] - 1, 2 do\n"
+    "      if f[1][2][k] == 'p' then fp = f[1][2][k + 1] end\n"
+    "      if f[1][2][k] == 't' then ft = f[1][2][k + 1] end\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "return {e, t, more, fid, fp, ft}\n";
+
+struct ngx_http_sse_redis_backfill_t {
+    uint64_t gen;   // the sync it belongs to
+    uint64_t from;  // the zone's seq: entries past it, up to `to`
+    uint64_t to;
+    uint64_t at;          // where the log goes on
+    std::string max;      // the next :chans page: scores up to it
+    bool chans_sent;      // a :chans page in flight
+    bool chans_done;      // every page read (or no more wanted)
+    bool heard_done;      // the bus's channels added (see pump)
+    ngx_uint_t inflight;  // stream reads
+    size_t held;          // bytes held (bodies, channels, overhead)
+    size_t budget;
+    // The channels taken, by rank (newest first): what was read of each,
+    // newest first, and the previous seq of the oldest read.
+    struct chan_t {
+        std::string name;
+        std::vector<ngx_http_sse_redis_event_t> evs;
+        size_t bytes;
+        uint64_t oldest_p;
+        // Nothing read but its stream holds newer events: its history
+        // starts after first_p (made known to the zone, see make_known).
+        bool first_known;
+        uint64_t first_p;
+        ngx_msec_t first_ttl;
+    };
+    std::deque<chan_t> chans;
+    std::set<std::string> taken;
+    // Channels ranked past it are not read (or were dropped): over budget.
+    size_t last_rank;
+    // Pieces to read: {rank, entries up to this seq}, the front first.
+    std::deque<std::pair<size_t, uint64_t>> queue;
+    std::vector<ngx_http_sse_redis_event_t> evs;  // all, in seq order
+    size_t committed;                             // of evs
+    ngx_event_t commit_ev;
+};
+
+// A stream read in flight.
+struct ngx_http_sse_redis_backfill_cmd_t {
+    uint64_t gen;
+    size_t rank;
+    uint64_t end;
+};
+
+static void ngx_http_sse_redis_hole(ngx_http_sse_redis_worker_t *rw,
+                                    uint64_t to, uint64_t at);
+static void ngx_http_sse_redis_backfill_pump(ngx_http_sse_redis_worker_t *rw);
+
+static void ngx_http_sse_redis_backfill_free(ngx_http_sse_redis_worker_t *rw) {
+    auto *b = rw->backfill;
+    if (b == NULL) {
+        return;
+    }
+    if (b->commit_ev.timer_set) {
+        ngx_del_timer(&b->commit_ev);
+    }
+    delete b;
+    rw->backfill = NULL;
+}
+
+// A reply of sync `gen`: false (and what the back-fill held freed) when
+// that sync is over.
+static bool ngx_http_sse_redis_backfill_current(ngx_http_sse_redis_worker_t *rw,
+                                                uint64_t gen) {
+    if (rw->backfill == NULL) {
+        return false;
+    }
+    if (rw->backfill->gen != rw->sync_gen) {
+        ngx_http_sse_redis_backfill_free(rw);  // its sync is over
+        return false;
+    }
+    return gen == rw->sync_gen;
+}
+
+static void ngx_http_sse_redis_backfill_failed(ngx_http_sse_redis_worker_t *rw,
+                                               redisReply *r, const char *err,
+                                               const char *what) {
+    std::string why =
+        r != NULL && r->type == REDIS_REPLY_ERROR
+            ? std::string(what) + ": " + std::string(r->str, r->len)
+            : std::string(err ? err : what);
+    ngx_http_sse_redis_backfill_free(rw);
+    ngx_http_sse_redis_bus_down(rw, why.c_str());
+}
+
+// Starts the back-fill of the streams' entries past the zone's seq up to
+// `to` (the log goes on at `at`); false when there is none to do: done
+// already in this sync, or nothing older than the log.
+static bool ngx_http_sse_redis_backfill(ngx_http_sse_redis_worker_t *rw,
+                                        uint64_t to, uint64_t at) {
+    if (rw->backfill_gen == rw->sync_gen) {
+        return false;  // once per sync: a second hole keeps the old way
+    }
+    rw->backfill_gen = rw->sync_gen;
+    ngx_http_sse_redis_backfill_free(rw);
+    uint64_t from = sse::store::peek_seq(rw->zw->zone->root);
+    if (to <= from) {
+        return false;
+    }
+    auto *b = new ngx_http_sse_redis_backfill_t();
+    rw->backfill = b;
+    b->gen = rw->sync_gen;
+    b->from = from;
+    b->to = to;
+    b->at = at;
+    b->max = "+inf";
+    b->budget = ngx_min(rw->zw->zone->shm_zone->shm.size / 2,
+                        (size_t)NGX_HTTP_SSE_REDIS_BACKFILL_BYTES);
+    b->last_rank = SIZE_MAX;
+    b->commit_ev.data = rw;
+    b->commit_ev.log = ngx_cycle->log;
+    b->commit_ev.cancelable = 1;
+    ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                  "sse: zone \"%V\": redis's log starts at seq %uL: reading "
+                  "the channels' older events from their streams",
+                  &rw->zw->zone->shm_zone->shm.name, to + 1);
+    ngx_http_sse_redis_backfill_pump(rw);
+    return true;
+}
+
+// Takes a channel (once), ranked after those taken before. What it costs
+// to remember (twice its name) counts too: a zone of many channels whose
+// streams hold nothing old stays within the bound as well.
+static void ngx_http_sse_redis_backfill_take(ngx_http_sse_redis_backfill_t *b,
+                                             std::string name) {
+    if (b->chans.size() > b->last_rank || b->held >= b->budget ||
+        !b->taken.insert(name).second) {
+        return;
+    }
+    b->held += 2 * (name.size() + NGX_HTTP_SSE_REDIS_BACKFILL_OVERHEAD);
+    b->queue.push_back({b->chans.size(), b->to});
+    b->chans.push_back({std::move(name), {}, 0, 0, false, 0, 0});
+    if (b->held >= b->budget) {
+        b->last_rank = b->chans.size() - 1;
+    }
+}
+
+static void ngx_http_sse_redis_backfill_chans_reply(
+    ngx_http_sse_redis_conn_t *rc, void *data, redisReply *r, const char *err) {
+    auto *rw = rc->rw;
+    if (!ngx_http_sse_redis_backfill_current(rw, (uint64_t)(uintptr_t)data)) {
+        return;
+    }
+    auto *b = rw->backfill;
+    b->chans_sent = false;
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
+        ngx_http_sse_redis_backfill_failed(rw, r, err,
+                                           "reading the zone's channels");
+        return;
+    }
+    // WITHSCORES: channel, newest seq, ..., newest first.
+    for (size_t i = 0; i + 1 < r->elements; i += 2) {
+        redisReply *c = r->element[i], *sc = r->element[i + 1];
+        if (c->type != REDIS_REPLY_STRING || sc->type != REDIS_REPLY_STRING) {
+            continue;
+        }
+        b->max = "(" + std::string(sc->str, sc->len);
+        ngx_http_sse_redis_backfill_take(b, std::string(c->str, c->len));
+    }
+    if (r->elements / 2 < NGX_HTTP_SSE_REDIS_BACKFILL_CHANS) {
+        b->chans_done = true;
+    }
+    ngx_http_sse_redis_backfill_pump(rw);
+}
+
+static void ngx_http_sse_redis_backfill_reply(ngx_http_sse_redis_conn_t *rc,
+                                              void *data, redisReply *r,
+                                              const char *err) {
+    auto *rw = rc->rw;
+    std::unique_ptr<ngx_http_sse_redis_backfill_cmd_t> cmd(
+        static_cast<ngx_http_sse_redis_backfill_cmd_t *>(data));
+    if (!ngx_http_sse_redis_backfill_current(rw, cmd->gen)) {
+        return;
+    }
+    auto *b = rw->backfill;
+    b->inflight--;
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 6 ||
+        r->element[1]->type != REDIS_REPLY_ARRAY ||
+        r->element[3]->type != REDIS_REPLY_STRING) {
+        ngx_http_sse_redis_backfill_failed(rw, r, err,
+                                           "reading a channel's stream");
+        return;
+    }
+    if (ngx_http_sse_redis_u64(r->element[0]) != rw->sync_epoch) {
+        // Redis started a new epoch meanwhile: sync again, which takes it.
+        ngx_http_sse_redis_backfill_free(rw);
+        ngx_http_sse_redis_resync(rw);
+        return;
+    }
+    size_t k = cmd->rank;
+    if (k > b->last_rank) {
+        ngx_http_sse_redis_backfill_pump(rw);  // dropped meanwhile
+        return;
+    }
+    auto &ch = b->chans[k];
+    redisReply *page = r->element[1];
+    uint64_t oldest = ch.evs.empty() ? cmd->end + 1 : ch.evs.back().seq;
+    for (size_t i = 0; i < page->elements; i++) {
+        redisReply *e = page->element[i];
+        if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 ||
+            e->element[0]->type != REDIS_REPLY_STRING ||
+            e->element[1]->type != REDIS_REPLY_ARRAY) {
+            continue;
+        }
+        ngx_http_sse_redis_event_t ev;
+        ev.epoch = rw->sync_epoch;
+        ev.seq = ngx_http_sse_redis_u64(e->element[0]->str,
+                                        strcspn(e->element[0]->str, "-"));
+        if (ev.seq <= b->from || ev.seq >= oldest || ev.seq <= rw->sync_epoch) {
+            continue;  // out of the range asked (or an older epoch's)
+        }
+        ev.lost = 0;
+        ev.buffer_length = 100;
+        ev.ttl = 3600000;
+        uint64_t p = 0;
+        redisReply *kv = e->element[1];
+        for (size_t f = 0; f + 1 < kv->elements; f += 2) {
+            std::string_view key(kv->element[f]->str, kv->element[f]->len);
+            redisReply *val = kv->element[f + 1];
+            if (key == "p") {
+                p = ngx_http_sse_redis_u64(val);
+            } else if (key == "l") {
+                ev.buffer_length = (uint32_t)ngx_http_sse_redis_u64(val);
+            } else if (key == "t") {
+                ev.ttl = (ngx_msec_t)ngx_http_sse_redis_u64(val);
+            } else if (key == "d") {
+                ev.body.assign(val->str, val->len);
+            }
+        }
+        if (ev.buffer_length == 0) {
+            continue;  // no stream entry is a delete; never taken as one
+        }
+        size_t cost = ev.body.size() + ch.name.size() +
+                      NGX_HTTP_SSE_REDIS_BACKFILL_OVERHEAD;
+        ch.bytes += cost;
+        b->held += cost;
+        oldest = ev.seq;
+        ch.oldest_p = p;
+        ch.evs.push_back(std::move(ev));
+    }
+    uint64_t first = ngx_http_sse_redis_u64(r->element[3]->str,
+                                            strcspn(r->element[3]->str, "-"));
+    if (ch.evs.empty() && first > b->to) {
+        // Its events are all in the log: where its history starts.
+        ch.first_known = true;
+        ch.first_p = ngx_http_sse_redis_u64(r->element[4]);
+        ch.first_ttl = (ngx_msec_t)ngx_http_sse_redis_u64(r->element[5]);
+    }
+    // Over budget: the coldest channels read go first; then this one
+    // reads no further, and nothing colder is read.
+    while (b->held > b->budget && b->chans.size() - 1 > k && b->last_rank > k) {
+        size_t last = ngx_min(b->last_rank, b->chans.size() - 1);
+        auto &cold = b->chans[last];
+        b->held -= cold.bytes;
+        cold.evs.clear();
+        cold.evs.shrink_to_fit();
+        cold.bytes = 0;
+        b->last_rank = last - 1;
+    }
+    if (b->held >= b->budget) {
+        b->last_rank = k;
+    } else if (ngx_http_sse_redis_u64(r->element[2]) == 1 &&
+               oldest - 1 > b->from && oldest <= cmd->end) {
+        // Older entries next, before other channels: the newest channels
+        // are the ones kept whole.
+        b->queue.push_front({k, oldest - 1});
+    }
+    ngx_http_sse_redis_backfill_pump(rw);
+}
+
+static void ngx_http_sse_redis_backfill_commit(ngx_event_t *ev);
+
+// Sends what may be sent; when all is read, commits it.
+static void ngx_http_sse_redis_backfill_pump(ngx_http_sse_redis_worker_t *rw) {
+    auto *b = rw->backfill;
+    if (b->last_rank != SIZE_MAX) {
+        // Full: the channels not read yet keep their history from the log.
+        b->chans_done = true;
+        b->heard_done = true;
+    }
+    if (b->chans_done && !b->heard_done && !b->chans_sent) {
+        // A channel published after its :chans page was asked for moved
+        // up past the pages: the bus heard it (unless it heard more than
+        // it keeps).
+        b->heard_done = true;
+        for (const auto &e : rw->heard) {
+            if (e.buffer_length != 0) {
+                ngx_http_sse_redis_backfill_take(b, e.channel);
+            }
+        }
+    }
+    while (!b->queue.empty() &&
+           b->inflight < NGX_HTTP_SSE_REDIS_BACKFILL_INFLIGHT) {
+        auto pc = b->queue.front();
+        b->queue.pop_front();
+        if (pc.first > b->last_rank) {
+            continue;
+        }
+        auto *cmd =
+            new ngx_http_sse_redis_backfill_cmd_t{b->gen, pc.first, pc.second};
+        b->inflight++;
+        std::string end = std::to_string(pc.second) + "-1";
+        std::string start = std::to_string(b->from + 1) + "-0";
+        // Replies in flight stay within half the budget.
+        size_t bytes = ngx_max(
+            b->budget / (2 * NGX_HTTP_SSE_REDIS_BACKFILL_INFLIGHT), (size_t)1);
+        ngx_http_sse_redis_send(
+            &rw->cmd,
+            {"EVAL", ngx_http_sse_redis_backfill_lua, "2", rw->keys[0],
+             rw->keys[4] + b->chans[pc.first].name, end, start,
+             std::to_string(NGX_HTTP_SSE_REDIS_BACKFILL_COUNT),
+             std::to_string(bytes)},
+            ngx_http_sse_redis_backfill_reply, cmd);
+    }
+    if (!b->chans_done && !b->chans_sent &&
+        b->queue.size() < NGX_HTTP_SSE_REDIS_BACKFILL_INFLIGHT) {
+        b->chans_sent = true;
+        ngx_http_sse_redis_send(
+            &rw->cmd,
+            {"ZREVRANGEBYSCORE", rw->keys[2], b->max,
+             "(" + std::to_string(b->from), "WITHSCORES", "LIMIT", "0",
+             std::to_string(NGX_HTTP_SSE_REDIS_BACKFILL_CHANS)},
+            ngx_http_sse_redis_backfill_chans_reply, (void *)(uintptr_t)b->gen);
+        return;
+    }
+    if (!b->chans_done || !b->heard_done || b->chans_sent || b->inflight != 0 ||
+        !b->queue.empty()) {
+        return;
+    }
+    // All read: in seq order, committed a part per turn.
+    size_t n = 0, channels = 0;
+    {
+        auto s = ngx_http_sse_session(rw->zw->zone);
+        for (auto &ch : b->chans) {
+            n += ch.evs.size();
+            if (ch.first_known && ch.first_p <= b->to) {
+                // Its events are all in the log: made now, before the
+                // log's first page, with its own start, where a channel
+                // made later takes the log's (mark_gone_unheld in hole()).
+                s->make_known(ch.name, ngx_current_msec, ch.first_p,
+                              ch.first_ttl ? ch.first_ttl : 3600000);
+            }
+            if (!ch.evs.empty() && ch.oldest_p != 0 && ch.oldest_p <= b->from) {
+                // Held here up to the event before (an earlier sync of
+                // this machine got that far): nothing lost.
+                const sse::channel *c = s->find(ch.name);
+                if (c != NULL && c->last_seq == ch.oldest_p) {
+                    ch.oldest_p = 0;
+                }
+            }
+        }
+    }
+    b->evs.reserve(n);
+    for (auto &ch : b->chans) {
+        if (ch.evs.empty()) {
+            continue;
+        }
+        channels++;
+        // Only the oldest event read of the channel says what came before
+        // it is gone: its previous seq p (an event trimmed off the stream,
+        // the channel's delete, or its newest before the stream expired),
+        // which a resume from at least that point does not need; 0: the
+        // channel's first event (or one older than the zone's :chans).
+        ch.evs.back().lost = ch.oldest_p;
+        for (auto &e : ch.evs) {
+            e.channel = ch.name;
+            b->evs.push_back(std::move(e));
+        }
+        ch.evs.clear();
+        ch.evs.shrink_to_fit();
+    }
+    std::sort(b->evs.begin(), b->evs.end(),
+              [](const auto &x, const auto &y) { return x.seq < y.seq; });
+    ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                  "sse: zone \"%V\": %uz events of %uz channels read from "
+                  "their streams (%uz of %uz bytes)%s",
+                  &rw->zw->zone->shm_zone->shm.name, b->evs.size(), channels,
+                  b->held, b->budget,
+                  b->last_rank != SIZE_MAX
+                      ? "; the colder channels start at the log"
+                      : "");
+    b->commit_ev.handler = ngx_http_sse_redis_backfill_commit;
+    ngx_http_sse_redis_backfill_commit(&b->commit_ev);
+}
+
+static void ngx_http_sse_redis_backfill_commit(ngx_event_t *ev) {
+    auto *rw = static_cast<ngx_http_sse_redis_worker_t *>(ev->data);
+    auto *b = rw->backfill;
+    try {
+        if (b->gen != rw->sync_gen) {
+            ngx_http_sse_redis_backfill_free(rw);
+            return;
+        }
+        size_t n = ngx_min(b->evs.size() - b->committed,
+                           (size_t)NGX_HTTP_SSE_REDIS_BACKFILL_COMMIT);
+        std::vector<ngx_http_sse_redis_event_t> part(
+            std::make_move_iterator(b->evs.begin() + b->committed),
+            std::make_move_iterator(b->evs.begin() + b->committed + n));
+        b->committed += n;
+        ngx_http_sse_redis_commit(rw, part, 0);
+        if (b->committed < b->evs.size()) {
+            ngx_add_timer(&b->commit_ev, 1);  // the rest after other work
+            return;
+        }
+        uint64_t to = b->to, at = b->at;
+        ngx_http_sse_redis_backfill_free(rw);
+        // The channels not read start their history at the log, and the
+        // log goes on (backfill_gen: no second back-fill).
+        ngx_http_sse_redis_hole(rw, to, at);
+    } catch (const std::exception &e) {
+        ngx_http_sse_redis_backfill_free(rw);
+        ngx_http_sse_redis_bus_down(rw, e.what());
+    }
+}
+
 // The log has nothing between the zone's seq and `to` (trimmed before this
 // machine read it, or lost); the repair goes on at `at`. A fresh machine
 // (nothing held of this epoch) only starts its history there; otherwise
@@ -2812,6 +3316,9 @@ static void ngx_http_sse_redis_hole(ngx_http_sse_redis_worker_t *rw,
     uint64_t from = rw->fetch_next - 1;
     rw->fetch_next = at;
     if (rw->fresh) {
+        if (ngx_http_sse_redis_backfill(rw, to, at)) {
+            return;  // calls hole() again once the streams are read
+        }
         {
             auto s = ngx_http_sse_session(rw->zw->zone);
             // A channel made later reports a gap for resume points before.
@@ -3282,6 +3789,7 @@ void ngx_http_sse_redis_worker_exit(ngx_http_sse_zone_worker_t *zw) {
     if (rw->commit_ev.posted) {
         ngx_delete_posted_event(&rw->commit_ev);
     }
+    ngx_http_sse_redis_backfill_free(rw);
     delete rw;
     zw->redis = NULL;
 }

@@ -705,6 +705,20 @@ void store::mark_gone_unheld(uint64_t seq) {
     root_->orphan_dropped_seq = std::max(root_->orphan_dropped_seq, seq);
 }
 
+channel *store::make_known(std::string_view id, int64_t now, uint64_t gone,
+                           int64_t ttl) {
+    channel *c = find(id);
+    if (c != nullptr) {
+        return c;
+    }
+    c = find_or_create(id, now);
+    if (c != nullptr) {
+        c->dropped_seq = gone;
+        c->ttl = ttl;
+    }
+    return c;
+}
+
 publish_status store::commit_seq(uint32_t si, message *m, channel *c,
                                  int64_t now, uint32_t buffer_length,
                                  int64_t ttl, uint64_t seq) {

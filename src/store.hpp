@@ -334,6 +334,13 @@ public:
     // The same for a channel not held here: one of any name made later
     // reports a gap for resume points before seq (as for a freed channel).
     void mark_gone_unheld(uint64_t seq);
+    // A channel whose history elsewhere (Redis) is known to start after
+    // `gone` and whose events this zone is about to receive: made without
+    // events, resumable from `gone` on whatever mark_gone_unheld said, and
+    // kept `ttl` ms while idle. One that exists is returned unchanged;
+    // nullptr: no room.
+    channel *make_known(std::string_view id, int64_t now, uint64_t gone,
+                        int64_t ttl);
     // The zone's seq passes `seq`, which no event here carries (a delete
     // ordered among the events by the Redis engine).
     void skip_to(uint64_t seq);

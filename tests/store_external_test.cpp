@@ -231,4 +231,37 @@ TEST(StoreExternal, DropThroughTakesEventsOutOfHistory) {
     EXPECT_EQ(s->check(), "");
 }
 
+TEST(StoreExternal, MakeKnownStartsAChannelsHistoryWhereItsOwnStarts) {
+    // A new machine's zone: resume points before 50 are a gap for any
+    // channel made later, but "k" is known to have had nothing after 40
+    // before its first event here (55): a resume from 42 is exact.
+    ext_zone z;
+    {
+        sse::session s = z.open();
+        EXPECT_NE(s->make_known("k", 0, 40, long_ttl), nullptr);
+        s->mark_gone_unheld(50);
+        s->skip_to(50);
+    }
+    EXPECT_EQ(z.at("k", 55), sse::publish_status::ok);
+    EXPECT_EQ(z.at("other", 56), sse::publish_status::ok);
+    sse::catch_up_result r;
+    EXPECT_EQ(z.resume("k", "7-42", &r), (std::vector<uint64_t>{55}));
+    EXPECT_EQ(r.gap, sse::gap_reason::none);
+    // Before its known start: a gap; a channel not known: a gap.
+    z.resume("k", "7-39", &r);
+    EXPECT_EQ(r.gap, sse::gap_reason::evicted);
+    z.resume("other", "7-42", &r);
+    EXPECT_EQ(r.gap, sse::gap_reason::evicted);
+    // An existing channel is left as it is; kept while idle for its ttl.
+    sse::session s = z.open();
+    sse::channel *c = s->make_known("other", 0, 0, long_ttl);
+    ASSERT_NE(c, nullptr);
+    EXPECT_EQ(c->dropped_seq, 50u);
+    sse::channel *idle = s->make_known("idle", 0, 10, long_ttl);
+    for (int i = 0; i < 16; i++) {
+        s->sweep(1000);
+    }
+    EXPECT_EQ(s->find("idle"), idle);
+}
+
 }  // namespace
