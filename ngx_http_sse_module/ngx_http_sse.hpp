@@ -568,6 +568,11 @@ void ngx_http_sse_redis_count_touch_all(ngx_http_sse_zone_t *z, sse::store &s,
                                         sse::channel *const *chans, size_t n);
 void ngx_http_sse_redis_count_touch_slot(ngx_http_sse_zone_t *z, sse::store &s,
                                          uint32_t slot);
+// Notes, inside a session, that Redis lost this machine's count of the
+// channel (a DELETE removes every machine's): pushed again at the next
+// push, even when the count looks unchanged by then.
+void ngx_http_sse_redis_count_forget(ngx_http_sse_zone_t *z, sse::store &s,
+                                     std::string_view id);
 // run false: the worker exits, nothing is to be done but freeing data.
 // others: as for ngx_http_sse_redis_done_pt.
 using ngx_http_sse_count_done_pt = void (*)(void *data, bool run,

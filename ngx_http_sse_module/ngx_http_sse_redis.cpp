@@ -2322,6 +2322,8 @@ static void ngx_http_sse_redis_commit(
                 if (ch != NULL) {
                     s->remove(ch, now);
                     removed = true;
+                    // The delete script wiped this machine's count too.
+                    ngx_http_sse_redis_count_forget(z, *s, ev.channel);
                 }
                 // No event carries a delete's seq; the zone passes it all
                 // the same, so that no repair replays the delete.

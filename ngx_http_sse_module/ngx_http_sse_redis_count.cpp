@@ -59,20 +59,28 @@ struct ngx_http_sse_count_shm_t {
     int64_t last_push;  // ms since the epoch, 0: never
     uint64_t pushes;    // script calls that stored counts
     uint64_t push_errors;
-    uint32_t pending;   // channels being pushed
-    uint32_t overflow;  // changes were not all noted: read them all
-    uint32_t n;         // dirty()[0..n) are noted (n is the commit point)
-    uint32_t cap;       // entries of dirty()
+    uint32_t pending;  // channels being pushed
+    // Changes were not all noted: read them all; 2: a count Redis lost
+    // was among them: ask Redis what it holds of this machine first.
+    uint32_t overflow;
+    uint32_t n;    // dirty()[0..n) are noted (n is the commit point)
+    uint32_t cap;  // entries of dirty()
     struct entry {
         uint32_t hash;
         uint32_t len;
         char id[sse::max_channel_id_len];
+        // Redis lost this machine's count of it (a DELETE wiped the
+        // channel's hash): pushed again even when it looks unchanged. In
+        // what was padding: the layout a reload's older build shares.
+        uint8_t force;
     };
     entry *dirty() { return reinterpret_cast<entry *>(this + 1); }
 };
 
 static_assert(std::is_standard_layout_v<ngx_http_sse_count_shm_t> &&
               std::is_trivially_destructible_v<ngx_http_sse_count_shm_t>);
+static_assert(sizeof(ngx_http_sse_count_shm_t::entry) ==
+              8 + sse::max_channel_id_len + 1);
 
 struct ngx_http_sse_count_worker_t;
 
@@ -212,32 +220,46 @@ static ngx_http_sse_count_shm_t *ngx_http_sse_count_shm(ngx_http_sse_zone_t *z,
     return c;
 }
 
-void ngx_http_sse_redis_count_touch(ngx_http_sse_zone_t *z, sse::store &s,
-                                    std::string_view id) {
+static void ngx_http_sse_count_note(ngx_http_sse_zone_t *z, sse::store &s,
+                                    std::string_view id, bool force) {
     if (z->redis == NULL) {
         return;
     }
     ngx_http_sse_count_shm_t *c = ngx_http_sse_count_shm(z, s, false);
-    if (c == NULL || c->overflow) {
+    if (c == NULL || c->overflow == 2 || (c->overflow && !force)) {
         return;
     }
     uint32_t h = sse::hash_channel_id(id);
     ngx_http_sse_count_shm_t::entry *d = c->dirty();
-    for (uint32_t i = 0; i < c->n; i++) {
-        if (d[i].hash == h && d[i].len == id.size() &&
-            ngx_memcmp(d[i].id, id.data(), id.size()) == 0) {
-            return;
+    if (!c->overflow) {
+        for (uint32_t i = 0; i < c->n; i++) {
+            if (d[i].hash == h && d[i].len == id.size() &&
+                ngx_memcmp(d[i].id, id.data(), id.size()) == 0) {
+                d[i].force |= force;
+                return;
+            }
         }
     }
-    if (c->n == c->cap || id.size() > sse::max_channel_id_len) {
-        c->overflow = 1;
+    if (c->overflow || c->n == c->cap || id.size() > sse::max_channel_id_len) {
+        c->overflow = force ? 2 : 1;
         return;
     }
     d[c->n].hash = h;
     d[c->n].len = id.size();
+    d[c->n].force = force;
     ngx_memcpy(d[c->n].id, id.data(), id.size());
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
     c->n++;
+}
+
+void ngx_http_sse_redis_count_touch(ngx_http_sse_zone_t *z, sse::store &s,
+                                    std::string_view id) {
+    ngx_http_sse_count_note(z, s, id, false);
+}
+
+void ngx_http_sse_redis_count_forget(ngx_http_sse_zone_t *z, sse::store &s,
+                                     std::string_view id) {
+    ngx_http_sse_count_note(z, s, id, true);
 }
 
 void ngx_http_sse_redis_count_touch_all(ngx_http_sse_zone_t *z, sse::store &s,
@@ -481,6 +503,12 @@ static void ngx_http_sse_count_full(ngx_http_sse_count_worker_t *cw) {
         // Changes from here on are noted again.
         ngx_http_sse_count_shm_t *c = ngx_http_sse_count_shm(z, *s, true);
         if (c != NULL) {
+            if (c->overflow == 2) {
+                // A count Redis lost was not noted: every count goes again.
+                for (auto &[id, n] : cw->pushed) {
+                    n = NGX_HTTP_SSE_COUNT_UNKNOWN;
+                }
+            }
             c->n = 0;
             c->overflow = 0;
         }
@@ -507,12 +535,14 @@ static void ngx_http_sse_count_changed(ngx_http_sse_count_worker_t *cw) {
     struct noted {
         size_t at, len;
         uint32_t count;
+        bool force;
     };
     std::vector<noted> ids;
     if (cw->shm != NULL) {
         bytes.reserve(cw->shm->cap * sse::max_channel_id_len);
         ids.reserve(cw->shm->cap);
     }
+    uint32_t overflow;
     {
         auto s = ngx_http_sse_session(cw->zw->zone);
         ngx_http_sse_count_shm_t *c =
@@ -521,27 +551,44 @@ static void ngx_http_sse_count_changed(ngx_http_sse_count_worker_t *cw) {
         if (c == NULL) {
             return;
         }
-        if (c->overflow) {
-            cw->phase = NGX_HTTP_SSE_COUNT_FULL;
-            return;
-        }
+        overflow = c->overflow;
         uint32_t n = ngx_min(c->n, (uint32_t)ids.capacity());
         for (uint32_t i = 0; i < n; i++) {
             const auto &d = c->dirty()[i];
             std::string_view id(d.id, d.len);
+            if (overflow && !d.force) {
+                continue;  // all are read again; only the forced matter
+            }
             sse::channel *ch = s->find(id);
             ids.push_back({bytes.size(), id.size(),
-                           ch ? sse::store::subscribers(ch) : 0});
+                           ch ? sse::store::subscribers(ch) : 0, d.force != 0});
             bytes.append(id);
         }
-        if (n < c->n) {
-            c->overflow = 1;  // first seen by this worker: not all copied
+        if (n < c->n && !overflow) {
+            // First seen by this worker: not all copied.
+            c->overflow = overflow = 1;
+            for (uint32_t i = n; i < c->n; i++) {
+                if (c->dirty()[i].force) {
+                    c->overflow = overflow = 2;
+                }
+            }
         }
-        c->n = 0;
+        if (!overflow) {
+            c->n = 0;
+        }
     }
     std::unordered_map<std::string, uint32_t> now;
     for (const auto &k : ids) {
-        now.emplace(bytes.substr(k.at, k.len), k.count);
+        std::string id = bytes.substr(k.at, k.len);
+        if (k.force) {
+            // Whatever this worker thinks Redis holds, it goes again.
+            cw->pushed[id] = NGX_HTTP_SSE_COUNT_UNKNOWN;
+        }
+        now.emplace(std::move(id), k.count);
+    }
+    if (overflow) {
+        cw->phase = NGX_HTTP_SSE_COUNT_FULL;
+        return;
     }
     ngx_http_sse_count_push(cw, now);
 }

@@ -379,3 +379,29 @@ async def test_presence_counts_every_machine(start_nginx, start_redis):
     on_a.close()
     assert await next_presence() == \
         ("leave", {"sub": None, "channel": "room", "count": 0})
+
+
+# ---------------------------------------------------------------- review
+
+@pytest.mark.timeout_s(90)
+async def test_subscribers_back_at_once_after_a_delete_are_counted(
+        start_nginx, start_redis):
+    r = start_redis()
+    a, b = await machines(start_nginx, r, 2)
+    n = 4
+    held = [await b.stream("dl") for _ in range(n)]
+    await until_count(a, "dl", n)
+    # A DELETE wipes every machine's field of the channel in Redis; B's
+    # subscribers come back before B's next push (every 250 ms), so that
+    # B's count is what it was: B pushes it again all the same. A few
+    # rounds: one alone may straddle a push.
+    for _ in range(3):
+        resp = await a.pub_http("DELETE", "/publish/dl")
+        assert resp.status == 200, resp
+        assert resp.json()["subscribers"] == n
+        await asyncio.gather(*(s.until_end() for s in held))
+        held = await asyncio.gather(*(b.stream("dl") for _ in range(n)))
+        await until_count(a, "dl", n, timeout=5)
+    for s in held:
+        s.close()
+    await until_count(a, "dl", None)
