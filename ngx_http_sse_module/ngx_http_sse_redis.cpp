@@ -152,15 +152,26 @@ static const char ngx_http_sse_redis_publish_lua[] =
     "    return redis.error_reply('TIMEOUT reached Redis after "
     "redis_timeout')\n"
     "  end\n"
-    "end\n" NGX_HTTP_SSE_REDIS_PROLOGUE
+    "end\n"
     "local n = (#ARGV - 4) / 5\n"
+    // The channels' subscribers on the other live machines, once per
+    // count key, before anything is written: a Lua error later would
+    // leave events stored and published that their publishers are told
+    // failed (Redis does not roll a script back).
+    "local counted, me, ak = {}, ARGV[4], KEYS[6]\n"
+    "for i = 1, n do\n"
+    "  local ck = KEYS[tonumber(ARGV[5 * i + 4])]\n"
+    "  if ck and not counted[ck] then\n"  //
+    NGX_HTTP_SSE_REDIS_COUNT_LUA          //
+    "    counted[ck] = subs\n"
+    "  end\n"
+    "end\n" NGX_HTTP_SSE_REDIS_PROLOGUE
     "local first = redis.call('INCRBY', KEYS[2], n) - n\n"
     // The streams this call wrote: {newest sid, its seq, channel, ttl}.
     // Their expiry and place in chans are set once, after the loop, to
     // what they would be after the last event (no one sees in between).
     "local seen = {}\n"
     "local out = {}\n"
-    "local counted, me, ak = {}, ARGV[4], KEYS[6]\n"
     "for i = 1, n do\n"
     "  local k, a = KEYS[6 + i], 5 * i\n"
     "  local c, d, l, t = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]\n"
@@ -181,18 +192,8 @@ static const char ngx_http_sse_redis_publish_lua[] =
     "             sid .. '-1', 'c', c, 'l', l, 't', t, 'd', d)\n"
     "  redis.call('PUBLISH', KEYS[4], e .. ' ' .. sid .. ' ' .. p .. ' ' ..\n"
     "             l .. ' ' .. t .. ' ' .. #c .. ' ' .. c .. d)\n"
-    // The channel's subscribers on the other live machines, once per
-    // count key.
-    "  local ck, o = KEYS[tonumber(ARGV[a + 4])], nil\n"
-    "  if ck then\n"
-    "    o = counted[ck]\n"
-    "    if not o then\n"         //
-    NGX_HTTP_SSE_REDIS_COUNT_LUA  //
-    "      o = subs\n"
-    "      counted[ck] = o\n"
-    "    end\n"
-    "  end\n"
-    "  out[i] = {e, sid, o}\n"
+    "  local ck = KEYS[tonumber(ARGV[a + 4])]\n"
+    "  out[i] = {e, sid, ck and counted[ck]}\n"
     // ---- end of one event
     "end\n"
     "for k, v in pairs(seen) do\n"

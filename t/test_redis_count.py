@@ -405,3 +405,41 @@ async def test_subscribers_back_at_once_after_a_delete_are_counted(
     for s in held:
         s.close()
     await until_count(a, "dl", None)
+
+
+@pytest.mark.timeout_s(90)
+async def test_a_channel_hash_of_many_machines_is_summed(start_nginx,
+                                                         start_redis):
+    r = start_redis()
+    a, b = await machines(start_nginx, r, 2)
+    s = await b.stream("big")
+    await until_count(a, "big", 1)
+    key = "{sse:sse}:subs:big"
+
+    def fill():
+        # 9000 fields of machines Redis does not count (more values than
+        # Lua's unpack takes at once), and three counted ones: 1+2+3.
+        args = []
+        for i in range(9000):
+            args += [f"gone{i:05d}", "1"]
+        r.cli("HSET", key, *args)
+        until = str(redis_ms(r) + 600000)
+        for i in (1, 2, 3):
+            r.cli("HSET", key, f"fake{i}", str(i))
+            r.cli("HSET", "{sse:sse}:alive", f"fake{i}", until)
+
+    fill()
+    assert await info_subscribers(a, "big") == 7
+    # The sum dropped the fields of machines not counted.
+    assert len(fields(r, "big")) == 4
+    fill()
+    resp = await a.publish("big", "once")
+    assert resp.status == 202, resp
+    assert resp.json()["subscribers"] == 7
+    assert (await s.next_event()).data == "once"
+    await s.no_block(0.5)
+    fill()
+    resp = await a.pub_http("DELETE", "/publish/big")
+    assert resp.status == 200, resp
+    assert resp.json()["subscribers"] == 7
+    await s.until_end()
