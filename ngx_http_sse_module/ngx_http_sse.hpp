@@ -560,6 +560,8 @@ const std::string &ngx_http_sse_redis_prefix(ngx_http_sse_zone_t *z);
 char *ngx_http_sse_redis_count_parse(ngx_conf_t *cf, ngx_http_sse_zone_t *z,
                                      ngx_str_t *ttl);
 void ngx_http_sse_redis_count_init(ngx_http_sse_zone_worker_t *zw);
+// From the module's init_module (the master, each start and reload).
+void ngx_http_sse_redis_count_init_module(ngx_cycle_t *cycle);
 // From the worker's poll: the machine's pusher pushes what changed.
 void ngx_http_sse_redis_count_poll(ngx_http_sse_zone_worker_t *zw);
 void ngx_http_sse_redis_count_exit(ngx_http_sse_zone_worker_t *zw);

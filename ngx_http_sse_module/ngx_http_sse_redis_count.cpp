@@ -54,8 +54,11 @@ extern "C" {
 // and the channels whose counts changed since the last push. Written
 // under the zone's lock; the figures for sse_status with relaxed atomics.
 struct ngx_http_sse_count_shm_t {
-    char machine[20];   // 16 hex digits, NUL-terminated
-    uint64_t cycle;     // the newest workers' cycle: a reload or a stop?
+    char machine[20];  // 16 hex digits, NUL-terminated
+    // Bumped by the master at each start and reload: a worker that
+    // exits sees whether newer workers replace it (a reload) or not (a
+    // stop). (Where an older build kept its cycle's address.)
+    uint64_t generation;
     int64_t last_push;  // ms since the epoch, 0: never
     uint64_t pushes;    // script calls that stored counts
     uint64_t push_errors;
@@ -112,6 +115,7 @@ enum ngx_http_sse_count_phase_e {
 struct ngx_http_sse_count_worker_t {
     ngx_http_sse_zone_worker_t *zw;
     ngx_http_sse_count_shm_t *shm;  // NULL until the zone could hold it
+    uint64_t generation;            // the master's when this worker started
     std::string me;
     std::string subs;     // "{sse:NAME}:subs:"
     std::string alive;    // "{sse:NAME}:alive"
@@ -726,6 +730,7 @@ static void ngx_http_sse_count_tick(ngx_http_sse_count_worker_t *cw) {
             return;  // the zone is full: again later
         }
         cw->me = cw->shm->machine;
+        cw->generation = cw->shm->generation;
     }
     if (!cw->refreshing &&
         (ngx_msec_int_t)(ngx_current_msec - cw->next_refresh) >= 0) {
@@ -785,9 +790,37 @@ void ngx_http_sse_redis_count_init(ngx_http_sse_zone_worker_t *zw) {
     cw->shm = ngx_http_sse_count_shm(z, *s, true);
     if (cw->shm != NULL) {
         cw->me = cw->shm->machine;
-        // The newest workers' cycle: an older worker that exits is being
-        // replaced (a reload), not stopped.
-        cw->shm->cycle = (uint64_t)(uintptr_t)ngx_cycle;
+        cw->generation = cw->shm->generation;
+    }
+}
+
+// In the master, on every start and reload, once nothing can fail the
+// new configuration any more (before its workers start): the workers
+// that exit from now on are being replaced, not stopped. Makes the
+// zone's record (and the machine's id) if need be.
+void ngx_http_sse_redis_count_init_module(ngx_cycle_t *cycle) {
+    auto *mcf = static_cast<ngx_http_sse_main_conf_t *>(
+        ngx_http_cycle_get_module_main_conf(cycle, ngx_http_sse_module));
+    if (mcf == NULL) {
+        return;
+    }
+    auto **zones = static_cast<ngx_http_sse_zone_t **>(mcf->zones.elts);
+    for (ngx_uint_t i = 0; i < mcf->zones.nelts; i++) {
+        ngx_http_sse_zone_t *z = zones[i];
+        if (z->redis == NULL || z->root == NULL) {
+            continue;
+        }
+        try {
+            auto s = ngx_http_sse_session(z);
+            ngx_http_sse_count_shm_t *c = ngx_http_sse_count_shm(z, *s, true);
+            if (c != NULL) {
+                __atomic_fetch_add(&c->generation, 1, __ATOMIC_RELAXED);
+            }
+        } catch (const std::exception &e) {
+            // The zone is full: its workers make the record later, and
+            // the old ones, having none, remove nothing.
+            ngx_log_error(NGX_LOG_ERR, cycle->log, 0, "sse: %s", e.what());
+        }
     }
 }
 
@@ -803,17 +836,18 @@ void ngx_http_sse_redis_count_poll(ngx_http_sse_zone_worker_t *zw) {
     }
 }
 
-// Before the Redis connections close: a pusher that stops (not a reload's
-// old worker) removes the machine's counts, best effort (sent, not waited
-// for); the commands in flight are forgotten.
+// Before the Redis connections close: a worker that stops (not a
+// reload's old worker: the master made a new generation before it
+// signalled it) removes the machine's counts, best effort (sent, not
+// waited for); the commands in flight are forgotten.
 void ngx_http_sse_redis_count_exit(ngx_http_sse_zone_worker_t *zw) {
     auto *cw = static_cast<ngx_http_sse_count_worker_t *>(zw->count);
     if (cw == NULL) {
         return;
     }
     if (cw->shm != NULL && !cw->me.empty() &&
-        __atomic_load_n(&cw->shm->cycle, __ATOMIC_RELAXED) ==
-            (uint64_t)(uintptr_t)ngx_cycle) {
+        __atomic_load_n(&cw->shm->generation, __ATOMIC_RELAXED) ==
+            cw->generation) {
         // Out of every sum at once; then its fields, as far as this worker
         // pushed them or has pushes in flight (sent before these, on the
         // same connection), and its set. Every worker removes the set: one

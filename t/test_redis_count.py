@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import time
 
 import pytest
@@ -15,6 +16,7 @@ import pytest
 from redishelp import (assert_zone_refused, needs_redis,  # noqa: F401
                        redis_conf, start_redis, wait_in_sync)
 from sselib.client import KeepAlive
+from sselib.redis_server import REDIS_CLI
 
 pytestmark = needs_redis
 
@@ -443,3 +445,59 @@ async def test_a_channel_hash_of_many_machines_is_summed(start_nginx,
     assert resp.status == 200, resp
     assert resp.json()["subscribers"] == 7
     await s.until_end()
+
+
+@pytest.mark.timeout_s(120)
+async def test_reloads_never_take_the_machine_out(start_nginx, start_redis):
+    r = start_redis()
+    # The default TTL (10 s): reloads one after the other delay the
+    # machine's refreshes.
+    a = (await machines(start_nginx, r, 1))[0]
+    b = start_nginx(zone=redis_conf(r.url), sub_locations=STATUS,
+                    allow_log=REDIS_ERRORS)
+    await wait_in_sync(b)
+    b_id = (await status(b))["redis_counts"]["machine"]
+    # Every change of the liveness hash and of B's set, as Redis makes it.
+    r.cli("CONFIG", "SET", "notify-keyspace-events", "Kgh")
+    watch = subprocess.Popen(
+        [REDIS_CLI, "-p", str(r.port), "PSUBSCRIBE",
+         "__keyspace@0__:{sse:sse}:alive",
+         "__keyspace@0__:{sse:sse}:machine:" + b_id],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        await asyncio.sleep(0.3)
+        # Old workers that outlive the reloads after theirs (nginx's cycles
+        # come back at the same addresses after a few reloads): each has
+        # published (its connection to Redis is up), then waits for the
+        # body of another publish on the same connection.
+        slow = []
+        for _ in range(6):
+            c = await KeepAlive.open(b.pub_port)
+            resp = await c.request("POST", "/publish/slow", body=b"x")
+            assert resp.status == 202, resp
+            c.writer.write(b"POST /publish/slow HTTP/1.1\r\nHost: x\r\n"
+                           b"Content-Length: 10\r\n\r\nab")
+            await c.writer.drain()
+            slow.append(c)
+            b.reload()
+            await asyncio.sleep(0.1)
+        held = [await b.stream("rr") for _ in range(2)]
+        await until_count(a, "rr", 2)
+        # The old workers stop now, the newest still running.
+        for c in slow:
+            c.close()
+        deadline = time.monotonic() + 10
+        while len(b.pids()) > 3:
+            assert time.monotonic() < deadline, b.pids()
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+        assert await info_subscribers(a, "rr") == 2
+    finally:
+        watch.terminate()
+        out = watch.communicate(timeout=10)[0]
+    # Refreshes (hset) only: no reload's worker removed the machine.
+    assert "hset" in out, out
+    assert "hdel" not in out and "\ndel\n" not in out, out
+    assert counted_until(r, b_id) > redis_ms(r)
+    for s in held:
+        s.close()
