@@ -312,6 +312,10 @@ static void ngx_http_sse_count_reply(void *data, redisReply *r,
     delete cmd;
 }
 
+static void ngx_http_sse_count_ignore(ngx_http_sse_count_worker_t *cw,
+                                      ngx_http_sse_count_cmd_t *cmd,
+                                      redisReply *r, const char *err);
+
 // False when nothing was sent (Redis known to be down).
 static bool ngx_http_sse_count_send(
     ngx_http_sse_count_worker_t *cw,
@@ -320,8 +324,20 @@ static bool ngx_http_sse_count_send(
     cmd->cw = cw;
     cmd->sending = true;
     cw->cmds.insert(cmd.get());
-    bool sent = ngx_http_sse_redis_command(cw->zw, args,
-                                           ngx_http_sse_count_reply, cmd.get());
+    bool sent;
+    try {
+        sent = ngx_http_sse_redis_command(cw->zw, args,
+                                          ngx_http_sse_count_reply, cmd.get());
+    } catch (...) {
+        // Out of memory, maybe queued already: kept for a reply that may
+        // come (else lost, never freed twice), which nobody waits for and
+        // that changes nothing (the caller counted nothing in flight).
+        cmd->sending = false;
+        cmd->done = NULL;
+        cmd->reply = ngx_http_sse_count_ignore;
+        cmd.release();
+        throw;
+    }
     cmd->sending = false;
     if (!sent || cmd->failed) {
         cw->cmds.erase(cmd.get());
