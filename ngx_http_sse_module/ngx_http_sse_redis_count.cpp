@@ -98,6 +98,7 @@ struct ngx_http_sse_count_cmd_t {
     ngx_http_sse_count_done_pt done;
     void *data;
     std::vector<std::pair<std::string, uint32_t>> batch;  // a push's
+    uint64_t term;  // a push's: the sender's term as the pusher
     // Being sent: a connection that fails at once answers from inside
     // the send; then it counts as not sent.
     bool sending;
@@ -122,6 +123,9 @@ struct ngx_http_sse_count_worker_t {
     std::string machine;  // "{sse:NAME}:machine:"
     bool collecting;      // dropping a dead machine's fields
     ngx_uint_t phase;
+    // Counts this worker's times as the pusher: the zone's pending is the
+    // current term's pushes (a takeover starts it again at 0).
+    uint64_t term;
     ngx_uint_t in_flight;  // pushes and the sync
     ngx_msec_t last_tick;
     ngx_msec_t next_refresh;
@@ -440,9 +444,16 @@ static void ngx_http_sse_count_push_reply(ngx_http_sse_count_worker_t *cw,
                                           ngx_http_sse_count_cmd_t *cmd,
                                           redisReply *r, const char *err) {
     cw->in_flight--;
-    if (cw->shm != NULL) {
-        __atomic_fetch_sub(&cw->shm->pending, (uint32_t)cmd->batch.size(),
-                           __ATOMIC_RELAXED);
+    // Only the pusher's own, of this term: a takeover (after this worker
+    // resigned, exiting on a reload, say) counted from 0 without them.
+    if (cw->shm != NULL && cmd->term == cw->term &&
+        sse::store::peek_bus_pid(cw->zw->zone->root) == ngx_pid) {
+        uint32_t k = cmd->batch.size();
+        uint32_t v = __atomic_load_n(&cw->shm->pending, __ATOMIC_RELAXED);
+        while (!__atomic_compare_exchange_n(
+            &cw->shm->pending, &v, v > k ? v - k : 0, true, __ATOMIC_RELAXED,
+            __ATOMIC_RELAXED)) {
+        }
     }
     if (r == NULL || r->type == REDIS_REPLY_ERROR) {
         ngx_http_sse_count_failed(cw, "push", r, err);
@@ -480,6 +491,7 @@ static void ngx_http_sse_count_push(
         cmd->reply = ngx_http_sse_count_push_reply;
         size_t end = ngx_min(todo.size(), at + NGX_HTTP_SSE_COUNT_BATCH);
         cmd->batch.assign(todo.begin() + at, todo.begin() + end);
+        cmd->term = cw->term;
         std::vector<std::string> nums, keys;
         nums.reserve(cmd->batch.size());
         keys.reserve(cmd->batch.size());
@@ -729,6 +741,7 @@ static void ngx_http_sse_count_tick(ngx_http_sse_count_worker_t *cw) {
         // Taken over (or first): learn what Redis holds of this machine.
         cw->phase = NGX_HTTP_SSE_COUNT_SYNC;
         cw->next_refresh = ngx_current_msec;
+        cw->term++;
         if (cw->shm != NULL) {
             // What a dead pusher had in flight is not coming back.
             __atomic_store_n(&cw->shm->pending, 0, __ATOMIC_RELAXED);

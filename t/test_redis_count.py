@@ -501,3 +501,43 @@ async def test_reloads_never_take_the_machine_out(start_nginx, start_redis):
     assert counted_until(r, b_id) > redis_ms(r)
     for s in held:
         s.close()
+
+
+@pytest.mark.timeout_s(60)
+async def test_pending_stays_true_when_a_reload_takes_the_pushing_over(
+        start_nginx, start_redis):
+    r = start_redis()
+    b = start_nginx(zone=redis_conf(r.url, extra=" redis_timeout=5s"),
+                    sub_locations=STATUS, allow_log=REDIS_ERRORS)
+    await wait_in_sync(b)
+    first = await b.stream("p-first")
+    deadline = time.monotonic() + 5
+    while (await status(b))["redis_counts"]["pushes"] == 0:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    names = [f"p{i}" for i in range(20)]
+    # Redis holds every command for a while: the pusher's push of the 20
+    # channels waits there, then a reload hands the pushing to a new
+    # worker, and the old one gets its answer.
+    r.cli("CLIENT", "PAUSE", "2000", "ALL")
+    s = await b.stream("/multi?channels=" + ",".join(names))
+    deadline = time.monotonic() + 5
+    while (await status(b))["redis_counts"]["pending"] < 20:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.6)  # the push is sent (every 250 ms)
+    old = (await status(b))["redis_counts"]["pusher_pid"]
+    b.reload()
+    await s.until_end()
+    await first.until_end()
+    deadline = time.monotonic() + 15
+    while True:
+        st = (await status(b))["redis_counts"]
+        assert st["pending"] < 1000, st
+        if st["pending"] == 0 and st["pusher_pid"] not in (0, old) and \
+                old not in b.pids():
+            break
+        assert time.monotonic() < deadline, st
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)
+    assert (await status(b))["redis_counts"]["pending"] == 0
