@@ -224,7 +224,9 @@ static ngx_http_sse_count_shm_t *ngx_http_sse_count_shm(ngx_http_sse_zone_t *z,
         c->machine[2 * i] = hex[b[i] >> 4];
         c->machine[2 * i + 1] = hex[b[i] & 15];
     }
-    x.count = c;  // the commit point; a block left unlinked stays unused
+    // The commit point (a block left unlinked stays unused); read unlocked
+    // by ngx_http_sse_count_id.
+    __atomic_store_n(&x.count, c, __ATOMIC_RELEASE);
     return c;
 }
 
@@ -380,6 +382,24 @@ static void ngx_http_sse_count_read_reply(ngx_http_sse_count_worker_t *cw,
     done(cmd->data, true, others);
 }
 
+// This machine's id; "" while the zone holds none. A worker that started
+// while the zone could not hold it (full) takes it once another made it:
+// a script told "" as this machine's id would count its own field as
+// another machine's. Unlocked: the callers may hold the zone's lock.
+static const std::string &ngx_http_sse_count_id(
+    ngx_http_sse_count_worker_t *cw) {
+    if (cw->me.empty()) {
+        auto *c = static_cast<ngx_http_sse_count_shm_t *>(__atomic_load_n(
+            &sse::store::ext(cw->zw->zone->root).count, __ATOMIC_ACQUIRE));
+        if (c != NULL) {
+            cw->generation = __atomic_load_n(&c->generation, __ATOMIC_RELAXED);
+            cw->shm = c;
+            cw->me = c->machine;
+        }
+    }
+    return cw->me;
+}
+
 void *ngx_http_sse_redis_count_read(ngx_http_sse_zone_t *z,
                                     std::string_view channel,
                                     ngx_http_sse_count_done_pt done,
@@ -398,7 +418,7 @@ void *ngx_http_sse_redis_count_read(ngx_http_sse_zone_t *z,
     std::string key = cw->subs + std::string(channel);
     if (!ngx_http_sse_count_send(cw, std::move(cmd),
                                  {"EVAL", ngx_http_sse_count_read_lua, "2", key,
-                                  cw->alive, cw->me})) {
+                                  cw->alive, ngx_http_sse_count_id(cw)})) {
         return NULL;
     }
     return handle;
@@ -414,7 +434,7 @@ void ngx_http_sse_redis_count_cancel(void *handle) {
 const std::string &ngx_http_sse_redis_count_me(ngx_http_sse_zone_worker_t *zw) {
     static const std::string none;
     auto *cw = static_cast<ngx_http_sse_count_worker_t *>(zw->count);
-    return cw != NULL ? cw->me : none;
+    return cw != NULL ? ngx_http_sse_count_id(cw) : none;
 }
 
 // ------------------------------------------------------------- pushing
