@@ -672,8 +672,34 @@ static void ngx_http_sse_count_ignore(ngx_http_sse_count_worker_t *cw,
                                       ngx_http_sse_count_cmd_t *cmd,
                                       redisReply *r, const char *err) {}
 
-// A dead machine's fields: a hundred of its channels at a time, each
-// command on one key (a Cluster routes each).
+// A dead machine's fields, a hundred of its channels at a time: the
+// channels read first (SRANDMEMBER), then one script drops them while the
+// machine's time is still out (Redis's clock): one that came back
+// meanwhile (its refresh found itself expired: it pushes everything
+// again) keeps its entry and counts. KEYS: the liveness hash, the dead
+// machine's set, then the count key of each channel; ARGV: its id, then
+// the channels. Every key under the zone's hash tag: one Cluster slot.
+static const char ngx_http_sse_count_collect_lua[] =
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "if (tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')) > now then\n"
+    "  return 0\n"
+    "end\n"
+    "for i = 3, #KEYS do\n"
+    "  redis.call('HDEL', KEYS[i], ARGV[1])\n"
+    "  redis.call('SREM', KEYS[2], ARGV[i - 1])\n"
+    "end\n"
+    "if redis.call('SCARD', KEYS[2]) == 0 then\n"
+    "  redis.call('HDEL', KEYS[1], ARGV[1])\n"  // forgotten
+    "end\n"
+    "return 1\n";
+
+static void ngx_http_sse_count_collected_reply(ngx_http_sse_count_worker_t *cw,
+                                               ngx_http_sse_count_cmd_t *cmd,
+                                               redisReply *r, const char *err) {
+    cw->collecting = false;  // the next refresh goes on, if still dead
+}
+
 static void ngx_http_sse_count_collect_reply(ngx_http_sse_count_worker_t *cw,
                                              ngx_http_sse_count_cmd_t *cmd,
                                              redisReply *r, const char *err) {
@@ -682,24 +708,27 @@ static void ngx_http_sse_count_collect_reply(ngx_http_sse_count_worker_t *cw,
         return;
     }
     const std::string &dead = cmd->batch[0].first;
+    std::vector<std::string> keys;
+    keys.reserve(r->elements + 1);
+    keys.push_back(cw->machine + dead);
+    std::vector<std::string_view> args{"EVAL", ngx_http_sse_count_collect_lua,
+                                       "", cw->alive, keys[0]};
+    std::vector<std::string_view> chans;
     for (size_t i = 0; i < r->elements; i++) {
-        if (r->element[i]->type != REDIS_REPLY_STRING) {
-            continue;
-        }
-        std::string key =
-            cw->subs + std::string(r->element[i]->str, r->element[i]->len);
-        auto c = std::make_unique<ngx_http_sse_count_cmd_t>();
-        c->reply = ngx_http_sse_count_ignore;
-        if (!ngx_http_sse_count_send(cw, std::move(c), {"HDEL", key, dead})) {
-            return;
+        if (r->element[i]->type == REDIS_REPLY_STRING) {
+            chans.emplace_back(r->element[i]->str, r->element[i]->len);
+            keys.push_back(cw->subs + std::string(chans.back()));
+            args.push_back(keys.back());
         }
     }
-    if (r->elements < 100) {
-        // Its set is empty (SPOP took the last): it is forgotten.
-        auto c = std::make_unique<ngx_http_sse_count_cmd_t>();
-        c->reply = ngx_http_sse_count_ignore;
-        (void)ngx_http_sse_count_send(cw, std::move(c),
-                                      {"HDEL", cw->alive, dead});
+    std::string nkeys = std::to_string(chans.size() + 2);
+    args[2] = nkeys;
+    args.push_back(dead);
+    args.insert(args.end(), chans.begin(), chans.end());
+    auto c = std::make_unique<ngx_http_sse_count_cmd_t>();
+    c->reply = ngx_http_sse_count_collected_reply;
+    if (ngx_http_sse_count_send(cw, std::move(c), args)) {
+        cw->collecting = true;
     }
 }
 
@@ -728,7 +757,8 @@ static void ngx_http_sse_count_refresh_reply(ngx_http_sse_count_worker_t *cw,
         c->reply = ngx_http_sse_count_collect_reply;
         c->batch.emplace_back(std::string(e->str, e->len), 0);
         std::string mk = cw->machine + c->batch[0].first;
-        if (ngx_http_sse_count_send(cw, std::move(c), {"SPOP", mk, "100"})) {
+        if (ngx_http_sse_count_send(cw, std::move(c),
+                                    {"SRANDMEMBER", mk, "100"})) {
             cw->collecting = true;
         }
     }

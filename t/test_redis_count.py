@@ -541,3 +541,45 @@ async def test_pending_stays_true_when_a_reload_takes_the_pushing_over(
         await asyncio.sleep(0.1)
     await asyncio.sleep(0.5)
     assert (await status(b))["redis_counts"]["pending"] == 0
+
+
+def resp(*args):
+    """A Redis command in RESP."""
+    out = b"*%d\r\n" % len(args)
+    for a in args:
+        a = a.encode() if isinstance(a, str) else a
+        out += b"$%d\r\n%s\r\n" % (len(a), a)
+    return out
+
+
+@pytest.mark.timeout_s(60)
+async def test_a_machine_back_while_collected_keeps_counting(start_nginx,
+                                                             start_redis):
+    r = start_redis()
+    a = (await machines(start_nginx, r, 1))[0]
+    alive = "{sse:sse}:alive"
+    # Machine X, whose time ran out: the next refresh of A finds it dead
+    # and collects it.
+    r.cli("HSET", "{sse:sse}:subs:xc", "X", "5")
+    r.cli("SADD", "{sse:sse}:machine:X", "xc")
+    r.cli("HSET", alive, "X", str(redis_ms(r) - 1))
+    r.cli("CONFIG", "SET", "notify-keyspace-events", "Kh")
+    srd, swr = await asyncio.open_connection("127.0.0.1", r.port)
+    crd, cwr = await asyncio.open_connection("127.0.0.1", r.port)
+    try:
+        swr.write(resp("SUBSCRIBE", "__keyspace@0__:" + alive))
+        buf = b""
+        while b"\r\nhset\r\n" not in buf:
+            buf += await asyncio.wait_for(srd.read(4096), 5)
+        # A refreshed (and found X dead): X comes back at once, before A
+        # is done collecting it.
+        cwr.write(resp("EVAL", "local t = redis.call('TIME') "
+                       "redis.call('HSET', KEYS[1], 'X', "
+                       "t[1] * 1000 + 60000) return 1", "1", alive))
+        assert (await asyncio.wait_for(crd.readline(), 5)) == b":1\r\n"
+    finally:
+        swr.close()
+        cwr.close()
+    await asyncio.sleep(1)
+    # Counted again, whatever A had collected before X came back.
+    assert counted_until(r, "X") > redis_ms(r)
