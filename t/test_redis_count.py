@@ -583,3 +583,36 @@ async def test_a_machine_back_while_collected_keeps_counting(start_nginx,
     await asyncio.sleep(1)
     # Counted again, whatever A had collected before X came back.
     assert counted_until(r, "X") > redis_ms(r)
+
+
+@pytest.mark.timeout_s(60)
+async def test_a_reload_that_resizes_the_zone_drops_the_old_id_at_once(
+        start_nginx, start_redis):
+    r = start_redis()
+    a = (await machines(start_nginx, r, 1))[0]
+    # The default TTL (10 s): the old id leaves sooner than its time.
+    b = start_nginx(zone=redis_conf(r.url), sub_locations=STATUS,
+                    allow_log=REDIS_ERRORS)
+    await wait_in_sync(b)
+    old = (await status(b))["redis_counts"]["machine"]
+    held = [await b.stream("zs") for _ in range(2)]
+    await until_count(a, "zs", 2)
+    t = time.monotonic()
+    b.conf.write_text(b.conf.read_text().replace("zone=sse:16m",
+                                                 "zone=sse:32m"))
+    b.reload()
+    for s in held:
+        await s.until_end()
+    await wait_in_sync(b)
+    new = (await status(b))["redis_counts"]["machine"]
+    assert new != old
+    held = [await b.stream("zs") for _ in range(2)]
+    # The old workers take the old id out as they stop, long before its
+    # time runs out: then the subscribers count once.
+    while counted_until(r, old) != 0:
+        assert time.monotonic() - t < 8, fields(r, "zs")
+        await asyncio.sleep(0.05)
+    assert old not in fields(r, "zs")
+    await until_count(a, "zs", 2)
+    for s in held:
+        s.close()
