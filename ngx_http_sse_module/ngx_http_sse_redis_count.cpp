@@ -64,7 +64,7 @@ struct ngx_http_sse_count_shm_t {
     uint64_t push_errors;
     uint32_t pending;  // channels being pushed
     // Changes were not all noted: read them all; 2: a count Redis lost
-    // was among them: ask Redis what it holds of this machine first.
+    // (see entry::force) was among them: push every count again.
     uint32_t overflow;
     uint32_t n;    // dirty()[0..n) are noted (n is the commit point)
     uint32_t cap;  // entries of dirty()
