@@ -509,7 +509,8 @@ char *ngx_http_sse_presence_channel(ngx_conf_t *cf, ngx_command_t *cmd,
 // machine id -> until when it counts, ms of Redis's clock); and me, this
 // machine's id, whose own count the caller adds from its zone (exact).
 // Output: the local subs, the channel's subscribers on the other live
-// machines. Fields of machines whose time ran out are dropped.
+// machines. Fields of machines whose time ran out are dropped. Their
+// times are read a thousand at a time: Lua's unpack takes up to 8000.
 #define NGX_HTTP_SSE_REDIS_COUNT_LUA                          \
     "local subs = 0\n"                                        \
     "do\n"                                                    \
@@ -526,7 +527,12 @@ char *ngx_http_sse_presence_channel(ngx_conf_t *cf, ngx_command_t *cmd,
     "      local t = redis.call('TIME')\n"                    \
     "      local now = tonumber(t[1]) * 1000 + "              \
     "math.floor(tonumber(t[2]) / 1000)\n"                     \
-    "      local a = redis.call('HMGET', ak, unpack(ids))\n"  \
+    "      local a = {}\n"                                    \
+    "      for c = 1, #ids, 1000 do\n"                        \
+    "        local r = redis.call('HMGET', ak, "              \
+    "unpack(ids, c, math.min(c + 999, #ids)))\n"              \
+    "        for j = 1, #r do a[c + j - 1] = r[j] end\n"      \
+    "      end\n"                                             \
     "      for j = 1, #ids do\n"                              \
     "        if (tonumber(a[j]) or 0) > now then\n"           \
     "          subs = subs + (tonumber(h[at[j] + 1]) or 0)\n" \
@@ -554,6 +560,8 @@ const std::string &ngx_http_sse_redis_prefix(ngx_http_sse_zone_t *z);
 char *ngx_http_sse_redis_count_parse(ngx_conf_t *cf, ngx_http_sse_zone_t *z,
                                      ngx_str_t *ttl);
 void ngx_http_sse_redis_count_init(ngx_http_sse_zone_worker_t *zw);
+// From the module's init_module (the master, each start and reload).
+void ngx_http_sse_redis_count_init_module(ngx_cycle_t *cycle);
 // From the worker's poll: the machine's pusher pushes what changed.
 void ngx_http_sse_redis_count_poll(ngx_http_sse_zone_worker_t *zw);
 void ngx_http_sse_redis_count_exit(ngx_http_sse_zone_worker_t *zw);
@@ -568,6 +576,11 @@ void ngx_http_sse_redis_count_touch_all(ngx_http_sse_zone_t *z, sse::store &s,
                                         sse::channel *const *chans, size_t n);
 void ngx_http_sse_redis_count_touch_slot(ngx_http_sse_zone_t *z, sse::store &s,
                                          uint32_t slot);
+// Notes, inside a session, that Redis lost this machine's count of the
+// channel (a DELETE removes every machine's): pushed again at the next
+// push, even when the count looks unchanged by then.
+void ngx_http_sse_redis_count_forget(ngx_http_sse_zone_t *z, sse::store &s,
+                                     std::string_view id);
 // run false: the worker exits, nothing is to be done but freeing data.
 // others: as for ngx_http_sse_redis_done_pt.
 using ngx_http_sse_count_done_pt = void (*)(void *data, bool run,

@@ -613,6 +613,7 @@ ngx_http_sse_zone_t *ngx_http_sse_loc_zone(ngx_http_request_t *r,
 static ngx_int_t ngx_http_sse_init_module(ngx_cycle_t *cycle) {
     ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0,
                   "sse module " NGX_HTTP_SSE_VERSION);
+    ngx_http_sse_redis_count_init_module(cycle);
     return NGX_OK;
 }
 

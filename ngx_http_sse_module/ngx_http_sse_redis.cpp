@@ -142,6 +142,20 @@ struct ngx_http_sse_redis_conf_t {
     "  redis.call('SET', KEYS[2], e)\n"                                 \
     "end\n"
 
+// The cut-off's check, first thing in a script (before any write); CUT is
+// the ARGV that holds it.
+#define NGX_HTTP_SSE_REDIS_CUTOFF_LUA(CUT)                            \
+    "if " CUT                                                         \
+    " ~= '0' then\n"                                                  \
+    "  local t = redis.call('TIME')\n"                                \
+    "  if tonumber(t[1]) * 1000000 + tonumber(t[2]) >= tonumber(" CUT \
+    ")\n"                                                             \
+    "  then\n"                                                        \
+    "    return redis.error_reply('TIMEOUT reached Redis after "      \
+    "redis_timeout')\n"                                               \
+    "  end\n"                                                         \
+    "end\n"
+
 // A group commit: the publishes one worker had ready in one turn of its
 // event loop, in one call, all stored or none. KEYS: epoch seq chans bus
 // log alive (the machines' liveness hash), then each event's stream, then
@@ -157,29 +171,27 @@ struct ngx_http_sse_redis_conf_t {
 // once per call). The cut-off (0: none) is when, by Redis's clock, the
 // worker gives up waiting (ngx_http_sse_redis_fence): a call that reaches
 // Redis later does nothing, its publishers having had their 503.
-// The cut-off's check, first thing in a script (before any write); CUT is
-// the ARGV that holds it.
-#define NGX_HTTP_SSE_REDIS_CUTOFF_LUA(CUT)                            \
-    "if " CUT                                                         \
-    " ~= '0' then\n"                                                  \
-    "  local t = redis.call('TIME')\n"                                \
-    "  if tonumber(t[1]) * 1000000 + tonumber(t[2]) >= tonumber(" CUT \
-    ")\n"                                                             \
-    "  then\n"                                                        \
-    "    return redis.error_reply('TIMEOUT reached Redis after "      \
-    "redis_timeout')\n"                                               \
-    "  end\n"                                                         \
-    "end\n"
 static const char ngx_http_sse_redis_publish_lua[] =
-    NGX_HTTP_SSE_REDIS_CUTOFF_LUA("ARGV[3]") NGX_HTTP_SSE_REDIS_PROLOGUE
+    NGX_HTTP_SSE_REDIS_CUTOFF_LUA("ARGV[3]")
     "local n = (#ARGV - 4) / 5\n"
+    // The channels' subscribers on the other live machines, once per
+    // count key, before anything is written: a Lua error later would
+    // leave events stored and published that their publishers are told
+    // failed (Redis does not roll a script back).
+    "local counted, me, ak = {}, ARGV[4], KEYS[6]\n"
+    "for i = 1, n do\n"
+    "  local ck = KEYS[tonumber(ARGV[5 * i + 4])]\n"
+    "  if ck and not counted[ck] then\n"  //
+    NGX_HTTP_SSE_REDIS_COUNT_LUA          //
+    "    counted[ck] = subs\n"
+    "  end\n"
+    "end\n" NGX_HTTP_SSE_REDIS_PROLOGUE
     "local first = redis.call('INCRBY', KEYS[2], n) - n\n"
     // The streams this call wrote: {newest sid, its seq, channel, ttl}.
     // Their expiry and place in chans are set once, after the loop, to
     // what they would be after the last event (no one sees in between).
     "local seen = {}\n"
     "local out = {}\n"
-    "local counted, me, ak = {}, ARGV[4], KEYS[6]\n"
     "for i = 1, n do\n"
     "  local k, a = KEYS[6 + i], 5 * i\n"
     "  local c, d, l, t = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]\n"
@@ -207,18 +219,8 @@ static const char ngx_http_sse_redis_publish_lua[] =
     "             sid .. '-1', 'c', c, 'l', l, 't', t, 'd', d)\n"
     "  redis.call('PUBLISH', KEYS[4], e .. ' ' .. sid .. ' ' .. p .. ' ' ..\n"
     "             l .. ' ' .. t .. ' ' .. #c .. ' ' .. c .. d)\n"
-    // The channel's subscribers on the other live machines, once per
-    // count key.
-    "  local ck, o = KEYS[tonumber(ARGV[a + 4])], nil\n"
-    "  if ck then\n"
-    "    o = counted[ck]\n"
-    "    if not o then\n"         //
-    NGX_HTTP_SSE_REDIS_COUNT_LUA  //
-    "      o = subs\n"
-    "      counted[ck] = o\n"
-    "    end\n"
-    "  end\n"
-    "  out[i] = {e, sid, o}\n"
+    "  local ck = KEYS[tonumber(ARGV[a + 4])]\n"
+    "  out[i] = {e, sid, ck and counted[ck]}\n"
     // ---- end of one event
     "end\n"
     "for k, v in pairs(seen) do\n"
@@ -2457,6 +2459,8 @@ static void ngx_http_sse_redis_commit(
                 if (ch != NULL) {
                     s->remove(ch, now);
                     removed = true;
+                    // The delete script wiped this machine's count too.
+                    ngx_http_sse_redis_count_forget(z, *s, ev.channel);
                 }
                 // No event carries a delete's seq; the zone passes it all
                 // the same, so that no repair replays the delete.

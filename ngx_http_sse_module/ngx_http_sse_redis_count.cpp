@@ -54,25 +54,36 @@ extern "C" {
 // and the channels whose counts changed since the last push. Written
 // under the zone's lock; the figures for sse_status with relaxed atomics.
 struct ngx_http_sse_count_shm_t {
-    char machine[20];   // 16 hex digits, NUL-terminated
-    uint64_t cycle;     // the newest workers' cycle: a reload or a stop?
+    char machine[20];  // 16 hex digits, NUL-terminated
+    // Bumped by the master at each start and reload: a worker that
+    // exits sees whether newer workers replace it (a reload) or not (a
+    // stop). (Where an older build kept its cycle's address.)
+    uint64_t generation;
     int64_t last_push;  // ms since the epoch, 0: never
     uint64_t pushes;    // script calls that stored counts
     uint64_t push_errors;
-    uint32_t pending;   // channels being pushed
-    uint32_t overflow;  // changes were not all noted: read them all
-    uint32_t n;         // dirty()[0..n) are noted (n is the commit point)
-    uint32_t cap;       // entries of dirty()
+    uint32_t pending;  // channels being pushed
+    // Changes were not all noted: read them all; 2: a count Redis lost
+    // (see entry::force) was among them: push every count again.
+    uint32_t overflow;
+    uint32_t n;    // dirty()[0..n) are noted (n is the commit point)
+    uint32_t cap;  // entries of dirty()
     struct entry {
         uint32_t hash;
         uint32_t len;
         char id[sse::max_channel_id_len];
+        // Redis lost this machine's count of it (a DELETE wiped the
+        // channel's hash): pushed again even when it looks unchanged. In
+        // what was padding: the layout a reload's older build shares.
+        uint8_t force;
     };
     entry *dirty() { return reinterpret_cast<entry *>(this + 1); }
 };
 
 static_assert(std::is_standard_layout_v<ngx_http_sse_count_shm_t> &&
               std::is_trivially_destructible_v<ngx_http_sse_count_shm_t>);
+static_assert(sizeof(ngx_http_sse_count_shm_t::entry) ==
+              8 + sse::max_channel_id_len + 1);
 
 struct ngx_http_sse_count_worker_t;
 
@@ -87,6 +98,7 @@ struct ngx_http_sse_count_cmd_t {
     ngx_http_sse_count_done_pt done;
     void *data;
     std::vector<std::pair<std::string, uint32_t>> batch;  // a push's
+    uint64_t term;  // a push's: the sender's term as the pusher
     // Being sent: a connection that fails at once answers from inside
     // the send; then it counts as not sent.
     bool sending;
@@ -104,12 +116,16 @@ enum ngx_http_sse_count_phase_e {
 struct ngx_http_sse_count_worker_t {
     ngx_http_sse_zone_worker_t *zw;
     ngx_http_sse_count_shm_t *shm;  // NULL until the zone could hold it
+    uint64_t generation;            // the master's when this worker started
     std::string me;
     std::string subs;     // "{sse:NAME}:subs:"
     std::string alive;    // "{sse:NAME}:alive"
     std::string machine;  // "{sse:NAME}:machine:"
     bool collecting;      // dropping a dead machine's fields
     ngx_uint_t phase;
+    // Counts this worker's times as the pusher: the zone's pending is the
+    // current term's pushes (a takeover starts it again at 0).
+    uint64_t term;
     ngx_uint_t in_flight;  // pushes and the sync
     ngx_msec_t last_tick;
     ngx_msec_t next_refresh;
@@ -208,36 +224,52 @@ static ngx_http_sse_count_shm_t *ngx_http_sse_count_shm(ngx_http_sse_zone_t *z,
         c->machine[2 * i] = hex[b[i] >> 4];
         c->machine[2 * i + 1] = hex[b[i] & 15];
     }
-    x.count = c;  // the commit point; a block left unlinked stays unused
+    // The commit point (a block left unlinked stays unused); read unlocked
+    // by ngx_http_sse_count_id.
+    __atomic_store_n(&x.count, c, __ATOMIC_RELEASE);
     return c;
 }
 
-void ngx_http_sse_redis_count_touch(ngx_http_sse_zone_t *z, sse::store &s,
-                                    std::string_view id) {
+static void ngx_http_sse_count_note(ngx_http_sse_zone_t *z, sse::store &s,
+                                    std::string_view id, bool force) {
     if (z->redis == NULL) {
         return;
     }
     ngx_http_sse_count_shm_t *c = ngx_http_sse_count_shm(z, s, false);
-    if (c == NULL || c->overflow) {
+    if (c == NULL || c->overflow == 2 || (c->overflow && !force)) {
         return;
     }
     uint32_t h = sse::hash_channel_id(id);
     ngx_http_sse_count_shm_t::entry *d = c->dirty();
-    for (uint32_t i = 0; i < c->n; i++) {
-        if (d[i].hash == h && d[i].len == id.size() &&
-            ngx_memcmp(d[i].id, id.data(), id.size()) == 0) {
-            return;
+    if (!c->overflow) {
+        for (uint32_t i = 0; i < c->n; i++) {
+            if (d[i].hash == h && d[i].len == id.size() &&
+                ngx_memcmp(d[i].id, id.data(), id.size()) == 0) {
+                d[i].force |= force;
+                return;
+            }
         }
     }
-    if (c->n == c->cap || id.size() > sse::max_channel_id_len) {
-        c->overflow = 1;
+    if (c->overflow || c->n == c->cap || id.size() > sse::max_channel_id_len) {
+        c->overflow = force ? 2 : 1;
         return;
     }
     d[c->n].hash = h;
     d[c->n].len = id.size();
+    d[c->n].force = force;
     ngx_memcpy(d[c->n].id, id.data(), id.size());
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
     c->n++;
+}
+
+void ngx_http_sse_redis_count_touch(ngx_http_sse_zone_t *z, sse::store &s,
+                                    std::string_view id) {
+    ngx_http_sse_count_note(z, s, id, false);
+}
+
+void ngx_http_sse_redis_count_forget(ngx_http_sse_zone_t *z, sse::store &s,
+                                     std::string_view id) {
+    ngx_http_sse_count_note(z, s, id, true);
 }
 
 void ngx_http_sse_redis_count_touch_all(ngx_http_sse_zone_t *z, sse::store &s,
@@ -286,6 +318,10 @@ static void ngx_http_sse_count_reply(void *data, redisReply *r,
     delete cmd;
 }
 
+static void ngx_http_sse_count_ignore(ngx_http_sse_count_worker_t *cw,
+                                      ngx_http_sse_count_cmd_t *cmd,
+                                      redisReply *r, const char *err);
+
 // False when nothing was sent (Redis known to be down).
 static bool ngx_http_sse_count_send(
     ngx_http_sse_count_worker_t *cw,
@@ -294,8 +330,20 @@ static bool ngx_http_sse_count_send(
     cmd->cw = cw;
     cmd->sending = true;
     cw->cmds.insert(cmd.get());
-    bool sent = ngx_http_sse_redis_command(cw->zw, args,
-                                           ngx_http_sse_count_reply, cmd.get());
+    bool sent;
+    try {
+        sent = ngx_http_sse_redis_command(cw->zw, args,
+                                          ngx_http_sse_count_reply, cmd.get());
+    } catch (...) {
+        // Out of memory, maybe queued already: kept for a reply that may
+        // come (else lost, never freed twice), which nobody waits for and
+        // that changes nothing (the caller counted nothing in flight).
+        cmd->sending = false;
+        cmd->done = NULL;
+        cmd->reply = ngx_http_sse_count_ignore;
+        cmd.release();
+        throw;
+    }
     cmd->sending = false;
     if (!sent || cmd->failed) {
         cw->cmds.erase(cmd.get());
@@ -334,6 +382,24 @@ static void ngx_http_sse_count_read_reply(ngx_http_sse_count_worker_t *cw,
     done(cmd->data, true, others);
 }
 
+// This machine's id; "" while the zone holds none. A worker that started
+// while the zone could not hold it (full) takes it once another made it:
+// a script told "" as this machine's id would count its own field as
+// another machine's. Unlocked: the callers may hold the zone's lock.
+static const std::string &ngx_http_sse_count_id(
+    ngx_http_sse_count_worker_t *cw) {
+    if (cw->me.empty()) {
+        auto *c = static_cast<ngx_http_sse_count_shm_t *>(__atomic_load_n(
+            &sse::store::ext(cw->zw->zone->root).count, __ATOMIC_ACQUIRE));
+        if (c != NULL) {
+            cw->generation = __atomic_load_n(&c->generation, __ATOMIC_RELAXED);
+            cw->shm = c;
+            cw->me = c->machine;
+        }
+    }
+    return cw->me;
+}
+
 void *ngx_http_sse_redis_count_read(ngx_http_sse_zone_t *z,
                                     std::string_view channel,
                                     ngx_http_sse_count_done_pt done,
@@ -352,7 +418,7 @@ void *ngx_http_sse_redis_count_read(ngx_http_sse_zone_t *z,
     std::string key = cw->subs + std::string(channel);
     if (!ngx_http_sse_count_send(cw, std::move(cmd),
                                  {"EVAL", ngx_http_sse_count_read_lua, "2", key,
-                                  cw->alive, cw->me})) {
+                                  cw->alive, ngx_http_sse_count_id(cw)})) {
         return NULL;
     }
     return handle;
@@ -368,7 +434,7 @@ void ngx_http_sse_redis_count_cancel(void *handle) {
 const std::string &ngx_http_sse_redis_count_me(ngx_http_sse_zone_worker_t *zw) {
     static const std::string none;
     auto *cw = static_cast<ngx_http_sse_count_worker_t *>(zw->count);
-    return cw != NULL ? cw->me : none;
+    return cw != NULL ? ngx_http_sse_count_id(cw) : none;
 }
 
 // ------------------------------------------------------------- pushing
@@ -398,9 +464,16 @@ static void ngx_http_sse_count_push_reply(ngx_http_sse_count_worker_t *cw,
                                           ngx_http_sse_count_cmd_t *cmd,
                                           redisReply *r, const char *err) {
     cw->in_flight--;
-    if (cw->shm != NULL) {
-        __atomic_fetch_sub(&cw->shm->pending, (uint32_t)cmd->batch.size(),
-                           __ATOMIC_RELAXED);
+    // Only the pusher's own, of this term: a takeover (after this worker
+    // resigned, exiting on a reload, say) counted from 0 without them.
+    if (cw->shm != NULL && cmd->term == cw->term &&
+        sse::store::peek_bus_pid(cw->zw->zone->root) == ngx_pid) {
+        uint32_t k = cmd->batch.size();
+        uint32_t v = __atomic_load_n(&cw->shm->pending, __ATOMIC_RELAXED);
+        while (!__atomic_compare_exchange_n(
+            &cw->shm->pending, &v, v > k ? v - k : 0, true, __ATOMIC_RELAXED,
+            __ATOMIC_RELAXED)) {
+        }
     }
     if (r == NULL || r->type == REDIS_REPLY_ERROR) {
         ngx_http_sse_count_failed(cw, "push", r, err);
@@ -438,6 +511,7 @@ static void ngx_http_sse_count_push(
         cmd->reply = ngx_http_sse_count_push_reply;
         size_t end = ngx_min(todo.size(), at + NGX_HTTP_SSE_COUNT_BATCH);
         cmd->batch.assign(todo.begin() + at, todo.begin() + end);
+        cmd->term = cw->term;
         std::vector<std::string> nums, keys;
         nums.reserve(cmd->batch.size());
         keys.reserve(cmd->batch.size());
@@ -481,6 +555,12 @@ static void ngx_http_sse_count_full(ngx_http_sse_count_worker_t *cw) {
         // Changes from here on are noted again.
         ngx_http_sse_count_shm_t *c = ngx_http_sse_count_shm(z, *s, true);
         if (c != NULL) {
+            if (c->overflow == 2) {
+                // A count Redis lost was not noted: every count goes again.
+                for (auto &[id, n] : cw->pushed) {
+                    n = NGX_HTTP_SSE_COUNT_UNKNOWN;
+                }
+            }
             c->n = 0;
             c->overflow = 0;
         }
@@ -507,12 +587,14 @@ static void ngx_http_sse_count_changed(ngx_http_sse_count_worker_t *cw) {
     struct noted {
         size_t at, len;
         uint32_t count;
+        bool force;
     };
     std::vector<noted> ids;
     if (cw->shm != NULL) {
         bytes.reserve(cw->shm->cap * sse::max_channel_id_len);
         ids.reserve(cw->shm->cap);
     }
+    uint32_t overflow;
     {
         auto s = ngx_http_sse_session(cw->zw->zone);
         ngx_http_sse_count_shm_t *c =
@@ -521,27 +603,44 @@ static void ngx_http_sse_count_changed(ngx_http_sse_count_worker_t *cw) {
         if (c == NULL) {
             return;
         }
-        if (c->overflow) {
-            cw->phase = NGX_HTTP_SSE_COUNT_FULL;
-            return;
-        }
+        overflow = c->overflow;
         uint32_t n = ngx_min(c->n, (uint32_t)ids.capacity());
         for (uint32_t i = 0; i < n; i++) {
             const auto &d = c->dirty()[i];
             std::string_view id(d.id, d.len);
+            if (overflow && !d.force) {
+                continue;  // all are read again; only the forced matter
+            }
             sse::channel *ch = s->find(id);
             ids.push_back({bytes.size(), id.size(),
-                           ch ? sse::store::subscribers(ch) : 0});
+                           ch ? sse::store::subscribers(ch) : 0, d.force != 0});
             bytes.append(id);
         }
-        if (n < c->n) {
-            c->overflow = 1;  // first seen by this worker: not all copied
+        if (n < c->n && !overflow) {
+            // First seen by this worker: not all copied.
+            c->overflow = overflow = 1;
+            for (uint32_t i = n; i < c->n; i++) {
+                if (c->dirty()[i].force) {
+                    c->overflow = overflow = 2;
+                }
+            }
         }
-        c->n = 0;
+        if (!overflow) {
+            c->n = 0;
+        }
     }
     std::unordered_map<std::string, uint32_t> now;
     for (const auto &k : ids) {
-        now.emplace(bytes.substr(k.at, k.len), k.count);
+        std::string id = bytes.substr(k.at, k.len);
+        if (k.force) {
+            // Whatever this worker thinks Redis holds, it goes again.
+            cw->pushed[id] = NGX_HTTP_SSE_COUNT_UNKNOWN;
+        }
+        now.emplace(std::move(id), k.count);
+    }
+    if (overflow) {
+        cw->phase = NGX_HTTP_SSE_COUNT_FULL;
+        return;
     }
     ngx_http_sse_count_push(cw, now);
 }
@@ -573,8 +672,34 @@ static void ngx_http_sse_count_ignore(ngx_http_sse_count_worker_t *cw,
                                       ngx_http_sse_count_cmd_t *cmd,
                                       redisReply *r, const char *err) {}
 
-// A dead machine's fields: a hundred of its channels at a time, each
-// command on one key (a Cluster routes each).
+// A dead machine's fields, a hundred of its channels at a time: the
+// channels read first (SRANDMEMBER), then one script drops them while the
+// machine's time is still out (Redis's clock): one that came back
+// meanwhile (its refresh found itself expired: it pushes everything
+// again) keeps its entry and counts. KEYS: the liveness hash, the dead
+// machine's set, then the count key of each channel; ARGV: its id, then
+// the channels. Every key under the zone's hash tag: one Cluster slot.
+static const char ngx_http_sse_count_collect_lua[] =
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "if (tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')) > now then\n"
+    "  return 0\n"
+    "end\n"
+    "for i = 3, #KEYS do\n"
+    "  redis.call('HDEL', KEYS[i], ARGV[1])\n"
+    "  redis.call('SREM', KEYS[2], ARGV[i - 1])\n"
+    "end\n"
+    "if redis.call('SCARD', KEYS[2]) == 0 then\n"
+    "  redis.call('HDEL', KEYS[1], ARGV[1])\n"  // forgotten
+    "end\n"
+    "return 1\n";
+
+static void ngx_http_sse_count_collected_reply(ngx_http_sse_count_worker_t *cw,
+                                               ngx_http_sse_count_cmd_t *cmd,
+                                               redisReply *r, const char *err) {
+    cw->collecting = false;  // the next refresh goes on, if still dead
+}
+
 static void ngx_http_sse_count_collect_reply(ngx_http_sse_count_worker_t *cw,
                                              ngx_http_sse_count_cmd_t *cmd,
                                              redisReply *r, const char *err) {
@@ -583,24 +708,27 @@ static void ngx_http_sse_count_collect_reply(ngx_http_sse_count_worker_t *cw,
         return;
     }
     const std::string &dead = cmd->batch[0].first;
+    std::vector<std::string> keys;
+    keys.reserve(r->elements + 1);
+    keys.push_back(cw->machine + dead);
+    std::vector<std::string_view> args{"EVAL", ngx_http_sse_count_collect_lua,
+                                       "", cw->alive, keys[0]};
+    std::vector<std::string_view> chans;
     for (size_t i = 0; i < r->elements; i++) {
-        if (r->element[i]->type != REDIS_REPLY_STRING) {
-            continue;
-        }
-        std::string key =
-            cw->subs + std::string(r->element[i]->str, r->element[i]->len);
-        auto c = std::make_unique<ngx_http_sse_count_cmd_t>();
-        c->reply = ngx_http_sse_count_ignore;
-        if (!ngx_http_sse_count_send(cw, std::move(c), {"HDEL", key, dead})) {
-            return;
+        if (r->element[i]->type == REDIS_REPLY_STRING) {
+            chans.emplace_back(r->element[i]->str, r->element[i]->len);
+            keys.push_back(cw->subs + std::string(chans.back()));
+            args.push_back(keys.back());
         }
     }
-    if (r->elements < 100) {
-        // Its set is empty (SPOP took the last): it is forgotten.
-        auto c = std::make_unique<ngx_http_sse_count_cmd_t>();
-        c->reply = ngx_http_sse_count_ignore;
-        (void)ngx_http_sse_count_send(cw, std::move(c),
-                                      {"HDEL", cw->alive, dead});
+    std::string nkeys = std::to_string(chans.size() + 2);
+    args[2] = nkeys;
+    args.push_back(dead);
+    args.insert(args.end(), chans.begin(), chans.end());
+    auto c = std::make_unique<ngx_http_sse_count_cmd_t>();
+    c->reply = ngx_http_sse_count_collected_reply;
+    if (ngx_http_sse_count_send(cw, std::move(c), args)) {
+        cw->collecting = true;
     }
 }
 
@@ -629,7 +757,8 @@ static void ngx_http_sse_count_refresh_reply(ngx_http_sse_count_worker_t *cw,
         c->reply = ngx_http_sse_count_collect_reply;
         c->batch.emplace_back(std::string(e->str, e->len), 0);
         std::string mk = cw->machine + c->batch[0].first;
-        if (ngx_http_sse_count_send(cw, std::move(c), {"SPOP", mk, "100"})) {
+        if (ngx_http_sse_count_send(cw, std::move(c),
+                                    {"SRANDMEMBER", mk, "100"})) {
             cw->collecting = true;
         }
     }
@@ -662,6 +791,7 @@ static void ngx_http_sse_count_tick(ngx_http_sse_count_worker_t *cw) {
         // Taken over (or first): learn what Redis holds of this machine.
         cw->phase = NGX_HTTP_SSE_COUNT_SYNC;
         cw->next_refresh = ngx_current_msec;
+        cw->term++;
         if (cw->shm != NULL) {
             // What a dead pusher had in flight is not coming back.
             __atomic_store_n(&cw->shm->pending, 0, __ATOMIC_RELAXED);
@@ -679,6 +809,7 @@ static void ngx_http_sse_count_tick(ngx_http_sse_count_worker_t *cw) {
             return;  // the zone is full: again later
         }
         cw->me = cw->shm->machine;
+        cw->generation = cw->shm->generation;
     }
     if (!cw->refreshing &&
         (ngx_msec_int_t)(ngx_current_msec - cw->next_refresh) >= 0) {
@@ -738,9 +869,37 @@ void ngx_http_sse_redis_count_init(ngx_http_sse_zone_worker_t *zw) {
     cw->shm = ngx_http_sse_count_shm(z, *s, true);
     if (cw->shm != NULL) {
         cw->me = cw->shm->machine;
-        // The newest workers' cycle: an older worker that exits is being
-        // replaced (a reload), not stopped.
-        cw->shm->cycle = (uint64_t)(uintptr_t)ngx_cycle;
+        cw->generation = cw->shm->generation;
+    }
+}
+
+// In the master, on every start and reload, once nothing can fail the
+// new configuration any more (before its workers start): the workers
+// that exit from now on are being replaced, not stopped. Makes the
+// zone's record (and the machine's id) if need be.
+void ngx_http_sse_redis_count_init_module(ngx_cycle_t *cycle) {
+    auto *mcf = static_cast<ngx_http_sse_main_conf_t *>(
+        ngx_http_cycle_get_module_main_conf(cycle, ngx_http_sse_module));
+    if (mcf == NULL) {
+        return;
+    }
+    auto **zones = static_cast<ngx_http_sse_zone_t **>(mcf->zones.elts);
+    for (ngx_uint_t i = 0; i < mcf->zones.nelts; i++) {
+        ngx_http_sse_zone_t *z = zones[i];
+        if (z->redis == NULL || z->root == NULL) {
+            continue;
+        }
+        try {
+            auto s = ngx_http_sse_session(z);
+            ngx_http_sse_count_shm_t *c = ngx_http_sse_count_shm(z, *s, true);
+            if (c != NULL) {
+                __atomic_fetch_add(&c->generation, 1, __ATOMIC_RELAXED);
+            }
+        } catch (const std::exception &e) {
+            // The zone is full: its workers make the record later, and
+            // the old ones, having none, remove nothing.
+            ngx_log_error(NGX_LOG_ERR, cycle->log, 0, "sse: %s", e.what());
+        }
     }
 }
 
@@ -756,17 +915,18 @@ void ngx_http_sse_redis_count_poll(ngx_http_sse_zone_worker_t *zw) {
     }
 }
 
-// Before the Redis connections close: a pusher that stops (not a reload's
-// old worker) removes the machine's counts, best effort (sent, not waited
-// for); the commands in flight are forgotten.
+// Before the Redis connections close: a worker that stops (not a
+// reload's old worker: the master made a new generation before it
+// signalled it) removes the machine's counts, best effort (sent, not
+// waited for); the commands in flight are forgotten.
 void ngx_http_sse_redis_count_exit(ngx_http_sse_zone_worker_t *zw) {
     auto *cw = static_cast<ngx_http_sse_count_worker_t *>(zw->count);
     if (cw == NULL) {
         return;
     }
     if (cw->shm != NULL && !cw->me.empty() &&
-        __atomic_load_n(&cw->shm->cycle, __ATOMIC_RELAXED) ==
-            (uint64_t)(uintptr_t)ngx_cycle) {
+        __atomic_load_n(&cw->shm->generation, __ATOMIC_RELAXED) ==
+            cw->generation) {
         // Out of every sum at once; then its fields, as far as this worker
         // pushed them or has pushes in flight (sent before these, on the
         // same connection), and its set. Every worker removes the set: one

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import time
 
 import pytest
@@ -15,6 +16,7 @@ import pytest
 from redishelp import (assert_zone_refused, needs_redis,  # noqa: F401
                        redis_conf, start_redis, wait_in_sync)
 from sselib.client import KeepAlive
+from sselib.redis_server import REDIS_CLI
 
 pytestmark = needs_redis
 
@@ -379,3 +381,238 @@ async def test_presence_counts_every_machine(start_nginx, start_redis):
     on_a.close()
     assert await next_presence() == \
         ("leave", {"sub": None, "channel": "room", "count": 0})
+
+
+# ---------------------------------------------------------------- review
+
+@pytest.mark.timeout_s(90)
+async def test_subscribers_back_at_once_after_a_delete_are_counted(
+        start_nginx, start_redis):
+    r = start_redis()
+    a, b = await machines(start_nginx, r, 2)
+    n = 4
+    held = [await b.stream("dl") for _ in range(n)]
+    await until_count(a, "dl", n)
+    # A DELETE wipes every machine's field of the channel in Redis; B's
+    # subscribers come back before B's next push (every 250 ms), so that
+    # B's count is what it was: B pushes it again all the same. A few
+    # rounds: one alone may straddle a push.
+    for _ in range(3):
+        resp = await a.pub_http("DELETE", "/publish/dl")
+        assert resp.status == 200, resp
+        assert resp.json()["subscribers"] == n
+        await asyncio.gather(*(s.until_end() for s in held))
+        held = await asyncio.gather(*(b.stream("dl") for _ in range(n)))
+        await until_count(a, "dl", n, timeout=5)
+    for s in held:
+        s.close()
+    await until_count(a, "dl", None)
+
+
+@pytest.mark.timeout_s(90)
+async def test_a_channel_hash_of_many_machines_is_summed(start_nginx,
+                                                         start_redis):
+    r = start_redis()
+    a, b = await machines(start_nginx, r, 2)
+    s = await b.stream("big")
+    await until_count(a, "big", 1)
+    key = "{sse:sse}:subs:big"
+
+    def fill():
+        # 9000 fields of machines Redis does not count (more values than
+        # Lua's unpack takes at once), and three counted ones: 1+2+3.
+        args = []
+        for i in range(9000):
+            args += [f"gone{i:05d}", "1"]
+        r.cli("HSET", key, *args)
+        until = str(redis_ms(r) + 600000)
+        for i in (1, 2, 3):
+            r.cli("HSET", key, f"fake{i}", str(i))
+            r.cli("HSET", "{sse:sse}:alive", f"fake{i}", until)
+
+    fill()
+    assert await info_subscribers(a, "big") == 7
+    # The sum dropped the fields of machines not counted.
+    assert len(fields(r, "big")) == 4
+    fill()
+    resp = await a.publish("big", "once")
+    assert resp.status == 202, resp
+    assert resp.json()["subscribers"] == 7
+    assert (await s.next_event()).data == "once"
+    await s.no_block(0.5)
+    fill()
+    resp = await a.pub_http("DELETE", "/publish/big")
+    assert resp.status == 200, resp
+    assert resp.json()["subscribers"] == 7
+    await s.until_end()
+
+
+@pytest.mark.timeout_s(120)
+async def test_reloads_never_take_the_machine_out(start_nginx, start_redis):
+    r = start_redis()
+    # The default TTL (10 s): reloads one after the other delay the
+    # machine's refreshes.
+    a = (await machines(start_nginx, r, 1))[0]
+    b = start_nginx(zone=redis_conf(r.url), sub_locations=STATUS,
+                    allow_log=REDIS_ERRORS)
+    await wait_in_sync(b)
+    b_id = (await status(b))["redis_counts"]["machine"]
+    # Every change of the liveness hash and of B's set, as Redis makes it.
+    r.cli("CONFIG", "SET", "notify-keyspace-events", "Kgh")
+    watch = subprocess.Popen(
+        [REDIS_CLI, "-p", str(r.port), "PSUBSCRIBE",
+         "__keyspace@0__:{sse:sse}:alive",
+         "__keyspace@0__:{sse:sse}:machine:" + b_id],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        await asyncio.sleep(0.3)
+        # Old workers that outlive the reloads after theirs (nginx's cycles
+        # come back at the same addresses after a few reloads): each has
+        # published (its connection to Redis is up), then waits for the
+        # body of another publish on the same connection.
+        slow = []
+        for _ in range(6):
+            c = await KeepAlive.open(b.pub_port)
+            resp = await c.request("POST", "/publish/slow", body=b"x")
+            assert resp.status == 202, resp
+            c.writer.write(b"POST /publish/slow HTTP/1.1\r\nHost: x\r\n"
+                           b"Content-Length: 10\r\n\r\nab")
+            await c.writer.drain()
+            slow.append(c)
+            b.reload()
+            await asyncio.sleep(0.1)
+        held = [await b.stream("rr") for _ in range(2)]
+        await until_count(a, "rr", 2)
+        # The old workers stop now, the newest still running.
+        for c in slow:
+            c.close()
+        deadline = time.monotonic() + 10
+        while len(b.pids()) > 3:
+            assert time.monotonic() < deadline, b.pids()
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+        assert await info_subscribers(a, "rr") == 2
+    finally:
+        watch.terminate()
+        out = watch.communicate(timeout=10)[0]
+    # Refreshes (hset) only: no reload's worker removed the machine.
+    assert "hset" in out, out
+    assert "hdel" not in out and "\ndel\n" not in out, out
+    assert counted_until(r, b_id) > redis_ms(r)
+    for s in held:
+        s.close()
+
+
+@pytest.mark.timeout_s(60)
+async def test_pending_stays_true_when_a_reload_takes_the_pushing_over(
+        start_nginx, start_redis):
+    r = start_redis()
+    b = start_nginx(zone=redis_conf(r.url, extra=" redis_timeout=5s"),
+                    sub_locations=STATUS, allow_log=REDIS_ERRORS)
+    await wait_in_sync(b)
+    first = await b.stream("p-first")
+    deadline = time.monotonic() + 5
+    while (await status(b))["redis_counts"]["pushes"] == 0:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    names = [f"p{i}" for i in range(20)]
+    # Redis holds every command for a while: the pusher's push of the 20
+    # channels waits there, then a reload hands the pushing to a new
+    # worker, and the old one gets its answer.
+    r.cli("CLIENT", "PAUSE", "2000", "ALL")
+    s = await b.stream("/multi?channels=" + ",".join(names))
+    deadline = time.monotonic() + 5
+    while (await status(b))["redis_counts"]["pending"] < 20:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.6)  # the push is sent (every 250 ms)
+    old = (await status(b))["redis_counts"]["pusher_pid"]
+    b.reload()
+    await s.until_end()
+    await first.until_end()
+    deadline = time.monotonic() + 15
+    while True:
+        st = (await status(b))["redis_counts"]
+        assert st["pending"] < 1000, st
+        if st["pending"] == 0 and st["pusher_pid"] not in (0, old) and \
+                old not in b.pids():
+            break
+        assert time.monotonic() < deadline, st
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)
+    assert (await status(b))["redis_counts"]["pending"] == 0
+
+
+def resp(*args):
+    """A Redis command in RESP."""
+    out = b"*%d\r\n" % len(args)
+    for a in args:
+        a = a.encode() if isinstance(a, str) else a
+        out += b"$%d\r\n%s\r\n" % (len(a), a)
+    return out
+
+
+@pytest.mark.timeout_s(60)
+async def test_a_machine_back_while_collected_keeps_counting(start_nginx,
+                                                             start_redis):
+    r = start_redis()
+    a = (await machines(start_nginx, r, 1))[0]
+    alive = "{sse:sse}:alive"
+    # Machine X, whose time ran out: the next refresh of A finds it dead
+    # and collects it.
+    r.cli("HSET", "{sse:sse}:subs:xc", "X", "5")
+    r.cli("SADD", "{sse:sse}:machine:X", "xc")
+    r.cli("HSET", alive, "X", str(redis_ms(r) - 1))
+    r.cli("CONFIG", "SET", "notify-keyspace-events", "Kh")
+    srd, swr = await asyncio.open_connection("127.0.0.1", r.port)
+    crd, cwr = await asyncio.open_connection("127.0.0.1", r.port)
+    try:
+        swr.write(resp("SUBSCRIBE", "__keyspace@0__:" + alive))
+        buf = b""
+        while b"\r\nhset\r\n" not in buf:
+            buf += await asyncio.wait_for(srd.read(4096), 5)
+        # A refreshed (and found X dead): X comes back at once, before A
+        # is done collecting it.
+        cwr.write(resp("EVAL", "local t = redis.call('TIME') "
+                       "redis.call('HSET', KEYS[1], 'X', "
+                       "t[1] * 1000 + 60000) return 1", "1", alive))
+        assert (await asyncio.wait_for(crd.readline(), 5)) == b":1\r\n"
+    finally:
+        swr.close()
+        cwr.close()
+    await asyncio.sleep(1)
+    # Counted again, whatever A had collected before X came back.
+    assert counted_until(r, "X") > redis_ms(r)
+
+
+@pytest.mark.timeout_s(60)
+async def test_a_reload_that_resizes_the_zone_drops_the_old_id_at_once(
+        start_nginx, start_redis):
+    r = start_redis()
+    a = (await machines(start_nginx, r, 1))[0]
+    # The default TTL (10 s): the old id leaves sooner than its time.
+    b = start_nginx(zone=redis_conf(r.url), sub_locations=STATUS,
+                    allow_log=REDIS_ERRORS)
+    await wait_in_sync(b)
+    old = (await status(b))["redis_counts"]["machine"]
+    held = [await b.stream("zs") for _ in range(2)]
+    await until_count(a, "zs", 2)
+    t = time.monotonic()
+    b.conf.write_text(b.conf.read_text().replace("zone=sse:16m",
+                                                 "zone=sse:32m"))
+    b.reload()
+    for s in held:
+        await s.until_end()
+    await wait_in_sync(b)
+    new = (await status(b))["redis_counts"]["machine"]
+    assert new != old
+    held = [await b.stream("zs") for _ in range(2)]
+    # The old workers take the old id out as they stop, long before its
+    # time runs out: then the subscribers count once.
+    while counted_until(r, old) != 0:
+        assert time.monotonic() - t < 8, fields(r, "zs")
+        await asyncio.sleep(0.05)
+    assert old not in fields(r, "zs")
+    await until_count(a, "zs", 2)
+    for s in held:
+        s.close()
