@@ -62,6 +62,11 @@ extern "C" {
 #include <memory>
 #include <set>
 
+// Why a Redis with tls-auth-clients refused us.
+#define NGX_HTTP_SSE_REDIS_NO_CERT                                \
+    "Redis refused the TLS connection after asking for a client " \
+    "certificate: set redis_cert= and redis_key= (or tls-auth-clients no)"
+
 // How long a measured offset to Redis's clock is used (ms).
 #define NGX_HTTP_SSE_REDIS_CLOCK_AGE 60000
 #define NGX_HTTP_SSE_REDIS_DEFAULT_PORT 6379
@@ -1863,7 +1868,10 @@ static bool ngx_http_sse_redis_tls_matches(ngx_connection_t *c,
 static void ngx_http_sse_redis_tls_done(ngx_connection_t *c) {
     auto *rc = static_cast<ngx_http_sse_redis_conn_t *>(c->data);
     if (!c->ssl->handshaked) {
-        ngx_http_sse_redis_close(rc, "TLS handshake failed");
+        // TLS 1.2 refuses a client without a certificate in the handshake
+        // (1.3 after it, on the first read).
+        ngx_http_sse_redis_close(rc, rc->cert_asked ? NGX_HTTP_SSE_REDIS_NO_CERT
+                                                    : "TLS handshake failed");
         return;
     }
     long v = SSL_get_verify_result(c->ssl->connection);
@@ -2118,14 +2126,11 @@ static void ngx_http_sse_redis_read(ngx_event_t *ev) {
                 return;
             }
             if (n == 0 || n == NGX_ERROR) {
-                std::string why =
-                    rc->cert_asked && !rc->replied
-                        ? "Redis refused the TLS connection after asking for "
-                          "a client certificate: set redis_cert= and "
-                          "redis_key= (or tls-auth-clients no)"
-                    : n == 0 ? "connection closed by Redis"
-                             : std::string("recv() failed: ") +
-                                   strerror(ngx_socket_errno);
+                std::string why = rc->cert_asked && !rc->replied
+                                      ? NGX_HTTP_SSE_REDIS_NO_CERT
+                                  : n == 0 ? "connection closed by Redis"
+                                           : std::string("recv() failed: ") +
+                                                 strerror(ngx_socket_errno);
                 ngx_http_sse_redis_close(rc, why.c_str());
                 return;
             }
@@ -2349,6 +2354,8 @@ static void ngx_http_sse_redis_hosts_exit(ngx_http_sse_redis_worker_t *rw) {
             lk.ctx = NULL;
         }
     }
+    // A round cut short by the exit is not a count: it is not published.
+    rw->census_left = 0;
     for (auto &probe : rw->probes) {
         ngx_http_sse_redis_close(probe.get(), NULL);
     }

@@ -720,10 +720,10 @@ def make_cert(d, cn="localhost", san="IP:127.0.0.1,DNS:localhost"):
     return d / "cert.pem", d / "key.pem"
 
 
-def start_tls_redis(start_redis, tmp_path, auth_clients, **names):
+def start_tls_redis(start_redis, tmp_path, auth_clients, args=(), **names):
     """A Redis speaking TLS only, its self-signed certificate its own CA
     (and the client certificate it accepts): (redis, url, cert, key).
-    names: make_cert's cn and san."""
+    args: more of redis-server's; names: make_cert's cn and san."""
     from conftest import free_port
     cert, key = make_cert(tmp_path / "tls", **names)
     port = free_port()
@@ -731,7 +731,7 @@ def start_tls_redis(start_redis, tmp_path, auth_clients, **names):
                           "--tls-cert-file", str(cert),
                           "--tls-key-file", str(key),
                           "--tls-ca-cert-file", str(cert),
-                          "--tls-auth-clients", auth_clients],
+                          "--tls-auth-clients", auth_clients, *args],
                     tls=(cert, port, cert, key))
     return r, f"rediss://localhost:{port}", cert, key
 

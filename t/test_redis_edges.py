@@ -160,14 +160,19 @@ def test_bad_seed_lists_fail_nginx_t(tmp_path, param, why):
 
 
 @pytest.mark.timeout_s(60)
-async def test_tls_client_certificate(start_nginx, start_redis, tmp_path):
+@pytest.mark.parametrize("protocols", [None, "TLSv1.2"])
+async def test_tls_client_certificate(start_nginx, start_redis, tmp_path,
+                                      protocols):
     """A Redis with tls-auth-clients (its default with TLS) takes a machine
     that presents redis_cert=/redis_key=; one without them gets a 503 that
     says what to set (and nginx's own [crit] of the refused read is not
-    logged: the conftest fails on it)."""
+    logged: the conftest fails on it). With TLS 1.2 the refusal comes in
+    the handshake (1.3: after it), and says the same."""
     from test_redis import (REDIS_ERRORS, STATUS, machines, read_events,
                             start_tls_redis)
-    r, url, cert, key = start_tls_redis(start_redis, tmp_path, "yes")
+    args = ["--tls-protocols", protocols] if protocols else []
+    r, url, cert, key = start_tls_redis(start_redis, tmp_path, "yes",
+                                        args=args)
     a, b = await machines(start_nginx, r, 2, url=url,
                           extra=f" redis_ca={cert} redis_cert={cert} "
                                 f"redis_key={key}")
