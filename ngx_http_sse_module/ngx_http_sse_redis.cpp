@@ -3174,6 +3174,7 @@ static void ngx_http_sse_redis_backfill_reply(ngx_http_sse_redis_conn_t *rc,
 }
 
 static void ngx_http_sse_redis_backfill_commit(ngx_event_t *ev);
+static void ngx_http_sse_redis_backfill_sort(ngx_http_sse_redis_worker_t *rw);
 
 // Sends what may be sent; when all is read, commits it.
 static void ngx_http_sse_redis_backfill_pump(ngx_http_sse_redis_worker_t *rw) {
@@ -3232,7 +3233,19 @@ static void ngx_http_sse_redis_backfill_pump(ngx_http_sse_redis_worker_t *rw) {
         !b->queue.empty()) {
         return;
     }
-    // All read: in seq order, committed a part per turn.
+    try {
+        ngx_http_sse_redis_backfill_sort(rw);
+    } catch (const std::exception &e) {
+        // Nothing else would end this sync (no command in flight, no
+        // timer): it fails, and the bus syncs again from its backoff.
+        ngx_http_sse_redis_backfill_failed(rw, NULL, e.what(),
+                                           "sorting the channels' events");
+    }
+}
+
+// All read: in seq order, committed a part per turn.
+static void ngx_http_sse_redis_backfill_sort(ngx_http_sse_redis_worker_t *rw) {
+    auto *b = rw->backfill;
     size_t n = 0, channels = 0;
     {
         auto s = ngx_http_sse_session(rw->zw->zone);
@@ -3336,6 +3349,10 @@ static void ngx_http_sse_redis_hole(ngx_http_sse_redis_worker_t *rw,
             s->mark_gone_unheld(to);
             s->skip_to(to);
         }
+        // The zone holds history now (the back-fill's): a further hole
+        // in this sync (the log trimmed on while the back-fill ran) is a
+        // loss to mark, channel by channel, not where history starts.
+        rw->fresh = false;
         ngx_http_sse_redis_log_page(rw);
         return;
     }

@@ -306,3 +306,73 @@ async def test_publishes_during_the_back_fill_keep_every_history_exact(
             got[m] = await read_events(s, n, 10)
         assert got[b] == got[a], i
         assert got[a][-1][0] == info["last_id"], i
+
+
+@pytest.mark.timeout_s(120)
+async def test_many_small_channels_are_back_filled(start_nginx, start_redis):
+    # 6,000 channels of one small event each, all older than the log, into
+    # a 2 MB zone (a bound of 1 MB, which remembering the channels counts
+    # against too): thousands of the newest come whole (about 3,000 here),
+    # not a few (a review feared the channels' cost would crowd out all
+    # but the newest one: it does not, the stream reads keep pace with the
+    # pages of channels).
+    r = start_redis()
+    (a,) = await machines(start_nginx, r, 1, sub=SUB)
+    await load(a, 6000, 1, 16, conns=8, window=256, prefix="c")
+    last = await a.publish_ok("tail", "t")
+    trim_log_before(r, last)
+    b = new_machine(start_nginx, r, size="2m")
+    await wait_in_sync(b, timeout=30)
+    m = re.search(r"(\d+) events of (\d+) channels read", b.log_text())
+    assert m and int(m.group(2)) >= 1000, m and m.group(0)
+    # The newest channels answer as on the machine up all along: their
+    # one event, no sse-gap. (load() publishes in rounds over 8
+    # connections: the newest are among the last few hundred.)
+    newest = r.cli("ZREVRANGE", f"{KEY}:chans", "1", "100").split()
+    for ch in newest[:20]:
+        s = await b.stream(ch)
+        got = await s.events(1, timeout=10)
+        assert got[0].event is None and got[0].data == "x" * 16, (ch, got)
+
+
+@pytest.mark.timeout_s(120)
+async def test_log_trimmed_again_during_the_back_fill_marks_the_loss(
+        start_nginx, start_redis):
+    # The new machine's link to Redis is slow (0.25 s a round trip), so
+    # its back-fill takes a few seconds; meanwhile the log is trimmed past
+    # where it goes on (100,000 newer events would). What it no longer
+    # has of a back-filled channel is a gap: a resume from before it gets
+    # sse-gap (the machine up all along gives the event), never the next
+    # event as if nothing were missing.
+    from test_redis_bus import DelayProxy
+    r = start_redis()
+    (a,) = await machines(start_nginx, r, 1, sub=SUB)
+    await load(a, 100, 2, 16, conns=4, prefix="c")
+    e = (await status(a))["epoch"]
+    last = r.cli("XREVRANGE", f"{KEY}:ch:c5", "+", "-", "COUNT", "1")
+    old = [None, f"{e}-{last.split()[0].split('-')[0]}"]
+    m_id = await a.publish_ok("c5", "M")
+    tail = await a.publish_ok("tail", "T")
+    trim_log_before(r, m_id)
+    proxy = await DelayProxy(r.port, 0.25).start()
+    try:
+        b = start_nginx(zone=redis_conf(f"redis://127.0.0.1:{proxy.port}",
+                                        extra=" redis_timeout=5s"),
+                        sub_locations=STATUS, sub=SUB,
+                        allow_log=REDIS_ERRORS)
+        deadline = time.monotonic() + 20
+        while "reading the channels' older events" not in b.log_text():
+            assert time.monotonic() < deadline, b.log_text()[-2000:]
+            await asyncio.sleep(0.02)
+        trim_log_before(r, tail)
+        await wait_in_sync(b, timeout=30)
+        assert "events of" in b.log_text()  # the back-fill ran to its end
+        s = await a.stream("c5", headers={"Last-Event-ID": old[1]})
+        assert await read_events(s, 1, 10) == [(m_id, "M")]
+        await assert_gap(b, "c5", old[1])
+        # From M on, nothing is missing on either.
+        s = await b.stream("c5", headers={"Last-Event-ID": m_id})
+        live = await a.publish_ok("c5", "after")
+        assert await read_events(s, 1, 10) == [(live, "after")]
+    finally:
+        proxy.close()
