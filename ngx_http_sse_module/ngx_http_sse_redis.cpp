@@ -2904,6 +2904,45 @@ static const char ngx_http_sse_redis_backfill_lua[] =
     "end\n"
     "return {e, t, more, fid, fp, ft}\n";
 
+// One entry of a channel's stream or of the zone's log ("SEQ-1" and its
+// fields c, l, t, d, p) as an event of the epoch being synced, *prev its
+// channel's previous seq (streams only; 0 otherwise); false when the
+// reply is no entry.
+static bool ngx_http_sse_redis_entry(ngx_http_sse_redis_worker_t *rw,
+                                     redisReply *e,
+                                     ngx_http_sse_redis_event_t &ev,
+                                     uint64_t *prev) {
+    if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 ||
+        e->element[0]->type != REDIS_REPLY_STRING ||
+        e->element[1]->type != REDIS_REPLY_ARRAY) {
+        return false;
+    }
+    ev.epoch = rw->sync_epoch;
+    ev.seq = ngx_http_sse_redis_u64(e->element[0]->str,
+                                    strcspn(e->element[0]->str, "-"));
+    ev.lost = 0;
+    ev.buffer_length = 100;
+    ev.ttl = 3600000;
+    *prev = 0;
+    redisReply *kv = e->element[1];
+    for (size_t k = 0; k + 1 < kv->elements; k += 2) {
+        std::string_view key(kv->element[k]->str, kv->element[k]->len);
+        redisReply *val = kv->element[k + 1];
+        if (key == "c") {
+            ev.channel.assign(val->str, val->len);
+        } else if (key == "p") {
+            *prev = ngx_http_sse_redis_u64(val);
+        } else if (key == "l") {
+            ev.buffer_length = (uint32_t)ngx_http_sse_redis_u64(val);
+        } else if (key == "t") {
+            ev.ttl = (ngx_msec_t)ngx_http_sse_redis_u64(val);
+        } else if (key == "d") {
+            ev.body.assign(val->str, val->len);
+        }
+    }
+    return true;
+}
+
 struct ngx_http_sse_redis_backfill_t {
     uint64_t gen;   // the sync it belongs to
     uint64_t from;  // the zone's seq: entries past it, up to `to`
@@ -3101,36 +3140,11 @@ static void ngx_http_sse_redis_backfill_reply(ngx_http_sse_redis_conn_t *rc,
     redisReply *page = r->element[1];
     uint64_t oldest = ch.evs.empty() ? cmd->end + 1 : ch.evs.back().seq;
     for (size_t i = 0; i < page->elements; i++) {
-        redisReply *e = page->element[i];
-        if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 ||
-            e->element[0]->type != REDIS_REPLY_STRING ||
-            e->element[1]->type != REDIS_REPLY_ARRAY) {
-            continue;
-        }
         ngx_http_sse_redis_event_t ev;
-        ev.epoch = rw->sync_epoch;
-        ev.seq = ngx_http_sse_redis_u64(e->element[0]->str,
-                                        strcspn(e->element[0]->str, "-"));
-        if (ev.seq <= b->from || ev.seq >= oldest || ev.seq <= rw->sync_epoch) {
+        uint64_t p;
+        if (!ngx_http_sse_redis_entry(rw, page->element[i], ev, &p) ||
+            ev.seq <= b->from || ev.seq >= oldest || ev.seq <= rw->sync_epoch) {
             continue;  // out of the range asked (or an older epoch's)
-        }
-        ev.lost = 0;
-        ev.buffer_length = 100;
-        ev.ttl = 3600000;
-        uint64_t p = 0;
-        redisReply *kv = e->element[1];
-        for (size_t f = 0; f + 1 < kv->elements; f += 2) {
-            std::string_view key(kv->element[f]->str, kv->element[f]->len);
-            redisReply *val = kv->element[f + 1];
-            if (key == "p") {
-                p = ngx_http_sse_redis_u64(val);
-            } else if (key == "l") {
-                ev.buffer_length = (uint32_t)ngx_http_sse_redis_u64(val);
-            } else if (key == "t") {
-                ev.ttl = (ngx_msec_t)ngx_http_sse_redis_u64(val);
-            } else if (key == "d") {
-                ev.body.assign(val->str, val->len);
-            }
         }
         if (ev.buffer_length == 0) {
             continue;  // no stream entry is a delete; never taken as one
@@ -3349,10 +3363,6 @@ static void ngx_http_sse_redis_hole(ngx_http_sse_redis_worker_t *rw,
             s->mark_gone_unheld(to);
             s->skip_to(to);
         }
-        // The zone holds history now (the back-fill's): a further hole
-        // in this sync (the log trimmed on while the back-fill ran) is a
-        // loss to mark, channel by channel, not where history starts.
-        rw->fresh = false;
         ngx_http_sse_redis_log_page(rw);
         return;
     }
@@ -3461,35 +3471,11 @@ static void ngx_http_sse_redis_log_reply(ngx_http_sse_redis_conn_t *rc,
     std::vector<ngx_http_sse_redis_event_t> evs;
     evs.reserve(page->elements);
     for (size_t i = 0; i < page->elements; i++) {
-        redisReply *e = page->element[i];
-        if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 ||
-            e->element[0]->type != REDIS_REPLY_STRING ||
-            e->element[1]->type != REDIS_REPLY_ARRAY) {
-            continue;
-        }
         ngx_http_sse_redis_event_t ev;
-        ev.epoch = rw->sync_epoch;
-        ev.seq = ngx_http_sse_redis_u64(e->element[0]->str,
-                                        strcspn(e->element[0]->str, "-"));
-        ev.lost = 0;
-        ev.buffer_length = 100;
-        ev.ttl = 3600000;
-        if (ev.seq <= rw->sync_epoch) {
+        uint64_t prev;
+        if (!ngx_http_sse_redis_entry(rw, page->element[i], ev, &prev) ||
+            ev.seq <= rw->sync_epoch) {
             continue;  // an older epoch's: never under this epoch's ids
-        }
-        redisReply *kv = e->element[1];
-        for (size_t k = 0; k + 1 < kv->elements; k += 2) {
-            std::string_view key(kv->element[k]->str, kv->element[k]->len);
-            redisReply *val = kv->element[k + 1];
-            if (key == "c") {
-                ev.channel.assign(val->str, val->len);
-            } else if (key == "l") {
-                ev.buffer_length = (uint32_t)ngx_http_sse_redis_u64(val);
-            } else if (key == "t") {
-                ev.ttl = (ngx_msec_t)ngx_http_sse_redis_u64(val);
-            } else if (key == "d") {
-                ev.body.assign(val->str, val->len);
-            }
         }
         if (rw->check_newest) {
             rw->check_newest = false;
