@@ -425,7 +425,9 @@ struct ngx_http_sse_redis_worker_t {
     ngx_log_t quiet_log;     // nginx's own connect errors of probes
     ngx_log_t cert_log;      // nginx's [crit] of a refused client (cert_asked)
     std::string told;        // an error logged once: not again on close
-    std::string keys[6];     // epoch seq chans bus, the stream prefix, log
+    // epoch seq chans bus, the stream prefix, log, and the counts' alive
+    // and per-channel prefix (the names ngx_http_sse_redis_count.cpp uses)
+    std::string keys[8];
     ngx_http_sse_redis_conn_t cmd;
     ngx_http_sse_redis_conn_t bus;
     ngx_http_sse_redis_conn_t ask;       // to the node of an ASK
@@ -3727,6 +3729,8 @@ void ngx_http_sse_redis_worker_init(ngx_http_sse_zone_worker_t *zw) {
     rw->keys[3] = p + ":bus";
     rw->keys[4] = p + ":ch:";
     rw->keys[5] = p + ":log";
+    rw->keys[6] = p + ":alive";
+    rw->keys[7] = p + ":subs:";
     ngx_http_sse_redis_conn_init(&rw->cmd, rw, "command");
     ngx_http_sse_redis_conn_init(&rw->bus, rw, "bus");
     ngx_http_sse_redis_conn_init(&rw->ask, rw, "ASK");
@@ -4177,20 +4181,20 @@ static void ngx_http_sse_redis_publish_send(ngx_http_sse_redis_publish_t *p) {
         epoch = std::to_string(sse::store::peek_epoch(root));
         seq = std::to_string(sse::store::peek_seq(root));
     }
-    // The zone's liveness hash and this machine's id, for the counts of
-    // the answers (NGX_HTTP_SSE_REDIS_COUNT_LUA).
-    std::string alive = *rw->conf->prefix + ":alive";
+    // The zone's liveness hash (keys[6]) and this machine's id, for the
+    // counts of the answers (NGX_HTTP_SSE_REDIS_COUNT_LUA).
     const std::string &me = ngx_http_sse_redis_count_me(rw->zw);
     if (p->remove) {
         // Rare: sent whole, no script cache to keep.
         ngx_http_sse_redis_item_t *it = p->items[0].get();
         std::string stream = rw->keys[4] + it->channel;
-        std::string subs = *rw->conf->prefix + ":subs:" + it->channel;
+        std::string subs = rw->keys[7] + it->channel;
         ngx_http_sse_redis_send(
             &rw->cmd,
             {"EVAL", ngx_http_sse_redis_delete_lua, "8", rw->keys[0],
              rw->keys[1], stream, rw->keys[2], rw->keys[3], rw->keys[5], subs,
-             alive, epoch, seq, it->channel, me, ngx_http_sse_redis_fence(rw)},
+             rw->keys[6], epoch, seq, it->channel, me,
+             ngx_http_sse_redis_fence(rw)},
             ngx_http_sse_redis_publish_reply, p);
         return;
     }
@@ -4203,7 +4207,7 @@ static void ngx_http_sse_redis_publish_send(ngx_http_sse_redis_publish_t *p) {
         // Counted: the last event of a request whose answer waits for it
         // (nobody waits on the module's own publishes).
         if (it->done != NULL && !it->bodies.empty()) {
-            counts.push_back(*rw->conf->prefix + ":subs:" + it->channel);
+            counts.push_back(rw->keys[7] + it->channel);
             at.push_back(std::to_string(6 + p->events + counts.size()));
         } else {
             at.emplace_back("0");
@@ -4217,7 +4221,7 @@ static void ngx_http_sse_redis_publish_send(ngx_http_sse_redis_publish_t *p) {
                  p->eval ? std::string_view(ngx_http_sse_redis_publish_lua)
                          : std::string_view(rw->sha),
                  numkeys, rw->keys[0], rw->keys[1], rw->keys[2], rw->keys[3],
-                 rw->keys[5], alive});
+                 rw->keys[5], rw->keys[6]});
     for (size_t k = 0; k < p->items.size(); k++) {
         args.insert(args.end(), p->items[k]->bodies.size(), streams[k]);
     }
