@@ -133,16 +133,22 @@ static std::string ngx_http_sse_status_prometheus(
         "# HELP sse_build_info The module's version.\n"
         "# TYPE sse_build_info gauge\n"
         "sse_build_info{version=\"" NGX_HTTP_SSE_VERSION "\"} 1\n";
-    auto metric = [&](const char *name, const char *type, const char *help,
-                      auto value) {
+    using fig = ngx_http_sse_zone_figures_t;
+    // One family: its HELP and TYPE, then a line for each zone `when` holds.
+    auto family = [&](const char *name, const char *type, const char *help,
+                      auto when, auto value) {
         t += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name +
              " " + type + "\n";
         for (const auto &f : zones) {
-            t += std::string(name) + "{zone=\"" + f.name + "\"} " +
-                 std::to_string(value(f)) + "\n";
+            if (when(f)) {
+                t += std::string(name) + "{zone=\"" + f.name + "\"} " +
+                     std::to_string(value(f)) + "\n";
+            }
         }
     };
-    using fig = ngx_http_sse_zone_figures_t;
+    auto every = [](const fig &) { return true; };
+    auto metric = [&](const char *name, const char *type, const char *help,
+                      auto value) { family(name, type, help, every, value); };
     metric("sse_channels", "gauge", "Channels in the zone.",
            [](const fig &f) { return f.channels; });
     metric("sse_subscribers", "gauge",
@@ -194,16 +200,10 @@ static std::string ngx_http_sse_status_prometheus(
                  "\n";
         }
     }
+    auto redis = [](const fig &f) { return f.redis.redis; };
     auto redis_metric = [&](const char *name, const char *type,
                             const char *help, auto value) {
-        t += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name +
-             " " + type + "\n";
-        for (const auto &f : zones) {
-            if (f.redis.redis) {
-                t += std::string(name) + "{zone=\"" + f.name + "\"} " +
-                     std::to_string(value(f)) + "\n";
-            }
-        }
+        family(name, type, help, redis, value);
     };
     redis_metric("sse_redis_reconnects_total", "counter",
                  "Times the Redis bus was lost or failed to connect.",
@@ -218,43 +218,30 @@ static std::string ngx_http_sse_status_prometheus(
                  "Mean round trip of a publish to Redis.",
                  [](const fig &f) { return f.redis.rtt_avg_us / 1e6; });
     // Subscriber counts across machines (only once the zone has them).
-    auto count_metric = [&](const char *name, const char *type,
-                            const char *help, auto value) {
-        t += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name +
-             " " + type + "\n";
-        for (const auto &f : zones) {
-            if (f.counts.on && value(f) != "") {
-                t += std::string(name) + "{zone=\"" + f.name + "\"} " +
-                     value(f) + "\n";
-            }
-        }
-    };
-    count_metric("sse_redis_count_pushes_total", "counter",
-                 "Pushes of this machine's subscriber counts to Redis.",
-                 [](const fig &f) { return std::to_string(f.counts.pushes); });
-    count_metric(
-        "sse_redis_count_push_errors_total", "counter",
-        "Pushes of subscriber counts that failed (retried).",
-        [](const fig &f) { return std::to_string(f.counts.push_errors); });
-    count_metric("sse_redis_count_pending", "gauge",
-                 "Channels whose count changed and is not in Redis yet.",
-                 [](const fig &f) { return std::to_string(f.counts.pending); });
-    count_metric(
+    auto counts = [](const fig &f) { return f.counts.on; };
+    family("sse_redis_count_pushes_total", "counter",
+           "Pushes of this machine's subscriber counts to Redis.", counts,
+           [](const fig &f) { return f.counts.pushes; });
+    family("sse_redis_count_push_errors_total", "counter",
+           "Pushes of subscriber counts that failed (retried).", counts,
+           [](const fig &f) { return f.counts.push_errors; });
+    family("sse_redis_count_pending", "gauge",
+           "Channels whose count changed and is not in Redis yet.", counts,
+           [](const fig &f) { return f.counts.pending; });
+    family(
         "sse_redis_count_push_age_seconds", "gauge",
-        "Time since the counts were last pushed to Redis.", [](const fig &f) {
-            return f.counts.last_push_ms_ago < 0
-                       ? std::string()
-                       : std::to_string(f.counts.last_push_ms_ago / 1e3);
-        });
+        "Time since the counts were last pushed to Redis.",
+        [](const fig &f) {
+            return f.counts.on && f.counts.last_push_ms_ago >= 0;
+        },
+        [](const fig &f) { return f.counts.last_push_ms_ago / 1e3; });
     auto sentinel_metric = [&](const char *name, const char *help, auto value) {
-        t += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name +
-             " gauge\n";
-        for (const auto &f : zones) {
-            if (f.redis.sentinels != 0 && value(f) >= 0) {
-                t += std::string(name) + "{zone=\"" + f.name + "\"} " +
-                     std::to_string(value(f)) + "\n";
-            }
-        }
+        family(
+            name, "gauge", help,
+            [&](const fig &f) {
+                return f.redis.sentinels != 0 && value(f) >= 0;
+            },
+            value);
     };
     sentinel_metric(
         "sse_redis_sentinels_answered",
