@@ -23,7 +23,7 @@
 //                      and a new machine's back-fill)
 //   {sse:NAME}:bus     the pub/sub channel: "EPOCH SEQ PREV L T LEN ID" BODY
 //   {sse:NAME}:log     a stream of the zone's newest events, all channels
-//                      (entry id SEQ-1, fields c, l, t, d): a machine that
+//                      (entry id SEQ-1, fields c, p, l, t, d): a machine that
 //                      missed some (outage, bus worker restarted) repairs
 //                      from it exactly, however short the channels' streams
 //
@@ -221,7 +221,7 @@ static const char ngx_http_sse_redis_publish_lua[] =
     "  redis.call('XADD', KEYS[5], 'MAXLEN', "
     "'~', " NGX_HTTP_SSE_REDIS_LOG_LENGTH
     ",\n"
-    "             sid .. '-1', 'c', c, 'l', l, 't', t, 'd', d)\n"
+    "             sid .. '-1', 'c', c, 'p', p, 'l', l, 't', t, 'd', d)\n"
     "  redis.call('PUBLISH', KEYS[4], e .. ' ' .. sid .. ' ' .. p .. ' ' ..\n"
     "             l .. ' ' .. t .. ' ' .. #c .. ' ' .. c .. d)\n"
     "  local ck = KEYS[tonumber(ARGV[a + 4])]\n"
@@ -376,7 +376,10 @@ struct ngx_http_sse_redis_conn_t {
 struct ngx_http_sse_redis_event_t {
     uint64_t epoch;
     uint64_t seq;
-    uint64_t lost;           // nonzero: the channel's events up to it are gone
+    uint64_t lost;  // nonzero: the channel's events up to it are gone
+    // Nonzero: the channel's previous seq by Redis (the log's entries in a
+    // new machine's sync), checked against what the zone holds.
+    uint64_t prev = 0;
     uint32_t buffer_length;  // 0: the channel was deleted (no body)
     ngx_msec_t ttl;
     std::string channel;
@@ -453,6 +456,7 @@ struct ngx_http_sse_redis_worker_t {
                             // hole, only where this machine's history starts
     uint64_t hole_to;       // a hole in the log being marked gone, up to
     std::string hole_min;   // where its next page of :chans starts
+    std::string hole_max;   // and ends
     uint64_t stall_seq;     // the zone's seq when the bus last had a hole
     ngx_event_t commit_ev;  // commits what the bus said, once per burst
     std::string sha;        // of the publish script
@@ -2476,7 +2480,15 @@ static void ngx_http_sse_redis_commit(
                 s->skip_to(ev.seq);
                 continue;
             }
-            sse::channel *ch = s->find_or_create(ev.channel, now);
+            sse::channel *ch = ev.prev != 0 ? s->find(ev.channel) : NULL;
+            if (ch != NULL) {
+                // Held here: its previous event trimmed off the log under a
+                // new machine's reader is a gap, not a silent skip.
+                s->note_prev(ch, ev.prev);
+            }
+            if (ch == NULL) {
+                ch = s->find_or_create(ev.channel, now);
+            }
             if (ch == NULL) {
                 s->abandon(zw->slot, ms[i]);
                 continue;
@@ -2788,7 +2800,8 @@ static void ngx_http_sse_redis_bus_close(ngx_http_sse_redis_worker_t *rw,
 // not read it end, and resume with sse-gap), as a channel's events do
 // when the zone's memory runs out; a channel deleted in the hole (and
 // maybe made again) so never serves its old history with the new. Bounded:
-// pages of channels, no events.
+// pages of channels, no events. (A new machine's hole asks only for the
+// channels whose newest is in the hole: hole_max.)
 static void ngx_http_sse_redis_chans_page(ngx_http_sse_redis_worker_t *rw);
 
 static void ngx_http_sse_redis_chans_reply(ngx_http_sse_redis_conn_t *rc,
@@ -2835,7 +2848,7 @@ static void ngx_http_sse_redis_chans_reply(ngx_http_sse_redis_conn_t *rc,
 static void ngx_http_sse_redis_chans_page(ngx_http_sse_redis_worker_t *rw) {
     ngx_http_sse_redis_send(
         &rw->cmd,
-        {"ZRANGEBYSCORE", rw->keys[2], rw->hole_min, "+inf", "WITHSCORES",
+        {"ZRANGEBYSCORE", rw->keys[2], rw->hole_min, rw->hole_max, "WITHSCORES",
          "LIMIT", "0", std::to_string(NGX_HTTP_SSE_REDIS_CHANS_PAGE)},
         ngx_http_sse_redis_chans_reply, (void *)(uintptr_t)rw->sync_gen);
 }
@@ -3349,8 +3362,8 @@ static void ngx_http_sse_redis_backfill_commit(ngx_event_t *ev) {
 
 // The log has nothing between the zone's seq and `to` (trimmed before this
 // machine read it, or lost); the repair goes on at `at`. A fresh machine
-// (nothing held of this epoch) only starts its history there; otherwise
-// the channels that changed meanwhile are marked gone first.
+// (a new one, or a new epoch) starts the history of what it does not hold
+// there; the channels held that changed meanwhile are marked gone first.
 static void ngx_http_sse_redis_hole(ngx_http_sse_redis_worker_t *rw,
                                     uint64_t to, uint64_t at) {
     uint64_t from = rw->fetch_next - 1;
@@ -3359,22 +3372,40 @@ static void ngx_http_sse_redis_hole(ngx_http_sse_redis_worker_t *rw,
         if (ngx_http_sse_redis_backfill(rw, to, at)) {
             return;  // calls hole() again once the streams are read
         }
-        {
-            auto s = ngx_http_sse_session(rw->zw->zone);
-            // A channel made later reports a gap for resume points before.
-            s->mark_gone_unheld(to);
-            s->skip_to(to);
+        if (to <= from) {
+            {
+                auto s = ngx_http_sse_session(rw->zw->zone);
+                // A channel made later reports a gap for resume points
+                // before.
+                s->mark_gone_unheld(to);
+                s->skip_to(to);
+            }
+            ngx_http_sse_redis_log_page(rw);
+            return;
         }
-        ngx_http_sse_redis_log_page(rw);
-        return;
+        // Trimmed under this machine's reader (a busy zone, a long
+        // back-fill) after it took channels' history: those with events
+        // in the hole must not resume across them. A channel with a later
+        // event is caught by that entry's p (commit()); one whose newest
+        // is in the hole by :chans, whose scores in (from, to] are at most
+        // the hole's size, so this ends however fast the log is trimmed
+        // (all of :chans changed since `from`, as below, may not: it grows
+        // with the load).
+        ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                      "sse: zone \"%V\": redis's log was trimmed past seqs "
+                      "%uL to %uL while this machine read it: the channels "
+                      "held that changed there resume with an sse-gap",
+                      &rw->zw->zone->shm_zone->shm.name, from + 1, to);
+    } else {
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "sse: zone \"%V\": redis's log no longer holds seqs "
+                      "%uL to %uL that this machine missed: the channels "
+                      "changed meanwhile resume with an sse-gap",
+                      &rw->zw->zone->shm_zone->shm.name, from + 1, to);
     }
-    ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
-                  "sse: zone \"%V\": redis's log no longer holds seqs %uL to "
-                  "%uL that this machine missed: the channels changed "
-                  "meanwhile resume with an sse-gap",
-                  &rw->zw->zone->shm_zone->shm.name, from + 1, to);
     rw->hole_to = to;
     rw->hole_min = "(" + std::to_string(from);
+    rw->hole_max = rw->fresh ? std::to_string(to) : "+inf";
     ngx_http_sse_redis_chans_page(rw);
 }
 
@@ -3478,6 +3509,11 @@ static void ngx_http_sse_redis_log_reply(ngx_http_sse_redis_conn_t *rc,
         if (!ngx_http_sse_redis_entry(rw, page->element[i], ev, &prev) ||
             ev.seq <= rw->sync_epoch) {
             continue;  // an older epoch's: never under this epoch's ids
+        }
+        if (rw->fresh && prev > rw->sync_epoch) {
+            // A new machine's log may be trimmed under its reader: each
+            // entry says what its channel had before (see hole()).
+            ev.prev = prev;
         }
         if (rw->check_newest) {
             rw->check_newest = false;

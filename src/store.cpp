@@ -697,9 +697,15 @@ void store::drop_through(channel *c, uint64_t seq) {
     }
 }
 
-void store::skip_to(uint64_t seq) {
-    root_->seq = std::max(root_->seq, seq);
+bool store::note_prev(channel *c, uint64_t prev) {
+    if (prev <= std::max(c->last_seq, c->dropped_seq)) {
+        return false;
+    }
+    drop_through(c, prev);
+    return true;
 }
+
+void store::skip_to(uint64_t seq) { root_->seq = std::max(root_->seq, seq); }
 
 void store::mark_gone_unheld(uint64_t seq) {
     root_->orphan_dropped_seq = std::max(root_->orphan_dropped_seq, seq);

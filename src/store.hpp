@@ -331,6 +331,11 @@ public:
     // resumed nor served as initial events, so that what is served never
     // skips the missing ones silently.
     void drop_through(channel *c, uint64_t seq);
+    // Redis says c's event before the one about to be committed is `prev`:
+    // when this zone neither holds it nor knows it gone, the events in
+    // between never reached this machine (a log trimmed under its reader),
+    // so drop_through(c, prev). True when it did.
+    bool note_prev(channel *c, uint64_t prev);
     // The same for a channel not held here: one of any name made later
     // reports a gap for resume points before seq (as for a freed channel).
     void mark_gone_unheld(uint64_t seq);

@@ -14,7 +14,7 @@ import pytest
 from conftest import seq_of
 from redishelp import needs_redis, redis_conf, start_redis, wait_in_sync  # noqa: F401
 from test_redis import STATUS, REDIS_ERRORS, machines, no_event, read_events
-from test_redis_bus import load, new_epoch_unheard, status
+from test_redis_bus import DelayProxy, load, new_epoch_unheard, status
 
 pytestmark = needs_redis
 
@@ -334,3 +334,65 @@ async def test_many_small_channels_are_back_filled(start_nginx, start_redis):
         got = await s.events(1, timeout=10)
         assert got[0].event is None and got[0].data == "x" * 16, (ch, got)
 
+
+@pytest.mark.timeout_s(90)
+async def test_log_trimmed_under_the_back_fill_gives_gaps_not_skips(
+        start_nginx, start_redis):
+    # The new machine reads x's and y's first events from their streams
+    # (older than the log), over a slow link (0.25 s a round trip). While
+    # it does, the log is trimmed past x's and y's next events (a busy
+    # zone trims it so). Those events are then in neither what it read nor
+    # the log: x (which has an event after) and y (which has not) resume
+    # from their back-filled events with an sse-gap, and serve no initial
+    # events across the missing one. Before, the machine skipped the
+    # trimmed entries and served x1 then x-late, and y1 as y's newest.
+    r = start_redis()
+    (a,) = await machines(start_nginx, r, 1, sub=SUB)
+    # Channels older than the log: the back-fill takes a dozen round trips.
+    await load(a, 200, 2, 20, prefix="c")
+    x = [(await a.publish_ok("x", f"x{i}"), f"x{i}") for i in range(2)]
+    y = [(await a.publish_ok("y", f"y{i}"), f"y{i}") for i in range(2)]
+    await a.publish_ok("c7", "c7-late")
+    trim_log_before(r, await a.publish_ok("tail", "t"))
+    x_missed = (await a.publish_ok("x", "x-missed"), "x-missed")
+    y_missed = (await a.publish_ok("y", "y-missed"), "y-missed")
+    keep = await a.publish_ok("f", "kept")
+    x_late = (await a.publish_ok("x", "x-late"), "x-late")
+    proxy = await DelayProxy(r.port, 0.25).start()
+    try:
+        b = start_nginx(zone=redis_conf(f"redis://127.0.0.1:{proxy.port}",
+                                        extra=" redis_timeout=5s"),
+                        sub_locations=STATUS, sub=SUB,
+                        allow_log=REDIS_ERRORS)
+        deadline = time.monotonic() + 20
+        while "reading the channels' older events" not in b.log_text():
+            assert time.monotonic() < deadline, b.log_text()[-2000:]
+            await asyncio.sleep(0.02)
+        trim_log_before(r, keep)
+        # Trimmed while the back-fill was still reading, or the test shows
+        # nothing.
+        assert "channels read from" not in b.log_text()
+        await wait_in_sync(b, timeout=30)
+        assert "was trimmed past seqs" in b.log_text()
+        # The machine up all along has it all.
+        s = await a.stream("x", headers={"Last-Event-ID": x[1][0]})
+        assert await read_events(s, 2, 10) == [x_missed, x_late]
+        await assert_gap(b, "x", x[1][0])
+        await assert_gap(b, "y", y[0][0])
+        s = await b.stream("x")
+        assert await read_events(s, 1, 10) == [x_late]
+        await no_event(s, 0.2)
+        s = await b.stream("y")
+        await no_event(s, 0.2)
+        # After the missing events: exact. A channel with no event in the
+        # hole keeps its history whole.
+        s = await b.stream("x", headers={"Last-Event-ID": x_missed[0]})
+        assert await read_events(s, 1, 10) == [x_late]
+        s = await b.stream("c7")
+        assert [d for _, d in await read_events(s, 3, 10)][2] == "c7-late"
+        # And live events go on after them.
+        s = await b.stream("y", headers={"Last-Event-ID": y_missed[0]})
+        new = await a.publish_ok("y", "y-new")
+        assert await read_events(s, 1, 10) == [(new, "y-new")]
+    finally:
+        proxy.close()

@@ -231,6 +231,37 @@ TEST(StoreExternal, DropThroughTakesEventsOutOfHistory) {
     EXPECT_EQ(s->check(), "");
 }
 
+TEST(StoreExternal, NotePrevDropsHistoryOnlyAcrossAnUnseenEvent) {
+    ext_zone z;
+    z.at("a", 100);
+    z.at("a", 101);
+    {
+        sse::session s = z.open();
+        // 101 is held: nothing missing, nothing dropped.
+        EXPECT_FALSE(s->note_prev(s->find("a"), 101));
+        EXPECT_FALSE(s->note_prev(s->find("a"), 100));
+    }
+    sse::catch_up_result res;
+    EXPECT_EQ(z.resume("a", "7-100", &res), (std::vector<uint64_t>{101}));
+    EXPECT_EQ(res.gap, sse::gap_reason::none);
+    {
+        // 103 never reached this zone: 100 and 101 are no longer served as
+        // if nothing followed them, and resumes before 103 see a gap.
+        sse::session s = z.open();
+        EXPECT_TRUE(s->note_prev(s->find("a"), 103));
+        // Known gone now: said once.
+        EXPECT_FALSE(s->note_prev(s->find("a"), 103));
+    }
+    z.at("a", 106);
+    EXPECT_EQ(z.resume("a", "", &res), (std::vector<uint64_t>{106}));
+    z.resume("a", "7-101", &res);
+    EXPECT_EQ(res.gap, sse::gap_reason::evicted);
+    EXPECT_EQ(z.resume("a", "7-103", &res), (std::vector<uint64_t>{106}));
+    EXPECT_EQ(res.gap, sse::gap_reason::none);
+    sse::session s = z.open();
+    EXPECT_EQ(s->check(), "");
+}
+
 TEST(StoreExternal, MakeKnownStartsAChannelsHistoryWhereItsOwnStarts) {
     // A new machine's zone: resume points before 50 are a gap for any
     // channel made later, but "k" is known to have had nothing after 40
