@@ -452,8 +452,8 @@ struct ngx_http_sse_redis_worker_t {
     uint64_t sync_epoch;
     uint64_t sync_seq;      // Redis's newest when we subscribed
     bool check_newest;      // the log's first entry is our newest: compare
-    bool fresh;             // nothing held of sync_epoch: a trimmed log is no
-                            // hole, only where this machine's history starts
+    bool fresh;             // a new machine (or epoch): a trimmed log starts
+                            // the history of the channels not held yet
     uint64_t hole_to;       // a hole in the log being marked gone, up to
     std::string hole_min;   // where its next page of :chans starts
     std::string hole_max;   // and ends
@@ -479,6 +479,9 @@ struct ngx_http_sse_redis_worker_t {
     // streams (NULL: none under way); backfill_gen: the sync it ran in.
     ngx_http_sse_redis_backfill_t *backfill;
     uint64_t backfill_gen;
+    // The zone's seq when a back-fill just committed began, when the zone
+    // held events of the epoch then (0: none): hole() checks what it held.
+    uint64_t backfill_held;
 };
 
 static uint64_t ngx_http_sse_redis_now_us() {
@@ -2569,6 +2572,7 @@ static bool ngx_http_sse_redis_parse_message(const char *p, size_t len,
     ev.epoch = f[0];
     ev.seq = f[1];
     ev.lost = 0;
+    ev.prev = f[2];
     ev.buffer_length = (uint32_t)ngx_min(f[3], (uint64_t)UINT32_MAX);
     ev.ttl = (ngx_msec_t)f[4];
     ev.channel.assign(p + i, f[5]);
@@ -2587,6 +2591,10 @@ static void ngx_http_sse_redis_on_message(ngx_http_sse_redis_worker_t *rw,
                       "\"%V\", ignored",
                       &rw->zw->zone->shm_zone->shm.name);
         return;
+    }
+    if (rw->bus_state == NGX_HTTP_SSE_REDIS_UP || !rw->fresh ||
+        ev.epoch != rw->sync_epoch || ev.prev <= rw->sync_epoch) {
+        ev.prev = 0;  // checked only where a new machine's log is trimmed
     }
     rw->heard_bytes += ev.body.size();
     rw->heard.push_back(std::move(ev));
@@ -2828,7 +2836,13 @@ static void ngx_http_sse_redis_chans_reply(ngx_http_sse_redis_conn_t *rc,
             sse::channel *ch = s->find(std::string_view(c->str, c->len));
             if (ch != NULL) {
                 uint64_t newest = (uint64_t)strtod(sc->str, NULL);
-                s->drop_through(ch, ngx_min(newest, rw->hole_to));
+                if (rw->fresh) {
+                    // Its newest is in the hole (hole_max): missing
+                    // unless a back-fill read it.
+                    s->note_prev(ch, newest);
+                } else {
+                    s->drop_through(ch, ngx_min(newest, rw->hole_to));
+                }
             }
             rw->hole_min = "(" + std::string(sc->str, sc->len);
         }
@@ -2921,8 +2935,8 @@ static const char ngx_http_sse_redis_backfill_lua[] =
 
 // One entry of a channel's stream or of the zone's log ("SEQ-1" and its
 // fields c, l, t, d, p) as an event of the epoch being synced, *prev its
-// channel's previous seq (streams only; 0 otherwise); false when the
-// reply is no entry.
+// channel's previous seq (0: none, or an entry older than p); false when
+// the reply is no entry.
 static bool ngx_http_sse_redis_entry(ngx_http_sse_redis_worker_t *rw,
                                      redisReply *e,
                                      ngx_http_sse_redis_event_t &ev,
@@ -3350,6 +3364,7 @@ static void ngx_http_sse_redis_backfill_commit(ngx_event_t *ev) {
             return;
         }
         uint64_t to = b->to, at = b->at;
+        rw->backfill_held = b->from > rw->sync_epoch ? b->from : 0;
         ngx_http_sse_redis_backfill_free(rw);
         // The channels not read start their history at the log, and the
         // log goes on (backfill_gen: no second back-fill).
@@ -3372,6 +3387,19 @@ static void ngx_http_sse_redis_hole(ngx_http_sse_redis_worker_t *rw,
         if (ngx_http_sse_redis_backfill(rw, to, at)) {
             return;  // calls hole() again once the streams are read
         }
+        // Held channels with events in the hole must not resume across
+        // them: those held before a back-fill that it did not read (over
+        // its bound, or deleted), and those held when the log was trimmed
+        // under this machine's reader (a busy zone, a long back-fill). A
+        // channel with a later event is caught by that entry's p
+        // (commit()); one whose newest is in the hole by :chans, whose
+        // scores in (from, to] are at most the hole's size, so this ends
+        // however fast the log is trimmed (all of :chans changed since
+        // `from`, as below, may not: it grows with the load).
+        if (rw->backfill_held != 0) {
+            from = ngx_min(from, rw->backfill_held);
+            rw->backfill_held = 0;
+        }
         if (to <= from) {
             {
                 auto s = ngx_http_sse_session(rw->zw->zone);
@@ -3383,18 +3411,11 @@ static void ngx_http_sse_redis_hole(ngx_http_sse_redis_worker_t *rw,
             ngx_http_sse_redis_log_page(rw);
             return;
         }
-        // Trimmed under this machine's reader (a busy zone, a long
-        // back-fill) after it took channels' history: those with events
-        // in the hole must not resume across them. A channel with a later
-        // event is caught by that entry's p (commit()); one whose newest
-        // is in the hole by :chans, whose scores in (from, to] are at most
-        // the hole's size, so this ends however fast the log is trimmed
-        // (all of :chans changed since `from`, as below, may not: it grows
-        // with the load).
         ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
-                      "sse: zone \"%V\": redis's log was trimmed past seqs "
-                      "%uL to %uL while this machine read it: the channels "
-                      "held that changed there resume with an sse-gap",
+                      "sse: zone \"%V\": redis's log no longer holds seqs "
+                      "%uL to %uL (trimmed while this machine read it, or "
+                      "lost): the channels held that changed there resume "
+                      "with an sse-gap",
                       &rw->zw->zone->shm_zone->shm.name, from + 1, to);
     } else {
         ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
@@ -3604,6 +3625,7 @@ static void ngx_http_sse_redis_sync_reply(ngx_http_sse_redis_conn_t *rc,
         seq = s->seq();
         rw->fetch_from = seq;
         rw->fresh = adopted || s->external() != 2;
+        rw->backfill_held = 0;
         // Same epoch: the newest event we hold must be Redis's too.
         rw->check_newest = !adopted && !older && seq > epoch;
     }

@@ -32,9 +32,12 @@ def trim_log_before(r, event_id):
     assert first.split()[0] == f"{seq_of(event_id)}-1", first
 
 
-def new_machine(start_nginx, r, size="16m", allow_log=()):
-    return start_nginx(zone=redis_conf(r.url, size=size),
-                       sub_locations=STATUS, sub=SUB,
+def new_machine(start_nginx, r, size="16m", allow_log=(), via=None):
+    """A machine of Redis r, or of it through a DelayProxy `via` (a slow
+    link: commands wait up to 5 s)."""
+    zone = redis_conf(r.url, size=size) if via is None else redis_conf(
+        f"redis://127.0.0.1:{via.port}", size=size, extra=" redis_timeout=5s")
+    return start_nginx(zone=zone, sub_locations=STATUS, sub=SUB,
                        allow_log=list(allow_log) + REDIS_ERRORS)
 
 
@@ -360,10 +363,7 @@ async def test_log_trimmed_under_the_back_fill_gives_gaps_not_skips(
     x_late = (await a.publish_ok("x", "x-late"), "x-late")
     proxy = await DelayProxy(r.port, 0.25).start()
     try:
-        b = start_nginx(zone=redis_conf(f"redis://127.0.0.1:{proxy.port}",
-                                        extra=" redis_timeout=5s"),
-                        sub_locations=STATUS, sub=SUB,
-                        allow_log=REDIS_ERRORS)
+        b = new_machine(start_nginx, r, via=proxy)
         deadline = time.monotonic() + 20
         while "reading the channels' older events" not in b.log_text():
             assert time.monotonic() < deadline, b.log_text()[-2000:]
@@ -373,7 +373,7 @@ async def test_log_trimmed_under_the_back_fill_gives_gaps_not_skips(
         # nothing.
         assert "channels read from" not in b.log_text()
         await wait_in_sync(b, timeout=30)
-        assert "was trimmed past seqs" in b.log_text()
+        assert "(trimmed while this machine read it, or lost)" in b.log_text()
         # The machine up all along has it all.
         s = await a.stream("x", headers={"Last-Event-ID": x[1][0]})
         assert await read_events(s, 2, 10) == [x_missed, x_late]
@@ -394,5 +394,49 @@ async def test_log_trimmed_under_the_back_fill_gives_gaps_not_skips(
         s = await b.stream("y", headers={"Last-Event-ID": y_missed[0]})
         new = await a.publish_ok("y", "y-new")
         assert await read_events(s, 1, 10) == [(new, "y-new")]
+    finally:
+        proxy.close()
+
+
+@pytest.mark.timeout_s(90)
+async def test_log_trimmed_under_a_first_read_marks_what_was_held(
+        start_nginx, start_redis):
+    # A young zone: the new machine's log starts at the epoch, so it reads
+    # it from there, no back-fill, and takes y's events from its first
+    # page. Then the log is trimmed past y's delete, which the machine has
+    # not read: the back-fill that follows reads the streams from there
+    # and finds none for y. y held must not keep serving y0 and y1 as if
+    # nothing had happened since (before: it did, initial events and
+    # resume, while every other machine had deleted it).
+    r = start_redis()
+    (a,) = await machines(start_nginx, r, 1, sub=SUB)
+    y = [(await a.publish_ok("y", f"y{i}"), f"y{i}") for i in range(2)]
+    # About six pages of the log between y's events and its delete.
+    await load(a, 15, 100, 16, prefix="f")
+    assert (await a.pub_http("DELETE", "/publish/y")).status == 200
+    keep = await a.publish_ok("g", "kept")
+    await load(a, 15, 100, 16, prefix="h")
+    proxy = await DelayProxy(r.port, 0.25).start()
+    try:
+        b = new_machine(start_nginx, r, via=proxy)
+        deadline = time.monotonic() + 20
+        while True:
+            st = (await b.sub_http("GET", "/sse-status")).json()["zones"][0]
+            if seq_of(st.get("last_id") or "0-0") >= seq_of(y[1][0]):
+                break
+            assert time.monotonic() < deadline, st
+            await asyncio.sleep(0.01)
+        trim_log_before(r, keep)
+        await wait_in_sync(b, timeout=30)
+        assert "reading the channels' older events" in b.log_text()
+        # The machine never heard of the delete (trimmed before it read
+        # it), or the test shows nothing: y is still a channel there.
+        assert (await b.info("y")).status == 200
+        await assert_gap(b, "y", y[0][0])
+        s = await b.stream("y")
+        await no_event(s, 0.2)
+        # g after the hole: whole.
+        s = await b.stream("g")
+        assert await read_events(s, 1, 10) == [(keep, "kept")]
     finally:
         proxy.close()
