@@ -2498,8 +2498,10 @@ static void ngx_http_sse_redis_commit(
             }
             if (ev.lost != 0) {
                 // The channel's events up to it never reached this machine
-                // and Redis no longer has them.
-                s->mark_gone(ch, ev.lost);
+                // and Redis no longer has them: what is held from before
+                // them (a channel taken from the log, then back-filled
+                // past a hole) is not served with what follows.
+                s->drop_through(ch, ev.lost);
             }
             // The length and ttl are Redis's business: keep what its
             // stream keeps, with the zone's defaults for expiry.
@@ -3396,6 +3398,7 @@ static void ngx_http_sse_redis_hole(ngx_http_sse_redis_worker_t *rw,
         // scores in (from, to] are at most the hole's size, so this ends
         // however fast the log is trimmed (all of :chans changed since
         // `from`, as below, may not: it grows with the load).
+        uint64_t trimmed = from;
         if (rw->backfill_held != 0) {
             from = ngx_min(from, rw->backfill_held);
             rw->backfill_held = 0;
@@ -3411,12 +3414,14 @@ static void ngx_http_sse_redis_hole(ngx_http_sse_redis_worker_t *rw,
             ngx_http_sse_redis_log_page(rw);
             return;
         }
-        ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
-                      "sse: zone \"%V\": redis's log no longer holds seqs "
-                      "%uL to %uL (trimmed while this machine read it, or "
-                      "lost): the channels held that changed there resume "
-                      "with an sse-gap",
-                      &rw->zw->zone->shm_zone->shm.name, from + 1, to);
+        if (trimmed < to) {  // (else what a back-fill read is checked)
+            ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                          "sse: zone \"%V\": redis's log no longer holds "
+                          "seqs %uL to %uL (trimmed while this machine read "
+                          "it, or lost): the channels held that changed "
+                          "there resume with an sse-gap",
+                          &rw->zw->zone->shm_zone->shm.name, trimmed + 1, to);
+        }
     } else {
         ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
                       "sse: zone \"%V\": redis's log no longer holds seqs "

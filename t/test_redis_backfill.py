@@ -411,9 +411,14 @@ async def test_log_trimmed_under_a_first_read_marks_what_was_held(
     r = start_redis()
     (a,) = await machines(start_nginx, r, 1, sub=SUB)
     y = [(await a.publish_ok("y", f"y{i}"), f"y{i}") for i in range(2)]
+    x = [(await a.publish_ok("x", f"x{i}"), f"x{i}") for i in range(2)]
     # About six pages of the log between y's events and its delete.
     await load(a, 15, 100, 16, prefix="f")
     assert (await a.pub_http("DELETE", "/publish/y")).status == 200
+    # x deleted and made again in the hole too: the back-fill reads the
+    # new x, which must not be served after the old one's events.
+    assert (await a.pub_http("DELETE", "/publish/x")).status == 200
+    x_new = [(await a.publish_ok("x", f"n{i}"), f"n{i}") for i in range(2)]
     keep = await a.publish_ok("g", "kept")
     await load(a, 15, 100, 16, prefix="h")
     proxy = await DelayProxy(r.port, 0.25).start()
@@ -435,6 +440,10 @@ async def test_log_trimmed_under_a_first_read_marks_what_was_held(
         await assert_gap(b, "y", y[0][0])
         s = await b.stream("y")
         await no_event(s, 0.2)
+        s = await b.stream("x")
+        assert await read_events(s, 2, 10) == x_new
+        await no_event(s, 0.2)
+        await assert_gap(b, "x", x[1][0])
         # g after the hole: whole.
         s = await b.stream("g")
         assert await read_events(s, 1, 10) == [(keep, "kept")]
