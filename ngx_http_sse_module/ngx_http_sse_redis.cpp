@@ -376,9 +376,11 @@ struct ngx_http_sse_redis_conn_t {
 struct ngx_http_sse_redis_event_t {
     uint64_t epoch;
     uint64_t seq;
-    uint64_t lost;  // nonzero: the channel's events up to it are gone
-    // Nonzero: the channel's previous seq by Redis (the log's entries in a
-    // new machine's sync), checked against what the zone holds.
+    // Nonzero: the channel's previous seq by Redis, checked against what
+    // the zone holds (store::note_prev). lost: a back-filled channel's
+    // first (Redis has nothing older), also for a channel it makes; prev:
+    // the log's and bus's in a new machine's sync, for channels held.
+    uint64_t lost = 0;
     uint64_t prev = 0;
     uint32_t buffer_length;  // 0: the channel was deleted (no body)
     ngx_msec_t ttl;
@@ -456,7 +458,6 @@ struct ngx_http_sse_redis_worker_t {
                             // the history of the channels not held yet
     uint64_t hole_to;       // a hole in the log being marked gone, up to
     std::string hole_min;   // where its next page of :chans starts
-    std::string hole_max;   // and ends
     uint64_t stall_seq;     // the zone's seq when the bus last had a hole
     ngx_event_t commit_ev;  // commits what the bus said, once per burst
     std::string sha;        // of the publish script
@@ -479,9 +480,6 @@ struct ngx_http_sse_redis_worker_t {
     // streams (NULL: none under way); backfill_gen: the sync it ran in.
     ngx_http_sse_redis_backfill_t *backfill;
     uint64_t backfill_gen;
-    // The zone's seq when a back-fill just committed began, when the zone
-    // held events of the epoch then (0: none): hole() checks what it held.
-    uint64_t backfill_held;
 };
 
 static uint64_t ngx_http_sse_redis_now_us() {
@@ -2488,8 +2486,7 @@ static void ngx_http_sse_redis_commit(
                 // Held here: its previous event trimmed off the log under a
                 // new machine's reader is a gap, not a silent skip.
                 s->note_prev(ch, ev.prev);
-            }
-            if (ch == NULL) {
+            } else {
                 ch = s->find_or_create(ev.channel, now);
             }
             if (ch == NULL) {
@@ -2497,11 +2494,11 @@ static void ngx_http_sse_redis_commit(
                 continue;
             }
             if (ev.lost != 0) {
-                // The channel's events up to it never reached this machine
-                // and Redis no longer has them: what is held from before
-                // them (a channel taken from the log, then back-filled
-                // past a hole) is not served with what follows.
-                s->drop_through(ch, ev.lost);
+                // Redis no longer has the channel's events up to it: what
+                // is held from before them (a channel taken from the log,
+                // then back-filled past a hole) is not served with what
+                // follows; nothing when this zone holds them already.
+                s->note_prev(ch, ev.lost);
             }
             // The length and ttl are Redis's business: keep what its
             // stream keeps, with the zone's defaults for expiry.
@@ -2573,13 +2570,21 @@ static bool ngx_http_sse_redis_parse_message(const char *p, size_t len,
     }
     ev.epoch = f[0];
     ev.seq = f[1];
-    ev.lost = 0;
     ev.prev = f[2];
     ev.buffer_length = (uint32_t)ngx_min(f[3], (uint64_t)UINT32_MAX);
     ev.ttl = (ngx_msec_t)f[4];
     ev.channel.assign(p + i, f[5]);
     ev.body.assign(p + i + f[5], len - i - f[5]);
     return true;
+}
+
+// An event's channel's previous seq by Redis, kept (nonzero) only where a
+// new machine's sync checks it: the log may be trimmed under its reader
+// (see hole()), and only this epoch's seqs say anything.
+static uint64_t ngx_http_sse_redis_checked_prev(ngx_http_sse_redis_worker_t *rw,
+                                                uint64_t epoch, uint64_t prev) {
+    return rw->fresh && epoch == rw->sync_epoch && prev > rw->sync_epoch ? prev
+                                                                         : 0;
 }
 
 static void ngx_http_sse_redis_on_message(ngx_http_sse_redis_worker_t *rw,
@@ -2594,10 +2599,9 @@ static void ngx_http_sse_redis_on_message(ngx_http_sse_redis_worker_t *rw,
                       &rw->zw->zone->shm_zone->shm.name);
         return;
     }
-    if (rw->bus_state == NGX_HTTP_SSE_REDIS_UP || !rw->fresh ||
-        ev.epoch != rw->sync_epoch || ev.prev <= rw->sync_epoch) {
-        ev.prev = 0;  // checked only where a new machine's log is trimmed
-    }
+    ev.prev = rw->bus_state == NGX_HTTP_SSE_REDIS_UP
+                  ? 0
+                  : ngx_http_sse_redis_checked_prev(rw, ev.epoch, ev.prev);
     rw->heard_bytes += ev.body.size();
     rw->heard.push_back(std::move(ev));
     if (rw->bus_state != NGX_HTTP_SSE_REDIS_UP &&
@@ -2811,8 +2815,20 @@ static void ngx_http_sse_redis_bus_close(ngx_http_sse_redis_worker_t *rw,
 // when the zone's memory runs out; a channel deleted in the hole (and
 // maybe made again) so never serves its old history with the new. Bounded:
 // pages of channels, no events. (A new machine's hole asks only for the
-// channels whose newest is in the hole: hole_max.)
+// channels whose newest is in the hole: up to hole_to.)
 static void ngx_http_sse_redis_chans_page(ngx_http_sse_redis_worker_t *rw);
+
+// A hole up to `to` is marked: a channel made later reports a gap for
+// resume points before it, and the log is read on.
+static void ngx_http_sse_redis_hole_end(ngx_http_sse_redis_worker_t *rw,
+                                        uint64_t to) {
+    {
+        auto s = ngx_http_sse_session(rw->zw->zone);
+        s->mark_gone_unheld(to);
+        s->skip_to(to);
+    }
+    ngx_http_sse_redis_log_page(rw);
+}
 
 static void ngx_http_sse_redis_chans_reply(ngx_http_sse_redis_conn_t *rc,
                                            void *data, redisReply *r,
@@ -2839,7 +2855,7 @@ static void ngx_http_sse_redis_chans_reply(ngx_http_sse_redis_conn_t *rc,
             if (ch != NULL) {
                 uint64_t newest = (uint64_t)strtod(sc->str, NULL);
                 if (rw->fresh) {
-                    // Its newest is in the hole (hole_max): missing
+                    // Its newest is in the hole (up to hole_to): missing
                     // unless a back-fill read it.
                     s->note_prev(ch, newest);
                 } else {
@@ -2853,18 +2869,14 @@ static void ngx_http_sse_redis_chans_reply(ngx_http_sse_redis_conn_t *rc,
         ngx_http_sse_redis_chans_page(rw);
         return;
     }
-    {
-        auto s = ngx_http_sse_session(rw->zw->zone);
-        s->mark_gone_unheld(rw->hole_to);
-        s->skip_to(rw->hole_to);
-    }
-    ngx_http_sse_redis_log_page(rw);
+    ngx_http_sse_redis_hole_end(rw, rw->hole_to);
 }
 
 static void ngx_http_sse_redis_chans_page(ngx_http_sse_redis_worker_t *rw) {
     ngx_http_sse_redis_send(
         &rw->cmd,
-        {"ZRANGEBYSCORE", rw->keys[2], rw->hole_min, rw->hole_max, "WITHSCORES",
+        {"ZRANGEBYSCORE", rw->keys[2], rw->hole_min,
+         rw->fresh ? std::to_string(rw->hole_to) : "+inf", "WITHSCORES",
          "LIMIT", "0", std::to_string(NGX_HTTP_SSE_REDIS_CHANS_PAGE)},
         ngx_http_sse_redis_chans_reply, (void *)(uintptr_t)rw->sync_gen);
 }
@@ -2938,7 +2950,7 @@ static const char ngx_http_sse_redis_backfill_lua[] =
 // One entry of a channel's stream or of the zone's log ("SEQ-1" and its
 // fields c, l, t, d, p) as an event of the epoch being synced, *prev its
 // channel's previous seq (0: none, or an entry older than p); false when
-// the reply is no entry.
+// the reply is no entry, or an older epoch's (never under this one's ids).
 static bool ngx_http_sse_redis_entry(ngx_http_sse_redis_worker_t *rw,
                                      redisReply *e,
                                      ngx_http_sse_redis_event_t &ev,
@@ -2951,7 +2963,9 @@ static bool ngx_http_sse_redis_entry(ngx_http_sse_redis_worker_t *rw,
     ev.epoch = rw->sync_epoch;
     ev.seq = ngx_http_sse_redis_u64(e->element[0]->str,
                                     strcspn(e->element[0]->str, "-"));
-    ev.lost = 0;
+    if (ev.seq <= rw->sync_epoch) {
+        return false;
+    }
     ev.buffer_length = 100;
     ev.ttl = 3600000;
     *prev = 0;
@@ -3018,7 +3032,8 @@ struct ngx_http_sse_redis_backfill_cmd_t {
 };
 
 static void ngx_http_sse_redis_hole(ngx_http_sse_redis_worker_t *rw,
-                                    uint64_t to, uint64_t at);
+                                    uint64_t to, uint64_t at,
+                                    uint64_t held = 0);
 static void ngx_http_sse_redis_backfill_pump(ngx_http_sse_redis_worker_t *rw);
 
 static void ngx_http_sse_redis_backfill_free(ngx_http_sse_redis_worker_t *rw) {
@@ -3174,8 +3189,8 @@ static void ngx_http_sse_redis_backfill_reply(ngx_http_sse_redis_conn_t *rc,
         ngx_http_sse_redis_event_t ev;
         uint64_t p;
         if (!ngx_http_sse_redis_entry(rw, page->element[i], ev, &p) ||
-            ev.seq <= b->from || ev.seq >= oldest || ev.seq <= rw->sync_epoch) {
-            continue;  // out of the range asked (or an older epoch's)
+            ev.seq <= b->from || ev.seq >= oldest) {
+            continue;  // out of the range asked
         }
         if (ev.buffer_length == 0) {
             continue;  // no stream entry is a delete; never taken as one
@@ -3303,14 +3318,6 @@ static void ngx_http_sse_redis_backfill_sort(ngx_http_sse_redis_worker_t *rw) {
                 s->make_known(ch.name, ngx_current_msec, ch.first_p,
                               ch.first_ttl ? ch.first_ttl : 3600000);
             }
-            if (!ch.evs.empty() && ch.oldest_p != 0 && ch.oldest_p <= b->from) {
-                // Held here up to the event before (an earlier sync of
-                // this machine got that far): nothing lost.
-                const sse::channel *c = s->find(ch.name);
-                if (c != NULL && c->last_seq == ch.oldest_p) {
-                    ch.oldest_p = 0;
-                }
-            }
         }
     }
     b->evs.reserve(n);
@@ -3322,8 +3329,9 @@ static void ngx_http_sse_redis_backfill_sort(ngx_http_sse_redis_worker_t *rw) {
         // Only the oldest event read of the channel says what came before
         // it is gone: its previous seq p (an event trimmed off the stream,
         // the channel's delete, or its newest before the stream expired),
-        // which a resume from at least that point does not need; 0: the
-        // channel's first event (or one older than the zone's :chans).
+        // which a resume from at least that point does not need, nor a
+        // zone that holds it already (an earlier sync got that far); 0:
+        // the channel's first event (or one older than the zone's :chans).
         ch.evs.back().lost = ch.oldest_p;
         for (auto &e : ch.evs) {
             e.channel = ch.name;
@@ -3366,11 +3374,13 @@ static void ngx_http_sse_redis_backfill_commit(ngx_event_t *ev) {
             return;
         }
         uint64_t to = b->to, at = b->at;
-        rw->backfill_held = b->from > rw->sync_epoch ? b->from : 0;
+        // What the zone held of the epoch when the back-fill began is
+        // checked from there.
+        uint64_t held = b->from > rw->sync_epoch ? b->from : 0;
         ngx_http_sse_redis_backfill_free(rw);
         // The channels not read start their history at the log, and the
         // log goes on (backfill_gen: no second back-fill).
-        ngx_http_sse_redis_hole(rw, to, at);
+        ngx_http_sse_redis_hole(rw, to, at, held);
     } catch (const std::exception &e) {
         ngx_http_sse_redis_backfill_free(rw);
         ngx_http_sse_redis_bus_down(rw, e.what());
@@ -3380,9 +3390,10 @@ static void ngx_http_sse_redis_backfill_commit(ngx_event_t *ev) {
 // The log has nothing between the zone's seq and `to` (trimmed before this
 // machine read it, or lost); the repair goes on at `at`. A fresh machine
 // (a new one, or a new epoch) starts the history of what it does not hold
-// there; the channels held that changed meanwhile are marked gone first.
+// there; the channels held that changed meanwhile (or since `held`, the
+// zone's seq when a back-fill just committed began) are marked gone first.
 static void ngx_http_sse_redis_hole(ngx_http_sse_redis_worker_t *rw,
-                                    uint64_t to, uint64_t at) {
+                                    uint64_t to, uint64_t at, uint64_t held) {
     uint64_t from = rw->fetch_next - 1;
     rw->fetch_next = at;
     if (rw->fresh) {
@@ -3399,19 +3410,11 @@ static void ngx_http_sse_redis_hole(ngx_http_sse_redis_worker_t *rw,
         // however fast the log is trimmed (all of :chans changed since
         // `from`, as below, may not: it grows with the load).
         uint64_t trimmed = from;
-        if (rw->backfill_held != 0) {
-            from = ngx_min(from, rw->backfill_held);
-            rw->backfill_held = 0;
+        if (held != 0) {
+            from = ngx_min(from, held);
         }
         if (to <= from) {
-            {
-                auto s = ngx_http_sse_session(rw->zw->zone);
-                // A channel made later reports a gap for resume points
-                // before.
-                s->mark_gone_unheld(to);
-                s->skip_to(to);
-            }
-            ngx_http_sse_redis_log_page(rw);
+            ngx_http_sse_redis_hole_end(rw, to);
             return;
         }
         if (trimmed < to) {  // (else what a back-fill read is checked)
@@ -3431,7 +3434,6 @@ static void ngx_http_sse_redis_hole(ngx_http_sse_redis_worker_t *rw,
     }
     rw->hole_to = to;
     rw->hole_min = "(" + std::to_string(from);
-    rw->hole_max = rw->fresh ? std::to_string(to) : "+inf";
     ngx_http_sse_redis_chans_page(rw);
 }
 
@@ -3532,15 +3534,10 @@ static void ngx_http_sse_redis_log_reply(ngx_http_sse_redis_conn_t *rc,
     for (size_t i = 0; i < page->elements; i++) {
         ngx_http_sse_redis_event_t ev;
         uint64_t prev;
-        if (!ngx_http_sse_redis_entry(rw, page->element[i], ev, &prev) ||
-            ev.seq <= rw->sync_epoch) {
-            continue;  // an older epoch's: never under this epoch's ids
+        if (!ngx_http_sse_redis_entry(rw, page->element[i], ev, &prev)) {
+            continue;
         }
-        if (rw->fresh && prev > rw->sync_epoch) {
-            // A new machine's log may be trimmed under its reader: each
-            // entry says what its channel had before (see hole()).
-            ev.prev = prev;
-        }
+        ev.prev = ngx_http_sse_redis_checked_prev(rw, ev.epoch, prev);
         if (rw->check_newest) {
             rw->check_newest = false;
             rw->fetch_next = rw->fetch_from + 1;
@@ -3630,7 +3627,6 @@ static void ngx_http_sse_redis_sync_reply(ngx_http_sse_redis_conn_t *rc,
         seq = s->seq();
         rw->fetch_from = seq;
         rw->fresh = adopted || s->external() != 2;
-        rw->backfill_held = 0;
         // Same epoch: the newest event we hold must be Redis's too.
         rw->check_newest = !adopted && !older && seq > epoch;
     }
@@ -4147,7 +4143,6 @@ static void ngx_http_sse_redis_publish_reply(ngx_http_sse_redis_conn_t *rc,
                     for (size_t j = 0; j < n; j++, i++) {
                         evs[i].epoch = epoch;
                         evs[i].seq = seqs[i];
-                        evs[i].lost = 0;
                         evs[i].buffer_length =
                             p->remove ? 0 : it->buffer_length;
                         evs[i].ttl = it->ttl_ms;

@@ -32,6 +32,12 @@ def trim_log_before(r, event_id):
     assert first.split()[0] == f"{seq_of(event_id)}-1", first
 
 
+async def sent(m, ch, prefix, n):
+    """Publishes n events "PREFIX0".. to ch through m: [(id, data)]."""
+    return [(await m.publish_ok(ch, f"{prefix}{i}"), f"{prefix}{i}")
+            for i in range(n)]
+
+
 def new_machine(start_nginx, r, size="16m", allow_log=(), via=None):
     """A machine of Redis r, or of it through a DelayProxy `via` (a slow
     link: commands wait up to 5 s)."""
@@ -55,12 +61,10 @@ async def test_quiet_channel_history_on_a_new_machine(start_nginx,
     # and exact resumes (no sse-gap), single and multiplexed.
     r = start_redis()
     (a,) = await machines(start_nginx, r, 1, sub=SUB)
-    quiet = [(await a.publish_ok("quiet", f"q{i}"), f"q{i}")
-             for i in range(6)]
-    busy = [(await a.publish_ok("busy", f"b{i}"), f"b{i}")
-            for i in range(20)]
+    quiet = await sent(a, "quiet", "q", 6)
+    busy = await sent(a, "busy", "b", 20)
     # "late" begins after the log's first entry: all of it is in the log.
-    late = [(await a.publish_ok("late", f"l{i}"), f"l{i}") for i in range(2)]
+    late = await sent(a, "late", "l", 2)
     trim_log_before(r, busy[10][0])
     b = new_machine(start_nginx, r)
     await wait_in_sync(b)
@@ -96,11 +100,10 @@ async def test_trimmed_stream_and_remade_channel_gap_where_redis_has_none(
     r = start_redis()
     pub = "            sse_buffer_length 3;"
     (a,) = await machines(start_nginx, r, 1, sub=SUB, pub=pub)
-    tr = [(await a.publish_ok("tr", f"t{i}"), f"t{i}") for i in range(6)]
+    tr = await sent(a, "tr", "t", 6)
     old = await a.publish_ok("remade", "old")
     assert (await a.pub_http("DELETE", "/publish/remade")).status == 200
-    remade = [(await a.publish_ok("remade", f"r{i}"), f"r{i}")
-              for i in range(2)]
+    remade = await sent(a, "remade", "r", 2)
     await a.publish_ok("other", "o")
     # The log emptied altogether: the new machine finds the hole at its
     # end (Redis's seq past the log), not at its first entry.
@@ -218,7 +221,7 @@ async def test_new_epoch_while_back_fill_fails_serves_nothing_old(
     # serves nothing of the old one's streams as if it were the new's.
     r = start_redis()
     (a,) = await machines(start_nginx, r, 1, sub=SUB)
-    old = [(await a.publish_ok("q", f"o{i}"), f"o{i}") for i in range(3)]
+    old = await sent(a, "q", "o", 3)
     last = await a.publish_ok("tail", "t")
     trim_log_before(r, last)
     assert r.cli("ACL", "SETUSER", "default", "-xrevrange").strip() == "OK"
@@ -256,8 +259,7 @@ async def test_quiet_channel_after_more_than_the_log_keeps(start_nginx,
     # it had none there, and a resume into it was an sse-gap.
     r = start_redis()
     (a,) = await machines(start_nginx, r, 1, sub=SUB)
-    quiet = [(await a.publish_ok("room", f"r{i}"), f"r{i}")
-             for i in range(4)]
+    quiet = await sent(a, "room", "r", 4)
     body = b"data: x\n\n" * 101000
     resp = await a.pub_http("POST", "/publish/busy", body=body,
                             headers={"Content-Type": "text/event-stream"},
@@ -353,8 +355,8 @@ async def test_log_trimmed_under_the_back_fill_gives_gaps_not_skips(
     (a,) = await machines(start_nginx, r, 1, sub=SUB)
     # Channels older than the log: the back-fill takes a dozen round trips.
     await load(a, 200, 2, 20, prefix="c")
-    x = [(await a.publish_ok("x", f"x{i}"), f"x{i}") for i in range(2)]
-    y = [(await a.publish_ok("y", f"y{i}"), f"y{i}") for i in range(2)]
+    x = await sent(a, "x", "x", 2)
+    y = await sent(a, "y", "y", 2)
     await a.publish_ok("c7", "c7-late")
     trim_log_before(r, await a.publish_ok("tail", "t"))
     x_missed = (await a.publish_ok("x", "x-missed"), "x-missed")
@@ -410,15 +412,15 @@ async def test_log_trimmed_under_a_first_read_marks_what_was_held(
     # resume, while every other machine had deleted it).
     r = start_redis()
     (a,) = await machines(start_nginx, r, 1, sub=SUB)
-    y = [(await a.publish_ok("y", f"y{i}"), f"y{i}") for i in range(2)]
-    x = [(await a.publish_ok("x", f"x{i}"), f"x{i}") for i in range(2)]
+    y = await sent(a, "y", "y", 2)
+    x = await sent(a, "x", "x", 2)
     # About six pages of the log between y's events and its delete.
     await load(a, 15, 100, 16, prefix="f")
     assert (await a.pub_http("DELETE", "/publish/y")).status == 200
     # x deleted and made again in the hole too: the back-fill reads the
     # new x, which must not be served after the old one's events.
     assert (await a.pub_http("DELETE", "/publish/x")).status == 200
-    x_new = [(await a.publish_ok("x", f"n{i}"), f"n{i}") for i in range(2)]
+    x_new = await sent(a, "x", "n", 2)
     keep = await a.publish_ok("g", "kept")
     await load(a, 15, 100, 16, prefix="h")
     proxy = await DelayProxy(r.port, 0.25).start()
