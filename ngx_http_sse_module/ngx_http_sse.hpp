@@ -69,6 +69,7 @@ struct ngx_http_sse_loc_conf_t {
     ngx_msec_t heartbeat;       // NGX_HTTP_SSE_OFF or ms
     ngx_msec_t retry;           // NGX_HTTP_SSE_OFF or ms
     ngx_msec_t stream_timeout;  // NGX_HTTP_SSE_OFF or ms
+    ngx_msec_t publish_wait;    // NGX_HTTP_SSE_OFF or ms
     ngx_uint_t initial_events;
     size_t max_message_size;
     size_t max_pending;
@@ -264,6 +265,14 @@ ngx_int_t ngx_http_sse_worker_init(ngx_cycle_t *cycle);
 // rewrite a stream (gzip, sub_filter, ssi, charset recoding, ...) took it.
 bool ngx_http_sse_can_frame(ngx_http_request_t *r);
 void ngx_http_sse_worker_exit(ngx_cycle_t *cycle);
+// sse_publish_wait: false when every process of `others` has read the
+// zone up to `seq` (or is gone); else done(r) runs once they have, or
+// after `wait` ms, whichever comes first (the request must stay until
+// then, or until its pool goes).
+bool ngx_http_sse_answer_later(ngx_http_sse_zone_t *z, uint64_t seq,
+                               const sse::slot_set &others, ngx_msec_t wait,
+                               ngx_http_request_t *r,
+                               void (*done)(ngx_http_request_t *r));
 ngx_http_sse_zone_worker_t *ngx_http_sse_zone_worker(ngx_http_sse_zone_t *z);
 // Wakes the processes of `slots` (this one through a posted event) to
 // deliver what was just published into zone z, whatever their generation.
@@ -448,6 +457,7 @@ struct ngx_http_sse_stored_t {
     uint64_t epoch;
     uint64_t last_seq;
     uint64_t published;
+    sse::slot_set others;  // the other processes with its subscribers
 };
 
 // The shared-memory publish of events to one channel, in order: allocated

@@ -2,7 +2,6 @@
 #include "ngx_http_sse.hpp"
 #include "ngx_http_sse_version.hpp"
 
-
 // Bounds of a size or time, checked after nginx's own slot parsed it (as
 // ngx_conf_num_bounds_t is for numbers); `what` ends the error message.
 struct ngx_http_sse_bounds_t {
@@ -52,6 +51,8 @@ static ngx_http_sse_bounds_t ngx_http_sse_pending_bounds = {
     "a size from 1024 to 2147483647 bytes"};
 static ngx_http_sse_bounds_t ngx_http_sse_ttl_bounds = {
     ngx_http_sse_check_msec, 1, NGX_MAX_INT_T_VALUE, "a positive time"};
+static ngx_http_sse_bounds_t ngx_http_sse_wait_bounds = {
+    ngx_http_sse_check_msec, 1, 60000, "a time from 1ms to 60s or \"off\""};
 static ngx_http_sse_bounds_t ngx_http_sse_timer_bounds = {
     ngx_http_sse_check_msec, 1, NGX_MAX_INT_T_VALUE,
     "a positive time or \"off\""};
@@ -148,6 +149,13 @@ static ngx_command_t ngx_http_sse_commands[] = {
      ngx_conf_set_size_slot, NGX_HTTP_LOC_CONF_OFFSET,
      offsetof(ngx_http_sse_loc_conf_t, max_pending),
      &ngx_http_sse_pending_bounds},
+
+    {ngx_string("sse_publish_wait"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF |
+         NGX_CONF_TAKE1,
+     ngx_http_sse_set_msec_off, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(ngx_http_sse_loc_conf_t, publish_wait),
+     &ngx_http_sse_wait_bounds},
 
     {ngx_string("sse_stream_timeout"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF |
@@ -480,6 +488,7 @@ static void *ngx_http_sse_create_loc_conf(ngx_conf_t *cf) {
     lcf->heartbeat = NGX_CONF_UNSET_MSEC;
     lcf->retry = NGX_CONF_UNSET_MSEC;
     lcf->stream_timeout = NGX_CONF_UNSET_MSEC;
+    lcf->publish_wait = NGX_CONF_UNSET_MSEC;
     lcf->initial_events = NGX_CONF_UNSET_UINT;
     lcf->max_message_size = NGX_CONF_UNSET_SIZE;
     lcf->max_pending = NGX_CONF_UNSET_SIZE;
@@ -509,6 +518,7 @@ static char *ngx_http_sse_merge_loc_conf(ngx_conf_t *cf, void *parent,
     ngx_conf_merge_msec_value(conf->retry, prev->retry, NGX_HTTP_SSE_OFF);
     ngx_conf_merge_msec_value(conf->stream_timeout, prev->stream_timeout,
                               NGX_HTTP_SSE_OFF);
+    ngx_conf_merge_msec_value(conf->publish_wait, prev->publish_wait, 100);
     ngx_conf_merge_uint_value(conf->initial_events, prev->initial_events, 0);
     ngx_conf_merge_size_value(conf->max_message_size, prev->max_message_size,
                               64 * 1024);

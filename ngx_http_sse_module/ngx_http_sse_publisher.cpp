@@ -20,6 +20,7 @@ struct ngx_http_sse_publish_ctx_t {
     uint64_t published;
     uint32_t subscribers;
     ngx_http_sse_redis_wait_t *wait;  // a Redis zone's publish under way
+    sse::slot_set others;             // the other processes with subscribers
 };
 
 // A publish into a Redis zone: answered once Redis has stored the event
@@ -222,6 +223,11 @@ sse::publish_status ngx_http_sse_store_local(
             out->subscribers = sse::store::subscribers(ch);
             out->epoch = s->epoch();
             wake = s->slots_of(ch);
+            for (uint32_t i = 0; i < sse::max_slots; i++) {
+                if (wake.has(i) && i != zw->slot) {
+                    out->others.add(i);
+                }
+            }
         }
     }
     if (out->published > 0 && !wake.empty()) {
@@ -252,6 +258,7 @@ static sse::publish_status ngx_http_sse_store_events(
         ctx->subscribers = out.subscribers;
         ctx->epoch = out.epoch;
     }
+    ctx->others = out.others;
     return status;
 }
 
@@ -607,6 +614,27 @@ static ngx_http_sse_redis_wait_t *ngx_http_sse_redis_wait(
     return w;
 }
 
+static ngx_int_t ngx_http_sse_publish_answer_rc(ngx_http_request_t *r) {
+    auto *ctx = static_cast<ngx_http_sse_publish_ctx_t *>(
+        ngx_http_get_module_ctx(r, ngx_http_sse_module));
+    return ngx_http_sse_send_text(r, NGX_HTTP_ACCEPTED, "application/json",
+                                  ngx_http_sse_publish_json(r, ctx, false));
+}
+
+// sse_publish_wait's answer, once the other workers have read the event.
+static void ngx_http_sse_publish_answer(ngx_http_request_t *r) {
+    ngx_connection_t *c = r->connection;
+    ngx_int_t rc;
+    try {
+        rc = ngx_http_sse_publish_answer_rc(r);
+    } catch (const std::exception &e) {
+        ngx_log_error(NGX_LOG_ERR, c->log, 0, "sse: %s", e.what());
+        rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+    ngx_http_finalize_request(r, rc);
+    ngx_http_run_posted_requests(c);
+}
+
 static ngx_int_t ngx_http_sse_publish_now(ngx_http_request_t *r) {
     auto *lcf = static_cast<ngx_http_sse_loc_conf_t *>(
         ngx_http_get_module_loc_conf(r, ngx_http_sse_module));
@@ -658,8 +686,16 @@ static ngx_int_t ngx_http_sse_publish_now(ngx_http_request_t *r) {
         return ngx_http_sse_refused(r, NGX_HTTP_INSUFFICIENT_STORAGE,
                                     "message does not fit in the sse zone");
     }
-    return ngx_http_sse_send_text(r, NGX_HTTP_ACCEPTED, "application/json",
-                                  ngx_http_sse_publish_json(r, ctx, false));
+    if (lcf->publish_wait != NGX_HTTP_SSE_OFF &&
+        ngx_http_sse_answer_later(
+            ngx_http_sse_loc_zone(r, lcf),
+            // A large fan-out may trail by one event per 1,024 subscribers,
+            // so that its writes keep coalescing under a burst.
+            ctx->last_seq - ngx_min(ctx->last_seq, ctx->subscribers / 1024),
+            ctx->others, lcf->publish_wait, r, ngx_http_sse_publish_answer)) {
+        return NGX_AGAIN;  // answered once the other workers have read it
+    }
+    return ngx_http_sse_publish_answer_rc(r);
 }
 
 static void ngx_http_sse_publish_body(ngx_http_request_t *r) {
@@ -671,7 +707,9 @@ static void ngx_http_sse_publish_body(ngx_http_request_t *r) {
         rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
     if (rc == NGX_AGAIN) {
-        return;  // a Redis zone: answered from ngx_http_sse_redis_done
+        // Answered from ngx_http_sse_redis_done (a Redis zone), or once
+        // the other workers have read the event (sse_publish_wait).
+        return;
     }
     ngx_http_finalize_request(r, rc);
 }

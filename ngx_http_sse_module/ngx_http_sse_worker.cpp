@@ -21,6 +21,18 @@
 // the flush, where a burst coalesces.
 #define NGX_HTTP_SSE_WRITE_NOW 32
 
+// A publish's answer held until the other processes with subscribers of
+// its channel have read its event (sse_publish_wait).
+struct ngx_http_sse_answer_t {
+    ngx_http_sse_zone_t *z;
+    uint64_t seq;
+    sse::slot_set others;
+    ngx_http_request_t *r;  // NULL: its pool went first
+    void (*done)(ngx_http_request_t *r);
+    ngx_msec_t deadline;
+    ngx_pool_cleanup_t *cln;  // in r->pool: forgets r
+};
+
 struct ngx_http_sse_worker_t {
     ngx_http_sse_main_conf_t *mcf;
     std::vector<ngx_http_sse_zone_worker_t *> zones;
@@ -34,6 +46,8 @@ struct ngx_http_sse_worker_t {
     ngx_queue_t dirty;  // subscribers with unsent events, oldest first
     ngx_uint_t ndirty;
     ngx_event_t flush;
+    std::vector<ngx_http_sse_answer_t *> answers;  // oldest first
+    ngx_event_t answer_timer;                      // the oldest's deadline
     unsigned delivering : 1;
 };
 
@@ -230,6 +244,134 @@ void ngx_http_sse_deliver_now(ngx_http_sse_zone_t *z) {
     }
 }
 
+// Tells the other processes, through the slots, whether this one holds
+// answers for their reads.
+static void ngx_http_sse_show_answering(ngx_http_sse_worker_t *w) {
+    for (auto *zw : w->zones) {
+        if (zw->slot == sse::no_slot) {
+            continue;
+        }
+        uint64_t n = 0;
+        for (auto *a : w->answers) {
+            n += a->z == zw->zone;
+        }
+        sse::store::set_answering(zw->zone->root, zw->slot, n);
+    }
+}
+
+static bool ngx_http_sse_read_by_all(const ngx_http_sse_answer_t *a) {
+    for (uint32_t s = 0; s < sse::max_slots; s++) {
+        if (a->others.has(s) && sse::store::peek_slot_pid(a->z->root, s) != 0 &&
+            sse::store::peek_cursor(a->z->root, s) < a->seq) {
+            return false;
+        }
+    }
+    return true;
+}
+
+// Answers what the other processes have read, and what waited its time.
+static void ngx_http_sse_answer_ready(ngx_http_sse_worker_t *w) {
+    if (w->answers.empty()) {
+        return;
+    }
+    std::vector<ngx_http_sse_answer_t *> ready;
+    size_t kept = 0;
+    for (auto *a : w->answers) {
+        // A graceful exit answers at once: the event is stored.
+        if (a->r == NULL || ngx_exiting ||
+            (ngx_msec_int_t)(ngx_current_msec - a->deadline) >= 0 ||
+            ngx_http_sse_read_by_all(a)) {
+            ready.push_back(a);
+        } else {
+            w->answers[kept++] = a;
+        }
+    }
+    if (ready.empty()) {
+        return;
+    }
+    w->answers.resize(kept);
+    ngx_http_sse_show_answering(w);
+    if (w->answer_timer.timer_set) {
+        ngx_del_timer(&w->answer_timer);
+    }
+    if (!w->answers.empty()) {
+        ngx_add_timer(&w->answer_timer,
+                      w->answers.front()->deadline - ngx_current_msec);
+    }
+    // After the list is settled: an answer may run the connection's next
+    // request, a publish that holds its own.
+    for (auto *a : ready) {
+        ngx_http_request_t *r = a->r;
+        auto done = a->done;
+        if (r != NULL) {
+            a->cln->handler = NULL;
+        }
+        delete a;
+        if (r != NULL) {
+            done(r);
+        }
+    }
+}
+
+static void ngx_http_sse_answer_timer_handler(ngx_event_t *ev) {
+    ngx_http_sse_answer_ready(static_cast<ngx_http_sse_worker_t *>(ev->data));
+}
+
+bool ngx_http_sse_answer_later(ngx_http_sse_zone_t *z, uint64_t seq,
+                               const sse::slot_set &others, ngx_msec_t wait,
+                               ngx_http_request_t *r,
+                               void (*done)(ngx_http_request_t *r)) {
+    ngx_http_sse_worker_t *w = ngx_http_sse_w;
+    if (w == NULL || others.empty()) {
+        return false;
+    }
+    ngx_pool_cleanup_t *cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == NULL) {
+        return false;  // answered at once
+    }
+    auto *a = new ngx_http_sse_answer_t{
+        z, seq, others, r, done, ngx_current_msec + wait, cln};
+    w->answers.push_back(a);
+    ngx_http_sse_show_answering(w);
+    // Either a reader sees our flag after moving its cursor, or we see its
+    // cursor now (its side: cursor, fence, flags; see ngx_http_sse_deliver).
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (ngx_http_sse_read_by_all(a)) {
+        w->answers.pop_back();
+        ngx_http_sse_show_answering(w);
+        delete a;
+        cln->handler = NULL;  // an unset handler is skipped
+        return false;
+    }
+    // The request's pool may go first (the connection closed by
+    // worker_shutdown_timeout): the answer then only leaves the list.
+    cln->handler = [](void *data) {
+        static_cast<ngx_http_sse_answer_t *>(data)->r = NULL;
+    };
+    cln->data = a;
+    if (!w->answer_timer.timer_set) {
+        ngx_add_timer(&w->answer_timer, wait);
+    }
+    return true;
+}
+
+// After this process read the zone further: wakes the processes that hold
+// answers for such reads.
+static void ngx_http_sse_wake_answering(ngx_http_sse_zone_worker_t *zw) {
+    // Pairs with the fence in ngx_http_sse_answer_later.
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    sse::slot_set to{};
+    for (uint32_t s = 0; s < sse::max_slots; s++) {
+        if (s != zw->slot &&
+            sse::store::peek_answering(zw->zone->root, s) != 0) {
+            to.add(s);
+        }
+    }
+    if (!to.empty()) {
+        ngx_http_sse_notify(zw->zone, to);
+    }
+}
+
 static void ngx_http_sse_wake_handler(ngx_event_t *ev) {
     ngx_http_sse_deliver(static_cast<ngx_http_sse_zone_worker_t *>(ev->data));
 }
@@ -248,6 +390,8 @@ static void ngx_http_sse_wake_read_handler(ngx_event_t *ev) {
     if (w->ndirty <= NGX_HTTP_SSE_WRITE_NOW) {
         ngx_http_sse_flush(w);
     }
+    // The other processes wake us when they have read what we publish.
+    ngx_http_sse_answer_ready(w);
 }
 
 void ngx_http_sse_attach(ngx_http_sse_subscriber_t *sub) {
@@ -444,8 +588,12 @@ static void ngx_http_sse_deliver(ngx_http_sse_zone_worker_t *zw) {
         return;
     }
     ngx_http_sse_w->delivering = 1;
+    uint64_t cursor = sse::store::peek_cursor(zw->zone->root, zw->slot);
     try {
         ngx_http_sse_deliver_zone(zw);
+        if (sse::store::peek_cursor(zw->zone->root, zw->slot) != cursor) {
+            ngx_http_sse_wake_answering(zw);
+        }
     } catch (const std::exception &e) {
         ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
                       "sse: delivery failed (%s); ending this worker's "
@@ -589,6 +737,8 @@ static void ngx_http_sse_poll_handler(ngx_event_t *ev) {
         }
         subscribers = subscribers || !ngx_queue_empty(&zw->subs);
     }
+    // A reader that died (its slot now free) never wakes us.
+    ngx_http_sse_answer_ready(w);
     ev->cancelable = !subscribers;
     ngx_add_timer(ev, NGX_HTTP_SSE_POLL_MS);
 }
@@ -710,6 +860,10 @@ ngx_int_t ngx_http_sse_worker_init(ngx_cycle_t *cycle) {
     w->flush.handler = ngx_http_sse_flush_handler;
     w->flush.data = w;
     w->flush.log = cycle->log;
+    // Not cancelable: a graceful exit waits for the answers it holds.
+    w->answer_timer.handler = ngx_http_sse_answer_timer_handler;
+    w->answer_timer.data = w;
+    w->answer_timer.log = cycle->log;
     if (ngx_http_sse_wake_socket(cycle, w) != NGX_OK) {
         return NGX_ERROR;
     }
@@ -762,6 +916,17 @@ void ngx_http_sse_worker_exit(ngx_cycle_t *cycle) {
     }
     if (w->flush.posted) {
         ngx_delete_posted_event(&w->flush);
+    }
+    // Left only when the process ends at once (a graceful exit waits for
+    // the timer): their requests' pools are not destroyed before it ends.
+    for (auto *a : w->answers) {
+        if (a->r != NULL) {
+            a->cln->handler = NULL;
+        }
+        delete a;
+    }
+    if (w->answer_timer.timer_set) {
+        ngx_del_timer(&w->answer_timer);
     }
     delete w;
     ngx_http_sse_w = NULL;

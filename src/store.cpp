@@ -151,6 +151,12 @@ uint64_t store::peek_cursor(const zone_root *r, uint32_t slot) {
 int32_t store::peek_slot_pid(const zone_root *r, uint32_t slot) {
     return __atomic_load_n(&r->slots[slot].pid, __ATOMIC_RELAXED);
 }
+uint64_t store::peek_answering(const zone_root *r, uint32_t slot) {
+    return __atomic_load_n(&r->slots[slot].answering, __ATOMIC_RELAXED);
+}
+void store::set_answering(zone_root *r, uint32_t slot, uint64_t n) {
+    __atomic_store_n(&r->slots[slot].answering, n, __ATOMIC_RELAXED);
+}
 uint32_t store::peek_external(const zone_root *r) {
     return __atomic_load_n(&r->external, __ATOMIC_RELAXED);
 }
@@ -217,6 +223,7 @@ void store::clear_slot(uint32_t i, int64_t now) {
     root_->stats.slow_dropped += s.stats.slow_dropped;
     s.stats = {};
     s.hold = 0;
+    s.answering = 0;
     while (s.pending != nullptr) {
         message *m = s.pending;
         s.pending = m->next;

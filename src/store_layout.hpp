@@ -17,6 +17,10 @@ struct slot {
     uint64_t subscriptions;
     uint64_t generation;  // bumped each time the slot is claimed
     slot_stats stats;
+    // Publishes whose answers this process holds until the processes of
+    // their channels have read them (the glue's sse_publish_wait): those
+    // processes wake it after reading. Only this process writes it.
+    uint64_t answering;
 };
 
 // A block of the glue's own (presence's records) in the zone: on the

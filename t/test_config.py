@@ -41,6 +41,11 @@ def retry_msg(value):
             'a time up to 24h (a bare number is milliseconds) or "off"')
 
 
+def wait_msg(value):
+    return (f'invalid value "{value}" in "sse_publish_wait" directive, it '
+            'must be a time from 1ms to 60s or "off"')
+
+
 INVALID_VALUES = [
     ("sse_buffer_length", "0", num_msg(1, 1000000)),
     ("sse_buffer_length", "1000001", num_msg(1, 1000000)),
@@ -52,6 +57,9 @@ INVALID_VALUES = [
     ("sse_heartbeat", "0", time_msg("0", "sse_heartbeat", True)),
     ("sse_heartbeat", "0s", time_msg("0s", "sse_heartbeat", True)),
     ("sse_heartbeat", "1x", not_value("sse_heartbeat")),
+    ("sse_publish_wait", "0", wait_msg("0")),
+    ("sse_publish_wait", "61s", wait_msg("61s")),
+    ("sse_publish_wait", "soon", not_value("sse_publish_wait")),
     ("sse_retry", "x", not_value("sse_retry")),
     ("sse_retry", "3q", not_value("sse_retry")),
     ("sse_retry", "86400001", retry_msg("86400001")),
@@ -100,6 +108,7 @@ VALID_VALUES = [
     "sse_max_pending 1k;", "sse_max_pending 1m;",
     "sse_max_subscribers 0;", "sse_max_subscribers 100000000;",
     "sse_stream_timeout off;", "sse_stream_timeout 1d;",
+    "sse_publish_wait off;", "sse_publish_wait 1ms;", "sse_publish_wait 60s;",
 ]
 
 

@@ -1145,6 +1145,22 @@ TEST(Slots, AllMaxSlotsCanBeClaimedAndTheNextGetsNoSlot) {
     EXPECT_EQ(z.session()->claim_slot(5001, 0), sse::no_slot);
 }
 
+TEST(Slots, AnsweringFlagIsTheSlotsOwnAndGoesWithIt) {
+    // sse_publish_wait: the readers wake the processes whose flag is set;
+    // a flag left by a process that died would cost them wake-ups forever.
+    zone z;
+    uint32_t s = z.session()->claim_slot(4242, 1);
+    EXPECT_EQ(sse::store::peek_answering(z.root, s), 0u);
+    sse::store::set_answering(z.root, s, 3);
+    EXPECT_EQ(sse::store::peek_answering(z.root, s), 3u);
+    EXPECT_EQ(sse::store::peek_answering(z.root, z.pub), 0u);
+    z.session()->clear_slot(s, 0);
+    EXPECT_EQ(sse::store::peek_answering(z.root, s), 0u);
+    sse::store::set_answering(z.root, s, 1);  // as if left set
+    EXPECT_EQ(z.session()->claim_slot(4243, 1), s);
+    EXPECT_EQ(sse::store::peek_answering(z.root, s), 0u);
+}
+
 TEST(Slots, ClaimStartsTheCursorAtTheNewestSeq) {
     zone z;
     z.pub_("a", "1");

@@ -1,0 +1,172 @@
+"""sse_publish_wait: a publish is answered once every other worker with
+subscribers of its channel has read the event, so a publisher that waits
+for its answers never runs ahead of a worker that is behind (nchan's
+publishes wait for the channel's owner likewise). The workers are held
+with SIGSTOP, so nothing here depends on how fast the machine is."""
+
+import asyncio
+import os
+import signal
+
+import pytest
+
+from conftest import KeepAlive
+
+
+async def open_publisher_on(nginx, pid, attempts=64):
+    """A keepalive publisher connection handled by worker `pid`."""
+    for _ in range(attempts):
+        ka = await KeepAlive.open(nginx.pub_port)
+        if nginx.worker_of(nginx.pub_port, ka.local_port) == pid:
+            return ka
+        ka.close()
+    raise AssertionError(f"no publisher connection landed on {pid}")
+
+
+async def split(n, channel):
+    """A subscriber on one worker, a publisher connection on the other:
+    (subscriber, its worker, publisher)."""
+    c = await n.stream(channel)
+    await c.next_block()  # retry
+    sub_worker = n.worker_of(n.sub_port, c.local_port)
+    other = [p for p in n.workers() if p != sub_worker][0]
+    return c, sub_worker, await open_publisher_on(n, other)
+
+
+@pytest.mark.timeout_s(60)
+async def test_answer_waits_until_the_other_worker_has_read(start_nginx):
+    n = start_nginx(reuseport=True, pub="sse_publish_wait 30s;")
+    c, sub_worker, pub = await split(n, "held")
+    os.kill(sub_worker, signal.SIGSTOP)
+    try:
+        answer = asyncio.ensure_future(
+            pub.request("POST", "/publish/held", body="one", timeout=30))
+        await asyncio.sleep(1.5)
+        # Stored, but the subscriber's worker has not read it: no answer.
+        assert not answer.done()
+    finally:
+        os.kill(sub_worker, signal.SIGCONT)
+    r = await asyncio.wait_for(answer, 10)
+    assert r.status == 202, r
+    assert r.json()["subscribers"] == 1
+    got = await c.events(1)
+    assert [(b.id, b.data) for b in got] == [(r.json()["id"], "one")]
+
+
+@pytest.mark.timeout_s(60)
+async def test_off_answers_at_once(start_nginx):
+    n = start_nginx(reuseport=True, pub="sse_publish_wait off;")
+    c, sub_worker, pub = await split(n, "free")
+    os.kill(sub_worker, signal.SIGSTOP)
+    try:
+        r = await pub.request("POST", "/publish/free", body="one", timeout=5)
+        assert r.status == 202, r
+    finally:
+        os.kill(sub_worker, signal.SIGCONT)
+    got = await c.events(1)
+    assert [(b.id, b.data) for b in got] == [(r.json()["id"], "one")]
+
+
+@pytest.mark.timeout_s(60)
+async def test_wait_is_bounded_and_loses_nothing(start_nginx):
+    # A worker that does not read (stopped, stuck) holds each answer for
+    # sse_publish_wait at most; the events stay stored for it.
+    n = start_nginx(reuseport=True, pub="sse_publish_wait 200ms;")
+    c, sub_worker, pub = await split(n, "late")
+    ids = []
+    os.kill(sub_worker, signal.SIGSTOP)
+    try:
+        for i in range(3):
+            r = await pub.request("POST", "/publish/late", body=f"{i}",
+                                  timeout=10)
+            assert r.status == 202, r
+            ids.append(r.json()["id"])
+    finally:
+        os.kill(sub_worker, signal.SIGCONT)
+    got = await c.events(3)
+    assert [(b.id, b.data) for b in got] == list(zip(ids, ["0", "1", "2"]))
+
+
+@pytest.mark.timeout_s(60)
+async def test_same_worker_and_no_subscribers_answer_at_once(start_nginx):
+    # Only other workers are waited for: with the subscriber's own worker
+    # (or nobody) subscribed, a stopped worker holds nothing back.
+    n = start_nginx(reuseport=True, pub="sse_publish_wait 30s;")
+    c, sub_worker, _ = await split(n, "mine")
+    pub = await open_publisher_on(n, sub_worker)
+    other = [p for p in n.workers() if p != sub_worker][0]
+    os.kill(other, signal.SIGSTOP)
+    try:
+        r = await pub.request("POST", "/publish/mine", body="m", timeout=5)
+        assert r.status == 202, r
+        r2 = await pub.request("POST", "/publish/nobody", body="x", timeout=5)
+        assert r2.status == 202 and r2.json()["subscribers"] == 0, r2
+    finally:
+        os.kill(other, signal.SIGCONT)
+    got = await c.events(1)
+    assert [(b.id, b.data) for b in got] == [(r.json()["id"], "m")]
+
+
+@pytest.mark.timeout_s(60)
+async def test_reload_answers_what_it_holds(start_nginx):
+    # A graceful exit (reload) answers the publishes it holds instead of
+    # keeping the old worker for sse_publish_wait.
+    n = start_nginx(reuseport=True, pub="sse_publish_wait 60s;")
+    c, sub_worker, pub = await split(n, "reload")
+    os.kill(sub_worker, signal.SIGSTOP)
+    try:
+        answer = asyncio.ensure_future(
+            pub.request("POST", "/publish/reload", body="r", timeout=60))
+        await asyncio.sleep(0.5)
+        assert not answer.done()
+        os.kill(n.master, signal.SIGHUP)
+        r = await asyncio.wait_for(answer, 10)
+        assert r.status == 202, r
+    finally:
+        os.kill(sub_worker, signal.SIGCONT)
+    # The stopped worker, once it runs, ends its stream for the reload
+    # after delivering what was published before.
+    got = await c.events(1)
+    assert [(b.id, b.data) for b in got] == [(r.json()["id"], "r")]
+
+
+@pytest.mark.timeout_s(90)
+async def test_closed_loop_publisher_never_runs_ahead_of_a_stopped_worker(
+        start_nginx):
+    # Under load: 50 subscribers on each worker, a closed-loop publisher on
+    # one worker and the other stopped. Answers wait out sse_publish_wait,
+    # so in 1.5 s the publisher gets at most a few events in; off, it gets
+    # hundreds in. Every subscriber then receives all of them, in order.
+    n = start_nginx(reuseport=True, pub="sse_publish_wait 500ms;")
+    subs = []
+    while len(subs) < 100:
+        subs.append(await n.stream("load"))
+    for s in subs:
+        await s.next_block()
+    workers = {n.worker_of(n.sub_port, s.local_port) for s in subs}
+    assert len(workers) == 2
+    c, sub_worker, pub = await split(n, "load")
+    subs.append(c)
+    os.kill(sub_worker, signal.SIGSTOP)
+    ids = []
+    try:
+        async def publish_loop():
+            for i in range(200):  # within keepalive_requests
+                r = await pub.request("POST", "/publish/load", body=f"{i}",
+                                      timeout=10)
+                assert r.status == 202, r
+                ids.append(r.json()["id"])
+        loop = asyncio.ensure_future(publish_loop())
+        await asyncio.wait([loop], timeout=1.5)
+        if not loop.done():
+            loop.cancel()
+        try:
+            await loop
+        except asyncio.CancelledError:
+            pass
+        assert 1 <= len(ids) <= 4, len(ids)
+    finally:
+        os.kill(sub_worker, signal.SIGCONT)
+    for s in subs:
+        got = await s.events(len(ids))
+        assert [b.id for b in got] == ids
