@@ -244,29 +244,55 @@ void ngx_http_sse_deliver_now(ngx_http_sse_zone_t *z) {
     }
 }
 
-// Tells the other processes, through the slots, whether this one holds
-// answers for their reads.
-static void ngx_http_sse_show_answering(ngx_http_sse_worker_t *w) {
-    for (auto *zw : w->zones) {
-        if (zw->slot == sse::no_slot) {
-            continue;
-        }
-        uint64_t n = 0;
-        for (auto *a : w->answers) {
-            n += a->z == zw->zone;
-        }
-        sse::store::set_answering(zw->zone->root, zw->slot, n);
+// Tells the other processes, through this one's slot, how many answers it
+// holds for their reads (only this process writes its slot's count).
+static void ngx_http_sse_count_answer(ngx_http_sse_zone_t *z, int delta) {
+    ngx_http_sse_zone_worker_t *zw = ngx_http_sse_w->zones[z->index];
+    if (zw->slot != sse::no_slot) {
+        sse::store::set_answering(
+            z->root, zw->slot,
+            sse::store::peek_answering(z->root, zw->slot) + delta);
     }
 }
 
 static bool ngx_http_sse_read_by_all(const ngx_http_sse_answer_t *a) {
-    for (uint32_t s = 0; s < sse::max_slots; s++) {
-        if (a->others.has(s) && sse::store::peek_slot_pid(a->z->root, s) != 0 &&
-            sse::store::peek_cursor(a->z->root, s) < a->seq) {
-            return false;
+    for (uint32_t i = 0; i < sse::max_slots / 64; i++) {
+        for (uint64_t bits = a->others.bits[i]; bits != 0; bits &= bits - 1) {
+            uint32_t s = i * 64 + (uint32_t)__builtin_ctzll(bits);
+            if (sse::store::peek_slot_pid(a->z->root, s) != 0 &&
+                sse::store::peek_cursor(a->z->root, s) < a->seq) {
+                return false;
+            }
         }
     }
     return true;
+}
+
+// The answer timer at the earliest deadline (each location has its own
+// sse_publish_wait, so the oldest answer is not always the first due).
+static void ngx_http_sse_answer_timer(ngx_http_sse_worker_t *w) {
+    if (w->answers.empty()) {
+        if (w->answer_timer.timer_set) {
+            ngx_del_timer(&w->answer_timer);
+        }
+        return;
+    }
+    ngx_msec_t first = w->answers.front()->deadline;
+    for (auto *a : w->answers) {
+        if ((ngx_msec_int_t)(a->deadline - first) < 0) {
+            first = a->deadline;
+        }
+    }
+    ngx_msec_int_t in = (ngx_msec_int_t)(first - ngx_current_msec);
+    if (w->answer_timer.timer_set) {
+        if ((ngx_msec_int_t)(w->answer_timer.timer.key - first) <= 0) {
+            return;  // due no later
+        }
+        // ngx_add_timer leaves a timer alone that moves by less than
+        // NGX_TIMER_LAZY_DELAY.
+        ngx_del_timer(&w->answer_timer);
+    }
+    ngx_add_timer(&w->answer_timer, in > 0 ? (ngx_msec_t)in : 1);
 }
 
 // Answers what the other processes have read, and what waited its time.
@@ -275,32 +301,32 @@ static void ngx_http_sse_answer_ready(ngx_http_sse_worker_t *w) {
         return;
     }
     std::vector<ngx_http_sse_answer_t *> ready;
-    size_t kept = 0;
-    for (auto *a : w->answers) {
-        // A graceful exit answers at once: the event is stored.
-        if (a->r == NULL || ngx_exiting ||
-            (ngx_msec_int_t)(ngx_current_msec - a->deadline) >= 0 ||
-            ngx_http_sse_read_by_all(a)) {
-            ready.push_back(a);
-        } else {
-            w->answers[kept++] = a;
+    try {
+        size_t kept = 0;
+        for (auto *a : w->answers) {
+            // A graceful exit answers at once: the event is stored.
+            if (a->r == NULL || ngx_exiting ||
+                (ngx_msec_int_t)(ngx_current_msec - a->deadline) >= 0 ||
+                ngx_http_sse_read_by_all(a)) {
+                ready.push_back(a);
+            } else {
+                w->answers[kept++] = a;
+            }
         }
+        w->answers.resize(kept);
+    } catch (const std::exception &e) {
+        // Out of memory for the list: the next wake or poll tries again.
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "sse: %s", e.what());
+        return;
     }
     if (ready.empty()) {
         return;
     }
-    w->answers.resize(kept);
-    ngx_http_sse_show_answering(w);
-    if (w->answer_timer.timer_set) {
-        ngx_del_timer(&w->answer_timer);
-    }
-    if (!w->answers.empty()) {
-        ngx_add_timer(&w->answer_timer,
-                      w->answers.front()->deadline - ngx_current_msec);
-    }
+    ngx_http_sse_answer_timer(w);
     // After the list is settled: an answer may run the connection's next
     // request, a publish that holds its own.
     for (auto *a : ready) {
+        ngx_http_sse_count_answer(a->z, -1);
         ngx_http_request_t *r = a->r;
         auto done = a->done;
         if (r != NULL) {
@@ -322,26 +348,35 @@ bool ngx_http_sse_answer_later(ngx_http_sse_zone_t *z, uint64_t seq,
                                ngx_http_request_t *r,
                                void (*done)(ngx_http_request_t *r)) {
     ngx_http_sse_worker_t *w = ngx_http_sse_w;
-    if (w == NULL || others.empty()) {
+    if (w == NULL || others.empty() || ngx_exiting ||
+        w->zones[z->index]->slot == sse::no_slot) {
         return false;
     }
     ngx_pool_cleanup_t *cln = ngx_pool_cleanup_add(r->pool, 0);
     if (cln == NULL) {
         return false;  // answered at once
     }
-    auto *a = new ngx_http_sse_answer_t{
+    auto *a = new (std::nothrow) ngx_http_sse_answer_t{
         z, seq, others, r, done, ngx_current_msec + wait, cln};
-    w->answers.push_back(a);
-    ngx_http_sse_show_answering(w);
-    // Either a reader sees our flag after moving its cursor, or we see its
-    // cursor now (its side: cursor, fence, flags; see ngx_http_sse_deliver).
+    if (a == NULL) {
+        return false;
+    }
+    try {
+        w->answers.push_back(a);
+    } catch (const std::exception &) {
+        delete a;
+        return false;
+    }
+    ngx_http_sse_count_answer(z, +1);
+    // Either a reader sees our count after moving its cursor, or we see
+    // its cursor now (its side: cursor, fence, counts; see
+    // ngx_http_sse_wake_answering).
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     if (ngx_http_sse_read_by_all(a)) {
         w->answers.pop_back();
-        ngx_http_sse_show_answering(w);
+        ngx_http_sse_count_answer(z, -1);
         delete a;
-        cln->handler = NULL;  // an unset handler is skipped
-        return false;
+        return false;  // cln's handler is unset: it is skipped
     }
     // The request's pool may go first (the connection closed by
     // worker_shutdown_timeout): the answer then only leaves the list.
@@ -349,9 +384,7 @@ bool ngx_http_sse_answer_later(ngx_http_sse_zone_t *z, uint64_t seq,
         static_cast<ngx_http_sse_answer_t *>(data)->r = NULL;
     };
     cln->data = a;
-    if (!w->answer_timer.timer_set) {
-        ngx_add_timer(&w->answer_timer, wait);
-    }
+    ngx_http_sse_answer_timer(w);
     return true;
 }
 
@@ -591,9 +624,6 @@ static void ngx_http_sse_deliver(ngx_http_sse_zone_worker_t *zw) {
     uint64_t cursor = sse::store::peek_cursor(zw->zone->root, zw->slot);
     try {
         ngx_http_sse_deliver_zone(zw);
-        if (sse::store::peek_cursor(zw->zone->root, zw->slot) != cursor) {
-            ngx_http_sse_wake_answering(zw);
-        }
     } catch (const std::exception &e) {
         ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
                       "sse: delivery failed (%s); ending this worker's "
@@ -610,6 +640,9 @@ static void ngx_http_sse_deliver(ngx_http_sse_zone_worker_t *zw) {
             s->end_read(zw->slot, s->seq(), NULL, 0);
         }
         ngx_http_sse_end_all(zw, NGX_HTTP_SSE_R_EVICTED);
+    }
+    if (sse::store::peek_cursor(zw->zone->root, zw->slot) != cursor) {
+        ngx_http_sse_wake_answering(zw);
     }
     ngx_http_sse_w->delivering = 0;
 }
@@ -892,6 +925,10 @@ void ngx_http_sse_worker_exit(ngx_cycle_t *cycle) {
             auto s = ngx_http_sse_session(zw->zone);
             ngx_http_sse_redis_count_touch_slot(zw->zone, *s, zw->slot);
             s->clear_slot(zw->slot, ngx_current_msec);
+        }
+        if (zw->slot != sse::no_slot) {
+            // Gone: publishes waiting for this process need not wait.
+            ngx_http_sse_wake_answering(zw);
         }
         for (auto &[ch, lc] : zw->channels) {
             ngx_free(lc);

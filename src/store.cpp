@@ -975,7 +975,8 @@ void store::end_read(uint32_t si, uint64_t cursor, channel *const *chans,
     slot &s = root_->slots[si];
     s.hold = 0;
     if (cursor > s.cursor) {
-        s.cursor = cursor;
+        // Read unlocked by publishers waiting for it (peek_cursor).
+        __atomic_store_n(&s.cursor, cursor, __ATOMIC_RELAXED);
     }
     for (size_t i = 0; i < n; i++) {
         release(chans[i], budget);
