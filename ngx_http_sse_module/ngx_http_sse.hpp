@@ -255,8 +255,9 @@ struct ngx_http_sse_zone_worker_t {
     std::vector<batch_item> batch;
     std::vector<sse::channel *> touched;
     std::vector<const sse::message *> owed;
-    void *redis;  // the Redis engine's state in this worker, or NULL
-    void *count;  // ngx_http_sse_redis_count.cpp's, or NULL
+    uint64_t answering;  // publishes' answers held (sse_publish_wait)
+    void *redis;         // the Redis engine's state in this worker, or NULL
+    void *count;         // ngx_http_sse_redis_count.cpp's, or NULL
 };
 
 ngx_int_t ngx_http_sse_worker_init(ngx_cycle_t *cycle);

@@ -244,14 +244,13 @@ void ngx_http_sse_deliver_now(ngx_http_sse_zone_t *z) {
     }
 }
 
-// Tells the other processes, through this one's slot, how many answers it
-// holds for their reads (only this process writes its slot's count).
+// Tells the other processes, through the zone's bits, whether this one
+// holds answers for their reads.
 static void ngx_http_sse_count_answer(ngx_http_sse_zone_t *z, int delta) {
     ngx_http_sse_zone_worker_t *zw = ngx_http_sse_w->zones[z->index];
-    if (zw->slot != sse::no_slot) {
-        sse::store::set_answering(
-            z->root, zw->slot,
-            sse::store::peek_answering(z->root, zw->slot) + delta);
+    zw->answering += delta;
+    if (zw->slot != sse::no_slot && zw->answering == (delta > 0 ? 1 : 0)) {
+        sse::store::set_answering(z->root, zw->slot, zw->answering != 0);
     }
 }
 
@@ -393,12 +392,9 @@ bool ngx_http_sse_answer_later(ngx_http_sse_zone_t *z, uint64_t seq,
 static void ngx_http_sse_wake_answering(ngx_http_sse_zone_worker_t *zw) {
     // Pairs with the fence in ngx_http_sse_answer_later.
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    sse::slot_set to{};
-    for (uint32_t s = 0; s < sse::max_slots; s++) {
-        if (s != zw->slot &&
-            sse::store::peek_answering(zw->zone->root, s) != 0) {
-            to.add(s);
-        }
+    sse::slot_set to = sse::store::peek_answering(zw->zone->root);
+    if (zw->slot != sse::no_slot) {
+        to.bits[zw->slot / 64] &= ~(uint64_t{1} << (zw->slot % 64));
     }
     if (!to.empty()) {
         ngx_http_sse_notify(zw->zone, to);

@@ -151,11 +151,20 @@ uint64_t store::peek_cursor(const zone_root *r, uint32_t slot) {
 int32_t store::peek_slot_pid(const zone_root *r, uint32_t slot) {
     return __atomic_load_n(&r->slots[slot].pid, __ATOMIC_RELAXED);
 }
-uint64_t store::peek_answering(const zone_root *r, uint32_t slot) {
-    return __atomic_load_n(&r->slots[slot].answering, __ATOMIC_RELAXED);
+slot_set store::peek_answering(const zone_root *r) {
+    slot_set set{};
+    for (uint32_t i = 0; i < max_slots / 64; i++) {
+        set.bits[i] = __atomic_load_n(&r->answering[i], __ATOMIC_RELAXED);
+    }
+    return set;
 }
-void store::set_answering(zone_root *r, uint32_t slot, uint64_t n) {
-    __atomic_store_n(&r->slots[slot].answering, n, __ATOMIC_RELAXED);
+void store::set_answering(zone_root *r, uint32_t slot, bool on) {
+    uint64_t bit = uint64_t{1} << (slot % 64);
+    if (on) {
+        __atomic_fetch_or(&r->answering[slot / 64], bit, __ATOMIC_RELAXED);
+    } else {
+        __atomic_fetch_and(&r->answering[slot / 64], ~bit, __ATOMIC_RELAXED);
+    }
 }
 uint32_t store::peek_external(const zone_root *r) {
     return __atomic_load_n(&r->external, __ATOMIC_RELAXED);
@@ -211,6 +220,7 @@ uint32_t store::claim_slot(int32_t pid, int32_t worker) {
             // Nothing to read yet: it has no subscribers.
             s.cursor = root_->seq;
             s.pid = pid;
+            set_answering(root_, i, false);  // a dead process's, if any
             return i;
         }
     }
@@ -223,7 +233,7 @@ void store::clear_slot(uint32_t i, int64_t now) {
     root_->stats.slow_dropped += s.stats.slow_dropped;
     s.stats = {};
     s.hold = 0;
-    s.answering = 0;
+    set_answering(root_, i, false);
     while (s.pending != nullptr) {
         message *m = s.pending;
         s.pending = m->next;

@@ -269,13 +269,13 @@ public:
     static int64_t peek_last_sweep(const zone_root *r);
     static uint64_t peek_cursor(const zone_root *r, uint32_t slot);
     static int32_t peek_slot_pid(const zone_root *r, uint32_t slot);
-    static uint64_t peek_answering(const zone_root *r, uint32_t slot);
+    static slot_set peek_answering(const zone_root *r);
     static uint32_t peek_external(const zone_root *r);
     static int32_t peek_bus_pid(const zone_root *r);
     // Counts only the slot's own process adds to, and the Redis engine's
     // figures, both written with relaxed atomics.
     static slot_stats &own_stats(zone_root *r, uint32_t slot);
-    static void set_answering(zone_root *r, uint32_t slot, uint64_t n);
+    static void set_answering(zone_root *r, uint32_t slot, bool on);
     static external_stats &ext(zone_root *r);
 
     // ---- process slots

@@ -17,10 +17,6 @@ struct slot {
     uint64_t subscriptions;
     uint64_t generation;  // bumped each time the slot is claimed
     slot_stats stats;
-    // Publishes whose answers this process holds until the processes of
-    // their channels have read them (the glue's sse_publish_wait): those
-    // processes wake it after reading. Only this process writes it.
-    uint64_t answering;
 };
 
 // A block of the glue's own (presence's records) in the zone: on the
@@ -41,8 +37,13 @@ struct zone_root {
     uint64_t orphan_dropped_seq;  // newest dropped_seq of freed channels
     uint64_t lost_seq;            // newest lost_seq of any channel
     uint64_t control_gen;         // bumped when a channel is deleted
-    int64_t last_sweep;           // ms
-    uint64_t capacity;            // bytes of the zone, for sanity limits
+    // The slots whose processes hold publishes' answers until the processes
+    // of their channels have read them (the glue's sse_publish_wait): a
+    // reader wakes them after reading. Each process sets and clears its own
+    // bit; readers test one word per 64 slots.
+    uint64_t answering[max_slots / 64];
+    int64_t last_sweep;  // ms
+    uint64_t capacity;   // bytes of the zone, for sanity limits
     message *head;
     message *tail;
     channel **buckets;

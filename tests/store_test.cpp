@@ -1145,20 +1145,25 @@ TEST(Slots, AllMaxSlotsCanBeClaimedAndTheNextGetsNoSlot) {
     EXPECT_EQ(z.session()->claim_slot(5001, 0), sse::no_slot);
 }
 
-TEST(Slots, AnsweringFlagIsTheSlotsOwnAndGoesWithIt) {
-    // sse_publish_wait: the readers wake the processes whose flag is set;
-    // a flag left by a process that died would cost them wake-ups forever.
+TEST(Slots, AnsweringBitIsTheSlotsOwnAndGoesWithIt) {
+    // sse_publish_wait: the readers wake the processes whose bit is set;
+    // a bit left by a process that died would cost them wake-ups forever.
     zone z;
     uint32_t s = z.session()->claim_slot(4242, 1);
-    EXPECT_EQ(sse::store::peek_answering(z.root, s), 0u);
-    sse::store::set_answering(z.root, s, 3);
-    EXPECT_EQ(sse::store::peek_answering(z.root, s), 3u);
-    EXPECT_EQ(sse::store::peek_answering(z.root, z.pub), 0u);
+    uint32_t t = z.session()->claim_slot(4244, 2);
+    EXPECT_TRUE(sse::store::peek_answering(z.root).empty());
+    sse::store::set_answering(z.root, s, true);
+    sse::store::set_answering(z.root, t, true);
+    EXPECT_TRUE(sse::store::peek_answering(z.root).has(s));
+    EXPECT_FALSE(sse::store::peek_answering(z.root).has(z.pub));
+    sse::store::set_answering(z.root, t, false);
+    EXPECT_TRUE(sse::store::peek_answering(z.root).has(s));
+    EXPECT_FALSE(sse::store::peek_answering(z.root).has(t));
     z.session()->clear_slot(s, 0);
-    EXPECT_EQ(sse::store::peek_answering(z.root, s), 0u);
-    sse::store::set_answering(z.root, s, 1);  // as if left set
+    EXPECT_TRUE(sse::store::peek_answering(z.root).empty());
+    sse::store::set_answering(z.root, s, true);  // as if left set
     EXPECT_EQ(z.session()->claim_slot(4243, 1), s);
-    EXPECT_EQ(sse::store::peek_answering(z.root, s), 0u);
+    EXPECT_TRUE(sse::store::peek_answering(z.root).empty());
 }
 
 TEST(Slots, ClaimStartsTheCursorAtTheNewestSeq) {
