@@ -234,6 +234,15 @@ class Nginx(NginxProcess):
         raise AssertionError(f"no worker holds the connection from port "
                              f"{client_port}")
 
+    async def publisher_on(self, pid, attempts=64):
+        """A keepalive publisher connection handled by worker `pid`."""
+        for _ in range(attempts):
+            ka = await KeepAlive.open(self.pub_port)
+            if self.worker_of(self.pub_port, ka.local_port) == pid:
+                return ka
+            ka.close()
+        raise AssertionError(f"no publisher connection landed on {pid}")
+
     # ---- HTTP
 
     async def sub_http(self, method, path, **kw):

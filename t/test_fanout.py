@@ -82,16 +82,6 @@ async def test_catch_up_goes_out_in_one_write(nginx):
     assert len(c.chunks) == 1
 
 
-async def open_publisher_on(nginx, pid, attempts=64):
-    """A keepalive publisher connection handled by worker `pid`."""
-    for _ in range(attempts):
-        ka = await KeepAlive.open(nginx.pub_port)
-        if nginx.worker_of(nginx.pub_port, ka.local_port) == pid:
-            return ka
-        ka.close()
-    raise AssertionError(f"no publisher connection landed on {pid}")
-
-
 def data_segments_out(pid, server_port, client_port):
     """tcpi_data_segs_out of the worker's side of a subscriber connection:
     with TCP_NODELAY, each write of a few bytes is one segment."""
@@ -115,7 +105,7 @@ async def test_live_burst_goes_out_in_one_write(start_nginx):
     await c.next_block()  # retry
     sub_worker = n.worker_of(n.sub_port, c.local_port)
     other = [p for p in n.workers() if p != sub_worker][0]
-    pub = await open_publisher_on(n, other)
+    pub = await n.publisher_on(other)
     segs_before = data_segments_out(sub_worker, n.sub_port, c.local_port)
     ids = []
     os.kill(sub_worker, signal.SIGSTOP)

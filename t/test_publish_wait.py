@@ -11,18 +11,6 @@ import time
 
 import pytest
 
-from conftest import KeepAlive
-
-
-async def open_publisher_on(nginx, pid, attempts=64):
-    """A keepalive publisher connection handled by worker `pid`."""
-    for _ in range(attempts):
-        ka = await KeepAlive.open(nginx.pub_port)
-        if nginx.worker_of(nginx.pub_port, ka.local_port) == pid:
-            return ka
-        ka.close()
-    raise AssertionError(f"no publisher connection landed on {pid}")
-
 
 async def split(n, channel):
     """A subscriber on one worker, a publisher connection on the other:
@@ -31,7 +19,7 @@ async def split(n, channel):
     await c.next_block()  # retry
     sub_worker = n.worker_of(n.sub_port, c.local_port)
     other = [p for p in n.workers() if p != sub_worker][0]
-    return c, sub_worker, await open_publisher_on(n, other)
+    return c, sub_worker, await n.publisher_on(other)
 
 
 @pytest.mark.timeout_s(60)
@@ -99,7 +87,7 @@ async def test_same_worker_and_no_subscribers_answer_at_once(start_nginx):
     # (or nobody) subscribed, a stopped worker holds nothing back.
     n = start_nginx(reuseport=True, pub="sse_publish_wait 30s;")
     c, sub_worker, _ = await split(n, "mine")
-    pub = await open_publisher_on(n, sub_worker)
+    pub = await n.publisher_on(sub_worker)
     other = [p for p in n.workers() if p != sub_worker][0]
     os.kill(other, signal.SIGSTOP)
     try:
