@@ -81,13 +81,11 @@ async def test_reload_answers_publishes_waiting_for_redis(start_nginx,
     """A reload while publishes wait for a slow Redis: the old workers stay
     until Redis answered them (within redis_timeout), so each publisher
     gets its answer rather than a closed connection."""
-    import redis as pyredis
     from test_redis import machines
     r = start_redis()
     (a,) = await machines(start_nginx, r, 1, extra=" redis_timeout=5s")
     first = await a.publish_ok("slow", "before")
-    pyredis.Redis(port=r.port).execute_command("CLIENT", "PAUSE", "1500",
-                                               "WRITE")
+    r.cli("CLIENT", "PAUSE", "1500", "WRITE")
     pending = [asyncio.ensure_future(a.publish("slow", f"p{i}"))
                for i in range(6)]
     await asyncio.sleep(0.3)  # they are waiting for Redis now
