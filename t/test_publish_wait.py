@@ -164,3 +164,30 @@ async def test_closed_loop_publisher_never_runs_ahead_of_a_stopped_worker(
     for s in subs:
         got = await s.events(len(ids))
         assert [b.id for b in got] == ids
+
+
+@pytest.mark.timeout_s(60)
+async def test_publisher_gone_while_held_loses_nothing(start_nginx):
+    # A publisher that closes its connection while its answer is held: the
+    # event stays published, the worker answers into nothing (no alert, no
+    # sanitizer report: the fixture checks the log), and the next publish
+    # on a new connection is answered as usual.
+    n = start_nginx(reuseport=True, pub="sse_publish_wait 30s;")
+    c, sub_worker, pub = await split(n, "gone")
+    os.kill(sub_worker, signal.SIGSTOP)
+    try:
+        answer = asyncio.ensure_future(
+            pub.request("POST", "/publish/gone", body="lost-answer",
+                        timeout=30))
+        await asyncio.sleep(0.5)
+        assert not answer.done()
+        answer.cancel()
+        pub.close()
+        await asyncio.sleep(0.2)
+    finally:
+        os.kill(sub_worker, signal.SIGCONT)
+    got = await c.events(1)
+    assert got[0].data == "lost-answer"
+    r = await n.publish("gone", "next", timeout=10)
+    assert r.status == 202, r
+    assert [b.data for b in await c.events(1)] == ["next"]
