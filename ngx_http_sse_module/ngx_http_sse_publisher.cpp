@@ -223,11 +223,8 @@ sse::publish_status ngx_http_sse_store_local(
             out->subscribers = sse::store::subscribers(ch);
             out->epoch = s->epoch();
             wake = s->slots_of(ch);
-            for (uint32_t i = 0; i < sse::max_slots; i++) {
-                if (wake.has(i) && i != zw->slot) {
-                    out->others.add(i);
-                }
-            }
+            out->others = wake;
+            out->others.remove(zw->slot);
         }
     }
     if (out->published > 0 && !wake.empty()) {

@@ -47,7 +47,7 @@ struct ngx_http_sse_worker_t {
     ngx_uint_t ndirty;
     ngx_event_t flush;
     std::vector<ngx_http_sse_answer_t *> answers;  // oldest first
-    ngx_event_t answer_timer;                      // the oldest's deadline
+    ngx_event_t answer_timer;                      // the earliest deadline
     unsigned delivering : 1;
 };
 
@@ -244,6 +244,17 @@ void ngx_http_sse_deliver_now(ngx_http_sse_zone_t *z) {
     }
 }
 
+// Frees an answer and disarms its pool cleanup; its request, if that is
+// still there.
+static ngx_http_request_t *ngx_http_sse_answer_free(ngx_http_sse_answer_t *a) {
+    ngx_http_request_t *r = a->r;
+    if (r != NULL) {
+        a->cln->handler = NULL;
+    }
+    delete a;
+    return r;
+}
+
 // Tells the other processes, through the zone's bits, whether this one
 // holds answers for their reads.
 static void ngx_http_sse_count_answer(ngx_http_sse_zone_t *z, int delta) {
@@ -326,12 +337,8 @@ static void ngx_http_sse_answer_ready(ngx_http_sse_worker_t *w) {
     // request, a publish that holds its own.
     for (auto *a : ready) {
         ngx_http_sse_count_answer(a->z, -1);
-        ngx_http_request_t *r = a->r;
         auto done = a->done;
-        if (r != NULL) {
-            a->cln->handler = NULL;
-        }
-        delete a;
+        ngx_http_request_t *r = ngx_http_sse_answer_free(a);
         if (r != NULL) {
             done(r);
         }
@@ -394,7 +401,7 @@ static void ngx_http_sse_wake_answering(ngx_http_sse_zone_worker_t *zw) {
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     sse::slot_set to = sse::store::peek_answering(zw->zone->root);
     if (zw->slot != sse::no_slot) {
-        to.bits[zw->slot / 64] &= ~(uint64_t{1} << (zw->slot % 64));
+        to.remove(zw->slot);
     }
     if (!to.empty()) {
         ngx_http_sse_notify(zw->zone, to);
@@ -953,10 +960,7 @@ void ngx_http_sse_worker_exit(ngx_cycle_t *cycle) {
     // Left only when the process ends at once (a graceful exit waits for
     // the timer): their requests' pools are not destroyed before it ends.
     for (auto *a : w->answers) {
-        if (a->r != NULL) {
-            a->cln->handler = NULL;
-        }
-        delete a;
+        ngx_http_sse_answer_free(a);
     }
     if (w->answer_timer.timer_set) {
         ngx_del_timer(&w->answer_timer);

@@ -183,6 +183,7 @@ struct slot_set {
     uint64_t bits[max_slots / 64];
     bool has(uint32_t s) const { return (bits[s / 64] >> (s % 64)) & 1; }
     void add(uint32_t s) { bits[s / 64] |= uint64_t{1} << (s % 64); }
+    void remove(uint32_t s) { bits[s / 64] &= ~(uint64_t{1} << (s % 64)); }
     bool empty() const {
         for (uint64_t b : bits) {
             if (b != 0) {
