@@ -144,12 +144,21 @@ static const char ngx_http_sse_count_read_lua[] =
     NGX_HTTP_SSE_REDIS_COUNT_LUA                      //
     "return subs\n";
 
-// KEYS: this machine's channel set, then the count key of each channel;
-// ARGV: its id, then (channel, count) per count key; a count of 0 removes
-// the field.
+// KEYS: this machine's channel set, the liveness hash, then the count
+// key of each channel; ARGV: its id, then (channel, count) per count key;
+// a count of 0 removes the field. Returns 0, writing nothing, when Redis
+// does not count the machine (a clean stop of another of its workers
+// removed it, or its time ran out): a write then would outlive every
+// remover, since the collectors look only at machines in the liveness
+// hash. The pusher refreshes and pushes everything again.
 static const char ngx_http_sse_count_push_lua[] =
-    "for i = 2, #KEYS do\n"
-    "  local c, n = ARGV[2 * i - 2], ARGV[2 * i - 1]\n"
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "if (tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')) <= now then\n"
+    "  return 0\n"
+    "end\n"
+    "for i = 3, #KEYS do\n"
+    "  local c, n = ARGV[2 * i - 4], ARGV[2 * i - 3]\n"
     "  if n == '0' then\n"
     "    redis.call('HDEL', KEYS[i], ARGV[1])\n"
     "    redis.call('SREM', KEYS[1], c)\n"
@@ -479,6 +488,12 @@ static void ngx_http_sse_count_push_reply(ngx_http_sse_count_worker_t *cw,
         ngx_http_sse_count_failed(cw, "push", r, err);
         return;
     }
+    if (r->type == REDIS_REPLY_INTEGER && r->integer == 0) {
+        // Not counted: the refresh, at once, counts the machine again and
+        // says Redis had forgotten it (everything goes again).
+        cw->next_refresh = ngx_current_msec;
+        return;
+    }
     for (auto &[id, n] : cmd->batch) {
         if (n == 0) {
             cw->pushed.erase(id);
@@ -516,9 +531,9 @@ static void ngx_http_sse_count_push(
         nums.reserve(cmd->batch.size());
         keys.reserve(cmd->batch.size());
         std::string mk = cw->machine + cw->me;
-        std::string nkeys = std::to_string(cmd->batch.size() + 1);
+        std::string nkeys = std::to_string(cmd->batch.size() + 2);
         std::vector<std::string_view> args{"EVAL", ngx_http_sse_count_push_lua,
-                                           nkeys, mk};
+                                           nkeys, mk, cw->alive};
         for (auto &[id, n] : cmd->batch) {
             keys.push_back(cw->subs + id);
             args.push_back(keys.back());
@@ -915,6 +930,18 @@ void ngx_http_sse_redis_count_poll(ngx_http_sse_zone_worker_t *zw) {
     }
 }
 
+// A clean stop: the machine out of every sum, its fields, its set, at
+// once (no push lands in between: it would find the machine not counted
+// and write nothing). KEYS: the liveness hash, the machine's set, then
+// the count key of each channel; ARGV: its id.
+static const char ngx_http_sse_count_remove_lua[] =
+    "redis.call('HDEL', KEYS[1], ARGV[1])\n"
+    "for i = 3, #KEYS do\n"
+    "  redis.call('HDEL', KEYS[i], ARGV[1])\n"
+    "end\n"
+    "redis.call('DEL', KEYS[2])\n"
+    "return 1\n";
+
 // Before the Redis connections close: a worker that stops (not a
 // reload's old worker: the master made a new generation before it
 // signalled it) removes the machine's counts, best effort (sent, not
@@ -927,11 +954,11 @@ void ngx_http_sse_redis_count_exit(ngx_http_sse_zone_worker_t *zw) {
     if (cw->shm != NULL && !cw->me.empty() &&
         __atomic_load_n(&cw->shm->generation, __ATOMIC_RELAXED) ==
             cw->generation) {
-        // Out of every sum at once; then its fields, as far as this worker
-        // pushed them or has pushes in flight (sent before these, on the
-        // same connection), and its set. Every worker removes the set: one
-        // that took the pushing over while the others stopped may have
-        // made it again.
+        // Out of every sum, with its fields (as far as this worker pushed
+        // them or has pushes in flight, sent before this on the same
+        // connection) and its set. Every worker sends it: one that took
+        // the pushing over while the others stopped may have pushed after
+        // their removal; a push landing after the last one writes nothing.
         try {
             std::unordered_set<std::string> ids;
             for (auto &[id, n] : cw->pushed) {
@@ -943,23 +970,19 @@ void ngx_http_sse_redis_count_exit(ngx_http_sse_zone_worker_t *zw) {
                 }
             }
             std::vector<std::string> keys;
-            keys.reserve(ids.size() + 2);
-            keys.push_back(cw->alive);
-            std::vector<std::vector<std::string_view>> cmds{
-                {"HDEL", keys[0], cw->me}};
+            keys.reserve(ids.size() + 1);
+            std::string mk = cw->machine + cw->me;
+            std::string nkeys = std::to_string(ids.size() + 2);
+            std::vector<std::string_view> args{
+                "EVAL", ngx_http_sse_count_remove_lua, nkeys, cw->alive, mk};
             for (const std::string &id : ids) {
                 keys.push_back(cw->subs + id);
-                cmds.push_back({"HDEL", keys.back(), cw->me});
+                args.push_back(keys.back());
             }
-            keys.push_back(cw->machine + cw->me);
-            cmds.push_back({"DEL", keys.back()});
-            for (auto &args : cmds) {
-                auto cmd = std::make_unique<ngx_http_sse_count_cmd_t>();
-                cmd->reply = ngx_http_sse_count_ignore;
-                if (!ngx_http_sse_count_send(cw, std::move(cmd), args)) {
-                    break;
-                }
-            }
+            args.push_back(cw->me);
+            auto cmd = std::make_unique<ngx_http_sse_count_cmd_t>();
+            cmd->reply = ngx_http_sse_count_ignore;
+            ngx_http_sse_count_send(cw, std::move(cmd), args);
         } catch (const std::exception &) {
             // Its time runs out: the others stop counting it.
         }

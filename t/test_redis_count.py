@@ -317,6 +317,96 @@ async def test_a_clean_stop_removes_the_machines_counts(start_nginx,
     assert await info_subscribers(a, "bye") is None
 
 
+def machine_traces(redis, machine):
+    """Every key and hash field Redis holds of the machine."""
+    out = []
+    for k in redis.cli("--scan", "--pattern", "{sse:sse}:*").split():
+        if machine in k:
+            out.append(k)
+        elif ((":subs:" in k or k.endswith(":alive")) and
+              machine in redis.cli("HKEYS", k).split()):
+            out.append(f"{k} [{machine}]")
+    return sorted(out)
+
+
+@pytest.mark.timeout_s(90)
+async def test_a_stop_while_counts_change_leaves_nothing(start_nginx,
+                                                         start_redis):
+    # Subscribers come and go on both workers while the machine stops, so
+    # pushes are under way while each worker removes the machine: none
+    # may land after the last removal and leave a key nobody collects
+    # (the collectors look only at machines Redis still counts).
+    r = start_redis()
+    for _ in range(3):
+        a, b = await machines(start_nginx, r, 2, extra="")
+        held = [await b.stream(f"c{i}") for i in range(20)]
+        await until_count(a, "c0", 1)
+        b_id = (await status(b))["redis_counts"]["machine"]
+        stopping = False
+
+        async def churn():
+            i = 0
+            while not stopping:
+                try:
+                    s = await b.subscribe(f"c{i % 20}")
+                    await asyncio.sleep(0.01)
+                    s.close()
+                except OSError:
+                    await asyncio.sleep(0.01)
+                i += 1
+        tasks = [asyncio.ensure_future(churn()) for _ in range(8)]
+        await asyncio.sleep(0.7)
+        stopped = await asyncio.to_thread(b.stop)
+        stopping = True
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for s in held:
+            s.close()
+        assert stopped
+        deadline = time.monotonic() + 3
+        while machine_traces(r, b_id):
+            assert time.monotonic() < deadline, machine_traces(r, b_id)
+            await asyncio.sleep(0.05)
+        a.stop()
+
+
+# Atomically: the machine's field of the channel's count, and its entry
+# in the liveness hash (nil when absent).
+BOTH = ("return {redis.call('HGET', KEYS[1], ARGV[1]), "
+        "redis.call('HGET', KEYS[2], ARGV[1])}")
+
+
+@pytest.mark.timeout_s(60)
+async def test_a_push_writes_nothing_for_a_machine_redis_dropped(
+        start_nginx, start_redis):
+    # Redis stops counting machine B (as when another of its workers
+    # stopped cleanly, or its time ran out): B's next push must not write
+    # a count then, which no collector would ever remove; it counts itself
+    # again at once and pushes everything. A long TTL keeps B's own
+    # refresh (every third of it) out of the way.
+    r = start_redis()
+    a, b = await machines(start_nginx, r, 2, extra=" redis_machine_ttl=60s")
+    b_id = (await status(b))["redis_counts"]["machine"]
+    deadline = time.monotonic() + 5
+    while counted_until(r, b_id) <= redis_ms(r):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    r.cli("HDEL", "{sse:sse}:alive", b_id)
+    held = await b.stream("late")
+    deadline = time.monotonic() + 5
+    while True:
+        field, alive = (r.cli("EVAL", BOTH, "2", "{sse:sse}:subs:late",
+                              "{sse:sse}:alive", b_id).split("\n") + [""])[:2]
+        # A count only ever for a machine Redis counts.
+        assert not field or alive, (field, alive)
+        if field == "1":
+            break
+        assert time.monotonic() < deadline, (field, alive)
+        await asyncio.sleep(0.02)
+    await until_count(a, "late", 1)
+    held.close()
+    await until_count(a, "late", None)
+
+
 @pytest.mark.timeout_s(60)
 async def test_a_reload_keeps_the_machine_id_and_counts(start_nginx,
                                                         start_redis):
