@@ -575,7 +575,8 @@ void ngx_http_sse_redis_count_init(ngx_http_sse_zone_worker_t *zw);
 void ngx_http_sse_redis_count_init_module(ngx_cycle_t *cycle);
 // From the worker's poll: the machine's pusher pushes what changed.
 void ngx_http_sse_redis_count_poll(ngx_http_sse_zone_worker_t *zw);
-void ngx_http_sse_redis_count_exit(ngx_http_sse_zone_worker_t *zw);
+// True when it sent the machine's removal (a clean stop).
+bool ngx_http_sse_redis_count_exit(ngx_http_sse_zone_worker_t *zw);
 // This machine's id ("" while the zone holds none yet).
 const std::string &ngx_http_sse_redis_count_me(ngx_http_sse_zone_worker_t *zw);
 // Notes, inside a session, that channels' subscribers on this machine

@@ -53,6 +53,7 @@ extern "C" {
 }
 #include <openssl/sha.h>
 #include <openssl/x509v3.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/time.h>
 
@@ -3838,12 +3839,70 @@ static void ngx_http_sse_redis_resign(ngx_http_sse_redis_worker_t *rw) {
     }
 }
 
+// At a worker's exit, before the command connection closes: what it
+// still has to say (a clean stop's removal of the machine's counts)
+// reaches Redis. A close with replies unread sends a reset, and Redis
+// drops what it had not read yet; so the rest is written, the sending
+// side shut, and the replies read until Redis closes (it has read
+// everything then), for `ms` at most. Blocking: the worker is leaving.
+static void ngx_http_sse_redis_linger(ngx_http_sse_redis_conn_t *rc,
+                                      ngx_msec_t ms) {
+    if (!rc->connected || rc->pc.connection == NULL) {
+        return;
+    }
+    ngx_connection_t *c = rc->pc.connection;
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    auto left = [&]() -> int {
+        struct timespec t;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        long spent =
+            (t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000;
+        return spent >= (long)ms ? 0 : (int)(ms - spent);
+    };
+    while (!rc->out.empty()) {
+        ssize_t n =
+            c->send(c, reinterpret_cast<u_char *>(&rc->out[0]), rc->out.size());
+        if (n == NGX_ERROR) {
+            return;
+        }
+        if (n == NGX_AGAIN) {
+            struct pollfd p = {c->fd, POLLOUT, 0};
+            if (left() == 0 || poll(&p, 1, left()) <= 0) {
+                return;
+            }
+            continue;
+        }
+        rc->out.erase(0, n);
+    }
+    if (shutdown(c->fd, SHUT_WR) == -1) {
+        return;
+    }
+    char buf[4096];
+    for (;;) {
+        ssize_t n = recv(c->fd, buf, sizeof(buf), 0);
+        if (n > 0) {
+            continue;  // replies nobody waits for any more
+        }
+        if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+            return;  // closed by Redis
+        }
+        struct pollfd p = {c->fd, POLLIN, 0};
+        if (left() == 0 || poll(&p, 1, left()) <= 0) {
+            return;
+        }
+    }
+}
+
 void ngx_http_sse_redis_worker_exit(ngx_http_sse_zone_worker_t *zw) {
     auto *rw = static_cast<ngx_http_sse_redis_worker_t *>(zw->redis);
     if (rw == NULL) {
         return;
     }
-    ngx_http_sse_redis_count_exit(zw);
+    if (ngx_http_sse_redis_count_exit(zw)) {
+        ngx_http_sse_redis_linger(&rw->cmd,
+                                  ngx_min(rw->conf->timeout, (ngx_msec_t)1000));
+    }
     ngx_http_sse_redis_resign(rw);
     rw->bus.on_close = NULL;
     ngx_http_sse_redis_close(&rw->bus, NULL);

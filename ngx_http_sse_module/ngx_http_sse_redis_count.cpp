@@ -946,11 +946,12 @@ static const char ngx_http_sse_count_remove_lua[] =
 // reload's old worker: the master made a new generation before it
 // signalled it) removes the machine's counts, best effort (sent, not
 // waited for); the commands in flight are forgotten.
-void ngx_http_sse_redis_count_exit(ngx_http_sse_zone_worker_t *zw) {
+bool ngx_http_sse_redis_count_exit(ngx_http_sse_zone_worker_t *zw) {
     auto *cw = static_cast<ngx_http_sse_count_worker_t *>(zw->count);
     if (cw == NULL) {
-        return;
+        return false;
     }
+    bool sent = false;
     if (cw->shm != NULL && !cw->me.empty() &&
         __atomic_load_n(&cw->shm->generation, __ATOMIC_RELAXED) ==
             cw->generation) {
@@ -982,7 +983,7 @@ void ngx_http_sse_redis_count_exit(ngx_http_sse_zone_worker_t *zw) {
             args.push_back(cw->me);
             auto cmd = std::make_unique<ngx_http_sse_count_cmd_t>();
             cmd->reply = ngx_http_sse_count_ignore;
-            ngx_http_sse_count_send(cw, std::move(cmd), args);
+            sent = ngx_http_sse_count_send(cw, std::move(cmd), args);
         } catch (const std::exception &) {
             // Its time runs out: the others stop counting it.
         }
@@ -997,6 +998,7 @@ void ngx_http_sse_redis_count_exit(ngx_http_sse_zone_worker_t *zw) {
     }
     delete cw;
     zw->count = NULL;
+    return sent;
 }
 
 // ------------------------------------------------------------- GET
