@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from clienthelp import wait_subscribers
+
 
 async def split(n, channel):
     """A subscriber on one worker, a publisher connection on the other:
@@ -191,3 +193,31 @@ async def test_publisher_gone_while_held_loses_nothing(start_nginx):
     r = await n.publish("gone", "next", timeout=10)
     assert r.status == 202, r
     assert [b.data for b in await c.events(1)] == ["next"]
+
+
+@pytest.mark.timeout_s(90)
+async def test_a_large_fan_out_may_trail_by_one_event(start_nginx):
+    # From 1,024 subscribers on, a worker may trail by one event per 1,024
+    # (so that its writes keep coalescing under a burst), and by no more:
+    # with the subscriber's worker stopped, the first publish is answered
+    # at once and the second waits for that worker.
+    n = start_nginx(reuseport=True, pub="sse_publish_wait 30s;")
+    c, sub_worker, pub = await split(n, "big")
+    more = [await n.stream("big") for _ in range(1023)]
+    await wait_subscribers(n, "big", 1024, timeout=15)
+    os.kill(sub_worker, signal.SIGSTOP)
+    try:
+        r1 = await pub.request("POST", "/publish/big", body="1", timeout=5)
+        assert r1.status == 202, r1
+        assert r1.json()["subscribers"] == 1024
+        answer = asyncio.ensure_future(
+            pub.request("POST", "/publish/big", body="2", timeout=30))
+        await asyncio.sleep(1.0)
+        assert not answer.done()
+    finally:
+        os.kill(sub_worker, signal.SIGCONT)
+    r2 = await asyncio.wait_for(answer, 10)
+    assert r2.status == 202, r2
+    want = [(r1.json()["id"], "1"), (r2.json()["id"], "2")]
+    for s in [c] + more:
+        assert [(b.id, b.data) for b in await s.events(2)] == want
