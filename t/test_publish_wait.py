@@ -5,13 +5,18 @@ publishes wait for the channel's owner likewise). The workers are held
 with SIGSTOP, so nothing here depends on how fast the machine is."""
 
 import asyncio
+import json
 import os
 import signal
+import subprocess
 import time
 
 import pytest
 
-from clienthelp import wait_subscribers
+from clienthelp import make_cert, wait_subscribers
+from conftest import free_port
+
+CURL = "/usr/bin/curl"
 
 
 async def split(n, channel):
@@ -221,3 +226,48 @@ async def test_a_large_fan_out_may_trail_by_one_event(start_nginx):
     want = [(r1.json()["id"], "1"), (r2.json()["id"], "2")]
     for s in [c] + more:
         assert [(b.id, b.data) for b in await s.events(2)] == want
+
+
+@pytest.mark.timeout_s(60)
+async def test_an_http2_publisher_is_held_and_answered(start_nginx,
+                                                       tmp_path):
+    # A publish over HTTP/2 (one stream of a multiplexed connection) is
+    # held like one over HTTP/1.1 and answered on its stream. With the
+    # subscriber's worker stopped, only the other worker accepts the
+    # publisher's connection.
+    cert, key = make_cert(tmp_path)
+    port = free_port()
+    n = start_nginx(
+        server=f"""
+        listen 127.0.0.1:{port} ssl http2;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};""",
+        sub_locations="""
+        location ~ ^/h2pub/(?<pc>.+)$ {
+            sse_publish;
+            sse_channel $pc;
+            sse_publish_wait 30s;
+        }""")
+    c = await n.stream("h2held")
+    await c.next_block()  # retry
+    sub_worker = n.worker_of(n.sub_port, c.local_port)
+    os.kill(sub_worker, signal.SIGSTOP)
+    try:
+        p = subprocess.Popen(
+            [CURL, "--http2", "--cacert", str(cert), "-sS", "--max-time",
+             "30", "-X", "POST", "--data-binary", "over h2",
+             "-w", "\n%{http_version} %{response_code}",
+             f"https://127.0.0.1:{port}/h2pub/h2held"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        await asyncio.sleep(1.5)
+        # Stored, but the subscriber's worker has not read it: no answer.
+        assert p.poll() is None
+    finally:
+        os.kill(sub_worker, signal.SIGCONT)
+    out, err = await asyncio.to_thread(p.communicate, timeout=15)
+    assert p.returncode == 0, err
+    body, last = out.rsplit("\n", 1)
+    assert last.split() == ["2", "202"], out
+    eid = json.loads(body)["id"]
+    got = await c.events(1)
+    assert [(b.id, b.data) for b in got] == [(eid, "over h2")]
