@@ -3844,21 +3844,42 @@ static void ngx_http_sse_redis_resign(ngx_http_sse_redis_worker_t *rw) {
 // reaches Redis. A close with replies unread sends a reset, and Redis
 // drops what it had not read yet; so the rest is written, the sending
 // side shut, and the replies read until Redis closes (it has read
-// everything then), for `ms` at most. Blocking: the worker is leaving.
+// everything then). Blocking (the worker is leaving), for `ms` at most,
+// and 1 s for all the zones together: `nginx -s stop` kills a worker
+// that takes longer.
 static void ngx_http_sse_redis_linger(ngx_http_sse_redis_conn_t *rc,
                                       ngx_msec_t ms) {
+    static int64_t all_until;  // ms, CLOCK_MONOTONIC
     if (!rc->connected || rc->pc.connection == NULL) {
         return;
     }
     ngx_connection_t *c = rc->pc.connection;
-    struct timespec t0;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    auto left = [&]() -> int {
+    auto now = []() -> int64_t {
         struct timespec t;
         clock_gettime(CLOCK_MONOTONIC, &t);
-        long spent =
-            (t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000;
-        return spent >= (long)ms ? 0 : (int)(ms - spent);
+        return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+    };
+    int64_t until = now() + (int64_t)ms;
+    if (all_until == 0) {
+        all_until = now() + 1000;
+    }
+    until = std::min(until, all_until);
+    // False once the time is up; true when the socket may be ready.
+    auto wait = [&](short events) -> bool {
+        for (;;) {
+            int64_t left = until - now();
+            if (left <= 0) {
+                return false;
+            }
+            struct pollfd p = {c->fd, events, 0};
+            int n = poll(&p, 1, (int)left);
+            if (n > 0) {
+                return true;
+            }
+            if (n == -1 && errno != EINTR) {
+                return false;
+            }
+        }
     };
     while (!rc->out.empty()) {
         ssize_t n =
@@ -3867,8 +3888,8 @@ static void ngx_http_sse_redis_linger(ngx_http_sse_redis_conn_t *rc,
             return;
         }
         if (n == NGX_AGAIN) {
-            struct pollfd p = {c->fd, POLLOUT, 0};
-            if (left() == 0 || poll(&p, 1, left()) <= 0) {
+            // TLS may want to read first.
+            if (!wait(POLLIN | POLLOUT)) {
                 return;
             }
             continue;
@@ -3887,8 +3908,7 @@ static void ngx_http_sse_redis_linger(ngx_http_sse_redis_conn_t *rc,
         if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
             return;  // closed by Redis
         }
-        struct pollfd p = {c->fd, POLLIN, 0};
-        if (left() == 0 || poll(&p, 1, left()) <= 0) {
+        if (errno == EAGAIN && !wait(POLLIN)) {
             return;
         }
     }

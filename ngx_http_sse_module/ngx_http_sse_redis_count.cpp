@@ -23,8 +23,9 @@
 // reads every membership instead). A machine whose time ran out
 // (SIGKILLed, cut off) drops out of every sum; its fields are dropped
 // lazily: by the sums that meet them, and a hundred channels at a time by
-// the others' refreshes. A clean stop removes the machine at once (best
-// effort); a reload keeps it.
+// the others' refreshes. A clean stop removes the machine at once (each
+// worker what it knows of; best effort, else its time runs out); a reload
+// keeps it. A push writes nothing for a machine Redis does not count.
 #include "ngx_http_sse.hpp"
 
 extern "C" {
@@ -489,9 +490,16 @@ static void ngx_http_sse_count_push_reply(ngx_http_sse_count_worker_t *cw,
         return;
     }
     if (r->type == REDIS_REPLY_INTEGER && r->integer == 0) {
-        // Not counted: the refresh, at once, counts the machine again and
-        // says Redis had forgotten it (everything goes again).
+        // Not counted: at the next tick the refresh counts the machine
+        // again, then everything goes again, Redis's set of the machine's
+        // channels read first (it still lists what other workers pushed).
+        for (auto &[id, n] : cmd->batch) {
+            cw->pushed[id] = NGX_HTTP_SSE_COUNT_UNKNOWN;
+        }
         cw->next_refresh = ngx_current_msec;
+        if (cw->phase != NGX_HTTP_SSE_COUNT_IDLE) {
+            cw->phase = NGX_HTTP_SSE_COUNT_SYNC;
+        }
         return;
     }
     for (auto &[id, n] : cmd->batch) {
@@ -668,9 +676,12 @@ static void ngx_http_sse_count_sync_reply(ngx_http_sse_count_worker_t *cw,
         ngx_http_sse_count_failed(cw, "SMEMBERS", r, err);
         return;
     }
-    // What Redis holds of this machine, whatever this worker pushed before
-    // (another worker pushed it, or the machine was thought dead).
-    cw->pushed.clear();
+    // What Redis holds of this machine (another worker pushed it, or the
+    // machine was thought dead), and what this worker pushed before: not
+    // known any more, so the full push that follows sets or clears each.
+    for (auto &[id, n] : cw->pushed) {
+        n = NGX_HTTP_SSE_COUNT_UNKNOWN;
+    }
     for (size_t i = 0; i < r->elements; i++) {
         if (r->element[i]->type == REDIS_REPLY_STRING) {
             cw->pushed.emplace(
@@ -930,22 +941,32 @@ void ngx_http_sse_redis_count_poll(ngx_http_sse_zone_worker_t *zw) {
     }
 }
 
-// A clean stop: the machine out of every sum, its fields, its set, at
-// once (no push lands in between: it would find the machine not counted
-// and write nothing). KEYS: the liveness hash, the machine's set, then
-// the count key of each channel; ARGV: its id.
+// A clean stop, at once (no push lands in between: it would find the
+// machine not counted and write nothing): the machine out of every sum,
+// the fields this worker knows of dropped from the count keys and the
+// set. Fields another worker pushed stay listed in the set, their
+// machine's time set to 0 (run out): that worker, if it still runs,
+// counts the machine again and learns them from the set; else the
+// collectors drop them. With the set empty the machine is forgotten.
+// KEYS: the liveness hash, the machine's set, then the count key of each
+// channel; ARGV: its id, then the channel of each count key.
 static const char ngx_http_sse_count_remove_lua[] =
-    "redis.call('HDEL', KEYS[1], ARGV[1])\n"
     "for i = 3, #KEYS do\n"
     "  redis.call('HDEL', KEYS[i], ARGV[1])\n"
+    "  redis.call('SREM', KEYS[2], ARGV[i - 1])\n"
     "end\n"
-    "redis.call('DEL', KEYS[2])\n"
+    "if redis.call('SCARD', KEYS[2]) == 0 then\n"
+    "  redis.call('HDEL', KEYS[1], ARGV[1])\n"
+    "else\n"
+    "  redis.call('HSET', KEYS[1], ARGV[1], 0)\n"
+    "end\n"
     "return 1\n";
 
 // Before the Redis connections close: a worker that stops (not a
 // reload's old worker: the master made a new generation before it
-// signalled it) removes the machine's counts, best effort (sent, not
-// waited for); the commands in flight are forgotten.
+// signalled it) removes the machine's counts; the caller waits briefly
+// for Redis to read it (ngx_http_sse_redis_linger); the commands in
+// flight are forgotten.
 bool ngx_http_sse_redis_count_exit(ngx_http_sse_zone_worker_t *zw) {
     auto *cw = static_cast<ngx_http_sse_count_worker_t *>(zw->count);
     if (cw == NULL) {
@@ -981,6 +1002,7 @@ bool ngx_http_sse_redis_count_exit(ngx_http_sse_zone_worker_t *zw) {
                 args.push_back(keys.back());
             }
             args.push_back(cw->me);
+            args.insert(args.end(), ids.begin(), ids.end());
             auto cmd = std::make_unique<ngx_http_sse_count_cmd_t>();
             cmd->reply = ngx_http_sse_count_ignore;
             sent = ngx_http_sse_count_send(cw, std::move(cmd), args);

@@ -373,6 +373,75 @@ async def test_a_stop_while_counts_change_leaves_nothing(start_nginx,
         a.stop()
 
 
+async def streams_on(m, channel, worker, n):
+    """n streams of the channel on machine m, all held by `worker`."""
+    out, tries = [], 0
+    while len(out) < n:
+        tries += 1
+        assert tries < 200, "no connection landed on the worker"
+        s = await m.stream(channel)
+        await s.next_block()  # retry: the stream is up
+        if m.worker_of(m.sub_port, s.local_port) == worker:
+            out.append(s)
+        else:
+            s.close()
+    return out
+
+
+@pytest.mark.timeout_s(60)
+async def test_a_worker_stopping_alone_leaves_the_pushers_counts_right(
+        start_nginx, start_redis):
+    # One worker of machine B stops cleanly (SIGQUIT to it alone; the
+    # master starts another) while the pusher goes on: its removal takes
+    # the machine out of the sums, but the channels the pusher counted stay
+    # listed, so the pusher counts the machine again and every count stays
+    # right, a channel that empties afterwards included (its count would
+    # otherwise stay in Redis for good, summed by every machine).
+    r = start_redis()
+    a, b = await machines(start_nginx, r, 2, extra="")
+    st = (await status(b))["redis_counts"]
+    b_id, pusher = st["machine"], st["pusher_pid"]
+    assert pusher in b.workers()
+    keep = await streams_on(b, "keep", pusher, 1)
+    gone = await streams_on(b, "gone", pusher, 2)
+    await until_count(a, "keep", 1)
+    await until_count(a, "gone", 2)
+    other = [p for p in b.workers() if p != pusher][0]
+    # A publish through it: its connection to Redis is up, so its removal
+    # goes out when it stops.
+    pub = await b.publisher_on(other)
+    r1 = await pub.request("POST", "/publish/elsewhere", body="x")
+    assert r1.status == 202, r1
+    pub.close()
+    os.kill(other, signal.SIGQUIT)
+    deadline = time.monotonic() + 10
+    while other in b.workers() or len(b.workers()) < 2:
+        assert time.monotonic() < deadline, b.workers()
+        await asyncio.sleep(0.05)
+    assert (await status(b))["redis_counts"]["pusher_pid"] == pusher
+    # Counted again by its next refresh (a third of the TTL). No machine
+    # reads the counts meanwhile: a read drops the fields of a machine not
+    # counted, which would hide a count left behind.
+    deadline = time.monotonic() + 10
+    while counted_until(r, b_id) <= redis_ms(r):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    for s in gone:
+        s.close()
+    await until_count(a, "gone", None)
+    await until_count(a, "keep", 1)
+    assert fields(r, "keep") == {b_id: 1}
+    assert b_id not in fields(r, "gone")
+    assert counted_until(r, b_id) > redis_ms(r)
+    for s in keep:
+        s.close()
+    assert b.stop()
+    deadline = time.monotonic() + 3
+    while machine_traces(r, b_id):
+        assert time.monotonic() < deadline, machine_traces(r, b_id)
+        await asyncio.sleep(0.05)
+
+
 # Atomically: the machine's field of the channel's count, and its entry
 # in the liveness hash (nil when absent).
 BOTH = ("return {redis.call('HGET', KEYS[1], ARGV[1]), "
