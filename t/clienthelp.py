@@ -296,3 +296,15 @@ def make_cert(d):
          "-keyout", str(key), "-out", str(cert)],
         check=True, capture_output=True, timeout=30)
     return cert, key
+
+
+def tls_server(d, http2=False):
+    """A TLS listener on a free port with a throwaway certificate, for
+    start_nginx(server=...): (its lines, port, certificate file)."""
+    from sselib.nginx import free_port
+    cert, key = make_cert(d)
+    port = free_port()
+    return (f"""
+        listen 127.0.0.1:{port} ssl{" http2" if http2 else ""};
+        ssl_certificate {cert};
+        ssl_certificate_key {key};""", port, cert)

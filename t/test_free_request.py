@@ -17,10 +17,9 @@ import ssl
 
 import pytest
 
-from clienthelp import make_cert, status_json, wait_subscribers, wait_until
-from conftest import (OPEN_CLIENTS, KeepAlive, SSEClient, free_port,
-                      nginx_test_config, overload_end, parse_head,
-                      render_conf, request_bytes)
+from clienthelp import status_json, tls_server, wait_subscribers, wait_until
+from conftest import (OPEN_CLIENTS, KeepAlive, SSEClient, nginx_test_config,
+                      overload_end, parse_head, render_conf, request_bytes)
 
 LOG_FORMAT = 'log_format sse "$status $request_uri $body_bytes_sent";'
 STATUS = "location = /status { sse_status; }"
@@ -328,12 +327,8 @@ def start_reading(c):
 
 @pytest.mark.timeout_s(60)
 async def test_tls_stream_goes_request_free(start_nginx, tmp_path):
-    cert, key = make_cert(tmp_path)
-    port = free_port()
-    n = start(start_nginx, server=f"""
-        listen 127.0.0.1:{port} ssl;
-        ssl_certificate {cert};
-        ssl_certificate_key {key};""")
+    tls, port, cert = tls_server(tmp_path)
+    n = start(start_nginx, server=tls)
     c = await tls_stream(port, "/events/tls", cert)
     await wait_until(lambda: access_lines(n, "/events/tls"), 5, 0.02,
                      "the access log line of a TLS stream being set up")
@@ -358,13 +353,8 @@ async def test_tls_stream_that_falls_behind_gets_everything(start_nginx,
     # A client that reads nothing for a while: TLS's buffer and the
     # socket fill, the writes wait for the client, then all comes, in
     # order.
-    cert, key = make_cert(tmp_path)
-    port = free_port()
-    n = start(start_nginx, sub="            sse_max_pending 32m;",
-              server=f"""
-        listen 127.0.0.1:{port} ssl;
-        ssl_certificate {cert};
-        ssl_certificate_key {key};""")
+    tls, port, cert = tls_server(tmp_path)
+    n = start(start_nginx, sub="            sse_max_pending 32m;", server=tls)
     c = await tls_stream(port, "/events/lag", cert, rcvbuf=4096, read=False)
     await wait_until(lambda: access_lines(n, "/events/lag"), 5, 0.02,
                      "the access log line of a TLS stream being set up")

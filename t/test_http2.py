@@ -7,20 +7,16 @@ import time
 
 import pytest
 
-from clienthelp import make_cert, wait_subscribers, wait_until
-from conftest import SSEParser, established_inodes, free_port
+from clienthelp import tls_server, wait_subscribers, wait_until
+from conftest import SSEParser, established_inodes
 
 CURL = "/usr/bin/curl"
 
 
 @pytest.fixture
 def h2(start_nginx, tmp_path):
-    cert, key = make_cert(tmp_path)
-    port = free_port()
-    n = start_nginx(server=f"""
-        listen 127.0.0.1:{port} ssl http2;
-        ssl_certificate {cert};
-        ssl_certificate_key {key};""")
+    tls, port, cert = tls_server(tmp_path, http2=True)
+    n = start_nginx(server=tls)
     n.h2_port = port
     n.cacert = cert
     n.tmp = tmp_path

@@ -18,9 +18,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
-from clienthelp import make_cert
-from conftest import (STREAM_TYPE, free_port, nginx_test_config, proc_alive,
-                      render_conf)
+from clienthelp import tls_server
+from conftest import STREAM_TYPE, nginx_test_config, proc_alive, render_conf
 
 
 def b64(b):
@@ -487,16 +486,12 @@ async def test_key_rotation_by_reload(start_nginx, keys, tmp_path):
 
 
 def test_http2_refusals_and_admission(start_nginx, keys, tmp_path):
-    cert, key = make_cert(tmp_path)
+    tls, port, cert = tls_server(tmp_path, http2=True)
     f = tmp_path / "jwks.json"
     f.write_text(json.dumps(keys.jwks))
-    port = free_port()
     n = start_nginx(http=f"    sse_auth_jwt_key_file {f};",
                     sub="            sse_auth_jwt sse;",
-                    server=f"""
-        listen 127.0.0.1:{port} ssl http2;
-        ssl_certificate {cert};
-        ssl_certificate_key {key};""")
+                    server=tls)
 
     def head(*headers):
         args = ["/usr/bin/curl", "--http2", "--cacert", str(cert), "-sS",

@@ -346,14 +346,10 @@ async def test_http2_streams(start_nginx, backend, tmp_path):
     """Over HTTP/2 a stream the server ends sends the leave hook too; a
     client that resets its stream leaves the zone (and its presence) right,
     without the hook (see the README)."""
-    from clienthelp import make_cert
-    cert, key = make_cert(tmp_path)
-    port = free_port()
+    from clienthelp import tls_server
+    tls, port, cert = tls_server(tmp_path, http2=True)
     n = start_nginx(
-        server=f"""
-        listen 127.0.0.1:{port} ssl http2;
-        ssl_certificate {cert};
-        ssl_certificate_key {key};""",
+        server=tls,
         sub=BOTH + "\n            sse_stream_timeout 500ms;",
         sub_locations=HOOKS.format(port=backend.port) + """
         location ~ ^/long/(?<lch>.+)$ {

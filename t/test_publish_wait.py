@@ -13,8 +13,7 @@ import time
 
 import pytest
 
-from clienthelp import make_cert, wait_subscribers
-from conftest import free_port
+from clienthelp import tls_server, wait_subscribers
 
 CURL = "/usr/bin/curl"
 
@@ -235,13 +234,9 @@ async def test_an_http2_publisher_is_held_and_answered(start_nginx,
     # held like one over HTTP/1.1 and answered on its stream. With the
     # subscriber's worker stopped, only the other worker accepts the
     # publisher's connection.
-    cert, key = make_cert(tmp_path)
-    port = free_port()
+    tls, port, cert = tls_server(tmp_path, http2=True)
     n = start_nginx(
-        server=f"""
-        listen 127.0.0.1:{port} ssl http2;
-        ssl_certificate {cert};
-        ssl_certificate_key {key};""",
+        server=tls,
         sub_locations="""
         location ~ ^/h2pub/(?<pc>.+)$ {
             sse_publish;
