@@ -3888,8 +3888,9 @@ static void ngx_http_sse_redis_linger(ngx_http_sse_redis_conn_t *rc,
             return;
         }
         if (n == NGX_AGAIN) {
-            // TLS may want to read first.
-            if (!wait(POLLIN | POLLOUT)) {
+            // TLS may want to read first; plain TCP waits for room only
+            // (unread replies would keep POLLIN up).
+            if (!wait(c->ssl != NULL ? POLLIN | POLLOUT : POLLOUT)) {
                 return;
             }
             continue;

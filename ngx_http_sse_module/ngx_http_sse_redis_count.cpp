@@ -486,6 +486,10 @@ static void ngx_http_sse_count_push_reply(ngx_http_sse_count_worker_t *cw,
         }
     }
     if (r == NULL || r->type == REDIS_REPLY_ERROR) {
+        // Maybe run (a reply lost): the next push sets or clears each.
+        for (auto &[id, n] : cmd->batch) {
+            cw->pushed[id] = NGX_HTTP_SSE_COUNT_UNKNOWN;
+        }
         ngx_http_sse_count_failed(cw, "push", r, err);
         return;
     }
@@ -973,14 +977,18 @@ bool ngx_http_sse_redis_count_exit(ngx_http_sse_zone_worker_t *zw) {
         return false;
     }
     bool sent = false;
-    if (cw->shm != NULL && !cw->me.empty() &&
+    // Only a worker that pushed for the machine at some time (term): one
+    // that never did wrote nothing, and its removal would take a machine
+    // whose pusher goes on (a worker exiting alone) out of the sums.
+    if (cw->shm != NULL && !cw->me.empty() && cw->term != 0 &&
         __atomic_load_n(&cw->shm->generation, __ATOMIC_RELAXED) ==
             cw->generation) {
         // Out of every sum, with its fields (as far as this worker pushed
         // them or has pushes in flight, sent before this on the same
-        // connection) and its set. Every worker sends it: one that took
-        // the pushing over while the others stopped may have pushed after
-        // their removal; a push landing after the last one writes nothing.
+        // connection) and its set. Every worker that pushed sends it: one
+        // that took the pushing over while the others stopped may have
+        // pushed after their removal; a push landing after the last one
+        // writes nothing.
         try {
             std::unordered_set<std::string> ids;
             for (auto &[id, n] : cw->pushed) {

@@ -28,9 +28,9 @@ TTL = " redis_machine_ttl=2s"
 
 
 async def machines(start_nginx, redis, n, extra=TTL, sub="",
-                   allow_log=(), size="16m"):
+                   allow_log=(), size="16m", reuseport=False):
     out = [start_nginx(zone=redis_conf(redis.url, size=size, extra=extra),
-                       sub_locations=STATUS, sub=sub,
+                       sub_locations=STATUS, sub=sub, reuseport=reuseport,
                        allow_log=list(allow_log) + REDIS_ERRORS)
            for _ in range(n)]
     for m in out:
@@ -391,14 +391,14 @@ async def streams_on(m, channel, worker, n):
 @pytest.mark.timeout_s(60)
 async def test_a_worker_stopping_alone_leaves_the_pushers_counts_right(
         start_nginx, start_redis):
-    # One worker of machine B stops cleanly (SIGQUIT to it alone; the
-    # master starts another) while the pusher goes on: its removal takes
-    # the machine out of the sums, but the channels the pusher counted stay
-    # listed, so the pusher counts the machine again and every count stays
-    # right, a channel that empties afterwards included (its count would
-    # otherwise stay in Redis for good, summed by every machine).
+    # One worker of machine B that never pushed stops cleanly (SIGQUIT to
+    # it alone; the master starts another) while the pusher goes on: the
+    # machine stays counted, and every count stays right, a channel that
+    # empties afterwards included (a removal that deleted the machine's
+    # set made the pusher forget that channel: its count stayed in Redis
+    # for good, summed by every machine).
     r = start_redis()
-    a, b = await machines(start_nginx, r, 2, extra="")
+    a, b = await machines(start_nginx, r, 2, extra="", reuseport=True)
     st = (await status(b))["redis_counts"]
     b_id, pusher = st["machine"], st["pusher_pid"]
     assert pusher in b.workers()
@@ -419,9 +419,10 @@ async def test_a_worker_stopping_alone_leaves_the_pushers_counts_right(
         assert time.monotonic() < deadline, b.workers()
         await asyncio.sleep(0.05)
     assert (await status(b))["redis_counts"]["pusher_pid"] == pusher
-    # Counted again by its next refresh (a third of the TTL). No machine
-    # reads the counts meanwhile: a read drops the fields of a machine not
-    # counted, which would hide a count left behind.
+    # Counted throughout (or, were it taken out, again by the pusher's next
+    # refresh, a third of the TTL). No machine reads the counts meanwhile:
+    # a read drops the fields of a machine not counted, which would hide a
+    # count left behind.
     deadline = time.monotonic() + 10
     while counted_until(r, b_id) <= redis_ms(r):
         assert time.monotonic() < deadline
