@@ -3854,11 +3854,7 @@ static void ngx_http_sse_redis_linger(ngx_http_sse_redis_conn_t *rc,
         return;
     }
     ngx_connection_t *c = rc->pc.connection;
-    auto now = []() -> int64_t {
-        struct timespec t;
-        clock_gettime(CLOCK_MONOTONIC, &t);
-        return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
-    };
+    auto now = []() { return (int64_t)(ngx_http_sse_redis_now_us() / 1000); };
     int64_t until = now() + (int64_t)ms;
     if (all_until == 0) {
         all_until = now() + 1000;

@@ -485,21 +485,21 @@ static void ngx_http_sse_count_push_reply(ngx_http_sse_count_worker_t *cw,
             __ATOMIC_RELAXED)) {
         }
     }
-    if (r == NULL || r->type == REDIS_REPLY_ERROR) {
-        // Maybe run (a reply lost): the next push sets or clears each.
+    bool refused =
+        r != NULL && r->type == REDIS_REPLY_INTEGER && r->integer == 0;
+    if (r == NULL || r->type == REDIS_REPLY_ERROR || refused) {
+        // Run or not (a reply lost), or refused: not known; the resync
+        // that follows (or a stop before it) sets or clears each.
         for (auto &[id, n] : cmd->batch) {
             cw->pushed[id] = NGX_HTTP_SSE_COUNT_UNKNOWN;
         }
-        ngx_http_sse_count_failed(cw, "push", r, err);
-        return;
-    }
-    if (r->type == REDIS_REPLY_INTEGER && r->integer == 0) {
+        if (!refused) {
+            ngx_http_sse_count_failed(cw, "push", r, err);
+            return;
+        }
         // Not counted: at the next tick the refresh counts the machine
         // again, then everything goes again, Redis's set of the machine's
         // channels read first (it still lists what other workers pushed).
-        for (auto &[id, n] : cmd->batch) {
-            cw->pushed[id] = NGX_HTTP_SSE_COUNT_UNKNOWN;
-        }
         cw->next_refresh = ngx_current_msec;
         if (cw->phase != NGX_HTTP_SSE_COUNT_IDLE) {
             cw->phase = NGX_HTTP_SSE_COUNT_SYNC;
@@ -1000,7 +1000,7 @@ bool ngx_http_sse_redis_count_exit(ngx_http_sse_zone_worker_t *zw) {
                 }
             }
             std::vector<std::string> keys;
-            keys.reserve(ids.size() + 1);
+            keys.reserve(ids.size());  // args views into it
             std::string mk = cw->machine + cw->me;
             std::string nkeys = std::to_string(ids.size() + 2);
             std::vector<std::string_view> args{
