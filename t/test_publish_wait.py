@@ -28,17 +28,25 @@ async def split(n, channel):
     return c, sub_worker, await n.publisher_on(other)
 
 
+async def held(pub, channel, body, hold):
+    """Publishes on the keep-alive connection `pub` and asserts that the
+    answer is still held `hold` seconds later; returns the answer's future
+    (the event is stored, but a worker the channel waits for has not read
+    it)."""
+    answer = asyncio.ensure_future(
+        pub.request("POST", f"/publish/{channel}", body=body, timeout=60))
+    await asyncio.sleep(hold)
+    assert not answer.done()
+    return answer
+
+
 @pytest.mark.timeout_s(60)
 async def test_answer_waits_until_the_other_worker_has_read(start_nginx):
     n = start_nginx(reuseport=True, pub="sse_publish_wait 30s;")
     c, sub_worker, pub = await split(n, "held")
     os.kill(sub_worker, signal.SIGSTOP)
     try:
-        answer = asyncio.ensure_future(
-            pub.request("POST", "/publish/held", body="one", timeout=30))
-        await asyncio.sleep(1.5)
-        # Stored, but the subscriber's worker has not read it: no answer.
-        assert not answer.done()
+        answer = await held(pub, "held", "one", 1.5)
     finally:
         os.kill(sub_worker, signal.SIGCONT)
     r = await asyncio.wait_for(answer, 10)
@@ -115,10 +123,7 @@ async def test_reload_answers_what_it_holds(start_nginx):
     c, sub_worker, pub = await split(n, "reload")
     os.kill(sub_worker, signal.SIGSTOP)
     try:
-        answer = asyncio.ensure_future(
-            pub.request("POST", "/publish/reload", body="r", timeout=60))
-        await asyncio.sleep(0.5)
-        assert not answer.done()
+        answer = await held(pub, "reload", "r", 0.5)
         os.kill(n.master, signal.SIGHUP)
         r = await asyncio.wait_for(answer, 10)
         assert r.status == 202, r
@@ -182,11 +187,7 @@ async def test_publisher_gone_while_held_loses_nothing(start_nginx):
     c, sub_worker, pub = await split(n, "gone")
     os.kill(sub_worker, signal.SIGSTOP)
     try:
-        answer = asyncio.ensure_future(
-            pub.request("POST", "/publish/gone", body="lost-answer",
-                        timeout=30))
-        await asyncio.sleep(0.5)
-        assert not answer.done()
+        answer = await held(pub, "gone", "lost-answer", 0.5)
         answer.cancel()
         pub.close()
         await asyncio.sleep(0.2)
@@ -214,10 +215,7 @@ async def test_a_large_fan_out_may_trail_by_one_event(start_nginx):
         r1 = await pub.request("POST", "/publish/big", body="1", timeout=5)
         assert r1.status == 202, r1
         assert r1.json()["subscribers"] == 1024
-        answer = asyncio.ensure_future(
-            pub.request("POST", "/publish/big", body="2", timeout=30))
-        await asyncio.sleep(1.0)
-        assert not answer.done()
+        answer = await held(pub, "big", "2", 1.0)
     finally:
         os.kill(sub_worker, signal.SIGCONT)
     r2 = await asyncio.wait_for(answer, 10)
