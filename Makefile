@@ -26,7 +26,7 @@ DEB_PACKAGES := nginx-light nginx-dev libnginx-mod-nchan g++ make \
     chromium nodejs python3-matplotlib clang libfuzzer-14-dev \
     libclang-rt-14-dev
 DEB_PACKAGES += libssl-dev nlohmann-json3-dev python3-jwt python3-cryptography
-DEB_PACKAGES += libhiredis-dev redis-server redis-tools
+DEB_PACKAGES += libhiredis-dev redis-server redis-tools liburing-dev
 
 ENGINE_SRCS := $(wildcard src/*.cpp)
 ENGINE_HDRS := $(wildcard src/*.hpp)

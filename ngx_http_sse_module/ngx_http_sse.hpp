@@ -50,6 +50,7 @@ struct ngx_http_sse_main_conf_t {
     ngx_array_t zones;  // of ngx_http_sse_zone_t *
     ngx_uint_t default_zone_needed;
     ngx_array_t zone_uses;  // "zone=NAME"s, checked once all are declared
+    ngx_flag_t io_uring;    // sse_io_uring
 };
 
 struct ngx_http_sse_loc_conf_t {
@@ -304,6 +305,18 @@ ngx_int_t ngx_http_sse_enqueue(ngx_http_sse_subscriber_t *sub,
 // Hands queued events to the output filters in one write, then checks
 // what the subscriber owes; may end it (posted, never synchronously).
 void ngx_http_sse_send(ngx_http_sse_subscriber_t *sub);
+// The dirty subscribers a worker writes to per event-loop turn.
+#define NGX_HTTP_SSE_SLICE 256
+// sse_io_uring: the worker's ring for batched stream writes, set up in
+// init_process (off when the kernel refuses it) and closed at exit.
+void ngx_http_sse_batch_init(ngx_cycle_t *cycle, bool on);
+void ngx_http_sse_batch_exit();
+// Queues sub's write into the batch when it can go there (a request-free
+// plain-TCP stream the socket takes now); false: ngx_http_sse_send() it.
+bool ngx_http_sse_batch_add(ngx_http_sse_subscriber_t *sub);
+// Sends the batch with one system call and finishes each write as
+// ngx_http_sse_send() would.
+void ngx_http_sse_batch_submit();
 // Schedules ngx_http_sse_send(): the worker writes to its dirty
 // subscribers in slices between event-loop turns, so publishes are served
 // meanwhile and events that arrive before a subscriber's turn share its

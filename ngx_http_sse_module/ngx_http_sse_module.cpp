@@ -214,6 +214,10 @@ static ngx_command_t ngx_http_sse_commands[] = {
      ngx_conf_set_flag_slot, NGX_HTTP_LOC_CONF_OFFSET,
      offsetof(ngx_http_sse_loc_conf_t, free_request), NULL},
 
+    {ngx_string("sse_io_uring"), NGX_HTTP_MAIN_CONF | NGX_CONF_FLAG,
+     ngx_conf_set_flag_slot, NGX_HTTP_MAIN_CONF_OFFSET,
+     offsetof(ngx_http_sse_main_conf_t, io_uring), NULL},
+
     ngx_null_command};
 
 static ngx_http_module_t ngx_http_sse_module_ctx = {
@@ -473,6 +477,7 @@ static void *ngx_http_sse_create_main_conf(ngx_conf_t *cf) {
                        sizeof(ngx_http_sse_zone_use_t)) != NGX_OK) {
         return NULL;
     }
+    mcf->io_uring = NGX_CONF_UNSET;  // unset: on
     return mcf;
 }
 

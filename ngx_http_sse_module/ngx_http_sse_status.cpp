@@ -76,6 +76,7 @@ static std::string ngx_http_sse_status_json(
         num("published", f.stats.published);
         num("delivered", f.stats.delivered);
         num("slow_dropped", f.stats.slow_dropped);
+        num("batched_writes", f.stats.batched_writes);
         num("evicted", f.stats.evicted);
         num("lost", f.stats.lost);
         num("refused", f.stats.refused);
@@ -168,6 +169,9 @@ static std::string ngx_http_sse_status_prometheus(
     metric("sse_slow_dropped_total", "counter",
            "Subscribers disconnected for owing over sse_max_pending.",
            [](const fig &f) { return f.stats.slow_dropped; });
+    metric("sse_batched_writes_total", "counter",
+           "Stream writes sent in io_uring batches (sse_io_uring).",
+           [](const fig &f) { return f.stats.batched_writes; });
     metric("sse_evicted_total", "counter",
            "Events evicted early because the zone was full.",
            [](const fig &f) { return f.stats.evicted; });

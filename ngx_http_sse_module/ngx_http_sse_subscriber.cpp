@@ -1,7 +1,11 @@
 // sse_subscribe: the event stream of one client, from catch-up to its end.
 #include "ngx_http_sse.hpp"
 
+#include <liburing.h>
+
 #include <algorithm>
+#include <climits>
+#include <new>
 
 static const u_char ngx_http_sse_heartbeat_line[] = ":\n\n";
 static const u_char ngx_http_sse_heartbeat_chunk[] = "3\r\n:\n\n\r\n";
@@ -232,13 +236,21 @@ static bool ngx_http_sse_wait_writable(ngx_http_sse_subscriber_t *sub) {
     return ngx_handle_write_event(wev, sub->clcf->send_lowat) == NGX_OK;
 }
 
+static void ngx_http_sse_sent(ngx_http_sse_subscriber_t *sub, ngx_int_t rc);
+
 void ngx_http_sse_send(ngx_http_sse_subscriber_t *sub) {
-    ngx_connection_t *c = sub->c;
     // A request-free stream links what it sends itself (from the part of
     // an earlier write the socket did not take).
-    ngx_int_t rc = sub->r == NULL
-                       ? ngx_http_sse_write_direct(sub)
-                       : ngx_http_sse_pass(sub, ngx_http_sse_take_unsent(sub));
+    ngx_http_sse_sent(
+        sub, sub->r == NULL
+                 ? ngx_http_sse_write_direct(sub)
+                 : ngx_http_sse_pass(sub, ngx_http_sse_take_unsent(sub)));
+}
+
+// After a write: frees what went out, and ends, bounds or waits for the
+// client as what is left says.
+static void ngx_http_sse_sent(ngx_http_sse_subscriber_t *sub, ngx_int_t rc) {
+    ngx_connection_t *c = sub->c;
     ngx_http_sse_reclaim(sub);
     if (rc == NGX_ERROR) {
         ngx_http_sse_end(sub, NGX_HTTP_SSE_END_CLOSE, NGX_HTTP_SSE_R_NONE);
@@ -275,6 +287,234 @@ void ngx_http_sse_send(ngx_http_sse_subscriber_t *sub) {
         // All out: the request can go (from a posted event, never inside
         // the handlers that use it).
         ngx_post_event(&sub->end_ev, &ngx_posted_events);
+    }
+}
+
+// ------------------------------------------------------------ batched writes
+//
+// sse_io_uring: the one-event writes of one slice of dirty subscribers go
+// to the kernel in one io_uring submission instead of one writev() each.
+// Where page-table isolation is on, a system call's entry and exit are
+// about a microsecond, most of a small write's CPU, and a paced event is
+// one small write per subscriber. Only request-free plain-TCP streams the
+// socket takes now, with one buffer to send, go there: where events
+// coalesce (a burst), one writev() already carries several, and a
+// several-buffer sendmsg through io_uring measured slower than writev()
+// (bench/findings.md). Each send is non-blocking (MSG_DONTWAIT: the kernel
+// answers EAGAIN instead of waiting), so all have completed when the
+// submission returns, and each write is finished in the same turn, as
+// after writev().
+
+#define NGX_HTTP_SSE_BATCH_NONE INT_MIN  // no completion yet
+
+struct ngx_http_sse_batch_t {
+    struct io_uring ring;
+    bool broken;  // not used again (see ngx_http_sse_batch_submit())
+    ngx_uint_t n;
+    ngx_http_sse_subscriber_t *subs[NGX_HTTP_SSE_SLICE];
+    ngx_http_sse_out_t *out[NGX_HTTP_SSE_SLICE];  // the buffer sent
+    int res[NGX_HTTP_SSE_SLICE];
+};
+
+// NULL: off or unavailable.
+static ngx_http_sse_batch_t *ngx_http_sse_batch;
+
+void ngx_http_sse_batch_init(ngx_cycle_t *cycle, bool on) {
+    if (!on || ngx_http_sse_batch != NULL) {
+        return;
+    }
+    auto *b = new (std::nothrow) ngx_http_sse_batch_t();
+    if (b == NULL) {
+        return;
+    }
+    // Newest first: one task submits and reaps, with no task work of its
+    // own between submissions; older kernels refuse the flags with EINVAL.
+    static const unsigned flags[] = {
+        IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
+        IORING_SETUP_COOP_TASKRUN, 0};
+    int rc = -EINVAL;
+    for (unsigned f : flags) {
+        struct io_uring_params p;
+        ngx_memzero(&p, sizeof(p));
+        p.flags = f;
+        rc = io_uring_queue_init_params(NGX_HTTP_SSE_SLICE, &b->ring, &p);
+        if (rc != -EINVAL) {
+            break;
+        }
+    }
+    if (rc == 0) {
+        struct io_uring_probe *probe = io_uring_get_probe_ring(&b->ring);
+        if (probe == NULL ||
+            !io_uring_opcode_supported(probe, IORING_OP_SEND) ||
+            !io_uring_opcode_supported(probe, IORING_OP_SENDMSG)) {
+            rc = -EOPNOTSUPP;
+            io_uring_queue_exit(&b->ring);
+        }
+        if (probe != NULL) {
+            io_uring_free_probe(probe);
+        }
+    }
+    if (rc != 0) {
+        // Containers often forbid io_uring (Docker's default seccomp
+        // profile does): the writes stay as they were.
+        ngx_log_error(NGX_LOG_NOTICE, cycle->log, -rc,
+                      "sse: io_uring is not available, stream writes use "
+                      "writev()");
+        delete b;
+        return;
+    }
+    ngx_http_sse_batch = b;
+}
+
+void ngx_http_sse_batch_exit() {
+    if (ngx_http_sse_batch != NULL) {
+        io_uring_queue_exit(&ngx_http_sse_batch->ring);
+        delete ngx_http_sse_batch;
+        ngx_http_sse_batch = NULL;
+    }
+}
+
+bool ngx_http_sse_batch_add(ngx_http_sse_subscriber_t *sub) {
+    ngx_http_sse_batch_t *b = ngx_http_sse_batch;
+    ngx_connection_t *c = sub->c;
+    if (b == NULL || b->broken || b->n == NGX_HTTP_SSE_SLICE ||
+        sub->r != NULL || c->error || !c->write->ready || c->write->delayed ||
+        c->buffered
+#if (NGX_SSL)
+        || c->ssl != NULL
+#endif
+    ) {
+        return false;
+    }
+    ngx_http_sse_out_t *first = sub->out_head;
+    while (first != NULL && first->buf.pos == first->buf.last) {
+        first = first->next;
+    }
+    if (first == NULL) {
+        return false;
+    }
+    for (ngx_http_sse_out_t *o = first->next; o != NULL; o = o->next) {
+        if (o->buf.pos != o->buf.last) {
+            return false;  // several events: one writev()
+        }
+    }
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&b->ring);
+    if (sqe == NULL) {
+        return false;
+    }
+    ngx_uint_t i = b->n++;
+    io_uring_prep_send(sqe, c->fd, first->buf.pos,
+                       first->buf.last - first->buf.pos,
+                       MSG_DONTWAIT | MSG_NOSIGNAL);
+    io_uring_sqe_set_data64(sqe, i);
+    b->subs[i] = sub;
+    b->out[i] = first;
+    b->res[i] = NGX_HTTP_SSE_BATCH_NONE;
+    // As ngx_http_sse_write_direct(): all queued is given to the socket.
+    if (sub->unsent != NULL) {
+        sub->unsent = NULL;
+        sub->last_write = ngx_current_msec;
+    }
+    return true;
+}
+
+// Takes the completions there are; returns how many were new.
+static ngx_uint_t ngx_http_sse_batch_reap(ngx_http_sse_batch_t *b,
+                                          ngx_uint_t n) {
+    struct io_uring_cqe *cqe;
+    unsigned head, seen = 0;
+    ngx_uint_t got = 0;
+    io_uring_for_each_cqe(&b->ring, head, cqe) {
+        seen++;
+        uint64_t i = io_uring_cqe_get_data64(cqe);
+        if (i < n && b->res[i] == NGX_HTTP_SSE_BATCH_NONE) {
+            b->res[i] = cqe->res;
+            got++;
+        }
+    }
+    io_uring_cq_advance(&b->ring, seen);
+    return got;
+}
+
+// Finishes one write as ngx_http_sse_write_direct() and ngx_http_sse_send()
+// would after writev() returned `res`.
+static void ngx_http_sse_batch_done(ngx_http_sse_batch_t *b, ngx_uint_t i) {
+    ngx_http_sse_subscriber_t *sub = b->subs[i];
+    ngx_connection_t *c = sub->c;
+    int res = b->res[i];
+    if (res == -EINTR) {
+        ngx_http_sse_send(sub);  // nothing went out: writev() tries
+        return;
+    }
+    if (res < 0 && res != -EAGAIN) {
+        c->write->error = 1;
+        c->error = 1;
+        ngx_connection_error(c, -res, const_cast<char *>("send() failed"));
+        ngx_http_sse_sent(sub, NGX_ERROR);
+        return;
+    }
+    size_t sent = res < 0 ? 0 : res;
+    ngx_http_sse_out_t *o = b->out[i];
+    c->sent += sent;
+    o->buf.pos += sent;
+    bool rest = o->buf.pos != o->buf.last;
+    if (rest) {
+        c->write->ready = 0;  // the socket is full: epoll says when not
+    }
+    c->buffered = rest ? NGX_HTTP_WRITE_BUFFERED : 0;
+    ngx_http_sse_sent(sub, NGX_OK);
+}
+
+void ngx_http_sse_batch_submit() {
+    ngx_http_sse_batch_t *b = ngx_http_sse_batch;
+    if (b == NULL || b->n == 0) {
+        return;
+    }
+    ngx_uint_t n = b->n;
+    b->n = 0;
+    int rc = io_uring_submit(&b->ring);
+    ngx_uint_t submitted = rc < 0 ? 0 : (ngx_uint_t)rc;
+    ngx_uint_t got = ngx_http_sse_batch_reap(b, n);
+    // Kernels before 5.19 or so may finish a send on a helper thread: a
+    // short wait for those, and never an endless one.
+    for (int tries = 0; got < submitted && tries < 10; tries++) {
+        struct io_uring_cqe *cqe;
+        struct __kernel_timespec ts = {0, 100 * 1000 * 1000};
+        io_uring_wait_cqe_timeout(&b->ring, &cqe, &ts);
+        got += ngx_http_sse_batch_reap(b, n);
+    }
+    if (submitted < n || got < submitted) {
+        // Never seen: what is left in the ring could be sent later, so the
+        // ring is not used again.
+        ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, rc < 0 ? -rc : 0,
+                      "sse: io_uring took %ui of %ui stream writes and "
+                      "finished %ui; stream writes use writev() from now on",
+                      submitted, n, got);
+        b->broken = true;
+    }
+    ngx_http_sse_zone_worker_t *zw = NULL;
+    uint64_t count = 0;
+    for (ngx_uint_t i = 0; i < n; i++) {
+        ngx_http_sse_subscriber_t *sub = b->subs[i];
+        if (b->res[i] != NGX_HTTP_SSE_BATCH_NONE) {
+            if (sub->zw != zw) {
+                ngx_http_sse_count(zw, &sse::slot_stats::batched_writes, count);
+                zw = sub->zw;
+                count = 0;
+            }
+            count++;
+            ngx_http_sse_batch_done(b, i);
+        } else if (i >= submitted) {
+            ngx_http_sse_send(sub);  // never went to the kernel
+        } else {
+            // Taken and not finished: its bytes' fate is unknown, so the
+            // stream ends (the client resumes from its last id).
+            sub->c->error = 1;
+            ngx_http_sse_sent(sub, NGX_ERROR);
+        }
+    }
+    if (zw != NULL) {
+        ngx_http_sse_count(zw, &sse::slot_stats::batched_writes, count);
     }
 }
 

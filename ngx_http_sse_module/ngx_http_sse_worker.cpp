@@ -15,7 +15,6 @@
 #define NGX_HTTP_SSE_FREE_OUT_MAX 4096
 // Subscribers written to per event-loop turn before publishes, accepts and
 // reads get their turn.
-#define NGX_HTTP_SSE_SLICE 256
 // A delivery writes at once (before the publisher is answered, ahead of the
 // rest of the turn) when at most this many subscribers wait; more wait for
 // the flush, where a burst coalesces.
@@ -695,10 +694,11 @@ static void ngx_http_sse_flush(ngx_http_sse_worker_t *w) {
         ngx_queue_t *q = ngx_queue_head(&w->dirty);
         auto *sub = ngx_queue_data(q, ngx_http_sse_subscriber_t, dirty);
         ngx_http_sse_unmark_dirty(sub);
-        if (sub->end == NGX_HTTP_SSE_END_NONE) {
+        if (sub->end == NGX_HTTP_SSE_END_NONE && !ngx_http_sse_batch_add(sub)) {
             ngx_http_sse_send(sub);
         }
     }
+    ngx_http_sse_batch_submit();
     if (ngx_queue_empty(&w->dirty)) {
         if (w->flush.posted) {
             ngx_delete_posted_event(&w->flush);
@@ -893,6 +893,7 @@ ngx_int_t ngx_http_sse_worker_init(ngx_cycle_t *cycle) {
     }
 
     ngx_http_sse_worker_t *w = ngx_http_sse_w;
+    ngx_http_sse_batch_init(cycle, mcf->io_uring != 0);
     w->flush.handler = ngx_http_sse_flush_handler;
     w->flush.data = w;
     w->flush.log = cycle->log;
@@ -965,6 +966,7 @@ void ngx_http_sse_worker_exit(ngx_cycle_t *cycle) {
     if (w->answer_timer.timer_set) {
         ngx_del_timer(&w->answer_timer);
     }
+    ngx_http_sse_batch_exit();
     delete w;
     ngx_http_sse_w = NULL;
 }

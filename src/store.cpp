@@ -95,6 +95,8 @@ store::figures store::get_figures() const {
             __atomic_load_n(&sl.stats.delivered, __ATOMIC_RELAXED);
         f.stats.slow_dropped +=
             __atomic_load_n(&sl.stats.slow_dropped, __ATOMIC_RELAXED);
+        f.stats.batched_writes +=
+            __atomic_load_n(&sl.stats.batched_writes, __ATOMIC_RELAXED);
         if (sl.pid != 0) {
             f.workers.emplace_back(sl.pid, sl.subscriptions);
         }
@@ -231,6 +233,7 @@ void store::clear_slot(uint32_t i, int64_t now) {
     slot &s = root_->slots[i];
     root_->stats.delivered += s.stats.delivered;
     root_->stats.slow_dropped += s.stats.slow_dropped;
+    root_->stats.batched_writes += s.stats.batched_writes;
     s.stats = {};
     s.hold = 0;
     set_answering(root_, i, false);

@@ -129,10 +129,11 @@ struct zone_stats {
     uint64_t published;
     uint64_t delivered;
     uint64_t slow_dropped;
-    uint64_t evicted;  // dropped early because the zone was full
-    uint64_t lost;     // freed before every subscribed process read them
-    uint64_t refused;  // subscriptions refused: zone full, no slot
-    uint64_t repairs;  // sessions that found the zone interrupted
+    uint64_t evicted;         // dropped early because the zone was full
+    uint64_t lost;            // freed before every subscribed process read them
+    uint64_t refused;         // subscriptions refused: zone full, no slot
+    uint64_t repairs;         // sessions that found the zone interrupted
+    uint64_t batched_writes;  // stream writes sent in io_uring batches
 };
 
 // Counts a process adds to without the lock (only it writes its slot, with
@@ -140,6 +141,7 @@ struct zone_stats {
 struct slot_stats {
     uint64_t delivered;
     uint64_t slow_dropped;
+    uint64_t batched_writes;
 };
 
 // The Redis engine's figures for sse_status, written by the processes of

@@ -145,6 +145,7 @@ JSON_OF = {
     "sse_published_total": ("published", "counter"),
     "sse_delivered_total": ("delivered", "counter"),
     "sse_slow_dropped_total": ("slow_dropped", "counter"),
+    "sse_batched_writes_total": ("batched_writes", "counter"),
     "sse_evicted_total": ("evicted", "counter"),
     "sse_zone_bytes_used": ("bytes_used", "gauge"),
     "sse_zone_bytes_free": ("bytes_free", "gauge"),
