@@ -305,7 +305,8 @@ ngx_int_t ngx_http_sse_enqueue(ngx_http_sse_subscriber_t *sub,
 // Hands queued events to the output filters in one write, then checks
 // what the subscriber owes; may end it (posted, never synchronously).
 void ngx_http_sse_send(ngx_http_sse_subscriber_t *sub);
-// The dirty subscribers a worker writes to per event-loop turn.
+// Subscribers written to per event-loop turn before publishes, accepts and
+// reads get their turn (and the most one io_uring batch holds).
 #define NGX_HTTP_SSE_SLICE 256
 // sse_io_uring: the worker's ring for batched stream writes, set up in
 // init_process (off when the kernel refuses it) and closed at exit.

@@ -306,6 +306,8 @@ static void ngx_http_sse_sent(ngx_http_sse_subscriber_t *sub, ngx_int_t rc) {
 // after writev().
 
 #define NGX_HTTP_SSE_BATCH_NONE INT_MIN  // no completion yet
+// user_data of the entries that are not sends (no-ops, cancels).
+#define NGX_HTTP_SSE_BATCH_OTHER UINT64_MAX
 
 struct ngx_http_sse_batch_t {
     struct io_uring ring;
@@ -313,6 +315,7 @@ struct ngx_http_sse_batch_t {
     ngx_uint_t n;
     ngx_http_sse_subscriber_t *subs[NGX_HTTP_SSE_SLICE];
     ngx_http_sse_out_t *out[NGX_HTTP_SSE_SLICE];  // the buffer sent
+    struct io_uring_sqe *sqe[NGX_HTTP_SSE_SLICE];
     int res[NGX_HTTP_SSE_SLICE];
 };
 
@@ -328,10 +331,12 @@ void ngx_http_sse_batch_init(ngx_cycle_t *cycle, bool on) {
         return;
     }
     // Newest first: one task submits and reaps, with no task work of its
-    // own between submissions; older kernels refuse the flags with EINVAL.
+    // own between submissions. Kernels before 5.19 refuse both with EINVAL,
+    // and are not used: some of them poll-arm a send that meets a full
+    // socket instead of answering EAGAIN.
     static const unsigned flags[] = {
         IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
-        IORING_SETUP_COOP_TASKRUN, 0};
+        IORING_SETUP_COOP_TASKRUN};
     int rc = -EINVAL;
     for (unsigned f : flags) {
         struct io_uring_params p;
@@ -409,6 +414,7 @@ bool ngx_http_sse_batch_add(ngx_http_sse_subscriber_t *sub) {
     io_uring_sqe_set_data64(sqe, i);
     b->subs[i] = sub;
     b->out[i] = first;
+    b->sqe[i] = sqe;
     b->res[i] = NGX_HTTP_SSE_BATCH_NONE;
     // As ngx_http_sse_write_direct(): all queued is given to the socket.
     if (sub->unsent != NULL) {
@@ -442,7 +448,7 @@ static void ngx_http_sse_batch_done(ngx_http_sse_batch_t *b, ngx_uint_t i) {
     ngx_http_sse_subscriber_t *sub = b->subs[i];
     ngx_connection_t *c = sub->c;
     int res = b->res[i];
-    if (res == -EINTR) {
+    if (res == -EINTR || res == -ECANCELED) {
         ngx_http_sse_send(sub);  // nothing went out: writev() tries
         return;
     }
@@ -465,6 +471,20 @@ static void ngx_http_sse_batch_done(ngx_http_sse_batch_t *b, ngx_uint_t i) {
     ngx_http_sse_sent(sub, NGX_OK);
 }
 
+// Waits at most about `ms` for the completions of the first `submitted`
+// sends; returns how many came.
+static ngx_uint_t ngx_http_sse_batch_wait(ngx_http_sse_batch_t *b, ngx_uint_t n,
+                                          ngx_uint_t submitted, ngx_uint_t got,
+                                          int ms) {
+    for (int waited = 0; got < submitted && waited < ms; waited += 10) {
+        struct io_uring_cqe *cqe;
+        struct __kernel_timespec ts = {0, 10 * 1000 * 1000};
+        io_uring_wait_cqe_timeout(&b->ring, &cqe, &ts);
+        got += ngx_http_sse_batch_reap(b, n);
+    }
+    return got;
+}
+
 void ngx_http_sse_batch_submit() {
     ngx_http_sse_batch_t *b = ngx_http_sse_batch;
     if (b == NULL || b->n == 0) {
@@ -474,23 +494,44 @@ void ngx_http_sse_batch_submit() {
     b->n = 0;
     int rc = io_uring_submit(&b->ring);
     ngx_uint_t submitted = rc < 0 ? 0 : (ngx_uint_t)rc;
-    ngx_uint_t got = ngx_http_sse_batch_reap(b, n);
-    // Kernels before 5.19 or so may finish a send on a helper thread: a
-    // short wait for those, and never an endless one.
-    for (int tries = 0; got < submitted && tries < 10; tries++) {
-        struct io_uring_cqe *cqe;
-        struct __kernel_timespec ts = {0, 100 * 1000 * 1000};
-        io_uring_wait_cqe_timeout(&b->ring, &cqe, &ts);
-        got += ngx_http_sse_batch_reap(b, n);
-    }
-    if (submitted < n || got < submitted) {
-        // Never seen: what is left in the ring could be sent later, so the
-        // ring is not used again.
+    if (submitted < n) {
+        // Never seen. The entries the kernel did not take stay in the ring
+        // and would go with the next submission, after writev() has sent
+        // their bytes: they become no-ops.
+        for (ngx_uint_t i = submitted; i < n; i++) {
+            io_uring_prep_nop(b->sqe[i]);
+            io_uring_sqe_set_data64(b->sqe[i], NGX_HTTP_SSE_BATCH_OTHER);
+        }
         ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, rc < 0 ? -rc : 0,
-                      "sse: io_uring took %ui of %ui stream writes and "
-                      "finished %ui; stream writes use writev() from now on",
-                      submitted, n, got);
+                      "sse: io_uring took %ui of %ui stream writes; stream "
+                      "writes use writev() from now on",
+                      submitted, n);
         b->broken = true;
+    }
+    ngx_uint_t got = ngx_http_sse_batch_reap(b, n);
+    if (got < submitted) {
+        // A send that did not finish at once (never seen with MSG_DONTWAIT
+        // on 5.19 and later) would read its buffer whenever the socket
+        // drains, after the stream may have freed it: each is canceled, and
+        // its completion (sent, or canceled with nothing sent) awaited.
+        for (ngx_uint_t i = 0; i < submitted; i++) {
+            struct io_uring_sqe *sqe;
+            if (b->res[i] == NGX_HTTP_SSE_BATCH_NONE &&
+                (sqe = io_uring_get_sqe(&b->ring)) != NULL) {
+                io_uring_prep_cancel64(sqe, i, 0);
+                io_uring_sqe_set_data64(sqe, NGX_HTTP_SSE_BATCH_OTHER);
+            }
+        }
+        io_uring_submit(&b->ring);
+        got = ngx_http_sse_batch_wait(b, n, submitted, got, 1000);
+        if (got < submitted) {
+            ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, 0,
+                          "sse: %ui io_uring stream writes did not finish "
+                          "or cancel in 1 s; stream writes use writev() "
+                          "from now on",
+                          submitted - got);
+            b->broken = true;
+        }
     }
     ngx_http_sse_zone_worker_t *zw = NULL;
     uint64_t count = 0;
@@ -502,13 +543,14 @@ void ngx_http_sse_batch_submit() {
                 zw = sub->zw;
                 count = 0;
             }
-            count++;
+            count += b->res[i] >= 0;  // bytes went out in the batch
             ngx_http_sse_batch_done(b, i);
         } else if (i >= submitted) {
             ngx_http_sse_send(sub);  // never went to the kernel
         } else {
-            // Taken and not finished: its bytes' fate is unknown, so the
-            // stream ends (the client resumes from its last id).
+            // Taken and neither finished nor canceled: its bytes' fate is
+            // unknown, so the stream ends (the client resumes from its last
+            // id).
             sub->c->error = 1;
             ngx_http_sse_sent(sub, NGX_ERROR);
         }

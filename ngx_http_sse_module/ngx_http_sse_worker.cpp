@@ -13,8 +13,6 @@
 #define NGX_HTTP_SSE_POLL_MS 250
 #define NGX_HTTP_SSE_SWEEP_MS 1000
 #define NGX_HTTP_SSE_FREE_OUT_MAX 4096
-// Subscribers written to per event-loop turn before publishes, accepts and
-// reads get their turn.
 // A delivery writes at once (before the publisher is answered, ahead of the
 // rest of the turn) when at most this many subscribers wait; more wait for
 // the flush, where a burst coalesces.

@@ -22,8 +22,9 @@ MODES = ["on", "off"]
 
 
 def io_uring_usable():
+    # 1 allows it to root, which the test workers are; 2 to no one.
     p = Path("/proc/sys/kernel/io_uring_disabled")
-    return not p.exists() or p.read_text().strip() == "0"
+    return not p.exists() or p.read_text().strip() != "2"
 
 
 def start(start_nginx, mode, **kw):
@@ -142,9 +143,11 @@ async def test_a_stalled_stream_gets_everything_after_partial_sends(
 @pytest.mark.parametrize("mode", MODES)
 async def test_reset_streams_end_and_the_rest_get_everything(start_nginx,
                                                             mode):
-    # Clients that vanish with a reset while events flow: their sends fail
-    # (ECONNRESET or EPIPE), their streams end and are counted out, and
-    # the streams beside them in the same batch miss nothing.
+    # Clients that vanish with a reset while events flow: their streams
+    # end and are counted out, and the streams beside them in the same
+    # batches miss nothing. (The reset is mostly seen by the read handler
+    # first, so this does not reach the batch's own send-error branch;
+    # nothing here can make a send fail on demand.)
     n = start(start_nginx, mode)
     keep = [await n.stream("r") for _ in range(20)]
     gone = []
