@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +20,22 @@ from sselib.client import (Connection, Response,  # noqa: E402
 
 JS_DIR = Path(__file__).resolve().parent / "js"
 NODE = "/usr/bin/node"
+
+
+# ---------------------------------------------------------------- stalled
+
+def stalled_subscriber(port, path, headers=None, rcvbuf=2048):
+    """A subscriber on a plain socket that sends its request and reads
+    nothing until the test does: a small receive buffer, so that the
+    server soon owes it."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.connect(("127.0.0.1", port))
+    req = f"GET {path} HTTP/1.1\r\nHost: x\r\n"
+    for k, v in (headers or {}).items():
+        req += f"{k}: {v}\r\n"
+    s.sendall((req + "\r\n").encode())
+    return s
 
 
 # ---------------------------------------------------------------- waiting

@@ -17,7 +17,8 @@ import ssl
 
 import pytest
 
-from clienthelp import status_json, tls_server, wait_subscribers, wait_until
+from clienthelp import (stalled_subscriber, status_json, tls_server,
+                        wait_subscribers, wait_until)
 from conftest import (OPEN_CLIENTS, KeepAlive, SSEClient, nginx_test_config,
                       overload_end, parse_head, render_conf, request_bytes)
 
@@ -181,14 +182,6 @@ async def test_client_close_counts_out_and_publishes_the_leave(start_nginx):
     await wait_until(counted_out, 5, 0.05, "the status to count them out")
 
 
-def stalled(port, path):
-    """A subscriber that sends its request and then never reads."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
-    s.connect(("127.0.0.1", port))
-    s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    return s
-
 
 async def publish_big(n, channel, count, size):
     pub = await KeepAlive.open(n.pub_port)
@@ -202,7 +195,7 @@ async def publish_big(n, channel, count, size):
 @pytest.mark.timeout_s(60)
 async def test_max_pending_drops_a_freed_stream(start_nginx):
     n = start(start_nginx, sub="            sse_max_pending 64k;")
-    s = stalled(n.sub_port, "/events/slow")
+    s = stalled_subscriber(n.sub_port, "/events/slow")
     try:
         await wait_until(lambda: access_lines(n, "/events/slow"), 5, 0.02,
                          "the stalled stream to go request-free")
@@ -222,7 +215,7 @@ async def test_send_timeout_ends_a_stalled_freed_stream(start_nginx):
     n = start(start_nginx,
               sub="            sse_max_pending 32m; sse_heartbeat 300ms;",
               http="send_timeout 1s; client_body_buffer_size 128k;")
-    s = stalled(n.sub_port, "/events/stall")
+    s = stalled_subscriber(n.sub_port, "/events/stall")
     try:
         await wait_until(lambda: access_lines(n, "/events/stall"), 5, 0.02,
                          "the stalled stream to go request-free")

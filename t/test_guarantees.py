@@ -10,13 +10,13 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import statistics
 import time
 
 import pytest
 
-from clienthelp import StreamPublisher, wait_subscribers, wait_until
+from clienthelp import (StreamPublisher, stalled_subscriber, wait_subscribers,
+                        wait_until)
 from conftest import (STREAM_TYPE, KeepAlive, StreamEnd, _parse_head,
                       established_inodes,
                       proc_alive, proc_children, proc_cmdline, seq_of,
@@ -89,17 +89,6 @@ async def open_streams(n, path, count, batch=100, **kw):
                                       for _ in range(k)))
     return out
 
-
-def raw_stalled(port, path, headers=None, rcvbuf=2048):
-    """A subscriber that sends its request and then never reads."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    s.connect(("127.0.0.1", port))
-    req = f"GET {path} HTTP/1.1\r\nHost: x\r\n"
-    for k, v in (headers or {}).items():
-        req += f"{k}: {v}\r\n"
-    s.sendall((req + "\r\n").encode())
-    return s
 
 
 def anon_kb(pid):
@@ -387,7 +376,7 @@ async def test_40_workers_reloads_in_a_row_with_streams_held(start_nginx):
     try:
         for k in range(3):
             for _ in range(3):
-                stalled.append(raw_stalled(n.sub_port, "/events/rl40"))
+                stalled.append(stalled_subscriber(n.sub_port, "/events/rl40"))
             await asyncio.sleep(0.3)
             for j in range(3):
                 d = f"r{k}-{j}" + "x" * 30000
@@ -450,7 +439,7 @@ async def test_resume_with_bad_ids_pins_no_memory(start_nginx):
     socks = []
     try:
         for i in range(40):
-            socks.append(raw_stalled(
+            socks.append(stalled_subscriber(
                 n.sub_port, path,
                 headers={"Last-Event-ID": bad_ids[i % len(bad_ids)]}))
             if i % 4 == 3:
@@ -491,7 +480,7 @@ async def test_stalled_client_is_closed_after_send_timeout_with_heartbeats(
     n = start_nginx(sub="sse_heartbeat 1s; sse_max_pending 32m;",
                     http="send_timeout 2s; client_body_buffer_size 128k;")
     reader = await n.stream("stall")
-    s = raw_stalled(n.sub_port, "/events/stall", rcvbuf=2048)
+    s = stalled_subscriber(n.sub_port, "/events/stall", rcvbuf=2048)
     try:
         await wait_subscribers(n, "stall", 2)
         client_port = s.getsockname()[1]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from clienthelp import status_json, wait_subscribers
+from clienthelp import stalled_subscriber, status_json, wait_subscribers
 from conftest import (SSEParser, nginx_test_config, render_conf,
                       free_port)
 
@@ -69,14 +69,6 @@ async def test_paced_events_reach_every_stream_once_in_order(start_nginx,
     check_path(n, mode, before, await batched(n), 40 * 10)
 
 
-def raw_stalled(port, path, rcvbuf=4096):
-    """A subscriber that sends its request and reads nothing yet."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    s.connect(("127.0.0.1", port))
-    s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    return s
-
 
 def read_events(s, want, timeout=20):
     """Reads the stream's head and chunked body until `want` events came;
@@ -122,7 +114,7 @@ async def test_a_stalled_stream_gets_everything_after_partial_sends(
             sse_max_pending 8m;
         }}
     }}""")
-    s = raw_stalled(port, "/slow")
+    s = stalled_subscriber(port, "/slow", rcvbuf=4096)
     try:
         await wait_subscribers(n, "slow", 1)
         await asyncio.sleep(0.2)
@@ -152,7 +144,7 @@ async def test_reset_streams_end_and_the_rest_get_everything(start_nginx,
     keep = [await n.stream("r") for _ in range(20)]
     gone = []
     for _ in range(20):
-        s = raw_stalled(n.sub_port, "/events/r", rcvbuf=65536)
+        s = stalled_subscriber(n.sub_port, "/events/r", rcvbuf=65536)
         gone.append(s)
     await wait_subscribers(n, "r", 40)
     await asyncio.sleep(0.2)

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from clienthelp import stalled_subscriber
 from conftest import STREAM_TYPE, overload_end
 
 
@@ -96,14 +97,6 @@ async def test_stream_timeout_off_keeps_streaming(start_nginx):
     assert c.ended is None
 
 
-def raw_subscriber(port, path, rcvbuf=4096):
-    """A subscriber that sends its request and never reads."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    s.connect(("127.0.0.1", port))
-    s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    return s
-
 
 def drain_until_closed(s, timeout):
     """Reads what the socket holds; True if the server closed it."""
@@ -126,7 +119,7 @@ async def test_slow_subscriber_is_dropped_and_memory_stays_bounded(
     n = start_nginx(sub="sse_max_pending 64k;")
     rss_before = n.worker_rss_kb()
     normal = await n.stream("flood")
-    slow = raw_subscriber(n.sub_port, "/events/flood")
+    slow = stalled_subscriber(n.sub_port, "/events/flood", rcvbuf=4096)
     try:
         assert await wait_subscribers(n, "flood", 2) == 2
         body = b"z" * (63 * 1024)
@@ -157,7 +150,7 @@ async def test_many_never_reading_subscribers_keep_memory_bounded(
         start_nginx):
     n = start_nginx(sub="sse_max_pending 128k;")
     rss_before = n.worker_rss_kb()
-    slow = [raw_subscriber(n.sub_port, "/events/hog") for _ in range(50)]
+    slow = [stalled_subscriber(n.sub_port, "/events/hog", rcvbuf=4096) for _ in range(50)]
     try:
         assert await wait_subscribers(n, "hog", 50) == 50
         body = b"q" * (32 * 1024)
