@@ -160,20 +160,33 @@ static ngx_chain_t *ngx_http_sse_link(ngx_http_sse_out_t *first) {
     return &first->cl;
 }
 
+// The first queued entry with bytes left to send (the rest of a partly
+// sent one, or the next); NULL: all is out.
+static ngx_http_sse_out_t *ngx_http_sse_first_unsent(
+    ngx_http_sse_subscriber_t *sub) {
+    ngx_http_sse_out_t *o = sub->out_head;
+    while (o != NULL && o->buf.pos == o->buf.last) {
+        o = o->next;
+    }
+    return o;
+}
+
+// Everything queued is handed to the socket now.
+static void ngx_http_sse_give_all(ngx_http_sse_subscriber_t *sub) {
+    if (sub->unsent != NULL) {
+        sub->unsent = NULL;
+        sub->last_write = ngx_current_msec;
+    }
+}
+
 // A request-free stream: writes what is queued and not yet sent straight
 // to the socket (through TLS's buffer, if any), the part of an earlier
 // write the socket did not take first; c->buffered says whether some is
 // left.
 static ngx_int_t ngx_http_sse_write_direct(ngx_http_sse_subscriber_t *sub) {
     ngx_connection_t *c = sub->c;
-    ngx_http_sse_out_t *first = sub->out_head;
-    while (first != NULL && first->buf.pos == first->buf.last) {
-        first = first->next;
-    }
-    if (sub->unsent != NULL) {
-        sub->unsent = NULL;
-        sub->last_write = ngx_current_msec;
-    }
+    ngx_http_sse_out_t *first = ngx_http_sse_first_unsent(sub);
+    ngx_http_sse_give_all(sub);
     if (first == NULL && !(c->buffered & NGX_LOWLEVEL_BUFFERED)) {
         c->buffered = 0;
         return NGX_OK;
@@ -323,7 +336,7 @@ struct ngx_http_sse_batch_t {
 static ngx_http_sse_batch_t *ngx_http_sse_batch;
 
 void ngx_http_sse_batch_init(ngx_cycle_t *cycle, bool on) {
-    if (!on || ngx_http_sse_batch != NULL) {
+    if (!on) {
         return;
     }
     auto *b = new (std::nothrow) ngx_http_sse_batch_t();
@@ -347,18 +360,7 @@ void ngx_http_sse_batch_init(ngx_cycle_t *cycle, bool on) {
             break;
         }
     }
-    if (rc == 0) {
-        struct io_uring_probe *probe = io_uring_get_probe_ring(&b->ring);
-        if (probe == NULL ||
-            !io_uring_opcode_supported(probe, IORING_OP_SEND) ||
-            !io_uring_opcode_supported(probe, IORING_OP_SENDMSG)) {
-            rc = -EOPNOTSUPP;
-            io_uring_queue_exit(&b->ring);
-        }
-        if (probe != NULL) {
-            io_uring_free_probe(probe);
-        }
-    }
+    // Every kernel that takes these flags has IORING_OP_SEND (5.6).
     if (rc != 0) {
         // Containers often forbid io_uring (Docker's default seccomp
         // profile does): the writes stay as they were.
@@ -391,10 +393,7 @@ bool ngx_http_sse_batch_add(ngx_http_sse_subscriber_t *sub) {
     ) {
         return false;
     }
-    ngx_http_sse_out_t *first = sub->out_head;
-    while (first != NULL && first->buf.pos == first->buf.last) {
-        first = first->next;
-    }
+    ngx_http_sse_out_t *first = ngx_http_sse_first_unsent(sub);
     if (first == NULL) {
         return false;
     }
@@ -416,11 +415,7 @@ bool ngx_http_sse_batch_add(ngx_http_sse_subscriber_t *sub) {
     b->out[i] = first;
     b->sqe[i] = sqe;
     b->res[i] = NGX_HTTP_SSE_BATCH_NONE;
-    // As ngx_http_sse_write_direct(): all queued is given to the socket.
-    if (sub->unsent != NULL) {
-        sub->unsent = NULL;
-        sub->last_write = ngx_current_msec;
-    }
+    ngx_http_sse_give_all(sub);
     return true;
 }
 
